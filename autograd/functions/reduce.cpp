@@ -1,0 +1,75 @@
+// Differentiable reductions and matmul.
+//   sum: the gradient broadcast back;  mean: the same over the count
+//   max/min, logsumexp, var: ops::*_backward;  matmul: ops::matmul_backward
+#include "autograd/functions/common.h"
+
+namespace lamina {
+namespace {
+
+using autograd::Grads;
+using autograd::saved;
+using autograd::untaped;
+
+Tensor broadcast_back(const Tensor& grad, const Shape& input_shape, const Shape& dims, bool keepdim) {
+  return ops::unsqueeze_reduced(grad, input_shape, dims, keepdim).expand(input_shape);
+}
+
+}  // namespace
+
+Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
+  Tensor out = untaped([&] { return ops::sum(x, dims, keepdim); });
+  autograd::record("sum", {&out}, {x}, [shape = x.shape(), dims, keepdim](const Grads& g) {
+    return Grads{broadcast_back(g[0], shape, dims, keepdim)};
+  });
+  return out;
+}
+
+Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
+  Tensor out = untaped([&] { return ops::mean(x, dims, keepdim); });
+  const double count = out.numel() == 0 ? 1.0 : double(x.numel()) / double(out.numel());
+  autograd::record("mean", {&out}, {x}, [shape = x.shape(), dims, keepdim, count](const Grads& g) {
+    return Grads{ops::binary(ops::BinaryOp::div, broadcast_back(g[0], shape, dims, keepdim), count)};
+  });
+  return out;
+}
+
+namespace {
+Tensor extremum(bool is_max, const Tensor& x, const Shape& dims, bool keepdim) {
+  Tensor out = untaped([&] { return is_max ? ops::max(x, dims, keepdim) : ops::min(x, dims, keepdim); });
+  autograd::record(is_max ? "max" : "min", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
+    return Grads{ops::extremum_backward(g[0], x, y, dims, keepdim)};
+  });
+  return out;
+}
+}  // namespace
+
+Tensor max(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(true, x, dims, keepdim); }
+Tensor min(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(false, x, dims, keepdim); }
+
+Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
+  Tensor out = untaped([&] { return ops::logsumexp(x, dims, keepdim); });
+  autograd::record("logsumexp", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
+    return Grads{ops::logsumexp_backward(g[0], x, y, dims, keepdim)};
+  });
+  return out;
+}
+
+Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim) {
+  Tensor out = untaped([&] { return ops::var(x, dims, correction, keepdim); });
+  autograd::record("var", {&out}, {x}, [x = saved(x), dims, correction, keepdim](const Grads& g) {
+    return Grads{ops::var_backward(g[0], x, dims, correction, keepdim)};
+  });
+  return out;
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+  Tensor out = untaped([&] { return ops::matmul(a, b, transpose_a, transpose_b); });
+  autograd::record("matmul", {&out}, {a, b},
+                   [a = saved(a), b = saved(b), transpose_a, transpose_b](const Grads& g) {
+                     auto [grad_a, grad_b] = ops::matmul_backward(g[0], a, b, transpose_a, transpose_b);
+                     return Grads{grad_a, grad_b};
+                   });
+  return out;
+}
+
+}  // namespace lamina

@@ -1,0 +1,29 @@
+// Fused AdamW step: checks; kernel and formula in ops/cpu/adamw.cpp.
+#include "ops/checks.h"
+#include "ops/cpu/kernels.h"
+#include "ops/ops.h"
+
+namespace lamina::ops {
+
+void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                 const AdamWStep& hyper) {
+  check_device("adamw_step_", {{"param", &param}, {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}});
+  check_floating("adamw_step_", "param", param);
+  check_floating("adamw_step_", "grad", grad);
+  const DType state = param.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  check_dtype("adamw_step_", "exp_avg", exp_avg, state);
+  check_dtype("adamw_step_", "exp_avg_sq", exp_avg_sq, state);
+  for (const auto& [name, t] : {NamedTensor{"param", &param}, NamedTensor{"grad", &grad},
+                                NamedTensor{"exp_avg", &exp_avg}, NamedTensor{"exp_avg_sq", &exp_avg_sq}}) {
+    check_shape("adamw_step_", name, *t, param.shape());
+    LAMINA_CHECK(t->is_contiguous(), "adamw_step_: '", name, "' must be contiguous (optimizer state lives in flat buffers)");
+  }
+  LAMINA_CHECK(hyper.step >= 1, "adamw_step_: step must be >= 1 (1-based), got ", hyper.step);
+  LAMINA_CHECK(hyper.lr >= 0 && hyper.eps > 0 && hyper.weight_decay >= 0, "adamw_step_: invalid lr ", hyper.lr,
+               ", eps ", hyper.eps, " or weight_decay ", hyper.weight_decay);
+  LAMINA_CHECK(hyper.beta1 >= 0 && hyper.beta1 < 1 && hyper.beta2 >= 0 && hyper.beta2 < 1,
+               "adamw_step_: betas must be in [0, 1), got ", hyper.beta1, " and ", hyper.beta2);
+  cpu::adamw_step(param, grad, exp_avg, exp_avg_sq, hyper);
+}
+
+}  // namespace lamina::ops

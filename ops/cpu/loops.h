@@ -1,0 +1,98 @@
+// Strided loops for CPU kernels.
+//
+// for_each_run walks N operands that share one logical shape but have their own strides.
+// It first merges dims that are laid out back to back for every operand (so a contiguous
+// tensor of any rank becomes one long run), then hands the body runs of the innermost dim:
+//
+//   body(offsets, count, inner_strides)
+//
+// where offsets[k] is the element offset of the run's first element in operand k (relative
+// to the operand's element [0, 0, ...]) and inner_strides[k] its step along the run. The
+// element range is split across threads; every element is visited exactly once.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+
+#include "tensor/parallel.h"
+#include "tensor/shape.h"
+
+namespace lamina::ops::cpu {
+
+inline constexpr int64_t kElementwiseGrain = 32768;
+
+template <size_t N>
+struct Runs {
+  Shape shape;
+  std::array<Shape, N> strides;
+};
+
+// Drops size-1 dims and merges dims that every operand steps through contiguously.
+template <size_t N>
+Runs<N> coalesce(const Shape& shape, const std::array<Shape, N>& strides) {
+  Runs<N> runs;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool mergeable = !runs.shape.empty();
+    for (size_t k = 0; k < N && mergeable; ++k)
+      mergeable = runs.strides[k].back() == strides[k][d] * shape[d];
+    if (mergeable) {
+      runs.shape.back() *= shape[d];
+      for (size_t k = 0; k < N; ++k) runs.strides[k].back() = strides[k][d];
+    } else {
+      runs.shape.push_back(shape[d]);
+      for (size_t k = 0; k < N; ++k) runs.strides[k].push_back(strides[k][d]);
+    }
+  }
+  if (runs.shape.empty()) {  // a single element
+    runs.shape.push_back(1);
+    for (size_t k = 0; k < N; ++k) runs.strides[k].push_back(1);
+  }
+  return runs;
+}
+
+template <size_t N, typename Body>
+void for_each_run(const Shape& shape, const std::array<Shape, N>& strides, Body&& body,
+                  int64_t grain = kElementwiseGrain) {
+  const int64_t total = shape_numel(shape);
+  if (total == 0) return;
+  const Runs<N> runs = coalesce<N>(shape, strides);
+  const size_t ndim = runs.shape.size();
+  const int64_t inner = runs.shape.back();
+  std::array<int64_t, N> inner_strides;
+  for (size_t k = 0; k < N; ++k) inner_strides[k] = runs.strides[k].back();
+
+  parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
+    // Multi-index of `begin`, then odometer steps run by run.
+    Shape index(ndim, 0);
+    int64_t rest = begin;
+    for (size_t d = ndim; d-- > 0;) {
+      index[d] = rest % runs.shape[d];
+      rest /= runs.shape[d];
+    }
+    std::array<int64_t, N> offsets{};
+    for (size_t k = 0; k < N; ++k)
+      for (size_t d = 0; d < ndim; ++d) offsets[k] += index[d] * runs.strides[k][d];
+    int64_t position = begin;
+    while (position < end) {
+      const int64_t count = std::min(inner - index[ndim - 1], end - position);
+      body(offsets, count, inner_strides);
+      position += count;
+      if (position >= end) break;
+      // Advance to the start of the next run.
+      for (size_t k = 0; k < N; ++k) offsets[k] += (count - 1) * inner_strides[k];
+      index[ndim - 1] += count - 1;
+      for (size_t d = ndim; d-- > 0;) {
+        if (++index[d] < runs.shape[d]) {
+          for (size_t k = 0; k < N; ++k) offsets[k] += runs.strides[k][d];
+          break;
+        }
+        for (size_t k = 0; k < N; ++k) offsets[k] -= runs.strides[k][d] * (runs.shape[d] - 1);
+        index[d] = 0;
+      }
+    }
+  });
+}
+
+}  // namespace lamina::ops::cpu

@@ -1,0 +1,116 @@
+// matmul: batch broadcasting, transposes folded into strides, dtype handling.
+#include "ops/checks.h"
+#include "ops/cpu/kernels.h"
+#include "ops/ops.h"
+#include "tensor/view.h"
+
+namespace lamina::ops {
+namespace {
+
+// The logical matrix [rows, cols] at the start of a 2-D view (transposed when asked).
+cpu::MatrixSpan span_of(const Tensor& matrix2d, bool transpose) {
+  cpu::MatrixSpan span;
+  span.data = matrix2d.raw_data();
+  span.rows = matrix2d.size(transpose ? 1 : 0);
+  span.cols = matrix2d.size(transpose ? 0 : 1);
+  span.row_stride = matrix2d.stride(transpose ? 1 : 0);
+  span.col_stride = matrix2d.stride(transpose ? 0 : 1);
+  return span;
+}
+
+// A view whose every 2-D slice Eigen can map; a contiguous copy otherwise.
+Tensor mappable(const Tensor& t) {
+  const Tensor first = views::as_strided(t, {t.size(-2), t.size(-1)}, {t.stride(-2), t.stride(-1)}, t.offset());
+  return cpu::gemm_compatible(span_of(first, false)) ? t : contiguous(t);
+}
+
+Tensor matrix_at(const Tensor& t, const Shape& batch_index) {
+  Tensor matrix = t;
+  for (int64_t index : batch_index) matrix = views::select(matrix, 0, index);
+  return matrix;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
+  const Device device = check_device("matmul", {{"a", &a_in}, {"b", &b_in}});
+  check_same_dtype("matmul", {{"a", &a_in}, {"b", &b_in}});
+  check_floating("matmul", "a", a_in);
+  LAMINA_CHECK(a_in.dim() >= 2 && b_in.dim() >= 2, "matmul: operands need at least 2 dims, got ", a_in.shape(),
+               " and ", b_in.shape());
+  const int64_t m = a_in.size(transpose_a ? -1 : -2), k = a_in.size(transpose_a ? -2 : -1);
+  const int64_t k_b = b_in.size(transpose_b ? -1 : -2), n = b_in.size(transpose_b ? -2 : -1);
+  LAMINA_CHECK(k == k_b, "matmul: inner dimensions differ: a ", a_in.shape(), (transpose_a ? " (transposed)" : ""),
+               " has ", k, ", b ", b_in.shape(), (transpose_b ? " (transposed)" : ""), " has ", k_b);
+  const DType dtype = a_in.dtype();
+  const bool low_precision = dtype == DType::bf16 || dtype == DType::f16;
+  Tensor a = low_precision ? cast(a_in, DType::f32) : a_in;
+  Tensor b = low_precision ? cast(b_in, DType::f32) : b_in;
+  const DType compute = a.dtype();
+
+  const Shape batch_a(a.shape().begin(), a.shape().end() - 2);
+  const Shape batch_b(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch = broadcast_shapes(batch_a, batch_b, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape, compute, device);
+
+  // [..., M, K] x [K, N]: fold the batch into M when a's rows line up as one matrix.
+  if (batch_b.empty() && !batch_a.empty() && !transpose_a) {
+    Shape rows_strides;
+    if (views::view_strides(a, {shape_numel(batch_a) * m, k}, rows_strides)) {
+      const Tensor a2 = views::as_strided(a, {shape_numel(batch_a) * m, k}, rows_strides, a.offset());
+      const Tensor b2 = mappable(b);
+      const Tensor out2 = views::view(out, {shape_numel(batch_a) * m, n});
+      cpu::gemm_batch(compute, {{span_of(mappable(a2), false), span_of(b2, transpose_b), span_of(out2, false)}});
+      return low_precision ? cast(out, dtype) : out;
+    }
+  }
+
+  a = mappable(views::broadcast_to(a, [&] {
+    Shape s = batch;
+    s.push_back(a.size(-2));
+    s.push_back(a.size(-1));
+    return s;
+  }(), "matmul"));
+  b = mappable(views::broadcast_to(b, [&] {
+    Shape s = batch;
+    s.push_back(b.size(-2));
+    s.push_back(b.size(-1));
+    return s;
+  }(), "matmul"));
+  std::vector<cpu::GemmTask> tasks;
+  const int64_t batch_count = shape_numel(batch);
+  tasks.reserve(size_t(batch_count));
+  Shape index(batch.size(), 0);
+  for (int64_t i = 0; i < batch_count; ++i) {
+    tasks.push_back({span_of(matrix_at(a, index), transpose_a), span_of(matrix_at(b, index), transpose_b),
+                     span_of(matrix_at(out, index), false)});
+    for (size_t d = batch.size(); d-- > 0;) {
+      if (++index[d] < batch[d]) break;
+      index[d] = 0;
+    }
+  }
+  cpu::gemm_batch(compute, tasks);
+  return low_precision ? cast(out, dtype) : out;
+}
+
+// out = A B with A = op(a), B = op(b), g = dL/dout:  dA = g B^T, dB = A^T g, then undo op()
+// on each side and sum any broadcast batch dims away.
+std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& a, const Tensor& b,
+                                          bool transpose_a, bool transpose_b) {
+  Tensor grad_a = transpose_a ? matmul(b, grad_out, transpose_b, true) : matmul(grad_out, b, false, !transpose_b);
+  Tensor grad_b;
+  if (b.dim() == 2 && a.dim() > 2 && !transpose_a) {
+    // Shared 2-D weight: one product over all rows instead of a batch of products summed.
+    const Tensor a_rows = a.reshape({-1, a.size(-1)});
+    const Tensor g_rows = grad_out.reshape({-1, grad_out.size(-1)});
+    grad_b = transpose_b ? matmul(g_rows, a_rows, true, false) : matmul(a_rows, g_rows, true, false);
+  } else {
+    grad_b = transpose_b ? matmul(grad_out, a, true, transpose_a) : matmul(a, grad_out, !transpose_a, false);
+  }
+  return {sum_to(grad_a, a.shape()), sum_to(grad_b, b.shape())};
+}
+
+}  // namespace lamina::ops

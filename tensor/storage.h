@@ -1,0 +1,52 @@
+// Storage: one block of bytes on one device, shared by every tensor that views it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "tensor/device.h"
+
+namespace lamina {
+
+struct MemoryStats {
+  int64_t live_bytes = 0;   // bytes currently allocated
+  int64_t peak_bytes = 0;   // high-water mark of live_bytes since the last reset
+  int64_t allocations = 0;  // number of allocations since start
+};
+
+// Host memory comes from mimalloc, 64-byte aligned (one cache line, one AVX-512 register).
+inline constexpr size_t kHostAlignment = 64;
+
+MemoryStats memory_stats(Device device);
+void reset_peak_memory(Device device);
+
+class Storage {
+ public:
+  // Fresh, uninitialised memory from the device's allocator.
+  static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
+  // Memory owned elsewhere (an mmap'd file, a caller's buffer); `keep_alive` holds the owner.
+  static std::shared_ptr<Storage> wrap(void* data, size_t bytes, Device device,
+                                       std::shared_ptr<void> keep_alive);
+
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage();
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+  bool owns_memory() const { return keep_alive_ == nullptr; }
+
+ private:
+  Storage(void* data, size_t bytes, Device device, std::shared_ptr<void> keep_alive)
+      : data_(data), bytes_(bytes), device_(device), keep_alive_(std::move(keep_alive)) {}
+
+  void* data_;
+  size_t bytes_;
+  Device device_;
+  std::shared_ptr<void> keep_alive_;
+};
+
+}  // namespace lamina
