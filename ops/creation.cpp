@@ -14,17 +14,22 @@ Tensor allocate(const char* op, const Shape& shape, DType dtype, Device device) 
   return Tensor::empty(shape, dtype, device);
 }
 
-}  // namespace
-
-Tensor full(const Shape& shape, double value, DType dtype, Device device) {
-  Tensor out = allocate("full", shape, dtype, device);
+// `op` is the public factory called, so that errors name it rather than a helper.
+Tensor filled(const char* op, const Shape& shape, double value, DType dtype, Device device) {
+  Tensor out = allocate(op, shape, dtype, device);
   ops::cpu::fill(out, value);
   return out;
 }
 
-Tensor zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
+}  // namespace
 
-Tensor ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
+Tensor full(const Shape& shape, double value, DType dtype, Device device) {
+  return filled("full", shape, value, dtype, device);
+}
+
+Tensor zeros(const Shape& shape, DType dtype, Device device) { return filled("zeros", shape, 0.0, dtype, device); }
+
+Tensor ones(const Shape& shape, DType dtype, Device device) { return filled("ones", shape, 1.0, dtype, device); }
 
 Tensor zeros_like(const Tensor& t) {
   check_defined(t, "zeros_like", "t");

@@ -181,6 +181,10 @@ Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
 
 Tensor compare(CompareOp op, const Tensor& a, double b) {
   check_defined(a, "compare", "a");
+  // An integer dtype cannot hold 2.5 (or 1e12 in i32): converting b would change the answer
+  // (x < 2.5 is not x < 2), so such comparisons run in f64, exact for these integers.
+  const bool b_fits = is_floating(a.dtype()) || full({}, b, a.dtype()).item<double>() == b;  // checked on the CPU
+  if (!b_fits) return compare(op, cast(a, DType::f64), full({}, b, DType::f64, a.device()));
   return compare(op, a, full({}, b, a.dtype(), a.device()));
 }
 

@@ -34,6 +34,9 @@ Shape reduced_shape(const Tensor& x, const std::vector<bool>& reduce, bool keepd
 Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const Shape& dims, bool keepdim,
                   int64_t correction = 0) {
   const Device device = check_device(op, {{"x", &x}});
+  // Checked here so that the error names the op, not the shared kernel.
+  LAMINA_CHECK(is_floating(x.dtype()) || x.dtype() == DType::i32 || x.dtype() == DType::i64, op,
+               ": expected an arithmetic dtype (f32, f64, bf16, f16, i32, i64), got ", dtype_name(x.dtype()));
   const std::vector<bool> reduce = reduced_dims(x, dims, op);
   int64_t reduced_count = 1;
   for (int64_t d = 0; d < x.dim(); ++d)

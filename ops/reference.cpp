@@ -1,5 +1,6 @@
 #include "ops/reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -87,8 +88,9 @@ Tensor unary(UnaryOp op, const Tensor& x) {
       case UnaryOp::tanh: v = std::tanh(v); break;
       case UnaryOp::relu: v = v > 0 ? v : 0.0; break;
       case UnaryOp::gelu: v = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); break;
-      case UnaryOp::softplus: v = std::log1p(std::exp(v)); break;
-      case UnaryOp::log_sigmoid: v = -std::log1p(std::exp(-v)); break;
+      // log(1 + e^v) = v + log(1 + e^-v): the exponent stays <= 0, so large |v| cannot overflow.
+      case UnaryOp::softplus: v = v > 0 ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); break;
+      case UnaryOp::log_sigmoid: v = v < 0 ? v - std::log1p(std::exp(v)) : -std::log1p(std::exp(-v)); break;
     }
   }
   return a.tensor();
@@ -185,7 +187,8 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
     mean /= double(v.size());
     double s = 0;
     for (double e : v) s += (e - mean) * (e - mean);
-    return s / (double(v.size()) - double(correction));
+    // No degrees of freedom left (e.g. zero elements): 0/0 = NaN, as torch.var gives.
+    return s / std::max(0.0, double(v.size()) - double(correction));
   });
 }
 

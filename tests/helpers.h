@@ -53,11 +53,14 @@ inline Comparison compare(const Tensor& actual, const Tensor& expected, Toleranc
     const double rel_err = abs_err / std::max(std::abs(e[i]), 1e-30);
     c.max_abs = std::max(c.max_abs, abs_err);
     c.max_rel = std::max(c.max_rel, std::min(rel_err, abs_err));
+    // One side infinite (or NaN) and the other not: no tolerance covers it (and inf - inf
+    // would make the excess NaN, which compares as "within tolerance").
+    const bool unbounded = !std::isfinite(abs_err);
     const double excess = abs_err - (tol.atol + tol.rtol * std::abs(e[i]));
-    if (excess > 0 || std::isnan(abs_err)) {
+    if (excess > 0 || unbounded) {
       c.ok = false;
-      if (excess > worst || std::isnan(abs_err)) {
-        worst = std::isnan(abs_err) ? 1e300 : excess;
+      if (excess > worst || unbounded) {
+        worst = unbounded ? 1e300 : excess;
         c.detail = str_cat("at flat index ", i, ": got ", a[i], ", expected ", e[i]);
       }
     }

@@ -1,0 +1,323 @@
+// The fused neural-network ops against their naive f64 references.
+#include <cmath>
+
+#include "autograd/functions.h"
+#include "helpers.h"
+#include "ops/reference.h"
+#include "tensor/parallel.h"
+
+using namespace lamina;
+using testing::noncontiguous;
+using testing::random_tensor;
+using testing::tolerance_for;
+using testing::transposed_layout;
+
+namespace {
+
+const DType kFloatTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
+
+// The low-precision result is compared with the reference on the same (rounded) inputs.
+testing::Tolerance loose(DType dtype, double factor) {
+  testing::Tolerance t = tolerance_for(dtype);
+  return {t.atol * factor, t.rtol * factor};
+}
+
+}  // namespace
+
+TEST_CASE("softmax and log_softmax over any dim and layout") {
+  Generator gen(1);
+  for (DType dtype : kFloatTypes) {
+    for (const Shape& shape : {Shape{7}, Shape{3, 5}, Shape{2, 3, 9}, Shape{4, 1, 6}, Shape{2, 0, 3}}) {
+      for (int64_t dim = -1; dim < int64_t(shape.size()); ++dim) {
+        if (dim == -1 && shape.size() > 0) continue;
+        const int64_t d = dim < 0 ? 0 : dim;
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(shape);
+        CAPTURE(d);
+        const Tensor x = random_tensor(shape, dtype, gen, -4, 4);
+        for (const Tensor& input : {x, noncontiguous(x), transposed_layout(x)}) {
+          CHECK_CLOSE(ops::softmax(input, d), ops::reference::softmax(input, d), loose(dtype, 1));
+          CHECK_CLOSE(ops::log_softmax(input, d), ops::reference::log_softmax(input, d), loose(dtype, 4));
+        }
+      }
+    }
+  }
+  // Large logits do not overflow; a row of -inf gives no NaN in the other rows.
+  const Tensor big = Tensor::from_vector(std::vector<double>{1000, 1001, 1002}, {1, 3});
+  CHECK_CLOSE(ops::softmax(big, -1), ops::reference::softmax(big, -1), tolerance_for(DType::f32));
+  const Tensor masked = Tensor::from_vector(std::vector<double>{0, -INFINITY, 1, -INFINITY}, {2, 2});
+  const std::vector<double> probabilities = ops::softmax(masked, -1).to_vector<double>();
+  CHECK(probabilities[0] == 1.0);
+  CHECK(probabilities[1] == 0.0);
+}
+
+TEST_CASE("embedding gathers rows; out-of-range ids are errors") {
+  Generator gen(2);
+  const Tensor weight = random_tensor({11, 6}, DType::f32, gen);
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{3, 0, 10, 3, 7, 1}, {2, 3});
+  for (DType index_type : {DType::i64, DType::i32}) {
+    const Tensor typed_ids = ops::cast(ids, index_type);
+    CHECK_CLOSE(ops::embedding(weight, typed_ids), ops::reference::embedding(weight, typed_ids), (testing::Tolerance{0, 0}));
+    CHECK_CLOSE(ops::embedding(transposed_layout(weight), typed_ids), ops::reference::embedding(weight, typed_ids),
+                (testing::Tolerance{0, 0}));
+  }
+  // The backward sums the rows of every occurrence (id 3 appears twice).
+  const Tensor grad = random_tensor({2, 3, 6}, DType::f64, gen);
+  const Tensor dweight = ops::embedding_backward(grad, ids, 11);
+  const std::vector<double> g = grad.to_vector<double>(), dw = dweight.to_vector<double>();
+  for (int64_t j = 0; j < 6; ++j) {
+    CHECK(dw[size_t(3 * 6 + j)] == doctest::Approx(g[size_t(0 * 6 + j)] + g[size_t(3 * 6 + j)]));
+    CHECK(dw[size_t(2 * 6 + j)] == 0.0);
+  }
+  const Tensor bad = Tensor::from_vector(std::vector<int64_t>{0, 11}, {2});
+  CHECK_THROWS_WITH_AS(ops::embedding(weight, bad), doctest::Contains("id 11 at flat position 1"), Error);
+  CHECK_THROWS_WITH_AS(ops::embedding(weight, ops::cast(bad, DType::f32)), doctest::Contains("integer indices"), Error);
+}
+
+TEST_CASE("rms_norm forward and backward") {
+  Generator gen(3);
+  for (DType dtype : kFloatTypes) {
+    for (const Shape& shape : {Shape{5}, Shape{3, 8}, Shape{2, 3, 33}, Shape{0, 4}}) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(shape);
+      const Tensor x = random_tensor(shape, dtype, gen, -2, 2);
+      const Tensor w = random_tensor({shape.back()}, dtype, gen, 0.5, 1.5);
+      const ops::RmsNormResult result = ops::rms_norm(noncontiguous(x), w, 1e-5);
+      CHECK_CLOSE(result.y, ops::reference::rms_norm(x, w, 1e-5), loose(dtype, 2));
+    }
+  }
+  // Backward against central differences of the f64 reference (weights and inputs).
+  const Tensor x = random_tensor({3, 7}, DType::f64, gen), w = random_tensor({7}, DType::f64, gen, 0.5, 1.5);
+  const Tensor dy = random_tensor({3, 7}, DType::f64, gen);
+  const ops::RmsNormResult forward = ops::rms_norm(x, w, 1e-5);
+  const ops::RmsNormGrads grads = ops::rms_norm_backward(dy, x, w, forward.rstd);
+  auto objective = [&](const Tensor& xx, const Tensor& ww) {
+    return ops::sum(ops::mul(ops::reference::rms_norm(xx, ww, 1e-5), dy)).item<double>();
+  };
+  const double h = 1e-6;
+  for (int64_t i = 0; i < x.numel(); i += 4) {
+    Tensor plus = ops::clone(x), minus = ops::clone(x);
+    plus.data<double>()[i] += h;
+    minus.data<double>()[i] -= h;
+    CHECK(grads.dx.to_vector<double>()[size_t(i)] == doctest::Approx((objective(plus, w) - objective(minus, w)) / (2 * h)).epsilon(1e-6));
+  }
+  for (int64_t j = 0; j < w.numel(); ++j) {
+    Tensor plus = ops::clone(w), minus = ops::clone(w);
+    plus.data<double>()[j] += h;
+    minus.data<double>()[j] -= h;
+    CHECK(grads.dweight.to_vector<double>()[size_t(j)] == doctest::Approx((objective(x, plus) - objective(x, minus)) / (2 * h)).epsilon(1e-6));
+  }
+  CHECK_THROWS_WITH_AS(ops::rms_norm(x, random_tensor({6}, DType::f64, gen), 1e-5), doctest::Contains("'weight' must have shape [7]"), Error);
+}
+
+TEST_CASE("rms_norm weight gradient does not depend on the thread count") {
+  Generator gen(4);
+  const Tensor x = random_tensor({300, 64}, DType::f32, gen), w = random_tensor({64}, DType::f32, gen);
+  const Tensor dy = random_tensor({300, 64}, DType::f32, gen);
+  const Tensor rstd = ops::rms_norm(x, w, 1e-5).rstd;
+  std::vector<double> one, two;
+  {
+    ThreadCountGuard guard(1);
+    one = ops::rms_norm_backward(dy, x, w, rstd).dweight.to_vector<double>();
+  }
+  {
+    ThreadCountGuard guard(2);
+    two = ops::rms_norm_backward(dy, x, w, rstd).dweight.to_vector<double>();
+  }
+  CHECK(one == two);
+}
+
+TEST_CASE("rope frequencies and rotations match the spec's worked numbers") {
+  RopeConfig llama3_0{128, 500000.0, std::nullopt};
+  RopeConfig llama3_1{128, 500000.0, Llama3RopeScaling{8.0, 1.0, 4.0, 8192}};
+  const std::vector<float> base = ops::rope_frequencies(llama3_0), scaled = ops::rope_frequencies(llama3_1);
+  // llama3.md section 6 (f64 values; f32 tables agree to ~1e-7 relative).
+  const std::vector<std::tuple<int, double, double>> table = {
+      {0, 1.0, 1.0}, {1, 0.814617234, 0.814617234}, {2, 0.663601238, 0.663601238},
+      {29, 2.61609925e-3, 2.16657076e-3}, {32, 1.41421356e-3, 5.24846161e-4},
+      {35, 7.64496988e-4, 9.55621235e-5}, {63, 2.45514079e-6, 3.06892599e-7}};
+  for (const auto& [i, f30, f31] : table) {
+    CAPTURE(i);
+    CHECK(base[size_t(i)] == doctest::Approx(f30).epsilon(1e-6));
+    CHECK(scaled[size_t(i)] == doctest::Approx(f31).epsilon(1e-6));
+  }
+  // The scaling bands: 0-28 unchanged, 29-34 blended, 35-63 divided by the factor.
+  for (int i = 0; i < 64; ++i) {
+    CAPTURE(i);
+    if (i <= 28) CHECK(scaled[size_t(i)] == base[size_t(i)]);
+    if (i >= 35) CHECK(scaled[size_t(i)] == doctest::Approx(base[size_t(i)] / 8.0).epsilon(1e-6));
+    if (i >= 29 && i <= 34) CHECK((scaled[size_t(i)] < base[size_t(i)] && scaled[size_t(i)] > base[size_t(i)] / 8.0));
+  }
+  // Rotating x[k] = 0.01 (k + 1) at p = 100 with the 3.1 frequencies (rotate_half).
+  std::vector<double> values(128);
+  for (int k = 0; k < 128; ++k) values[size_t(k)] = 0.01 * (k + 1);
+  const Tensor x = Tensor::from_vector(values, {1, 1, 1, 128});
+  const Tensor positions = Tensor::from_vector(std::vector<int64_t>{100}, {1});
+  const std::vector<double> y = ops::rope(x, positions, llama3_1).to_vector<double>();
+  CHECK(y[0] == doctest::Approx(0.337761).epsilon(2e-5));
+  CHECK(y[1] == doctest::Approx(0.163348).epsilon(2e-5));
+  CHECK(y[64] == doctest::Approx(0.555444).epsilon(2e-5));
+  CHECK(y[65] == doctest::Approx(0.639779).epsilon(2e-5));
+  CHECK(y[63] == doctest::Approx(0.639961).epsilon(2e-5));
+  CHECK(y[127] == doctest::Approx(1.280020).epsilon(2e-5));
+  double norm = 0;
+  for (double v : y) norm += v * v;
+  CHECK(std::sqrt(norm) == doctest::Approx(8.409899).epsilon(1e-6));
+}
+
+TEST_CASE("rope preserves relative positions and matches the reference on any layout") {
+  Generator gen(5);
+  RopeConfig config{16, 10000.0, std::nullopt};
+  // <R(1000) q, R(990) k> == <R(20) q, R(10) k>
+  const Tensor q = random_tensor({1, 1, 1, 16}, DType::f32, gen), k = random_tensor({1, 1, 1, 16}, DType::f32, gen);
+  auto rotated_dot = [&](int64_t pq, int64_t pk) {
+    const Tensor rq = ops::rope(q, Tensor::from_vector(std::vector<int64_t>{pq}, {1}), config);
+    const Tensor rk = ops::rope(k, Tensor::from_vector(std::vector<int64_t>{pk}, {1}), config);
+    return ops::sum(ops::mul(rq, rk)).item<double>();
+  };
+  CHECK(rotated_dot(1000, 990) == doctest::Approx(rotated_dot(20, 10)).epsilon(1e-4));
+  for (DType dtype : kFloatTypes) {
+    CAPTURE(dtype_name(dtype));
+    const Tensor x = random_tensor({2, 5, 3, 16}, dtype, gen);
+    const Tensor shared_positions = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 7, 100}, {5});
+    const Tensor batch_positions = ops::cast(randint(0, 5000, {2, 5}, gen), DType::i32);
+    for (const Tensor& positions : {shared_positions, batch_positions}) {
+      CHECK_CLOSE(ops::rope(x, positions, config), ops::reference::rope(x, positions, config), loose(dtype, 1));
+      // A [B, H, T, D] tensor viewed as [B, T, H, D] (the usual transposed activation layout).
+      const Tensor bhtd = ops::contiguous(x.transpose(1, 2));
+      CHECK_CLOSE(ops::rope(bhtd.transpose(1, 2), positions, config), ops::reference::rope(x, positions, config),
+                  loose(dtype, 1));
+    }
+    // The backward is the inverse rotation: it undoes the forward.
+    const Tensor restored = ops::rope_backward(ops::rope(x, shared_positions, config), shared_positions, config);
+    CHECK_CLOSE(restored, x, loose(dtype, 2));
+  }
+  CHECK_THROWS_WITH_AS(ops::rope(random_tensor({1, 2, 1, 6}, DType::f32, gen), Tensor::from_vector(std::vector<int64_t>{0, 1}, {2}), config),
+                       doctest::Contains("head_dim is 16"), Error);
+}
+
+TEST_CASE("swiglu forward and backward") {
+  Generator gen(6);
+  for (DType dtype : kFloatTypes) {
+    CAPTURE(dtype_name(dtype));
+    const Tensor gate = random_tensor({3, 17}, dtype, gen, -6, 6), up = random_tensor({3, 17}, dtype, gen);
+    CHECK_CLOSE(ops::swiglu(noncontiguous(gate), up), ops::reference::swiglu(gate, up), loose(dtype, 1));
+  }
+  const Tensor gate = random_tensor({4, 5}, DType::f64, gen, -5, 5), up = random_tensor({4, 5}, DType::f64, gen);
+  const Tensor dy = random_tensor({4, 5}, DType::f64, gen);
+  auto [dgate, dup] = ops::swiglu_backward(dy, gate, up);
+  const std::vector<double> g = gate.to_vector<double>(), u = up.to_vector<double>(), d = dy.to_vector<double>();
+  const std::vector<double> dg = dgate.to_vector<double>(), du = dup.to_vector<double>();
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double h = 1e-6;
+    auto f = [](double x) { return x / (1 + std::exp(-x)); };
+    CHECK(dg[i] == doctest::Approx(d[i] * u[i] * (f(g[i] + h) - f(g[i] - h)) / (2 * h)).epsilon(1e-6));
+    CHECK(du[i] == doctest::Approx(d[i] * f(g[i])).epsilon(1e-12));
+  }
+  CHECK_THROWS_WITH_AS(ops::swiglu(gate, random_tensor({4, 6}, DType::f64, gen)), doctest::Contains("'up' must have shape [4, 5]"), Error);
+}
+
+TEST_CASE("cross-entropy: per-token losses, ignore index, big vocabularies") {
+  Generator gen(7);
+  for (DType dtype : kFloatTypes) {
+    CAPTURE(dtype_name(dtype));
+    const Tensor logits = random_tensor({2, 3, 50}, dtype, gen, -5, 5);
+    const Tensor targets = Tensor::from_vector(std::vector<int64_t>{4, -100, 49, 0, 7, -100}, {2, 3});
+    const ops::CrossEntropyResult result = ops::cross_entropy(noncontiguous(logits), targets);
+    CHECK(result.target_count == 4);
+    CHECK_CLOSE(result.losses, ops::reference::cross_entropy(logits, targets, -100), loose(dtype, 2));
+    CHECK(result.losses.to_vector<double>()[1] == 0.0);
+  }
+  // One row over the Llama-3 vocabulary.
+  const Tensor logits = random_tensor({2, 128256}, DType::f32, gen, -10, 10);
+  const Tensor targets = Tensor::from_vector(std::vector<int64_t>{128255, 17}, {2});
+  CHECK_CLOSE(ops::cross_entropy(logits, targets).losses, ops::reference::cross_entropy(logits, targets, -100),
+              (testing::Tolerance{1e-4, 1e-5}));
+  // Backward: softmax minus one-hot, scaled per token; ignored rows get zero.
+  const Tensor small = random_tensor({3, 6}, DType::f64, gen);
+  const Tensor small_targets = Tensor::from_vector(std::vector<int64_t>{2, -100, 5}, {3});
+  const ops::CrossEntropyResult forward = ops::cross_entropy(small, small_targets);
+  const Tensor grad_losses = Tensor::from_vector(std::vector<double>{0.5, 3.0, -2.0}, {3}, DType::f64);
+  const Tensor dlogits = ops::cross_entropy_backward(grad_losses, small, small_targets, forward.lse);
+  const Tensor probabilities = ops::reference::softmax(small, -1);
+  const std::vector<double> p = probabilities.to_vector<double>(), d = dlogits.to_vector<double>();
+  for (int j = 0; j < 6; ++j) {
+    CHECK(d[size_t(j)] == doctest::Approx(0.5 * (p[size_t(j)] - (j == 2 ? 1.0 : 0.0))));
+    CHECK(d[size_t(6 + j)] == 0.0);
+    CHECK(d[size_t(12 + j)] == doctest::Approx(-2.0 * (p[size_t(12 + j)] - (j == 5 ? 1.0 : 0.0))));
+  }
+  CHECK_THROWS_WITH_AS(ops::cross_entropy(small, Tensor::from_vector(std::vector<int64_t>{2, 6, 0}, {3})),
+                       doctest::Contains("target 6 at flat position 1 is outside the vocabulary of 6"), Error);
+  CHECK_THROWS_WITH_AS(ops::cross_entropy(small, Tensor::from_vector(std::vector<int64_t>{2, 6}, {2})),
+                       doctest::Contains("'targets' must have shape [3]"), Error);
+}
+
+TEST_CASE("dense attention: GQA, causal with a KV offset, additive masks, dtypes") {
+  Generator gen(8);
+  struct Case {
+    int64_t batch, heads, kv_heads, tokens, keys, head_dim;
+    bool causal;
+  };
+  for (const Case& c : {Case{1, 2, 2, 5, 5, 8, true}, Case{2, 4, 2, 3, 7, 4, true}, Case{1, 6, 2, 4, 4, 16, false},
+                        Case{2, 4, 1, 1, 9, 8, true}, Case{1, 2, 1, 6, 6, 3, true}}) {
+    for (DType dtype : kFloatTypes) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(c.heads);
+      CAPTURE(c.tokens);
+      CAPTURE(c.keys);
+      const Tensor q = random_tensor({c.batch, c.heads, c.tokens, c.head_dim}, dtype, gen, -2, 2);
+      const Tensor k = random_tensor({c.batch, c.kv_heads, c.keys, c.head_dim}, dtype, gen, -2, 2);
+      const Tensor v = random_tensor({c.batch, c.kv_heads, c.keys, c.head_dim}, dtype, gen);
+      AttentionOptions options;
+      options.causal = c.causal;
+      const Tensor expected = ops::reference::attention(q, k, v, options);
+      CHECK_CLOSE(ops::attention(q, k, v, options).out, expected, loose(dtype, 2));
+      // The [B, T, H, D] projection layout viewed as [B, H, T, D].
+      const Tensor q_bthd = ops::contiguous(q.transpose(1, 2));
+      CHECK_CLOSE(ops::attention(q_bthd.transpose(1, 2), noncontiguous(k), v, options).out, expected, loose(dtype, 2));
+      // An additive mask broadcast over batch and heads, hiding key 0 for every query.
+      Tensor mask = zeros({c.tokens, c.keys}, DType::f32);
+      ops::fill_(views::select(mask, 1, 0), -INFINITY);
+      options.mask = mask;
+      CHECK_CLOSE(ops::attention(q, k, v, options).out, ops::reference::attention(q, k, v, options), loose(dtype, 2));
+    }
+  }
+  // A fully hidden row gives zeros (not NaN).
+  const Tensor q = random_tensor({1, 1, 2, 4}, DType::f32, gen), k = random_tensor({1, 1, 2, 4}, DType::f32, gen);
+  AttentionOptions hide_all;
+  hide_all.causal = false;
+  hide_all.mask = full({2, 2}, -INFINITY);
+  for (double value : ops::attention(q, k, k, hide_all).out.to_vector<double>()) CHECK(value == 0.0);
+  const Tensor two_kv_heads = random_tensor({1, 2, 2, 4}, DType::f32, gen);
+  CHECK_THROWS_WITH_AS(ops::attention(random_tensor({1, 3, 2, 4}, DType::f32, gen), two_kv_heads, two_kv_heads, {}),
+                       doctest::Contains("multiple of kv heads"), Error);
+}
+
+TEST_CASE("attention backward against central differences of the reference") {
+  Generator gen(9);
+  const Tensor q = random_tensor({1, 4, 3, 4}, DType::f64, gen), k = random_tensor({1, 2, 5, 4}, DType::f64, gen);
+  const Tensor v = random_tensor({1, 2, 5, 4}, DType::f64, gen), dout = random_tensor({1, 4, 3, 4}, DType::f64, gen);
+  AttentionOptions options;
+  options.mask = random_tensor({3, 5}, DType::f64, gen);
+  const ops::AttentionResult forward = ops::attention(q, k, v, options);
+  const ops::AttentionGrads grads = ops::attention_backward(dout, q, k, v, forward.out, forward.lse, options);
+  auto objective = [&](const Tensor& qq, const Tensor& kk, const Tensor& vv) {
+    return ops::sum(ops::mul(ops::reference::attention(qq, kk, vv, options), dout)).item<double>();
+  };
+  const double h = 1e-6;
+  for (int which = 0; which < 3; ++which) {
+    const Tensor& input = which == 0 ? q : which == 1 ? k : v;
+    const Tensor& grad = which == 0 ? grads.dq : which == 1 ? grads.dk : grads.dv;
+    for (int64_t i = 0; i < input.numel(); ++i) {
+      Tensor plus = ops::clone(input), minus = ops::clone(input);
+      plus.data<double>()[i] += h;
+      minus.data<double>()[i] -= h;
+      const double numeric = which == 0   ? objective(plus, k, v) - objective(minus, k, v)
+                             : which == 1 ? objective(q, plus, v) - objective(q, minus, v)
+                                          : objective(q, k, plus) - objective(q, k, minus);
+      CAPTURE(which);
+      CAPTURE(i);
+      CHECK(grad.to_vector<double>()[size_t(i)] == doctest::Approx(numeric / (2 * h)).epsilon(1e-6));
+    }
+  }
+}

@@ -1,0 +1,98 @@
+// adamw_step_ against ops::reference::adamw_step over several steps.
+#include "op_cases.h"
+
+using namespace lamina;
+using namespace lamina::testing;
+
+namespace {
+
+ops::AdamWStep hyper_for_step(int64_t step) {
+  ops::AdamWStep hyper;
+  hyper.lr = 1e-2;
+  hyper.beta1 = 0.9;
+  hyper.beta2 = 0.99;
+  hyper.eps = 1e-8;
+  hyper.weight_decay = 0.1;
+  hyper.step = step;
+  return hyper;
+}
+
+Tensor f64_copy(const Tensor& t) { return Tensor::from_vector(t.to_vector<double>(), t.shape(), DType::f64); }
+
+}  // namespace
+
+TEST_CASE("adamw_step_ follows the reference step by step") {
+  struct Case {
+    DType param, grad;
+  };
+  const Case cases[] = {{DType::f32, DType::f32}, {DType::f64, DType::f64}, {DType::bf16, DType::bf16},
+                        {DType::bf16, DType::f32}, {DType::f32, DType::bf16}};
+  Generator gen(101);
+  for (const Case& c : cases) {
+    const DType state = c.param == DType::f64 ? DType::f64 : DType::f32;
+    // 300 elements: more than one vector's worth, with a tail.
+    const Tensor param = random_tensor({3, 100}, c.param, gen);
+    const Tensor exp_avg = zeros({3, 100}, state), exp_avg_sq = zeros({3, 100}, state);
+    for (int64_t step = 1; step <= 5; ++step) {
+      const Tensor grad = random_tensor({3, 100}, c.grad, gen);
+      const ops::AdamWStep hyper = hyper_for_step(step);
+      // Expected from the current (already rounded) state, so each step is checked on its own.
+      const std::vector<Tensor> expected = ops::reference::adamw_step(param, grad, exp_avg, exp_avg_sq, hyper);
+      ops::adamw_step_(param, grad, exp_avg, exp_avg_sq, hyper);
+      INFO(name(c.param) << " param, " << name(c.grad) << " grad, step " << step);
+      CHECK_CLOSE(param, expected[0], tolerance_for(c.param));
+      CHECK_CLOSE(exp_avg, expected[1], tolerance_for(state));
+      CHECK_CLOSE(exp_avg_sq, expected[2], tolerance_for(state));
+    }
+  }
+}
+
+TEST_CASE("adamw_step_ over five steps stays on the f64 trajectory") {
+  Generator gen(102);
+  for (DType dtype : {DType::f32, DType::f64}) {
+    const Tensor param = random_tensor({17}, dtype, gen);
+    const Tensor exp_avg = zeros({17}, dtype), exp_avg_sq = zeros({17}, dtype);
+    Tensor ref_param = f64_copy(param), ref_avg = f64_copy(exp_avg), ref_avg_sq = f64_copy(exp_avg_sq);
+    for (int64_t step = 1; step <= 5; ++step) {
+      const Tensor grad = random_tensor({17}, dtype, gen);
+      const ops::AdamWStep hyper = hyper_for_step(step);
+      ops::adamw_step_(param, grad, exp_avg, exp_avg_sq, hyper);
+      const std::vector<Tensor> next = ops::reference::adamw_step(ref_param, grad, ref_avg, ref_avg_sq, hyper);
+      ref_param = next[0];
+      ref_avg = next[1];
+      ref_avg_sq = next[2];
+    }
+    INFO(name(dtype));
+    CHECK_CLOSE(param, ref_param, tolerance_for(dtype));
+    CHECK_CLOSE(exp_avg, ref_avg, tolerance_for(dtype));
+    CHECK_CLOSE(exp_avg_sq, ref_avg_sq, tolerance_for(dtype));
+  }
+}
+
+TEST_CASE("adamw_step_ without gradient signal only decays the weights") {
+  const Tensor param = Tensor::from_vector(std::vector<double>{2, -4}, {2}, DType::f64);
+  const Tensor grad = zeros({2}, DType::f64), exp_avg = zeros({2}, DType::f64), exp_avg_sq = zeros({2}, DType::f64);
+  ops::AdamWStep hyper = hyper_for_step(1);
+  ops::adamw_step_(param, grad, exp_avg, exp_avg_sq, hyper);
+  // p (1 - lr wd) - lr * 0 / (0 + eps) = p * 0.999
+  CHECK_CLOSE(param, Tensor::from_vector(std::vector<double>{2 * 0.999, -4 * 0.999}, {2}, DType::f64),
+              tolerance_for(DType::f64));
+  CHECK(exp_avg_sq.to_vector<double>() == std::vector<double>{0, 0});
+}
+
+TEST_CASE("adamw_step_ rejects state it cannot update in place") {
+  const Tensor param = zeros({2, 3});
+  const Tensor grad = zeros({2, 3});
+  const Tensor state = zeros({2, 3});
+  const Tensor strided_state = noncontiguous(zeros({2, 3}));
+  CHECK_THROWS_WITH_AS(ops::adamw_step_(param, grad, strided_state, state, {}),
+                       doctest::Contains("adamw_step_: 'exp_avg' must be contiguous"), Error);
+  CHECK_THROWS_WITH_AS(ops::adamw_step_(param, grad, state, zeros({2, 3}, DType::f64), {}),
+                       doctest::Contains("adamw_step_: 'exp_avg_sq' must have dtype f32, got f64"), Error);
+  CHECK_THROWS_WITH_AS(ops::adamw_step_(param, zeros({3, 2}), state, state, {}),
+                       doctest::Contains("adamw_step_: 'grad' must have shape [2, 3], got [3, 2]"), Error);
+  ops::AdamWStep zero_step;
+  zero_step.step = 0;
+  CHECK_THROWS_WITH_AS(ops::adamw_step_(param, grad, state, state, zero_step),
+                       doctest::Contains("adamw_step_: step must be >= 1"), Error);
+}
