@@ -14,6 +14,7 @@ struct MemoryStats {
   int64_t live_bytes = 0;   // bytes currently allocated
   int64_t peak_bytes = 0;   // high-water mark of live_bytes since the last reset
   int64_t allocations = 0;  // number of allocations since start
+  int64_t cached_bytes = 0; // freed blocks kept for reuse (not counted in live_bytes)
 };
 
 // Host memory comes from mimalloc, 64-byte aligned (one cache line, one AVX-512 register).
@@ -21,6 +22,10 @@ inline constexpr size_t kHostAlignment = 64;
 
 MemoryStats memory_stats(Device device);
 void reset_peak_memory(Device device);
+// Returns the cached free blocks to the system; returns how many bytes that released.
+int64_t empty_cache(Device device);
+// Caps the host block cache (default 2 GiB, or $LAMINA_HOST_CACHE_MB); 0 disables it.
+void set_host_cache_limit(size_t bytes);
 
 class Storage {
  public:
@@ -45,6 +50,7 @@ class Storage {
 
   void* data_;
   size_t bytes_;
+  size_t capacity_ = 0;  // bytes actually allocated (a size class >= bytes_)
   Device device_;
   std::shared_ptr<void> keep_alive_;
 };
