@@ -22,6 +22,11 @@ namespace lamina::ops::cpu {
 
 inline constexpr int64_t kElementwiseGrain = 32768;
 
+// Row reductions keep this many independent partial results: enough for the compiler to use
+// whole 512-bit registers and to hide the add latency, and a fixed number so that the
+// summation order (hence the result) is the same on every machine and thread count.
+inline constexpr int kLanes = 16;
+
 template <size_t N>
 struct Runs {
   Shape shape;

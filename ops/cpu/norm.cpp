@@ -59,11 +59,11 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy
           const T* g = grad + row * width;
           T* out = grad_in + row * width;
           const C r = inverse_rms[row];
-          // mean(dn * n) = r * mean(g * w * x), summed in eight lanes.
-          C lanes[8] = {};
+          // mean(dn * n) = r * mean(g * w * x), summed in kLanes lanes.
+          C lanes[kLanes] = {};
           int64_t i = 0;
-          for (; i + 8 <= width; i += 8)
-            for (int lane = 0; lane < 8; ++lane)
+          for (; i + kLanes <= width; i += kLanes)
+            for (int lane = 0; lane < kLanes; ++lane)
               lanes[lane] += load(g[i + lane]) * load(w[i + lane]) * load(in[i + lane]);
           C dot = 0;
           for (; i < width; ++i) dot += load(g[i]) * load(w[i]) * load(in[i]);

@@ -73,7 +73,7 @@ void visit_reduced(const T* base, const ReduceLayout& layout, Run&& run) {
 template <typename T>
 using accumulate_t = std::conditional_t<std::is_floating_point_v<compute_t<T>>, double, int64_t>;
 
-// Sum of a run in eight independent lanes (vectorisable, and a fixed order).
+// Sum of a run in kLanes independent lanes (vectorisable, and a fixed order).
 template <typename T>
 accumulate_t<T> run_sum(const T* p, int64_t n, int64_t stride) {
   using Acc = accumulate_t<T>;
@@ -82,13 +82,13 @@ accumulate_t<T> run_sum(const T* p, int64_t n, int64_t stride) {
     for (int64_t i = 0; i < n; ++i) acc += Acc(load(p[i * stride]));
     return acc;
   }
-  Acc lanes[8] = {};
+  Acc lanes[kLanes] = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int lane = 0; lane < 8; ++lane) lanes[lane] += Acc(load(p[i + lane]));
+  for (; i + kLanes <= n; i += kLanes)
+    for (int lane = 0; lane < kLanes; ++lane) lanes[lane] += Acc(load(p[i + lane]));
   Acc acc = 0;
   for (; i < n; ++i) acc += Acc(load(p[i]));
-  for (int lane = 0; lane < 8; ++lane) acc += lanes[lane];
+  for (int lane = 0; lane < kLanes; ++lane) acc += lanes[lane];
   return acc;
 }
 

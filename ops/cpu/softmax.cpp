@@ -19,14 +19,31 @@ void softmax_rows(const Tensor& out, const Tensor& x, bool log_space) {
       T* y = output + row * width;
       C peak = row_max(in, width);
       if (peak == -INFINITY) peak = 0;  // an all -inf row: avoid inf - inf
-      const C total = row_sum_exp(in, width, peak);
       if (log_space) {
-        const C shift = peak + std::log(total);
+        const C shift = peak + std::log(row_sum_exp(in, width, peak));
         for (int64_t i = 0; i < width; ++i) y[i] = T(load(in[i]) - shift);
-      } else {
-        const C scale = C(1) / total;
-        for (int64_t i = 0; i < width; ++i) y[i] = T(fast_exp(load(in[i]) - peak) * scale);
+        return;
       }
+      // One exp per element: write exp(x - m) while summing it (kLanes lanes), then rescale
+      // the row in place (still in L1 for rows up to ~8K floats).
+      C lanes[kLanes] = {};
+      int64_t i = 0;
+      for (; i + kLanes <= width; i += kLanes) {
+        for (int lane = 0; lane < kLanes; ++lane) {
+          const C e = fast_exp(load(in[i + lane]) - peak);
+          y[i + lane] = T(e);
+          lanes[lane] += e;
+        }
+      }
+      C total = 0;
+      for (; i < width; ++i) {
+        const C e = fast_exp(load(in[i]) - peak);
+        y[i] = T(e);
+        total += e;
+      }
+      for (C lane : lanes) total += lane;
+      const C scale = C(1) / total;
+      for (int64_t j = 0; j < width; ++j) y[j] = T(load(y[j]) * scale);
     });
   });
 }
