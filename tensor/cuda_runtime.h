@@ -1,0 +1,18 @@
+// What the CUDA runtime can offer this process. Without the CUDA backend, or without a usable
+// driver and device (as on a build machine), the count is 0 and `reason` says why; CUDA
+// tests and benchmarks use this to skip visibly instead of failing.
+#pragma once
+
+#include <string>
+
+namespace lamina {
+
+struct CudaAvailability {
+  int device_count = 0;
+  std::string reason;  // empty when devices are usable
+};
+
+bool cuda_backend_built();
+CudaAvailability cuda_availability();
+
+}  // namespace lamina
