@@ -76,11 +76,11 @@ Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
-Tensor rope(const Tensor& x, const Tensor& positions, const ops::RopeConfig& config);
+Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config);
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 // Inverted dropout: zeroes with probability p, scales the rest by 1 / (1 - p).
 Tensor dropout(const Tensor& x, double p, Generator& generator);
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionOptions& options = {});
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options = {});
 
 enum class Reduction { none, sum, mean };
 // Token cross-entropy; `mean` divides by the number of non-ignored targets (0 when there are none).

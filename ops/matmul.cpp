@@ -20,8 +20,17 @@ cpu::MatrixSpan span_of(const Tensor& matrix2d, bool transpose) {
 
 // A view whose every 2-D slice Eigen can map; a contiguous copy otherwise.
 Tensor mappable(const Tensor& t) {
+  if (t.numel() == 0) return t;  // no matrix to map (an empty batch has no first matrix either)
   const Tensor first = views::as_strided(t, {t.size(-2), t.size(-1)}, {t.stride(-2), t.stride(-1)}, t.offset());
   return cpu::gemm_compatible(span_of(first, false)) ? t : contiguous(t);
+}
+
+// t [..., R, C] broadcast to [batch..., R, C].
+Tensor broadcast_batch(const Tensor& t, const Shape& batch) {
+  Shape shape = batch;
+  shape.push_back(t.size(-2));
+  shape.push_back(t.size(-1));
+  return views::broadcast_to(t, shape, "matmul");
 }
 
 Tensor matrix_at(const Tensor& t, const Shape& batch_index) {
@@ -68,18 +77,8 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
     }
   }
 
-  a = mappable(views::broadcast_to(a, [&] {
-    Shape s = batch;
-    s.push_back(a.size(-2));
-    s.push_back(a.size(-1));
-    return s;
-  }(), "matmul"));
-  b = mappable(views::broadcast_to(b, [&] {
-    Shape s = batch;
-    s.push_back(b.size(-2));
-    s.push_back(b.size(-1));
-    return s;
-  }(), "matmul"));
+  a = mappable(broadcast_batch(a, batch));
+  b = mappable(broadcast_batch(b, batch));
   std::vector<cpu::GemmTask> tasks;
   const int64_t batch_count = shape_numel(batch);
   tasks.reserve(size_t(batch_count));

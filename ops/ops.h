@@ -32,6 +32,26 @@ Tensor randn(const Shape& shape, Generator& generator, DType dtype = DType::f32,
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& generator,
                DType dtype = DType::i64, Device device = Device::cpu());  // [low, high)
 
+// ---- option types shared by the raw ops and the differentiable functions
+// RoPE frequency settings; llama3_scaling is Llama 3.1+'s "rope_type": "llama3".
+struct Llama3RopeScaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position = 8192;
+};
+struct RopeConfig {
+  int64_t head_dim = 128;
+  double theta = 500000.0;
+  std::optional<Llama3RopeScaling> llama3_scaling;  // Llama 3.1+ "rope_type": "llama3"
+};
+// Dense attention settings (see ops::attention).
+struct AttentionOptions {
+  bool causal = true;
+  std::optional<double> scale;  // default 1 / sqrt(D)
+  Tensor mask;
+};
+
 }  // namespace lamina
 
 namespace lamina::ops {
@@ -139,17 +159,6 @@ RmsNormGrads rms_norm_backward(const Tensor& grad_out, const Tensor& x, const Te
                                const Tensor& rstd);
 
 // ---- RoPE (Hugging Face rotate-half pairs (i, i + D/2)): x [B, T, H, D], positions [T] or [B, T]
-struct Llama3RopeScaling {
-  double factor = 8.0;
-  double low_freq_factor = 1.0;
-  double high_freq_factor = 4.0;
-  int64_t original_max_position = 8192;
-};
-struct RopeConfig {
-  int64_t head_dim = 128;
-  double theta = 500000.0;
-  std::optional<Llama3RopeScaling> llama3_scaling;  // Llama 3.1+ "rope_type": "llama3"
-};
 // The D/2 rotation frequencies in f32, as both reference implementations compute them.
 std::vector<float> rope_frequencies(const RopeConfig& config);
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config);
@@ -174,11 +183,6 @@ Tensor cross_entropy_backward(const Tensor& grad_losses, const Tensor& logits, c
 // q [B, H, T, D], k and v [B, Hkv, S, D] with H a multiple of Hkv (query head h reads kv head
 // h / (H / Hkv)). Causal: query t sits at absolute position S - T + t and sees keys up to it.
 // mask: optional additive mask broadcastable to [B, H, T, S] (use -inf to hide a key).
-struct AttentionOptions {
-  bool causal = true;
-  std::optional<double> scale;  // default 1 / sqrt(D)
-  Tensor mask;
-};
 struct AttentionResult {
   Tensor out;  // [B, H, T, D]
   Tensor lse;  // [B, H, T] logsumexp of the scaled, masked scores (f32; f64 for f64 input)

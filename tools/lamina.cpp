@@ -1,11 +1,86 @@
 // lamina: one executable, many subcommands.
+//
+// Exit status: 0 success, 1 a failure while running (any lamina::Error or other exception),
+// 2 a usage mistake (unknown subcommand or flag, missing value).
 #include <cstdio>
-#include <cstring>
+#include <exception>
 #include <string>
+#include <vector>
 
 #include "tensor/error.h"
+#include "tools/args.h"
+#include "tools/commands.h"
+
+namespace lamina::cli {
+namespace {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(const Arguments& args);
+};
+
+// Only what exists today; generate, chat, train, quantize, ... join as they land.
+constexpr Subcommand kSubcommands[] = {
+    {"demo", "train a tiny MLP on a synthetic task on CPU: a showcase of what exists today", run_demo},
+    {"bench", "benchmarks that print one JSON line per case (suites: ops)", run_bench},
+    {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
+    {"version", "print the version", run_version},
+};
+
+void print_help(std::FILE* out) {
+  std::fprintf(out,
+               "usage: lamina <subcommand> [flags]\n\n"
+               "lamina: tensors, autograd and kernels from scratch, on the way to Llama-3.\n\n"
+               "subcommands:\n");
+  for (const Subcommand& command : kSubcommands) std::fprintf(out, "  %-10s %s\n", command.name, command.summary);
+  std::fprintf(out,
+               "  %-10s %s\n\n"
+               "Run 'lamina <subcommand> --help' (or 'lamina help <subcommand>') for its flags.\n",
+               "help", "show this help; 'lamina --version' prints the version");
+}
+
+int dispatch(const Arguments& args) {
+  if (args.empty()) {
+    print_help(stderr);
+    throw UsageError("no subcommand given", "try 'lamina demo'");
+  }
+  const std::string& name = args[0];
+  if (name == "help" || name == "--help") {
+    if (args.size() > 1 && args[1].rfind("-", 0) != 0) return dispatch({args[1], "--help"});  // help <subcommand>
+    print_help(stdout);
+    return 0;
+  }
+  if (name == "--version") return run_version({});
+
+  std::vector<std::string> names;
+  for (const Subcommand& command : kSubcommands) {
+    if (name == command.name) return command.run(Arguments(args.begin() + 1, args.end()));
+    names.push_back(command.name);
+  }
+  const std::string suggestion = closest_match(name, names);
+  const std::string what = name.rfind("-", 0) == 0 ? "unknown flag '" : "unknown subcommand '";
+  throw UsageError(what + name + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
+                   "run 'lamina help' to list the subcommands");
+}
+
+}  // namespace
+}  // namespace lamina::cli
 
 int main(int argc, char** argv) {
-  std::printf("lamina %s\n", LAMINA_VERSION);
-  return 0;
+  try {
+    return lamina::cli::dispatch(lamina::cli::Arguments(argv + 1, argv + argc));
+  } catch (const lamina::cli::UsageError& error) {
+    std::fprintf(stderr, "error: %s\nhint: %s\n", error.what(), error.hint().c_str());
+    return 2;
+  } catch (const lamina::Error& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  } catch (...) {
+    std::fprintf(stderr, "error: an unknown exception escaped the subcommand\n");
+    return 1;
+  }
 }

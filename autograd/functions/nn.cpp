@@ -42,7 +42,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return result.y;
 }
 
-Tensor rope(const Tensor& x, const Tensor& positions, const ops::RopeConfig& config) {
+Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) {
   Tensor out = untaped([&] { return ops::rope(x, positions, config); });
   autograd::record("rope", {&out}, {x}, [positions = saved(positions), config](const Grads& g) {
     return Grads{ops::rope_backward(g[0], positions, config)};
@@ -68,9 +68,9 @@ Tensor dropout(const Tensor& x, double p, Generator& generator) {
   return out;
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionOptions& options) {
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
   ops::AttentionResult result = untaped([&] { return ops::attention(q, k, v, options); });
-  ops::AttentionOptions kept = options;
+  AttentionOptions kept = options;
   kept.mask = saved(options.mask);
   autograd::record("attention", {&result.out}, {q, k, v},
                    [q = saved(q), k = saved(k), v = saved(v), out = saved(result.out), lse = result.lse,

@@ -1,0 +1,132 @@
+#include "tools/args.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <sstream>
+
+namespace lamina::cli {
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> previous(b.size() + 1), current(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) previous[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    current[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      current[j] = std::min({previous[j] + 1, current[j - 1] + 1, substitution});
+    }
+    std::swap(previous, current);
+  }
+  return previous[b.size()];
+}
+
+}  // namespace
+
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;  // beyond this it is not a typo
+  for (const std::string& candidate : candidates) {
+    const size_t distance = edit_distance(word, candidate);
+    if (distance < best_distance) {
+      best = candidate;
+      best_distance = distance;
+    }
+  }
+  return best;
+}
+
+FlagParser::FlagParser(std::string command, std::string summary)
+    : command_(std::move(command)), summary_(std::move(summary)) {}
+
+void FlagParser::add_switch(const std::string& name, const std::string& help) {
+  flags_.push_back({name, "", help, ""});
+}
+
+void FlagParser::add_option(const std::string& name, const std::string& value_name, const std::string& help,
+                            const std::string& default_text) {
+  flags_.push_back({name, value_name, help, default_text});
+}
+
+const FlagParser::Flag* FlagParser::find(const std::string& name) const {
+  for (const Flag& flag : flags_)
+    if (flag.name == name) return &flag;
+  return nullptr;
+}
+
+void FlagParser::fail(const std::string& message) const {
+  throw UsageError(command_ + ": " + message, "run '" + command_ + " --help' for its flags");
+}
+
+bool FlagParser::parse(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--help") {
+      std::fputs(help_text().c_str(), stdout);
+      return false;
+    }
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) fail("unexpected argument '" + arg + "'");
+
+    const size_t equals = arg.find('=');
+    const std::string name = arg.substr(2, equals == std::string::npos ? std::string::npos : equals - 2);
+    const Flag* flag = find(name);
+    if (flag == nullptr) {
+      std::vector<std::string> names;
+      for (const Flag& known : flags_) names.push_back(known.name);
+      const std::string suggestion = closest_match(name, names);
+      fail("unknown flag '--" + name + "'" + (suggestion.empty() ? "" : " (did you mean --" + suggestion + "?)"));
+    }
+    if (flag->value_name.empty()) {
+      if (equals != std::string::npos) fail("flag --" + name + " is a switch and takes no value");
+      values_[name] = "true";
+      continue;
+    }
+    if (equals != std::string::npos) {
+      values_[name] = arg.substr(equals + 1);
+    } else if (i + 1 < args.size() && args[i + 1].rfind("--", 0) != 0) {
+      values_[name] = args[++i];
+    } else {
+      fail("flag --" + name + " needs a value: --" + name + " " + flag->value_name);
+    }
+    if (values_[name].empty()) fail("flag --" + name + " was given an empty value");
+  }
+  return true;
+}
+
+bool FlagParser::is_set(const std::string& name) const { return values_.count(name) != 0; }
+
+std::optional<std::string> FlagParser::value(const std::string& name) const {
+  const auto found = values_.find(name);
+  if (found == values_.end()) return std::nullopt;
+  return found->second;
+}
+
+int64_t FlagParser::int_value(const std::string& name, int64_t fallback, int64_t min, int64_t max) const {
+  const std::optional<std::string> text = value(name);
+  if (!text) return fallback;
+  int64_t parsed = 0;
+  const char* end = text->data() + text->size();
+  const auto [stop, error] = std::from_chars(text->data(), end, parsed);
+  if (error != std::errc() || stop != end) fail("flag --" + name + " needs an integer, got '" + *text + "'");
+  if (parsed < min || parsed > max) {
+    fail("flag --" + name + " must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " +
+         *text);
+  }
+  return parsed;
+}
+
+std::string FlagParser::help_text() const {
+  std::ostringstream out;
+  out << "usage: " << command_ << (flags_.empty() ? "" : " [flags]") << "\n\n" << summary_ << "\n\nflags:\n";
+  for (const Flag& flag : flags_) {
+    std::string left = "--" + flag.name + (flag.value_name.empty() ? "" : " " + flag.value_name);
+    out << "  " << left << std::string(left.size() < 22 ? 22 - left.size() : 1, ' ') << flag.help;
+    if (!flag.default_text.empty()) out << " (default: " << flag.default_text << ")";
+    out << "\n";
+  }
+  out << "  --help                " << "show this help\n";
+  return out.str();
+}
+
+}  // namespace lamina::cli

@@ -1,0 +1,68 @@
+// A small flag parser for the lamina subcommands.
+//
+// Accepted forms: `--name value`, `--name=value`, and `--name` for boolean flags. Every
+// subcommand answers `--help`. Unknown flags, missing values and stray arguments are usage
+// errors: main() prints them with a hint and exits with status 2.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lamina::cli {
+
+// A mistake in how the command was invoked (exit status 2), as opposed to a failure while
+// running it (exit status 1). `hint` says what to run to learn the right usage.
+class UsageError : public std::runtime_error {
+ public:
+  UsageError(const std::string& message, std::string hint)
+      : std::runtime_error(message), hint_(std::move(hint)) {}
+  const std::string& hint() const { return hint_; }
+
+ private:
+  std::string hint_;
+};
+
+// The closest of `candidates` to `word` when it is a plausible typo of it, else "".
+std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
+
+class FlagParser {
+ public:
+  // `command` is the full invocation ("lamina bench ops"); `summary` one line about it.
+  FlagParser(std::string command, std::string summary);
+
+  void add_switch(const std::string& name, const std::string& help);  // boolean, no value
+  void add_option(const std::string& name, const std::string& value_name, const std::string& help,
+                  const std::string& default_text = "");
+
+  // Parses `args` (everything after the subcommand). Returns false when --help was asked
+  // for, after printing the help to stdout; throws UsageError on any malformed input.
+  bool parse(const std::vector<std::string>& args);
+
+  bool is_set(const std::string& name) const;  // switches: given; options: given a value
+  std::optional<std::string> value(const std::string& name) const;
+  // The option's value as an integer in [min, max], or `fallback` when not given.
+  int64_t int_value(const std::string& name, int64_t fallback, int64_t min, int64_t max) const;
+
+  std::string help_text() const;
+
+ private:
+  struct Flag {
+    std::string name;
+    std::string value_name;  // empty for a switch
+    std::string help;
+    std::string default_text;
+  };
+  const Flag* find(const std::string& name) const;
+  [[noreturn]] void fail(const std::string& message) const;
+
+  std::string command_;
+  std::string summary_;
+  std::vector<Flag> flags_;
+  std::map<std::string, std::string> values_;  // switches hold "true"
+};
+
+}  // namespace lamina::cli

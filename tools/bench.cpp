@@ -1,0 +1,50 @@
+// `lamina bench <suite>`: fixed, named benchmark cases that print one JSON line each, so
+// numbers are comparable across machines and commits.
+#include <cstdio>
+
+#include "tools/args.h"
+#include "tools/commands.h"
+
+namespace lamina::cli {
+namespace {
+
+struct BenchSuite {
+  const char* name;
+  const char* summary;
+  int (*run)(const Arguments& args);
+};
+
+constexpr BenchSuite kSuites[] = {
+    {"ops", "CPU op throughput: matmul vs Eigen, memory-bound ops vs memcpy", run_bench_ops},
+};
+
+void print_bench_help() {
+  std::printf("usage: lamina bench <suite> [flags]\n\nsuites:\n");
+  for (const BenchSuite& suite : kSuites) std::printf("  %-6s %s\n", suite.name, suite.summary);
+  std::printf("\nRun 'lamina bench <suite> --help' for a suite's flags.\n");
+}
+
+}  // namespace
+
+int run_bench(const Arguments& args) {
+  if (args.empty()) throw UsageError("lamina bench: no suite given", "run 'lamina bench --help' to list the suites");
+  if (args[0] == "--help" || args[0] == "help") {
+    print_bench_help();
+    return 0;
+  }
+  if (args[0].rfind("-", 0) == 0) {
+    throw UsageError("lamina bench: expected a suite name before flags, got '" + args[0] + "'",
+                     "run 'lamina bench --help' to list the suites");
+  }
+  std::vector<std::string> names;
+  for (const BenchSuite& suite : kSuites) {
+    if (args[0] == suite.name) return suite.run(Arguments(args.begin() + 1, args.end()));
+    names.push_back(suite.name);
+  }
+  const std::string suggestion = closest_match(args[0], names);
+  throw UsageError("lamina bench: unknown suite '" + args[0] + "'" +
+                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
+                   "run 'lamina bench --help' to list the suites");
+}
+
+}  // namespace lamina::cli

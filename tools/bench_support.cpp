@@ -1,0 +1,102 @@
+#include "tools/bench_support.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "tensor/error.h"
+#include "tensor/parallel.h"
+
+namespace lamina::cli {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string json_escape(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\u%04x", c);
+      out += escaped;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Timing measure(const std::function<void()>& body, double min_seconds) {
+  body();
+  std::vector<double> samples;
+  const auto start = std::chrono::steady_clock::now();
+  while (samples.size() < 3 || seconds_since(start) < min_seconds) {
+    const auto run_start = std::chrono::steady_clock::now();
+    body();
+    samples.push_back(seconds_since(run_start));
+  }
+  std::sort(samples.begin(), samples.end());
+  Timing timing;
+  timing.runs = int64_t(samples.size());
+  timing.best_seconds = samples.front();
+  const size_t middle = samples.size() / 2;
+  timing.median_seconds = samples.size() % 2 == 1 ? samples[middle] : 0.5 * (samples[middle - 1] + samples[middle]);
+  return timing;
+}
+
+void run_on_threads(int threads, const std::function<void(int index)>& body) {
+  LAMINA_CHECK(threads <= num_threads(), "run_on_threads: ", threads, " threads asked, the pool has ", num_threads());
+  // A grain of one index per chunk: with at most `threads` indices, each runs on its own thread.
+  parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) body(int(index));
+  });
+}
+
+JsonLine& JsonLine::add(const std::string& key, const std::string& value) {
+  std::string quoted = "\"";  // appended piece by piece: GCC 12 misreads "x" + s + "x" (-Wrestrict)
+  quoted.append(json_escape(value)).append("\"");
+  add_raw(key, quoted);
+  return *this;
+}
+
+JsonLine& JsonLine::add(const std::string& key, double value) {
+  if (!std::isfinite(value)) {
+    add_raw(key, "null");  // JSON has no inf or nan
+    return *this;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4g", value);
+  add_raw(key, text);
+  return *this;
+}
+
+JsonLine& JsonLine::add(const std::string& key, int64_t value) {
+  add_raw(key, std::to_string(value));
+  return *this;
+}
+
+JsonLine& JsonLine::add(const std::string& key, bool value) {
+  add_raw(key, value ? "true" : "false");
+  return *this;
+}
+
+void JsonLine::add_raw(const std::string& key, const std::string& json_value) {
+  if (!body_.empty()) body_ += ',';
+  body_.append("\"").append(json_escape(key)).append("\":").append(json_value);
+}
+
+void JsonLine::print() const {
+  std::printf("{%s}\n", body_.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace lamina::cli

@@ -1,0 +1,42 @@
+// Shared pieces of the benchmark suites: timing, baselines on plain threads, JSON lines.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace lamina::cli {
+
+struct Timing {
+  double median_seconds = 0;
+  double best_seconds = 0;
+  int64_t runs = 0;
+};
+
+// Runs `body` once to warm up (caches, allocator, thread pool), then repeatedly until at
+// least `min_seconds` have passed and at least three runs were made.
+Timing measure(const std::function<void()>& body, double min_seconds);
+
+// Runs body(0) ... body(threads - 1) concurrently on lamina's thread pool, which must have at
+// least `threads` threads. Baselines split their work with it so that they and the ops pay the
+// same fork-join cost: the ratios then measure the ops, not the threading. (Spawning threads
+// per call instead made the 256^3 Eigen baseline 20x slower on a loaded two-core machine.)
+void run_on_threads(int threads, const std::function<void(int index)>& body);
+
+// One flat JSON object, built field by field, printed as one line.
+class JsonLine {
+ public:
+  JsonLine& add(const std::string& key, const std::string& value);
+  JsonLine& add(const std::string& key, const char* value) { return add(key, std::string(value)); }
+  JsonLine& add(const std::string& key, double value);  // 4 significant digits
+  JsonLine& add(const std::string& key, int64_t value);
+  JsonLine& add(const std::string& key, int value) { return add(key, int64_t(value)); }
+  JsonLine& add(const std::string& key, bool value);
+  void print() const;  // to stdout, flushed, so a pipe sees each case as it finishes
+
+ private:
+  void add_raw(const std::string& key, const std::string& json_value);
+  std::string body_;
+};
+
+}  // namespace lamina::cli

@@ -1,0 +1,20 @@
+// The subcommands of the lamina executable. Each takes the arguments after its own name and
+// returns the process exit status; usage mistakes throw cli::UsageError (see tools/args.h).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace lamina::cli {
+
+using Arguments = std::vector<std::string>;
+
+int run_version(const Arguments& args);
+int run_info(const Arguments& args);
+int run_bench(const Arguments& args);  // dispatches to the bench suites (tools/bench.cpp)
+int run_demo(const Arguments& args);
+
+// The bench suites, each in its own file.
+int run_bench_ops(const Arguments& args);
+
+}  // namespace lamina::cli
