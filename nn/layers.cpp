@@ -3,13 +3,20 @@
 #include <cmath>
 
 namespace lamina::nn {
+namespace {
+
+Tensor new_parameter(const Shape& shape, DType dtype, ParameterInit init, double value) {
+  return init == ParameterInit::uninitialized ? Tensor::empty(shape, dtype) : full(shape, value, dtype);
+}
+
+}  // namespace
 
 Linear::Linear(int64_t in_features, int64_t out_features, LinearOptions options)
     : in_features_(in_features), out_features_(out_features) {
   LAMINA_CHECK(in_features > 0 && out_features > 0, "Linear: features must be positive, got in ", in_features,
                ", out ", out_features);
-  weight_ = register_parameter("weight", zeros({out_features, in_features}, options.dtype));
-  if (options.bias) bias_ = register_parameter("bias", zeros({out_features}, options.dtype));
+  weight_ = register_parameter("weight", new_parameter({out_features, in_features}, options.dtype, options.init, 0.0));
+  if (options.bias) bias_ = register_parameter("bias", new_parameter({out_features}, options.dtype, options.init, 0.0));
 }
 
 Tensor Linear::forward(const Tensor& x) const {
@@ -25,9 +32,9 @@ void Linear::reset_parameters(Generator& generator) {
   if (bias_.defined()) bias_.set_data(uniform(bias_.shape(), -bound, bound, generator, bias_.dtype()));
 }
 
-Embedding::Embedding(int64_t num_embeddings, int64_t dim, DType dtype) {
+Embedding::Embedding(int64_t num_embeddings, int64_t dim, DType dtype, ParameterInit init) {
   LAMINA_CHECK(num_embeddings > 0 && dim > 0, "Embedding: sizes must be positive, got ", num_embeddings, " x ", dim);
-  weight_ = register_parameter("weight", zeros({num_embeddings, dim}, dtype));
+  weight_ = register_parameter("weight", new_parameter({num_embeddings, dim}, dtype, init, 0.0));
 }
 
 Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight_, ids); }
@@ -37,9 +44,9 @@ void Embedding::reset_parameters(Generator& generator, double std) {
   weight_.set_data(ops::binary(ops::BinaryOp::mul, standard, std));
 }
 
-RMSNorm::RMSNorm(int64_t dim, double eps, DType dtype) : eps_(eps) {
+RMSNorm::RMSNorm(int64_t dim, double eps, DType dtype, ParameterInit init) : eps_(eps) {
   LAMINA_CHECK(dim > 0, "RMSNorm: dim must be positive, got ", dim);
-  weight_ = register_parameter("weight", ones({dim}, dtype));
+  weight_ = register_parameter("weight", new_parameter({dim}, dtype, init, 1.0));
 }
 
 Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight_, eps_); }

@@ -6,9 +6,14 @@
 
 namespace lamina::nn {
 
+// How new parameters start: zeros (ones for norms), or uninitialised memory for parameters
+// about to be loaded from a checkpoint (untouched pages cost no RAM and no time).
+enum class ParameterInit { zeros, uninitialized };
+
 struct LinearOptions {
   bool bias = false;  // Llama has none
   DType dtype = DType::f32;
+  ParameterInit init = ParameterInit::zeros;
 };
 
 // y = x W^T (+ b), W: [out_features, in_features] (the HF layout).
@@ -32,7 +37,8 @@ class Linear : public Module {
 // Row lookup in a [num_embeddings, dim] table.
 class Embedding : public Module {
  public:
-  Embedding(int64_t num_embeddings, int64_t dim, DType dtype = DType::f32);
+  Embedding(int64_t num_embeddings, int64_t dim, DType dtype = DType::f32,
+            ParameterInit init = ParameterInit::zeros);
   Tensor forward(const Tensor& ids) const;  // ids: [...] -> [..., dim]
   void reset_parameters(Generator& generator, double std = 0.02);  // normal(0, std), as HF Llama
   const Tensor& weight() const { return weight_; }
@@ -44,7 +50,8 @@ class Embedding : public Module {
 // y = x / sqrt(mean(x^2) + eps) * w, over the last dim; w starts at 1.
 class RMSNorm : public Module {
  public:
-  explicit RMSNorm(int64_t dim, double eps = 1e-5, DType dtype = DType::f32);
+  explicit RMSNorm(int64_t dim, double eps = 1e-5, DType dtype = DType::f32,
+                   ParameterInit init = ParameterInit::zeros);  // zeros means "weight = 1" here
   Tensor forward(const Tensor& x) const;
   const Tensor& weight() const { return weight_; }
   double eps() const { return eps_; }

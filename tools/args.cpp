@@ -116,6 +116,21 @@ int64_t FlagParser::int_value(const std::string& name, int64_t fallback, int64_t
   return parsed;
 }
 
+double FlagParser::double_value(const std::string& name, double fallback, double min, double max) const {
+  const std::optional<std::string> text = value(name);
+  if (!text) return fallback;
+  double parsed = 0;
+  const char* end = text->data() + text->size();
+  const auto [stop, error] = std::from_chars(text->data(), end, parsed);
+  if (error != std::errc() || stop != end) fail("flag --" + name + " needs a number, got '" + *text + "'");
+  if (!(parsed >= min && parsed <= max)) {
+    std::ostringstream range;
+    range << "[" << min << ", " << max << "]";
+    fail("flag --" + name + " must be in " + range.str() + ", got " + *text);
+  }
+  return parsed;
+}
+
 std::string FlagParser::help_text() const {
   std::ostringstream out;
   out << "usage: " << command_ << (flags_.empty() ? "" : " [flags]") << "\n\n" << summary_ << "\n\nflags:\n";

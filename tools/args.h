@@ -46,6 +46,8 @@ class FlagParser {
   std::optional<std::string> value(const std::string& name) const;
   // The option's value as an integer in [min, max], or `fallback` when not given.
   int64_t int_value(const std::string& name, int64_t fallback, int64_t min, int64_t max) const;
+  // The option's value as a number in [min, max], or `fallback` when not given.
+  double double_value(const std::string& name, double fallback, double min, double max) const;
 
   std::string help_text() const;
 

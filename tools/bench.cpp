@@ -16,6 +16,7 @@ struct BenchSuite {
 
 constexpr BenchSuite kSuites[] = {
     {"ops", "CPU op throughput: matmul vs Eigen, memory-bound ops vs memcpy", run_bench_ops},
+    {"generate", "Llama prefill/decode tokens/s vs the memory-bandwidth bound", run_bench_generate},
 };
 
 void print_bench_help() {

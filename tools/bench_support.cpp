@@ -1,9 +1,13 @@
 #include "tools/bench_support.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "tensor/error.h"
@@ -59,6 +63,29 @@ void run_on_threads(int threads, const std::function<void(int index)>& body) {
   parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) body(int(index));
   });
+}
+
+double memcpy_bandwidth_gbps(int threads, double min_seconds, size_t bytes) {
+  std::unique_ptr<char[]> source(new char[bytes]), destination(new char[bytes]);
+  std::memset(source.get(), 1, bytes);  // touch every page before timing
+  std::memset(destination.get(), 0, bytes);
+  const size_t chunk = (bytes + size_t(threads) - 1) / size_t(threads);
+  const Timing timing = measure(
+      [&] {
+        run_on_threads(threads, [&](int index) {
+          const size_t begin = std::min(bytes, size_t(index) * chunk);
+          const size_t end = std::min(bytes, begin + chunk);
+          std::memcpy(destination.get() + begin, source.get() + begin, end - begin);
+        });
+      },
+      min_seconds);
+  return 2.0 * double(bytes) / timing.median_seconds / 1e9;
+}
+
+int64_t peak_rss_bytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return int64_t(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
 JsonLine& JsonLine::add(const std::string& key, const std::string& value) {

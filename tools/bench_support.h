@@ -23,6 +23,13 @@ Timing measure(const std::function<void()>& body, double min_seconds);
 // per call instead made the 256^3 Eigen baseline 20x slower on a loaded two-core machine.)
 void run_on_threads(int threads, const std::function<void(int index)>& body);
 
+// memcpy bandwidth in GB/s (bytes read + bytes written, as the op byte models count), split
+// over `threads` threads, buffers touched before timing.
+double memcpy_bandwidth_gbps(int threads, double min_seconds, size_t bytes = size_t(256) << 20);
+
+// Peak resident memory of this process so far, in bytes (getrusage).
+int64_t peak_rss_bytes();
+
 // One flat JSON object, built field by field, printed as one line.
 class JsonLine {
  public:

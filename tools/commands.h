@@ -13,8 +13,10 @@ int run_version(const Arguments& args);
 int run_info(const Arguments& args);
 int run_bench(const Arguments& args);  // dispatches to the bench suites (tools/bench.cpp)
 int run_demo(const Arguments& args);
+int run_generate(const Arguments& args);
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);
+int run_bench_generate(const Arguments& args);
 
 }  // namespace lamina::cli

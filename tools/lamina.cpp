@@ -23,6 +23,7 @@ struct Subcommand {
 // Only what exists today; generate, chat, train, quantize, ... join as they land.
 constexpr Subcommand kSubcommands[] = {
     {"demo", "train a tiny MLP on a synthetic task on CPU: a showcase of what exists today", run_demo},
+    {"generate", "continue a prompt with a Llama model folder (greedy or sampled)", run_generate},
     {"bench", "benchmarks that print one JSON line per case (suites: ops)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
     {"version", "print the version", run_version},

@@ -1,0 +1,196 @@
+#include "models/llama/config.h"
+
+#include <cmath>
+
+#include "tensor/io/atomic_file.h"
+
+namespace lamina::llama {
+namespace {
+
+DType dtype_from_torch_name(const std::string& name, const std::string& where) {
+  if (name == "float32") return DType::f32;
+  if (name == "bfloat16") return DType::bf16;
+  if (name == "float16") return DType::f16;
+  if (name == "float64") return DType::f64;
+  throw Error(str_cat(where, ": unsupported dtype \"", name, "\" (expected float32, bfloat16, float16 or float64)"));
+}
+
+const char* torch_name(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return "float32";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
+    case DType::f64: return "float64";
+    default: throw Error(str_cat("config: no torch dtype name for ", dtype_name(dtype)));
+  }
+}
+
+// The RoPE block: "rope_scaling" (older) or "rope_parameters" (newer transformers), whose
+// type key is "rope_type" or (oldest) "type".
+void read_rope(const json::Value& config, const std::string& source, LlamaConfig& out) {
+  const json::Value* block = config.find("rope_parameters");
+  std::string block_name = "rope_parameters";
+  if (block == nullptr || block->is_null()) {
+    block = config.find("rope_scaling");
+    block_name = "rope_scaling";
+  }
+  if (const json::Value* theta = config.find("rope_theta")) out.rope_theta = theta->as_double(source + ": rope_theta");
+  if (block == nullptr || block->is_null()) return;
+  const std::string where = source + ": " + block_name;
+  if (const json::Value* theta = block->find("rope_theta")) out.rope_theta = theta->as_double(where + ".rope_theta");
+  const json::Value* type = block->find("rope_type");
+  if (type == nullptr) type = block->find("type");
+  const std::string kind = type == nullptr ? "default" : type->as_string(where + ".rope_type");
+  if (kind == "default") return;
+  LAMINA_CHECK(kind == "llama3", where, ": RoPE type \"", kind,
+               "\" is not supported (lamina implements the default and \"llama3\" scalings)");
+  Llama3RopeScaling scaling;
+  scaling.factor = block->at("factor").as_double(where + ".factor");
+  if (const json::Value* v = block->find("low_freq_factor")) scaling.low_freq_factor = v->as_double(where + ".low_freq_factor");
+  if (const json::Value* v = block->find("high_freq_factor")) scaling.high_freq_factor = v->as_double(where + ".high_freq_factor");
+  if (const json::Value* v = block->find("original_max_position_embeddings"))
+    scaling.original_max_position = v->as_int64(where + ".original_max_position_embeddings");
+  out.rope_scaling = scaling;
+}
+
+}  // namespace
+
+LlamaConfig LlamaConfig::from_json(const json::Value& config, const std::string& source) {
+  LAMINA_CHECK(config.is_object(), source, ": expected a JSON object");
+  auto field = [&](const char* key) -> const json::Value& {
+    const json::Value* value = config.find(key);
+    LAMINA_CHECK(value != nullptr, source, ": missing required field \"", key, "\"");
+    return *value;
+  };
+  auto optional_field = [&](const char* key) -> const json::Value* {
+    const json::Value* value = config.find(key);
+    return value == nullptr || value->is_null() ? nullptr : value;
+  };
+  auto where = [&](const char* key) { return source + ": " + key; };
+
+  if (const json::Value* type = optional_field("model_type")) {
+    const std::string& name = type->as_string(where("model_type"));
+    LAMINA_CHECK(name == "llama", source, ": model_type \"", name, "\" is not the Llama architecture");
+  }
+  if (const json::Value* act = optional_field("hidden_act")) {
+    const std::string& name = act->as_string(where("hidden_act"));
+    LAMINA_CHECK(name == "silu", source, ": hidden_act \"", name, "\" is not supported (Llama uses silu)");
+  }
+  for (const char* bias : {"attention_bias", "mlp_bias"})
+    if (const json::Value* value = optional_field(bias))
+      LAMINA_CHECK(!value->as_bool(where(bias)), source, ": ", bias, " = true is not supported (Llama has no biases)");
+
+  LlamaConfig out;
+  out.vocab_size = field("vocab_size").as_int64(where("vocab_size"));
+  out.hidden_size = field("hidden_size").as_int64(where("hidden_size"));
+  out.intermediate_size = field("intermediate_size").as_int64(where("intermediate_size"));
+  out.num_hidden_layers = field("num_hidden_layers").as_int64(where("num_hidden_layers"));
+  out.num_attention_heads = field("num_attention_heads").as_int64(where("num_attention_heads"));
+  out.num_key_value_heads = out.num_attention_heads;
+  if (const json::Value* v = optional_field("num_key_value_heads")) out.num_key_value_heads = v->as_int64(where("num_key_value_heads"));
+  LAMINA_CHECK(out.num_attention_heads > 0, source, ": num_attention_heads must be positive");
+  out.head_dim = out.hidden_size / out.num_attention_heads;
+  if (const json::Value* v = optional_field("head_dim")) {
+    out.head_dim = v->as_int64(where("head_dim"));
+  } else {
+    LAMINA_CHECK(out.hidden_size % out.num_attention_heads == 0, source, ": hidden_size ", out.hidden_size,
+                 " is not a multiple of num_attention_heads ", out.num_attention_heads, " (and no head_dim is given)");
+  }
+  if (const json::Value* v = optional_field("max_position_embeddings"))
+    out.max_position_embeddings = v->as_int64(where("max_position_embeddings"));
+  if (const json::Value* v = optional_field("rms_norm_eps")) out.rms_norm_eps = v->as_double(where("rms_norm_eps"));
+  read_rope(config, source, out);
+  if (const json::Value* v = optional_field("tie_word_embeddings")) out.tie_word_embeddings = v->as_bool(where("tie_word_embeddings"));
+  if (const json::Value* v = optional_field("bos_token_id")) out.bos_token_id = v->as_int64(where("bos_token_id"));
+  if (const json::Value* v = optional_field("eos_token_id")) {
+    out.eos_token_ids.clear();
+    if (v->is_array()) {
+      for (const json::Value& id : v->as_array()) out.eos_token_ids.push_back(id.as_int64(where("eos_token_id")));
+    } else {
+      out.eos_token_ids.push_back(v->as_int64(where("eos_token_id")));
+    }
+  }
+  if (const json::Value* v = optional_field("pad_token_id")) out.pad_token_id = v->as_int64(where("pad_token_id"));
+  const json::Value* dtype = optional_field("dtype");
+  if (dtype == nullptr) dtype = optional_field("torch_dtype");
+  if (dtype != nullptr) out.dtype = dtype_from_torch_name(dtype->as_string(where("torch_dtype")), where("torch_dtype"));
+  if (const json::Value* v = optional_field("initializer_range")) out.initializer_range = v->as_double(where("initializer_range"));
+  try {
+    out.validate();
+  } catch (const Error& error) {
+    throw Error(str_cat(source, ": ", error.what()));
+  }
+  return out;
+}
+
+LlamaConfig LlamaConfig::load(const std::string& config_path) {
+  return from_json(json::parse_file(config_path), config_path);
+}
+
+void LlamaConfig::validate() const {
+  LAMINA_CHECK(vocab_size > 0 && hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 &&
+                   num_key_value_heads > 0 && head_dim > 0,
+               "sizes must be positive (vocab ", vocab_size, ", hidden ", hidden_size, ", intermediate ",
+               intermediate_size, ", layers ", num_hidden_layers, ", kv heads ", num_key_value_heads, ", head_dim ",
+               head_dim, ")");
+  LAMINA_CHECK(num_attention_heads % num_key_value_heads == 0, "num_attention_heads ", num_attention_heads,
+               " is not a multiple of num_key_value_heads ", num_key_value_heads);
+  LAMINA_CHECK(head_dim % 2 == 0, "head_dim ", head_dim, " must be even for RoPE");
+  LAMINA_CHECK(rms_norm_eps > 0 && rope_theta > 0, "rms_norm_eps and rope_theta must be positive");
+  LAMINA_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive");
+  for (int64_t id : eos_token_ids)
+    LAMINA_CHECK(id >= 0 && id < vocab_size, "eos_token_id ", id, " is outside the vocabulary of ", vocab_size);
+  LAMINA_CHECK(bos_token_id >= 0 && bos_token_id < vocab_size, "bos_token_id ", bos_token_id,
+               " is outside the vocabulary of ", vocab_size);
+}
+
+json::Value LlamaConfig::to_json() const {
+  json::Value config = json::Object{};
+  config.set("architectures", json::Array{"LlamaForCausalLM"});
+  config.set("model_type", "llama");
+  config.set("vocab_size", vocab_size);
+  config.set("hidden_size", hidden_size);
+  config.set("intermediate_size", intermediate_size);
+  config.set("num_hidden_layers", num_hidden_layers);
+  config.set("num_attention_heads", num_attention_heads);
+  config.set("num_key_value_heads", num_key_value_heads);
+  config.set("head_dim", head_dim);
+  config.set("max_position_embeddings", max_position_embeddings);
+  config.set("rms_norm_eps", rms_norm_eps);
+  config.set("rope_theta", rope_theta);
+  if (rope_scaling) {
+    json::Value scaling = json::Object{};
+    scaling.set("rope_type", "llama3");
+    scaling.set("factor", rope_scaling->factor);
+    scaling.set("low_freq_factor", rope_scaling->low_freq_factor);
+    scaling.set("high_freq_factor", rope_scaling->high_freq_factor);
+    scaling.set("original_max_position_embeddings", rope_scaling->original_max_position);
+    config.set("rope_scaling", std::move(scaling));
+  } else {
+    config.set("rope_scaling", json::Value());
+  }
+  config.set("hidden_act", "silu");
+  config.set("attention_bias", false);
+  config.set("mlp_bias", false);
+  config.set("tie_word_embeddings", tie_word_embeddings);
+  config.set("bos_token_id", bos_token_id);
+  if (eos_token_ids.size() == 1) {
+    config.set("eos_token_id", eos_token_ids[0]);
+  } else {
+    json::Array ids;
+    for (int64_t id : eos_token_ids) ids.emplace_back(id);
+    config.set("eos_token_id", std::move(ids));
+  }
+  if (pad_token_id) config.set("pad_token_id", *pad_token_id);
+  config.set("torch_dtype", torch_name(dtype));
+  config.set("initializer_range", initializer_range);
+  return config;
+}
+
+int64_t LlamaConfig::parameter_count() const {
+  const int64_t d = hidden_size, f = intermediate_size;
+  const int64_t per_layer = d * q_dim() + 2 * d * kv_dim() + q_dim() * d + 3 * d * f + 2 * d;
+  return vocab_size * d + num_hidden_layers * per_layer + d + (tie_word_embeddings ? 0 : vocab_size * d);
+}
+
+}  // namespace lamina::llama

@@ -1,0 +1,48 @@
+// The Llama architecture's hyperparameters, read from (and written to) a Hugging Face
+// config.json. Covers Llama 3, 3.1 and 3.2 (llama3 RoPE scaling, tied embeddings, explicit
+// head_dim) and Llama-architecture relatives such as SmolLM2; anything this implementation
+// would compute differently (other activations, biases, other RoPE scalings) is rejected.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+#include "tensor/io/json.h"
+
+namespace lamina::llama {
+
+struct LlamaConfig {
+  int64_t vocab_size = 128256;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 14336;
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 8;
+  int64_t head_dim = 128;
+  int64_t max_position_embeddings = 8192;
+  double rms_norm_eps = 1e-5;
+  double rope_theta = 500000.0;
+  std::optional<Llama3RopeScaling> rope_scaling;  // Llama 3.1+ "rope_type": "llama3"
+  bool tie_word_embeddings = false;
+  int64_t bos_token_id = 128000;
+  std::vector<int64_t> eos_token_ids = {128001};
+  std::optional<int64_t> pad_token_id;
+  DType dtype = DType::bf16;  // the checkpoint's storage dtype (torch_dtype / dtype)
+  double initializer_range = 0.02;
+
+  // Parses a config.json object; `source` names it in errors.
+  static LlamaConfig from_json(const json::Value& config, const std::string& source = "config.json");
+  static LlamaConfig load(const std::string& config_path);
+  json::Value to_json() const;
+  void validate() const;  // throws on inconsistent sizes
+
+  RopeConfig rope() const { return {head_dim, rope_theta, rope_scaling}; }
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  // Parameters of LlamaForCausalLM with this config (llama3.md section 2).
+  int64_t parameter_count() const;
+};
+
+}  // namespace lamina::llama

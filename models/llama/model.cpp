@@ -1,0 +1,236 @@
+#include "models/llama/model.h"
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "autograd/autograd.h"
+#include "autograd/checkpoint.h"
+#include "models/io/safetensors.h"
+#include "tensor/io/atomic_file.h"
+
+namespace lamina::llama {
+
+// ---- KV cache
+
+KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype, std::vector<int64_t> padding)
+    : batch_(batch), capacity_(capacity), padding_(std::move(padding)) {
+  LAMINA_CHECK(batch > 0 && capacity > 0, "KvCache: batch and capacity must be positive, got ", batch, " and ", capacity);
+  if (padding_.empty()) padding_.assign(size_t(batch), 0);
+  LAMINA_CHECK(int64_t(padding_.size()) == batch, "KvCache: ", padding_.size(), " padding counts for a batch of ", batch);
+  for (int64_t pad : padding_)
+    LAMINA_CHECK(pad >= 0 && pad < capacity, "KvCache: padding ", pad, " outside the capacity ", capacity);
+  const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    keys_.push_back(zeros(shape, dtype));
+    values_.push_back(zeros(shape, dtype));
+  }
+}
+
+std::pair<Tensor, Tensor> KvCache::store(int64_t layer, const Tensor& keys, const Tensor& values) {
+  const int64_t tokens = keys.size(2);
+  LAMINA_CHECK(layer >= 0 && layer < int64_t(keys_.size()), "KvCache: no layer ", layer);
+  LAMINA_CHECK(length_ + tokens <= capacity_, "KvCache: ", length_, " + ", tokens, " tokens exceed the capacity of ",
+               capacity_, " (generate fewer tokens or make a larger cache)");
+  ops::copy_(keys_[size_t(layer)].slice(2, length_, length_ + tokens), keys);
+  ops::copy_(values_[size_t(layer)].slice(2, length_, length_ + tokens), values);
+  return {keys_[size_t(layer)].slice(2, 0, length_ + tokens), values_[size_t(layer)].slice(2, 0, length_ + tokens)};
+}
+
+void KvCache::advance(int64_t tokens) { length_ += tokens; }
+
+Tensor KvCache::next_positions(int64_t tokens) const {
+  std::vector<int64_t> positions;
+  for (int64_t b = 0; b < batch_; ++b)
+    for (int64_t t = 0; t < tokens; ++t) positions.push_back(std::max<int64_t>(0, length_ + t - padding_[size_t(b)]));
+  return Tensor::from_vector(positions, {batch_, tokens});
+}
+
+Tensor KvCache::padding_mask(int64_t tokens) const {
+  bool any_padding = false;
+  for (int64_t pad : padding_) any_padding |= pad > 0;
+  if (!any_padding) return Tensor();
+  const int64_t keys = length_ + tokens;
+  std::vector<float> mask(size_t(batch_ * tokens * keys), 0.0f);
+  for (int64_t b = 0; b < batch_; ++b)
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t s = 0; s < std::min(padding_[size_t(b)], keys); ++s)
+        mask[size_t((b * tokens + t) * keys + s)] = -std::numeric_limits<float>::infinity();
+  return Tensor::from_vector(mask, {batch_, 1, tokens, keys});
+}
+
+// ---- layers
+
+namespace {
+std::shared_ptr<nn::Linear> linear(int64_t in, int64_t out, DType dtype, nn::ParameterInit init) {
+  return std::make_shared<nn::Linear>(in, out, nn::LinearOptions{false, dtype, init});
+}
+}  // namespace
+
+LlamaAttention::LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init)
+    : heads_(config.num_attention_heads), kv_heads_(config.num_key_value_heads), head_dim_(config.head_dim),
+      rope_(config.rope()) {
+  q_proj = register_module("q_proj", linear(config.hidden_size, config.q_dim(), dtype, init));
+  k_proj = register_module("k_proj", linear(config.hidden_size, config.kv_dim(), dtype, init));
+  v_proj = register_module("v_proj", linear(config.hidden_size, config.kv_dim(), dtype, init));
+  o_proj = register_module("o_proj", linear(config.q_dim(), config.hidden_size, dtype, init));
+}
+
+Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer,
+                               const Tensor& mask) const {
+  const int64_t batch = x.size(0), tokens = x.size(1);
+  const Tensor q = rope(q_proj->forward(x).view({batch, tokens, heads_, head_dim_}), positions, rope_);
+  const Tensor k = rope(k_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_}), positions, rope_);
+  const Tensor v = v_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_});
+  Tensor keys = k.transpose(1, 2), values = v.transpose(1, 2);  // [B, Hkv, T, hd]
+  if (cache != nullptr) std::tie(keys, values) = cache->store(layer, keys, values);
+  AttentionOptions options;
+  options.causal = true;
+  options.mask = mask;
+  const Tensor out = attention(q.transpose(1, 2), keys, values, options);  // [B, H, T, hd]
+  return o_proj->forward(out.transpose(1, 2).reshape({batch, tokens, heads_ * head_dim_}));
+}
+
+LlamaMLP::LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
+  gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, dtype, init));
+  up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, dtype, init));
+  down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, dtype, init));
+}
+
+Tensor LlamaMLP::forward(const Tensor& x) const {
+  return down_proj->forward(swiglu(gate_proj->forward(x), up_proj->forward(x)));
+}
+
+LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
+  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(config, dtype, init));
+  mlp = register_module("mlp", std::make_shared<LlamaMLP>(config, dtype, init));
+  input_layernorm = register_module("input_layernorm",
+                                    std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
+  post_attention_layernorm = register_module(
+      "post_attention_layernorm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
+}
+
+Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, KvCache* cache, int64_t layer,
+                                  const Tensor& mask) const {
+  const Tensor attended = h + self_attn->forward(input_layernorm->forward(h), positions, cache, layer, mask);
+  return attended + mlp->forward(post_attention_layernorm->forward(attended));
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
+  embed_tokens = register_module("embed_tokens",
+                                 std::make_shared<nn::Embedding>(config.vocab_size, config.hidden_size, dtype, init));
+  layers = register_module("layers", std::make_shared<nn::ModuleList>());
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
+    layers->push_back(std::make_shared<LlamaDecoderLayer>(config, dtype, init));
+  norm = register_module("norm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
+}
+
+Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const {
+  Tensor h = embed_tokens->forward(ids);
+  for (size_t i = 0; i < layers->size(); ++i) {
+    const auto layer = std::static_pointer_cast<LlamaDecoderLayer>((*layers)[i]);
+    if (gradient_checkpointing && cache == nullptr && autograd::grad_enabled()) {
+      const auto run_layer = [layer, positions, mask, i](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{layer->forward(in[0], positions, nullptr, int64_t(i), mask)};
+      };
+      h = autograd::checkpoint(run_layer, {h}, layer->parameters())[0];
+    } else {
+      h = layer->forward(h, positions, cache, int64_t(i), mask);
+    }
+  }
+  if (cache != nullptr) cache->advance(ids.size(1));
+  return norm->forward(h);
+}
+
+// ---- the causal LM
+
+LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::ParameterInit init)
+    : config_(std::move(config)), dtype_(dtype) {
+  config_.validate();
+  LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM: parameters must be floating, got ", dtype_name(dtype));
+  model = register_module("model", std::make_shared<LlamaModel>(config_, dtype, init));
+  if (!config_.tie_word_embeddings)
+    lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, dtype, init));
+}
+
+const Tensor& LlamaForCausalLM::output_weight() const {
+  return lm_head ? lm_head->weight() : model->embed_tokens->weight();
+}
+
+Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& options) const {
+  LAMINA_CHECK(ids.dim() == 2, "LlamaForCausalLM: ids must be [batch, tokens], got shape ", ids.shape());
+  const int64_t tokens = ids.size(1);
+  KvCache* cache = options.cache;
+  if (cache != nullptr)
+    LAMINA_CHECK(cache->batch() == ids.size(0), "LlamaForCausalLM: a cache for batch ", cache->batch(),
+                 " used with a batch of ", ids.size(0));
+  Tensor positions = options.positions;
+  if (!positions.defined()) positions = cache != nullptr ? cache->next_positions(tokens) : arange(0, tokens);
+  Tensor mask = options.mask;
+  if (cache != nullptr) {
+    const Tensor padding = cache->padding_mask(tokens);
+    if (padding.defined()) mask = mask.defined() ? ops::add(ops::cast(mask, DType::f32), padding) : padding;
+  }
+  Tensor h = model->forward(ids, positions, cache, mask);
+  if (options.last_position_only) h = h.slice(1, tokens - 1, tokens);
+  const Tensor logits = matmul(h, output_weight(), false, true);
+  // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
+  const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
+  return low_precision ? logits.to(DType::f32) : logits;
+}
+
+void LlamaForCausalLM::init_parameters(Generator& generator) {
+  autograd::NoGradGuard no_grad;
+  for (const auto& [name, parameter] : named_parameters()) {
+    const bool is_norm = name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    if (is_norm) {
+      ops::fill_(parameter, 1.0);
+    } else {
+      const Tensor values = ops::binary(ops::BinaryOp::mul, randn(parameter.shape(), generator, DType::f32),
+                                        config_.initializer_range);
+      ops::copy_(parameter, values);
+    }
+  }
+}
+
+std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& directory, DType dtype) {
+  namespace fs = std::filesystem;
+  const LlamaConfig config = LlamaConfig::load((fs::path(directory) / "config.json").string());
+  const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(directory);
+  auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
+  std::vector<std::string> used;
+  for (const auto& [name, parameter] : model->named_parameters()) {
+    LAMINA_CHECK(checkpoint.contains(name), "load: ", directory, " has no tensor '", name, "'",
+                 name == "lm_head.weight" ? " (and config.json says tie_word_embeddings is false)" : "");
+    const safetensors::TensorInfo& info = checkpoint.info(name);
+    LAMINA_CHECK(info.shape == parameter.shape(), "load: tensor '", name, "' in ", directory, " has shape ", info.shape,
+                 " but the config needs ", parameter.shape());
+    LAMINA_CHECK(is_floating(info.dtype), "load: tensor '", name, "' has dtype ", info.file_dtype,
+                 ", expected a floating dtype");
+    const Tensor stored = checkpoint.read(name);
+    parameter.set_data(stored.dtype() == dtype ? stored : ops::cast(stored, dtype));
+    used.push_back(name);
+  }
+  for (const std::string& name : checkpoint.names()) {
+    if (std::find(used.begin(), used.end(), name) != used.end()) continue;
+    const bool rotary_buffer = name.find("rotary_emb.inv_freq") != std::string::npos;  // old HF files
+    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;     // ignored when tied, like HF
+    LAMINA_CHECK(rotary_buffer || tied_head, "load: ", directory, " has a tensor '", name,
+                 "' that this Llama config has no parameter for");
+  }
+  return model;
+}
+
+void LlamaForCausalLM::save(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes) const {
+  namespace fs = std::filesystem;
+  fs::create_directories(directory);
+  LlamaConfig config = config_;
+  config.dtype = dtype.value_or(dtype_);
+  safetensors::NamedTensors tensors;
+  for (const auto& [name, parameter] : named_parameters())
+    tensors.emplace_back(name, parameter.dtype() == config.dtype ? parameter : ops::cast(parameter, config.dtype));
+  safetensors::save_checkpoint(directory, tensors, max_shard_bytes);
+  io::write_file_atomically((fs::path(directory) / "config.json").string(), config.to_json().dump(2) + "\n");
+}
+
+}  // namespace lamina::llama

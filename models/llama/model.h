@@ -1,0 +1,131 @@
+// The Llama decoder (llama3.md section 1) as nn modules named like Hugging Face's
+// LlamaForCausalLM, so a checkpoint's tensor names are the parameter names:
+//
+//   h = embed(ids)
+//   per layer:  h = h + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))  n = input_layernorm(h)
+//               h = h + down_proj(silu(gate_proj(m)) * up_proj(m))                      m = post_attention_layernorm(h)
+//   logits = lm_head(norm(h))      (lm_head is embed's matrix when tie_word_embeddings)
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models/llama/config.h"
+#include "nn/layers.h"
+
+namespace lamina::llama {
+
+// Keys and values of past tokens for incremental decoding: per layer [B, Hkv, capacity, head_dim]
+// (keys stored after RoPE). Rows shorter than the batch's longest prompt are left-padded:
+// `padding[b]` leading slots of row b hold padding and are masked out of attention, and the
+// row's positions start at 0 on its first real token. Inference only (no gradients flow
+// through the cache).
+class KvCache {
+ public:
+  KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype = DType::f32,
+          std::vector<int64_t> padding = {});
+
+  int64_t batch() const { return batch_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t length() const { return length_; }  // slots filled so far (same for every row)
+  const std::vector<int64_t>& padding() const { return padding_; }
+
+  // Stores `keys`/`values` [B, Hkv, T, hd] of layer `layer` at slots [length, length + T) and
+  // returns views of slots [0, length + T). Every layer stores, then advance(T) moves on.
+  std::pair<Tensor, Tensor> store(int64_t layer, const Tensor& keys, const Tensor& values);
+  void advance(int64_t tokens);
+  // Positions [B, T] of the next T tokens: slot index minus the row's padding (0 on padding).
+  Tensor next_positions(int64_t tokens) const;
+  // Additive mask [B, 1, T, length + T] hiding padding slots, or undefined when no row is padded.
+  Tensor padding_mask(int64_t tokens) const;
+
+ private:
+  int64_t batch_, capacity_, length_ = 0;
+  std::vector<int64_t> padding_;
+  std::vector<Tensor> keys_, values_;
+};
+
+class LlamaAttention : public nn::Module {
+ public:
+  LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  // x [B, T, d], positions [B, T] or [T]; mask: optional additive, broadcastable to [B, H, T, S].
+  Tensor forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
+
+  std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  RopeConfig rope_;
+};
+
+class LlamaMLP : public nn::Module {
+ public:
+  LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  Tensor forward(const Tensor& x) const;  // down_proj(silu(gate_proj(x)) * up_proj(x))
+
+  std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;
+};
+
+class LlamaDecoderLayer : public nn::Module {
+ public:
+  LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  Tensor forward(const Tensor& h, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
+
+  std::shared_ptr<LlamaAttention> self_attn;
+  std::shared_ptr<LlamaMLP> mlp;
+  std::shared_ptr<nn::RMSNorm> input_layernorm, post_attention_layernorm;
+};
+
+class LlamaModel : public nn::Module {
+ public:
+  LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  // ids [B, T] -> final hidden states [B, T, d] (after the final norm).
+  Tensor forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const;
+
+  std::shared_ptr<nn::Embedding> embed_tokens;
+  std::shared_ptr<nn::ModuleList> layers;
+  std::shared_ptr<nn::RMSNorm> norm;
+  bool gradient_checkpointing = false;  // recompute each layer's activations in backward
+};
+
+struct ForwardOptions {
+  Tensor positions;                  // [B, T] or [T]; default: 0.. (after the cache's slots)
+  KvCache* cache = nullptr;          // inference: read and extend the cache
+  Tensor mask;                       // additive, broadcastable to [B, H, T, S] (e.g. packing)
+  bool last_position_only = false;   // logits of the last position only (generation)
+};
+
+class LlamaForCausalLM : public nn::Module {
+ public:
+  explicit LlamaForCausalLM(LlamaConfig config, DType dtype = DType::f32,
+                            nn::ParameterInit init = nn::ParameterInit::zeros);
+
+  // ids [B, T] (i32/i64) -> logits [B, T, V] (or [B, 1, V]); f32 for f32/bf16/f16 models, f64 for f64.
+  Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) const;
+
+  // Loads config.json and the weights of a Hugging Face folder, converting to `dtype`; weights
+  // already in `dtype` stay mapped from the file. Missing, extra or misshapen tensors are errors.
+  static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, DType dtype = DType::f32);
+  // Writes config.json and model.safetensors (sharded above max_shard_bytes) in HF layout,
+  // saving the weights in `dtype` (default: the model's own).
+  void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,
+            uint64_t max_shard_bytes = uint64_t(5) << 30) const;
+  // Fresh weights as Hugging Face initialises them: normal(0, initializer_range), norms at 1.
+  void init_parameters(Generator& generator);
+  void set_gradient_checkpointing(bool on) { model->gradient_checkpointing = on; }
+
+  const LlamaConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  const Tensor& output_weight() const;  // lm_head's weight, or the embedding when tied
+
+  std::shared_ptr<LlamaModel> model;
+  std::shared_ptr<nn::Linear> lm_head;  // null when tie_word_embeddings
+
+ private:
+  LlamaConfig config_;
+  DType dtype_;
+};
+
+}  // namespace lamina::llama

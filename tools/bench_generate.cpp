@@ -1,0 +1,140 @@
+// `lamina bench generate`: prefill and decode throughput of Llama models on the CPU.
+//
+// Cases: stories260k (when its folder is given or found) and a randomly initialised
+// ~125M-parameter Llama-3-shaped model (dim 768, 12 layers, 12 heads, 4 kv heads, ffn 2048,
+// vocab 32768, untied head). Decode reads every weight once per step, so its floor is
+// weight_bytes / memory bandwidth; the bench reports that bound (from a memcpy measured in the
+// same run) and the ratio bound / measured (target >= 1/1.5: within 1.5x of the bound).
+#include <filesystem>
+
+#include "autograd/autograd.h"
+#include "models/generate/generate.h"
+#include "tensor/parallel.h"
+#include "tools/args.h"
+#include "tools/bench_support.h"
+#include "tools/commands.h"
+
+namespace lamina::cli {
+namespace {
+
+constexpr double kDecodeTarget = 1.0 / 1.5;
+
+llama::LlamaConfig config_125m() {
+  llama::LlamaConfig config;
+  config.vocab_size = 32768;
+  config.hidden_size = 768;
+  config.intermediate_size = 2048;
+  config.num_hidden_layers = 12;
+  config.num_attention_heads = 12;
+  config.num_key_value_heads = 4;
+  config.head_dim = 64;
+  config.max_position_embeddings = 2048;
+  config.bos_token_id = 1;
+  config.eos_token_ids = {2};
+  config.dtype = DType::f32;
+  return config;
+}
+
+struct Settings {
+  int threads = 1;
+  double min_seconds = 0.5;
+  int64_t prompt_tokens = 128;
+  int64_t decode_tokens = 32;
+};
+
+// Prefill of `batch` prompts, then `decode_tokens` single-token steps, timed separately.
+void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, int64_t batch, double memcpy_gbps,
+                 const Settings& settings) {
+  autograd::NoGradGuard no_grad;
+  const llama::LlamaConfig& config = model.config();
+  const int64_t prompt = std::min(settings.prompt_tokens, config.max_position_embeddings - settings.decode_tokens);
+  Generator generator(1);
+  const Tensor ids = randint(3, config.vocab_size, {batch, prompt}, generator);
+  llama::ForwardOptions options;
+  options.last_position_only = true;
+
+  const Timing prefill = measure(
+      [&] {
+        llama::KvCache cache(config, batch, prompt + settings.decode_tokens);
+        options.cache = &cache;
+        model.forward(ids, options);
+      },
+      settings.min_seconds);
+  const Tensor step_ids = randint(3, config.vocab_size, {batch, 1}, generator);
+  const Timing decode = measure(
+      [&] {
+        llama::KvCache cache(config, batch, prompt + settings.decode_tokens);
+        options.cache = &cache;
+        model.forward(ids, options);
+        for (int64_t step = 0; step < settings.decode_tokens; ++step) model.forward(step_ids, options);
+      },
+      settings.min_seconds);
+  // Decode time = (prefill + steps) - prefill, per step.
+  const double step_seconds = std::max(1e-12, (decode.median_seconds - prefill.median_seconds) / double(settings.decode_tokens));
+  int64_t weight_bytes = 0;
+  for (const Tensor& p : model.parameters()) weight_bytes += int64_t(p.nbytes());
+  const double bound_seconds = double(weight_bytes) / (memcpy_gbps * 1e9);
+  JsonLine()
+      .add("bench", "generate")
+      .add("case", name + "_b" + std::to_string(batch))
+      .add("threads", settings.threads)
+      .add("batch", batch)
+      .add("prompt_tokens", prompt)
+      .add("decode_tokens", settings.decode_tokens)
+      .add("parameters", model.parameter_count())
+      .add("dtype", dtype_name(model.dtype()))
+      .add("stat", "median")
+      .add("prefill_tokens_per_s", double(batch * prompt) / prefill.median_seconds)
+      .add("decode_tokens_per_s", double(batch) / step_seconds)
+      .add("decode_step_ms", step_seconds * 1e3)
+      .add("weight_bytes", weight_bytes)
+      .add("memcpy_gbps", memcpy_gbps)
+      .add("bound_step_ms", bound_seconds * 1e3)
+      .add("ratio_to_bound", bound_seconds / step_seconds)
+      .add("target", kDecodeTarget)
+      .add("meets_target", bound_seconds / step_seconds >= kDecodeTarget)
+      .add("peak_rss_bytes", peak_rss_bytes())
+      .print();
+}
+
+}  // namespace
+
+int run_bench_generate(const Arguments& args) {
+  FlagParser parser("lamina bench generate", "Prefill and decode tokens/s of Llama models on the CPU (JSON lines).");
+  parser.add_option("stories", "DIR", "the stories260k folder", "../shared/assets/stories260k");
+  parser.add_option("threads", "N", "CPU threads", "all");
+  parser.add_option("filter", "TEXT", "only cases whose name contains TEXT");
+  parser.add_switch("quick", "shorter timing runs (noisier)");
+  if (!parser.parse(args)) return 0;
+  Settings settings;
+  settings.threads = int(parser.int_value("threads", num_threads(), 1, 1024));
+  set_num_threads(settings.threads);
+  if (parser.is_set("quick")) {
+    settings.min_seconds = 0.05;
+    settings.decode_tokens = 16;
+  }
+  const std::string filter = parser.value("filter").value_or("");
+  auto selected = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
+  const double memcpy_gbps = memcpy_bandwidth_gbps(settings.threads, settings.min_seconds);
+
+  const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
+  if (selected("stories260k")) {
+    if (std::filesystem::exists(std::filesystem::path(stories) / "config.json")) {
+      const auto model = llama::LlamaForCausalLM::load(stories);
+      for (int64_t batch : {1, 8}) bench_model("stories260k", *model, batch, memcpy_gbps, settings);
+    } else {
+      JsonLine().add("bench", "generate").add("case", "stories260k").add("skipped", "no folder at " + stories).print();
+    }
+  }
+  if (selected("random_125m")) {
+    auto model = std::make_shared<llama::LlamaForCausalLM>(config_125m(), DType::f32);
+    Generator generator(0);
+    model->init_parameters(generator);
+    for (int64_t batch : {1, 8}) bench_model("random_125m", *model, batch, memcpy_gbps, settings);
+  }
+  JsonLine().add("bench", "generate").add("case", "machine").add("threads", settings.threads)
+      .add("memcpy_gbps", memcpy_gbps).add("peak_rss_bytes", peak_rss_bytes()).print();
+  return 0;
+}
+
+}  // namespace lamina::cli
