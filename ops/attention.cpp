@@ -25,6 +25,14 @@ void check_attention_inputs(const char* op, const Tensor& q, const Tensor& k, co
 
 Tensor prepared(const Tensor& t) { return contiguous(t.dtype() == DType::f64 ? t : cast(t, DType::f32)); }
 
+// The forward reads q, k and v in place when each row of D values is contiguous (a KV cache's
+// slots, a transposed projection); only other layouts and other dtypes are copied.
+Tensor prepared_rows(const Tensor& t) {
+  const bool compute_dtype = t.dtype() == DType::f32 || t.dtype() == DType::f64;
+  if (compute_dtype && (t.stride(3) == 1 || t.size(3) == 1)) return t;
+  return prepared(t);
+}
+
 Tensor prepared_mask(const char* op, const AttentionOptions& options, const Tensor& q, const Tensor& k) {
   if (!options.mask.defined()) return Tensor();
   check_floating(op, "mask", options.mask);
@@ -42,7 +50,7 @@ double scale_of(const AttentionOptions& options, const Tensor& q) {
 AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionOptions& options) {
   const Device device = check_device("attention", {{"q", &q_in}, {"k", &k_in}, {"v", &v_in}});
   check_attention_inputs("attention", q_in, k_in, v_in);
-  const Tensor q = prepared(q_in), k = prepared(k_in), v = prepared(v_in);
+  const Tensor q = prepared_rows(q_in), k = prepared_rows(k_in), v = prepared_rows(v_in);
   const Tensor mask = prepared_mask("attention", options, q_in, k_in);
   AttentionResult result{Tensor::empty(q.shape(), q.dtype(), device),
                          Tensor::empty({q.size(0), q.size(1), q.size(2)}, q.dtype(), device)};

@@ -74,8 +74,8 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
   int64_t weight_bytes = 0;
   for (const Tensor& p : model.parameters()) weight_bytes += int64_t(p.nbytes());
   const double bound_seconds = double(weight_bytes) / (memcpy_gbps * 1e9);
-  JsonLine()
-      .add("bench", "generate")
+  JsonLine line;
+  line.add("bench", "generate")
       .add("case", name + "_b" + std::to_string(batch))
       .add("threads", settings.threads)
       .add("batch", batch)
@@ -90,11 +90,11 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
       .add("weight_bytes", weight_bytes)
       .add("memcpy_gbps", memcpy_gbps)
       .add("bound_step_ms", bound_seconds * 1e3)
-      .add("ratio_to_bound", bound_seconds / step_seconds)
-      .add("target", kDecodeTarget)
-      .add("meets_target", bound_seconds / step_seconds >= kDecodeTarget)
-      .add("peak_rss_bytes", peak_rss_bytes())
-      .print();
+      .add("ratio_to_bound", bound_seconds / step_seconds);
+  // The bandwidth bound is the target at batch 1; a batch of 8 does 8x the arithmetic per
+  // weight read and is reported for comparison.
+  if (batch == 1) line.add("target", kDecodeTarget).add("meets_target", bound_seconds / step_seconds >= kDecodeTarget);
+  line.add("peak_rss_bytes", peak_rss_bytes()).print();
 }
 
 }  // namespace

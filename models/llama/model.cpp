@@ -20,10 +20,11 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
   LAMINA_CHECK(int64_t(padding_.size()) == batch, "KvCache: ", padding_.size(), " padding counts for a batch of ", batch);
   for (int64_t pad : padding_)
     LAMINA_CHECK(pad >= 0 && pad < capacity, "KvCache: padding ", pad, " outside the capacity ", capacity);
+  // Uninitialised: every slot is written (prompt padding included) before attention reads it.
   const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    keys_.push_back(zeros(shape, dtype));
-    values_.push_back(zeros(shape, dtype));
+    keys_.push_back(Tensor::empty(shape, dtype));
+    values_.push_back(Tensor::empty(shape, dtype));
   }
 }
 

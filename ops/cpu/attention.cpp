@@ -31,11 +31,13 @@ MatrixSpan matrix(const void* data, int64_t rows, int64_t cols, int64_t row_stri
 }
 
 // S = scale * Q K^T + mask with the causal cut, for one (b, h): scores [T, S_len] row-major.
+// q and k rows are `q_stride` and `k_stride` elements apart (the KV cache's rows are spread
+// over its capacity; the attention reads them in place).
 template <typename C>
-void compute_scores(std::vector<C>& scores, const C* q, const C* k, const AttentionShape& s, int64_t b, int64_t h,
-                    const Tensor& mask, bool causal, C scale) {
+void compute_scores(std::vector<C>& scores, const C* q, int64_t q_stride, const C* k, int64_t k_stride,
+                    const AttentionShape& s, int64_t b, int64_t h, const Tensor& mask, bool causal, C scale) {
   const int64_t T = s.tokens, S = s.keys, D = s.head_dim;
-  gemm_batch(dtype_of<C>(), {{matrix(q, T, D, D), matrix(k, D, S, 1, D), matrix(scores.data(), T, S, S)}});
+  gemm_batch(dtype_of<C>(), {{matrix(q, T, D, q_stride), matrix(k, D, S, 1, k_stride), matrix(scores.data(), T, S, S)}});
   const C* mask_data = mask.defined() ? static_cast<const C*>(mask.raw_data()) : nullptr;
   for (int64_t t = 0; t < T; ++t) {
     C* row = scores.data() + t * S;
@@ -59,14 +61,16 @@ void attention_typed(const Tensor& out, const Tensor& lse, const Tensor& q, cons
   const C* v_data = static_cast<const C*>(v.raw_data());
   C* out_data = static_cast<C*>(out.raw_data());
   C* lse_data = static_cast<C*>(lse.raw_data());
-  parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
+  // Enough (b, h) tasks per thread that waking a thread pays off (decode steps are tiny).
+  const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, T * S * D));
+  parallel_for(0, s.batch * s.heads, grain, [&](int64_t begin, int64_t end) {
     std::vector<C> scores(static_cast<size_t>(T * S));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / s.heads, h = task % s.heads, g = h / s.group();
-      const C* q_bh = q_data + task * T * D;
-      const C* k_bg = k_data + (b * s.kv_heads + g) * S * D;
-      const C* v_bg = v_data + (b * s.kv_heads + g) * S * D;
-      compute_scores(scores, q_bh, k_bg, s, b, h, mask, causal, scale);
+      const C* q_bh = q_data + b * q.stride(0) + h * q.stride(1);
+      const C* k_bg = k_data + b * k.stride(0) + g * k.stride(1);
+      const C* v_bg = v_data + b * v.stride(0) + g * v.stride(1);
+      compute_scores(scores, q_bh, q.stride(2), k_bg, k.stride(2), s, b, h, mask, causal, scale);
       for (int64_t t = 0; t < T; ++t) {
         C* row = scores.data() + t * S;
         const C peak = row_max(row, S);
@@ -80,7 +84,8 @@ void attention_typed(const Tensor& out, const Tensor& lse, const Tensor& q, cons
         const C inverse = C(1) / total;
         for (int64_t j = 0; j < S; ++j) row[j] = fast_exp(row[j] - peak) * inverse;
       }
-      gemm_batch(dtype_of<C>(), {{matrix(scores.data(), T, S, S), matrix(v_bg, S, D, D), matrix(out_data + task * T * D, T, D, D)}});
+      gemm_batch(dtype_of<C>(),
+                 {{matrix(scores.data(), T, S, S), matrix(v_bg, S, D, v.stride(2)), matrix(out_data + task * T * D, T, D, D)}});
     }
   });
 }
@@ -114,7 +119,7 @@ void attention_backward_typed(const Tensor& dq, const Tensor& dk, const Tensor& 
         const C* q_bh = q_data + bh * T * D;
         const C* o_bh = o_data + bh * T * D;
         const C* do_bh = do_data + bh * T * D;
-        compute_scores(probs, q_bh, k_bg, s, b, h, mask, causal, scale);
+        compute_scores(probs, q_bh, D, k_bg, D, s, b, h, mask, causal, scale);
         for (int64_t t = 0; t < T; ++t) {
           const C row_lse = lse_data[bh * T + t];
           C* row = probs.data() + t * S;

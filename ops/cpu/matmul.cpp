@@ -103,7 +103,13 @@ void gemm_batch(DType dtype, const std::vector<GemmTask>& tasks) {
     return;
   }
   constexpr int64_t kMinBlock = 32;
+  // Below this many multiply-adds a product finishes faster than the threads can be woken.
+  constexpr int64_t kMinParallelWork = int64_t(1) << 18;
   for (const GemmTask& task : tasks) {
+    if (task.c.rows * task.c.cols * task.a.cols < kMinParallelWork) {
+      run(task.a, task.b, task.c, task.accumulate);
+      continue;
+    }
     const bool split_rows = task.c.rows >= task.c.cols || task.c.cols < 2 * kMinBlock;
     const int64_t extent = split_rows ? task.c.rows : task.c.cols;
     const int64_t grain = std::max<int64_t>(kMinBlock, (extent + threads - 1) / threads);
