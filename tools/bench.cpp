@@ -17,6 +17,7 @@ struct BenchSuite {
 constexpr BenchSuite kSuites[] = {
     {"ops", "CPU op throughput: matmul vs Eigen, memory-bound ops vs memcpy", run_bench_ops},
     {"generate", "Llama prefill/decode tokens/s vs the memory-bandwidth bound", run_bench_generate},
+    {"tokenizer", "Llama-3 tokenizer encode/decode MB/s on one thread (--tokenizer PATH)", run_bench_tokenizer},
 };
 
 void print_bench_help() {

@@ -13,10 +13,13 @@ int run_version(const Arguments& args);
 int run_info(const Arguments& args);
 int run_bench(const Arguments& args);  // dispatches to the bench suites (tools/bench.cpp)
 int run_demo(const Arguments& args);
+int run_tokenize(const Arguments& args);    // tools/tokenize.cpp
+int run_detokenize(const Arguments& args);  // tools/tokenize.cpp
 int run_generate(const Arguments& args);
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);
 int run_bench_generate(const Arguments& args);
+int run_bench_tokenizer(const Arguments& args);  // tools/bench_tokenizer.cpp
 
 }  // namespace lamina::cli

@@ -1,0 +1,86 @@
+// The Llama-3 and Llama-3.1 Instruct chat formats, rendered in code (no template engine):
+//
+//   <|begin_of_text|>
+//   for each message:  <|start_header_id|>{role}<|end_header_id|>\n\n{content, trimmed}<|eot_id|>
+//   <|start_header_id|>assistant<|end_header_id|>\n\n          (the generation prompt)
+//
+// Llama-3.1 always opens with a system block that starts with "Cutting Knowledge Date:
+// December 2023\nToday Date: {date}\n\n" and then holds the system message, if any (HF's
+// template without tools). Special tokens are inserted as ids; roles and contents are encoded
+// as ordinary text, so a message cannot forge control tokens by writing "<|eot_id|>".
+// The ids equal HF's apply_chat_template for any message text that contains no special-token
+// text.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "models/tokenizer/tokenizer.h"
+
+namespace lamina::tokenizer {
+
+enum class ChatFormat { llama3, llama3_1 };
+const char* chat_format_name(ChatFormat format);
+
+struct Message {
+  std::string role;  // "system", "user", "assistant", "ipython", ...
+  std::string content;
+};
+
+struct ChatOptions {
+  ChatFormat format = ChatFormat::llama3;
+  bool add_generation_prompt = true;  // end with the assistant header, ready to generate
+  // Llama-3.1's "Today Date:" line; the HF template's fallback when no date is supplied.
+  std::string date_string = "26 Jul 2024";
+};
+
+struct ChatTokens {
+  std::vector<int32_t> ids;
+  // 1 for the tokens of assistant answers (each answer's content and the <|eot_id|> that ends
+  // it, so that a model learns to stop), 0 for everything else (headers, other roles, the
+  // generation prompt). SFT puts its loss on the 1s.
+  std::vector<uint8_t> assistant_mask;
+};
+
+ChatTokens render_chat(const Tokenizer& tokenizer, std::span<const Message> messages, const ChatOptions& options = {});
+
+// The same rendering as text, special tokens written out (HF's apply_chat_template with
+// tokenize=False). Encoding it with parse_special gives render_chat's ids when no message
+// contains special-token text.
+std::string render_chat_text(std::span<const Message> messages, const ChatOptions& options = {});
+
+// Ids that end a reply: <|end_of_text|> and <|eot_id|>, and for 3.1 also <|eom_id|> (a tool
+// call is pending); those the vocabulary has.
+std::vector<int32_t> stop_token_ids(const Tokenizer& tokenizer, ChatFormat format);
+
+// The format a model directory (or a tokenizer.json path) speaks: 3.1 when its
+// tokenizer_config.json's chat template writes the "Cutting Knowledge Date" header, else 3.0.
+// Without a tokenizer_config.json: 3.1 when the vocabulary has <|eom_id|>.
+ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenizer);
+
+// A conversation being held, for an interactive chat: the system message, the turns so far,
+// and the prompt to generate the next answer from.
+class Conversation {
+ public:
+  Conversation(const Tokenizer& tokenizer, ChatOptions options);
+
+  void set_system(std::string system);  // empty: no system message
+  void add_user(std::string content);
+  void add_assistant(std::string content);
+  void reset();  // forget the turns, keep the system message
+
+  // Every turn so far, rendered, ending with the generation prompt.
+  std::vector<int32_t> prompt() const;
+  std::vector<Message> messages() const;  // the system message first, when set
+  const ChatOptions& options() const { return options_; }
+
+ private:
+  const Tokenizer* tokenizer_;
+  ChatOptions options_;
+  std::string system_;
+  std::vector<Message> turns_;
+};
+
+}  // namespace lamina::tokenizer

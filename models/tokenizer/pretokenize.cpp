@@ -1,0 +1,140 @@
+// The scanner tries the pattern's seven alternatives in order at each position, as the
+// regex's leftmost-first alternation does, and emits the first one that matches:
+//
+//   1 (?i:'s|'t|'re|'ve|'m|'ll|'d)   contraction suffix, any case
+//   2 [^\r\n\p{L}\p{N}]?\p{L}+        letters, with at most one non-letter/number/newline before
+//   3 \p{N}{1,3}                     up to three numbers
+//   4  ?[^\s\p{L}\p{N}]+[\r\n]*      "other" characters, an optional space before, newlines after
+//   5 \s*[\r\n]+                     whitespace up to and including its last newline
+//   6 \s+(?!\S)                      whitespace, leaving the last one for the next word
+//   7 \s+                            a lone whitespace character
+//
+// Each quantifier in the pattern is greedy and the classes it repeats never overlap with what
+// follows except in 5 and 6, whose backtracking is resolved in closed form below; so one
+// forward pass per word suffices.
+#include "models/tokenizer/pretokenize.h"
+
+#include "models/tokenizer/unicode.h"
+
+namespace lamina::tokenizer {
+namespace {
+
+struct Char {
+  char32_t code_point = 0;
+  uint32_t length = 0;  // 0: past the end of the text
+  CharClass char_class = CharClass::other;
+};
+
+// Decodes the character at a byte position. Positions are always character boundaries.
+class Cursor {
+ public:
+  explicit Cursor(std::string_view text) : text_(text) {}
+
+  Char at(size_t pos) const {
+    if (pos >= text_.size()) return {};
+    const uint8_t byte = uint8_t(text_[pos]);
+    if (byte < 0x80) return {byte, 1, char_class(byte)};
+    const Utf8Char c = decode_utf8(text_, pos);
+    // Invalid bytes classify as U+FFFD would: "other".
+    return {c.code_point, c.length, c.status == Utf8Char::ok ? char_class(c.code_point) : CharClass::other};
+  }
+
+ private:
+  std::string_view text_;
+};
+
+bool is_newline(char32_t cp) { return cp == '\r' || cp == '\n'; }
+
+// Simple case folding of the letters in the contractions. Under Unicode case folding U+017F
+// LATIN SMALL LETTER LONG S folds to 's', and the reference regex engines (HF tokenizers'
+// Oniguruma, Python's regex) do match "'ſ" as a contraction; no other code point folds to
+// one of these letters (CaseFolding.txt).
+char32_t fold(char32_t cp) {
+  if (cp >= 'A' && cp <= 'Z') return cp + ('a' - 'A');
+  if (cp == 0x017F) return 's';
+  return cp;
+}
+
+// End of the word starting at `begin` (whose character is `first`).
+size_t match_word(const Cursor& text, size_t begin, const Char& first) {
+  const size_t after_first = begin + first.length;
+
+  // 1: contractions.
+  if (first.code_point == '\'') {
+    const Char a = text.at(after_first);
+    if (a.length != 0) {
+      const char32_t fa = fold(a.code_point);
+      if (fa == 's' || fa == 't' || fa == 'm' || fa == 'd') return after_first + a.length;
+      const Char b = text.at(after_first + a.length);
+      if (b.length != 0) {
+        const char32_t fb = fold(b.code_point);
+        if ((fa == 'r' && fb == 'e') || (fa == 'v' && fb == 'e') || (fa == 'l' && fb == 'l')) {
+          return after_first + a.length + b.length;
+        }
+      }
+    }
+  }
+
+  // 2: letters, optionally after one prefix character. A letter cannot be the prefix (the
+  // prefix class excludes \p{L}), so when `first` is a letter the run simply starts there.
+  if (!is_newline(first.code_point) && first.char_class != CharClass::number &&
+      (first.char_class == CharClass::letter || text.at(after_first).char_class == CharClass::letter)) {
+    size_t end = after_first;
+    for (Char c = text.at(end); c.length != 0 && c.char_class == CharClass::letter; c = text.at(end)) end += c.length;
+    return end;
+  }
+
+  // 3: one to three numbers.
+  if (first.char_class == CharClass::number) {
+    size_t end = after_first;
+    for (int count = 1; count < 3; ++count) {
+      const Char c = text.at(end);
+      if (c.length == 0 || c.char_class != CharClass::number) break;
+      end += c.length;
+    }
+    return end;
+  }
+
+  // 4: an optional ASCII space, a run of "other" characters, then any CR/LF.
+  const size_t run_begin = first.code_point == ' ' ? after_first : begin;
+  const Char run_first = run_begin == begin ? first : text.at(run_begin);
+  if (run_first.length != 0 && run_first.char_class == CharClass::other) {
+    size_t end = run_begin;
+    Char c = run_first;
+    for (; c.length != 0 && c.char_class == CharClass::other; c = text.at(end)) end += c.length;
+    for (; c.length != 0 && is_newline(c.code_point); c = text.at(end)) end += c.length;
+    return end;
+  }
+
+  // 5-7: a whitespace run [begin, end).
+  size_t end = begin, last_start = begin, after_last_newline = 0;
+  int count = 0;
+  for (Char c = first; c.length != 0 && c.char_class == CharClass::whitespace; c = text.at(end)) {
+    last_start = end;
+    end += c.length;
+    ++count;
+    if (is_newline(c.code_point)) after_last_newline = end;
+  }
+  // 5: \s* backtracks until [\r\n]+ can match: the word ends after the run's last newline.
+  if (after_last_newline != 0) return after_last_newline;
+  // 6: \s+ backtracks one character so that (?!\S) holds, unless the run ends the text.
+  const bool text_continues = text.at(end).length != 0;
+  if (count > 1 && text_continues) return last_start;
+  // 7 (or 6 at the end of the text): the whole run.
+  if (count >= 1) return end;
+  return after_first;  // unreachable: every character is in exactly one class above
+}
+
+}  // namespace
+
+void split_words(std::string_view text, std::vector<std::string_view>& words) {
+  const Cursor cursor(text);
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t end = match_word(cursor, pos, cursor.at(pos));
+    words.push_back(text.substr(pos, end - pos));
+    pos = end;
+  }
+}
+
+}  // namespace lamina::tokenizer

@@ -1,0 +1,106 @@
+// The Llama-3 tokenizer: byte-level BPE loaded from a Hugging Face tokenizer.json, producing
+// the same ids as HF `tokenizers` for the same text.
+//
+// Encoding: added tokens are split out first by exact, leftmost-longest match (special ones
+// only when asked: see EncodeOptions::parse_special); each piece between them is split into
+// words by the hand-written pre-tokenizer (pretokenize.h); each word is looked up whole in
+// the vocabulary, else merged by BPE (bpe.h). Words that need merging are cached.
+//
+// Decoding returns the exact bytes the ids stand for, so decode(encode(s)) == s for any
+// bytes s, valid UTF-8 or not. Use replace_invalid_utf8 (unicode.h) or a StreamDecoder
+// (stream_decoder.h) where text must be valid UTF-8.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "models/tokenizer/bpe.h"
+
+namespace lamina::json {
+class Value;
+}
+
+namespace lamina::tokenizer {
+
+// A token from tokenizer.json's `added_tokens`, matched by its literal text.
+struct AddedToken {
+  int32_t id = 0;
+  std::string content;
+  bool special = false;  // control tokens such as <|eot_id|>; see EncodeOptions::parse_special
+};
+
+struct EncodeOptions {
+  bool add_bos = false;  // prepend <|begin_of_text|>
+  // Recognise special tokens written in the text ("<|eot_id|>" becomes 128009). HF does this
+  // by default; Meta's encode() does not. Off by default: text from users or datasets must
+  // not be able to forge control tokens. (Added tokens that are not special always match.)
+  bool parse_special = false;
+};
+
+struct DecodeOptions {
+  bool skip_special = false;  // leave special tokens out instead of writing their text
+};
+
+class Tokenizer {
+ public:
+  // Reads a tokenizer.json file, or the tokenizer.json inside a model directory.
+  static Tokenizer load(const std::string& path);
+  // From parsed tokenizer.json; `source` names it in errors.
+  static Tokenizer from_json(const json::Value& root, std::string_view source = "tokenizer.json");
+
+  std::vector<int32_t> encode(std::string_view text, const EncodeOptions& options = {}) const;
+  // Appends the ids of `text` to `ids`.
+  void encode(std::string_view text, const EncodeOptions& options, std::vector<int32_t>& ids) const;
+  // Appends the ids of ordinary text: no added tokens recognised, no BOS.
+  void encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const;
+
+  // The bytes the ids stand for; throws on an id outside the vocabulary.
+  std::string decode(std::span<const int32_t> ids, const DecodeOptions& options = {}) const;
+
+  // One token's bytes: raw bytes for an ordinary token, the literal text of an added one.
+  std::string_view token_bytes(int32_t id) const;
+  bool contains(int32_t id) const { return id >= 0 && id < vocab_size() && kinds_[size_t(id)] != Kind::unassigned; }
+  bool is_special(int32_t id) const { return contains(id) && kinds_[size_t(id)] == Kind::special; }
+
+  // The id of an added token by its text (e.g. "<|eot_id|>"), or nothing.
+  std::optional<int32_t> added_token_id(std::string_view content) const;
+  // The same, throwing an error that names the token when it is absent.
+  int32_t require_added_token(std::string_view content) const;
+  // <|begin_of_text|>, when the vocabulary has it.
+  std::optional<int32_t> bos_id() const { return bos_id_; }
+
+  int32_t vocab_size() const { return int32_t(kinds_.size()); }  // largest id + 1
+  const std::vector<AddedToken>& added_tokens() const { return added_tokens_; }
+
+  // The cache of words that needed BPE merges (for benchmarks; results never depend on it).
+  size_t cache_size() const;
+  void clear_cache() const;
+
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+  ~Tokenizer();
+
+ private:
+  enum class Kind : uint8_t { unassigned, ordinary, special, added };
+  struct AddedTokenMatcher;
+  struct WordCache;
+
+  Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source);
+  void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+
+  BpeModel bpe_;
+  std::vector<AddedToken> added_tokens_;
+  StringIdMap added_ids_;             // added token text -> id
+  std::vector<std::string> pieces_;  // by id: the bytes of ordinary tokens, the text of added ones
+  std::vector<Kind> kinds_;          // by id
+  std::optional<int32_t> bos_id_;
+  std::unique_ptr<AddedTokenMatcher> matcher_;
+  std::unique_ptr<WordCache> cache_;
+};
+
+}  // namespace lamina::tokenizer
