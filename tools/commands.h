@@ -16,6 +16,8 @@ int run_demo(const Arguments& args);
 int run_tokenize(const Arguments& args);    // tools/tokenize.cpp
 int run_detokenize(const Arguments& args);  // tools/tokenize.cpp
 int run_generate(const Arguments& args);
+int run_chat(const Arguments& args);  // tools/generate.cpp
+int run_chat(const Arguments& args);  // tools/generate.cpp
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);

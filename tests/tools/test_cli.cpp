@@ -1,9 +1,11 @@
 // The lamina executable end to end: exit codes, messages and outputs of real invocations.
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "helpers.h"
 #include "models/llama/model.h"
@@ -18,8 +20,14 @@ struct Run {
   std::string output;  // stdout and stderr together
 };
 
-Run run_cli(const std::string& arguments) {
-  const std::string command = std::string(LAMINA_CLI_PATH) + " " + arguments + " 2>&1";
+// Runs `lamina <arguments>`, with `input` on its stdin when given.
+Run run_cli(const std::string& arguments, const std::string& input = "") {
+  std::string command = std::string(LAMINA_CLI_PATH) + " " + arguments + " 2>&1";
+  const fs::path input_path = fs::temp_directory_path() / ("lamina-cli-input-" + std::to_string(::getpid()));
+  if (!input.empty()) {
+    std::ofstream(input_path) << input;
+    command += " < " + input_path.string();
+  }
   Run run;
   std::FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe != nullptr);
@@ -28,6 +36,7 @@ Run run_cli(const std::string& arguments) {
   while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) run.output.append(buffer, read);
   const int status = pclose(pipe);
   run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (!input.empty()) fs::remove(input_path);
   return run;
 }
 
@@ -117,4 +126,85 @@ TEST_CASE("bad model folders fail with a message and exit status 1, never a cras
   run = run_cli("generate --model /no/such/model --prompt-ids 1");
   CHECK(run.status == 1);
   CHECK(run.output.find("cannot open /no/such/model/config.json") != std::string::npos);
+}
+
+namespace {
+
+// A tiny random model that speaks the real Llama-3 vocabulary, with the asset's tokenizer
+// files beside it: enough to drive text prompts, the chat format and streaming output.
+fs::path tiny_instruct_model(const ScratchDir& dir, const fs::path& tokenizer_dir) {
+  llama::LlamaConfig config;
+  config.vocab_size = 128256;
+  config.hidden_size = 8;
+  config.intermediate_size = 16;
+  config.num_hidden_layers = 1;
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 1;
+  config.head_dim = 4;
+  config.bos_token_id = 128000;
+  config.eos_token_ids = {128001, 128009};
+  config.dtype = DType::f32;
+  config.initializer_range = 1.0;
+  llama::LlamaForCausalLM model(config);
+  Generator gen(5);
+  model.init_parameters(gen);
+  model.save(dir.path.string());
+  fs::copy_file(tokenizer_dir / "tokenizer.json", dir.path / "tokenizer.json");
+  fs::copy_file(tokenizer_dir / "tokenizer_config.json", dir.path / "tokenizer_config.json");
+  return dir.path;
+}
+
+std::vector<int64_t> ids_of(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<int64_t> ids;
+  for (int64_t id; in >> id;) ids.push_back(id);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("text prompts, the chat format and streamed text output") {
+  const fs::path tokenizer_dir = testing::assets_dir("llama3-tokenizer");
+  if (tokenizer_dir.empty()) return;
+  ScratchDir dir("instruct");
+  const std::string model = tiny_instruct_model(dir, tokenizer_dir).string();
+  // Plain text: BOS + the text's ids ("Hello world" -> 9906 1917), then new tokens.
+  const Run plain = run_cli("generate --model " + model + " --prompt \"Hello world\" --output ids --max-new-tokens 4 --no-stop");
+  REQUIRE(plain.status == 0);
+  const std::vector<int64_t> plain_ids = ids_of(plain.output);
+  REQUIRE(plain_ids.size() == 7);
+  CHECK(std::vector<int64_t>(plain_ids.begin(), plain_ids.begin() + 3) == std::vector<int64_t>{128000, 9906, 1917});
+  // The same generation as text equals the detokenized new ids.
+  const Run text = run_cli("generate --model " + model + " --prompt \"Hello world\" --max-new-tokens 4 --no-stop");
+  REQUIRE(text.status == 0);
+  std::string new_ids;
+  for (size_t i = 3; i < plain_ids.size(); ++i) new_ids += std::to_string(plain_ids[i]) + " ";
+  const Run decoded = run_cli("detokenize --tokenizer " + model + " --ids \"" + new_ids + "\"");
+  REQUIRE(decoded.status == 0);
+  CHECK(text.output == decoded.output + "\n");  // generate ends its text with a newline
+  // --chat wraps the prompt as a user turn of the Llama-3 Instruct format.
+  // The user turn of llama3.md 4.1's dialog: "This is a response." (the asset is 3.0 Instruct).
+  const Run chat = run_cli("generate --model " + model +
+                           " --prompt \"This is a response.\" --chat --output ids --max-new-tokens 1 --no-stop");
+  REQUIRE(chat.status == 0);
+  const std::vector<int64_t> chat_ids = ids_of(chat.output);
+  const std::vector<int64_t> expected_prompt = {128000, 128006, 882,    128007, 271, 2028, 374, 264,
+                                                2077,   13,     128009, 128006, 78191, 128007, 271};
+  REQUIRE(chat_ids.size() == expected_prompt.size() + 1);
+  CHECK(std::vector<int64_t>(chat_ids.begin(), chat_ids.end() - 1) == expected_prompt);
+  CHECK(run_cli("generate --model " + model + " --prompt-ids 1 --chat").status == 2);
+}
+
+TEST_CASE("lamina chat holds a conversation from stdin") {
+  const fs::path tokenizer_dir = testing::assets_dir("llama3-tokenizer");
+  if (tokenizer_dir.empty()) return;
+  ScratchDir dir("chat");
+  const std::string model = tiny_instruct_model(dir, tokenizer_dir).string();
+  const Run run = run_cli("chat --model " + model + " --max-new-tokens 3", "/system Be brief\nhello\n/reset\nagain\n/quit\n");
+  CHECK(run.status == 0);
+  CHECK(run.output.find("(system message set; conversation cleared)") != std::string::npos);
+  CHECK(run.output.find("(conversation cleared)") != std::string::npos);
+  CHECK(run.output.find("lamina chat (llama3 format)") != std::string::npos);
+  const Run no_tokenizer = run_cli("chat --model /no/such/dir");
+  CHECK(no_tokenizer.status == 1);
 }
