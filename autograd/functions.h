@@ -100,3 +100,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
 
 }  // namespace lamina
+
+namespace lamina {
+
+// ---- log-prob primitives of the preference losses (autograd/functions/logprob.cpp)
+// Per-token log softmax(logits / temperature)[label] where mask (bool) is true, 0 elsewhere;
+// fused, never materialising a [..., V] log-softmax (see ops::token_logprobs).
+Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask, double temperature = 1.0);
+// log(1 - exp(x)) for x <= 0, stable at both ends (ORPO's log-odds).
+Tensor log1mexp(const Tensor& x);
+
+}  // namespace lamina

@@ -219,3 +219,35 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                  const AdamWStep& hyper);
 
 }  // namespace lamina::ops
+
+namespace lamina::ops {
+
+// ---- per-token log-probs: the fused log-softmax + gather of the preference losses
+// logits [..., V] (any floating dtype), labels [...] (i32/i64), mask [...] (bool) -> logprobs [...]:
+// log softmax(logits / temperature)[label] where mask is true, 0 where it is false. Computed in
+// f32 (f64 for f64 logits) one row at a time: no [..., V] temporary, and a row-strided view
+// (the shifted logits[:, :-1]) is read in place. Labels under a false mask are never read.
+struct TokenLogprobsResult {
+  Tensor logprobs;  // [...] f32 (f64 for f64 logits)
+  Tensor lse;       // [...] logsumexp of logits / temperature per row, saved for backward (0 if masked)
+};
+TokenLogprobsResult token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask,
+                                   double temperature = 1.0);
+// -> the gradient for logits [..., V] (logits' dtype, contiguous); rows under a false mask are 0.
+Tensor token_logprobs_backward(const Tensor& grad_logprobs, const Tensor& logits, const Tensor& labels,
+                               const Tensor& mask, const Tensor& lse, double temperature);
+// Statistics of p = softmax(logits / temperature) per kept token, for metrics and WPO weights
+// (no gradient); 0 / false under a false mask.
+struct TokenDistributionStats {
+  Tensor entropy;           // [...] -sum_v p log p
+  Tensor logit_mean;        // [...] mean over the vocabulary of the raw logits
+  Tensor log_sum_sq_probs;  // [...] log sum_v p^2
+  Tensor argmax_matches;    // [...] bool: the first argmax of the logits is the label
+};
+TokenDistributionStats token_distribution_stats(const Tensor& logits, const Tensor& labels, const Tensor& mask,
+                                                double temperature = 1.0);
+// log(1 - exp(x)) for x <= 0, accurate near 0 and for very negative x (NaN for x > 0).
+Tensor log1mexp(const Tensor& x);
+Tensor log1mexp_backward(const Tensor& grad_out, const Tensor& x);  // grad_out * -1 / expm1(-x)
+
+}  // namespace lamina::ops

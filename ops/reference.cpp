@@ -444,3 +444,69 @@ std::vector<Tensor> adamw_step(const Tensor& param, const Tensor& grad, const Te
 }
 
 }  // namespace lamina::ops::reference
+
+namespace lamina::ops::reference {
+
+namespace {
+
+// The log-softmax of one row of z = x / temperature, written out plainly.
+std::vector<double> row_log_softmax(const std::vector<double>& x, size_t begin, size_t vocab, double temperature) {
+  double m = -std::numeric_limits<double>::infinity(), s = 0;
+  for (size_t j = 0; j < vocab; ++j) m = std::max(m, x[begin + j] / temperature);
+  for (size_t j = 0; j < vocab; ++j) s += std::exp(x[begin + j] / temperature - m);
+  std::vector<double> out(vocab);
+  for (size_t j = 0; j < vocab; ++j) out[j] = x[begin + j] / temperature - m - std::log(s);
+  return out;
+}
+
+}  // namespace
+
+Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask, double temperature) {
+  const std::vector<double> x = logits.to_vector<double>();
+  const std::vector<int64_t> label = labels.to_vector<int64_t>();
+  const std::vector<bool> keep = mask.to_vector<bool>();
+  const size_t vocab = size_t(logits.size(-1));
+  std::vector<double> out(label.size(), 0.0);
+  for (size_t n = 0; n < label.size(); ++n)
+    if (keep[n]) out[n] = row_log_softmax(x, n * vocab, vocab, temperature)[size_t(label[n])];
+  return Tensor::from_vector(out, labels.shape(), DType::f64);
+}
+
+std::vector<Tensor> token_distribution_stats(const Tensor& logits, const Tensor& labels, const Tensor& mask,
+                                             double temperature) {
+  const std::vector<double> x = logits.to_vector<double>();
+  const std::vector<int64_t> label = labels.to_vector<int64_t>();
+  const std::vector<bool> keep = mask.to_vector<bool>();
+  const size_t vocab = size_t(logits.size(-1));
+  std::vector<double> entropy(label.size(), 0.0), mean(label.size(), 0.0), sum_sq(label.size(), 0.0),
+      matches(label.size(), 0.0);
+  for (size_t n = 0; n < label.size(); ++n) {
+    if (!keep[n]) continue;
+    const std::vector<double> log_p = row_log_softmax(x, n * vocab, vocab, temperature);
+    double squares = 0;
+    size_t best = 0;
+    for (size_t j = 0; j < vocab; ++j) {
+      entropy[n] -= std::exp(log_p[j]) * log_p[j];
+      squares += std::exp(2 * log_p[j]);
+      mean[n] += x[n * vocab + j] / double(vocab);
+      if (x[n * vocab + j] > x[n * vocab + best]) best = j;
+    }
+    sum_sq[n] = std::log(squares);
+    matches[n] = best == size_t(label[n]) ? 1.0 : 0.0;
+  }
+  const Shape& shape = labels.shape();
+  return {Tensor::from_vector(entropy, shape, DType::f64), Tensor::from_vector(mean, shape, DType::f64),
+          Tensor::from_vector(sum_sq, shape, DType::f64), Tensor::from_vector(matches, shape, DType::f64)};
+}
+
+Tensor log1mexp(const Tensor& x) {
+  std::vector<double> values = x.to_vector<double>();
+  // Each form where it has no cancellation, in long double.
+  for (double& v : values) {
+    const long double w = v;
+    v = double(w < -0.5L ? std::log1p(-std::exp(w)) : std::log(-std::expm1(w)));
+  }
+  return Tensor::from_vector(values, x.shape(), DType::f64);
+}
+
+}  // namespace lamina::ops::reference

@@ -39,3 +39,14 @@ std::vector<Tensor> adamw_step(const Tensor& param, const Tensor& grad, const Te
                                const Tensor& exp_avg_sq, const AdamWStep& hyper);
 
 }  // namespace lamina::ops::reference
+
+namespace lamina::ops::reference {
+
+// Per-token log softmax(logits / temperature)[label] where mask is true, else 0 (f64).
+Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask, double temperature);
+// {entropy, logit_mean, log_sum_sq_probs, argmax_matches (as 0/1)} per token, f64; 0 where masked.
+std::vector<Tensor> token_distribution_stats(const Tensor& logits, const Tensor& labels, const Tensor& mask,
+                                             double temperature);
+Tensor log1mexp(const Tensor& x);  // log(1 - exp(x)) in long double
+
+}  // namespace lamina::ops::reference

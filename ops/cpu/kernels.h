@@ -110,8 +110,9 @@ void cross_entropy_backward(const Tensor& grad_logits, const Tensor& grad_losses
 
 namespace lamina::ops::cpu {
 
-// attention.cpp: contiguous f32 or f64 q [B, H, T, D], k/v [B, Hkv, S, D], out [B, H, T, D],
-// lse [B, H, T]; mask undefined or a view of the compute dtype broadcast to [B, H, T, S].
+// attention.cpp: f32 or f64 q [B, H, T, D], k/v [B, Hkv, S, D] (forward: any strides with
+// stride(3) == 1; backward: contiguous), out [B, H, T, D] and lse [B, H, T] contiguous; mask
+// undefined or a view of the compute dtype broadcast to [B, H, T, S].
 void attention(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                const Tensor& mask, bool causal, double scale);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
@@ -131,5 +132,24 @@ void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tens
 // adamw.cpp: contiguous tensors of one shape; state in the compute dtype of param.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                 const AdamWStep& hyper);
+
+}  // namespace lamina::ops::cpu
+
+namespace lamina::ops::cpu {
+
+// logprob.cpp: logits rows at logits.raw_data() + row_offsets[n] with a unit-stride vocabulary;
+// contiguous labels and mask [rows]; outputs and grad_logprobs in f32 (f64 for f64 logits);
+// grad_logits contiguous [rows, V]. Labels under a false mask are not read.
+void token_logprobs(const Tensor& logprobs, const Tensor& lse, const Tensor& logits,
+                    const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                    double temperature);
+void token_logprobs_backward(const Tensor& grad_logits, const Tensor& grad_logprobs, const Tensor& logits,
+                             const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                             const Tensor& lse, double temperature);
+void token_distribution_stats(const TokenDistributionStats& stats, const Tensor& logits,
+                              const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                              double temperature);
+void log1mexp(const Tensor& out, const Tensor& x);
+void log1mexp_backward(const Tensor& grad_in, const Tensor& grad_out, const Tensor& x);
 
 }  // namespace lamina::ops::cpu
