@@ -18,7 +18,6 @@ int run_detokenize(const Arguments& args);  // tools/tokenize.cpp
 int run_generate(const Arguments& args);
 int run_chat(const Arguments& args);  // tools/generate.cpp
 int run_preference_loss(const Arguments& args);  // tools/preference_loss.cpp
-int run_chat(const Arguments& args);  // tools/generate.cpp
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);

@@ -25,7 +25,6 @@ constexpr Subcommand kSubcommands[] = {
     {"demo", "train a tiny MLP on a synthetic task on CPU: a showcase of what exists today", run_demo},
     {"generate", "continue a prompt with a Llama model folder (greedy or sampled)", run_generate},
     {"chat", "talk with an Instruct model folder, answers streamed", run_chat},
-    {"chat", "talk with an Instruct model folder, answers streamed", run_chat},
     {"tokenize", "Llama-3 token ids of a text (--tokenizer PATH, --text or stdin)", run_tokenize},
     {"detokenize", "the text of Llama-3 token ids (--tokenizer PATH, --ids or stdin)", run_detokenize},
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},

@@ -1,0 +1,167 @@
+#include "train/metrics.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "tensor/error.h"
+
+namespace lamina::train {
+
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
+  std::vector<std::string> kept;
+  if (keep_through_step >= 0) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      try {
+        const json::Value value = json::parse(line);
+        const json::Value* step = value.find("step");
+        if (step != nullptr && step->as_int64() <= keep_through_step) kept.push_back(line);
+      } catch (const Error&) {
+        break;  // a line cut short by a crash: drop it and everything after
+      }
+    }
+  }
+  file_ = std::fopen(path.c_str(), "w");
+  LAMINA_CHECK(file_ != nullptr, "cannot write metrics to ", path, ": ", std::strerror(errno));
+  for (const std::string& line : kept) std::fprintf(file_, "%s\n", line.c_str());
+  std::fflush(file_);
+}
+
+MetricsLog::~MetricsLog() {
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+void MetricsLog::write(const json::Value& line) {
+  std::fprintf(file_, "%s\n", line.dump().c_str());
+  std::fflush(file_);
+}
+
+std::vector<json::Value> read_metrics(const std::string& path) {
+  std::ifstream in(path);
+  LAMINA_CHECK(in.good(), "cannot open ", path);
+  std::vector<json::Value> lines;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      lines.push_back(json::parse(line));
+    } catch (const Error& error) {
+      throw Error(str_cat(path, ":", number, ": ", error.what()));
+    }
+  }
+  return lines;
+}
+
+namespace {
+std::string format_duration(double seconds) {
+  const int64_t s = int64_t(std::max(0.0, seconds));
+  std::ostringstream out;
+  if (s >= 3600) out << s / 3600 << "h";
+  if (s >= 60) out << (s / 60) % 60 << "m";
+  out << s % 60 << "s";
+  return out.str();
+}
+std::string xml_escape(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+}  // namespace
+
+void ProgressLine::update(int64_t step, int64_t total_steps, double loss, double lr, double tokens_per_second) {
+  if (!enabled_) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double eta = step > 0 ? elapsed / double(step) * double(total_steps - step) : 0.0;
+  std::fprintf(stderr, "\rstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s   ", (long long)step,
+               (long long)total_steps, loss, lr, tokens_per_second, format_duration(eta).c_str());
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+void ProgressLine::finish() {
+  if (enabled_ && drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+}
+
+std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::string& title) {
+  struct Point {
+    double step, loss;
+  };
+  std::vector<Point> train, validation;
+  for (const json::Value& line : lines) {
+    if (!line.is_object() || line.find("step") == nullptr) continue;
+    const double step = line.at("step").as_double();
+    if (const json::Value* loss = line.find("loss"); loss != nullptr && loss->is_number()) train.push_back({step, loss->as_double()});
+    if (const json::Value* loss = line.find("val_loss"); loss != nullptr && loss->is_number())
+      validation.push_back({step, loss->as_double()});
+  }
+  LAMINA_CHECK(!train.empty() || !validation.empty(), "plot: no \"loss\" or \"val_loss\" values to draw");
+  double min_step = 1e300, max_step = -1e300, min_loss = 1e300, max_loss = -1e300;
+  for (const auto* points : {&train, &validation})
+    for (const Point& p : *points) {
+      min_step = std::min(min_step, p.step);
+      max_step = std::max(max_step, p.step);
+      min_loss = std::min(min_loss, p.loss);
+      max_loss = std::max(max_loss, p.loss);
+    }
+  if (max_step == min_step) max_step = min_step + 1;
+  if (max_loss == min_loss) max_loss = min_loss + 1;
+  const double width = 720, height = 420, left = 70, right = 20, top = 40, bottom = 50;
+  auto x = [&](double step) { return left + (step - min_step) / (max_step - min_step) * (width - left - right); };
+  auto y = [&](double loss) { return top + (max_loss - loss) / (max_loss - min_loss) * (height - top - bottom); };
+  std::ostringstream svg;
+  svg.precision(6);
+  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+      << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      << "<text x=\"" << width / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << xml_escape(title) << "</text>\n";
+  // Axes and five ticks on each.
+  svg << "<line x1=\"" << left << "\" y1=\"" << height - bottom << "\" x2=\"" << width - right << "\" y2=\""
+      << height - bottom << "\" stroke=\"black\"/>\n<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left
+      << "\" y2=\"" << height - bottom << "\" stroke=\"black\"/>\n";
+  for (int i = 0; i <= 4; ++i) {
+    const double step = min_step + (max_step - min_step) * i / 4, loss = min_loss + (max_loss - min_loss) * i / 4;
+    svg << "<text x=\"" << x(step) << "\" y=\"" << height - bottom + 18 << "\" text-anchor=\"middle\">"
+        << std::llround(step) << "</text>\n<text x=\"" << left - 8 << "\" y=\"" << y(loss) + 4
+        << "\" text-anchor=\"end\">" << std::round(loss * 1000) / 1000 << "</text>\n";
+  }
+  svg << "<text x=\"" << width / 2 << "\" y=\"" << height - 10 << "\" text-anchor=\"middle\">step</text>\n";
+  if (!train.empty()) {
+    svg << "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"";
+    for (const Point& p : train) svg << x(p.step) << "," << y(p.loss) << " ";
+    svg << "\"/>\n";
+  }
+  for (const Point& p : validation)
+    svg << "<circle cx=\"" << x(p.step) << "\" cy=\"" << y(p.loss) << "\" r=\"3.5\" fill=\"#d62728\"/>\n";
+  svg << "<text x=\"" << width - right - 150 << "\" y=\"" << top + 10 << "\" fill=\"#1f77b4\">&#8212; train loss</text>\n";
+  if (!validation.empty())
+    svg << "<text x=\"" << width - right - 150 << "\" y=\"" << top + 28 << "\" fill=\"#d62728\">&#9679; validation loss</text>\n";
+  svg << "</svg>\n";
+  return svg.str();
+}
+
+int64_t peak_rss_bytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return int64_t(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+}  // namespace lamina::train

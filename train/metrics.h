@@ -1,0 +1,54 @@
+// What a training run reports: one JSON line per step in metrics.jsonl, a live progress line
+// on the console, and an SVG loss curve drawn from the JSON lines.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "tensor/io/json.h"
+
+namespace lamina::train {
+
+// Appends JSON lines to a file, flushed line by line so a crash loses at most one.
+class MetricsLog {
+ public:
+  // Keeps the lines whose "step" is <= keep_through_step (a resumed run rewrites the rest);
+  // a negative value starts the file afresh.
+  MetricsLog(const std::string& path, int64_t keep_through_step);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  void write(const json::Value& line);
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+
+// Reads every JSON line of a metrics file (blank lines skipped; a bad line is an error naming it).
+std::vector<json::Value> read_metrics(const std::string& path);
+
+// "step 12/100 | loss 2.3456 | lr 3.0e-04 | 1234 tok/s | ETA 1m23s", redrawn in place on stderr.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()) {}
+  void update(int64_t step, int64_t total_steps, double loss, double lr, double tokens_per_second);
+  void finish();  // ends the line
+
+ private:
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// The loss curve of metrics lines as an SVG document: training loss ("loss" by "step") as a
+// line, validation loss ("val_loss") as points, axes with ticks.
+std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::string& title);
+
+// Peak resident memory of this process so far, in bytes.
+int64_t peak_rss_bytes();
+
+}  // namespace lamina::train
