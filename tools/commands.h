@@ -17,6 +17,8 @@ int run_tokenize(const Arguments& args);    // tools/tokenize.cpp
 int run_detokenize(const Arguments& args);  // tools/tokenize.cpp
 int run_generate(const Arguments& args);
 int run_chat(const Arguments& args);  // tools/generate.cpp
+int run_train(const Arguments& args);  // tools/train.cpp
+int run_plot(const Arguments& args);   // tools/train.cpp
 int run_preference_loss(const Arguments& args);  // tools/preference_loss.cpp
 
 // The bench suites, each in its own file.

@@ -22,9 +22,11 @@ struct Subcommand {
 
 // Only what exists today; generate, chat, train, quantize, ... join as they land.
 constexpr Subcommand kSubcommands[] = {
-    {"demo", "train a tiny MLP on a synthetic task on CPU: a showcase of what exists today", run_demo},
+    {"demo", "pretrain, fine-tune and test a small Llama on data it generates (CPU, a few minutes)", run_demo},
     {"generate", "continue a prompt with a Llama model folder (greedy or sampled)", run_generate},
     {"chat", "talk with an Instruct model folder, answers streamed", run_chat},
+    {"train", "pretrain or fine-tune (SFT) a Llama model, with checkpoints and exact resume", run_train},
+    {"plot", "draw the loss curve of a training run's metrics.jsonl as SVG", run_plot},
     {"tokenize", "Llama-3 token ids of a text (--tokenizer PATH, --text or stdin)", run_tokenize},
     {"detokenize", "the text of Llama-3 token ids (--tokenizer PATH, --ids or stdin)", run_detokenize},
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},

@@ -1,6 +1,7 @@
 #include "train/metrics.h"
 
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -86,14 +87,20 @@ std::string xml_escape(const std::string& text) {
 }
 }  // namespace
 
+ProgressLine::ProgressLine(bool enabled)
+    : enabled_(enabled), terminal_(::isatty(2) != 0), start_(std::chrono::steady_clock::now()) {}
+
 void ProgressLine::update(int64_t step, int64_t total_steps, double loss, double lr, double tokens_per_second) {
   if (!enabled_) return;
+  const int64_t every = std::max<int64_t>(1, total_steps / 10);
+  if (!terminal_ && step % every != 0 && step != total_steps) return;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double eta = step > 0 ? elapsed / double(step) * double(total_steps - step) : 0.0;
-  std::fprintf(stderr, "\rstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s   ", (long long)step,
-               (long long)total_steps, loss, lr, tokens_per_second, format_duration(eta).c_str());
+  std::fprintf(stderr, "%sstep %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s%s", terminal_ ? "\r" : "",
+               (long long)step, (long long)total_steps, loss, lr, tokens_per_second, format_duration(eta).c_str(),
+               terminal_ ? "   " : "\n");
   std::fflush(stderr);
-  drawn_ = true;
+  drawn_ = terminal_;
 }
 
 void ProgressLine::finish() {

@@ -34,12 +34,15 @@ std::vector<json::Value> read_metrics(const std::string& path);
 // "step 12/100 | loss 2.3456 | lr 3.0e-04 | 1234 tok/s | ETA 1m23s", redrawn in place on stderr.
 class ProgressLine {
  public:
-  explicit ProgressLine(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()) {}
+  // On a terminal the line is redrawn in place; otherwise (a log file, a pipe) a line is
+  // printed for every tenth of the run.
+  explicit ProgressLine(bool enabled);
   void update(int64_t step, int64_t total_steps, double loss, double lr, double tokens_per_second);
   void finish();  // ends the line
 
  private:
   bool enabled_;
+  bool terminal_;
   bool drawn_ = false;
   std::chrono::steady_clock::time_point start_;
 };

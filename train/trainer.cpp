@@ -167,7 +167,7 @@ void Trainer::run(bool resume) {
       step_ = contents.step;
       loader_->restore(contents.trainer_state.at("data_cursor"));
       tokens_seen_ = contents.trainer_state.at("tokens_seen").as_int64();
-      if (options_.progress) std::fprintf(stderr, "resuming from %s (step %lld)\n", latest->c_str(), (long long)step_);
+      std::fprintf(stderr, "resuming from %s (step %lld)\n", latest->c_str(), (long long)step_);
     }
   }
   std::unique_ptr<MetricsLog> log;

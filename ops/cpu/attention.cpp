@@ -38,16 +38,21 @@ void compute_scores(std::vector<C>& scores, const C* q, int64_t q_stride, const 
                     const AttentionShape& s, int64_t b, int64_t h, const Tensor& mask, bool causal, C scale) {
   const int64_t T = s.tokens, S = s.keys, D = s.head_dim;
   gemm_batch(dtype_of<C>(), {{matrix(q, T, D, q_stride), matrix(k, D, S, 1, k_stride), matrix(scores.data(), T, S, S)}});
-  const C* mask_data = mask.defined() ? static_cast<const C*>(mask.raw_data()) : nullptr;
+  // The mask rows of this (b, h), read through its (broadcast) strides.
+  const C* mask_data = mask.defined() ? static_cast<const C*>(mask.raw_data()) + b * mask.stride(0) + h * mask.stride(1)
+                                      : nullptr;
+  const int64_t mask_row_stride = mask.defined() ? mask.stride(2) : 0;
+  const int64_t mask_column_stride = mask.defined() ? mask.stride(3) : 0;
   for (int64_t t = 0; t < T; ++t) {
     C* row = scores.data() + t * S;
     const int64_t visible = causal ? S - T + t + 1 : S;  // keys [0, visible) are visible
-    for (int64_t j = 0; j < S; ++j) {
-      C value = row[j] * scale;
-      if (mask_data != nullptr)
-        value += mask_data[b * mask.stride(0) + h * mask.stride(1) + t * mask.stride(2) + j * mask.stride(3)];
-      row[j] = j < visible ? value : C(-INFINITY);
+    if (mask_data != nullptr) {
+      const C* mask_row = mask_data + t * mask_row_stride;
+      for (int64_t j = 0; j < visible; ++j) row[j] = row[j] * scale + mask_row[j * mask_column_stride];
+    } else {
+      for (int64_t j = 0; j < visible; ++j) row[j] *= scale;
     }
+    for (int64_t j = std::max<int64_t>(visible, 0); j < S; ++j) row[j] = C(-INFINITY);
   }
 }
 
