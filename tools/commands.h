@@ -24,6 +24,7 @@ int run_preference_loss(const Arguments& args);  // tools/preference_loss.cpp
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);
 int run_bench_generate(const Arguments& args);
+int run_bench_train(const Arguments& args);  // tools/bench_train.cpp
 int run_bench_tokenizer(const Arguments& args);  // tools/bench_tokenizer.cpp
 
 }  // namespace lamina::cli
