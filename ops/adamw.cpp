@@ -1,13 +1,15 @@
 // Fused AdamW step: checks; kernel and formula in ops/cpu/adamw.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
 
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                  const AdamWStep& hyper) {
-  check_device("adamw_step_", {{"param", &param}, {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}});
+  check_device("adamw_step_", {{"param", &param}, {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}},
+               Backends::cpu_and_cuda);
   check_floating("adamw_step_", "param", param);
   check_floating("adamw_step_", "grad", grad);
   const DType state = param.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -23,7 +25,7 @@ void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg,
                ", eps ", hyper.eps, " or weight_decay ", hyper.weight_decay);
   LAMINA_CHECK(hyper.beta1 >= 0 && hyper.beta1 < 1 && hyper.beta2 >= 0 && hyper.beta2 < 1,
                "adamw_step_: betas must be in [0, 1), got ", hyper.beta1, " and ", hyper.beta2);
-  cpu::adamw_step(param, grad, exp_avg, exp_avg_sq, hyper);
+  LAMINA_DISPATCH(param.device(), adamw_step(param, grad, exp_avg, exp_avg_sq, hyper));
 }
 
 }  // namespace lamina::ops

@@ -3,6 +3,7 @@
 
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 #include "tensor/view.h"
 
@@ -48,13 +49,14 @@ double scale_of(const AttentionOptions& options, const Tensor& q) {
 }  // namespace
 
 AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionOptions& options) {
-  const Device device = check_device("attention", {{"q", &q_in}, {"k", &k_in}, {"v", &v_in}});
+  const Device device =
+      check_device("attention", {{"q", &q_in}, {"k", &k_in}, {"v", &v_in}}, Backends::cpu_and_cuda);
   check_attention_inputs("attention", q_in, k_in, v_in);
   const Tensor q = prepared_rows(q_in), k = prepared_rows(k_in), v = prepared_rows(v_in);
   const Tensor mask = prepared_mask("attention", options, q_in, k_in);
   AttentionResult result{Tensor::empty(q.shape(), q.dtype(), device),
                          Tensor::empty({q.size(0), q.size(1), q.size(2)}, q.dtype(), device)};
-  cpu::attention(result.out, result.lse, q, k, v, mask, options.causal, scale_of(options, q));
+  LAMINA_DISPATCH(device, attention(result.out, result.lse, q, k, v, mask, options.causal, scale_of(options, q)));
   if (q_in.dtype() != q.dtype()) result.out = cast(result.out, q_in.dtype());
   return result;
 }
@@ -62,7 +64,8 @@ AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& 
 AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const Tensor& out_in, const Tensor& lse, const AttentionOptions& options) {
   const Device device = check_device("attention_backward", {{"grad_out", &grad_out}, {"q", &q_in}, {"k", &k_in},
-                                                            {"v", &v_in}, {"out", &out_in}, {"lse", &lse}});
+                                                            {"v", &v_in}, {"out", &out_in}, {"lse", &lse}},
+                                     Backends::cpu_and_cuda);
   check_attention_inputs("attention_backward", q_in, k_in, v_in);
   check_shape("attention_backward", "grad_out", grad_out, q_in.shape());
   check_shape("attention_backward", "out", out_in, q_in.shape());
@@ -72,8 +75,8 @@ AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q_in, co
   const Tensor mask = prepared_mask("attention_backward", options, q_in, k_in);
   AttentionGrads grads{Tensor::empty(q.shape(), q.dtype(), device), Tensor::empty(k.shape(), k.dtype(), device),
                        Tensor::empty(v.shape(), v.dtype(), device)};
-  cpu::attention_backward(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse_c, mask, options.causal,
-                          scale_of(options, q));
+  LAMINA_DISPATCH(device, attention_backward(grads.dq, grads.dk, grads.dv, dout, q, k, v, out, lse_c, mask,
+                                             options.causal, scale_of(options, q)));
   if (q_in.dtype() != q.dtype()) {
     grads = {cast(grads.dq, q_in.dtype()), cast(grads.dk, q_in.dtype()), cast(grads.dv, q_in.dtype())};
   }

@@ -10,8 +10,23 @@ namespace lamina::ops {
 
 using NamedTensor = std::pair<const char*, const Tensor*>;
 
-// Every tensor defined and on one device, and that device has a backend in this build.
-Device check_device(const char* op, std::initializer_list<NamedTensor> tensors);
+// Which devices an op has kernels for. An op gains `cpu_and_cuda` when its CUDA kernel exists;
+// until then a CUDA tensor reaching it is a clear error, never a CPU kernel reading device memory.
+enum class Backends { cpu, cpu_and_cuda };
+
+// Every tensor defined and on one device, and the op has a kernel for that device in this build.
+Device check_device(const char* op, std::initializer_list<NamedTensor> tensors, Backends backends = Backends::cpu);
+
+// Calls a kernel of ops/cpu/kernels.h or, on a CUDA device, its twin in ops/cuda/kernels.h:
+//   LAMINA_DISPATCH(device, unary(op, out, x));
+// Without the CUDA backend only the CPU kernel is named (check_device rejected CUDA devices).
+#if LAMINA_WITH_CUDA
+#define LAMINA_DISPATCH(device, ...) \
+  ((device).is_cuda() ? ::lamina::ops::cuda::__VA_ARGS__ : ::lamina::ops::cpu::__VA_ARGS__)
+#else
+#define LAMINA_DISPATCH(device, ...) (static_cast<void>(device), ::lamina::ops::cpu::__VA_ARGS__)
+#endif
+
 void check_dtype(const char* op, const char* argument, const Tensor& t, DType expected);
 void check_same_dtype(const char* op, std::initializer_list<NamedTensor> tensors);
 void check_floating(const char* op, const char* argument, const Tensor& t);

@@ -1,6 +1,7 @@
 // Cross-entropy: checks (targets in range) and allocation; kernels in ops/cpu/cross_entropy.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
@@ -31,11 +32,13 @@ int64_t check_targets(const char* op, const Tensor& logits, const Tensor& target
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  const Device device = check_device("cross_entropy", {{"logits", &logits}, {"targets", &targets}});
+  const Device device =
+      check_device("cross_entropy", {{"logits", &logits}, {"targets", &targets}}, Backends::cpu_and_cuda);
   const int64_t count = check_targets("cross_entropy", logits, targets, ignore_index);
   CrossEntropyResult result{Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device),
                             Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device), count};
-  cpu::cross_entropy(result.losses, result.lse, contiguous(logits), contiguous(targets), ignore_index);
+  LAMINA_DISPATCH(device,
+                  cross_entropy(result.losses, result.lse, contiguous(logits), contiguous(targets), ignore_index));
   return result;
 }
 
@@ -43,14 +46,15 @@ Tensor cross_entropy_backward(const Tensor& grad_losses, const Tensor& logits, c
                               const Tensor& lse, int64_t ignore_index) {
   const Device device = check_device("cross_entropy_backward",
                                      {{"grad_losses", &grad_losses}, {"logits", &logits}, {"targets", &targets},
-                                      {"lse", &lse}});
+                                      {"lse", &lse}}, Backends::cpu_and_cuda);
   check_targets("cross_entropy_backward", logits, targets, ignore_index);
   check_shape("cross_entropy_backward", "grad_losses", grad_losses, row_shape(logits));
   check_shape("cross_entropy_backward", "lse", lse, row_shape(logits));
   check_dtype("cross_entropy_backward", "lse", lse, loss_dtype(logits.dtype()));
   Tensor grad_logits = Tensor::empty(logits.shape(), logits.dtype(), device);
-  cpu::cross_entropy_backward(grad_logits, contiguous(cast(grad_losses, loss_dtype(logits.dtype()))),
-                              contiguous(logits), contiguous(targets), contiguous(lse), ignore_index);
+  LAMINA_DISPATCH(device, cross_entropy_backward(grad_logits, contiguous(cast(grad_losses, loss_dtype(logits.dtype()))),
+                                                 contiguous(logits), contiguous(targets), contiguous(lse),
+                                                 ignore_index));
   return grad_logits;
 }
 

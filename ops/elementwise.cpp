@@ -4,6 +4,7 @@
 
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 #include "tensor/view.h"
 
@@ -63,7 +64,7 @@ const char* binary_op_name(BinaryOp op) {
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   const char* name = unary_op_name(op);
-  const Device device = check_device(name, {{"x", &x}});
+  const Device device = check_device(name, {{"x", &x}}, Backends::cpu_and_cuda);
   if (unary_accepts_integers(op)) {
     LAMINA_CHECK(is_floating(x.dtype()) || x.dtype() == DType::i32 || x.dtype() == DType::i64, name,
                  ": expected an arithmetic dtype, got ", dtype_name(x.dtype()));
@@ -71,48 +72,48 @@ Tensor unary(UnaryOp op, const Tensor& x) {
     check_floating(name, "x", x);
   }
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
-  cpu::unary(op, out, x);
+  LAMINA_DISPATCH(device, unary(op, out, x));
   return out;
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const Tensor& out) {
   const std::string name = str_cat(unary_op_name(op), "_backward");
-  check_device(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}});
+  check_device(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}}, Backends::cpu_and_cuda);
   check_floating(name.c_str(), "x", x);
   check_same_dtype(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}});
   check_shape(name.c_str(), "grad_out", grad_out, x.shape());
   check_shape(name.c_str(), "out", out, x.shape());
   Tensor grad_in = Tensor::empty(x.shape(), x.dtype(), x.device());
-  cpu::unary_backward(op, grad_in, grad_out, x, out);
+  LAMINA_DISPATCH(grad_in.device(), unary_backward(op, grad_in, grad_out, x, out));
   return grad_in;
 }
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"a", &a}, {"b", &b}});
+  const Device device = check_device(name, {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
   check_same_dtype(name, {{"a", &a}, {"b", &b}});
   check_binary_dtype(op, a);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, a.dtype(), device);
-  cpu::binary(op, out, views::broadcast_to(a, shape, name), views::broadcast_to(b, shape, name));
+  LAMINA_DISPATCH(device, binary(op, out, views::broadcast_to(a, shape, name), views::broadcast_to(b, shape, name)));
   return out;
 }
 
 Tensor binary(BinaryOp op, const Tensor& a, double b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"a", &a}});
+  const Device device = check_device(name, {{"a", &a}}, Backends::cpu_and_cuda);
   check_binary_dtype(op, a);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), device);
-  cpu::binary_scalar(op, out, a, b);
+  LAMINA_DISPATCH(device, binary_scalar(op, out, a, b));
   return out;
 }
 
 Tensor binary(BinaryOp op, double a, const Tensor& b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"b", &b}});
+  const Device device = check_device(name, {{"b", &b}}, Backends::cpu_and_cuda);
   check_binary_dtype(op, b);
   Tensor out = Tensor::empty(b.shape(), b.dtype(), device);
-  cpu::scalar_binary(op, out, a, b);
+  LAMINA_DISPATCH(device, scalar_binary(op, out, a, b));
   return out;
 }
 
@@ -158,24 +159,25 @@ std::pair<Tensor, Tensor> binary_backward(BinaryOp op, const Tensor& grad_out, c
 }
 
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
-  check_device("add_", {{"dst", &dst}, {"src", &src}});
+  check_device("add_", {{"dst", &dst}, {"src", &src}}, Backends::cpu_and_cuda);
   check_same_dtype("add_", {{"dst", &dst}, {"src", &src}});
   check_writable("add_", "dst", dst);
-  cpu::add_scaled_inplace(dst, views::broadcast_to(src, dst.shape(), "add_"), alpha);
+  LAMINA_DISPATCH(dst.device(), add_scaled_inplace(dst, views::broadcast_to(src, dst.shape(), "add_"), alpha));
 }
 
 void mul_(const Tensor& dst, double factor) {
-  check_device("mul_", {{"dst", &dst}});
+  check_device("mul_", {{"dst", &dst}}, Backends::cpu_and_cuda);
   check_writable("mul_", "dst", dst);
-  cpu::binary_scalar(BinaryOp::mul, dst, dst, factor);
+  LAMINA_DISPATCH(dst.device(), binary_scalar(BinaryOp::mul, dst, dst, factor));
 }
 
 Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
-  const Device device = check_device("compare", {{"a", &a}, {"b", &b}});
+  const Device device = check_device("compare", {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
   check_same_dtype("compare", {{"a", &a}, {"b", &b}});
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), "compare");
   Tensor out = Tensor::empty(shape, DType::boolean, device);
-  cpu::compare(op, out, views::broadcast_to(a, shape, "compare"), views::broadcast_to(b, shape, "compare"));
+  LAMINA_DISPATCH(device,
+                  compare(op, out, views::broadcast_to(a, shape, "compare"), views::broadcast_to(b, shape, "compare")));
   return out;
 }
 
@@ -189,21 +191,21 @@ Tensor compare(CompareOp op, const Tensor& a, double b) {
 }
 
 Tensor logical_not(const Tensor& x) {
-  const Device device = check_device("logical_not", {{"x", &x}});
+  const Device device = check_device("logical_not", {{"x", &x}}, Backends::cpu_and_cuda);
   check_dtype("logical_not", "x", x, DType::boolean);
   Tensor out = Tensor::empty(x.shape(), DType::boolean, device);
-  cpu::logical(cpu::LogicalOp::logical_not, out, x, x);
+  LAMINA_DISPATCH(device, logical(cpu::LogicalOp::logical_not, out, x, x));
   return out;
 }
 
 namespace {
 Tensor logical_binary(cpu::LogicalOp op, const char* name, const Tensor& a, const Tensor& b) {
-  const Device device = check_device(name, {{"a", &a}, {"b", &b}});
+  const Device device = check_device(name, {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
   check_dtype(name, "a", a, DType::boolean);
   check_dtype(name, "b", b, DType::boolean);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = Tensor::empty(shape, DType::boolean, device);
-  cpu::logical(op, out, views::broadcast_to(a, shape, name), views::broadcast_to(b, shape, name));
+  LAMINA_DISPATCH(device, logical(op, out, views::broadcast_to(a, shape, name), views::broadcast_to(b, shape, name)));
   return out;
 }
 }  // namespace
@@ -217,43 +219,45 @@ Tensor logical_or(const Tensor& a, const Tensor& b) {
 }
 
 Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
-  const Device device = check_device("where", {{"condition", &condition}, {"a", &a}, {"b", &b}});
+  const Device device =
+      check_device("where", {{"condition", &condition}, {"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
   check_dtype("where", "condition", condition, DType::boolean);
   check_same_dtype("where", {{"a", &a}, {"b", &b}});
   const Shape shape = broadcast_shapes(broadcast_shapes(condition.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor out = Tensor::empty(shape, a.dtype(), device);
-  cpu::where(out, views::broadcast_to(condition, shape, "where"), views::broadcast_to(a, shape, "where"),
-             views::broadcast_to(b, shape, "where"));
+  LAMINA_DISPATCH(device, where(out, views::broadcast_to(condition, shape, "where"),
+                                views::broadcast_to(a, shape, "where"), views::broadcast_to(b, shape, "where")));
   return out;
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
-  const Device device = check_device("masked_fill", {{"x", &x}, {"mask", &mask}});
+  const Device device = check_device("masked_fill", {{"x", &x}, {"mask", &mask}}, Backends::cpu_and_cuda);
   check_dtype("masked_fill", "mask", mask, DType::boolean);
   LAMINA_CHECK(broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape(), "masked_fill: mask ",
                mask.shape(), " does not broadcast to x ", x.shape());
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
-  cpu::masked_fill(out, x, views::broadcast_to(mask, x.shape(), "masked_fill"), value);
+  LAMINA_DISPATCH(device, masked_fill(out, x, views::broadcast_to(mask, x.shape(), "masked_fill"), value));
   return out;
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
-  const Device device = check_device("clamp", {{"x", &x}});
+  const Device device = check_device("clamp", {{"x", &x}}, Backends::cpu_and_cuda);
   LAMINA_CHECK(!low || !high || *low <= *high, "clamp: low ", *low, " is above high ", *high);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
-  cpu::clamp(out, x, low.value_or(-std::numeric_limits<double>::infinity()),
-             high.value_or(std::numeric_limits<double>::infinity()));
+  LAMINA_DISPATCH(device, clamp(out, x, low.value_or(-std::numeric_limits<double>::infinity()),
+                                high.value_or(std::numeric_limits<double>::infinity())));
   return out;
 }
 
 Tensor clamp_backward(const Tensor& grad_out, const Tensor& x, std::optional<double> low,
                       std::optional<double> high) {
-  check_device("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}});
+  check_device("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}}, Backends::cpu_and_cuda);
   check_same_dtype("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}});
   check_shape("clamp_backward", "grad_out", grad_out, x.shape());
   Tensor grad_in = Tensor::empty(x.shape(), x.dtype(), x.device());
-  cpu::clamp_backward(grad_in, grad_out, x, low.value_or(-std::numeric_limits<double>::infinity()),
-                      high.value_or(std::numeric_limits<double>::infinity()));
+  LAMINA_DISPATCH(grad_in.device(),
+                  clamp_backward(grad_in, grad_out, x, low.value_or(-std::numeric_limits<double>::infinity()),
+                                 high.value_or(std::numeric_limits<double>::infinity())));
   return grad_in;
 }
 

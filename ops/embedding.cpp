@@ -1,6 +1,7 @@
 // Embedding: checks (including every id in range) and allocation; kernels in ops/cpu/embedding.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
@@ -16,19 +17,19 @@ void check_ids_in_range(const char* op, const Tensor& ids, int64_t num_embedding
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
-  const Device device = check_device("embedding", {{"weight", &weight}, {"ids", &ids}});
+  const Device device = check_device("embedding", {{"weight", &weight}, {"ids", &ids}}, Backends::cpu_and_cuda);
   check_dim("embedding", "weight", weight, 2);
   check_index_dtype("embedding", "ids", ids);
   check_ids_in_range("embedding", ids, weight.size(0));
   Shape out_shape = ids.shape();
   out_shape.push_back(weight.size(1));
   Tensor out = Tensor::empty(out_shape, weight.dtype(), device);
-  cpu::embedding(out, contiguous(weight), contiguous(ids));
+  LAMINA_DISPATCH(device, embedding(out, contiguous(weight), contiguous(ids)));
   return out;
 }
 
 Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t num_embeddings) {
-  check_device("embedding_backward", {{"grad_out", &grad_out}, {"ids", &ids}});
+  check_device("embedding_backward", {{"grad_out", &grad_out}, {"ids", &ids}}, Backends::cpu_and_cuda);
   check_floating("embedding_backward", "grad_out", grad_out);
   check_index_dtype("embedding_backward", "ids", ids);
   Shape expected = ids.shape();
@@ -38,7 +39,7 @@ Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t num
   check_shape("embedding_backward", "grad_out", grad_out, expected);
   check_ids_in_range("embedding_backward", ids, num_embeddings);
   Tensor grad_weight = zeros({num_embeddings, grad_out.size(-1)}, grad_out.dtype(), grad_out.device());
-  cpu::embedding_backward(grad_weight, contiguous(grad_out), contiguous(ids));
+  LAMINA_DISPATCH(grad_weight.device(), embedding_backward(grad_weight, contiguous(grad_out), contiguous(ids)));
   return grad_weight;
 }
 

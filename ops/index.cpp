@@ -1,6 +1,7 @@
 // Indexing and joining: checks (every index in range) and allocation; kernels in ops/cpu/index.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 #include "tensor/view.h"
 
@@ -34,7 +35,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   shape[size_t(d)] = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
-    check_device("cat", {{"tensors[0]", &first}, {"tensors[i]", &t}});
+    check_device("cat", {{"tensors[0]", &first}, {"tensors[i]", &t}}, Backends::cpu_and_cuda);
     LAMINA_CHECK(t.dtype() == first.dtype(), "cat: tensor ", i, " has dtype ", dtype_name(t.dtype()), ", tensor 0 has ",
                  dtype_name(first.dtype()));
     LAMINA_CHECK(t.dim() == first.dim(), "cat: tensor ", i, " has shape ", t.shape(), ", tensor 0 has ", first.shape());
@@ -46,7 +47,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   Tensor out = Tensor::empty(shape, first.dtype(), first.device());
   int64_t at = 0;
   for (const Tensor& t : tensors) {
-    cpu::copy(views::slice(out, d, at, at + t.size(d)), t);
+    LAMINA_DISPATCH(out.device(), copy(views::slice(out, d, at, at + t.size(d)), t));
     at += t.size(d);
   }
   return out;
@@ -72,19 +73,19 @@ std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  const Device device = check_device("index_select", {{"x", &x}, {"index", &index}});
+  const Device device = check_device("index_select", {{"x", &x}, {"index", &index}}, Backends::cpu_and_cuda);
   const int64_t d = normalize_dim(dim, x.dim(), "index_select");
   check_dim("index_select", "index", index, 1);
   check_indices("index_select", index, x.size(d));
   Shape shape = x.shape();
   shape[size_t(d)] = index.numel();
   Tensor out = Tensor::empty(shape, x.dtype(), device);
-  cpu::index_select(out, contiguous(x), d, contiguous(index));
+  LAMINA_DISPATCH(device, index_select(out, contiguous(x), d, contiguous(index)));
   return out;
 }
 
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
-  const Device device = check_device("index_add", {{"index", &index}, {"src", &src}});
+  const Device device = check_device("index_add", {{"index", &index}, {"src", &src}}, Backends::cpu_and_cuda);
   const int64_t d = normalize_dim(dim, int64_t(shape.size()), "index_add");
   check_dim("index_add", "index", index, 1);
   check_indices("index_add", index, shape[size_t(d)]);
@@ -92,34 +93,34 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Ten
   expected[size_t(d)] = index.numel();
   check_shape("index_add", "src", src, expected);
   Tensor out = zeros(shape, src.dtype(), device);
-  cpu::index_add(out, d, contiguous(index), contiguous(src));
+  LAMINA_DISPATCH(device, index_add(out, d, contiguous(index), contiguous(src)));
   return out;
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
-  const Device device = check_device("gather", {{"x", &x}, {"index", &index}});
+  const Device device = check_device("gather", {{"x", &x}, {"index", &index}}, Backends::cpu_and_cuda);
   const int64_t d = normalize_dim(dim, x.dim(), "gather");
   check_gather_shape("gather", x, d, index);
   check_indices("gather", index, x.size(d));
   Tensor out = Tensor::empty(index.shape(), x.dtype(), device);
-  cpu::gather(out, x, d, index);
+  LAMINA_DISPATCH(device, gather(out, x, d, index));
   return out;
 }
 
 Tensor scatter_add(const Tensor& base, int64_t dim, const Tensor& index, const Tensor& src) {
-  check_device("scatter_add", {{"base", &base}, {"index", &index}, {"src", &src}});
+  check_device("scatter_add", {{"base", &base}, {"index", &index}, {"src", &src}}, Backends::cpu_and_cuda);
   check_same_dtype("scatter_add", {{"base", &base}, {"src", &src}});
   const int64_t d = normalize_dim(dim, base.dim(), "scatter_add");
   check_gather_shape("scatter_add", base, d, index);
   check_shape("scatter_add", "src", src, index.shape());
   check_indices("scatter_add", index, base.size(d));
   Tensor out = clone(base);
-  cpu::scatter_add(out, d, index, src);
+  LAMINA_DISPATCH(out.device(), scatter_add(out, d, index, src));
   return out;
 }
 
 Tensor one_hot(const Tensor& index, int64_t num_classes, DType dtype) {
-  const Device device = check_device("one_hot", {{"index", &index}});
+  const Device device = check_device("one_hot", {{"index", &index}}, Backends::cpu_and_cuda);
   LAMINA_CHECK(num_classes > 0, "one_hot: num_classes must be positive, got ", num_classes);
   check_indices("one_hot", index, num_classes);
   Shape shape = index.shape();
@@ -127,8 +128,8 @@ Tensor one_hot(const Tensor& index, int64_t num_classes, DType dtype) {
   Tensor out = zeros(shape, dtype, device);
   Shape index_shape = index.shape();
   index_shape.push_back(1);
-  cpu::scatter_add(out, int64_t(shape.size()) - 1, views::unsqueeze(index, index.dim()),
-                   ones(index_shape, dtype, device));
+  LAMINA_DISPATCH(device, scatter_add(out, int64_t(shape.size()) - 1, views::unsqueeze(index, index.dim()),
+                   ones(index_shape, dtype, device)));
   return out;
 }
 

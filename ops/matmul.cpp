@@ -1,6 +1,7 @@
 // matmul: batch broadcasting, transposes folded into strides, dtype handling.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 #include "tensor/view.h"
 
@@ -42,7 +43,7 @@ Tensor matrix_at(const Tensor& t, const Shape& batch_index) {
 }  // namespace
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
-  const Device device = check_device("matmul", {{"a", &a_in}, {"b", &b_in}});
+  const Device device = check_device("matmul", {{"a", &a_in}, {"b", &b_in}}, Backends::cpu_and_cuda);
   check_same_dtype("matmul", {{"a", &a_in}, {"b", &b_in}});
   check_floating("matmul", "a", a_in);
   LAMINA_CHECK(a_in.dim() >= 2 && b_in.dim() >= 2, "matmul: operands need at least 2 dims, got ", a_in.shape(),
@@ -51,6 +52,10 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
   const int64_t k_b = b_in.size(transpose_b ? -1 : -2), n = b_in.size(transpose_b ? -2 : -1);
   LAMINA_CHECK(k == k_b, "matmul: inner dimensions differ: a ", a_in.shape(), (transpose_a ? " (transposed)" : ""),
                " has ", k, ", b ", b_in.shape(), (transpose_b ? " (transposed)" : ""), " has ", k_b);
+#if LAMINA_WITH_CUDA
+  // cuBLASLt takes bf16/f16 operands as they are (f32 accumulation) and every layout it can stride.
+  if (device.is_cuda()) return cuda::matmul(a_in, b_in, transpose_a, transpose_b);
+#endif
   const DType dtype = a_in.dtype();
   const bool low_precision = dtype == DType::bf16 || dtype == DType::f16;
   Tensor a = low_precision ? cast(a_in, DType::f32) : a_in;

@@ -1,6 +1,7 @@
 // RMSNorm: checks and allocation; kernels and the derivation in ops/cpu/norm.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
@@ -20,20 +21,21 @@ void check_norm_inputs(const char* op, const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 RmsNormResult rms_norm(const Tensor& x_in, const Tensor& weight_in, double eps) {
-  const Device device = check_device("rms_norm", {{"x", &x_in}, {"weight", &weight_in}});
+  const Device device = check_device("rms_norm", {{"x", &x_in}, {"weight", &weight_in}}, Backends::cpu_and_cuda);
   check_norm_inputs("rms_norm", x_in, weight_in);
   LAMINA_CHECK(eps >= 0, "rms_norm: eps must be non-negative, got ", eps);
   const Tensor x = contiguous(x_in), weight = contiguous(weight_in);
   RmsNormResult result{Tensor::empty(x.shape(), x.dtype(), device),
                        Tensor::empty(row_shape(x), stats_dtype(x.dtype()), device)};
-  cpu::rms_norm(result.y, result.rstd, x, weight, eps);
+  LAMINA_DISPATCH(device, rms_norm(result.y, result.rstd, x, weight, eps));
   return result;
 }
 
 RmsNormGrads rms_norm_backward(const Tensor& grad_out, const Tensor& x_in, const Tensor& weight_in,
                                const Tensor& rstd) {
   const Device device = check_device("rms_norm_backward",
-                                     {{"grad_out", &grad_out}, {"x", &x_in}, {"weight", &weight_in}, {"rstd", &rstd}});
+                                     {{"grad_out", &grad_out}, {"x", &x_in}, {"weight", &weight_in}, {"rstd", &rstd}},
+                                     Backends::cpu_and_cuda);
   check_norm_inputs("rms_norm_backward", x_in, weight_in);
   check_same_dtype("rms_norm_backward", {{"grad_out", &grad_out}, {"x", &x_in}});
   check_shape("rms_norm_backward", "grad_out", grad_out, x_in.shape());
@@ -42,7 +44,8 @@ RmsNormGrads rms_norm_backward(const Tensor& grad_out, const Tensor& x_in, const
   const Tensor x = contiguous(x_in), weight = contiguous(weight_in);
   RmsNormGrads grads{Tensor::empty(x.shape(), x.dtype(), device),
                      Tensor::empty(weight.shape(), weight.dtype(), device)};
-  cpu::rms_norm_backward(grads.dx, grads.dweight, contiguous(grad_out), x, weight, contiguous(rstd));
+  LAMINA_DISPATCH(device,
+                  rms_norm_backward(grads.dx, grads.dweight, contiguous(grad_out), x, weight, contiguous(rstd)));
   return grads;
 }
 

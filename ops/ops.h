@@ -63,8 +63,10 @@ Tensor clone(const Tensor& x);                     // a contiguous copy
 Tensor to_device(const Tensor& x, Device device);  // x itself when already there
 void copy_(const Tensor& dst, const Tensor& src);  // src broadcast and cast into dst
 void fill_(const Tensor& dst, double value);
-// Inverted-dropout multipliers: 1/keep_prob with probability keep_prob, else 0.
-Tensor dropout_mask(const Shape& shape, double keep_prob, Generator& generator, DType dtype = DType::f32);
+// Inverted-dropout multipliers: 1/keep_prob with probability keep_prob, else 0. The same mask on
+// every device for the same generator state (drawn from `uniform`'s stream).
+Tensor dropout_mask(const Shape& shape, double keep_prob, Generator& generator, DType dtype = DType::f32,
+                    Device device = Device::cpu());
 
 // ---- elementwise (broadcasting, any strides)
 enum class UnaryOp {

@@ -3,6 +3,7 @@
 
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
@@ -33,7 +34,7 @@ Shape reduced_shape(const Tensor& x, const std::vector<bool>& reduce, bool keepd
 
 Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const Shape& dims, bool keepdim,
                   int64_t correction = 0) {
-  const Device device = check_device(op, {{"x", &x}});
+  const Device device = check_device(op, {{"x", &x}}, Backends::cpu_and_cuda);
   // Checked here so that the error names the op, not the shared kernel.
   LAMINA_CHECK(is_floating(x.dtype()) || x.dtype() == DType::i32 || x.dtype() == DType::i64, op,
                ": expected an arithmetic dtype (f32, f64, bf16, f16, i32, i64), got ", dtype_name(x.dtype()));
@@ -47,7 +48,7 @@ Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const S
                ", dims ", dims, ")");
   const DType out_dtype = kind == cpu::ReduceKind::argmax ? DType::i64 : x.dtype();
   Tensor out = Tensor::empty(reduced_shape(x, reduce, keepdim), out_dtype, device);
-  cpu::reduce(kind, out, x, reduce, correction);
+  LAMINA_DISPATCH(device, reduce(kind, out, x, reduce, correction));
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 
 namespace lamina::ops {
@@ -23,7 +24,7 @@ void check_rope_config(const RopeConfig& config) {
 }
 
 Tensor rotate(const char* op, const Tensor& x_in, const Tensor& positions, const RopeConfig& config, bool inverse) {
-  const Device device = check_device(op, {{"x", &x_in}, {"positions", &positions}});
+  const Device device = check_device(op, {{"x", &x_in}, {"positions", &positions}}, Backends::cpu_and_cuda);
   check_floating(op, "x", x_in);
   check_index_dtype(op, "positions", positions);
   check_rope_config(config);
@@ -36,7 +37,7 @@ Tensor rotate(const char* op, const Tensor& x_in, const Tensor& positions, const
                x_in.shape());
   const Tensor x = x_in;
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
-  cpu::rope_rotate(out, x, positions, rope_frequencies(config), inverse);
+  LAMINA_DISPATCH(device, rope_rotate(out, x, positions, rope_frequencies(config), inverse));
   return out;
 }
 

@@ -2,6 +2,7 @@
 // dims are transposed there and back.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
+#include "ops/cuda/kernels.h"
 #include "ops/ops.h"
 #include "tensor/view.h"
 
@@ -22,20 +23,20 @@ Tensor along_last_dim(const char* op, int64_t dim, const std::vector<Tensor>& in
 }
 
 Tensor softmax_forward(const char* op, const Tensor& x, int64_t dim, bool log_space) {
-  check_device(op, {{"x", &x}});
+  check_device(op, {{"x", &x}}, Backends::cpu_and_cuda);
   check_floating(op, "x", x);
   return along_last_dim(op, dim, {x}, [&](const Tensor& out, const std::vector<Tensor>& rows) {
-    cpu::softmax_rows(out, rows[0], log_space);
+    LAMINA_DISPATCH(out.device(), softmax_rows(out, rows[0], log_space));
   });
 }
 
 Tensor softmax_backward_impl(const char* op, const Tensor& grad_out, const Tensor& y, int64_t dim, bool log_space) {
-  check_device(op, {{"grad_out", &grad_out}, {"y", &y}});
+  check_device(op, {{"grad_out", &grad_out}, {"y", &y}}, Backends::cpu_and_cuda);
   check_floating(op, "y", y);
   check_same_dtype(op, {{"grad_out", &grad_out}, {"y", &y}});
   check_shape(op, "grad_out", grad_out, y.shape());
   return along_last_dim(op, dim, {grad_out, y}, [&](const Tensor& out, const std::vector<Tensor>& rows) {
-    cpu::softmax_backward_rows(out, rows[0], rows[1], log_space);
+    LAMINA_DISPATCH(out.device(), softmax_backward_rows(out, rows[0], rows[1], log_space));
   });
 }
 

@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "tensor/device.h"
+
 namespace lamina {
 
 struct CudaAvailability {
@@ -14,5 +16,9 @@ struct CudaAvailability {
 
 bool cuda_backend_built();
 CudaAvailability cuda_availability();
+
+// Waits until all work queued on `device` has finished (CUDA work is asynchronous; copies to
+// the CPU wait by themselves). Nothing to wait for on the CPU.
+void synchronize(Device device);
 
 }  // namespace lamina

@@ -6,6 +6,9 @@
 #include <unordered_map>
 #include <vector>
 
+#ifndef LAMINA_WITH_CUDA
+#define LAMINA_WITH_CUDA 0  // set to 1 by builds with the CUDA backend
+#endif
 #ifndef LAMINA_SYSTEM_ALLOCATOR
 #define LAMINA_SYSTEM_ALLOCATOR 0  // set to 1 by sanitizer builds
 #endif
@@ -15,6 +18,10 @@
 
 #include "tensor/error.h"
 
+#if LAMINA_WITH_CUDA
+#include "tensor/cuda/allocator.h"
+#endif
+
 namespace lamina {
 namespace {
 
@@ -23,15 +30,21 @@ struct HostCounters {
   std::atomic<int64_t> live{0};
   std::atomic<int64_t> peak{0};
   std::atomic<int64_t> allocations{0};
+  std::atomic<int64_t> live_capacity{0};  // the live blocks at their allocated size
+  std::atomic<int64_t> fresh_blocks{0};
 
-  void on_allocate(int64_t bytes) {
+  void on_allocate(int64_t bytes, int64_t capacity) {
     const int64_t now = live.fetch_add(bytes) + bytes;
+    live_capacity.fetch_add(capacity);
     allocations.fetch_add(1);
     int64_t seen = peak.load();
     while (now > seen && !peak.compare_exchange_weak(seen, now)) {
     }
   }
-  void on_free(int64_t bytes) { live.fetch_sub(bytes); }
+  void on_free(int64_t bytes, int64_t capacity) {
+    live.fetch_sub(bytes);
+    live_capacity.fetch_sub(capacity);
+  }
 };
 
 HostCounters& host_counters() {
@@ -134,26 +147,43 @@ HostBlockCache& host_cache() {
 
 constexpr bool kUseHostCache = !LAMINA_SYSTEM_ALLOCATOR;
 
-void check_cpu(Device device, const char* what) {
-  LAMINA_CHECK(device.is_cpu(), what, ": device ", device.str(),
+// A CUDA device is only reachable with the backend built.
+void check_backend(Device device, const char* what) {
+  LAMINA_CHECK(device.is_cpu() || LAMINA_WITH_CUDA, what, ": device ", device.str(),
                " is not available (this build has no CUDA backend)");
 }
 
 }  // namespace
 
 MemoryStats memory_stats(Device device) {
-  check_cpu(device, "memory_stats");
+  check_backend(device, "memory_stats");
+#if LAMINA_WITH_CUDA
+  if (device.is_cuda()) return cuda::device_memory_stats(device.index);
+#endif
   HostCounters& counters = host_counters();
-  return {counters.live.load(), counters.peak.load(), counters.allocations.load(), host_cache().cached_bytes()};
+  MemoryStats stats;
+  stats.live_bytes = counters.live.load();
+  stats.peak_bytes = counters.peak.load();
+  stats.allocations = counters.allocations.load();
+  stats.cached_bytes = host_cache().cached_bytes();
+  stats.reserved_bytes = counters.live_capacity.load() + stats.cached_bytes;
+  stats.fresh_blocks = counters.fresh_blocks.load();
+  return stats;
 }
 
 void reset_peak_memory(Device device) {
-  check_cpu(device, "reset_peak_memory");
+  check_backend(device, "reset_peak_memory");
+#if LAMINA_WITH_CUDA
+  if (device.is_cuda()) return cuda::reset_device_peak_memory(device.index);
+#endif
   host_counters().peak.store(host_counters().live.load());
 }
 
 int64_t empty_cache(Device device) {
-  check_cpu(device, "empty_cache");
+  check_backend(device, "empty_cache");
+#if LAMINA_WITH_CUDA
+  if (device.is_cuda()) return cuda::empty_device_cache(device.index);
+#endif
   return host_cache().release_all();
 }
 
@@ -163,18 +193,29 @@ void set_host_cache_limit(size_t bytes) {
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
-  check_cpu(device, "Storage::allocate");
+  check_backend(device, "Storage::allocate");
+#if LAMINA_WITH_CUDA
+  if (device.is_cuda()) {
+    const cuda::DeviceBlock block = cuda::device_allocate(bytes, device.index);
+    auto storage = std::shared_ptr<Storage>(new Storage(block.data, bytes, device, nullptr));
+    storage->capacity_ = block.capacity;
+    return storage;
+  }
+#endif
   const bool cached = kUseHostCache && bytes >= HostBlockCache::kMinCachedBytes;
   const size_t capacity = cached ? HostBlockCache::size_class(bytes) : bytes;
   void* data = cached ? host_cache().take(capacity) : nullptr;
-  if (data == nullptr) data = host_allocate(capacity);
+  if (data == nullptr) {
+    host_counters().fresh_blocks.fetch_add(1);
+    data = host_allocate(capacity);
+  }
   if (data == nullptr && cached) {  // memory is short: give the cache back and retry once
     host_cache().release_all();
     data = host_allocate(capacity);
   }
   LAMINA_CHECK(data != nullptr, "out of host memory: could not allocate ", bytes, " bytes (",
                host_counters().live.load(), " bytes live)");
-  host_counters().on_allocate(int64_t(bytes));
+  host_counters().on_allocate(int64_t(bytes), int64_t(capacity));
   auto storage = std::shared_ptr<Storage>(new Storage(data, bytes, device, nullptr));
   storage->capacity_ = capacity;
   return storage;
@@ -188,7 +229,13 @@ std::shared_ptr<Storage> Storage::wrap(void* data, size_t bytes, Device device,
 
 Storage::~Storage() {
   if (keep_alive_ != nullptr) return;  // the owner frees it
-  host_counters().on_free(int64_t(bytes_));
+#if LAMINA_WITH_CUDA
+  if (device_.is_cuda()) {
+    cuda::device_release(data_, bytes_, capacity_, device_.index);
+    return;
+  }
+#endif
+  host_counters().on_free(int64_t(bytes_), int64_t(capacity_));
   const bool cacheable = kUseHostCache && capacity_ >= HostBlockCache::kMinCachedBytes;
   if (!cacheable || !host_cache().give(data_, capacity_)) host_free(data_);
 }

@@ -11,13 +11,16 @@
 namespace lamina {
 
 struct MemoryStats {
-  int64_t live_bytes = 0;   // bytes currently allocated
-  int64_t peak_bytes = 0;   // high-water mark of live_bytes since the last reset
-  int64_t allocations = 0;  // number of allocations since start
-  int64_t cached_bytes = 0; // freed blocks kept for reuse (not counted in live_bytes)
+  int64_t live_bytes = 0;      // bytes currently allocated
+  int64_t peak_bytes = 0;      // high-water mark of live_bytes since the last reset
+  int64_t allocations = 0;     // number of allocations since start
+  int64_t cached_bytes = 0;    // freed blocks kept for reuse (not counted in live_bytes)
+  int64_t reserved_bytes = 0;  // held from the system: live blocks at their size class plus the cache
+  int64_t fresh_blocks = 0;    // allocations the cache could not serve (mimalloc / cudaMalloc calls)
 };
 
 // Host memory comes from mimalloc, 64-byte aligned (one cache line, one AVX-512 register).
+// CUDA memory comes from the caching allocator of tensor/cuda/allocator.h (256-byte aligned).
 inline constexpr size_t kHostAlignment = 64;
 
 MemoryStats memory_stats(Device device);

@@ -3,6 +3,10 @@
 #include <iomanip>
 #include <sstream>
 
+#if LAMINA_WITH_CUDA
+#include "tensor/cuda/memory.h"
+#endif
+
 namespace lamina {
 
 Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int64_t offset, DType dtype)
@@ -79,13 +83,17 @@ std::string Tensor::to_string(int max_values) const {
   if (!defined()) return "Tensor(undefined)";
   std::ostringstream out;
   out << "Tensor(shape=" << shape() << ", dtype=" << dtype_name(dtype()) << ", device=" << device().str();
-  if (device().is_cpu()) {
+  {
     const int64_t shown = std::min<int64_t>(numel(), max_values);
+    // A CUDA tensor's values are copied over (which waits for the device): only the leading
+    // ones when the layout is contiguous.
+    const Tensor leading = device().is_cpu() || !is_contiguous() ? *this : Tensor(storage(), {shown}, {1}, offset(), dtype());
+    const Tensor host = host_mirror(leading);
     out << ", values=[" << std::setprecision(6);
     visit_dtype(dtype(), [&](auto tag) {
       using Elem = typename decltype(tag)::type;
-      const Elem* base = static_cast<const Elem*>(storage()->data());
-      for_each_offset(shape(), strides(), offset(), [&](int64_t at, int64_t i) {
+      const Elem* base = static_cast<const Elem*>(host.storage()->data());
+      for_each_offset(host.shape(), host.strides(), host.offset(), [&](int64_t at, int64_t i) {
         if (i >= shown) return;
         out << (i ? ", " : "");
         if constexpr (std::is_same_v<Elem, uint8_t> || std::is_same_v<Elem, bool>) {
@@ -106,6 +114,16 @@ std::ostream& operator<<(std::ostream& out, const Tensor& tensor) { return out <
 
 void check_defined(const Tensor& t, const char* op, const char* argument) {
   LAMINA_CHECK(t.defined(), op, ": argument '", argument, "' is an undefined tensor");
+}
+
+Tensor host_mirror(const Tensor& t) {
+  check_defined(t, "host_mirror", "t");
+  if (t.device().is_cpu()) return t;
+#if LAMINA_WITH_CUDA
+  return cuda::host_copy_of_span(t);
+#else
+  throw Error(str_cat("host_mirror: device ", t.device().str(), " is not available (this build has no CUDA backend)"));
+#endif
 }
 
 void for_each_offset(const Shape& shape, const Shape& strides, int64_t offset,

@@ -78,7 +78,7 @@ class Tensor {
   // keeping this tensor's autograd state: how a module's parameter is loaded or replaced.
   void set_data(const Tensor& source) const;
 
-  // ---- raw element access (CPU)
+  // ---- raw element access (the address is a device address for CUDA tensors)
   void* raw_data() const;  // address of element [0, 0, ...]
   template <typename T>
   T* data() const {
@@ -86,7 +86,8 @@ class Tensor {
                  ">: tensor has dtype ", dtype_name(dtype()));
     return static_cast<T*>(raw_data());
   }
-  // Every element, in row-major order, converted to T (any layout; CPU only).
+  // Every element, in row-major order, converted to T (any layout, any device: CUDA tensors are
+  // copied to the host first, which waits for the device).
   template <typename T>
   std::vector<T> to_vector() const;
   // The single element of a one-element tensor, converted to T.
@@ -146,6 +147,10 @@ std::ostream& operator<<(std::ostream& out, const Tensor& tensor);
 // Throws naming `op` unless `t` is defined.
 void check_defined(const Tensor& t, const char* op, const char* argument);
 
+// A CPU tensor with t's shape, strides and values (t itself when t is on the CPU): for reading
+// device results on the host. Not differentiable; ops::to_device is the op.
+Tensor host_mirror(const Tensor& t);
+
 // Calls fn(storage_offset_of_element, linear_index) for every element in row-major order.
 void for_each_offset(const Shape& shape, const Shape& strides, int64_t offset,
                      const std::function<void(int64_t, int64_t)>& fn);
@@ -166,8 +171,7 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, DTy
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
   check_defined(*this, "Tensor::to_vector", "self");
-  LAMINA_CHECK(device().is_cpu(), "Tensor::to_vector: tensor is on ", device().str(),
-               "; copy it to the CPU first");
+  if (!device().is_cpu()) return host_mirror(*this).to_vector<T>();
   std::vector<T> values(static_cast<size_t>(numel()));
   visit_dtype(dtype(), [&](auto tag) {
     using Elem = typename decltype(tag)::type;

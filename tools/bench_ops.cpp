@@ -1,6 +1,7 @@
 // `lamina bench ops`: throughput of the CPU op catalogue against two baselines measured in
 // the same run on the same threads: Eigen's GEMM for matmul (compute-bound), and memcpy for
 // everything else (memory-bound). Prints one JSON line per case to stdout, progress to stderr.
+// `--device cuda` times the CUDA ops instead (see "CUDA cases" below).
 //
 // GB/s counts the bytes an op must read plus the bytes it must write (each once, 1e9 bytes
 // per GB); the byte model of each case is written beside it. memcpy of S bytes counts 2 S.
@@ -19,10 +20,20 @@
 #include <thread>
 
 #include "ops/ops.h"
+#include "tensor/cuda_runtime.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
+
+#if LAMINA_WITH_CUDA
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <chrono>
+
+#include "tensor/cuda/runtime.h"
+#endif
 
 namespace lamina::cli {
 namespace {
@@ -270,6 +281,368 @@ std::vector<MatmulCase> matmul_cases() {
   };
 }
 
+#if LAMINA_WITH_CUDA
+// ---- CUDA cases (`--device cuda`)
+//
+// Each case runs on device 0 with inputs drawn there (random, never zeros). Runs are timed with
+// CUDA events in batches long enough (~2 ms) to hide launch gaps; the median batch gives the
+// time per run. Baselines measured in the same run: a bare cuBLASLt call for GEMM (the same
+// layouts, the heuristic's first algorithm, a 32 MiB workspace) and a device-to-device
+// cudaMemcpyAsync of 1 GiB for the memory-bound ops (counting bytes read plus written).
+
+constexpr double kGpuGemmTarget = 0.9;     // lamina / bare cuBLASLt TFLOP/s
+constexpr double kGpuMemoryTarget = 0.7;   // op GB/s / device copy GB/s
+constexpr size_t kGpuCopyBytes = size_t(1) << 30;
+constexpr int64_t kGpuTokens = 8192;       // rows of the Llama-3-8B projection and activation cases
+
+const Device kGpu = Device::cuda(0);
+
+// Seconds per run of `body` (median over event-timed batches, after a warm-up).
+Timing time_on_gpu(const std::function<void()>& body, double min_seconds) {
+  const cudaStream_t stream = cuda::use_device(kGpu.index);
+  cuda::Event start(kGpu.index), stop(kGpu.index);
+  auto batch_seconds = [&](int runs) {
+    start.record(stream);
+    for (int i = 0; i < runs; ++i) body();
+    stop.record(stream);
+    stop.synchronize();
+    return double(cuda::Event::elapsed_ms(start, stop)) / 1e3;
+  };
+  batch_seconds(2);  // warm-up: allocator, cuBLASLt heuristics, module load
+  const double single = batch_seconds(1);
+  const int runs = int(std::clamp(2e-3 / std::max(single, 1e-7), 1.0, 1000.0));
+  std::vector<double> samples;
+  double total = 0;
+  while (samples.size() < 5 || (total < min_seconds && samples.size() < 500)) {
+    samples.push_back(batch_seconds(runs) / runs);
+    total += samples.back() * runs;
+  }
+  std::sort(samples.begin(), samples.end());
+  Timing timing;
+  timing.runs = int64_t(samples.size()) * runs;
+  timing.best_seconds = samples.front();
+  timing.median_seconds = samples[samples.size() / 2];
+  return timing;
+}
+
+double device_copy_gbps(const BenchSettings& settings) {
+  Generator generator(1);
+  const Tensor source = randn({int64_t(kGpuCopyBytes / 4)}, generator, DType::f32, kGpu);
+  const Tensor target = Tensor::empty(source.shape(), DType::f32, kGpu);
+  const cudaStream_t stream = cuda::use_device(kGpu.index);
+  const Timing timing = time_on_gpu(
+      [&] {
+        LAMINA_CUDA_CHECK(cudaMemcpyAsync(target.raw_data(), source.raw_data(), kGpuCopyBytes,
+                                          cudaMemcpyDeviceToDevice, stream));
+      },
+      settings.min_seconds);
+  return 2.0 * double(kGpuCopyBytes) / timing.median_seconds / 1e9;
+}
+
+// A plain cuBLASLt bf16 product c [M, N] = a [M, K] b, with b [K, N] row-major or, for the
+// Linear layout, b = w^T with w [N, K] row-major: what a program calling cuBLASLt directly writes.
+class BareCublasLt {
+ public:
+  BareCublasLt(const Tensor& a, const Tensor& b_source, bool transpose_b, const Tensor& c)
+      : a_(a.raw_data()), b_(b_source.raw_data()), c_(c.raw_data()) {
+    const uint64_t m = uint64_t(c.size(0)), n = uint64_t(c.size(1)), k = uint64_t(a.size(1));
+    LAMINA_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    // Column-major: c^T [N, M] = op(b') [N, K] a^T [K, M], b' being b's buffer.
+    const cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = CUBLAS_OP_N;
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &op_b, sizeof(op_b)));
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
+    if (transpose_b) {
+      LAMINA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_layout_, CUDA_R_16BF, k, n, int64_t(k)));
+    } else {
+      LAMINA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_layout_, CUDA_R_16BF, n, k, int64_t(n)));
+    }
+    LAMINA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_layout_, CUDA_R_16BF, k, m, int64_t(k)));
+    LAMINA_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_layout_, CUDA_R_16BF, n, m, int64_t(n)));
+    LAMINA_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspace));
+    cublasLtMatmulPreference_t preference;
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const uint64_t workspace = kWorkspace;
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &workspace, sizeof(workspace)));
+    int count = 0;
+    LAMINA_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, desc_, b_layout_, a_layout_, c_layout_, c_layout_,
+                                                       preference, 1, &heuristic_, &count));
+    cublasLtMatmulPreferenceDestroy(preference);
+    LAMINA_CHECK(count > 0, "bench ops: cuBLASLt found no bf16 algorithm for the baseline");
+  }
+  ~BareCublasLt() {
+    cudaFree(workspace_);
+    cublasLtMatrixLayoutDestroy(a_layout_);
+    cublasLtMatrixLayoutDestroy(b_layout_);
+    cublasLtMatrixLayoutDestroy(c_layout_);
+    cublasLtMatmulDescDestroy(desc_);
+    cublasLtDestroy(handle_);
+  }
+  BareCublasLt(const BareCublasLt&) = delete;
+  BareCublasLt& operator=(const BareCublasLt&) = delete;
+
+  void run(cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    LAMINA_CUBLAS_CHECK(cublasLtMatmul(handle_, desc_, &alpha, b_, b_layout_, a_, a_layout_, &beta, c_, c_layout_, c_,
+                                       c_layout_, &heuristic_.algo, workspace_, kWorkspace, stream));
+  }
+
+ private:
+  static constexpr size_t kWorkspace = size_t(32) << 20;
+  const void* a_;
+  const void* b_;
+  void* c_;
+  cublasLtHandle_t handle_ = nullptr;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  cublasLtMatrixLayout_t a_layout_ = nullptr, b_layout_ = nullptr, c_layout_ = nullptr;
+  cublasLtMatmulHeuristicResult_t heuristic_{};
+  void* workspace_ = nullptr;
+};
+
+std::vector<MatmulCase> gpu_matmul_cases() {
+  return {
+      {"gemm_bf16_4096", 4096, 4096, 4096, false},
+      // x [8192 tokens, K] @ W^T, W [N, K]: the Llama-3-8B projections of one layer
+      {"gemm_bf16_llama_qo_proj", kGpuTokens, kLlamaHidden, kLlamaHidden, true},
+      {"gemm_bf16_llama_kv_proj", kGpuTokens, 1024, kLlamaHidden, true},
+      {"gemm_bf16_llama_gate_up_proj", kGpuTokens, kLlamaIntermediate, kLlamaHidden, true},
+      {"gemm_bf16_llama_down_proj", kGpuTokens, kLlamaHidden, kLlamaIntermediate, true},
+  };
+}
+
+void run_gpu_matmul_case(const MatmulCase& shape, const BenchSettings& settings) {
+  const int64_t m = shape.rows, n = shape.cols, k = shape.inner;
+  Generator generator(42);
+  const Tensor a = randn({m, k}, generator, DType::bf16, kGpu);
+  const Tensor b = randn(shape.transpose_b ? Shape{n, k} : Shape{k, n}, generator, DType::bf16, kGpu);
+  Tensor lamina_out;
+  const Timing lamina_timing =
+      time_on_gpu([&] { lamina_out = ops::matmul(a, b, false, shape.transpose_b); }, settings.min_seconds);
+
+  const Tensor bare_out = Tensor::empty({m, n}, DType::bf16, kGpu);
+  BareCublasLt bare(a, b, shape.transpose_b, bare_out);
+  const cudaStream_t stream = cuda::use_device(kGpu.index);
+  const Timing bare_timing = time_on_gpu([&] { bare.run(stream); }, settings.min_seconds);
+  // The two results should agree (the same library, possibly the same algorithm).
+  const Tensor gap = ops::sub(ops::cast(lamina_out, DType::f32), ops::cast(bare_out, DType::f32));
+  const double difference = ops::max(ops::unary(ops::UnaryOp::abs, gap)).item<double>();
+
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  const double lamina_tflops = flops / lamina_timing.median_seconds / 1e12;
+  const double bare_tflops = flops / bare_timing.median_seconds / 1e12;
+  const double ratio = lamina_tflops / bare_tflops;
+  const std::string b_shape = shape.transpose_b ? str_cat("[", n, ",", k, "]^T") : str_cat("[", k, ",", n, "]");
+  JsonLine()
+      .add("bench", "ops")
+      .add("device", "cuda")
+      .add("case", shape.name)
+      .add("shape", str_cat("[", m, ",", k, "]@", b_shape))
+      .add("dtype", "bf16")
+      .add("stat", "median")
+      .add("runs", lamina_timing.runs)
+      .add("seconds", lamina_timing.median_seconds)
+      .add("tflops", lamina_tflops)
+      .add("best_tflops", flops / lamina_timing.best_seconds / 1e12)
+      .add("cublaslt_tflops", bare_tflops)
+      .add("ratio_vs_cublaslt", ratio)
+      .add("max_abs_diff_vs_cublaslt", difference)
+      .add("target", kGpuGemmTarget)
+      .add("meets_target", ratio >= kGpuGemmTarget)
+      .print();
+}
+
+int64_t bf16_bytes(int64_t count) { return 2 * count; }
+
+std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
+  return {
+      {"rms_norm",
+       [](Generator& generator) {
+         // read x [R, D] and w [D]; write y [R, D] (bf16) and rstd [R] (f32)
+         const int64_t rows = 2 * kGpuTokens, dim = kLlamaHidden;
+         const Tensor x = randn({rows, dim}, generator, DType::bf16, kGpu);
+         const Tensor weight = randn({dim}, generator, DType::bf16, kGpu);
+         return MemoryBoundRun{str_cat("[", rows, ",", dim, "]"), bf16_bytes(2 * rows * dim + dim) + 4 * rows,
+                               [=] { ops::rms_norm(x, weight, 1e-5); }, "bf16"};
+       }},
+      {"rope",
+       [](Generator& generator) {
+         // read x [B, T, H, D] and positions [T] (i64); write y [B, T, H, D]
+         const int64_t batch = 4, tokens = 4096, heads = 32, head_dim = 128;
+         const Tensor x = randn({batch, tokens, heads, head_dim}, generator, DType::bf16, kGpu);
+         const Tensor positions = arange(0, tokens, 1, DType::i64, kGpu);
+         const RopeConfig config{head_dim, 500000.0, Llama3RopeScaling{}};
+         return MemoryBoundRun{str_cat("[", batch, ",", tokens, ",", heads, ",", head_dim, "]"),
+                               bf16_bytes(2 * x.numel()) + 8 * tokens, [=] { ops::rope(x, positions, config); },
+                               "bf16"};
+       }},
+      {"swiglu",
+       [](Generator& generator) {
+         // read gate and up [R, F]; write out [R, F]
+         const int64_t rows = kGpuTokens, width = kLlamaIntermediate;
+         const Tensor gate = randn({rows, width}, generator, DType::bf16, kGpu);
+         const Tensor up = randn({rows, width}, generator, DType::bf16, kGpu);
+         return MemoryBoundRun{str_cat("[", rows, ",", width, "]"), bf16_bytes(3 * rows * width),
+                               [=] { ops::swiglu(gate, up); }, "bf16"};
+       }},
+      {"softmax",
+       [](Generator& generator) {
+         // read x [R, D]; write y [R, D]
+         const int64_t rows = 2 * kGpuTokens, dim = kLlamaHidden;
+         const Tensor x = randn({rows, dim}, generator, DType::bf16, kGpu);
+         return MemoryBoundRun{str_cat("[", rows, ",", dim, "]"), bf16_bytes(2 * rows * dim),
+                               [=] { ops::softmax(x, -1); }, "bf16"};
+       }},
+      {"cross_entropy",
+       [](Generator& generator) {
+         // read logits [R, V] and targets [R] (i64); write losses [R] and lse [R] (f32)
+         const int64_t rows = 4096, vocab = kLlamaVocab;
+         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, kGpu);
+         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, kGpu);
+         return MemoryBoundRun{str_cat("[", rows, ",", vocab, "]"), bf16_bytes(rows * vocab) + 16 * rows,
+                               [=] { ops::cross_entropy(logits, targets); }, "bf16"};
+       }},
+      {"cross_entropy_backward",
+       [](Generator& generator) {
+         // read logits [R, V], targets [R] (i64), lse and grad_losses [R] (f32); write dlogits [R, V]
+         const int64_t rows = 4096, vocab = kLlamaVocab;
+         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, kGpu);
+         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, kGpu);
+         const Tensor lse = ops::cross_entropy(logits, targets).lse;
+         const Tensor grad_losses = ones({rows}, DType::f32, kGpu);
+         return MemoryBoundRun{str_cat("[", rows, ",", vocab, "]"), bf16_bytes(2 * rows * vocab) + 16 * rows,
+                               [=] { ops::cross_entropy_backward(grad_losses, logits, targets, lse); }, "bf16"};
+       }},
+      {"adamw_step",
+       [](Generator& generator) {
+         // read param, grad, exp_avg, exp_avg_sq [N] (f32); write param, exp_avg, exp_avg_sq
+         const int64_t count = int64_t(1) << 26;
+         const Tensor param = randn({count}, generator, DType::f32, kGpu);
+         const Tensor grad = randn({count}, generator, DType::f32, kGpu);
+         const Tensor exp_avg = zeros({count}, DType::f32, kGpu), exp_avg_sq = zeros({count}, DType::f32, kGpu);
+         ops::AdamWStep hyper;
+         hyper.lr = 1e-4;
+         hyper.weight_decay = 0.1;
+         hyper.step = 10;
+         return MemoryBoundRun{str_cat("[", count, "]"), f32_bytes(7 * count),
+                               [=] { ops::adamw_step_(param, grad, exp_avg, exp_avg_sq, hyper); }};
+       }},
+      {"cast_f32_bf16",
+       [](Generator& generator) {
+         // read x [N] f32 (4 bytes each); write y [N] bf16 (2 bytes each)
+         const int64_t count = int64_t(1) << 28;
+         const Tensor x = randn({count}, generator, DType::f32, kGpu);
+         return MemoryBoundRun{str_cat("[", count, "]"), 6 * count, [=] { ops::cast(x, DType::bf16); }, "f32->bf16"};
+       }},
+  };
+}
+
+void run_gpu_memory_bound_case(const MemoryBoundCase& spec, double copy_rate, const BenchSettings& settings) {
+  Generator generator(7);
+  const MemoryBoundRun prepared = spec.prepare(generator);
+  const Timing timing = time_on_gpu(prepared.run, settings.min_seconds);
+  const double gbps = double(prepared.bytes) / timing.median_seconds / 1e9;
+  const double ratio = gbps / copy_rate;
+  JsonLine()
+      .add("bench", "ops")
+      .add("device", "cuda")
+      .add("case", spec.name)
+      .add("shape", prepared.shape)
+      .add("dtype", prepared.dtype)
+      .add("stat", "median")
+      .add("runs", timing.runs)
+      .add("seconds", timing.median_seconds)
+      .add("bytes", prepared.bytes)
+      .add("gbps", gbps)
+      .add("best_gbps", double(prepared.bytes) / timing.best_seconds / 1e9)
+      .add("device_copy_gbps", copy_rate)
+      .add("ratio_vs_device_copy", ratio)
+      .add("target", kGpuMemoryTarget)
+      .add("meets_target", ratio >= kGpuMemoryTarget)
+      .print();
+}
+
+// Host time of one Storage::allocate + release of a cached block, against cudaMalloc + cudaFree.
+void run_allocator_case() {
+  constexpr size_t kBytes = size_t(4) << 20;
+  constexpr int kPairs = 100000, kRawPairs = 200;
+  { const auto warm = Storage::allocate(kBytes, kGpu); }
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kPairs; ++i) {
+    const auto block = Storage::allocate(kBytes, kGpu);
+  }
+  const double cached_ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / kPairs;
+  cuda::use_device(kGpu.index);
+  start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kRawPairs; ++i) {
+    void* block = nullptr;
+    LAMINA_CUDA_CHECK(cudaMalloc(&block, kBytes));
+    LAMINA_CUDA_CHECK(cudaFree(block));
+  }
+  const double raw_ns =
+      std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / kRawPairs;
+  JsonLine()
+      .add("bench", "ops")
+      .add("device", "cuda")
+      .add("case", "allocator_pair")
+      .add("bytes", int64_t(kBytes))
+      .add("pairs", int64_t(kPairs))
+      .add("ns_per_pair", cached_ns)
+      .add("cudamalloc_free_ns_per_pair", raw_ns)
+      .print();
+}
+
+int run_gpu_cases(const BenchSettings& settings, const std::function<bool(const std::string&)>& selected) {
+  const CudaAvailability availability = cuda_availability();
+  if (availability.device_count == 0) throw Error("lamina bench ops --device cuda: " + availability.reason);
+  const cuda::DeviceInfo& info = cuda::device_info(kGpu.index);
+  std::vector<MatmulCase> matmuls;
+  for (const MatmulCase& c : gpu_matmul_cases())
+    if (selected(c.name)) matmuls.push_back(c);
+  std::vector<MemoryBoundCase> memory_bound;
+  for (const MemoryBoundCase& c : gpu_memory_bound_cases())
+    if (selected(c.name)) memory_bound.push_back(c);
+  const bool allocator = selected("allocator_pair");
+  if (matmuls.empty() && memory_bound.empty() && !allocator) {
+    throw UsageError("lamina bench ops: --filter matches no CUDA case",
+                     "run 'lamina bench ops --help' to list the cases");
+  }
+  for (const MatmulCase& c : matmuls) {
+    std::fprintf(stderr, "bench ops (cuda): %s\n", c.name.c_str());
+    run_gpu_matmul_case(c, settings);
+    empty_cache(kGpu);  // keep the next case's inputs from competing with this one's cached blocks
+  }
+  double copy_rate = 0;
+  if (!memory_bound.empty()) {
+    std::fprintf(stderr, "bench ops (cuda): device copy baseline (%zu MiB)\n", kGpuCopyBytes >> 20);
+    copy_rate = device_copy_gbps(settings);
+    empty_cache(kGpu);
+  }
+  for (const MemoryBoundCase& c : memory_bound) {
+    std::fprintf(stderr, "bench ops (cuda): %s\n", c.name.c_str());
+    run_gpu_memory_bound_case(c, copy_rate, settings);
+    empty_cache(kGpu);
+  }
+  if (allocator) {
+    std::fprintf(stderr, "bench ops (cuda): allocator_pair\n");
+    run_allocator_case();
+  }
+  JsonLine machine;
+  machine.add("bench", "ops")
+      .add("device", "cuda")
+      .add("case", "machine")
+      .add("gpu", info.name)
+      .add("compute_capability", str_cat(info.compute_major, ".", info.compute_minor))
+      .add("multiprocessors", int64_t(info.multiprocessors))
+      .add("memory_mib", int64_t(info.total_memory >> 20))
+      .add("cases", int64_t(matmuls.size() + memory_bound.size() + (allocator ? 1 : 0)));
+  if (copy_rate > 0) machine.add("device_copy_gbps", copy_rate).add("device_copy_bytes", int64_t(kGpuCopyBytes));
+  machine.print();
+  return 0;
+}
+#endif  // LAMINA_WITH_CUDA
+
 }  // namespace
 
 int run_bench_ops(const Arguments& args) {
@@ -278,13 +651,22 @@ int run_bench_ops(const Arguments& args) {
   std::string case_list;
   for (const MatmulCase& c : matmuls) case_list += "\n  " + c.name;
   for (const MemoryBoundCase& c : memory_bound) case_list += "\n  " + c.name;
+#if LAMINA_WITH_CUDA
+  case_list += "\n\ncases with --device cuda (bf16 GEMM vs bare cuBLASLt, target >= 0.9; memory-bound ops vs a\n"
+               "device-to-device copy, target >= 0.7; allocator cost per allocate/free pair):";
+  for (const MatmulCase& c : gpu_matmul_cases()) case_list += "\n  " + c.name;
+  for (const MemoryBoundCase& c : gpu_memory_bound_cases()) case_list += "\n  " + c.name;
+  case_list += "\n  allocator_pair";
+#endif
 
   FlagParser parser("lamina bench ops",
                     "Times the CPU ops and prints one JSON line per case to stdout (median of repeated runs\n"
                     "after a warm-up), then one line describing the machine. Matmul is compared with plain\n"
                     "Eigen (target: ratio >= 0.9), memory-bound ops with memcpy (target: ratio >= 0.5), both\n"
-                    "measured in the same run on the same number of threads.\n\ncases:" +
+                    "measured in the same run on the same number of threads. --device cuda times the CUDA\n"
+                    "ops on GPU 0 instead.\n\ncases:" +
                         case_list);
+  parser.add_option("device", "DEVICE", "cpu, or cuda (needs the CUDA backend and a GPU)", "cpu");
   parser.add_option("threads", "N", "CPU threads for lamina and the baselines", "lamina's thread count");
   parser.add_switch("quick", "time each case for ~0.05 s instead of ~0.3 s");
   parser.add_option("filter", "SUBSTRING", "run only the cases whose name contains SUBSTRING");
@@ -295,6 +677,18 @@ int run_bench_ops(const Arguments& args) {
   settings.min_seconds = parser.is_set("quick") ? 0.05 : 0.3;
   const std::string filter = parser.value("filter").value_or("");
   const auto selected = [&](const std::string& name) { return name.find(filter) != std::string::npos; };
+  const std::string device = parser.value("device").value_or("cpu");
+  if (device == "cuda") {
+#if LAMINA_WITH_CUDA
+    return run_gpu_cases(settings, selected);
+#else
+    throw Error("lamina bench ops --device cuda: this build has no CUDA backend (configure with -DLAMINA_CUDA=ON)");
+#endif
+  }
+  if (device != "cpu") {
+    throw UsageError("lamina bench ops: --device must be cpu or cuda, got '" + device + "'",
+                     "run 'lamina bench ops --help'");
+  }
 
   std::vector<const MatmulCase*> chosen_matmuls;
   std::vector<const MemoryBoundCase*> chosen_memory_bound;

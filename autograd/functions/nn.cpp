@@ -62,7 +62,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 Tensor dropout(const Tensor& x, double p, Generator& generator) {
   LAMINA_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got ", p);
   if (p == 0.0) return x;
-  const Tensor mask = untaped([&] { return ops::dropout_mask(x.shape(), 1.0 - p, generator, x.dtype()); });
+  const Tensor mask = untaped([&] { return ops::dropout_mask(x.shape(), 1.0 - p, generator, x.dtype(), x.device()); });
   Tensor out = untaped([&] { return ops::mul(x, mask); });
   autograd::record("dropout", {&out}, {x}, [mask](const Grads& g) { return Grads{ops::mul(g[0], mask)}; });
   return out;

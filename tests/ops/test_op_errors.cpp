@@ -3,6 +3,7 @@
 #include <functional>
 
 #include "op_cases.h"
+#include "tensor/cuda_runtime.h"
 
 using namespace lamina;
 using namespace lamina::testing;
@@ -137,6 +138,20 @@ TEST_CASE("argument errors: bounds, steps and hyperparameters") {
 }
 
 TEST_CASE("device errors name the device and the op") {
+  if (cuda_backend_built()) {
+    // CUDA devices exist in this build: the error is an index with no usable device behind it.
+    const int missing = cuda_availability().device_count;  // no GPU here, or one past the last
+    const std::string where = str_cat("device cuda:", missing);
+    CHECK_THROWS_WITH_AS(zeros({2}, DType::f32, Device::cuda(missing)), doctest::Contains(("zeros: " + where).c_str()),
+                         Error);
+    CHECK_THROWS_WITH_AS(arange(0, 3, 1, DType::i64, Device::cuda(missing)),
+                         doctest::Contains(("arange: " + where).c_str()), Error);
+    Generator gen(1);
+    CHECK_THROWS_WITH_AS(uniform({2}, 0, 1, gen, DType::f32, Device::cuda(missing)),
+                         doctest::Contains(("uniform: " + where).c_str()), Error);
+    CHECK_THROWS_WITH_AS(ops::to_device(f32({2}), Device::cuda(missing)), doctest::Contains(where.c_str()), Error);
+    return;
+  }
   CHECK_THROWS_WITH_AS(zeros({2}, DType::f32, Device::cuda(0)), doctest::Contains("zeros: no kernel for device cuda:0"),
                        Error);
   CHECK_THROWS_WITH_AS(ones({2}, DType::f32, Device::cuda(1)), doctest::Contains("ones: no kernel for device cuda:1"),
