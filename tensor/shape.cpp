@@ -29,6 +29,16 @@ std::string shape_str(const Shape& shape) {
   return out.str();
 }
 
+DimSplit split_around(const Shape& shape, int64_t dim) {
+  DimSplit split;
+  for (int64_t d = 0; d < int64_t(shape.size()); ++d) {
+    if (d < dim) split.outer *= shape[size_t(d)];
+    if (d == dim) split.size = shape[size_t(d)];
+    if (d > dim) split.inner *= shape[size_t(d)];
+  }
+  return split;
+}
+
 int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op) {
   const int64_t resolved = dim < 0 ? dim + ndim : dim;
   LAMINA_CHECK(resolved >= 0 && resolved < ndim, op, ": dim ", dim, " out of range for a tensor with ",

@@ -27,6 +27,13 @@ std::string shape_str(const Shape& shape);  // "[2, 3, 4]"
 // Resolves a possibly negative dim against `ndim`; throws naming `op` when out of range.
 int64_t normalize_dim(int64_t dim, int64_t ndim, const char* op);
 
+// A contiguous tensor seen as [outer, size, inner] around one (already normalised) dim: the
+// products of the dims before it, the dim itself, and the dims after it.
+struct DimSplit {
+  int64_t outer = 1, size = 1, inner = 1;
+};
+DimSplit split_around(const Shape& shape, int64_t dim);
+
 // NumPy broadcasting of two shapes; throws naming `op` and both shapes when incompatible.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 

@@ -13,6 +13,7 @@
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
+#include "train/metrics.h"
 
 namespace lamina::cli {
 namespace {
@@ -94,7 +95,7 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
   // The bandwidth bound is the target at batch 1; a batch of 8 does 8x the arithmetic per
   // weight read and is reported for comparison.
   if (batch == 1) line.add("target", kDecodeTarget).add("meets_target", bound_seconds / step_seconds >= kDecodeTarget);
-  line.add("peak_rss_bytes", peak_rss_bytes()).print();
+  line.add("peak_rss_bytes", train::peak_rss_bytes()).print();
 }
 
 }  // namespace
@@ -133,7 +134,7 @@ int run_bench_generate(const Arguments& args) {
     for (int64_t batch : {1, 8}) bench_model("random_125m", *model, batch, memcpy_gbps, settings);
   }
   JsonLine().add("bench", "generate").add("case", "machine").add("threads", settings.threads)
-      .add("memcpy_gbps", memcpy_gbps).add("peak_rss_bytes", peak_rss_bytes()).print();
+      .add("memcpy_gbps", memcpy_gbps).add("peak_rss_bytes", train::peak_rss_bytes()).print();
   return 0;
 }
 

@@ -53,23 +53,6 @@ struct BenchSettings {
 
 // ---- baselines
 
-double memcpy_gbps(const BenchSettings& settings) {
-  std::unique_ptr<char[]> source(new char[kMemcpyBytes]), destination(new char[kMemcpyBytes]);
-  std::memset(source.get(), 1, kMemcpyBytes);  // touch every page before timing
-  std::memset(destination.get(), 0, kMemcpyBytes);
-  const size_t chunk = (kMemcpyBytes + size_t(settings.threads) - 1) / size_t(settings.threads);
-  const Timing timing = measure(
-      [&] {
-        run_on_threads(settings.threads, [&](int index) {
-          const size_t begin = std::min(kMemcpyBytes, size_t(index) * chunk);
-          const size_t end = std::min(kMemcpyBytes, begin + chunk);
-          std::memcpy(destination.get() + begin, source.get() + begin, end - begin);
-        });
-      },
-      settings.min_seconds);
-  return 2.0 * double(kMemcpyBytes) / timing.median_seconds / 1e9;
-}
-
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // c = a * b with plain Eigen, split into one block per thread the way lamina splits it: rows
@@ -244,16 +227,20 @@ std::vector<MemoryBoundCase> memory_bound_cases() {
   };
 }
 
-void run_memory_bound_case(const MemoryBoundCase& spec, double memcpy_rate, const BenchSettings& settings) {
-  Generator generator(7);
-  const MemoryBoundRun prepared = spec.prepare(generator);
-  const Timing timing = measure(prepared.run, settings.min_seconds);
+// What a memory-bound case is measured against: the bandwidth of a plain copy in the same run.
+struct CopyBaseline {
+  const char* rate_key;   // the JSON key of the baseline's GB/s
+  const char* ratio_key;  // the JSON key of the case's GB/s over it
+  double gbps;
+  double target;          // the ratio a case should reach
+};
+
+// Appends a memory-bound case's fields to `line` (which names the bench and the device) and prints it.
+void print_memory_bound_case(JsonLine line, const MemoryBoundCase& spec, const MemoryBoundRun& prepared,
+                             const Timing& timing, const CopyBaseline& baseline) {
   const double gbps = double(prepared.bytes) / timing.median_seconds / 1e9;
-  const double ratio = gbps / memcpy_rate;
-  JsonLine()
-      .add("bench", "ops")
-      .add("case", spec.name)
-      .add("threads", settings.threads)
+  const double ratio = gbps / baseline.gbps;
+  line.add("case", spec.name)
       .add("shape", prepared.shape)
       .add("dtype", prepared.dtype)
       .add("stat", "median")
@@ -262,11 +249,19 @@ void run_memory_bound_case(const MemoryBoundCase& spec, double memcpy_rate, cons
       .add("bytes", prepared.bytes)
       .add("gbps", gbps)
       .add("best_gbps", double(prepared.bytes) / timing.best_seconds / 1e9)
-      .add("memcpy_gbps", memcpy_rate)
-      .add("ratio_vs_memcpy", ratio)
-      .add("target", kMemoryBoundTarget)
-      .add("meets_target", ratio >= kMemoryBoundTarget)
+      .add(baseline.rate_key, baseline.gbps)
+      .add(baseline.ratio_key, ratio)
+      .add("target", baseline.target)
+      .add("meets_target", ratio >= baseline.target)
       .print();
+}
+
+void run_memory_bound_case(const MemoryBoundCase& spec, double memcpy_rate, const BenchSettings& settings) {
+  Generator generator(7);
+  const MemoryBoundRun prepared = spec.prepare(generator);
+  const Timing timing = measure(prepared.run, settings.min_seconds);
+  print_memory_bound_case(JsonLine().add("bench", "ops").add("threads", settings.threads), spec, prepared, timing,
+                          {"memcpy_gbps", "ratio_vs_memcpy", memcpy_rate, kMemoryBoundTarget});
 }
 
 std::vector<MatmulCase> matmul_cases() {
@@ -541,25 +536,8 @@ void run_gpu_memory_bound_case(const MemoryBoundCase& spec, double copy_rate, co
   Generator generator(7);
   const MemoryBoundRun prepared = spec.prepare(generator);
   const Timing timing = time_on_gpu(prepared.run, settings.min_seconds);
-  const double gbps = double(prepared.bytes) / timing.median_seconds / 1e9;
-  const double ratio = gbps / copy_rate;
-  JsonLine()
-      .add("bench", "ops")
-      .add("device", "cuda")
-      .add("case", spec.name)
-      .add("shape", prepared.shape)
-      .add("dtype", prepared.dtype)
-      .add("stat", "median")
-      .add("runs", timing.runs)
-      .add("seconds", timing.median_seconds)
-      .add("bytes", prepared.bytes)
-      .add("gbps", gbps)
-      .add("best_gbps", double(prepared.bytes) / timing.best_seconds / 1e9)
-      .add("device_copy_gbps", copy_rate)
-      .add("ratio_vs_device_copy", ratio)
-      .add("target", kGpuMemoryTarget)
-      .add("meets_target", ratio >= kGpuMemoryTarget)
-      .print();
+  print_memory_bound_case(JsonLine().add("bench", "ops").add("device", "cuda"), spec, prepared, timing,
+                          {"device_copy_gbps", "ratio_vs_device_copy", copy_rate, kGpuMemoryTarget});
 }
 
 // Host time of one Storage::allocate + release of a cached block, against cudaMalloc + cudaFree.
@@ -709,7 +687,7 @@ int run_bench_ops(const Arguments& args) {
   double memcpy_rate = 0;
   if (!chosen_memory_bound.empty()) {
     std::fprintf(stderr, "bench ops: memcpy baseline (%zu MiB)\n", kMemcpyBytes >> 20);
-    memcpy_rate = memcpy_gbps(settings);
+    memcpy_rate = memcpy_bandwidth_gbps(settings.threads, settings.min_seconds, kMemcpyBytes);
   }
   for (const MemoryBoundCase* c : chosen_memory_bound) {
     std::fprintf(stderr, "bench ops: %s\n", c->name.c_str());

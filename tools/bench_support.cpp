@@ -1,7 +1,5 @@
 #include "tools/bench_support.h"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -80,12 +78,6 @@ double memcpy_bandwidth_gbps(int threads, double min_seconds, size_t bytes) {
       },
       min_seconds);
   return 2.0 * double(bytes) / timing.median_seconds / 1e9;
-}
-
-int64_t peak_rss_bytes() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return int64_t(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
 JsonLine& JsonLine::add(const std::string& key, const std::string& value) {

@@ -27,9 +27,6 @@ void run_on_threads(int threads, const std::function<void(int index)>& body);
 // over `threads` threads, buffers touched before timing.
 double memcpy_bandwidth_gbps(int threads, double min_seconds, size_t bytes = size_t(256) << 20);
 
-// Peak resident memory of this process so far, in bytes (getrusage).
-int64_t peak_rss_bytes();
-
 // One flat JSON object, built field by field, printed as one line.
 class JsonLine {
  public:

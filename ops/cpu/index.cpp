@@ -13,20 +13,6 @@
 namespace lamina::ops::cpu {
 namespace {
 
-struct Sandwich {
-  int64_t outer = 1, size = 1, inner = 1;
-};
-
-Sandwich around(const Shape& shape, int64_t dim) {
-  Sandwich s;
-  for (int64_t d = 0; d < int64_t(shape.size()); ++d) {
-    if (d < dim) s.outer *= shape[size_t(d)];
-    if (d == dim) s.size = shape[size_t(d)];
-    if (d > dim) s.inner *= shape[size_t(d)];
-  }
-  return s;
-}
-
 template <typename Fn>
 void visit_index_values(const Tensor& index, Fn&& fn) {
   visit_index(index.dtype(), "index", [&](auto tag) {
@@ -38,7 +24,7 @@ void visit_index_values(const Tensor& index, Fn&& fn) {
 }  // namespace
 
 void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index) {
-  const Sandwich in = around(x.shape(), dim);
+  const DimSplit in = split_around(x.shape(), dim);
   const int64_t count = index.numel();
   const size_t row_bytes = size_t(in.inner) * x.element_size();
   const char* src = static_cast<const char*>(x.raw_data());
@@ -52,7 +38,7 @@ void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor&
 }
 
 void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
-  const Sandwich o_shape = around(out.shape(), dim);
+  const DimSplit o_shape = split_around(out.shape(), dim);
   const int64_t count = index.numel();
   visit_arithmetic(out.dtype(), "index_add", [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -12,20 +12,6 @@
 namespace lamina::ops::cuda {
 namespace {
 
-struct Sandwich {
-  int64_t outer = 1, size = 1, inner = 1;
-};
-
-Sandwich around(const Shape& shape, int64_t dim) {
-  Sandwich s;
-  for (int64_t d = 0; d < int64_t(shape.size()); ++d) {
-    if (d < dim) s.outer *= shape[size_t(d)];
-    if (d == dim) s.size = shape[size_t(d)];
-    if (d > dim) s.inner *= shape[size_t(d)];
-  }
-  return s;
-}
-
 // One block per output row (o, i), copying `units` Units of the selected input row.
 template <typename Unit, typename I>
 __global__ void __launch_bounds__(kMaxRowThreads) index_select_kernel(Unit* out, const Unit* x, const I* index, int64_t outer, int64_t count,
@@ -79,7 +65,7 @@ __global__ void scatter_add_kernel(T* out, const T* src, const I* index, Strided
 }  // namespace
 
 void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index) {
-  const Sandwich in = around(x.shape(), dim);
+  const DimSplit in = split_around(x.shape(), dim);
   const int64_t count = index.numel();
   if (out.numel() == 0) return;
   const size_t row_bytes = size_t(in.inner) * x.element_size();
@@ -101,7 +87,7 @@ void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor&
 }
 
 void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
-  const Sandwich shape = around(out.shape(), dim);
+  const DimSplit shape = split_around(out.shape(), dim);
   const int64_t count = index.numel();
   if (shape.outer * shape.inner == 0 || count == 0) return;
   visit_arith(out.dtype(), "index_add", [&](auto tag) {

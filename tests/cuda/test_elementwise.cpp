@@ -16,29 +16,6 @@ using ops::UnaryOp;
 
 namespace {
 
-struct UnaryCase {
-  UnaryOp op;
-  double low, high;
-  bool signed_magnitude;  // [low, high] is |x| with a random sign (keeps x away from kinks)
-  bool accepts_integers;
-};
-const UnaryCase kUnaryCases[] = {
-    {UnaryOp::neg, -3, 3, false, true},          {UnaryOp::exp, -3, 3, false, false},
-    {UnaryOp::log, 0.05, 4, false, false},       {UnaryOp::sqrt, 0.01, 4, false, false},
-    {UnaryOp::rsqrt, 0.1, 4, false, false},      {UnaryOp::abs, 0.05, 3, true, true},
-    {UnaryOp::square, -3, 3, false, true},       {UnaryOp::reciprocal, 0.2, 3, true, false},
-    {UnaryOp::sigmoid, -6, 6, false, false},     {UnaryOp::silu, -6, 6, false, false},
-    {UnaryOp::tanh, -3, 3, false, false},        {UnaryOp::relu, 0.05, 3, true, false},
-    {UnaryOp::gelu, -4, 4, false, false},        {UnaryOp::softplus, -8, 8, false, false},
-    {UnaryOp::log_sigmoid, -8, 8, false, false},
-};
-
-Tensor unary_input(const UnaryCase& c, const Shape& shape, DType dtype, Generator& gen) {
-  if (!is_floating(dtype)) return integer_values(shape, dtype, gen, -50, 51);
-  return c.signed_magnitude ? signed_magnitudes(shape, dtype, gen, c.low, c.high)
-                            : random_tensor(shape, dtype, gen, c.low, c.high);
-}
-
 std::vector<DType> dtypes_for(bool integers) {
   std::vector<DType> dtypes = {DType::f32, DType::bf16, DType::f16, DType::f64};
   if (integers) {

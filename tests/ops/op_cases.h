@@ -97,6 +97,30 @@ inline Tensor integer_values(const Shape& shape, DType dtype, Generator& gen, in
   return Tensor::from_vector(values, shape, dtype);
 }
 
+// Unary op inputs in the domain where the op is defined and well conditioned.
+struct UnaryCase {
+  ops::UnaryOp op;
+  double low, high;
+  bool signed_magnitude;  // [low, high] is |x|, with a random sign (keeps x away from 0 and kinks)
+  bool accepts_integers;
+};
+inline constexpr UnaryCase kUnaryCases[] = {
+    {ops::UnaryOp::neg, -3, 3, false, true},        {ops::UnaryOp::exp, -3, 3, false, false},
+    {ops::UnaryOp::log, 0.05, 4, false, false},     {ops::UnaryOp::sqrt, 0.01, 4, false, false},
+    {ops::UnaryOp::rsqrt, 0.1, 4, false, false},    {ops::UnaryOp::abs, 0.05, 3, true, true},
+    {ops::UnaryOp::square, -3, 3, false, true},     {ops::UnaryOp::reciprocal, 0.2, 3, true, false},
+    {ops::UnaryOp::sigmoid, -6, 6, false, false},   {ops::UnaryOp::silu, -6, 6, false, false},
+    {ops::UnaryOp::tanh, -3, 3, false, false},      {ops::UnaryOp::relu, 0.05, 3, true, false},
+    {ops::UnaryOp::gelu, -4, 4, false, false},      {ops::UnaryOp::softplus, -8, 8, false, false},
+    {ops::UnaryOp::log_sigmoid, -8, 8, false, false},
+};
+
+inline Tensor unary_input(const UnaryCase& c, const Shape& shape, DType dtype, Generator& gen) {
+  if (!is_floating(dtype)) return integer_values(shape, dtype, gen, -50, 51);
+  return c.signed_magnitude ? signed_magnitudes(shape, dtype, gen, c.low, c.high)
+                            : random_tensor(shape, dtype, gen, c.low, c.high);
+}
+
 // The broadcast adjoint in f64: sums t over the dims that broadcasting `shape` added.
 inline Tensor reference_sum_to(const Tensor& t, const Shape& shape) {
   const size_t lead = size_t(t.dim()) - shape.size();

@@ -13,30 +13,6 @@ using ops::UnaryOp;
 
 namespace {
 
-// Inputs in the domain where the op is defined and well conditioned.
-struct UnaryCase {
-  UnaryOp op;
-  double low, high;
-  bool signed_magnitude;  // [low, high] is |x|, with a random sign (keeps x away from 0)
-  bool accepts_integers;
-};
-const UnaryCase kUnaryCases[] = {
-    {UnaryOp::neg, -3, 3, false, true},        {UnaryOp::exp, -3, 3, false, false},
-    {UnaryOp::log, 0.05, 4, false, false},     {UnaryOp::sqrt, 0.01, 4, false, false},
-    {UnaryOp::rsqrt, 0.1, 4, false, false},    {UnaryOp::abs, 0.05, 3, true, true},
-    {UnaryOp::square, -3, 3, false, true},     {UnaryOp::reciprocal, 0.2, 3, true, false},
-    {UnaryOp::sigmoid, -6, 6, false, false},   {UnaryOp::silu, -6, 6, false, false},
-    {UnaryOp::tanh, -3, 3, false, false},      {UnaryOp::relu, 0.05, 3, true, false},
-    {UnaryOp::gelu, -4, 4, false, false},      {UnaryOp::softplus, -8, 8, false, false},
-    {UnaryOp::log_sigmoid, -8, 8, false, false},
-};
-
-Tensor unary_input(const UnaryCase& c, const Shape& shape, DType dtype, Generator& gen) {
-  if (!is_floating(dtype)) return integer_values(shape, dtype, gen, -50, 51);
-  return c.signed_magnitude ? signed_magnitudes(shape, dtype, gen, c.low, c.high)
-                            : random_tensor(shape, dtype, gen, c.low, c.high);
-}
-
 struct BinaryCase {
   BinaryOp op;
   double a_low, a_high, b_low, b_high;
