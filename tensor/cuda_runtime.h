@@ -21,4 +21,7 @@ CudaAvailability cuda_availability();
 // the CPU wait by themselves). Nothing to wait for on the CPU.
 void synchronize(Device device);
 
+// "cpu", or the GPU's name as the driver reports it ("NVIDIA H100 80GB HBM3").
+std::string device_name(Device device);
+
 }  // namespace lamina

@@ -15,5 +15,10 @@ void synchronize(Device device) {
                " is not available (this build has no CUDA backend)");
 }
 
+std::string device_name(Device device) {
+  synchronize(device);  // the same error for a CUDA device
+  return "cpu";
+}
+
 }  // namespace lamina
 #endif

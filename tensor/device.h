@@ -18,6 +18,8 @@ struct Device {
   bool is_cpu() const { return type == DeviceType::cpu; }
   bool is_cuda() const { return type == DeviceType::cuda; }
   std::string str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
+  // "cpu", "cuda" (device 0) or "cuda:N"; anything else is an error naming the text.
+  static Device parse(const std::string& text);
   friend bool operator==(const Device& a, const Device& b) { return a.type == b.type && a.index == b.index; }
   friend bool operator!=(const Device& a, const Device& b) { return !(a == b); }
   friend std::ostream& operator<<(std::ostream& out, const Device& d) { return out << d.str(); }

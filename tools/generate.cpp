@@ -32,7 +32,7 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   return ids;
 }
 
-void add_sampling_flags(FlagParser& parser) {
+void add_generation_flags(FlagParser& parser) {
   parser.add_option("max-new-tokens", "N", "tokens to generate at most", "64");
   parser.add_option("temperature", "T", "0 = greedy; otherwise sample from logits / T", "0");
   parser.add_option("top-k", "K", "keep the K most likely tokens (0 = off)", "0");
@@ -40,6 +40,15 @@ void add_sampling_flags(FlagParser& parser) {
   parser.add_option("min-p", "M", "drop tokens below M x the top probability", "0");
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
+  parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+}
+
+// The model of `directory` (f32) on the --device.
+std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& directory) {
+  const Device device = Device::parse(parser.value("device").value_or("cpu"));
+  auto model = llama::LlamaForCausalLM::load(directory);
+  model->to(device, DType::f32);
+  return model;
 }
 
 generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens) {
@@ -100,7 +109,7 @@ int run_generate(const Arguments& args) {
   parser.add_switch("chat", "wrap --prompt in the model's chat format as a user message");
   parser.add_option("system", "TEXT", "with --chat: a system message");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
-  add_sampling_flags(parser);
+  add_generation_flags(parser);
   parser.add_option("output", "text|ids", "the new text, or the whole sequence (prompt + new) as ids",
                     "text for --prompt, ids for --prompt-ids");
   parser.add_switch("no-stop", "ignore the model's end-of-sequence tokens");
@@ -138,7 +147,7 @@ int run_generate(const Arguments& args) {
     if (prompt.empty()) throw UsageError("lamina generate: the prompt encodes to no tokens", "pass a non-empty --prompt");
   }
 
-  const auto model = llama::LlamaForCausalLM::load(directory);
+  const auto model = load_model(parser, directory);
   if (output == "text") {
     TextStream stream{tokenizer::StreamDecoder(*text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
@@ -163,7 +172,7 @@ int run_chat(const Arguments& args) {
   parser.add_option("model", "DIR", "the model folder (with tokenizer.json)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
   parser.add_option("system", "TEXT", "the system message to start with");
-  add_sampling_flags(parser);
+  add_generation_flags(parser);
   if (!parser.parse(args)) return 0;
   const std::string directory = require_model(parser, "lamina chat");
   const tokenizer::Tokenizer text_tokenizer = load_tokenizer(parser, directory);
@@ -171,7 +180,7 @@ int run_chat(const Arguments& args) {
   chat.format = tokenizer::detect_chat_format(parser.value("tokenizer").value_or(directory), text_tokenizer);
   generate::GenerateOptions options = sampling_options(parser, 512);
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
-  const auto model = llama::LlamaForCausalLM::load(directory);
+  const auto model = load_model(parser, directory);
   tokenizer::Conversation conversation(text_tokenizer, chat);
   if (parser.is_set("system")) conversation.set_system(*parser.value("system"));
   std::fprintf(stderr, "lamina chat (%s format): /system TEXT, /reset, /quit\n", tokenizer::chat_format_name(chat.format));

@@ -33,6 +33,9 @@ void add_training_flags(FlagParser& parser) {
   parser.add_option("beta2", "B", "AdamW beta2", text(d.beta2));
   parser.add_option("clip", "C", "global gradient-norm limit (0 = off)", text(d.clip));
   parser.add_switch("gradient-checkpointing", "recompute each layer's activations in backward (less memory)");
+  parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
+  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU",
+                    d.precision);
   parser.add_option("eval-every", "N", "validation loss every N steps (0 = at the end)", text(d.eval_every));
   parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));
   parser.add_option("keep-checkpoints", "N", "how many checkpoints to keep", text(d.keep_checkpoints));
@@ -63,6 +66,8 @@ train::TrainOptions training_options(const FlagParser& parser) {
   options.beta2 = parser.double_value("beta2", options.beta2, 0.0, 0.999999);
   options.clip = parser.double_value("clip", options.clip, 0.0, 1e12);
   if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
+  options.device = parser.value("device").value_or(options.device);
+  options.precision = parser.value("precision").value_or(options.precision);
   options.eval_every = parser.int_value("eval-every", options.eval_every, 0, kMax);
   options.save_every = parser.int_value("save-every", options.save_every, 0, kMax);
   options.keep_checkpoints = parser.int_value("keep-checkpoints", options.keep_checkpoints, 1, kMax);

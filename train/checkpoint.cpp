@@ -92,7 +92,7 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
     for (size_t i = 0; i < saved.size(); ++i) {
       LAMINA_CHECK(saved[i].first == current[i].first && saved[i].second.shape() == current[i].second.shape(),
                    "checkpoint ", checkpoint_directory, ": parameter '", saved[i].first, "' does not match the model");
-      ops::copy_(current[i].second, saved[i].second);
+      ops::copy_(current[i].second, ops::to_device(saved[i].second, current[i].second.device()));
     }
   }
   const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());

@@ -171,4 +171,16 @@ int64_t peak_rss_bytes() {
   return int64_t(usage.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
+std::optional<double> peak_flops_per_s(const std::string& device_name, DType dtype) {
+  if (dtype != DType::bf16) return std::nullopt;
+  const auto has = [&](const char* part) { return device_name.find(part) != std::string::npos; };
+  // Checked most specific first: "H100 PCIe" and "H100 NVL" before the SXM part's plain "H100".
+  if (has("H200")) return 989.4e12;
+  if (has("H100") && has("PCIe")) return 756.0e12;
+  if (has("H100") && has("NVL")) return 835.0e12;
+  if (has("H100")) return 989.4e12;
+  if (has("A100")) return 312.0e12;
+  return std::nullopt;
+}
+
 }  // namespace lamina::train

@@ -4,9 +4,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "tensor/dtype.h"
 #include "tensor/io/json.h"
 
 namespace lamina::train {
@@ -53,5 +55,10 @@ std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::str
 
 // Peak resident memory of this process so far, in bytes.
 int64_t peak_rss_bytes();
+
+// The dense peak FLOP/s of a GPU (by the name the driver reports) for bf16 matrix math, from
+// the vendor's data sheets; nullopt for other dtypes, the CPU and GPUs not in the table. Model
+// FLOPs utilisation (MFU) is achieved model FLOP/s over this.
+std::optional<double> peak_flops_per_s(const std::string& device_name, DType dtype);
 
 }  // namespace lamina::train

@@ -98,7 +98,7 @@ void AdamW::load_state(const json::Value& state, const std::vector<nn::NamedTens
       LAMINA_CHECK(saved != nullptr, "AdamW: the checkpoint has no optimizer state '", slot.name, suffix, "'");
       LAMINA_CHECK(saved->shape() == target->shape(), "AdamW: state '", slot.name, suffix, "' has shape ",
                    saved->shape(), ", the parameter needs ", target->shape());
-      ops::copy_(*target, *saved);
+      ops::copy_(*target, ops::to_device(*saved, target->device()));
     }
   }
 }

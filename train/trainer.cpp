@@ -6,6 +6,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
+#include "tensor/cuda_runtime.h"
 #include "train/checkpoint.h"
 
 namespace lamina::train {
@@ -24,6 +25,15 @@ void TrainOptions::validate() const {
                "train: warmup, eval-every and save-every must be >= 0 and keep-checkpoints >= 1");
   LAMINA_CHECK(clip >= 0, "train: clip must be >= 0, got ", clip);
   schedule_from_name(schedule);
+  resolved_device();
+  compute_dtype();
+}
+
+DType TrainOptions::compute_dtype() const {
+  if (precision == "auto") return resolved_device().is_cuda() ? DType::bf16 : DType::f32;
+  if (precision == "f32") return DType::f32;
+  if (precision == "bf16") return DType::bf16;
+  throw Error(str_cat("train: precision must be auto, f32 or bf16, got '", precision, "'"));
 }
 
 json::Value TrainOptions::to_json() const {
@@ -43,6 +53,8 @@ json::Value TrainOptions::to_json() const {
   out.set("eps", eps);
   out.set("clip", clip);
   out.set("gradient-checkpointing", gradient_checkpointing);
+  out.set("device", device);
+  out.set("precision", precision);
   out.set("eval-every", eval_every);
   out.set("save-every", save_every);
   out.set("keep-checkpoints", keep_checkpoints);
@@ -68,6 +80,8 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "eps") o.eps = value.as_double(what);
     else if (key == "clip") o.clip = value.as_double(what);
     else if (key == "gradient-checkpointing") o.gradient_checkpointing = value.as_bool(what);
+    else if (key == "device") o.device = value.as_string(what);
+    else if (key == "precision") o.precision = value.as_string(what);
     else if (key == "eval-every") o.eval_every = value.as_int64(what);
     else if (key == "save-every") o.save_every = value.as_int64(what);
     else if (key == "keep-checkpoints") o.keep_checkpoints = value.as_int64(what);
@@ -108,20 +122,34 @@ LoaderOptions loader_options(const TrainOptions& options, int64_t rows, bool shu
   return out;
 }
 
-// Sum of token losses and the number of targets of one batch.
+// Sum of token losses and the number of targets of one batch (built on the host), computed
+// where the model is.
 CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& batch) {
+  const Device device = model.device();
+  const auto moved = [&](const Tensor& t) { return t.defined() ? ops::to_device(t, device) : t; };
   llama::ForwardOptions forward;
-  forward.positions = batch.positions;
-  forward.mask = batch.mask;
-  return cross_entropy_sum(model.forward(batch.ids, forward), batch.targets);
+  forward.positions = moved(batch.positions);
+  forward.mask = moved(batch.mask);
+  return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
+}
+
+// The model, validated options applied: on the training device in the training dtype (before
+// the optimizer takes its parameters, so that its state is made there too).
+std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForCausalLM> model,
+                                                const TrainOptions& options) {
+  LAMINA_CHECK(model != nullptr, "train: no model");
+  options.validate();
+  model->to(options.resolved_device(), options.compute_dtype());
+  return model;
 }
 
 }  // namespace
 
 Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
                  std::vector<Example> validation)
-    : model_(std::move(model)), options_(std::move(options)), optimizer_(trainable(*model_), adamw_options(options_)) {
-  options_.validate();
+    : model_(placed(std::move(model), options)),
+      options_(std::move(options)),
+      optimizer_(trainable(*model_), adamw_options(options_)) {
   const int64_t micro = options_.micro_batch_size == 0 ? options_.batch_size : options_.micro_batch_size;
   loader_ = std::make_unique<DataLoader>(std::move(train), loader_options(options_, micro, true));
   if (!validation.empty()) validation_ = std::make_unique<DataLoader>(std::move(validation), loader_options(options_, micro, false));
@@ -182,6 +210,9 @@ void Trainer::run(bool resume) {
     return out;
   }();
   const int64_t parameter_count = model_->parameter_count();
+  const Device device = model_->device();
+  const std::optional<double> peak_flops = peak_flops_per_s(device_name(device), model_->dtype());
+  reset_peak_memory(device);
   ProgressLine progress(options_.progress);
   while (step_ < options_.steps) {
     const auto start = std::chrono::steady_clock::now();
@@ -213,9 +244,13 @@ void Trainer::run(bool resume) {
     line.set("target_tokens", target_tokens);
     line.set("tokens", tokens_seen_);
     line.set("tokens_per_s", double(tokens) / seconds);
-    // Model FLOPs per token ~ 6 x parameters (forward + backward); no CPU peak to divide by.
-    line.set("flops_per_s", 6.0 * double(parameter_count) * double(tokens) / seconds);
+    // Model FLOPs per token ~ 6 x parameters (forward + backward); MFU where the device's
+    // peak is known (GPUs in peak_flops_per_s's table, bf16).
+    const double flops_per_s = 6.0 * double(parameter_count) * double(tokens) / seconds;
+    line.set("flops_per_s", flops_per_s);
+    if (peak_flops) line.set("mfu", flops_per_s / *peak_flops);
     line.set("peak_rss_bytes", peak_rss_bytes());
+    line.set("peak_tensor_bytes", memory_stats(device).peak_bytes);  // on the training device
     const bool evaluate = validation_ != nullptr &&
                           ((options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps);
     if (evaluate) line.set("val_loss", validation_loss());

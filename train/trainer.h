@@ -39,6 +39,9 @@ struct TrainOptions {
   double eps = 1e-8;
   double clip = 1.0;  // global gradient-norm limit; 0 = off
   bool gradient_checkpointing = false;
+  std::string device = "cpu";      // cpu, cuda or cuda:N: the model is moved there before training
+  std::string precision = "auto";  // f32, or bf16 (bf16 weights and activations, f32 master weights
+                                   // and optimizer state); auto = bf16 on CUDA, f32 on the CPU
   int64_t eval_every = 0;  // steps; 0 = only at the end when there is validation data
   int64_t save_every = 0;  // steps; 0 = only at the end
   int64_t keep_checkpoints = 2;
@@ -47,6 +50,8 @@ struct TrainOptions {
   bool progress = true;    // live progress line on stderr
 
   void validate() const;
+  Device resolved_device() const { return Device::parse(device); }
+  DType compute_dtype() const;  // the parameters' dtype during training
   json::Value to_json() const;
   // Reads the knobs from a JSON object keyed like the CLI flags ("lr", "micro-batch-size", ...);
   // unknown keys are an error naming them.

@@ -32,7 +32,9 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
     ids.insert(ids.end(), size_t(pad), prompt.front());  // any id: padding slots are masked
     ids.insert(ids.end(), prompt.begin(), prompt.end());
   }
-  llama::KvCache cache(config, batch, prompt_length + std::max<int64_t>(options.max_new_tokens, 1), DType::f32, padding);
+  const Device device = model.device();
+  llama::KvCache cache(config, batch, prompt_length + std::max<int64_t>(options.max_new_tokens, 1), DType::f32, padding,
+                       device);
   GenerateResult result;
   result.tokens.resize(prompts.size());
   result.finish_reasons.assign(prompts.size(), "length");
@@ -43,9 +45,9 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   llama::ForwardOptions forward;
   forward.cache = &cache;
   forward.last_position_only = true;
-  Tensor logits = model.forward(Tensor::from_vector(ids, {batch, prompt_length}), forward);
+  Tensor logits = model.forward(ops::to_device(Tensor::from_vector(ids, {batch, prompt_length}), device), forward);
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    const Tensor rows = ops::contiguous(logits);
+    const Tensor rows = ops::contiguous(ops::to_device(logits, Device::cpu()));  // sampling runs on the host
     const float* data = rows.data<float>();
     std::vector<int64_t> next(size_t(batch), 0);
     size_t running = 0;
@@ -70,7 +72,7 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
       running += !finished[b];
     }
     if (running == 0 || step + 1 == options.max_new_tokens) break;
-    logits = model.forward(Tensor::from_vector(next, {batch, 1}), forward);
+    logits = model.forward(ops::to_device(Tensor::from_vector(next, {batch, 1}), device), forward);
   }
   return result;
 }

@@ -13,8 +13,9 @@ namespace lamina::llama {
 
 // ---- KV cache
 
-KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype, std::vector<int64_t> padding)
-    : batch_(batch), capacity_(capacity), padding_(std::move(padding)) {
+KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype, std::vector<int64_t> padding,
+                 Device device)
+    : batch_(batch), capacity_(capacity), padding_(std::move(padding)), device_(device) {
   LAMINA_CHECK(batch > 0 && capacity > 0, "KvCache: batch and capacity must be positive, got ", batch, " and ", capacity);
   if (padding_.empty()) padding_.assign(size_t(batch), 0);
   LAMINA_CHECK(int64_t(padding_.size()) == batch, "KvCache: ", padding_.size(), " padding counts for a batch of ", batch);
@@ -23,8 +24,8 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
   // Uninitialised: every slot is written (prompt padding included) before attention reads it.
   const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    keys_.push_back(Tensor::empty(shape, dtype));
-    values_.push_back(Tensor::empty(shape, dtype));
+    keys_.push_back(Tensor::empty(shape, dtype, device));
+    values_.push_back(Tensor::empty(shape, dtype, device));
   }
 }
 
@@ -44,7 +45,7 @@ Tensor KvCache::next_positions(int64_t tokens) const {
   std::vector<int64_t> positions;
   for (int64_t b = 0; b < batch_; ++b)
     for (int64_t t = 0; t < tokens; ++t) positions.push_back(std::max<int64_t>(0, length_ + t - padding_[size_t(b)]));
-  return Tensor::from_vector(positions, {batch_, tokens});
+  return ops::to_device(Tensor::from_vector(positions, {batch_, tokens}), device_);
 }
 
 Tensor KvCache::padding_mask(int64_t tokens) const {
@@ -57,7 +58,7 @@ Tensor KvCache::padding_mask(int64_t tokens) const {
     for (int64_t t = 0; t < tokens; ++t)
       for (int64_t s = 0; s < std::min(padding_[size_t(b)], keys); ++s)
         mask[size_t((b * tokens + t) * keys + s)] = -std::numeric_limits<float>::infinity();
-  return Tensor::from_vector(mask, {batch_, 1, tokens, keys});
+  return ops::to_device(Tensor::from_vector(mask, {batch_, 1, tokens, keys}), device_);
 }
 
 // ---- layers
@@ -166,7 +167,7 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
     LAMINA_CHECK(cache->batch() == ids.size(0), "LlamaForCausalLM: a cache for batch ", cache->batch(),
                  " used with a batch of ", ids.size(0));
   Tensor positions = options.positions;
-  if (!positions.defined()) positions = cache != nullptr ? cache->next_positions(tokens) : arange(0, tokens);
+  if (!positions.defined()) positions = cache != nullptr ? cache->next_positions(tokens) : arange(0, tokens, 1, DType::i64, ids.device());
   Tensor mask = options.mask;
   if (cache != nullptr) {
     const Tensor padding = cache->padding_mask(tokens);
@@ -178,6 +179,17 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
   // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
   const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
   return low_precision ? logits.to(DType::f32) : logits;
+}
+
+void LlamaForCausalLM::to(Device device, DType dtype) {
+  LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM::to: parameters must be floating, got ", dtype_name(dtype));
+  autograd::NoGradGuard no_grad;
+  for (const auto& [name, parameter] : named_parameters()) {
+    // Cast where the weights are, then move: a CPU-to-GPU move of bf16 carries half the bytes.
+    const Tensor converted = parameter.dtype() == dtype ? parameter : ops::cast(parameter, dtype);
+    parameter.set_data(ops::to_device(converted, device));
+  }
+  dtype_ = dtype;
 }
 
 void LlamaForCausalLM::init_parameters(Generator& generator) {

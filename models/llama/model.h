@@ -25,7 +25,7 @@ namespace lamina::llama {
 class KvCache {
  public:
   KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype = DType::f32,
-          std::vector<int64_t> padding = {});
+          std::vector<int64_t> padding = {}, Device device = Device::cpu());
 
   int64_t batch() const { return batch_; }
   int64_t capacity() const { return capacity_; }
@@ -44,6 +44,7 @@ class KvCache {
  private:
   int64_t batch_, capacity_, length_ = 0;
   std::vector<int64_t> padding_;
+  Device device_;
   std::vector<Tensor> keys_, values_;
 };
 
@@ -115,6 +116,10 @@ class LlamaForCausalLM : public nn::Module {
   // Fresh weights as Hugging Face initialises them: normal(0, initializer_range), norms at 1.
   void init_parameters(Generator& generator);
   void set_gradient_checkpointing(bool on) { model->gradient_checkpointing = on; }
+  // Converts every weight to `dtype` and moves it to `device`, in place: the parameter handles
+  // (and whatever holds them) stay valid. Before training starts: gradients are not converted.
+  void to(Device device, DType dtype);
+  Device device() const { return output_weight().device(); }
 
   const LlamaConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }

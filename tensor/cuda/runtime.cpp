@@ -32,6 +32,8 @@ void synchronize(Device device) {
   if (device.is_cuda()) cuda::synchronize_stream(device.index);
 }
 
+std::string device_name(Device device) { return device.is_cuda() ? cuda::device_info(device.index).name : "cpu"; }
+
 namespace cuda {
 
 void throw_cuda_error(cudaError_t status, const char* call, const char* file, int line) {

@@ -194,6 +194,27 @@ TEST_CASE("bf16 checkpoints convert on load") {
   CHECK(restored.to_vector<float>() == ops::cast(ops::cast(original, DType::bf16), DType::f32).to_vector<float>());
 }
 
+TEST_CASE("to(device, dtype) converts the weights in place; the converted model computes the same logits") {
+  const auto model = random_model(tiny_config(true), DType::f32, 6);
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 5, 9, 3, 7, 2}, {2, 3});
+  const Tensor f32_logits = model->forward(ids);
+  const Tensor embedding = model->parameter("model.embed_tokens.weight");
+  const std::vector<float> rounded = ops::cast(ops::cast(embedding, DType::bf16), DType::f32).to_vector<float>();
+  model->to(Device::cpu(), DType::bf16);
+  CHECK(model->dtype() == DType::bf16);
+  CHECK(model->device() == Device::cpu());
+  CHECK(embedding.dtype() == DType::bf16);  // the handle taken before sees the conversion
+  CHECK(ops::cast(embedding, DType::f32).to_vector<float>() == rounded);
+  const Tensor bf16_logits = model->forward(ids);
+  CHECK(bf16_logits.dtype() == DType::f32);
+  const std::vector<float> a = f32_logits.to_vector<float>(), b = bf16_logits.to_vector<float>();
+  double largest = 0;
+  for (size_t i = 0; i < a.size(); ++i) largest = std::max(largest, double(std::abs(a[i] - b[i])));
+  CHECK(largest > 0);     // bf16 weights and activations really are in use ...
+  CHECK(largest < 0.05);  // ... and stay within bf16 rounding of the f32 model
+  CHECK_THROWS_WITH_AS(model->to(Device::cpu(), DType::i32), doctest::Contains("parameters must be floating"), Error);
+}
+
 TEST_CASE("bad checkpoints: missing, extra or misshapen tensors and bad configs") {
   ScratchDir dir("llama-bad");
   const auto model = random_model(tiny_config(), DType::f32, 6);

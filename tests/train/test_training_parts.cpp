@@ -127,6 +127,16 @@ TEST_CASE("packing: positions restart and each example sees only itself") {
   CHECK(again.next().ids.to_vector<int64_t>() == loader.next().ids.to_vector<int64_t>());
 }
 
+TEST_CASE("MFU peaks: bf16 dense peaks of known GPUs by driver name, none otherwise") {
+  CHECK(train::peak_flops_per_s("NVIDIA H100 80GB HBM3", DType::bf16) == 989.4e12);
+  CHECK(train::peak_flops_per_s("NVIDIA H100 PCIe", DType::bf16) == 756.0e12);
+  CHECK(train::peak_flops_per_s("NVIDIA H200", DType::bf16) == 989.4e12);
+  CHECK(train::peak_flops_per_s("NVIDIA A100-SXM4-80GB", DType::bf16) == 312.0e12);
+  CHECK_FALSE(train::peak_flops_per_s("NVIDIA H100 80GB HBM3", DType::f32).has_value());
+  CHECK_FALSE(train::peak_flops_per_s("cpu", DType::bf16).has_value());
+  CHECK_FALSE(train::peak_flops_per_s("NVIDIA GeForce RTX 4090", DType::bf16).has_value());
+}
+
 TEST_CASE("the loss curve plot draws train and validation losses") {
   std::vector<json::Value> lines;
   for (int step = 1; step <= 5; ++step) {
