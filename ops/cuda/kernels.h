@@ -80,6 +80,23 @@ void cross_entropy(const Tensor& losses, const Tensor& lse, const Tensor& logits
 void cross_entropy_backward(const Tensor& grad_logits, const Tensor& grad_losses, const Tensor& logits,
                             const Tensor& targets, const Tensor& lse, int64_t ignore_index);
 
+// logprob.cu: as ops/cpu/kernels.h's logprob.cpp: logits rows at logits.raw_data() +
+// row_offsets[n] with a unit-stride vocabulary (the offsets are copied to the device), contiguous
+// labels and mask [rows], kept labels already range-checked, outputs and grad_logprobs in f32
+// (f64 for f64 logits), grad_logits contiguous [rows, V]. Chunked over the vocabulary like
+// cross_entropy.cu; log1mexp and its backward are elementwise maps (any strides).
+void token_logprobs(const Tensor& logprobs, const Tensor& lse, const Tensor& logits,
+                    const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                    double temperature);
+void token_logprobs_backward(const Tensor& grad_logits, const Tensor& grad_logprobs, const Tensor& logits,
+                             const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                             const Tensor& lse, double temperature);
+void token_distribution_stats(const TokenDistributionStats& stats, const Tensor& logits,
+                              const std::vector<int64_t>& row_offsets, const Tensor& labels, const Tensor& mask,
+                              double temperature);
+void log1mexp(const Tensor& out, const Tensor& x);
+void log1mexp_backward(const Tensor& grad_in, const Tensor& grad_out, const Tensor& x);
+
 // attention.cu: f32 or f64 q [B, H, T, D], k/v [B, Hkv, S, D] (copied contiguous when they are
 // not); mask undefined or a view of the compute dtype broadcast to [B, H, T, S]. Scores through
 // cuBLASLt, softmax here.
