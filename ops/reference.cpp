@@ -486,7 +486,7 @@ std::vector<Tensor> token_distribution_stats(const Tensor& logits, const Tensor&
     double squares = 0;
     size_t best = 0;
     for (size_t j = 0; j < vocab; ++j) {
-      entropy[n] -= std::exp(log_p[j]) * log_p[j];
+      if (std::isfinite(log_p[j])) entropy[n] -= std::exp(log_p[j]) * log_p[j];  // p log p -> 0 as p -> 0
       squares += std::exp(2 * log_p[j]);
       mean[n] += x[n * vocab + j] / double(vocab);
       if (x[n * vocab + j] > x[n * vocab + best]) best = j;

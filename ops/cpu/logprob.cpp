@@ -128,7 +128,7 @@ void token_distribution_stats(const TokenDistributionStats& stats, const Tensor&
           const C shifted = (x - peak) * inv_temperature;
           const C e = fast_exp(shifted);
           total += e;
-          weighted += e * shifted;
+          weighted += e == C(0) ? C(0) : e * shifted;  // p log p -> 0 as p -> 0 (a -inf logit: not 0 * -inf)
           squares += e * e;
           raw_sum += x;
           if (x > load(row[best])) best = j;

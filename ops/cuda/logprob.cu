@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       const C shifted = (value - peak) * inv_temperature;
       const C e = dmath::exp(shifted);
       total += e;
-      weighted += e * shifted;
+      weighted += e == C(0) ? C(0) : e * shifted;  // p log p -> 0 as p -> 0 (a -inf logit: not 0 * -inf)
       squares += e * e;
       raw_sum += value;
     }

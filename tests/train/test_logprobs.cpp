@@ -2,6 +2,7 @@
 // against log_softmax + gather (including a Llama-3-sized vocabulary, chunked over rows),
 // reductions, the concatenated batch, the logit metrics, WPO weights and LD-DPO sums.
 #include <cmath>
+#include <limits>
 
 #include "autograd/functions.h"
 #include "loss_helpers.h"
@@ -166,6 +167,21 @@ TEST_CASE("token distribution statistics and log1mexp against the f64 references
   CHECK_CLOSE(stats.logit_mean, expected[1], tolerance);
   CHECK_CLOSE(stats.log_sum_sq_probs, expected[2], tolerance);
   CHECK_CLOSE(ops::cast(stats.argmax_matches, DType::f64), expected[3], kExact);
+
+  // A -inf logit (a vocabulary mask) has p = 0 and adds nothing: p = [1/4, 0, 1/4, 1/2] has
+  // entropy 1.5 log 2 and sum p^2 = 3/8, by hand.
+  const double inf = std::numeric_limits<double>::infinity();
+  const Tensor masked_vocab = Tensor::from_vector(std::vector<double>{0, -inf, 0, std::log(2.0)}, {1, 4});
+  const Tensor kept = Tensor::from_vector(std::vector<uint8_t>{1}, {1}, DType::boolean);
+  const Tensor label = Tensor::from_vector(std::vector<int64_t>{3}, {1});
+  for (DType dtype : {DType::f64, DType::f32}) {
+    const ops::TokenDistributionStats masked = ops::token_distribution_stats(ops::cast(masked_vocab, dtype), label, kept);
+    CHECK(masked.entropy.item<double>() == doctest::Approx(1.5 * std::log(2.0)).epsilon(1e-6));
+    CHECK(masked.log_sum_sq_probs.item<double>() == doctest::Approx(std::log(0.375)).epsilon(1e-6));
+    CHECK(masked.argmax_matches.item<bool>());
+  }
+  CHECK(ops::reference::token_distribution_stats(masked_vocab, label, kept, 1.0)[0].item<double>() ==
+        doctest::Approx(1.5 * std::log(2.0)));
 
   const Tensor x = f64s({-1e-12, -1e-6, -0.3, -0.69, -0.7, -5.0, -40.0, -800.0});
   CHECK_CLOSE(ops::log1mexp(x), ops::reference::log1mexp(x), kNearlyExact);
