@@ -104,6 +104,13 @@ timeout 150 "$build_dir/lamina" bench ops --device cuda > "$logs/bench_cuda.json
 bench_status=$?
 note "bench: exit $bench_status in $(elapsed $phase) s ($(wc -l < "$logs/bench_cuda.jsonl") JSON lines)"
 [[ $bench_status -eq 0 ]] || tail -20 "$logs/bench_cuda.log"
+# A training step of the ~30M model in bf16 mixed precision (what `lamina train --device cuda` runs).
+phase=$SECONDS
+timeout 90 "$build_dir/lamina" bench train --device cuda --quick --batch 16 --seq-len 1024 \
+  >> "$logs/bench_cuda.jsonl" 2>> "$logs/bench_cuda.log"
+train_bench_status=$?
+note "bench train: exit $train_bench_status in $(elapsed $phase) s"
+[[ $train_bench_status -eq 0 ]] || tail -20 "$logs/bench_cuda.log"
 
 # ---- the table: one row per benchmark case (flat JSON lines, read with awk)
 field() {  # field NAME LINE -> the value of "NAME": in a flat JSON line (quotes dropped)
@@ -121,6 +128,10 @@ field() {  # field NAME LINE -> the value of "NAME": in a flat JSON line (quotes
         printf '%-30s %-10s %9.0f ns %9.0f ns %8s %s\n' "$name" "-" "$(field ns_per_pair "$line")" \
           "$(field cudamalloc_free_ns_per_pair "$line")" "-" "(cudaMalloc+cudaFree)"
         ;;
+      llama_30m_step*)
+        printf '%-30s %-10s %9s tok/s %9s MFU %6s %s\n' "$name" "$(field dtype "$line")" \
+          "$(field tokens_per_s "$line")" "$(field mfu "$line")" "-" "(no target)"
+        ;;
       gemm*)
         printf '%-30s %-10s %7s TF/s %7s TF/s %8s %s\n' "$name" "$(field dtype "$line")" "$(field tflops "$line")" \
           "$(field cublaslt_tflops "$line")" "$(field ratio_vs_cublaslt "$line")" \
@@ -136,4 +147,4 @@ field() {  # field NAME LINE -> the value of "NAME": in a flat JSON line (quotes
   echo "tests: ${tests_line:-none} (exit $tests_status); build ${build_seconds} s, tests ${tests_seconds} s, total $(elapsed $started) s"
 } | tee -a "$summary"
 
-[[ $tests_status -eq 0 && $bench_status -eq 0 ]]
+[[ $tests_status -eq 0 && $bench_status -eq 0 && $train_bench_status -eq 0 ]]

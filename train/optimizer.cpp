@@ -135,14 +135,17 @@ void Sgd::zero_grad() {
 
 double clip_grad_norm(const std::vector<Tensor>& parameters, double max_norm) {
   autograd::NoGradGuard no_grad;
-  double squares = 0;
+  // Per-parameter sums of squares stay where the gradients are; one value is read at the end
+  // (on a GPU: one wait per step, not one per parameter).
+  Tensor squares;
   for (const Tensor& parameter : parameters) {
     const Tensor grad = parameter.grad();
     if (!grad.defined()) continue;
     const Tensor g = grad.dtype() == DType::f64 ? grad : ops::cast(grad, DType::f32);
-    squares += ops::sum(ops::unary(ops::UnaryOp::square, g)).item<double>();
+    const Tensor sum = ops::cast(ops::sum(ops::unary(ops::UnaryOp::square, g)), DType::f64);
+    squares = squares.defined() ? ops::add(squares, sum) : sum;
   }
-  const double norm = std::sqrt(squares);
+  const double norm = squares.defined() ? std::sqrt(squares.item<double>()) : 0.0;
   if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) {
     const double scale = max_norm / (norm + 1e-6);
     for (const Tensor& parameter : parameters)

@@ -93,6 +93,11 @@ TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result a
   CHECK(run.output.find("fine-tuned 3 steps") != std::string::npos);
   run = run_lamina("generate --model " + (w / "sft/model") + " --prompt \"next after 3\" --chat --max-new-tokens 3 --output ids");
   CHECK(run.status == 0);
+  // Mixed precision: bf16 weights are what the run trains and saves.
+  run = run_lamina("train sft --model " + (w / "pre/model") + " --data " + (w / "chat.jsonl") + " --output " +
+                   (w / "sft-bf16") + " --steps 2 --batch-size 2 --seq-len 48 --quiet --precision bf16");
+  REQUIRE(run.status == 0);
+  CHECK(json::parse_file(w / "sft-bf16/model/config.json").at("torch_dtype").as_string() == "bfloat16");
   run = run_lamina("plot " + (w / "pre/metrics.jsonl") + " --output " + (w / "loss.svg"));
   CHECK(run.status == 0);
   std::ifstream svg(w / "loss.svg");
@@ -119,6 +124,12 @@ TEST_CASE("bad training input: clear errors, non-zero exit, no crash") {
   run = run_lamina(base + (w / "text.jsonl") + " --options " + (w / "options.json"));
   CHECK(run.status == 1);
   CHECK(run.output.find("unknown key \"learning-rate\"") != std::string::npos);
+  run = run_lamina(base + (w / "text.jsonl") + " --device tpu");
+  CHECK(run.status != 0);
+  CHECK(run.output.find("unknown device 'tpu' (expected cpu, cuda or cuda:N)") != std::string::npos);
+  run = run_lamina(base + (w / "text.jsonl") + " --precision fp8");
+  CHECK(run.status != 0);
+  CHECK(run.output.find("precision must be auto, f32 or bf16, got 'fp8'") != std::string::npos);
   CHECK(run_lamina("train pretrian").status == 2);
   CHECK(run_lamina("train sft --data x.jsonl --output o").status == 2);  // no --model
   run = run_lamina("plot " + (w / "missing.jsonl"));
