@@ -33,8 +33,10 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
     ids.insert(ids.end(), prompt.begin(), prompt.end());
   }
   const Device device = model.device();
-  llama::KvCache cache(config, batch, prompt_length + std::max<int64_t>(options.max_new_tokens, 1), DType::f32, padding,
-                       device);
+  // Keys and values in the model's own dtype: attention takes q, k and v of one dtype, and a
+  // bf16 model's cache is half the size of an f32 one.
+  llama::KvCache cache(config, batch, prompt_length + std::max<int64_t>(options.max_new_tokens, 1), model.dtype(),
+                       padding, device);
   GenerateResult result;
   result.tokens.resize(prompts.size());
   result.finish_reasons.assign(prompts.size(), "length");
@@ -47,7 +49,9 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   forward.last_position_only = true;
   Tensor logits = model.forward(ops::to_device(Tensor::from_vector(ids, {batch, prompt_length}), device), forward);
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
-    const Tensor rows = ops::contiguous(ops::to_device(logits, Device::cpu()));  // sampling runs on the host
+    // Sampling runs on the host, in f32 (an f64 model's logits are rounded once here).
+    const Tensor on_host = ops::to_device(logits, Device::cpu());
+    const Tensor rows = ops::contiguous(on_host.dtype() == DType::f32 ? on_host : ops::cast(on_host, DType::f32));
     const float* data = rows.data<float>();
     std::vector<int64_t> next(size_t(batch), 0);
     size_t running = 0;

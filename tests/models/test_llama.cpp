@@ -343,6 +343,29 @@ TEST_CASE("sampling follows the spec's worked example") {
   CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("top_p must be in (0, 1]"), Error);
 }
 
+TEST_CASE("generate runs bf16 and f64 models: the greedy tokens of recomputing the whole sequence") {
+  for (DType dtype : {DType::bf16, DType::f64}) {
+    const std::string dtype_text = dtype_name(dtype);
+    CAPTURE(dtype_text);
+    const auto model = random_model(tiny_config(), DType::f32, 12);
+    model->to(Device::cpu(), dtype);
+    generate::GenerateOptions options;
+    options.max_new_tokens = 6;
+    options.use_config_stop_tokens = false;
+    const std::vector<int64_t> prompt = {1, 7, 19, 4};
+    const generate::GenerateResult result = generate::generate(*model, {prompt}, options);
+    std::vector<int64_t> sequence = prompt, expected;
+    autograd::NoGradGuard no_grad;
+    for (int step = 0; step < 6; ++step) {
+      const Tensor logits = model->forward(ids_tensor(sequence));
+      const int64_t next = ops::argmax(logits.select(1, int64_t(sequence.size()) - 1), -1).item<int64_t>();
+      expected.push_back(next);
+      sequence.push_back(next);
+    }
+    CHECK(result.tokens[0] == expected);
+  }
+}
+
 TEST_CASE("generate stops at stop tokens and batches prompts of different lengths") {
   const auto model = random_model(tiny_config(), DType::f32, 9);
   generate::GenerateOptions options;
