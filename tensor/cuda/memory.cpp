@@ -119,7 +119,15 @@ void copy_between_devices(void* dst, int dst_device, const void* src, int src_de
   if (bytes == 0) return;
   synchronize_stream(src_device);  // src is complete
   // On dst's stream, so that the copy follows any earlier reader of dst's (reused) block.
-  LAMINA_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, use_device(dst_device)));
+  const cudaStream_t dst_stream = use_device(dst_device);
+  LAMINA_CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_device, src, src_device, bytes, dst_stream));
+  // The caller may free src as soon as this returns (to_device frees its contiguous temporary), and
+  // src_device's caching allocator then hands the block to the next work on src_device's stream,
+  // which nothing orders after this copy on dst's stream: without this wait that work could
+  // overwrite src while the copy still reads it.
+  Event copied(dst_device);
+  copied.record(dst_stream);
+  copied.make_stream_wait(use_device(src_device));
 }
 
 void fill_bytes(void* device_dst, int byte, size_t bytes, int device) {

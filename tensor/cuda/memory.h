@@ -19,7 +19,8 @@ inline constexpr size_t kStagedBytes = size_t(4) << 20;
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes, int device);
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes, int device);
 void copy_within_device(void* dst, const void* src, size_t bytes, int device);
-// dst on dst_device, src on src_device; waits for src's stream, then copies on dst's.
+// dst on dst_device, src on src_device; waits for src's stream, copies on dst's, and makes src's
+// stream wait for the copy (so that src's block may be freed and reused at once).
 void copy_between_devices(void* dst, int dst_device, const void* src, int src_device, size_t bytes);
 void fill_bytes(void* device_dst, int byte, size_t bytes, int device);
 

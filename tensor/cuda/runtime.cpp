@@ -130,6 +130,8 @@ void Event::record(cudaStream_t stream) {
 
 void Event::synchronize() const { LAMINA_CUDA_CHECK(cudaEventSynchronize(event_)); }
 
+void Event::make_stream_wait(cudaStream_t stream) const { LAMINA_CUDA_CHECK(cudaStreamWaitEvent(stream, event_, 0)); }
+
 float Event::elapsed_ms(const Event& start, const Event& end) {
   float ms = 0;
   LAMINA_CUDA_CHECK(cudaEventElapsedTime(&ms, start.event_, end.event_));

@@ -50,6 +50,8 @@ class Event {
   void record(cudaStream_t stream);  // records on `stream` (of this event's device)
   void record() { record(use_device(device_)); }
   void synchronize() const;
+  // Makes work queued on `stream` (of any device) from now on wait until this event has completed.
+  void make_stream_wait(cudaStream_t stream) const;
   // Milliseconds between `start` and `end`, both recorded and completed.
   static float elapsed_ms(const Event& start, const Event& end);
 
