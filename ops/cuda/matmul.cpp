@@ -219,9 +219,16 @@ void gemm(DType dtype, const GemmOperand& a, const GemmOperand& b, const GemmOpe
       const Preference preference(kWorkspaceBytes, alignments);
       cublasLtMatmulHeuristicResult_t result{};
       int count = 0;
-      LAMINA_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, desc.handle, a_layout.handle, b_layout.handle,
-                                                         c_layout.handle, c_layout.handle, preference.handle, 1,
-                                                         &result, &count));
+      const cublasStatus_t status =
+          cublasLtMatmulAlgoGetHeuristic(handle, desc.handle, a_layout.handle, b_layout.handle, c_layout.handle,
+                                         c_layout.handle, preference.handle, 1, &result, &count);
+      // "No algorithm for this problem" comes back as NOT_SUPPORTED rather than as a count of 0:
+      // report it with the shape below instead of as a bare status.
+      if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+        count = 0;
+      } else {
+        LAMINA_CUBLAS_CHECK(status);
+      }
       LAMINA_CHECK(count > 0, "matmul: cuBLASLt found no algorithm for ", dtype_name(dtype), " [", a.rows, ", ", a.cols,
                    "] x [", b.rows, ", ", b.cols, "] (batch ", batch, ", alignments ", alignments[0], "/",
                    alignments[1], "/", alignments[2], " bytes)");
