@@ -42,6 +42,16 @@ summary="$logs/summary.txt"
 started=$SECONDS
 note() { echo "$*" | tee -a "$summary"; }
 elapsed() { echo $((SECONDS - $1)); }
+# The device tool stops a command at 600 s, and what the command has not printed by then is lost:
+# the phases after the build share what is left until $deadline (570 s after the start unless
+# LAMINA_GPU_CHECK_SECONDS says otherwise), each keeping time back for the phases after it.
+deadline=$((started + ${LAMINA_GPU_CHECK_SECONDS:-570}))
+phase_limit() {  # phase_limit CAP RESERVE -> seconds for a phase: at most CAP, leaving RESERVE, at least 10
+  local left=$((deadline - SECONDS - $2))
+  ((left > $1)) && left=$1
+  ((left < 10)) && left=10
+  echo "$left"
+}
 
 # ---- what machine this is
 {
@@ -88,25 +98,48 @@ fi
 build_seconds=$(elapsed $phase)
 note "build: lamina + test_cuda for CUDA architectures $arch in ${build_seconds} s"
 
-# ---- the CUDA test suite
+# ---- the CUDA test suite, one process per test file: a kernel fault (an illegal address, say)
+# leaves the process's CUDA context unusable, so in one process it would fail every case after
+# it and hide what those cases would have found. Every file's output goes to one log ($OUT
+# brings back at most 8 files).
 phase=$SECONDS
-timeout 240 "$build_dir/tests/test_cuda" --duration=true > "$logs/test_cuda.log" 2>&1
-tests_status=$?
+tests_status=0
+tests_end=$((SECONDS + $(phase_limit 240 100)))
+: > "$logs/test_cuda.log"
+part="$(mktemp)"
+total_cases=0 passed_cases=0 failed_cases=0 broken_files=""
+for source in tests/cuda/test_*.cpp; do
+  file="${source##*/}"
+  limit=$((tests_end - SECONDS))
+  ((limit < 10)) && limit=10
+  timeout "$limit" "$build_dir/tests/test_cuda" --duration=true "--source-file=*/$file" > "$part" 2>&1
+  status=$?
+  { echo "== $file: exit $status (limit $limit s)"; cat "$part"; } >> "$logs/test_cuda.log"
+  ((status != 0 && tests_status == 0)) && tests_status=$status
+  cases="$(grep -E '^\[doctest\] test cases:' "$part" | tail -1)"
+  if [[ -n "$cases" ]]; then
+    read -r total passed failed < <(echo "$cases" | tr -cs '0-9' ' ' | awk '{print $1, $2, $3}')
+    total_cases=$((total_cases + total)) passed_cases=$((passed_cases + passed)) failed_cases=$((failed_cases + failed))
+  elif ((status != 77)); then
+    broken_files+=" $file (exit $status$([[ $status -eq 124 ]] && echo ', timed out'))"
+  fi
+  note "tests $file: exit $status; ${cases:-no doctest summary}"
+done
+rm -f "$part"
 tests_seconds=$(elapsed $phase)
 grep -E "SKIPPED|ERROR|FAILED|error:" "$logs/test_cuda.log" | head -40
-tests_line="$(grep -E '^\[doctest\] test cases:' "$logs/test_cuda.log" | tail -1)"
-asserts_line="$(grep -E '^\[doctest\] assertions:' "$logs/test_cuda.log" | tail -1)"
-note "tests: exit $tests_status in ${tests_seconds} s; ${tests_line:-no doctest summary}; ${asserts_line:-}"
+tests_line="test cases: $total_cases | $passed_cases passed | $failed_cases failed${broken_files:+; no summary from:$broken_files}"
+note "tests: exit $tests_status in ${tests_seconds} s; $tests_line"
 
 # ---- the benchmarks
 phase=$SECONDS
-timeout 150 "$build_dir/lamina" bench ops --device cuda > "$logs/bench_cuda.jsonl" 2> "$logs/bench_cuda.log"
+timeout "$(phase_limit 150 60)" "$build_dir/lamina" bench ops --device cuda > "$logs/bench_cuda.jsonl" 2> "$logs/bench_cuda.log"
 bench_status=$?
 note "bench: exit $bench_status in $(elapsed $phase) s ($(wc -l < "$logs/bench_cuda.jsonl") JSON lines)"
 [[ $bench_status -eq 0 ]] || tail -20 "$logs/bench_cuda.log"
 # A training step of the ~30M model in bf16 mixed precision (what `lamina train --device cuda` runs).
 phase=$SECONDS
-timeout 90 "$build_dir/lamina" bench train --device cuda --quick --batch 16 --seq-len 1024 \
+timeout "$(phase_limit 90 5)" "$build_dir/lamina" bench train --device cuda --quick --batch 16 --seq-len 1024 \
   >> "$logs/bench_cuda.jsonl" 2>> "$logs/bench_cuda.log"
 train_bench_status=$?
 note "bench train: exit $train_bench_status in $(elapsed $phase) s"
@@ -144,7 +177,7 @@ field() {  # field NAME LINE -> the value of "NAME": in a flat JSON line (quotes
         ;;
     esac
   done < "$logs/bench_cuda.jsonl"
-  echo "tests: ${tests_line:-none} (exit $tests_status); build ${build_seconds} s, tests ${tests_seconds} s, total $(elapsed $started) s"
+  echo "tests: $tests_line (exit $tests_status); build ${build_seconds} s, tests ${tests_seconds} s, total $(elapsed $started) s"
 } | tee -a "$summary"
 
 [[ $tests_status -eq 0 && $bench_status -eq 0 && $train_bench_status -eq 0 ]]
