@@ -4,56 +4,16 @@
 //
 // Tolerances: f32 training losses agree to 1e-4 relative over 5 steps (kernels differ from the
 // CPU's in summation order only); bf16 runs are judged by what they reach, not step by step.
-#include <filesystem>
-
 #include "cuda_cases.h"
 #include "models/generate/generate.h"
+#include "train/tiny_training.h"
 #include "train/trainer.h"
 
 using namespace lamina;
 using namespace lamina::testing;
 using namespace lamina::testing::gpu;
-namespace fs = std::filesystem;
 
 namespace {
-
-llama::LlamaConfig tiny_config() {
-  llama::LlamaConfig config;
-  config.vocab_size = 48;
-  config.hidden_size = 16;
-  config.intermediate_size = 32;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.max_position_embeddings = 64;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.initializer_range = 0.1;
-  return config;
-}
-
-std::shared_ptr<llama::LlamaForCausalLM> tiny_model(uint64_t seed) {
-  auto model = std::make_shared<llama::LlamaForCausalLM>(tiny_config(), DType::f32);
-  Generator gen(seed);
-  model->init_parameters(gen);
-  return model;
-}
-
-std::vector<train::Example> examples(int count, uint64_t seed) {
-  Generator gen(seed);
-  std::vector<train::Example> out;
-  for (int i = 0; i < count; ++i) {
-    const int64_t length = 4 + (i * 5) % 9;
-    const std::vector<int64_t> ids = randint(3, 48, {length}, gen).to_vector<int64_t>();
-    train::Example example;
-    example.ids.assign(ids.begin(), ids.end());
-    example.ids[0] = 1;
-    for (int64_t t = 0; t < length; ++t) example.loss_mask.push_back(t >= 2 ? 1 : 0);
-    out.push_back(example);
-  }
-  return out;
-}
 
 train::TrainOptions options_on(const std::string& device, const std::string& precision, int64_t steps) {
   train::TrainOptions options;

@@ -8,9 +8,11 @@
 #include "models/tokenizer/builder.h"
 #include "models/io/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/tiny_training.h"
 #include "train/trainer.h"
 
 using namespace lamina;
+using namespace lamina::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -23,47 +25,6 @@ struct ScratchDir {
   }
   ~ScratchDir() { fs::remove_all(path); }
 };
-
-llama::LlamaConfig tiny_config(int64_t vocab = 48) {
-  llama::LlamaConfig config;
-  config.vocab_size = vocab;
-  config.hidden_size = 16;
-  config.intermediate_size = 32;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.max_position_embeddings = 64;
-  config.rope_theta = 10000.0;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.dtype = DType::f32;
-  config.initializer_range = 0.1;
-  return config;
-}
-
-std::shared_ptr<llama::LlamaForCausalLM> tiny_model(uint64_t seed, DType dtype = DType::f32) {
-  auto model = std::make_shared<llama::LlamaForCausalLM>(tiny_config(), dtype);
-  Generator gen(seed);
-  model->init_parameters(gen);
-  return model;
-}
-
-// Examples of varying length with a masked "prompt" head.
-std::vector<train::Example> examples(int count, uint64_t seed) {
-  Generator gen(seed);
-  std::vector<train::Example> out;
-  for (int i = 0; i < count; ++i) {
-    const int64_t length = 4 + (i * 5) % 9;
-    const std::vector<int64_t> ids = randint(3, 48, {length}, gen).to_vector<int64_t>();
-    train::Example example;
-    example.ids.assign(ids.begin(), ids.end());
-    example.ids[0] = 1;
-    for (int64_t t = 0; t < length; ++t) example.loss_mask.push_back(t >= 2 ? 1 : 0);
-    out.push_back(example);
-  }
-  return out;
-}
 
 train::TrainOptions quiet_options() {
   train::TrainOptions options;
