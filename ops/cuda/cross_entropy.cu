@@ -8,41 +8,22 @@
 // over (row, chunk) blocks given the saved lse.
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/kernels.h"
+#include "ops/cuda/vocab_chunks.cuh"
 
 namespace lamina::ops::cuda {
 namespace {
 
-constexpr int64_t kChunk = 16384;  // vocabulary entries per block (a multiple of every pack size)
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads) chunk_stats_kernel(math_t<T>* stats, const T* logits, int64_t vocab, int64_t chunks) {
   using C = math_t<T>;
   __shared__ C scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
-  const T* x = logits + row * vocab;
-  C local_max = C(-INFINITY);
-  for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
-    const Pack<T, V> values = load_pack<V>(x + j);
-#pragma unroll
-    for (int v = 0; v < V; ++v) local_max = MaxOp{}(local_max, load(values.values[v]));
-  }
-  const C peak = block_reduce(local_max, MaxOp{}, C(-INFINITY), scratch);
-  // -inf entries add 0 (also in an all -inf chunk, where exp(-inf - -inf) would be NaN); a NaN
-  // entry makes the sum NaN, as on the CPU (the max ignores NaN, the sum does not).
-  C local_sum = C(0);
-  for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
-    const Pack<T, V> values = load_pack<V>(x + j);
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const C value = load(values.values[v]);
-      local_sum += value == C(-INFINITY) ? C(0) : dmath::exp(value - peak);
-    }
-  }
-  const C total = block_reduce(local_sum, SumOp{}, C(0), scratch);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
+  const ChunkStats<C> chunk_stats = chunk_max_and_sum_exp<V>(logits + row * vocab, begin, end, C(1), scratch);
   if (threadIdx.x == 0) {
-    stats[(row * chunks + chunk) * 2] = peak;
-    stats[(row * chunks + chunk) * 2 + 1] = total;
+    stats[(row * chunks + chunk) * 2] = chunk_stats.peak;
+    stats[(row * chunks + chunk) * 2 + 1] = chunk_stats.total;
   }
 }
 
@@ -52,20 +33,7 @@ __global__ void merge_chunks_kernel(math_t<T>* losses, math_t<T>* lse, const mat
                                     int64_t ignore_index) {
   using C = math_t<T>;
   for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
-    const C* row_stats = stats + row * chunks * 2;
-    C peak = C(-INFINITY);
-    for (int64_t c = 0; c < chunks; ++c) peak = MaxOp{}(peak, row_stats[2 * c]);
-    C log_total;
-    if (peak == C(-INFINITY)) {
-      log_total = C(NAN);  // as the CPU: an all -inf row has no finite normaliser
-    } else {
-      C total = C(0);
-      for (int64_t c = 0; c < chunks; ++c) {
-        const C chunk_peak = row_stats[2 * c], chunk_sum = row_stats[2 * c + 1];
-        total += chunk_peak == C(-INFINITY) ? chunk_sum : chunk_sum * dmath::exp(chunk_peak - peak);
-      }
-      log_total = peak + dmath::log(total);
-    }
+    const C log_total = merge_chunk_stats(stats + row * chunks * 2, chunks, C(1));
     lse[row] = log_total;
     const int64_t target = int64_t(targets[row]);
     losses[row] = target == ignore_index ? C(0) : log_total - load(logits[row * vocab + target]);
@@ -78,7 +46,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_backward_kernel(
                                               int64_t ignore_index) {
   using C = math_t<T>;
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   const T* x = logits + row * vocab;
   T* dx = grad_logits + row * vocab;
   const int64_t target = int64_t(targets[row]);
@@ -113,7 +81,7 @@ void cross_entropy(const Tensor& losses, const Tensor& lse, const Tensor& logits
   if (rows == 0) return;
   LAMINA_CHECK(vocab > 0, "cross_entropy: empty vocabulary");
   LAMINA_CHECK(rows < (int64_t(1) << 31), "cross_entropy: ", rows, " rows exceed the CUDA grid");
-  const int64_t chunks = (vocab + kChunk - 1) / kChunk;
+  const int64_t chunks = (vocab + kVocabChunk - 1) / kVocabChunk;
   const int device = logits.device().index;
   visit_float(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -122,11 +90,11 @@ void cross_entropy(const Tensor& losses, const Tensor& lse, const Tensor& logits
     if (rows_packable<T>(vocab, {logits.raw_data()})) {
       constexpr int V = kPack<T>;
       chunk_stats_kernel<T, V>
-          <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kChunk) / V), 0, stream_of(logits)>>>(
+          <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kVocabChunk) / V), 0, stream_of(logits)>>>(
               data_of<C>(stats), data_of<const T>(logits), vocab, chunks);
     } else {
       chunk_stats_kernel<T, 1>
-          <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kChunk)), 0, stream_of(logits)>>>(
+          <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kVocabChunk)), 0, stream_of(logits)>>>(
               data_of<C>(stats), data_of<const T>(logits), vocab, chunks);
     }
     LAMINA_CUDA_CHECK_LAUNCH("cross_entropy (chunks)");
@@ -145,7 +113,7 @@ void cross_entropy_backward(const Tensor& grad_logits, const Tensor& grad_losses
   const int64_t vocab = logits.size(-1), rows = logits.numel() / std::max<int64_t>(1, vocab);
   if (rows == 0 || vocab == 0) return;
   LAMINA_CHECK(rows < (int64_t(1) << 31), "cross_entropy_backward: ", rows, " rows exceed the CUDA grid");
-  const int64_t chunks = (vocab + kChunk - 1) / kChunk;
+  const int64_t chunks = (vocab + kVocabChunk - 1) / kVocabChunk;
   visit_float(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = math_t<T>;
@@ -154,12 +122,12 @@ void cross_entropy_backward(const Tensor& grad_logits, const Tensor& grad_losses
       if (rows_packable<T>(vocab, {logits.raw_data(), grad_logits.raw_data()})) {
         constexpr int V = kPack<T>;
         cross_entropy_backward_kernel<T, I, V>
-            <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kChunk) / V), 0, stream_of(logits)>>>(
+            <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kVocabChunk) / V), 0, stream_of(logits)>>>(
                 data_of<T>(grad_logits), data_of<const C>(grad_losses), data_of<const T>(logits),
                 data_of<const I>(targets), data_of<const C>(lse), vocab, ignore_index);
       } else {
         cross_entropy_backward_kernel<T, I, 1>
-            <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kChunk)), 0, stream_of(logits)>>>(
+            <<<chunk_grid(rows, chunks), row_threads(std::min(vocab, kVocabChunk)), 0, stream_of(logits)>>>(
                 data_of<T>(grad_logits), data_of<const C>(grad_losses), data_of<const T>(logits),
                 data_of<const I>(targets), data_of<const C>(lse), vocab, ignore_index);
       }

@@ -12,7 +12,7 @@
 // are skipped (their labels are never read) and get 0 / false.
 //
 // Chunked over the vocabulary as ops/cuda/cross_entropy.cu, so that a few 128K rows still fill
-// the GPU: one block per (row, chunk of kChunk entries), then one thread per row merges the
+// the GPU: one block per (row, chunk of kVocabChunk entries), then one thread per row merges the
 // chunks. The log-prob forward reduces each chunk to (max, sum exp((x - max) s)) in one pass and
 // rescales when merging. The statistics are metrics, so they take the simpler and exact route:
 // a first kernel finds each chunk's max and first argmax, a second sums e_j, e_j d_j, e_j^2 and
@@ -23,11 +23,11 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/kernels.h"
 #include "ops/cuda/map.cuh"
+#include "ops/cuda/vocab_chunks.cuh"
 
 namespace lamina::ops::cuda {
 namespace {
 
-constexpr int64_t kChunk = 16384;  // vocabulary entries per block (a multiple of every pack size)
 constexpr int64_t kMaxChunks = 65535;  // grid y
 constexpr int64_t kNoIndex = std::numeric_limits<int64_t>::max();
 constexpr int kStatSums = 4;  // t, w, q and sum x per (row, chunk)
@@ -46,31 +46,12 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   __shared__ C scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   if (!keep[row]) return;  // the whole block: the merge writes 0 without reading these stats
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
-  const T* x = logits + row_offsets[row];
-  C local_max = C(-INFINITY);
-  for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
-    const Pack<T, V> values = load_pack<V>(x + j);
-#pragma unroll
-    for (int v = 0; v < V; ++v) local_max = MaxOp{}(local_max, load(values.values[v]));
-  }
-  const C peak = block_reduce(local_max, MaxOp{}, C(-INFINITY), scratch);
-  // -inf entries add 0 (also in an all -inf chunk, where -inf - -inf would be NaN; the CPU sees
-  // such a chunk against the row's max and adds 0 too); a NaN entry makes the sum NaN, as on the
-  // CPU (the max ignores NaN, the sum does not).
-  C local_sum = C(0);
-  for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
-    const Pack<T, V> values = load_pack<V>(x + j);
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const C value = load(values.values[v]);
-      local_sum += value == C(-INFINITY) ? C(0) : dmath::exp((value - peak) * inv_temperature);
-    }
-  }
-  const C total = block_reduce(local_sum, SumOp{}, C(0), scratch);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
+  const ChunkStats<C> chunk_stats =
+      chunk_max_and_sum_exp<V>(logits + row_offsets[row], begin, end, inv_temperature, scratch);
   if (threadIdx.x == 0) {
-    stats[(row * chunks + chunk) * 2] = peak;
-    stats[(row * chunks + chunk) * 2 + 1] = total;
+    stats[(row * chunks + chunk) * 2] = chunk_stats.peak;
+    stats[(row * chunks + chunk) * 2 + 1] = chunk_stats.total;
   }
 }
 
@@ -85,21 +66,7 @@ __global__ void logprob_merge_kernel(math_t<T>* logprobs, math_t<T>* lse, const 
       lse[row] = C(0);
       continue;
     }
-    const C* row_stats = stats + row * chunks * 2;
-    C peak = C(-INFINITY);
-    for (int64_t c = 0; c < chunks; ++c) peak = MaxOp{}(peak, row_stats[2 * c]);
-    C log_total;
-    if (peak == C(-INFINITY)) {
-      log_total = C(NAN);  // as the CPU: an all -inf (or NaN) row has no finite normaliser
-    } else {
-      C total = C(0);
-      for (int64_t c = 0; c < chunks; ++c) {
-        const C chunk_peak = row_stats[2 * c], chunk_sum = row_stats[2 * c + 1];
-        total += chunk_peak == C(-INFINITY) ? chunk_sum
-                                            : chunk_sum * dmath::exp((chunk_peak - peak) * inv_temperature);
-      }
-      log_total = peak * inv_temperature + dmath::log(total);
-    }
+    const C log_total = merge_chunk_stats(stats + row * chunks * 2, chunks, inv_temperature);
     lse[row] = log_total;
     logprobs[row] = load(logits[row_offsets[row] + int64_t(labels[row])]) * inv_temperature - log_total;
   }
@@ -114,7 +81,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                             int64_t vocab, math_t<T> inv_temperature) {
   using C = math_t<T>;
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   T* dx = grad_logits + row * vocab;
   if (!keep[row]) {
     Pack<T, V> zeros;
@@ -151,7 +118,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   __shared__ int64_t index_scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   if (!keep[row]) return;
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   const T* x = logits + row_offsets[row];
   C local_max = C(-INFINITY);
   for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
@@ -186,7 +153,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   C local_peak = C(-INFINITY);
   for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) local_peak = MaxOp{}(local_peak, maxima[row * chunks + c]);
   const C peak = block_reduce(local_peak, MaxOp{}, C(-INFINITY), scratch);
-  const int64_t begin = chunk * kChunk, end = min64(vocab, begin + kChunk);
+  const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   const T* x = logits + row_offsets[row];
   C total = C(0), weighted = C(0), squares = C(0), raw_sum = C(0);
   for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
@@ -279,12 +246,12 @@ RowLaunch prepare_rows(const char* op, const Tensor& logits, const std::vector<i
   RowLaunch launch;
   launch.rows = int64_t(row_offsets.size());
   launch.vocab = logits.size(-1);
-  launch.chunks = (launch.vocab + kChunk - 1) / kChunk;
+  launch.chunks = (launch.vocab + kVocabChunk - 1) / kVocabChunk;
   if (launch.rows == 0) return launch;
   LAMINA_CHECK(launch.vocab > 0, op, ": empty vocabulary");
   LAMINA_CHECK(launch.rows < (int64_t(1) << 31), op, ": ", launch.rows, " rows exceed the CUDA grid");
   LAMINA_CHECK(launch.chunks <= kMaxChunks, op, ": a vocabulary of ", launch.vocab, " exceeds the CUDA grid (",
-               kMaxChunks, " chunks of ", kChunk, ")");
+               kMaxChunks, " chunks of ", kVocabChunk, ")");
   launch.offsets = to_device(Tensor::from_vector(row_offsets, {launch.rows}, DType::i64), logits.device());
   return launch;
 }
@@ -305,7 +272,7 @@ dim3 chunk_grid(const RowLaunch& launch) { return dim3(unsigned(launch.rows), un
 
 template <int V>
 int chunk_threads(const RowLaunch& launch) {
-  return row_threads(std::min(launch.vocab, kChunk) / V);
+  return row_threads(std::min(launch.vocab, kVocabChunk) / V);
 }
 
 }  // namespace
