@@ -52,22 +52,25 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
   const int64_t k_b = b_in.size(transpose_b ? -1 : -2), n = b_in.size(transpose_b ? -2 : -1);
   LAMINA_CHECK(k == k_b, "matmul: inner dimensions differ: a ", a_in.shape(), (transpose_a ? " (transposed)" : ""),
                " has ", k, ", b ", b_in.shape(), (transpose_b ? " (transposed)" : ""), " has ", k_b);
+  const Shape batch_a(a_in.shape().begin(), a_in.shape().end() - 2);
+  const Shape batch_b(b_in.shape().begin(), b_in.shape().end() - 2);
+  const Shape batch = broadcast_shapes(batch_a, batch_b, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
 #if LAMINA_WITH_CUDA
   // cuBLASLt takes bf16/f16 operands as they are (f32 accumulation) and every layout it can stride.
-  if (device.is_cuda()) return cuda::matmul(a_in, b_in, transpose_a, transpose_b);
+  if (device.is_cuda()) {
+    Tensor out = Tensor::empty(out_shape, a_in.dtype(), device);
+    cuda::matmul(out, a_in, b_in, transpose_a, transpose_b);
+    return out;
+  }
 #endif
   const DType dtype = a_in.dtype();
   const bool low_precision = dtype == DType::bf16 || dtype == DType::f16;
   Tensor a = low_precision ? cast(a_in, DType::f32) : a_in;
   Tensor b = low_precision ? cast(b_in, DType::f32) : b_in;
   const DType compute = a.dtype();
-
-  const Shape batch_a(a.shape().begin(), a.shape().end() - 2);
-  const Shape batch_b(b.shape().begin(), b.shape().end() - 2);
-  const Shape batch = broadcast_shapes(batch_a, batch_b, "matmul");
-  Shape out_shape = batch;
-  out_shape.push_back(m);
-  out_shape.push_back(n);
   Tensor out = Tensor::empty(out_shape, compute, device);
 
   // [..., M, K] x [K, N]: fold the batch into M when a's rows line up as one matrix.

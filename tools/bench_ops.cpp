@@ -80,6 +80,12 @@ struct MatmulCase {
   std::string name;
   int64_t rows, cols, inner;  // M, N, K
   bool transpose_b;
+
+  // "[M,K]@[K,N]", or "[M,K]@[N,K]^T" when b is used transposed.
+  std::string label() const {
+    const std::string b = transpose_b ? str_cat("[", cols, ",", inner, "]^T") : str_cat("[", inner, ",", cols, "]");
+    return str_cat("[", rows, ",", inner, "]@", b);
+  }
 };
 
 void run_matmul_case(const MatmulCase& shape, const BenchSettings& settings) {
@@ -106,12 +112,11 @@ void run_matmul_case(const MatmulCase& shape, const BenchSettings& settings) {
   const double lamina_gflops = flops / lamina_timing.median_seconds / 1e9;
   const double eigen_gflops = flops / eigen_timing.median_seconds / 1e9;
   const double ratio = lamina_gflops / eigen_gflops;
-  const std::string b_shape = shape.transpose_b ? str_cat("[", n, ",", k, "]^T") : str_cat("[", k, ",", n, "]");
   JsonLine()
       .add("bench", "ops")
       .add("case", shape.name)
       .add("threads", settings.threads)
-      .add("shape", str_cat("[", m, ",", k, "]@", b_shape))
+      .add("shape", shape.label())
       .add("dtype", "f32")
       .add("stat", "median")
       .add("runs", lamina_timing.runs)
@@ -427,12 +432,11 @@ void run_gpu_matmul_case(const MatmulCase& shape, const BenchSettings& settings)
   const double lamina_tflops = flops / lamina_timing.median_seconds / 1e12;
   const double bare_tflops = flops / bare_timing.median_seconds / 1e12;
   const double ratio = lamina_tflops / bare_tflops;
-  const std::string b_shape = shape.transpose_b ? str_cat("[", n, ",", k, "]^T") : str_cat("[", k, ",", n, "]");
   JsonLine()
       .add("bench", "ops")
       .add("device", "cuda")
       .add("case", shape.name)
-      .add("shape", str_cat("[", m, ",", k, "]@", b_shape))
+      .add("shape", shape.label())
       .add("dtype", "bf16")
       .add("stat", "median")
       .add("runs", lamina_timing.runs)

@@ -47,9 +47,10 @@ void arange(const Tensor& out, int64_t start, int64_t step);
 void reduce(ReduceKind kind, const Tensor& out, const Tensor& x, const std::vector<bool>& reduce_dim,
             int64_t correction = 0);
 
-// matmul.cpp: the whole op (checked arguments): batch broadcasting, transposes folded into
-// cuBLASLt's operand layouts, bf16/f16 in and out with f32 accumulation, f32, f64.
-Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b);
+// matmul.cpp: out [..., M, N] (allocated by the checked public op, a's dtype) = op(a) op(b):
+// batch broadcasting, transposes folded into cuBLASLt's operand layouts, bf16/f16 in and out
+// with f32 accumulation, f32, f64.
+void matmul(const Tensor& out, const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b);
 
 // softmax.cu: contiguous rows over the last dim.
 void softmax_rows(const Tensor& out, const Tensor& x, bool log_space);

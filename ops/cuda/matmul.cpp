@@ -248,22 +248,17 @@ void gemm(DType dtype, const GemmOperand& a, const GemmOperand& b, const GemmOpe
                                      &algo, workspace->data(), kWorkspaceBytes, stream));
 }
 
-Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
+void matmul(const Tensor& out, const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
   const Device device = a_in.device();
   const DType dtype = a_in.dtype();
-  const int64_t m = a_in.size(transpose_a ? -1 : -2), k = a_in.size(transpose_a ? -2 : -1);
-  const int64_t n = b_in.size(transpose_b ? -2 : -1);
+  const int64_t m = out.size(-2), n = out.size(-1), k = a_in.size(transpose_a ? -2 : -1);
   const Shape batch_a(a_in.shape().begin(), a_in.shape().end() - 2);
   const Shape batch_b(b_in.shape().begin(), b_in.shape().end() - 2);
-  const Shape batch = broadcast_shapes(batch_a, batch_b, "matmul");
-  Shape out_shape = batch;
-  out_shape.push_back(m);
-  out_shape.push_back(n);
-  Tensor out = Tensor::empty(out_shape, dtype, device);
-  if (out.numel() == 0) return out;
-  if (k == 0) {
+  const Shape batch(out.shape().begin(), out.shape().end() - 2);
+  if (out.numel() == 0) return;
+  if (k == 0) {  // cuBLASLt takes no empty inner dimension
     fill(out, 0.0);
-    return out;
+    return;
   }
 
   // [..., M, K] x [K, N]: fold the batch into M when a's rows line up as one matrix.
@@ -274,7 +269,7 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
       const Tensor b2 = readable(b_in);
       GemmOperand out2{out.raw_data(), shape_numel(batch_a) * m, n, n, 1, 0};
       gemm(dtype, operand_of(a2, false), operand_of(b2, transpose_b), out2, 1, 1.0, 0.0, device.index);
-      return out;
+      return;
     }
   }
 
@@ -323,7 +318,6 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
       index[d] = 0;
     }
   }
-  return out;
 }
 
 }  // namespace lamina::ops::cuda
