@@ -17,6 +17,7 @@
 #endif
 
 #include "tensor/error.h"
+#include "tensor/host_memory.h"
 
 #if LAMINA_WITH_CUDA
 #include "tensor/cuda/allocator.h"
@@ -147,6 +148,8 @@ HostBlockCache& host_cache() {
 
 constexpr bool kUseHostCache = !LAMINA_SYSTEM_ALLOCATOR;
 
+constexpr size_t kMaxStorageBytes = size_t(1) << 60;
+
 // A CUDA device is only reachable with the backend built.
 void check_backend(Device device, const char* what) {
   LAMINA_CHECK(device.is_cpu() || LAMINA_WITH_CUDA, what, ": device ", device.str(),
@@ -194,6 +197,9 @@ void set_host_cache_limit(size_t bytes) {
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   check_backend(device, "Storage::allocate");
+  // Beyond any machine's memory, and past it the size-class arithmetic would overflow.
+  LAMINA_CHECK(bytes <= kMaxStorageBytes, "out of ", device.is_cpu() ? "host" : device.str(), " memory: ",
+               format_bytes(bytes), " (", bytes, " bytes) requested, more than any machine has");
 #if LAMINA_WITH_CUDA
   if (device.is_cuda()) {
     const cuda::DeviceBlock block = cuda::device_allocate(bytes, device.index);
@@ -202,10 +208,23 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     return storage;
   }
 #endif
-  const bool cached = kUseHostCache && bytes >= HostBlockCache::kMinCachedBytes;
-  const size_t capacity = cached ? HostBlockCache::size_class(bytes) : bytes;
+  bool cached = kUseHostCache && bytes >= HostBlockCache::kMinCachedBytes;
+  size_t capacity = cached ? HostBlockCache::size_class(bytes) : bytes;
   void* data = cached ? host_cache().take(capacity) : nullptr;
   if (data == nullptr) {
+    // The system grants a block larger than its free memory (overcommit) and the OOM killer
+    // ends the process when the pages are touched, so a large block is checked first. The
+    // cache's blocks count as used there: give them back before concluding memory is short,
+    // and drop the size class's slack if that is what does not fit.
+    if (!host_memory_fits(capacity)) {
+      host_cache().release_all();
+      if (!host_memory_fits(capacity)) {
+        cached = false;
+        capacity = bytes;
+      }
+      LAMINA_CHECK(host_memory_fits(capacity), host_memory_shortage(capacity, "a tensor"), "; lamina holds ",
+                   format_bytes(uint64_t(host_counters().live.load())), " in tensors");
+    }
     host_counters().fresh_blocks.fetch_add(1);
     data = host_allocate(capacity);
   }
@@ -213,8 +232,8 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
     host_cache().release_all();
     data = host_allocate(capacity);
   }
-  LAMINA_CHECK(data != nullptr, "out of host memory: could not allocate ", bytes, " bytes (",
-               host_counters().live.load(), " bytes live)");
+  LAMINA_CHECK(data != nullptr, "out of host memory: could not allocate ", format_bytes(bytes), " (", bytes,
+               " bytes; lamina holds ", format_bytes(uint64_t(host_counters().live.load())), " in tensors)");
   host_counters().on_allocate(int64_t(bytes), int64_t(capacity));
   auto storage = std::shared_ptr<Storage>(new Storage(data, bytes, device, nullptr));
   storage->capacity_ = capacity;
@@ -236,7 +255,9 @@ Storage::~Storage() {
   }
 #endif
   host_counters().on_free(int64_t(bytes_), int64_t(capacity_));
-  const bool cacheable = kUseHostCache && capacity_ >= HostBlockCache::kMinCachedBytes;
+  // An exact-size block (allocated when memory was short) is no size class: it is not kept.
+  const bool cacheable = kUseHostCache && capacity_ >= HostBlockCache::kMinCachedBytes &&
+                         HostBlockCache::size_class(capacity_) == capacity_;
   if (!cacheable || !host_cache().give(data_, capacity_)) host_free(data_);
 }
 

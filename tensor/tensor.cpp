@@ -33,9 +33,19 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (int64_t size : shape) LAMINA_CHECK(size >= 0, "empty: negative size in shape ", shape);
-  const size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
-  return Tensor(Storage::allocate(bytes, device), shape, contiguous_strides(shape), 0, dtype);
+  uint64_t bytes = dtype_size(dtype);
+  for (int64_t size : shape) {
+    LAMINA_CHECK(size >= 0, "empty: negative size in shape ", shape);
+    const bool overflow = __builtin_mul_overflow(bytes, uint64_t(size), &bytes) || bytes > uint64_t(INT64_MAX);
+    LAMINA_CHECK(!overflow, "empty: shape ", shape, " of ", dtype_name(dtype), " needs more than 2^63 bytes");
+  }
+  std::shared_ptr<Storage> storage;
+  try {
+    storage = Storage::allocate(size_t(bytes), device);
+  } catch (const Error& error) {  // the allocator knows the sizes, not what the memory was for
+    throw Error(str_cat(error.what(), " (for a tensor of shape ", shape, ", ", dtype_name(dtype), ")"));
+  }
+  return Tensor(std::move(storage), shape, contiguous_strides(shape), 0, dtype);
 }
 
 Tensor Tensor::scalar(double value, DType dtype) { return from_vector(std::vector<double>{value}, {}, dtype); }

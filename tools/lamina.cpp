@@ -3,7 +3,9 @@
 // Exit status: 0 success, 1 a failure while running (any lamina::Error or other exception),
 // 2 a usage mistake (unknown subcommand or flag, missing value).
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -82,6 +84,12 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const lamina::Error& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  } catch (const std::bad_alloc& error) {
+    // lamina's operator new says what it could not allocate; a bare std::bad_alloc (from
+    // elsewhere) only says "std::bad_alloc".
+    const bool described = std::strstr(error.what(), "memory") != nullptr;
+    std::fprintf(stderr, "error: %s%s%s\n", described ? "" : "out of memory (", error.what(), described ? "" : ")");
     return 1;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "error: %s\n", error.what());

@@ -13,6 +13,7 @@
 #include "models/io/safetensors.h"
 #include "models/io/safetensors_dtypes.h"
 #include "tensor/io/json.h"
+#include "tensor/io/regular_file.h"
 
 namespace lamina::safetensors {
 
@@ -21,8 +22,7 @@ namespace lamina::safetensors {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
-    LAMINA_CHECK(fd >= 0, "safetensors: cannot open ", path, ": ", std::strerror(errno));
+    const int fd = io::open_regular_file(path, "safetensors");
     struct stat status {};
     if (::fstat(fd, &status) != 0) {
       ::close(fd);
@@ -107,19 +107,19 @@ File File::open(const std::string& path) {
     }
     TensorInfo info;
     info.name = name;
-    info.file_dtype = entry.at("dtype").as_string(where + " dtype");
+    info.file_dtype = entry.at("dtype", where).as_string(where + " dtype");
     const FileDType* dtype = lookup(info.file_dtype);
     LAMINA_CHECK(dtype != nullptr, where, " has dtype ", info.file_dtype,
                  ", which lamina does not read (F32, F64, BF16, F16, I64, I32, I8, U8, BOOL)");
     info.dtype = dtype->dtype;
     uint64_t count = 1;
-    for (const json::Value& size : entry.at("shape").as_array(where + " shape")) {
+    for (const json::Value& size : entry.at("shape", where).as_array(where + " shape")) {
       const int64_t dim = size.as_int64(where + " shape");
       LAMINA_CHECK(dim >= 0, where, " has a negative size in its shape");
       info.shape.push_back(dim);
       count = checked_product(count, uint64_t(dim), where);
     }
-    const json::Array& offsets = entry.at("data_offsets").as_array(where + " data_offsets");
+    const json::Array& offsets = entry.at("data_offsets", where).as_array(where + " data_offsets");
     LAMINA_CHECK(offsets.size() == 2, where, ": data_offsets must be [begin, end]");
     const int64_t begin = offsets[0].as_int64(where + " data_offsets"), end = offsets[1].as_int64(where + " data_offsets");
     LAMINA_CHECK(begin >= 0 && end >= begin, where, ": invalid data_offsets [", begin, ", ", end, "]");
@@ -158,6 +158,13 @@ Tensor File::read(const std::string& name) const {
   LAMINA_CHECK(info != nullptr, "safetensors: ", path_, " has no tensor '", name, "'");
   uint8_t* bytes = mapping_->mutable_bytes() + data_start_ + info->begin;
   const size_t size = size_t(info->end - info->begin);
+  if (info->file_dtype == "BOOL") {  // loading a bool that holds anything but 0 or 1 is undefined behaviour
+    const uint8_t* invalid = std::find_if(bytes, bytes + size, [](uint8_t byte) { return byte > 1; });
+    const int64_t element = invalid - bytes;
+    LAMINA_CHECK(invalid == bytes + size, "safetensors: ", path_, ": tensor '", name, "' (BOOL) holds the byte ",
+                 int(*invalid), " at element ", element, " (file offset ", data_start_ + info->begin + uint64_t(element),
+                 "); a BOOL must be 0 or 1");
+  }
   if (info->file_dtype == "I8") {  // widened to i32
     std::vector<int64_t> values(size);
     for (size_t i = 0; i < size; ++i) values[i] = int8_t(bytes[i]);
@@ -185,7 +192,8 @@ Checkpoint Checkpoint::open(const std::string& directory) {
   std::map<std::string, std::string> expected_shard;  // tensor -> shard per the index
   if (fs::exists(index_path)) {
     const json::Value index = json::parse_file(index_path.string());
-    for (const auto& [name, shard] : index.at("weight_map").as_object(index_path.string() + ": weight_map")) {
+    const std::string weight_map = index_path.string() + ": weight_map";
+    for (const auto& [name, shard] : index.at("weight_map", index_path.string()).as_object(weight_map)) {
       const std::string& file = shard.as_string(str_cat(index_path.string(), ": weight_map.", name));
       LAMINA_CHECK(file.find('/') == std::string::npos, index_path.string(), ": shard '", file,
                    "' is not a file name in the checkpoint folder");
@@ -198,6 +206,8 @@ Checkpoint Checkpoint::open(const std::string& directory) {
     throw Error(str_cat("checkpoint: ", directory, " has neither model.safetensors nor model.safetensors.index.json"));
   }
   for (const std::string& shard : shard_names) {
+    LAMINA_CHECK(expected_shard.empty() || fs::exists(dir / shard), "checkpoint: ", index_path.string(),
+                 " lists the shard ", shard, ", which is not in the folder");
     checkpoint.files_.push_back(File::open((dir / shard).string()));
     const File& file = checkpoint.files_.back();
     for (const TensorInfo& info : file.tensors()) {

@@ -37,20 +37,42 @@ void read_rope(const json::Value& config, const std::string& source, LlamaConfig
   if (const json::Value* theta = config.find("rope_theta")) out.rope_theta = theta->as_double(source + ": rope_theta");
   if (block == nullptr || block->is_null()) return;
   const std::string where = source + ": " + block_name;
+  block->as_object(where);  // a string or number here is the user's mistake, named as such
   if (const json::Value* theta = block->find("rope_theta")) out.rope_theta = theta->as_double(where + ".rope_theta");
-  const json::Value* type = block->find("rope_type");
-  if (type == nullptr) type = block->find("type");
-  const std::string kind = type == nullptr ? "default" : type->as_string(where + ".rope_type");
+  std::string type_key = "rope_type";
+  const json::Value* type = block->find(type_key);
+  if (type == nullptr) type = block->find(type_key = "type");
+  const std::string kind = type == nullptr ? "default" : type->as_string(where + "." + type_key);
   if (kind == "default") return;
   LAMINA_CHECK(kind == "llama3", where, ": RoPE type \"", kind,
                "\" is not supported (lamina implements the default and \"llama3\" scalings)");
   Llama3RopeScaling scaling;
-  scaling.factor = block->at("factor").as_double(where + ".factor");
+  scaling.factor = block->at("factor", where).as_double(where + ".factor");
   if (const json::Value* v = block->find("low_freq_factor")) scaling.low_freq_factor = v->as_double(where + ".low_freq_factor");
   if (const json::Value* v = block->find("high_freq_factor")) scaling.high_freq_factor = v->as_double(where + ".high_freq_factor");
   if (const json::Value* v = block->find("original_max_position_embeddings"))
     scaling.original_max_position = v->as_int64(where + ".original_max_position_embeddings");
+  const bool valid = std::isfinite(scaling.factor) && scaling.factor > 0 && scaling.low_freq_factor > 0 &&
+                     std::isfinite(scaling.high_freq_factor) && scaling.high_freq_factor > scaling.low_freq_factor &&
+                     scaling.original_max_position > 0;
+  LAMINA_CHECK(valid, where, ": invalid llama3 scaling (factor ", scaling.factor, ", low_freq_factor ",
+               scaling.low_freq_factor, ", high_freq_factor ", scaling.high_freq_factor,
+               ", original_max_position_embeddings ", scaling.original_max_position,
+               "): the factors must be positive with high_freq_factor > low_freq_factor");
   out.rope_scaling = scaling;
+}
+
+// a * b, or an error naming `what` when the product leaves int64.
+int64_t checked_multiply(int64_t a, int64_t b, const char* what) {
+  int64_t product = 0;
+  LAMINA_CHECK(!__builtin_mul_overflow(a, b, &product), what, " overflows 64 bits (", a, " x ", b, ")");
+  return product;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const char* what) {
+  int64_t sum = 0;
+  LAMINA_CHECK(!__builtin_add_overflow(a, b, &sum), what, " overflows 64 bits");
+  return sum;
 }
 
 }  // namespace
@@ -105,15 +127,17 @@ LlamaConfig LlamaConfig::from_json(const json::Value& config, const std::string&
   if (const json::Value* v = optional_field("eos_token_id")) {
     out.eos_token_ids.clear();
     if (v->is_array()) {
-      for (const json::Value& id : v->as_array()) out.eos_token_ids.push_back(id.as_int64(where("eos_token_id")));
+      for (const json::Value& id : v->as_array())
+        out.eos_token_ids.push_back(id.as_int64(str_cat(where("eos_token_id"), "[", out.eos_token_ids.size(), "]")));
     } else {
       out.eos_token_ids.push_back(v->as_int64(where("eos_token_id")));
     }
   }
   if (const json::Value* v = optional_field("pad_token_id")) out.pad_token_id = v->as_int64(where("pad_token_id"));
-  const json::Value* dtype = optional_field("dtype");
-  if (dtype == nullptr) dtype = optional_field("torch_dtype");
-  if (dtype != nullptr) out.dtype = dtype_from_torch_name(dtype->as_string(where("torch_dtype")), where("torch_dtype"));
+  const char* dtype_key = "dtype";
+  const json::Value* dtype = optional_field(dtype_key);
+  if (dtype == nullptr) dtype = optional_field(dtype_key = "torch_dtype");
+  if (dtype != nullptr) out.dtype = dtype_from_torch_name(dtype->as_string(where(dtype_key)), where(dtype_key));
   if (const json::Value* v = optional_field("initializer_range")) out.initializer_range = v->as_double(where("initializer_range"));
   try {
     out.validate();
@@ -128,20 +152,38 @@ LlamaConfig LlamaConfig::load(const std::string& config_path) {
 }
 
 void LlamaConfig::validate() const {
-  LAMINA_CHECK(vocab_size > 0 && hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 &&
-                   num_key_value_heads > 0 && head_dim > 0,
-               "sizes must be positive (vocab ", vocab_size, ", hidden ", hidden_size, ", intermediate ",
-               intermediate_size, ", layers ", num_hidden_layers, ", kv heads ", num_key_value_heads, ", head_dim ",
-               head_dim, ")");
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", vocab_size},
+      {"hidden_size", hidden_size},
+      {"intermediate_size", intermediate_size},
+      {"num_hidden_layers", num_hidden_layers},
+      {"num_attention_heads", num_attention_heads},
+      {"num_key_value_heads", num_key_value_heads},
+      {"head_dim", head_dim},
+      {"max_position_embeddings", max_position_embeddings}};
+  for (const auto& [name, size] : sizes) {
+    LAMINA_CHECK(size > 0, name, " must be positive, got ", size);
+    // Far beyond any real model (Llama 3.1 405B: hidden 16384, 126 layers, vocabulary 128256);
+    // their products are checked by parameter_count below.
+    LAMINA_CHECK(size <= kMaxConfigSize, name, " ", size, " is beyond any model lamina can hold (at most ",
+                 kMaxConfigSize, ")");
+  }
   LAMINA_CHECK(num_attention_heads % num_key_value_heads == 0, "num_attention_heads ", num_attention_heads,
                " is not a multiple of num_key_value_heads ", num_key_value_heads);
   LAMINA_CHECK(head_dim % 2 == 0, "head_dim ", head_dim, " must be even for RoPE");
-  LAMINA_CHECK(rms_norm_eps > 0 && rope_theta > 0, "rms_norm_eps and rope_theta must be positive");
-  LAMINA_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive");
+  LAMINA_CHECK(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "rms_norm_eps must be positive and finite, got ",
+               rms_norm_eps);
+  LAMINA_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "rope_theta must be positive and finite, got ", rope_theta);
+  LAMINA_CHECK(std::isfinite(initializer_range) && initializer_range >= 0,
+               "initializer_range must be finite and not negative, got ", initializer_range);
+  parameter_count();  // throws when the sizes multiply past 64 bits
   for (int64_t id : eos_token_ids)
     LAMINA_CHECK(id >= 0 && id < vocab_size, "eos_token_id ", id, " is outside the vocabulary of ", vocab_size);
   LAMINA_CHECK(bos_token_id >= 0 && bos_token_id < vocab_size, "bos_token_id ", bos_token_id,
                " is outside the vocabulary of ", vocab_size);
+  if (pad_token_id)
+    LAMINA_CHECK(*pad_token_id >= 0 && *pad_token_id < vocab_size, "pad_token_id ", *pad_token_id,
+                 " is outside the vocabulary of ", vocab_size);
 }
 
 json::Value LlamaConfig::to_json() const {
@@ -188,9 +230,19 @@ json::Value LlamaConfig::to_json() const {
 }
 
 int64_t LlamaConfig::parameter_count() const {
+  // Every product and sum is checked: validate() calls this before trusting any size.
+  const char* what = "the parameter count of this config";
   const int64_t d = hidden_size, f = intermediate_size;
-  const int64_t per_layer = d * q_dim() + 2 * d * kv_dim() + q_dim() * d + 3 * d * f + 2 * d;
-  return vocab_size * d + num_hidden_layers * per_layer + d + (tie_word_embeddings ? 0 : vocab_size * d);
+  const int64_t q = checked_multiply(num_attention_heads, head_dim, what);
+  const int64_t kv = checked_multiply(num_key_value_heads, head_dim, what);
+  int64_t per_layer = checked_multiply(2, d, what);  // the two norms
+  for (const int64_t matrix : {checked_multiply(d, q, what), checked_multiply(d, kv, what), checked_multiply(d, kv, what),
+                               checked_multiply(q, d, what), checked_multiply(checked_multiply(3, d, what), f, what)})
+    per_layer = checked_add(per_layer, matrix, what);
+  const int64_t embedding = checked_multiply(vocab_size, d, what);
+  int64_t total = checked_add(checked_multiply(num_hidden_layers, per_layer, what), d, what);
+  total = checked_add(total, embedding, what);
+  return tie_word_embeddings ? total : checked_add(total, embedding, what);
 }
 
 }  // namespace lamina::llama

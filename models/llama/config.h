@@ -13,6 +13,9 @@
 
 namespace lamina::llama {
 
+// The largest size validate() accepts for any one dimension or count.
+inline constexpr int64_t kMaxConfigSize = int64_t(1) << 32;
+
 struct LlamaConfig {
   int64_t vocab_size = 128256;
   int64_t hidden_size = 4096;
@@ -36,12 +39,15 @@ struct LlamaConfig {
   static LlamaConfig from_json(const json::Value& config, const std::string& source = "config.json");
   static LlamaConfig load(const std::string& config_path);
   json::Value to_json() const;
-  void validate() const;  // throws on inconsistent sizes
+  // Throws on sizes that are not positive, beyond kMaxConfigSize or inconsistent (heads,
+  // head_dim, token ids), and on a parameter count past 64 bits.
+  void validate() const;
 
   RopeConfig rope() const { return {head_dim, rope_theta, rope_scaling}; }
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
-  // Parameters of LlamaForCausalLM with this config (llama3.md section 2).
+  // Parameters of LlamaForCausalLM with this config (llama3.md section 2); throws when the
+  // count overflows 64 bits.
   int64_t parameter_count() const;
 };
 

@@ -1,12 +1,15 @@
 #include "models/llama/model.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <set>
 
 #include "autograd/autograd.h"
 #include "autograd/checkpoint.h"
 #include "models/io/safetensors.h"
+#include "tensor/host_memory.h"
 #include "tensor/io/atomic_file.h"
 
 namespace lamina::llama {
@@ -23,6 +26,13 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
     LAMINA_CHECK(pad >= 0 && pad < capacity, "KvCache: padding ", pad, " outside the capacity ", capacity);
   // Uninitialised: every slot is written (prompt padding included) before attention reads it.
   const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
+  if (device.is_cpu()) {  // a CUDA device reports its own shortage, with its numbers
+    uint64_t bytes = 2 * dtype_size(dtype);  // keys and values
+    for (const int64_t size : {config.num_hidden_layers, batch, config.num_key_value_heads, capacity, config.head_dim})
+      if (__builtin_mul_overflow(bytes, uint64_t(size), &bytes)) bytes = UINT64_MAX;
+    check_host_memory(bytes, str_cat("a KV cache of ", config.num_hidden_layers, " layers x 2 x ", shape, " ",
+                                     dtype_name(dtype), " (batch ", batch, ", capacity ", capacity, " tokens)"));
+  }
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
     keys_.push_back(Tensor::empty(shape, dtype, device));
     values_.push_back(Tensor::empty(shape, dtype, device));
@@ -150,6 +160,14 @@ LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::Paramete
     : config_(std::move(config)), dtype_(dtype) {
   config_.validate();
   LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM: parameters must be floating, got ", dtype_name(dtype));
+  // Each parameter is a separate allocation, most of them too small to be refused one by one:
+  // without this a config of a million layers fills memory until the OOM killer ends it.
+  const int64_t parameters = config_.parameter_count();
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(uint64_t(parameters), uint64_t(dtype_size(dtype)), &bytes)) bytes = UINT64_MAX;
+  check_host_memory(bytes, str_cat("a Llama model of ", parameters, " parameters in ", dtype_name(dtype), " (",
+                                   config_.num_hidden_layers, " layers, hidden size ", config_.hidden_size,
+                                   ", vocabulary ", config_.vocab_size, ")"));
   model = register_module("model", std::make_shared<LlamaModel>(config_, dtype, init));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, dtype, init));
@@ -206,30 +224,86 @@ void LlamaForCausalLM::init_parameters(Generator& generator) {
   }
 }
 
+void LlamaForCausalLM::for_each_parameter_shape(const LlamaConfig& config,
+                                                const std::function<void(const std::string&, const Shape&)>& visit) {
+  const int64_t d = config.hidden_size;
+  visit("model.embed_tokens.weight", {config.vocab_size, d});
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    visit(prefix + "self_attn.q_proj.weight", {config.q_dim(), d});
+    visit(prefix + "self_attn.k_proj.weight", {config.kv_dim(), d});
+    visit(prefix + "self_attn.v_proj.weight", {config.kv_dim(), d});
+    visit(prefix + "self_attn.o_proj.weight", {d, config.q_dim()});
+    visit(prefix + "mlp.gate_proj.weight", {config.intermediate_size, d});
+    visit(prefix + "mlp.up_proj.weight", {config.intermediate_size, d});
+    visit(prefix + "mlp.down_proj.weight", {d, config.intermediate_size});
+    visit(prefix + "input_layernorm.weight", {d});
+    visit(prefix + "post_attention_layernorm.weight", {d});
+  }
+  visit("model.norm.weight", {d});
+  if (!config.tie_word_embeddings) visit("lm_head.weight", {config.vocab_size, d});
+}
+
+namespace {
+
+// How many decoder layers the checkpoint's tensor names reach ("model.layers.N." for N below it).
+int64_t layers_in_checkpoint(const safetensors::Checkpoint& checkpoint) {
+  int64_t layers = 0;
+  const std::string prefix = "model.layers.";
+  for (const std::string& name : checkpoint.names()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const int64_t index = std::strtoll(name.c_str() + prefix.size(), nullptr, 10);
+    if (index >= 0 && index < kMaxConfigSize) layers = std::max(layers, index + 1);
+  }
+  return layers;
+}
+
+// The checkpoint's tensor list (names, shapes, dtypes) against the config, from the headers
+// alone, before anything is allocated. The walk stops at the first missing tensor, so a config
+// that claims a million layers costs no more than the checkpoint's own tensors.
+void check_checkpoint(const LlamaConfig& config, const safetensors::Checkpoint& checkpoint, const std::string& directory) {
+  std::set<std::string> expected;
+  LlamaForCausalLM::for_each_parameter_shape(config, [&](const std::string& name, const Shape& shape) {
+    if (!checkpoint.contains(name)) {
+      std::string hint;
+      if (name == "lm_head.weight") {
+        hint = " (and config.json says tie_word_embeddings is false)";
+      } else if (name.rfind("model.layers.", 0) == 0) {
+        hint = str_cat(" (config.json says num_hidden_layers is ", config.num_hidden_layers,
+                       "; the checkpoint's tensors name ", layers_in_checkpoint(checkpoint), " layers)");
+      }
+      throw Error(str_cat("load: ", directory, " has no tensor '", name, "'", hint));
+    }
+    const safetensors::TensorInfo& info = checkpoint.info(name);
+    LAMINA_CHECK(info.shape == shape, "load: tensor '", name, "' in ", directory, " has shape ", info.shape,
+                 " but the config needs ", shape);
+    LAMINA_CHECK(is_floating(info.dtype), "load: tensor '", name, "' in ", directory, " has dtype ", info.file_dtype,
+                 ", expected a floating dtype");
+    expected.insert(name);
+  });
+  for (const std::string& name : checkpoint.names()) {
+    if (expected.count(name) != 0) continue;
+    const bool rotary_buffer = name.find("rotary_emb.inv_freq") != std::string::npos;  // old HF files
+    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;     // ignored when tied, like HF
+    LAMINA_CHECK(rotary_buffer || tied_head, "load: ", directory, " has a tensor '", name,
+                 "' that this Llama config has no parameter for",
+                 name.rfind("model.layers.", 0) == 0
+                     ? str_cat(" (config.json says num_hidden_layers is ", config.num_hidden_layers, ")")
+                     : std::string());
+  }
+}
+
+}  // namespace
+
 std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& directory, DType dtype) {
   namespace fs = std::filesystem;
   const LlamaConfig config = LlamaConfig::load((fs::path(directory) / "config.json").string());
   const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(directory);
+  check_checkpoint(config, checkpoint, directory);
   auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
-  std::vector<std::string> used;
   for (const auto& [name, parameter] : model->named_parameters()) {
-    LAMINA_CHECK(checkpoint.contains(name), "load: ", directory, " has no tensor '", name, "'",
-                 name == "lm_head.weight" ? " (and config.json says tie_word_embeddings is false)" : "");
-    const safetensors::TensorInfo& info = checkpoint.info(name);
-    LAMINA_CHECK(info.shape == parameter.shape(), "load: tensor '", name, "' in ", directory, " has shape ", info.shape,
-                 " but the config needs ", parameter.shape());
-    LAMINA_CHECK(is_floating(info.dtype), "load: tensor '", name, "' has dtype ", info.file_dtype,
-                 ", expected a floating dtype");
     const Tensor stored = checkpoint.read(name);
     parameter.set_data(stored.dtype() == dtype ? stored : ops::cast(stored, dtype));
-    used.push_back(name);
-  }
-  for (const std::string& name : checkpoint.names()) {
-    if (std::find(used.begin(), used.end(), name) != used.end()) continue;
-    const bool rotary_buffer = name.find("rotary_emb.inv_freq") != std::string::npos;  // old HF files
-    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;     // ignored when tied, like HF
-    LAMINA_CHECK(rotary_buffer || tied_head, "load: ", directory, " has a tensor '", name,
-                 "' that this Llama config has no parameter for");
   }
   return model;
 }

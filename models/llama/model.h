@@ -7,6 +7,7 @@
 //   logits = lm_head(norm(h))      (lm_head is embed's matrix when tie_word_embeddings)
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -100,6 +101,7 @@ struct ForwardOptions {
 
 class LlamaForCausalLM : public nn::Module {
  public:
+  // Throws before allocating when the parameters cannot fit in the host's memory.
   explicit LlamaForCausalLM(LlamaConfig config, DType dtype = DType::f32,
                             nn::ParameterInit init = nn::ParameterInit::zeros);
 
@@ -107,8 +109,13 @@ class LlamaForCausalLM : public nn::Module {
   Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) const;
 
   // Loads config.json and the weights of a Hugging Face folder, converting to `dtype`; weights
-  // already in `dtype` stay mapped from the file. Missing, extra or misshapen tensors are errors.
+  // already in `dtype` stay mapped from the file. Missing, extra or misshapen tensors are errors,
+  // found from the checkpoint's headers before the model is built.
   static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, DType dtype = DType::f32);
+  // Calls visit(name, shape) for every parameter a model of `config` has, in named_parameters()
+  // order, without building it: how load checks a checkpoint before allocating anything.
+  static void for_each_parameter_shape(const LlamaConfig& config,
+                                       const std::function<void(const std::string&, const Shape&)>& visit);
   // Writes config.json and model.safetensors (sharded above max_shard_bytes) in HF layout,
   // saving the weights in `dtype` (default: the model's own).
   void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,

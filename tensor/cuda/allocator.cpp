@@ -3,13 +3,13 @@
 
 #include <array>
 #include <atomic>
-#include <cstdio>
 #include <map>
 #include <mutex>
 #include <vector>
 
 #include "tensor/cuda/runtime.h"
 #include "tensor/error.h"
+#include "tensor/host_memory.h"
 
 namespace lamina::cuda {
 namespace {
@@ -17,18 +17,6 @@ namespace {
 constexpr size_t kSmallStep = 512;  // classes below 1 MiB
 constexpr size_t kLargeThreshold = size_t(1) << 20;
 constexpr int kMaxDevices = 64;
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int unit = 0;
-  while (bytes >= 1024.0 && unit < 4) {
-    bytes /= 1024.0;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, "%.2f %s", bytes, units[unit]);
-  return text;
-}
 
 class DeviceCache {
  public:
@@ -116,17 +104,21 @@ class DeviceCache {
         size_t free_bytes = 0, total_bytes = 0;
         const bool have_info = cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess;
         cudaGetLastError();
-        throw Error(str_cat("CUDA out of memory on cuda:", device, ": requested ", human_bytes(double(bytes)), " (",
-                            bytes, " bytes, size class ", capacity, "); lamina holds ", human_bytes(double(reserved_)),
-                            " (", reserved_, " bytes: ", human_bytes(double(stats_.live_bytes)), " live in ",
-                            live_blocks_, " tensors, ", human_bytes(double(released)),
+        throw Error(str_cat("CUDA out of memory on cuda:", device, ": requested ", format_bytes(uint64_t(bytes)), " (",
+                            bytes, " bytes, size class ", capacity, "); lamina holds ", format_bytes(uint64_t(reserved_)),
+                            " (", reserved_, " bytes: ", format_bytes(uint64_t(stats_.live_bytes)), " live in ",
+                            live_blocks_, " tensors, ", format_bytes(uint64_t(released)),
                             " of cached blocks released before retrying)",
-                            have_info ? str_cat("; the device has ", human_bytes(double(free_bytes)), " free of ",
-                                                human_bytes(double(total_bytes)))
+                            have_info ? str_cat("; the device has ", format_bytes(uint64_t(free_bytes)), " free of ",
+                                                format_bytes(uint64_t(total_bytes)))
                                       : std::string()));
       }
     }
-    LAMINA_CUDA_CHECK(status);
+    if (status != cudaSuccess) {  // not a shortage: a broken device or context, named with the request
+      cudaGetLastError();
+      throw Error(str_cat("CUDA error on cuda:", device, " while allocating ", format_bytes(bytes), " (", bytes,
+                          " bytes): ", cudaGetErrorString(status)));
+    }
     return data;
   }
 
@@ -152,6 +144,9 @@ DeviceCache& cache_of(int device) {
 }  // namespace
 
 size_t device_size_class(size_t bytes) {
+  // Past 2^62 the doubling below would overflow; no device has that much memory anyway.
+  LAMINA_CHECK(bytes <= size_t(1) << 62, "CUDA out of memory: ", format_bytes(bytes), " (", bytes,
+               " bytes) requested, more than any device has");
   if (bytes < kLargeThreshold) return std::max(kSmallStep, (bytes + kSmallStep - 1) / kSmallStep * kSmallStep);
   size_t top = kLargeThreshold;
   while (top < bytes) top <<= 1;

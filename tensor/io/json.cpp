@@ -3,11 +3,10 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <unordered_set>
 
 #include "tensor/error.h"
+#include "tensor/io/regular_file.h"
 
 namespace lamina::json {
 namespace {
@@ -390,15 +389,15 @@ Object& Value::as_object(std::string_view what) {
   return std::get<Object>(data_);
 }
 
-const Value* Value::find(std::string_view key) const {
-  for (const Member& member : as_object())
+const Value* Value::find(std::string_view key, std::string_view what) const {
+  for (const Member& member : as_object(what))
     if (member.first == key) return &member.second;
   return nullptr;
 }
 
-const Value& Value::at(std::string_view key) const {
-  const Value* value = find(key);
-  LAMINA_CHECK(value != nullptr, "json: missing key \"", key, "\"");
+const Value& Value::at(std::string_view key, std::string_view what) const {
+  const Value* value = find(key, what);
+  LAMINA_CHECK(value != nullptr, what, ": missing key \"", key, "\"");
   return *value;
 }
 
@@ -459,15 +458,7 @@ std::string Value::dump(int indent) const {
 
 Value parse(std::string_view text, std::string_view source) { return Parser(text, source).parse_document(); }
 
-Value parse_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  LAMINA_CHECK(file.good(), "json: cannot open ", path);
-  std::ostringstream contents;
-  contents << file.rdbuf();
-  LAMINA_CHECK(!file.bad(), "json: error reading ", path);
-  const std::string text = contents.str();
-  return parse(text, path);
-}
+Value parse_file(const std::string& path) { return parse(io::read_regular_file(path, "json"), path); }
 
 std::string quote(std::string_view text) {
   LAMINA_CHECK(valid_utf8(text), "json: cannot write a string that is not valid UTF-8");

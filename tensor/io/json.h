@@ -63,9 +63,12 @@ class Value {
   Array& as_array(std::string_view what = "value");
   Object& as_object(std::string_view what = "value");
 
-  // Object members: find returns nullptr when absent; at throws naming the key.
-  const Value* find(std::string_view key) const;
-  const Value& at(std::string_view key) const;
+  // Object members: find returns nullptr when absent; at throws naming the key. `what` names
+  // this value in errors, as a path into the user's file (e.g. "config.json: rope_scaling"):
+  // "config.json: rope_scaling: missing key \"factor\"", or "...: expected an object, got string"
+  // when the value is no object.
+  const Value* find(std::string_view key, std::string_view what = "value") const;
+  const Value& at(std::string_view key, std::string_view what = "json") const;
   // Appends (or replaces) a member of an object.
   Value& set(std::string key, Value value);
 
@@ -78,7 +81,8 @@ class Value {
 
 // Parses one JSON value (surrounding whitespace allowed). `source` names the text in errors.
 Value parse(std::string_view text, std::string_view source = "<json>");
-// Reads and parses a whole file.
+// Reads and parses a whole file; errors name the file (and line:column). Anything but a
+// regular file (a FIFO, a directory, a device) is refused before it is read.
 Value parse_file(const std::string& path);
 // JSON string literal for `text` (quotes included); text must be valid UTF-8.
 std::string quote(std::string_view text);

@@ -102,6 +102,42 @@ TEST_CASE("config.json errors name the field") {
   CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "torch_dtype": "int8"})"), doctest::Contains("unsupported dtype \"int8\""), Error);
   CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "hidden_size": "64"})"), doctest::Contains("duplicate key"), Error);
   CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "eos_token_id": 100})"), doctest::Contains("eos_token_id 100 is outside"), Error);
+  // Malformed blocks name the file and the field, not just "value".
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "rope_scaling": "llama3"})"),
+                       doctest::Contains("cfg.json: rope_scaling: expected an object, got string"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "rope_parameters": [8.0]})"),
+                       doctest::Contains("cfg.json: rope_parameters: expected an object, got array"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "rope_scaling": {"rope_type": "llama3"}})"),
+                       doctest::Contains("cfg.json: rope_scaling: missing key \"factor\""), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "rope_scaling": {"type": 3}})"),
+                       doctest::Contains("cfg.json: rope_scaling.type: expected a string, got number"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8, "low_freq_factor": 4, "high_freq_factor": 1}})"),
+                       doctest::Contains("cfg.json: rope_scaling: invalid llama3 scaling"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "dtype": 16})"), doctest::Contains("cfg.json: dtype: expected a string"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "eos_token_id": [2, "3"]})"),
+                       doctest::Contains("cfg.json: eos_token_id[1]: expected an integer, got string"), Error);
+  CHECK_THROWS_WITH_AS(parse("{" + base + R"(, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 100})"), doctest::Contains("pad_token_id 100 is outside"), Error);
+}
+
+TEST_CASE("config.json sizes are bounded: positive, within reach, with no overflow on the way") {
+  auto parse = [](const std::string& fields) {
+    const std::string base = R"("hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100)";
+    return llama::LlamaConfig::from_json(json::parse("{" + base + ", " + fields + "}"), "cfg.json");
+  };
+  CHECK_THROWS_WITH_AS(parse(R"("max_position_embeddings": 0)"),
+                       doctest::Contains("cfg.json: max_position_embeddings must be positive, got 0"), Error);
+  CHECK_THROWS_WITH_AS(parse(R"("num_key_value_heads": -2)"), doctest::Contains("num_key_value_heads must be positive"), Error);
+  CHECK_THROWS_WITH_AS(parse(R"("head_dim": 9007199254740992)"),
+                       doctest::Contains("cfg.json: head_dim 9007199254740992 is beyond any model lamina can hold"), Error);
+  CHECK_THROWS_WITH_AS(parse(R"("rms_norm_eps": 0)"), doctest::Contains("rms_norm_eps must be positive"), Error);
+  // Every size within bounds, but the parameter count past 2^63 (signed overflow before).
+  llama::LlamaConfig config;
+  config.vocab_size = config.hidden_size = config.intermediate_size = config.num_hidden_layers = int64_t(1) << 32;
+  config.num_attention_heads = config.num_key_value_heads = 1;
+  config.head_dim = 2;
+  config.bos_token_id = 0;
+  config.eos_token_ids = {1};
+  CHECK_THROWS_WITH_AS(config.validate(), doctest::Contains("the parameter count of this config overflows 64 bits"), Error);
 }
 
 TEST_CASE("stories260k: greedy decoding from BOS reproduces the reference") {

@@ -4,6 +4,7 @@
 #include "helpers.h"
 #include "models/io/safetensors.h"
 #include "tensor/io/json.h"
+#include <sys/stat.h>
 #include <unistd.h>
 
 using namespace lamina;
@@ -131,6 +132,9 @@ TEST_CASE("malformed files give clear errors naming the file and the problem") {
       {"metadata not strings", raw_file(R"({"__metadata__":{"format":1}})", 0), "__metadata__.format: expected a string"},
       {"negative size", raw_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,0]}})", 0), "negative size"},
       {"overflowing shape", raw_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0), "overflows 64 bits"},
+      {"entry not an object", raw_file(R"({"w":"F32"})", 0), "bad.safetensors: tensor 'w': expected an object, got string"},
+      {"entry without dtype", raw_file(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8),
+       "bad.safetensors: tensor 'w': missing key \"dtype\""},
   };
   for (const Case& c : cases) {
     CAPTURE(c.what);
@@ -139,6 +143,39 @@ TEST_CASE("malformed files give clear errors naming the file and the problem") {
     CHECK_THROWS_WITH_AS(safetensors::File::open(path), doctest::Contains(c.message), Error);
   }
   CHECK_THROWS_WITH_AS(safetensors::File::open(dir.file("missing.safetensors")), doctest::Contains("cannot open"), Error);
+}
+
+TEST_CASE("BOOL tensors must hold 0 or 1: another byte is an error naming the tensor and its offset") {
+  ScratchDir dir("st-bool");
+  const std::string header = R"({"flags":{"dtype":"BOOL","shape":[2,2],"data_offsets":[0,4]}})";
+  const std::string path = dir.file("flags.safetensors");
+  write_bytes(path, raw_file(header, 0) + std::string("\x01\x00\x01\x00", 4));
+  CHECK(safetensors::File::open(path).read("flags").to_vector<int64_t>() == std::vector<int64_t>{1, 0, 1, 0});
+  // Loading 0x05 as a bool is undefined behaviour (UBSan flags it): refused before any load.
+  write_bytes(path, raw_file(header, 0) + std::string("\x01\x00\x05\x01", 4));
+  const std::string expected = "tensor 'flags' (BOOL) holds the byte 5 at element 2 (file offset " +
+                               std::to_string(8 + header.size() + 2) + "); a BOOL must be 0 or 1";
+  CHECK_THROWS_WITH_AS(safetensors::File::open(path).read("flags"), doctest::Contains(expected.c_str()), Error);
+}
+
+TEST_CASE("a FIFO, a directory or a device in place of a safetensors file is refused, never waited on") {
+  ScratchDir dir("st-fifo");
+  const std::string fifo = dir.file("model.safetensors");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Opening a FIFO for reading blocks until a writer appears: without the check this hangs.
+  CHECK_THROWS_WITH_AS(safetensors::File::open(fifo), doctest::Contains("model.safetensors is a FIFO (named pipe), not a regular file"),
+                       Error);
+  CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(dir.path.string()), doctest::Contains("is a FIFO (named pipe)"), Error);
+  fs::remove(fifo);
+  fs::create_directory(fifo);
+  CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(dir.path.string()), doctest::Contains("model.safetensors is a directory, not a regular file"),
+                       Error);
+  CHECK_THROWS_WITH_AS(safetensors::File::open("/dev/zero"), doctest::Contains("/dev/zero is a character device"), Error);
+  // The index of a sharded checkpoint goes through the JSON reader, which refuses it the same way.
+  fs::remove(fifo);
+  const std::string index = dir.file("model.safetensors.index.json");
+  REQUIRE(::mkfifo(index.c_str(), 0600) == 0);
+  CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(dir.path.string()), doctest::Contains("index.json is a FIFO"), Error);
 }
 
 TEST_CASE("a failed save leaves the previous file intact and no temporary behind") {
@@ -183,6 +220,13 @@ TEST_CASE("checkpoint folders: single file, shards with an index, and index erro
               R"({"weight_map":{"x":"a.safetensors","y":"a.safetensors"}})");
   CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(broken.path.string()),
                        doctest::Contains("lists tensor 'y' in a.safetensors but that file does not contain it"), Error);
+  write_bytes((broken.path / "model.safetensors.index.json").string(),
+              R"({"weight_map":{"x":"a.safetensors","y":"b.safetensors"}})");
+  CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(broken.path.string()),
+                       doctest::Contains("index.json lists the shard b.safetensors, which is not in the folder"), Error);
+  write_bytes((broken.path / "model.safetensors.index.json").string(), R"({"metadata":{}})");
+  CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(broken.path.string()),
+                       doctest::Contains("model.safetensors.index.json: missing key \"weight_map\""), Error);
   ScratchDir empty("st-empty");
   CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(empty.path.string()), doctest::Contains("has neither model.safetensors"), Error);
 }

@@ -1,5 +1,9 @@
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include "helpers.h"
 #include "tensor/io/json.h"
@@ -58,6 +62,37 @@ TEST_CASE("json errors name the source, line and column") {
   CHECK(json::parse("1e-999").as_double() == 0.0);
   CHECK_THROWS_WITH_AS(json::parse(std::string(600, '[') + std::string(600, ']')), doctest::Contains("deeper than 512"), Error);
   CHECK(json::parse(std::string(500, '[') + std::string(500, ']')).is_array());
+}
+
+TEST_CASE("json member access names the place in the user's file") {
+  const json::Value config = json::parse(R"({"rope_scaling": "llama3", "block": {"factor": 8}})");
+  CHECK_THROWS_WITH_AS(config.at("rope_scaling").at("factor", "config.json: rope_scaling"),
+                       doctest::Contains("config.json: rope_scaling: expected an object, got string"), Error);
+  CHECK_THROWS_WITH_AS(config.at("rope_scaling").find("factor", "config.json: rope_scaling"),
+                       doctest::Contains("config.json: rope_scaling: expected an object, got string"), Error);
+  CHECK_THROWS_WITH_AS(config.at("block").at("low_freq_factor", "config.json: block"),
+                       doctest::Contains("config.json: block: missing key \"low_freq_factor\""), Error);
+  CHECK(config.at("block", "config.json").at("factor", "config.json: block").as_int64() == 8);
+  CHECK(config.find("absent", "config.json") == nullptr);
+}
+
+TEST_CASE("json files: errors name the file; a FIFO, a directory or a device is refused, never waited on") {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("lamina-test-json-files-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "config.json").string();
+  std::ofstream(file) << "{\n  \"a\": 1,\n  \"b\" 2\n}";
+  const std::string syntax = "json: " + file + ":3:7: expected ':' after object key";
+  CHECK_THROWS_WITH_AS(json::parse_file(file), doctest::Contains(syntax.c_str()), Error);
+  CHECK_THROWS_WITH_AS(json::parse_file((dir / "absent.json").string()),
+                       doctest::Contains("absent.json: No such file or directory"), Error);
+  std::filesystem::remove(file);
+  REQUIRE(::mkfifo(file.c_str(), 0600) == 0);  // opening it for reading would wait for a writer forever
+  const std::string fifo = "json: " + file + " is a FIFO (named pipe), not a regular file";
+  CHECK_THROWS_WITH_AS(json::parse_file(file), doctest::Contains(fifo.c_str()), Error);
+  CHECK_THROWS_WITH_AS(json::parse_file(dir.string()), doctest::Contains(" is a directory, not a regular file"), Error);
+  CHECK_THROWS_WITH_AS(json::parse_file("/dev/zero"), doctest::Contains("/dev/zero is a character device"), Error);
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("json writes what it reads") {

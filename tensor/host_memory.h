@@ -1,0 +1,41 @@
+// How much host memory this process can still get, and the checks that use it.
+//
+// Linux overcommits: mimalloc maps large blocks with MAP_NORESERVE, so a request for more than
+// the machine has succeeds, and the kernel's OOM killer ends the process (with no message) once
+// the pages are touched. So large requests are compared with what the system reports before
+// they are made, and refused with an error while one can still be printed. The same file
+// replaces the global operator new, which under mimalloc aborts on failure instead of throwing
+// std::bad_alloc: with lamina linked, a failed `new` throws a std::bad_alloc whose what() names
+// the size and the memory available.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace lamina {
+
+struct HostMemory {
+  uint64_t total_bytes = 0;      // physical memory plus swap, within this process's cgroup limit
+  uint64_t available_bytes = 0;  // what can still be allocated without the OOM killer stepping in
+};
+
+// Read from /proc/meminfo and the cgroup (v1 or v2) of this process, at the time of the call.
+HostMemory host_memory();
+
+// Requests below this size are never checked: they cannot be what exhausts memory, and the
+// check reads /proc.
+inline constexpr uint64_t kCheckedHostBytes = uint64_t(64) << 20;
+
+// Whether `bytes` more host memory can be allocated now (always true below kCheckedHostBytes).
+bool host_memory_fits(uint64_t bytes);
+
+// "out of host memory: <what> needs 40.00 GiB but only 21.90 GiB of the 23.54 GiB ... are available"
+std::string host_memory_shortage(uint64_t bytes, std::string_view what);
+// Throws lamina::Error with host_memory_shortage(bytes, what) unless host_memory_fits(bytes).
+void check_host_memory(uint64_t bytes, std::string_view what);
+
+// "512 B", "3.50 MiB", "40.00 GiB", "1.20 TiB".
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace lamina
