@@ -6,9 +6,17 @@
 // paragraphs, so that it exercises the same paths as real prose: mostly whole-word vocabulary
 // hits, some words that need BPE merges (cached after their first occurrence). --text FILE
 // measures a file instead. MB/s counts 1e6 input bytes (encode) or output bytes (decode).
+//
+// The pathological cases are texts the pre-tokenizer makes into one huge word (a repeated
+// letter, spaces, punctuation) or into short words that all need merging (random bytes); each
+// reports its speed relative to the English text and the growth of peak RSS while encoding it
+// with the ids streamed to a sink, which shows whether memory stays bounded.
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,6 +24,7 @@
 #include "models/tokenizer/stream_decoder.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/error.h"
+#include "tensor/io/regular_file.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
@@ -109,7 +118,47 @@ std::string multilingual_text(size_t target_bytes) {
   return text;
 }
 
+// One of the pathological texts, `bytes` long.
+std::string pathological_text(const std::string& kind, size_t bytes) {
+  TextRng rng(99);
+  std::string text(bytes, ' ');
+  if (kind == "repeated_letter") std::fill(text.begin(), text.end(), 'a');
+  if (kind == "punctuation") {
+    static const char marks[] = "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~";
+    for (char& c : text) c = marks[rng.below(sizeof marks - 1)];
+  }
+  if (kind == "random_letters") {
+    for (char& c : text) c = char('a' + rng.below(26));
+  }
+  if (kind == "random_bytes") {
+    for (char& c : text) c = char(rng.below(256));
+  }
+  return text;
+}
+
+// A field of /proc/self/status in bytes ("VmRSS", "VmHWM"), or -1 where there is none.
+int64_t status_bytes(const char* field) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  const std::string prefix = std::string(field) + ":";
+  while (std::getline(status, line)) {
+    if (line.compare(0, prefix.size(), prefix) == 0) return std::stoll(line.substr(prefix.size())) * 1024;
+  }
+  return -1;
+}
+
+// How much the peak RSS grows while `body` runs: the kernel's peak is reset first (writing 5
+// to /proc/self/clear_refs) where it allows; elsewhere only growth beyond the earlier peak shows.
+int64_t peak_rss_growth(const std::function<void()>& body) {
+  std::ofstream("/proc/self/clear_refs") << "5";
+  const int64_t before = status_bytes("VmRSS");
+  body();
+  const int64_t peak = status_bytes("VmHWM");
+  return before < 0 || peak < 0 ? -1 : std::max<int64_t>(0, peak - before);
+}
+
 std::string read_file(const std::string& path) {
+  io::check_regular_file(path, "bench tokenizer: --text");
   std::ifstream in(path, std::ios::binary);
   LAMINA_CHECK(in.good(), "bench tokenizer: cannot open --text file ", path);
   std::ostringstream bytes;
@@ -145,16 +194,20 @@ int run_bench_tokenizer(const Arguments& args) {
   const std::string command = "lamina bench tokenizer";
   FlagParser parser(command,
                     "Llama-3 tokenizer speed on one thread: load, encode (word cache warm and cold) and decode of\n"
-                    "generated English text, encode of multilingual text. One JSON line per case.");
+                    "generated English text, encode of multilingual text, and encode of pathological texts (a\n"
+                    "repeated letter, spaces, punctuation, random letters, random bytes) with their peak memory.\n"
+                    "One JSON line per case.");
   parser.add_option("tokenizer", "PATH", "tokenizer.json, or a model directory that holds one (required)");
   parser.add_option("text", "FILE", "encode this file instead of the generated English text");
   parser.add_option("megabytes", "N", "size of the generated texts", "2");
+  parser.add_option("pathological-megabytes", "N", "size of each pathological text (0: skip them)", "4");
   parser.add_switch("quick", "time each case for ~0.05 s instead of ~0.5 s");
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> path = parser.value("tokenizer");
   if (!path) throw UsageError(command + ": --tokenizer is required", "run '" + command + " --help' for its flags");
   const double min_seconds = parser.is_set("quick") ? 0.05 : 0.5;
   const size_t generated_bytes = size_t(parser.int_value("megabytes", 2, 1, 1024)) << 20;
+  const size_t pathological_bytes = size_t(parser.int_value("pathological-megabytes", 4, 0, 1024)) << 20;
 
   std::fprintf(stderr, "bench tokenizer: loading %s\n", path->c_str());
   const auto load_start = std::chrono::steady_clock::now();
@@ -171,6 +224,7 @@ int run_bench_tokenizer(const Arguments& args) {
   // measure() runs once to warm up, so the word cache is warm for every timed run.
   Timing timing = measure([&] { ids = tokenizer.encode(english); }, min_seconds);
   report("encode_english", source, int64_t(english.size()), int64_t(ids.size()), timing, true);
+  const double english_mb_per_s = double(english.size()) / timing.median_seconds / 1e6;
 
   timing = measure([&] {
     tokenizer.clear_cache();
@@ -195,6 +249,39 @@ int run_bench_tokenizer(const Arguments& args) {
   std::fprintf(stderr, "bench tokenizer: encode multilingual (%zu bytes)\n", multilingual.size());
   timing = measure([&] { ids = tokenizer.encode(multilingual); }, min_seconds);
   report("encode_multilingual", "generated multilingual", int64_t(multilingual.size()), int64_t(ids.size()), timing, false);
+  if (pathological_bytes == 0) return 0;
+
+  // Built on the first long word; timed here so that no case below pays for it.
+  const auto tables_start = std::chrono::steady_clock::now();
+  tokenizer.bpe().tables();
+  const double tables_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tables_start).count();
+  JsonLine().add("bench", "tokenizer").add("case", "long_word_tables").add("seconds", tables_seconds).print();
+
+  for (const std::string kind : {"repeated_letter", "spaces", "punctuation", "random_letters", "random_bytes"}) {
+    const std::string text = pathological_text(kind, pathological_bytes);
+    std::fprintf(stderr, "bench tokenizer: encode %s (%zu bytes)\n", kind.c_str(), text.size());
+    int64_t tokens = 0;
+    const auto encode_to_sink = [&] {
+      tokens = 0;
+      tokenizer.encode(text, {}, [&](std::span<const int32_t> batch) { tokens += int64_t(batch.size()); });
+    };
+    const int64_t rss_growth = peak_rss_growth(encode_to_sink);
+    timing = measure(encode_to_sink, min_seconds);
+    const double rate = double(text.size()) / timing.median_seconds / 1e6;
+    JsonLine()
+        .add("bench", "tokenizer")
+        .add("case", "encode_" + kind)
+        .add("threads", 1)
+        .add("stat", "median")
+        .add("runs", timing.runs)
+        .add("seconds", timing.median_seconds)
+        .add("bytes", int64_t(text.size()))
+        .add("tokens", tokens)
+        .add("mb_per_s", rate)
+        .add("english_ratio", rate / english_mb_per_s)
+        .add("peak_rss_growth_bytes", rss_growth)
+        .print();
+  }
   return 0;
 }
 

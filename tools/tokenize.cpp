@@ -2,11 +2,15 @@
 // tokenizer of a tokenizer.json file or of a model directory.
 #include <unistd.h>
 
+#include <cerrno>
 #include <charconv>
 #include <cstdio>
+#include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "models/tokenizer/encode_stream.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/error.h"
 #include "tools/args.h"
@@ -22,6 +26,12 @@ std::string read_all_stdin() {
   while ((count = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) text.append(buffer, count);
   LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input");
   return text;
+}
+
+// A failed write (a full disk, a closed pipe) is an error, not a silently short output.
+void write_stdout(std::string_view bytes) {
+  LAMINA_CHECK(std::fwrite(bytes.data(), 1, bytes.size(), stdout) == bytes.size(), "cannot write standard output: ",
+               std::strerror(errno));
 }
 
 std::string require_option(const FlagParser& parser, const std::string& command, const std::string& name) {
@@ -60,7 +70,9 @@ int run_tokenize(const Arguments& args) {
   const std::string command = "lamina tokenize";
   FlagParser parser(command,
                     "Prints the Llama-3 token ids of a text, space-separated on one line. The text is --text, or\n"
-                    "all of standard input, byte for byte (a trailing newline is part of it).");
+                    "all of standard input, byte for byte (a trailing newline is part of it). Standard input is\n"
+                    "read and encoded piece by piece and ids are printed as they are made, so memory stays\n"
+                    "bounded however large the input.");
   parser.add_option("tokenizer", "PATH", "tokenizer.json, or a model directory that holds one (required)");
   parser.add_option("text", "TEXT", "the text to encode", "standard input");
   parser.add_switch("bos", "prepend <|begin_of_text|>");
@@ -68,16 +80,32 @@ int run_tokenize(const Arguments& args) {
   if (!parser.parse(args)) return 0;
 
   const std::string tokenizer_path = require_option(parser, command, "tokenizer");
-  const std::string text = parser.is_set("text") ? *parser.value("text") : read_all_stdin();
   const tokenizer::Tokenizer tokenizer = tokenizer::Tokenizer::load(tokenizer_path);
-  const std::vector<int32_t> ids =
-      tokenizer.encode(text, {.add_bos = parser.is_set("bos"), .parse_special = parser.is_set("parse-special")});
+  bool first = true;
   std::string line;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (i > 0) line += ' ';
-    line += std::to_string(ids[i]);
+  const auto print_ids = [&](std::span<const int32_t> ids) {
+    line.resize(ids.size() * 12);  // a space and at most 11 characters each
+    char* out = line.data();
+    for (const int32_t id : ids) {
+      if (!first) *out++ = ' ';
+      first = false;
+      out = std::to_chars(out, line.data() + line.size(), id).ptr;
+    }
+    write_stdout(std::string_view(line.data(), size_t(out - line.data())));
+  };
+  tokenizer::EncodeStream stream(tokenizer, {.add_bos = parser.is_set("bos"), .parse_special = parser.is_set("parse-special")},
+                                 print_ids);
+  if (parser.is_set("text")) {
+    stream.push(*parser.value("text"));
+  } else {
+    std::vector<char> buffer(size_t(1) << 16);
+    size_t count;
+    while ((count = std::fread(buffer.data(), 1, buffer.size(), stdin)) > 0) stream.push(std::string_view(buffer.data(), count));
+    LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input: ", std::strerror(errno));
   }
-  std::printf("%s\n", line.c_str());
+  stream.finish();
+  write_stdout("\n");
+  LAMINA_CHECK(std::fflush(stdout) == 0, "cannot write standard output: ", std::strerror(errno));
   return 0;
 }
 

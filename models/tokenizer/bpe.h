@@ -5,19 +5,32 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
+
+#include "models/tokenizer/merge_table.h"
+#include "models/tokenizer/vocab_index.h"
 
 namespace lamina::tokenizer {
 
-// Hashing and equality that accept a std::string_view key (no temporary std::string per lookup).
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+class BpeTables;
+
+// What one run of the merge loop did (for the tables of bpe_tables.h).
+struct MergeTrace {
+  int32_t merges = 0;
+  bool ranks_non_decreasing = true;  // each merge ranked no lower than the one before
+  Merge last{-1, -1};                // the final merge
+  int32_t last_left = -1, last_right = -1;
 };
-using StringIdMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// HF's merge loop (tokenizers' Word::merge_all) on the bytes of `word` (non-empty), appending
+// the resulting ids: apply the lowest-ranked merge, leftmost first, until none applies. O(n log n)
+// time and ~30 bytes of state per byte of the word. This is BPE as the reference defines it;
+// every faster path is tested against it.
+void merge_bytes(std::string_view word, const int32_t (&byte_ids)[256], const MergeTable& merges,
+                 std::vector<int32_t>& ids, MergeTrace* trace = nullptr);
 
 class BpeModel {
  public:
@@ -26,36 +39,43 @@ class BpeModel {
   // `ignore_merges`: a word that is itself a token is emitted whole, before any merging (as
   // HF's BPE option of that name, and tiktoken, do for Llama-3). `source` names the file in
   // errors.
-  BpeModel(StringIdMap vocab, const std::vector<std::pair<std::string, std::string>>& merges,
+  BpeModel(const StringIdMap& vocab, const std::vector<std::pair<std::string, std::string>>& merges,
            bool ignore_merges, std::string_view source);
+  BpeModel(BpeModel&&) noexcept;
+  BpeModel& operator=(BpeModel&&) noexcept;
+  ~BpeModel();
 
-  // Appends the ids of one word (non-empty) to `ids`.
+  // Appends the ids of one word (non-empty) to `ids`: the whole word when ignore_merges and it
+  // is a token, else merge_word.
   void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+  // The merge loop alone (merge_bytes).
+  void merge_word(std::string_view word, std::vector<int32_t>& ids, MergeTrace* trace = nullptr) const {
+    merge_bytes(word, byte_ids_, *merges_, ids, trace);
+  }
 
   // The id of a byte string that is one token, or -1.
-  int32_t find(std::string_view bytes) const {
-    const auto it = vocab_.find(bytes);
-    return it == vocab_.end() ? -1 : it->second;
-  }
+  int32_t find(std::string_view bytes) const { return vocab_->find(bytes); }
+  const Merge* find_merge(int32_t left, int32_t right) const { return merges_->find(left, right); }
+  int32_t byte_id(uint8_t byte) const { return byte_ids_[byte]; }
+  const int32_t (&byte_ids() const)[256] { return byte_ids_; }
+  const std::shared_ptr<const MergeTable>& merges() const { return merges_; }
 
   bool ignore_merges() const { return ignore_merges_; }
-  const StringIdMap& vocab() const { return vocab_; }
+  const VocabIndex& vocab() const { return *vocab_; }
+  const std::shared_ptr<const VocabIndex>& vocab_index() const { return vocab_; }
+
+  // The tables of the long-word encoder (bpe_tables.h), built on first use: they take a
+  // fraction of a second for Llama-3, which text made of short words never needs. Thread-safe.
+  const BpeTables& tables() const;
 
  private:
-  struct Merge {
-    int32_t rank;    // position in the merges list: lower merges first
-    int32_t result;  // id of the joined token
-  };
-  static uint64_t pair_key(int32_t left, int32_t right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
-  const Merge* find_merge(int32_t left, int32_t right) const {
-    const auto it = merges_.find(pair_key(left, right));
-    return it == merges_.end() ? nullptr : &it->second;
-  }
+  struct LazyTables;
 
-  StringIdMap vocab_;
-  std::unordered_map<uint64_t, Merge> merges_;
+  std::shared_ptr<const VocabIndex> vocab_;
+  std::shared_ptr<const MergeTable> merges_;
   int32_t byte_ids_[256];
   bool ignore_merges_;
+  std::unique_ptr<LazyTables> tables_;
 };
 
 }  // namespace lamina::tokenizer

@@ -14,6 +14,8 @@
 // forward pass per word suffices.
 #include "models/tokenizer/pretokenize.h"
 
+#include <algorithm>
+
 #include "models/tokenizer/unicode.h"
 
 namespace lamina::tokenizer {
@@ -25,12 +27,14 @@ struct Char {
   CharClass char_class = CharClass::other;
 };
 
-// Decodes the character at a byte position. Positions are always character boundaries.
+// Decodes the character at a byte position. Positions are always character boundaries. It
+// remembers the furthest position it was asked about: what the scan of a word depended on.
 class Cursor {
  public:
   explicit Cursor(std::string_view text) : text_(text) {}
 
   Char at(size_t pos) const {
+    reach_ = std::max(reach_, pos);
     if (pos >= text_.size()) return {};
     const uint8_t byte = uint8_t(text_[pos]);
     if (byte < 0x80) return {byte, 1, char_class(byte)};
@@ -38,9 +42,11 @@ class Cursor {
     // Invalid bytes classify as U+FFFD would: "other".
     return {c.code_point, c.length, c.status == Utf8Char::ok ? char_class(c.code_point) : CharClass::other};
   }
+  size_t reach() const { return reach_; }
 
  private:
   std::string_view text_;
+  mutable size_t reach_ = 0;
 };
 
 bool is_newline(char32_t cp) { return cp == '\r' || cp == '\n'; }
@@ -55,21 +61,28 @@ char32_t fold(char32_t cp) {
   return cp;
 }
 
-// End of the word starting at `begin` (whose character is `first`).
-size_t match_word(const Cursor& text, size_t begin, const Char& first) {
+// The word starting at `begin` (whose character is `first`).
+WordScan match_word(const Cursor& text, size_t begin, const Char& first) {
   const size_t after_first = begin + first.length;
+  WordScan scan;
+  const auto done = [&](size_t end, WordScan::Kind kind) {
+    scan.end = end;
+    scan.kind = kind;
+    scan.reach = text.reach();
+    return scan;
+  };
 
   // 1: contractions.
   if (first.code_point == '\'') {
     const Char a = text.at(after_first);
     if (a.length != 0) {
       const char32_t fa = fold(a.code_point);
-      if (fa == 's' || fa == 't' || fa == 'm' || fa == 'd') return after_first + a.length;
+      if (fa == 's' || fa == 't' || fa == 'm' || fa == 'd') return done(after_first + a.length, WordScan::short_word);
       const Char b = text.at(after_first + a.length);
       if (b.length != 0) {
         const char32_t fb = fold(b.code_point);
         if ((fa == 'r' && fb == 'e') || (fa == 'v' && fb == 'e') || (fa == 'l' && fb == 'l')) {
-          return after_first + a.length + b.length;
+          return done(after_first + a.length + b.length, WordScan::short_word);
         }
       }
     }
@@ -81,7 +94,7 @@ size_t match_word(const Cursor& text, size_t begin, const Char& first) {
       (first.char_class == CharClass::letter || text.at(after_first).char_class == CharClass::letter)) {
     size_t end = after_first;
     for (Char c = text.at(end); c.length != 0 && c.char_class == CharClass::letter; c = text.at(end)) end += c.length;
-    return end;
+    return done(end, WordScan::letters);
   }
 
   // 3: one to three numbers.
@@ -92,7 +105,7 @@ size_t match_word(const Cursor& text, size_t begin, const Char& first) {
       if (c.length == 0 || c.char_class != CharClass::number) break;
       end += c.length;
     }
-    return end;
+    return done(end, WordScan::short_word);
   }
 
   // 4: an optional ASCII space, a run of "other" characters, then any CR/LF.
@@ -103,7 +116,7 @@ size_t match_word(const Cursor& text, size_t begin, const Char& first) {
     Char c = run_first;
     for (; c.length != 0 && c.char_class == CharClass::other; c = text.at(end)) end += c.length;
     for (; c.length != 0 && is_newline(c.code_point); c = text.at(end)) end += c.length;
-    return end;
+    return done(end, WordScan::others);
   }
 
   // 5-7: a whitespace run [begin, end).
@@ -115,26 +128,34 @@ size_t match_word(const Cursor& text, size_t begin, const Char& first) {
     ++count;
     if (is_newline(c.code_point)) after_last_newline = end;
   }
+  scan.after_last_newline = after_last_newline;
+  scan.last_char_start = last_start;
   // 5: \s* backtracks until [\r\n]+ can match: the word ends after the run's last newline.
-  if (after_last_newline != 0) return after_last_newline;
+  if (after_last_newline != 0) return done(after_last_newline, WordScan::whitespace);
   // 6: \s+ backtracks one character so that (?!\S) holds, unless the run ends the text.
   const bool text_continues = text.at(end).length != 0;
-  if (count > 1 && text_continues) return last_start;
+  if (count > 1 && text_continues) return done(last_start, WordScan::whitespace);
   // 7 (or 6 at the end of the text): the whole run.
-  if (count >= 1) return end;
-  return after_first;  // unreachable: every character is in exactly one class above
+  return done(count >= 1 ? end : after_first, WordScan::whitespace);  // count is >= 1: every character has a class above
 }
 
 }  // namespace
 
-void split_words(std::string_view text, std::vector<std::string_view>& words) {
+WordScan scan_word(std::string_view text, size_t begin) {
   const Cursor cursor(text);
-  size_t pos = 0;
-  while (pos < text.size()) {
-    const size_t end = match_word(cursor, pos, cursor.at(pos));
-    words.push_back(text.substr(pos, end - pos));
-    pos = end;
-  }
+  return match_word(cursor, begin, cursor.at(begin));
+}
+
+std::string_view WordIterator::next() {
+  if (pos_ >= text_.size()) return {};
+  const size_t begin = pos_;
+  pos_ = scan_word(text_, begin).end;
+  return text_.substr(begin, pos_ - begin);
+}
+
+void split_words(std::string_view text, std::vector<std::string_view>& words) {
+  WordIterator iterator(text);
+  for (std::string_view word = iterator.next(); !word.empty(); word = iterator.next()) words.push_back(word);
 }
 
 }  // namespace lamina::tokenizer

@@ -4,7 +4,11 @@
 // Encoding: added tokens are split out first by exact, leftmost-longest match (special ones
 // only when asked: see EncodeOptions::parse_special); each piece between them is split into
 // words by the hand-written pre-tokenizer (pretokenize.h); each word is looked up whole in
-// the vocabulary, else merged by BPE (bpe.h). Words that need merging are cached.
+// the vocabulary, else merged by BPE (bpe.h). Words that need merging are cached; long ones
+// (a run of one letter, spaces or punctuation is one word) go to the linear-time encoder of
+// long_word.h, which hands out ids as it goes, so memory stays bounded however long the word.
+// Text that arrives in pieces (standard input) is encoded with an EncodeStream
+// (encode_stream.h): the same ids, without holding the whole text.
 //
 // Decoding returns the exact bytes the ids stand for, so decode(encode(s)) == s for any
 // bytes s, valid UTF-8 or not. Use replace_invalid_utf8 (unicode.h) or a StreamDecoder
@@ -12,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -26,6 +31,10 @@ class Value;
 }
 
 namespace lamina::tokenizer {
+
+class AddedTokenMatcher;
+class EncodeStream;
+class WordCache;
 
 // A token from tokenizer.json's `added_tokens`, matched by its literal text.
 struct AddedToken {
@@ -56,6 +65,10 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text, const EncodeOptions& options = {}) const;
   // Appends the ids of `text` to `ids`.
   void encode(std::string_view text, const EncodeOptions& options, std::vector<int32_t>& ids) const;
+  // Hands the ids of `text` to `sink` in order, a batch at a time (the same ids): output can be
+  // written as it is made instead of held whole.
+  using IdSink = std::function<void(std::span<const int32_t> ids)>;
+  void encode(std::string_view text, const EncodeOptions& options, const IdSink& sink) const;
   // Appends the ids of ordinary text: no added tokens recognised, no BOS.
   void encode_ordinary(std::string_view text, std::vector<int32_t>& ids) const;
 
@@ -77,6 +90,9 @@ class Tokenizer {
   int32_t vocab_size() const { return int32_t(kinds_.size()); }  // largest id + 1
   const std::vector<AddedToken>& added_tokens() const { return added_tokens_; }
 
+  // The BPE model (for tests that compare its encoders).
+  const BpeModel& bpe() const { return bpe_; }
+
   // The cache of words that needed BPE merges (for benchmarks; results never depend on it).
   size_t cache_size() const;
   void clear_cache() const;
@@ -86,17 +102,33 @@ class Tokenizer {
   ~Tokenizer();
 
  private:
+  friend class EncodeStream;
   enum class Kind : uint8_t { unassigned, ordinary, special, added };
-  struct AddedTokenMatcher;
-  struct WordCache;
+  // Where ids go: a vector, which a sink (when there is one) empties whenever it grows past a batch.
+  struct Output {
+    static constexpr size_t kBatch = size_t(1) << 16;
+    std::vector<int32_t>& ids;
+    const IdSink* sink = nullptr;
+
+    void drain_if_large() {
+      if (sink != nullptr && ids.size() >= kBatch) drain();
+    }
+    void drain() {
+      if (sink == nullptr) return;
+      if (!ids.empty()) (*sink)(ids);
+      ids.clear();
+    }
+  };
 
   Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source);
-  void encode_word(std::string_view word, std::vector<int32_t>& ids) const;
+  void encode(std::string_view text, const EncodeOptions& options, Output& out) const;
+  void encode_ordinary(std::string_view text, Output& out) const;
+  void encode_word(std::string_view word, Output& out) const;
 
   BpeModel bpe_;
   std::vector<AddedToken> added_tokens_;
   StringIdMap added_ids_;             // added token text -> id
-  std::vector<std::string> pieces_;  // by id: the bytes of ordinary tokens, the text of added ones
+  std::vector<std::string> pieces_;  // by id: the text of added tokens (ordinary ones are in bpe_)
   std::vector<Kind> kinds_;          // by id
   std::optional<int32_t> bos_id_;
   std::unique_ptr<AddedTokenMatcher> matcher_;

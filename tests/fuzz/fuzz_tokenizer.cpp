@@ -1,5 +1,8 @@
 // libFuzzer target for the tokenizer: arbitrary bytes in, and for each input
 //   - split_words covers the input exactly and equals the backtracking reference splitter;
+//   - the long-word encoder equals the merge loop (its oracle) on every word and on the whole
+//     input taken as one word, fed in pieces with certification forced often;
+//   - encoding the input in pieces (EncodeStream) gives the ids of encoding it whole;
 //   - decode(encode(bytes)) == bytes, with special tokens parsed and not;
 //   - the stream decoder emits valid UTF-8 that adds up to the lossy decode;
 //   - a chat rendered around the bytes decodes to its text rendering;
@@ -15,7 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "models/tokenizer/bpe_tables.h"
 #include "models/tokenizer/chat.h"
+#include "models/tokenizer/encode_stream.h"
+#include "models/tokenizer/long_word.h"
 #include "models/tokenizer/pretokenize.h"
 #include "models/tokenizer/stream_decoder.h"
 #include "models/tokenizer/tokenizer.h"
@@ -69,6 +75,37 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   FUZZ_CHECK(joined == text, "split_words lost or invented bytes");
   if (size <= 4096) FUZZ_CHECK(words == lamina::testing::reference_split_words(text), "split_words differs from the reference");
+
+  // The long-word encoder against the merge loop. Pieces and certification intervals come from
+  // the input's first bytes, so the fuzzer explores them too.
+  const lamina::tokenizer::BpeModel& bpe = tokenizer.bpe();
+  const BpeTables& tables = bpe.tables();
+  const auto byte_at = [&](size_t i) { return i < size ? size_t(data[i]) : 0; };
+  const size_t piece = 1 + byte_at(0) % 97;
+  const LongWordOptions options{.certify_bytes = 1 + byte_at(1) % 300, .margin = 1 + byte_at(2) % 40};
+  const auto check_long_word = [&](std::string_view word) {
+    std::vector<int32_t> expected, whole, pieces;
+    bpe.merge_word(word, expected);
+    encode_long_word(tables, word, whole);
+    FUZZ_CHECK(whole == expected, "the long-word encoder differs from the merge loop");
+    LongWordEncoder encoder(tables, options);
+    for (size_t offset = 0; offset < word.size(); offset += piece) encoder.append(word.substr(offset, piece), pieces);
+    encoder.finish(pieces);
+    FUZZ_CHECK(pieces == expected, "the long-word encoder fed in pieces differs from the merge loop");
+  };
+  for (const std::string_view word : words) check_long_word(word);
+  if (size > 0) check_long_word(text);
+
+  // Encoding in pieces against encoding whole.
+  for (const bool parse_special : {false, true}) {
+    const EncodeOptions encode_options{.add_bos = parse_special, .parse_special = parse_special};
+    std::vector<int32_t> streamed;
+    EncodeStream stream(tokenizer, encode_options, [&](std::span<const int32_t> ids) { streamed.insert(streamed.end(), ids.begin(), ids.end()); },
+                        {.chunk_bytes = piece, .long_word_bytes = 1 + options.certify_bytes});
+    for (size_t offset = 0; offset < size; offset += piece) stream.push(text.substr(offset, piece));
+    stream.finish();
+    FUZZ_CHECK(streamed == tokenizer.encode(text, encode_options), "encoding in pieces differs from encoding whole");
+  }
 
   // Round trips, then streaming.
   const std::vector<int32_t> ids = tokenizer.encode(text);

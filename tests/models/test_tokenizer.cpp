@@ -1,6 +1,8 @@
 // The Llama-3 tokenizer: BPE, added tokens, loading and its errors on tiny tokenizers built
 // in code; exact ids against the reference and round trips on the real tokenizer.json (those
 // cases skip visibly when ../shared/assets is absent).
+#include <algorithm>
+#include <functional>
 #include <map>
 #include <random>
 #include <thread>
@@ -162,7 +164,8 @@ TEST_CASE("tokenizer: malformed tokenizer.json files are refused with the reason
   {
     TinyTokenizerSpec spec;
     spec.merges.push_back({"x", "q"});
-    CHECK_THROWS_WITH_AS(testing::tiny_tokenizer(spec), doctest::Contains("merge 7 (\"x q\") makes a token not in the vocabulary"), Error);
+    CHECK_THROWS_WITH_AS(testing::tiny_tokenizer(spec), doctest::Contains("model.merges[7] (\"x q\") makes a token not in the vocabulary"),
+                         Error);
   }
   {
     TinyTokenizerSpec spec;
@@ -199,7 +202,8 @@ TEST_CASE("tokenizer: malformed tokenizer.json files are refused with the reason
     json::Value root = testing::tiny_tokenizer_json();
     json::Object& model = root.as_object()[5].second.as_object();
     model[5].second.set("not byte-level", int64_t(999));
-    CHECK_THROWS_WITH_AS(load(root), doctest::Contains("\"not byte-level\" is not written in the byte-level alphabet"), Error);
+    CHECK_THROWS_WITH_AS(load(root), doctest::Contains("bad.json: model.vocab[\"not byte-level\"]: \"not byte-level\" is not written in the byte-level alphabet"),
+                         Error);
   }
   {
     json::Value root = testing::tiny_tokenizer_json();
@@ -214,6 +218,65 @@ TEST_CASE("tokenizer: malformed tokenizer.json files are refused with the reason
   }
   CHECK_THROWS_WITH_AS(Tokenizer::load("/nonexistent/dir/tokenizer.json"), doctest::Contains("not found"), Error);
   CHECK_THROWS_WITH_AS(Tokenizer::load("/"), doctest::Contains("the model directory has no tokenizer.json"), Error);
+}
+
+TEST_CASE("tokenizer: every loading error names the file and the field") {
+  const auto message = [](const json::Value& root) -> std::string {
+    try {
+      Tokenizer::from_json(root, "tokenizer.json");
+    } catch (const Error& error) {
+      return error.what();
+    }
+    return "(loaded)";
+  };
+  // Edits of a good file, each with the start of the error it must give.
+  struct Case {
+    std::function<void(json::Value&)> edit;
+    std::string expected;
+  };
+  const auto model = [](json::Value& root) -> json::Object& { return root.as_object()[5].second.as_object(); };
+  const auto drop = [](json::Object& object, const std::string& key) {
+    object.erase(std::find_if(object.begin(), object.end(), [&](const json::Member& m) { return m.first == key; }));
+  };
+  const std::vector<Case> cases = {
+      {[&](json::Value& root) { drop(model(root), "merges"); }, "tokenizer.json: model.merges: missing"},
+      {[&](json::Value& root) { drop(model(root), "vocab"); }, "tokenizer.json: model.vocab: missing"},
+      {[&](json::Value& root) { drop(root.as_object(), "model"); }, "tokenizer.json: model: missing"},
+      {[&](json::Value& root) { root.set("model", "BPE"); }, "tokenizer.json: model: expected an object, got \"BPE\""},
+      {[&](json::Value& root) { model(root)[6].second = json::Object{}; }, "tokenizer.json: model.merges: expected an array, got object"},
+      {[&](json::Value& root) { model(root)[6].second.as_array()[2] = int64_t(3); },
+       "tokenizer.json: model.merges[2] (a merge: \"left right\" or [left, right]): expected an array, got number"},
+      {[&](json::Value& root) { model(root)[6].second.as_array()[2] = json::Array{"a", int64_t(3)}; },
+       "tokenizer.json: model.merges[2][1]: expected a string, got number"},
+      {[&](json::Value& root) { model(root)[5].second.set("q", "x"); }, "tokenizer.json: model.vocab[\"q\"]: expected an integer, got string"},
+      {[&](json::Value& root) { model(root)[5].second.set("q", int64_t(-4)); }, "tokenizer.json: model.vocab[\"q\"]: -4 is out of range"},
+      {[&](json::Value& root) { model(root)[4].second = "yes"; }, "tokenizer.json: model.ignore_merges: expected a boolean, got string"},
+      {[&](json::Value& root) { model(root)[3].second = true; }, "tokenizer.json: model.byte_fallback: must be false"},
+      {[&](json::Value& root) { model(root)[0].second = "WordPiece"; }, "tokenizer.json: model.type: expected BPE, got \"WordPiece\""},
+      {[&](json::Value& root) { drop(root.as_object()[1].second.as_array()[1].as_object(), "id"); },
+       "tokenizer.json: added_tokens[1].id: missing"},
+      {[&](json::Value& root) { root.as_object()[1].second.as_array()[2].set("content", int64_t(7)); },
+       "tokenizer.json: added_tokens[2].content: expected a string, got number"},
+      {[&](json::Value& root) { root.as_object()[1].second.as_array()[3].set("special", "no"); },
+       "tokenizer.json: added_tokens[3].special: expected a boolean, got string"},
+      {[&](json::Value& root) { root.as_object()[1].second.as_array()[0] = "<x>"; },
+       "tokenizer.json: added_tokens[0]: expected an object, got \"<x>\""},
+      {[&](json::Value& root) { root.set("added_tokens", int64_t(1)); }, "tokenizer.json: added_tokens: expected an array, got number"},
+      {[&](json::Value& root) { root.set("decoder", json::Object{}); }, "tokenizer.json: decoder.type: missing"},
+      {[&](json::Value& root) { drop(root.as_object()[3].second.as_object(), "pretokenizers"); },
+       "tokenizer.json: pre_tokenizer.pretokenizers: missing"},
+      {[&](json::Value& root) { root.as_object()[3].second.as_object()[1].second.as_array()[0].set("behavior", "Removed"); },
+       "tokenizer.json: pre_tokenizer.pretokenizers[0].behavior: expected Isolated, got \"Removed\""},
+      {[&](json::Value& root) { root.as_object()[3].second.as_object()[1].second.as_array()[1].set("use_regex", true); },
+       "tokenizer.json: pre_tokenizer.pretokenizers[1].use_regex: must be false"},
+  };
+  for (const Case& c : cases) {
+    json::Value root = testing::tiny_tokenizer_json();
+    c.edit(root);
+    const std::string got = message(root);
+    INFO("expected: " << c.expected << "\ngot:      " << got);
+    CHECK(got.rfind(c.expected, 0) == 0);
+  }
 }
 
 TEST_CASE("stream decoder: never emits half a character; the pieces add up to the lossy decode") {

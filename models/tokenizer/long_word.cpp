@@ -1,0 +1,124 @@
+#include "models/tokenizer/long_word.h"
+
+#include <algorithm>
+
+#include "models/tokenizer/bpe_tables.h"
+#include "tensor/error.h"
+
+namespace lamina::tokenizer {
+
+bool LongWordEncoder::Search::run(const BpeTables& tables, std::string_view text, bool final) {
+  const size_t longest = tables.max_token_length();
+  dead.resize(text.size() + 1, 0);
+  while (final ? pos < text.size() : pos + longest <= text.size()) {
+    int32_t token = candidate == kLongest ? tables.longest_prefix_token(text.substr(pos, longest)) : candidate;
+    const int32_t before = stack.empty() ? previous : stack.back().token;
+    for (; token >= 0; token = tables.next_shorter(token)) {
+      if (!dead[pos + tables.length(token)] && (before < 0 || tables.compatible(before, token))) break;
+    }
+    if (token >= 0) {
+      pos += tables.length(token);
+      stack.push_back({token, pos});
+      candidate = kLongest;
+      continue;
+    }
+    dead[pos] = 1;  // no token here continues the chain
+    if (stack.empty()) return false;
+    const int32_t last = stack.back().token;
+    stack.pop_back();
+    pos -= tables.length(last);
+    candidate = tables.next_shorter(last);
+  }
+  return true;
+}
+
+size_t LongWordEncoder::longest_token() const { return tables_.max_token_length(); }
+
+LongWordEncoder::LongWordEncoder(const BpeTables& tables, LongWordOptions options)
+    : tables_(tables), options_(options) {
+  options_.certify_bytes = std::max<size_t>(options_.certify_bytes, 1);
+  margin_ = initial_margin();
+  certify_at_ = options_.certify_bytes;
+}
+
+void LongWordEncoder::search(bool final) {
+  // The chain from the word's start (or from a certified boundary) always exists: it is the
+  // merge loop's result.
+  LAMINA_CHECK(search_.run(tables_, text_, final), "tokenizer: internal error: the long-word search found no chain (",
+               text_.size(), " bytes held)");
+}
+
+void LongWordEncoder::append(std::string_view bytes, std::vector<int32_t>& ids) {
+  while (!bytes.empty()) {  // in pieces, so that the state stays bounded whatever the caller passes
+    const size_t piece = std::min(bytes.size(), options_.certify_bytes);
+    text_.append(bytes.substr(0, piece));
+    bytes.remove_prefix(piece);
+    search(false);
+    if (text_.size() >= certify_at_) {
+      // When the chains had not yet met, look further back next time, within a bound that keeps
+      // an attempt's cost (about longest * (margin + longest) bytes searched) a fraction of the
+      // bytes between attempts.
+      if (!certify(ids)) margin_ = std::min(2 * margin_, max_margin());
+      certify_at_ = text_.size() + options_.certify_bytes;
+    }
+  }
+}
+
+void LongWordEncoder::finish(std::vector<int32_t>& ids) {
+  search(true);
+  for (const Step& step : search_.stack) ids.push_back(step.token);
+  text_.clear();
+  search_ = Search{};
+  margin_ = initial_margin();
+  certify_at_ = options_.certify_bytes;
+}
+
+bool LongWordEncoder::certify(std::vector<int32_t>& ids) {
+  const size_t longest = tables_.max_token_length();
+  const size_t window_end = search_.pos;
+  if (window_end < longest + margin_) return false;
+  // q: the last boundary of the chain at least a margin before the window (p - L, p].
+  const std::vector<Step>& stack = search_.stack;
+  const auto after_q = std::upper_bound(stack.begin(), stack.end(), window_end - longest - margin_,
+                                        [](size_t limit, const Step& step) { return limit < step.end; });
+  if (after_q == stack.begin()) return false;
+  const size_t q_index = size_t(after_q - stack.begin()) - 1;
+  const size_t q = stack[q_index].end;
+
+  std::vector<uint8_t> on_chain(longest, 0);  // window position window_end - i, for i < longest
+  for (auto step = stack.rbegin(); step != stack.rend() && step->end + longest > window_end; ++step) {
+    on_chain[window_end - step->end] = 1;
+  }
+  for (size_t i = 0; i < longest; ++i) {
+    const size_t j = window_end - i;
+    if (on_chain[i] || search_.dead[j]) continue;
+    // A result can only pass through j on its way past window_end if a token from j crosses it.
+    // (A token from j may also run past the bytes held so far.)
+    const std::string_view from_j = std::string_view(text_).substr(j, longest);
+    const size_t reach = tables_.shared_prefix_length(from_j);
+    if (reach <= i && !(reach == from_j.size() && from_j.size() < longest)) continue;
+    probe_.stack.clear();
+    probe_.dead.assign(j - q + 1, 0);
+    probe_.pos = 0;
+    probe_.candidate = kLongest;
+    probe_.previous = stack[q_index].token;
+    if (!probe_.run(tables_, std::string_view(text_).substr(q, j - q), true)) return false;
+  }
+
+  for (size_t i = 0; i <= q_index; ++i) ids.push_back(stack[i].token);
+  search_.previous = stack[q_index].token;
+  search_.stack.erase(search_.stack.begin(), search_.stack.begin() + std::ptrdiff_t(q_index + 1));
+  for (Step& step : search_.stack) step.end -= q;
+  search_.dead.erase(search_.dead.begin(), search_.dead.begin() + std::ptrdiff_t(q));
+  search_.pos -= q;
+  text_.erase(0, q);
+  return true;
+}
+
+void encode_long_word(const BpeTables& tables, std::string_view word, std::vector<int32_t>& ids) {
+  LongWordEncoder encoder(tables);
+  encoder.append(word, ids);
+  encoder.finish(ids);
+}
+
+}  // namespace lamina::tokenizer
