@@ -2,7 +2,9 @@
 # Builds the libFuzzer targets of tests/fuzz/ with clang++ in build-fuzz/ (or
 # $LAMINA_FUZZ_BUILD_DIR) and runs each one for a bounded time: LAMINA_FUZZ_SECONDS per target
 # (default 20), inputs up to 4 KiB, starting from its corpus in build-fuzz/corpus/<target>/
-# (kept between runs, so later runs start where earlier ones got to). Exits non-zero on the
+# (kept between runs, so later runs start where earlier ones got to) and from the hand-made
+# inputs in tests/fuzz/seeds/<target>/ when there are any (read only: they give structured
+# formats such as JSONL a start the fuzzer would take long to find). Exits non-zero on the
 # first crash, leak or failed check; libFuzzer writes the input that caused it into
 # build-fuzz/artifacts/. Installs clang and libFuzzer when missing and run as root.
 #
@@ -52,9 +54,11 @@ for target in "${targets[@]}"; do
   corpus="$build_dir/corpus/$target"
   artifacts="$build_dir/artifacts/$target"
   log="$build_dir/logs/$target.log"
+  seeds=()
+  if [[ -d "tests/fuzz/seeds/$target" ]]; then seeds=("tests/fuzz/seeds/$target"); fi
   mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
   echo "fuzz.sh: running $target for ${seconds}s (log: $log)"
-  if ! "$build_dir/tests/fuzz/$target" "$corpus" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
+  if ! "$build_dir/tests/fuzz/$target" "$corpus" "${seeds[@]}" -max_total_time="$seconds" -max_len=4096 -timeout=10 -rss_limit_mb=4096 \
        -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 80 "$log" >&2
     echo "fuzz.sh: $target FAILED; the input that broke it is in $artifacts/, the whole log in $log" >&2

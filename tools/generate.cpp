@@ -1,4 +1,5 @@
 // `lamina generate` and `lamina chat`: text from a Llama model folder.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -33,7 +34,7 @@ std::vector<int64_t> parse_ids(const std::string& text) {
 }
 
 void add_generation_flags(FlagParser& parser) {
-  parser.add_option("max-new-tokens", "N", "tokens to generate at most", "64");
+  parser.add_option("max-new-tokens", "N", "tokens to generate at most (fewer where the model's context ends)", "64");
   parser.add_option("temperature", "T", "0 = greedy; otherwise sample from logits / T", "0");
   parser.add_option("top-k", "K", "keep the K most likely tokens (0 = off)", "0");
   parser.add_option("top-p", "P", "keep the smallest set of tokens with probability >= P", "1");
@@ -79,6 +80,33 @@ tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string&
 
 std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
 
+// Prompt ids outside the model's vocabulary, named with where they came from before any forward
+// pass (generate() refuses them too, but cannot say which flag gave them).
+void check_prompt_ids(const std::vector<int64_t>& ids, const llama::LlamaConfig& config, const std::string& source) {
+  for (int64_t id : ids)
+    if (id < 0 || id >= config.vocab_size)
+      throw Error(str_cat("lamina generate: ", source, " has token id ", id, ", outside the model's vocabulary of ",
+                          config.vocab_size, " tokens (ids 0 to ", config.vocab_size - 1, ")"));
+}
+
+// max_new_tokens, clipped with a note on stderr to what the context leaves after the prompt:
+// a long answer is still worth having when only part of it fits. A prompt longer than the
+// context is an error: dropping its start silently would change what is asked.
+int64_t new_tokens_within_context(int64_t prompt_tokens, int64_t max_new_tokens, const llama::LlamaConfig& config) {
+  const int64_t context_length = config.max_position_embeddings;
+  if (prompt_tokens > context_length)
+    throw Error(str_cat("lamina generate: the prompt has ", prompt_tokens, " tokens, more than the model's context of ",
+                        context_length, " tokens (max_position_embeddings in config.json)"));
+  const int64_t room = context_length - prompt_tokens;
+  if (max_new_tokens <= room) return max_new_tokens;
+  std::fprintf(stderr,
+               "note: generating at most %lld new tokens, not %lld: the prompt's %lld tokens leave no more room in the "
+               "model's context of %lld tokens\n",
+               static_cast<long long>(room), static_cast<long long>(max_new_tokens), static_cast<long long>(prompt_tokens),
+               static_cast<long long>(context_length));
+  return room;
+}
+
 // Prints each new token's text as soon as it is complete UTF-8, and keeps the whole text.
 struct TextStream {
   tokenizer::StreamDecoder decoder;
@@ -98,6 +126,58 @@ struct TextStream {
     std::printf("\n");
   }
 };
+
+// Prints the prompt's ids at once and then each new id as it is produced (stop tokens are not
+// part of the output): one line of space-separated ids when done.
+struct IdStream {
+  std::vector<int64_t> stop;
+
+  void start(const std::vector<int64_t>& prompt) {
+    for (size_t i = 0; i < prompt.size(); ++i) std::printf(i == 0 ? "%lld" : " %lld", static_cast<long long>(prompt[i]));
+    std::fflush(stdout);
+  }
+  bool operator()(size_t, int64_t token) {
+    if (std::find(stop.begin(), stop.end(), token) == stop.end()) {
+      std::printf(" %lld", static_cast<long long>(token));
+      std::fflush(stdout);
+    }
+    return true;
+  }
+  void finish() { std::printf("\n"); }
+};
+
+// Runs a generation whose tokens are streamed to stdout; when it fails part-way, ends the
+// streamed line first, so that the error message starts on a line of its own.
+void generate_streamed(const llama::LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
+                       const generate::GenerateOptions& options) {
+  try {
+    generate::generate(model, {prompt}, options);
+  } catch (...) {
+    std::printf("\n");
+    std::fflush(stdout);
+    throw;
+  }
+}
+
+// Reads one line of `in` without its newline. Only the first `limit` bytes are kept (`too_long`
+// says when more were skipped), so an endless line costs no more memory than a long one.
+// Returns false at the end of the input when nothing was read; a last line without a newline
+// is still a line.
+bool read_line(std::istream& in, std::string& line, size_t limit, bool& too_long) {
+  line.clear();
+  too_long = false;
+  std::streambuf* buffer = in.rdbuf();
+  bool any = false;
+  for (int c = buffer->sbumpc(); c != std::char_traits<char>::eof(); c = buffer->sbumpc()) {
+    any = true;
+    if (c == '\n') return true;
+    if (line.size() < limit)
+      line.push_back(char(c));
+    else
+      too_long = true;
+  }
+  return any;
+}
 
 }  // namespace
 
@@ -148,19 +228,21 @@ int run_generate(const Arguments& args) {
   }
 
   const auto model = load_model(parser, directory);
+  check_prompt_ids(prompt, model->config(),
+                   parser.is_set("prompt-ids") ? "--prompt-ids" : "the encoded prompt (does the tokenizer fit the model?)");
+  options.max_new_tokens = new_tokens_within_context(int64_t(prompt.size()), options.max_new_tokens, model->config());
   if (output == "text") {
     TextStream stream{tokenizer::StreamDecoder(*text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
-    generate::generate(*model, {prompt}, options);
+    generate_streamed(*model, prompt, options);
     stream.finish();
     return 0;
   }
-  const generate::GenerateResult result = generate::generate(*model, {prompt}, options);
-  std::string line;
-  for (int64_t id : prompt) line += std::to_string(id) + " ";
-  for (int64_t id : result.tokens[0]) line += std::to_string(id) + " ";
-  line.pop_back();
-  std::printf("%s\n", line.c_str());
+  IdStream stream{generate::stop_tokens(model->config(), options)};
+  options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
+  stream.start(prompt);
+  generate_streamed(*model, prompt, options);
+  stream.finish();
   return 0;
 }
 
@@ -168,7 +250,8 @@ int run_chat(const Arguments& args) {
   FlagParser parser("lamina chat",
                     "Talks with an Instruct model, answers streamed as they are generated. Type a message and press "
                     "enter; /system TEXT sets the system message, /reset forgets the conversation, /quit (or end of "
-                    "input) leaves.");
+                    "input) leaves. When the conversation outgrows the model's context, its oldest exchanges are "
+                    "dropped (and you are told).");
   parser.add_option("model", "DIR", "the model folder (with tokenizer.json)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
   parser.add_option("system", "TEXT", "the system message to start with");
@@ -179,35 +262,73 @@ int run_chat(const Arguments& args) {
   tokenizer::ChatOptions chat;
   chat.format = tokenizer::detect_chat_format(parser.value("tokenizer").value_or(directory), text_tokenizer);
   generate::GenerateOptions options = sampling_options(parser, 512);
+  const int64_t max_new_tokens = options.max_new_tokens;
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
   const auto model = load_model(parser, directory);
-  tokenizer::Conversation conversation(text_tokenizer, chat);
-  if (parser.is_set("system")) conversation.set_system(*parser.value("system"));
+  const int64_t context_length = model->config().max_position_embeddings;
+  tokenizer::Conversation history(text_tokenizer, chat, context_length);
+  // A system message must leave room for a message and an answer.
+  const auto system_fits = [&](const std::string& system) { return history.system_prompt_tokens(system) < context_length; };
+  if (parser.is_set("system")) {
+    if (!system_fits(*parser.value("system")))
+      throw Error(str_cat("lamina chat: the --system message takes ", history.system_prompt_tokens(*parser.value("system")),
+                          " tokens, which fills the model's context of ", context_length, " tokens"));
+    history.set_system(*parser.value("system"));
+  }
   std::fprintf(stderr, "lamina chat (%s format): /system TEXT, /reset, /quit\n", tokenizer::chat_format_name(chat.format));
 
+  // No longer line fits the context when tokens are at most 256 bytes long (real vocabularies'
+  // tokens are shorter), and reading it whole could take any amount of memory.
+  const size_t line_limit = std::max<size_t>(size_t(1) << 20, size_t(context_length) * 256);
   std::string line;
+  bool too_long = false;
   while (true) {
     std::fprintf(stderr, "> ");
     std::fflush(stderr);
-    if (!std::getline(std::cin, line) || line == "/quit") break;
+    if (!read_line(std::cin, line, line_limit, too_long) || line == "/quit") break;
+    if (too_long) {
+      std::fprintf(stderr, "(line ignored: it is longer than %zu bytes, more than the model's context of %lld tokens holds)\n",
+                   line_limit, static_cast<long long>(context_length));
+      continue;
+    }
     if (line.empty()) continue;
     if (line == "/reset") {
-      conversation.reset();
+      history.reset();
       std::fprintf(stderr, "(conversation cleared)\n");
       continue;
     }
     if (line.rfind("/system", 0) == 0) {
-      conversation.set_system(line.size() > 8 ? line.substr(8) : "");
-      conversation.reset();
+      const std::string system = line.size() > 8 ? line.substr(8) : "";
+      if (!system_fits(system)) {
+        std::fprintf(stderr, "(system message not set: it takes %lld tokens, which fills the model's context of %lld)\n",
+                     static_cast<long long>(history.system_prompt_tokens(system)), static_cast<long long>(context_length));
+        continue;
+      }
+      history.set_system(system);
+      history.reset();
       std::fprintf(stderr, "(system message set; conversation cleared)\n");
       continue;
     }
-    conversation.add_user(line);
+    const tokenizer::Conversation::Fit fit = history.add_user(line, max_new_tokens);
+    if (!fit.accepted) {
+      std::fprintf(stderr,
+                   "(message not sent: with the chat format's headers and the system message it takes %lld tokens, "
+                   "which leaves no room for an answer in the model's context of %lld tokens)\n",
+                   static_cast<long long>(fit.alone_tokens), static_cast<long long>(context_length));
+      continue;
+    }
+    if (fit.dropped_messages > 0)
+      std::fprintf(stderr, "(dropped the %lld oldest messages to fit the model's context of %lld tokens)\n",
+                   static_cast<long long>(fit.dropped_messages), static_cast<long long>(context_length));
+    if (fit.new_tokens < max_new_tokens)
+      std::fprintf(stderr, "(this answer can have at most %lld tokens: the conversation fills the rest of the context)\n",
+                   static_cast<long long>(fit.new_tokens));
+    options.max_new_tokens = fit.new_tokens;
     TextStream stream{tokenizer::StreamDecoder(text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
-    generate::generate(*model, {widen(conversation.prompt())}, options);
+    generate_streamed(*model, widen(fit.prompt), options);
     stream.finish();
-    conversation.add_assistant(stream.text);
+    history.add_assistant(stream.text);
   }
   return 0;
 }

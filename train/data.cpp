@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "tensor/io/atomic_file.h"
+#include "tensor/io/regular_file.h"
 #include "tensor/rng.h"
 
 namespace lamina::train {
@@ -25,99 +26,7 @@ std::vector<size_t> permutation(size_t n, uint64_t seed, uint64_t stream) {
   return order;
 }
 
-void append_text(const tokenizer::Tokenizer& tokenizer, std::string_view text, uint8_t mask, Example& example) {
-  const size_t before = example.ids.size();
-  tokenizer.encode_ordinary(text, example.ids);
-  example.loss_mask.resize(example.ids.size(), mask);
-  (void)before;
-}
-
-void append_token(int32_t id, uint8_t mask, Example& example) {
-  example.ids.push_back(id);
-  example.loss_mask.push_back(mask);
-}
-
 }  // namespace
-
-DataFormat data_format_from_name(const std::string& name) {
-  if (name == "auto") return DataFormat::auto_detect;
-  if (name == "text") return DataFormat::text;
-  if (name == "prompt-completion") return DataFormat::prompt_completion;
-  if (name == "chat") return DataFormat::chat;
-  throw Error(str_cat("unknown data format '", name, "' (expected auto, text, prompt-completion or chat)"));
-}
-
-Example example_from_json(const json::Value& record, const tokenizer::Tokenizer& tokenizer, const JsonlOptions& options) {
-  LAMINA_CHECK(record.is_object(), "expected a JSON object, got ", json::type_name(record.type()));
-  DataFormat format = options.format;
-  if (format == DataFormat::auto_detect) {
-    if (record.find("messages") != nullptr) {
-      format = DataFormat::chat;
-    } else if (record.find("prompt") != nullptr || record.find("completion") != nullptr) {
-      format = DataFormat::prompt_completion;
-    } else if (record.find("text") != nullptr) {
-      format = DataFormat::text;
-    } else {
-      throw Error("expected a \"text\", \"prompt\"/\"completion\" or \"messages\" field");
-    }
-  }
-  Example example;
-  const std::optional<int32_t> bos = tokenizer.bos_id();
-  const std::optional<int32_t> eos = tokenizer.added_token_id("<|end_of_text|>");
-  switch (format) {
-    case DataFormat::text:
-      if (options.add_bos && bos) append_token(*bos, 0, example);
-      append_text(tokenizer, record.at("text").as_string("\"text\""), 1, example);
-      if (options.add_eos && eos) append_token(*eos, 1, example);
-      break;
-    case DataFormat::prompt_completion:
-      if (options.add_bos && bos) append_token(*bos, 0, example);
-      append_text(tokenizer, record.at("prompt").as_string("\"prompt\""), 0, example);
-      append_text(tokenizer, record.at("completion").as_string("\"completion\""), 1, example);
-      if (options.add_eos && eos) append_token(*eos, 1, example);
-      break;
-    case DataFormat::chat: {
-      std::vector<tokenizer::Message> messages;
-      for (const json::Value& message : record.at("messages").as_array("\"messages\""))
-        messages.push_back({message.at("role").as_string("message role"), message.at("content").as_string("message content")});
-      LAMINA_CHECK(!messages.empty(), "\"messages\" is empty");
-      tokenizer::ChatOptions chat = options.chat;
-      chat.add_generation_prompt = false;
-      tokenizer::ChatTokens rendered = tokenizer::render_chat(tokenizer, messages, chat);
-      example.ids = std::move(rendered.ids);
-      example.loss_mask = std::move(rendered.assistant_mask);
-      break;
-    }
-    case DataFormat::auto_detect: break;
-  }
-  return example;
-}
-
-std::vector<Example> read_jsonl(const std::string& path, const tokenizer::Tokenizer& tokenizer,
-                                const JsonlOptions& options, JsonlStats* stats) {
-  std::ifstream in(path);
-  LAMINA_CHECK(in.good(), "cannot open ", path);
-  JsonlStats local;
-  JsonlStats& counts = stats != nullptr ? *stats : local;
-  std::vector<Example> examples;
-  std::string line;
-  int64_t line_number = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    ++counts.lines;
-    try {
-      examples.push_back(example_from_json(json::parse(line, "line"), tokenizer, options));
-      ++counts.examples;
-    } catch (const Error& error) {
-      const std::string message = str_cat(path, ":", line_number, ": ", error.what());
-      if (!options.skip_malformed) throw Error(message);
-      if (counts.skipped++ == 0) counts.first_skipped = message;
-    }
-  }
-  LAMINA_CHECK(!in.bad(), "error reading ", path);
-  return examples;
-}
 
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int bytes_per_token) {
   LAMINA_CHECK(bytes_per_token == 2 || bytes_per_token == 4, "token shard: bytes per token must be 2 or 4");
@@ -132,25 +41,43 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
   io::write_file_atomically(path, bytes);
 }
 
-std::vector<Example> read_token_shard(const std::string& path, int64_t max_tokens) {
+std::vector<Example> parse_token_shard(std::string_view bytes, const std::string& name, int64_t max_tokens,
+                                       int64_t vocab_size) {
+  LAMINA_CHECK(max_tokens >= 2, "token shard: max_tokens must be >= 2, got ", max_tokens);
+  LAMINA_CHECK(bytes.size() >= 16 && std::memcmp(bytes.data(), kShardMagic, 8) == 0, name,
+               ": not a lamina token shard (no LMTOKENS header)");
+  const auto u32_at = [&](size_t at, uint32_t width) {
+    uint32_t value = 0;
+    for (uint32_t i = 0; i < width; ++i) value |= uint32_t(uint8_t(bytes[at + i])) << (8 * i);
+    return value;
+  };
+  const uint32_t width = u32_at(8, 4);
+  LAMINA_CHECK(width == 2 || width == 4, name, ": unsupported token width ", width, " (expected 2 or 4 bytes)");
+  LAMINA_CHECK((bytes.size() - 16) % width == 0, name, ": truncated (", bytes.size() - 16,
+               " bytes of tokens is not a multiple of ", width, ")");
+  const int64_t limit = vocab_size > 0 ? vocab_size : int64_t(std::numeric_limits<int32_t>::max()) + 1;
+  // Pieces of max_tokens straight from the bytes (as chunk_examples would cut one example of
+  // them all), so that the ids are held once.
+  std::vector<Example> pieces;
+  for (size_t at = 16; at < bytes.size(); at += width) {
+    const uint32_t token = u32_at(at, width);
+    LAMINA_CHECK(int64_t(token) < limit, name, ": token ", (at - 16) / width, " (byte ", at, ") is id ", token,
+                 vocab_size > 0 ? str_cat(", outside the model's vocabulary of ", vocab_size) : std::string(" (too large)"));
+    if (pieces.empty() || int64_t(pieces.back().ids.size()) == max_tokens) pieces.emplace_back();
+    pieces.back().ids.push_back(int32_t(token));
+  }
+  if (!pieces.empty() && pieces.back().ids.size() < 2) pieces.pop_back();  // a lone token predicts nothing
+  for (Example& piece : pieces) piece.loss_mask.assign(piece.ids.size(), 1);
+  return pieces;
+}
+
+std::vector<Example> read_token_shard(const std::string& path, int64_t max_tokens, int64_t vocab_size) {
+  io::check_regular_file(path, "token shard");  // a FIFO would block the read forever
   std::ifstream in(path, std::ios::binary);
   LAMINA_CHECK(in.good(), "cannot open ", path);
   const std::string bytes((std::istreambuf_iterator<char>(in)), {});
-  LAMINA_CHECK(bytes.size() >= 16 && std::memcmp(bytes.data(), kShardMagic, 8) == 0, path,
-               ": not a lamina token shard (no LMTOKENS header)");
-  const uint32_t width = uint8_t(bytes[8]) | uint32_t(uint8_t(bytes[9])) << 8;
-  LAMINA_CHECK(width == 2 || width == 4, path, ": unsupported token width ", width);
-  LAMINA_CHECK((bytes.size() - 16) % width == 0, path, ": truncated (", bytes.size() - 16,
-               " bytes of tokens is not a multiple of ", width, ")");
-  Example all;
-  for (size_t at = 16; at < bytes.size(); at += width) {
-    uint32_t token = 0;
-    for (uint32_t i = 0; i < width; ++i) token |= uint32_t(uint8_t(bytes[at + i])) << (8 * i);
-    LAMINA_CHECK(token <= uint32_t(std::numeric_limits<int32_t>::max()), path, ": token id ", token, " too large");
-    all.ids.push_back(int32_t(token));
-  }
-  all.loss_mask.assign(all.ids.size(), 1);
-  return chunk_examples({std::move(all)}, max_tokens);
+  LAMINA_CHECK(!in.bad(), "error reading ", path);
+  return parse_token_shard(bytes, path, max_tokens, vocab_size);
 }
 
 std::vector<Example> chunk_examples(std::vector<Example> examples, int64_t max_tokens) {
@@ -169,6 +96,55 @@ std::vector<Example> chunk_examples(std::vector<Example> examples, int64_t max_t
       piece.loss_mask.assign(example.loss_mask.begin() + long(start), example.loss_mask.begin() + long(end));
       out.push_back(std::move(piece));
     }
+  }
+  return out;
+}
+
+std::string FitStats::summary() const {
+  if (too_long == 0) return "";
+  std::vector<std::string> parts;
+  if (chunked > 0) parts.push_back(str_cat(chunked, " plain-text cut into ", pieces, " pieces"));
+  if (truncated > 0)
+    parts.push_back(str_cat(truncated, " truncated keeping the prompt (", targets_truncated, " target tokens cut off)"));
+  if (dropped > 0) parts.push_back(str_cat(dropped, " dropped (the prompt alone exceeds the limit)"));
+  std::string text = str_cat(too_long, too_long == 1 ? " example" : " examples", " longer than ", max_tokens, " tokens: ");
+  for (size_t i = 0; i < parts.size(); ++i) text += (i == 0 ? "" : ", ") + parts[i];
+  return text;
+}
+
+std::vector<Example> fit_examples(std::vector<Example> examples, int64_t max_tokens, FitStats* stats) {
+  LAMINA_CHECK(max_tokens >= 2, "fit_examples: max_tokens must be >= 2, got ", max_tokens);
+  FitStats local;
+  FitStats& counts = stats != nullptr ? *stats : local;
+  counts.max_tokens = max_tokens;
+  std::vector<Example> out;
+  out.reserve(examples.size());
+  for (Example& example : examples) {
+    LAMINA_CHECK(example.ids.size() == example.loss_mask.size(), "fit_examples: an example's mask does not match its ids");
+    if (int64_t(example.ids.size()) <= max_tokens) {
+      out.push_back(std::move(example));
+      continue;
+    }
+    ++counts.too_long;
+    const bool plain_text = std::all_of(example.loss_mask.begin() + 1, example.loss_mask.end(), [](uint8_t m) { return m != 0; });
+    if (plain_text) {
+      std::vector<Example> pieces = chunk_examples({std::move(example)}, max_tokens);
+      ++counts.chunked;
+      counts.pieces += int64_t(pieces.size());
+      for (Example& piece : pieces) out.push_back(std::move(piece));
+      continue;
+    }
+    const int64_t targets = target_count(example);
+    example.ids.resize(size_t(max_tokens));
+    example.loss_mask.resize(size_t(max_tokens));
+    const int64_t kept = target_count(example);
+    if (kept == 0) {
+      ++counts.dropped;
+      continue;
+    }
+    ++counts.truncated;
+    counts.targets_truncated += targets - kept;
+    out.push_back(std::move(example));
   }
   return out;
 }
@@ -233,14 +209,16 @@ Batch make_batch(const std::vector<std::vector<const Example*>>& rows, int64_t s
 
 DataLoader::DataLoader(std::vector<Example> examples, LoaderOptions options) : options_(options) {
   LAMINA_CHECK(options_.batch_size > 0 && options_.seq_len > 0, "DataLoader: batch_size and seq_len must be positive");
-  for (Example& example : examples) {
-    LAMINA_CHECK(example.ids.size() == example.loss_mask.size(), "DataLoader: an example's mask does not match its ids");
-    if (example.ids.size() < 2) continue;  // nothing to predict
-    if (int64_t(example.ids.size()) > options_.seq_len + 1) {  // keep the head; rows hold seq_len + 1 ids
-      example.ids.resize(size_t(options_.seq_len + 1));
-      example.loss_mask.resize(size_t(options_.seq_len + 1));
-    }
-    examples_.push_back(std::move(example));
+  // Cutting an example here would drop its targets without a word: the readers and
+  // fit_examples decide that, and report it. An example of fewer than two ids predicts nothing.
+  for (size_t i = 0; i < examples.size(); ++i) {
+    Example& example = examples[i];
+    LAMINA_CHECK(example.ids.size() == example.loss_mask.size(), "DataLoader: example ", i, " of ", examples.size(),
+                 ": its mask does not match its ids");
+    LAMINA_CHECK(int64_t(example.ids.size()) <= options_.seq_len + 1, "DataLoader: example ", i, " of ",
+                 examples.size(), " has ", example.ids.size(), " tokens, more than a row holds (seq_len + 1 = ",
+                 options_.seq_len + 1, "); fit_examples fits examples to rows first");
+    if (example.ids.size() >= 2) examples_.push_back(std::move(example));
   }
   LAMINA_CHECK(!examples_.empty(), "DataLoader: no example has two or more tokens");
   start_epoch();

@@ -47,18 +47,34 @@ void SamplingOptions::validate() const {
   LAMINA_CHECK(repetition_penalty > 0, "sampling: repetition_penalty must be > 0, got ", repetition_penalty);
 }
 
+int64_t first_non_finite_logit(const float* logits, int64_t vocab) {
+  for (int64_t i = 0; i < vocab; ++i)
+    if (std::isnan(logits[i]) || logits[i] == std::numeric_limits<float>::infinity()) return i;
+  return -1;
+}
+
 std::vector<double> next_token_probabilities(std::vector<float> logits, const std::vector<int64_t>& context,
                                              const SamplingOptions& options) {
   options.validate();
   LAMINA_CHECK(!logits.empty(), "sampling: empty logits");
+  const int64_t bad = first_non_finite_logit(logits.data(), int64_t(logits.size()));
+  LAMINA_CHECK(bad < 0, "sampling: the logit of token ", bad, " is ",
+               std::isnan(logits[size_t(std::max<int64_t>(bad, 0))]) ? "NaN" : "+inf",
+               " (logits must be finite, or -inf for a masked token)");
   std::vector<double> z(logits.begin(), logits.end());
   apply_repetition_penalty(z, context, options.repetition_penalty);
+  const double peak = *std::max_element(z.begin(), z.end());
+  LAMINA_CHECK(peak != kNegativeInfinity, "sampling: every one of the ", z.size(), " logits is -inf (every token masked)");
   if (options.temperature == 0.0) {
     std::vector<double> one_hot(z.size(), 0.0);
     one_hot[argmax(z)] = 1.0;
     return one_hot;
   }
-  for (double& value : z) value /= options.temperature;
+  // Shift by the largest logit before dividing: (z - peak) / T lies in [-inf, 0] for every
+  // T > 0, so a tiny temperature sends the other tokens to -inf (probability 0) where z / T
+  // would overflow to inf and the softmax to inf - inf = NaN. The shift does not change the
+  // softmax, and the penalised logits (|z| < 3.5e44) cannot overflow when subtracted.
+  for (double& value : z) value = (value - peak) / options.temperature;
   if (options.top_k > 0 && options.top_k < int64_t(z.size())) {
     // Keep the k largest; ties with the k-th value stay.
     std::vector<double> sorted = z;

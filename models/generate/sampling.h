@@ -20,8 +20,13 @@ struct SamplingOptions {
   void validate() const;  // throws naming the bad value
 };
 
+// The first token whose logit is NaN or +inf, or -1 when there is none (-inf is a legitimate
+// logit: a masked token).
+int64_t first_non_finite_logit(const float* logits, int64_t vocab);
+
 // The probabilities the draw would use, after every step of the pipeline (all zero but the
 // argmax when greedy). `context` holds the tokens seen so far (for the repetition penalty).
+// Finite for every valid option: a NaN or +inf logit, or every logit -inf, is an error.
 std::vector<double> next_token_probabilities(std::vector<float> logits, const std::vector<int64_t>& context,
                                              const SamplingOptions& options);
 

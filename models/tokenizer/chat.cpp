@@ -1,5 +1,6 @@
 #include "models/tokenizer/chat.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "models/tokenizer/unicode.h"
@@ -48,6 +49,11 @@ std::vector<Block> blocks_of(std::span<const Message> messages, const ChatOption
 }  // namespace
 
 const char* chat_format_name(ChatFormat format) { return format == ChatFormat::llama3_1 ? "llama3.1" : "llama3"; }
+
+std::vector<std::string> chat_roles(ChatFormat format) {
+  if (format == ChatFormat::llama3_1) return {"system", "user", "assistant", "ipython"};
+  return {"system", "user", "assistant"};
+}
 
 ChatTokens render_chat(const Tokenizer& tokenizer, std::span<const Message> messages, const ChatOptions& options) {
   const int32_t begin_of_text = tokenizer.require_added_token(kBeginOfText);
@@ -109,6 +115,8 @@ ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenize
   const std::filesystem::path config = directory / "tokenizer_config.json";
   if (std::filesystem::is_regular_file(config)) {
     const json::Value root = json::parse_file(config.string());
+    LAMINA_CHECK(root.is_object(), config.string(), ": expected a JSON object at the top level, got ",
+                 json::type_name(root.type()));
     const json::Value* chat_template = root.find("chat_template");
     if (chat_template != nullptr && chat_template->is_string()) {
       return chat_template->as_string().find("Cutting Knowledge Date") != std::string::npos ? ChatFormat::llama3_1
@@ -120,23 +128,48 @@ ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenize
 
 // ---- Conversation
 
-Conversation::Conversation(const Tokenizer& tokenizer, ChatOptions options)
-    : tokenizer_(&tokenizer), options_(std::move(options)) {
+Conversation::Conversation(const Tokenizer& tokenizer, ChatOptions options, int64_t context_length)
+    : tokenizer_(&tokenizer), options_(std::move(options)), context_length_(context_length) {
+  LAMINA_CHECK(context_length > 0, "chat: the context length must be positive, got ", context_length);
   options_.add_generation_prompt = true;
 }
 
-void Conversation::set_system(std::string system) { system_ = std::move(system); }
-void Conversation::add_user(std::string content) { turns_.push_back({"user", std::move(content)}); }
-void Conversation::add_assistant(std::string content) { turns_.push_back({"assistant", std::move(content)}); }
-void Conversation::reset() { turns_.clear(); }
-
-std::vector<Message> Conversation::messages() const {
-  std::vector<Message> all;
-  if (!system_.empty()) all.push_back({"system", system_});
-  all.insert(all.end(), turns_.begin(), turns_.end());
-  return all;
+std::vector<Message> Conversation::with_system(const std::vector<Message>& turns) const {
+  std::vector<Message> messages;
+  if (!system_.empty()) messages.push_back({"system", system_});
+  messages.insert(messages.end(), turns.begin(), turns.end());
+  return messages;
 }
 
-std::vector<int32_t> Conversation::prompt() const { return render_chat(*tokenizer_, messages(), options_).ids; }
+std::vector<int32_t> Conversation::render(const std::vector<Message>& turns) const {
+  return render_chat(*tokenizer_, with_system(turns), options_).ids;
+}
+
+int64_t Conversation::system_prompt_tokens(const std::string& system) const {
+  std::vector<Message> messages;
+  if (!system.empty()) messages.push_back({"system", system});
+  return int64_t(render_chat(*tokenizer_, messages, options_).ids.size());
+}
+
+Conversation::Fit Conversation::add_user(std::string content, int64_t max_new_tokens) {
+  Fit fit;
+  const Message message{"user", std::move(content)};
+  // Checked alone first, so that a message too long for any conversation leaves this one as it was.
+  fit.alone_tokens = int64_t(render({message}).size());
+  if (fit.alone_tokens >= context_length_) return fit;  // not even one token of answer fits
+  fit.accepted = true;
+  turns_.push_back(message);
+  fit.prompt = render(turns_);
+  while (int64_t(fit.prompt.size()) + max_new_tokens > context_length_ && turns_.size() > 1) {
+    // One exchange: the oldest message and whatever follows it up to the next user message.
+    const auto next_user =
+        std::find_if(turns_.begin() + 1, turns_.end(), [](const Message& turn) { return turn.role == "user"; });
+    fit.dropped_messages += next_user - turns_.begin();
+    turns_.erase(turns_.begin(), next_user);
+    fit.prompt = render(turns_);
+  }
+  fit.new_tokens = std::min(max_new_tokens, context_length_ - int64_t(fit.prompt.size()));
+  return fit;
+}
 
 }  // namespace lamina::tokenizer

@@ -29,6 +29,11 @@ struct Message {
   std::string content;
 };
 
+// The roles a format defines: system, user and assistant; Llama-3.1 adds ipython (a tool's
+// result). render_chat writes any role as given; readers of training data check theirs against
+// this list, so that a misspelt role is an error rather than a turn the loss silently skips.
+std::vector<std::string> chat_roles(ChatFormat format);
+
 struct ChatOptions {
   ChatFormat format = ChatFormat::llama3;
   bool add_generation_prompt = true;  // end with the assistant header, ready to generate
@@ -60,25 +65,39 @@ std::vector<int32_t> stop_token_ids(const Tokenizer& tokenizer, ChatFormat forma
 // Without a tokenizer_config.json: 3.1 when the vocabulary has <|eom_id|>.
 ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenizer);
 
-// A conversation being held, for an interactive chat: the system message, the turns so far,
-// and the prompt to generate the next answer from.
+// A conversation being held, for an interactive chat, kept within the model's context: the
+// oldest exchanges are dropped when a new message would leave too little room for the answer,
+// and a message that cannot fit even alone is refused, leaving the conversation as it was.
 class Conversation {
  public:
-  Conversation(const Tokenizer& tokenizer, ChatOptions options);
+  // `context_length`: the model's max_position_embeddings.
+  Conversation(const Tokenizer& tokenizer, ChatOptions options, int64_t context_length);
 
-  void set_system(std::string system);  // empty: no system message
-  void add_user(std::string content);
-  void add_assistant(std::string content);
-  void reset();  // forget the turns, keep the system message
+  // Tokens of the system message alone with the generation prompt (the least any prompt takes).
+  int64_t system_prompt_tokens(const std::string& system) const;
+  void set_system(std::string system) { system_ = std::move(system); }  // empty: none
+  void reset() { turns_.clear(); }  // forget the turns, keep the system message
 
-  // Every turn so far, rendered, ending with the generation prompt.
-  std::vector<int32_t> prompt() const;
-  std::vector<Message> messages() const;  // the system message first, when set
-  const ChatOptions& options() const { return options_; }
+  struct Fit {
+    bool accepted = false;     // false: the message alone fills the context, nothing was changed
+    int64_t alone_tokens = 0;  // the prompt of the system message and this message only
+    int64_t dropped_messages = 0;
+    int64_t new_tokens = 0;    // room for the answer: max_new_tokens, or less at the context's end
+    std::vector<int32_t> prompt;  // every kept turn, rendered, ending with the generation prompt
+  };
+  // Adds a user message, then drops the oldest exchanges (a user message and the answers after
+  // it) until the prompt leaves room for `max_new_tokens` or only this message is left.
+  Fit add_user(std::string content, int64_t max_new_tokens);
+  void add_assistant(std::string content) { turns_.push_back({"assistant", std::move(content)}); }
+  std::vector<Message> messages() const { return with_system(turns_); }  // the system message first, when set
 
  private:
+  std::vector<Message> with_system(const std::vector<Message>& turns) const;
+  std::vector<int32_t> render(const std::vector<Message>& turns) const;
+
   const Tokenizer* tokenizer_;
   ChatOptions options_;
+  int64_t context_length_;
   std::string system_;
   std::vector<Message> turns_;
 };

@@ -138,19 +138,56 @@ TEST_CASE("chat: stop tokens and format detection") {
 
 TEST_CASE("chat: a conversation renders its turns and keeps the system message across /reset") {
   const Tokenizer tokenizer = testing::tiny_tokenizer();
-  Conversation conversation(tokenizer, {.format = ChatFormat::llama3, .add_generation_prompt = false});
+  Conversation conversation(tokenizer, {.format = ChatFormat::llama3, .add_generation_prompt = false}, 100000);
   conversation.set_system("Be brief.");
-  conversation.add_user("hi");
+  const Conversation::Fit fit = conversation.add_user("hi", 16);
+  CHECK(fit.accepted);
+  CHECK(fit.dropped_messages == 0);
+  CHECK(fit.new_tokens == 16);
   const std::vector<Message> first = {{"system", "Be brief."}, {"user", "hi"}};
-  CHECK(conversation.prompt() == render_chat(tokenizer, first).ids);  // always ends with the generation prompt
+  CHECK(fit.prompt == render_chat(tokenizer, first).ids);  // always ends with the generation prompt
   conversation.add_assistant("hello");
-  conversation.add_user("bye");
+  conversation.add_user("bye", 16);
   CHECK(conversation.messages().size() == 4);
   conversation.reset();
   CHECK(conversation.messages().size() == 1);
   conversation.set_system("");
   CHECK(conversation.messages().empty());
-  CHECK(tokenizer.decode(conversation.prompt()) == "<|begin_of_text|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  CHECK(tokenizer.decode(conversation.add_user("x", 1).prompt) ==
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nx<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+TEST_CASE("chat: a conversation drops its oldest exchanges to leave room for the answer, and refuses what cannot fit") {
+  const Tokenizer tokenizer = testing::tiny_tokenizer();
+  const ChatOptions options{.format = ChatFormat::llama3};
+  const auto tokens = [&](const std::vector<Message>& messages) { return int64_t(render_chat(tokenizer, messages, options).ids.size()); };
+  // A context that holds the system message, the last exchange and the new message with 4
+  // tokens of answer, but not one exchange more.
+  const std::vector<Message> kept = {{"system", "sys"}, {"user", "second"}, {"assistant", "two"}, {"user", "third"}};
+  const int64_t context = tokens(kept) + 4;
+  REQUIRE(tokens({{"system", "sys"}, {"user", "first"}, {"assistant", "one"}, {"user", "second"}, {"assistant", "two"},
+                  {"user", "third"}}) + 4 > context);
+  Conversation conversation(tokenizer, options, context);
+  conversation.set_system("sys");
+  REQUIRE(conversation.add_user("first", 4).accepted);
+  conversation.add_assistant("one");
+  REQUIRE(conversation.add_user("second", 4).dropped_messages == 0);
+  conversation.add_assistant("two");
+  const Conversation::Fit fit = conversation.add_user("third", 4);
+  CHECK(fit.accepted);
+  CHECK(fit.dropped_messages == 2);  // "first" and its answer
+  CHECK(fit.new_tokens == 4);
+  CHECK(fit.prompt == render_chat(tokenizer, kept, options).ids);
+  // More answer than the context leaves: only the newest message stays, and the answer is clipped.
+  const Conversation::Fit clipped = conversation.add_user("fourth", 1000);
+  CHECK(clipped.accepted);
+  CHECK(conversation.messages().size() == 2);  // the system message and "fourth"
+  CHECK(clipped.new_tokens == context - int64_t(clipped.prompt.size()));
+  // A message that fills the context alone is refused and changes nothing.
+  const Conversation::Fit refused = conversation.add_user(std::string(size_t(context), 'z'), 1);
+  CHECK_FALSE(refused.accepted);
+  CHECK(refused.alone_tokens >= context);
+  CHECK(conversation.messages().size() == 2);
 }
 
 TEST_CASE("chat: errors name what is missing") {
