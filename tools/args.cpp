@@ -77,6 +77,8 @@ bool FlagParser::parse(const std::vector<std::string>& args) {
       const std::string suggestion = closest_match(name, names);
       fail("unknown flag '--" + name + "'" + (suggestion.empty() ? "" : " (did you mean --" + suggestion + "?)"));
     }
+    // The last of two values winning silently would hide a mistake (two --lr in a long command line).
+    if (values_.count(name) != 0) fail("flag --" + name + " is given more than once");
     if (flag->value_name.empty()) {
       if (equals != std::string::npos) fail("flag --" + name + " is a switch and takes no value");
       values_[name] = "true";
@@ -113,6 +115,17 @@ int64_t FlagParser::int_value(const std::string& name, int64_t fallback, int64_t
     fail("flag --" + name + " must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " +
          *text);
   }
+  return parsed;
+}
+
+uint64_t FlagParser::unsigned_value(const std::string& name, uint64_t fallback) const {
+  const std::optional<std::string> text = value(name);
+  if (!text) return fallback;
+  uint64_t parsed = 0;
+  const char* end = text->data() + text->size();
+  const auto [stop, error] = std::from_chars(text->data(), end, parsed);
+  if (error != std::errc() || stop != end)
+    fail("flag --" + name + " needs an integer in [0, 18446744073709551615], got '" + *text + "'");
   return parsed;
 }
 

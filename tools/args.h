@@ -1,8 +1,8 @@
 // A small flag parser for the lamina subcommands.
 //
 // Accepted forms: `--name value`, `--name=value`, and `--name` for boolean flags. Every
-// subcommand answers `--help`. Unknown flags, missing values and stray arguments are usage
-// errors: main() prints them with a hint and exits with status 2.
+// subcommand answers `--help`. Unknown flags, missing values, a flag given twice and stray
+// arguments are usage errors: main() prints them with a hint and exits with status 2.
 #pragma once
 
 #include <cstdint>
@@ -46,6 +46,8 @@ class FlagParser {
   std::optional<std::string> value(const std::string& name) const;
   // The option's value as an integer in [min, max], or `fallback` when not given.
   int64_t int_value(const std::string& name, int64_t fallback, int64_t min, int64_t max) const;
+  // The option's value as an unsigned 64-bit integer (all of its range), or `fallback`.
+  uint64_t unsigned_value(const std::string& name, uint64_t fallback) const;
   // The option's value as a number in [min, max], or `fallback` when not given.
   double double_value(const std::string& name, double fallback, double min, double max) const;
 

@@ -220,7 +220,7 @@ int run_demo(const Arguments& args) {
     return options;
   };
   std::printf("stage 1: pretraining on %zu generated statements\n", corpus.size());
-  train::Trainer(model, stage_options("pretrain", 1000, 2e-3), corpus, held_out_statements).run();
+  train::Trainer(model, stage_options("pretrain", 1000, 2e-3), corpus, held_out_statements).run({train::ExistingRun::overwrite});
   measure("after pretraining");
   // Every third pretraining statement rides along, so that fine-tuning does not make the model
   // forget what it learned in stage 1.
@@ -228,7 +228,7 @@ int run_demo(const Arguments& args) {
   for (size_t i = 0; i < corpus.size(); i += 3) sft_data.push_back(corpus[i]);
   std::printf("stage 2: supervised fine-tuning on %zu chats (loss on the answers only) and %zu statements\n",
               chat_data.size(), sft_data.size() - chat_data.size());
-  train::Trainer(model, stage_options("sft", 500, 1e-3), sft_data, held_out_chats).run();
+  train::Trainer(model, stage_options("sft", 500, 1e-3), sft_data, held_out_chats).run({train::ExistingRun::overwrite});
   measure("after fine-tuning");
 
   // The final model, loadable by `lamina chat --model <output>/model`.

@@ -1,6 +1,9 @@
 // `lamina train pretrain|sft` and `lamina plot`.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
+#include <limits>
 
 #include "models/tokenizer/chat.h"
 #include "tensor/io/atomic_file.h"
@@ -13,6 +16,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Validation is capped by tokens by default: a 5% split of a large corpus is hundreds of
+// thousands of examples and took minutes per evaluation, while 64Ki tokens are plenty to follow
+// the loss (the standard error of a mean over them is a fraction of a percent of it).
+constexpr int64_t kDefaultValidationTokens = 65536;
+
 // The training knobs shared by both subcommands; defaults come from TrainOptions.
 void add_training_flags(FlagParser& parser) {
   const train::TrainOptions d;
@@ -22,15 +30,16 @@ void add_training_flags(FlagParser& parser) {
   parser.add_option("steps", "N", "optimizer steps", text(d.steps));
   parser.add_option("batch-size", "N", "sequences per optimizer step", text(d.batch_size));
   parser.add_option("micro-batch-size", "N", "sequences per forward/backward (gradient accumulation)", "batch-size");
-  parser.add_option("seq-len", "N", "tokens per sequence", text(d.seq_len));
+  parser.add_option("seq-len", "N", "tokens per sequence (at most the model's max_position_embeddings)", text(d.seq_len));
   parser.add_switch("no-pack", "one example per sequence instead of packing several");
-  parser.add_option("lr", "LR", "peak learning rate", text(d.lr));
+  parser.add_option("lr", "LR", "peak learning rate, in [1e-12, 10]", text(d.lr));
   parser.add_option("min-lr-ratio", "R", "final learning rate as a fraction of the peak", text(d.min_lr_ratio));
   parser.add_option("warmup-steps", "N", "linear warmup steps", text(d.warmup_steps));
   parser.add_option("schedule", "NAME", "constant, linear or cosine", d.schedule);
-  parser.add_option("weight-decay", "W", "AdamW decoupled weight decay (not on norms)", text(d.weight_decay));
-  parser.add_option("beta1", "B", "AdamW beta1", text(d.beta1));
-  parser.add_option("beta2", "B", "AdamW beta2", text(d.beta2));
+  parser.add_option("weight-decay", "W", "AdamW decoupled weight decay (not on norms), in [0, 10]", text(d.weight_decay));
+  parser.add_option("beta1", "B", "AdamW beta1, in [0, 0.999999]", text(d.beta1));
+  parser.add_option("beta2", "B", "AdamW beta2, in [0, 0.999999]", text(d.beta2));
+  parser.add_option("eps", "E", "AdamW epsilon, in [1e-30, 1]", text(d.eps));
   parser.add_option("clip", "C", "global gradient-norm limit (0 = off)", text(d.clip));
   parser.add_switch("gradient-checkpointing", "recompute each layer's activations in backward (less memory)");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
@@ -39,44 +48,94 @@ void add_training_flags(FlagParser& parser) {
   parser.add_option("eval-every", "N", "validation loss every N steps (0 = at the end)", text(d.eval_every));
   parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));
   parser.add_option("keep-checkpoints", "N", "how many checkpoints to keep", text(d.keep_checkpoints));
-  parser.add_option("seed", "S", "seed for shuffling (and for fresh weights)", text(d.seed));
+  parser.add_option("seed", "S", "seed for shuffling (and for fresh weights), 0 to 2^64-1", text(d.seed));
   parser.add_option("validation", "FILE", "validation data (default: a split of --data)");
   parser.add_option("validation-fraction", "F", "fraction of --data held out when no --validation", "0.05");
-  parser.add_option("format", "NAME", "JSONL format: auto, text, prompt-completion or chat", "auto");
+  parser.add_option("validation-tokens", "N",
+                    "evaluate at most the first N tokens of validation examples (0 = all); split-off examples "
+                    "beyond it train instead",
+                    text(kDefaultValidationTokens));
+  parser.add_option("format", "NAME", "JSONL format: auto, text, prompt-completion, chat or sharegpt", "auto");
   parser.add_switch("skip-malformed", "skip bad JSONL lines (counted) instead of stopping at the first");
-  parser.add_switch("resume", "continue from the newest checkpoint in --output");
-  parser.add_switch("quiet", "no progress line");
+  parser.add_switch("resume",
+                    "continue the run in --output from its newest complete checkpoint (exactly: options that "
+                    "would change its numbers are refused)");
+  parser.add_switch("allow-option-changes",
+                    "with --resume: continue even when such options or the training data changed (listed on stderr)");
+  parser.add_switch("overwrite", "replace the run in --output (removes only lamina's own files there)");
+  parser.add_switch("quiet", "no progress output (training steps, long evaluations)");
 }
 
+// Ranges are checked by TrainOptions::validate, so that flags and --options files get the same checks.
 train::TrainOptions training_options(const FlagParser& parser) {
   train::TrainOptions options;
-  if (const std::optional<std::string> file = parser.value("options")) options = train::TrainOptions::from_json(json::parse_file(*file), options);
-  constexpr int64_t kMax = int64_t(1) << 40;
-  options.steps = parser.int_value("steps", options.steps, 0, kMax);
-  options.batch_size = parser.int_value("batch-size", options.batch_size, 1, kMax);
-  options.micro_batch_size = parser.int_value("micro-batch-size", options.micro_batch_size, 0, kMax);
-  options.seq_len = parser.int_value("seq-len", options.seq_len, 2, kMax);
+  if (const std::optional<std::string> file = parser.value("options")) {
+    const json::Value object = json::parse_file(*file);
+    try {
+      options = train::TrainOptions::from_json(object, options);
+    } catch (const Error& error) {
+      throw Error(str_cat(*file, ": ", error.what()));
+    }
+  }
+  const auto integer = [&](const char* name, int64_t fallback) {
+    return parser.int_value(name, fallback, INT64_MIN, INT64_MAX);
+  };
+  const auto real = [&](const char* name, double fallback) {
+    return parser.double_value(name, fallback, -HUGE_VAL, HUGE_VAL);
+  };
+  options.steps = integer("steps", options.steps);
+  options.batch_size = integer("batch-size", options.batch_size);
+  options.micro_batch_size = integer("micro-batch-size", options.micro_batch_size);
+  options.seq_len = integer("seq-len", options.seq_len);
   if (parser.is_set("no-pack")) options.pack = false;
-  options.lr = parser.double_value("lr", options.lr, 1e-12, 10.0);
-  options.min_lr_ratio = parser.double_value("min-lr-ratio", options.min_lr_ratio, 0.0, 1.0);
-  options.warmup_steps = parser.int_value("warmup-steps", options.warmup_steps, 0, kMax);
+  options.lr = real("lr", options.lr);
+  options.min_lr_ratio = real("min-lr-ratio", options.min_lr_ratio);
+  options.warmup_steps = integer("warmup-steps", options.warmup_steps);
   options.schedule = parser.value("schedule").value_or(options.schedule);
-  options.weight_decay = parser.double_value("weight-decay", options.weight_decay, 0.0, 10.0);
-  options.beta1 = parser.double_value("beta1", options.beta1, 0.0, 0.999999);
-  options.beta2 = parser.double_value("beta2", options.beta2, 0.0, 0.999999);
-  options.clip = parser.double_value("clip", options.clip, 0.0, 1e12);
+  options.weight_decay = real("weight-decay", options.weight_decay);
+  options.beta1 = real("beta1", options.beta1);
+  options.beta2 = real("beta2", options.beta2);
+  options.eps = real("eps", options.eps);
+  options.clip = real("clip", options.clip);
   if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
   options.device = parser.value("device").value_or(options.device);
   options.precision = parser.value("precision").value_or(options.precision);
-  options.eval_every = parser.int_value("eval-every", options.eval_every, 0, kMax);
-  options.save_every = parser.int_value("save-every", options.save_every, 0, kMax);
-  options.keep_checkpoints = parser.int_value("keep-checkpoints", options.keep_checkpoints, 1, kMax);
-  options.seed = uint64_t(parser.int_value("seed", int64_t(options.seed), 0, INT64_MAX));
+  options.eval_every = integer("eval-every", options.eval_every);
+  options.save_every = integer("save-every", options.save_every);
+  options.keep_checkpoints = integer("keep-checkpoints", options.keep_checkpoints);
+  options.seed = parser.unsigned_value("seed", options.seed);
   options.output_dir = parser.value("output").value_or(options.output_dir);
   if (options.output_dir.empty()) throw UsageError("lamina train: --output is required", "run 'lamina train <kind> --help'");
   options.progress = !parser.is_set("quiet");
   options.validate();
   return options;
+}
+
+// How the run treats its output folder; checked before any data is read.
+train::RunStart run_start(const FlagParser& parser, const train::TrainOptions& options) {
+  train::RunStart start;
+  if (parser.is_set("resume") && parser.is_set("overwrite"))
+    throw UsageError("lamina train: --resume and --overwrite contradict each other", "pass one of them");
+  if (parser.is_set("allow-option-changes") && !parser.is_set("resume"))
+    throw UsageError("lamina train: --allow-option-changes only applies with --resume", "add --resume, or drop it");
+  if (parser.is_set("resume")) start.existing = train::ExistingRun::resume;
+  if (parser.is_set("overwrite")) start.existing = train::ExistingRun::overwrite;
+  start.allow_option_changes = parser.is_set("allow-option-changes");
+  train::check_output_folder(options.output_dir, start.existing);
+  return start;
+}
+
+// Keeps the first validation examples that hold at most `max_tokens` tokens (always at least
+// one) and returns the others.
+std::vector<train::Example> cap_validation(std::vector<train::Example>& validation, int64_t max_tokens) {
+  size_t kept = 0;
+  int64_t tokens = 0;
+  while (kept < validation.size() && (kept == 0 || tokens + int64_t(validation[kept].ids.size()) <= max_tokens))
+    tokens += int64_t(validation[kept++].ids.size());
+  std::vector<train::Example> rest(std::make_move_iterator(validation.begin() + long(kept)),
+                                   std::make_move_iterator(validation.end()));
+  validation.resize(kept);
+  return rest;
 }
 
 bool is_token_shard(const std::string& path) { return fs::path(path).extension() == ".bin"; }
@@ -85,7 +144,7 @@ bool is_token_shard(const std::string& path) { return fs::path(path).extension()
 // tokenizer, or a token shard (.bin) as is.
 std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
     const FlagParser& parser, const std::optional<tokenizer::Tokenizer>& tok, const train::TrainOptions& options,
-    const std::string& chat_source) {
+    const std::string& chat_source, int64_t vocab_size) {
   const std::optional<std::string> data = parser.value("data");
   if (!data) throw UsageError("lamina train: --data is required", "run 'lamina train <kind> --help'");
   train::JsonlOptions jsonl;
@@ -93,37 +152,72 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   jsonl.skip_malformed = parser.is_set("skip-malformed");
   if (tok) jsonl.chat.format = tokenizer::detect_chat_format(chat_source, *tok);
   auto read = [&](const std::string& path) {
-    if (is_token_shard(path)) return train::read_token_shard(path, options.seq_len + 1);
+    if (is_token_shard(path)) return train::read_token_shard(path, options.seq_len + 1, vocab_size);
     if (!tok) throw Error("JSONL data needs a tokenizer: pass --tokenizer PATH");
+    train::JsonlOptions file_options = jsonl;
+    bool progress_shown = false;
+    if (options.progress)
+      file_options.on_progress = [&](int64_t done, int64_t total) {
+        if (total <= 0 || (done == total && !progress_shown)) return;  // a quick read prints nothing
+        progress_shown = true;
+        std::fprintf(stderr, "\rreading %s: %3d%% of %.1f MB%s", path.c_str(), int(100 * done / total),
+                     double(total) / 1e6, done == total ? "\n" : "");
+      };
     train::JsonlStats stats;
-    std::vector<train::Example> examples = train::read_jsonl(path, *tok, jsonl, &stats);
+    std::vector<train::Example> examples = train::read_jsonl(path, *tok, file_options, &stats);
     if (stats.skipped > 0)
       std::fprintf(stderr, "%s: skipped %lld malformed lines of %lld (first: %s)\n", path.c_str(), (long long)stats.skipped,
                    (long long)stats.lines, stats.first_skipped.c_str());
-    return train::chunk_examples(std::move(examples), options.seq_len + 1);
+    // Plain text is cut into pieces; a prompt/completion or chat example longer than a row is
+    // truncated keeping its prompt, or dropped when no target would remain (counted here).
+    train::FitStats fit;
+    examples = train::fit_examples(std::move(examples), options.seq_len + 1, &fit);
+    if (fit.too_long > 0) std::fprintf(stderr, "%s: %s\n", path.c_str(), fit.summary().c_str());
+    return examples;
   };
+  const int64_t validation_tokens =
+      parser.int_value("validation-tokens", kDefaultValidationTokens, 0, std::numeric_limits<int64_t>::max());
   std::vector<train::Example> train_examples = read(*data);
   std::vector<train::Example> validation;
-  if (const std::optional<std::string> path = parser.value("validation")) {
-    validation = read(*path);
+  const std::optional<std::string> validation_path = parser.value("validation");
+  if (validation_path) {
+    validation = read(*validation_path);
   } else {
     validation = train::split_validation(train_examples, parser.double_value("validation-fraction", 0.05, 0.0, 0.9),
                                          options.seed);
+  }
+  if (validation_tokens > 0) {
+    const size_t held_out = validation.size();
+    std::vector<train::Example> rest = cap_validation(validation, validation_tokens);
+    if (!rest.empty()) {
+      std::fprintf(stderr, "validation: %zu of %zu examples (--validation-tokens %lld)%s\n", validation.size(), held_out,
+                   (long long)validation_tokens, validation_path ? "" : "; the others train");
+      if (!validation_path)
+        train_examples.insert(train_examples.end(), std::make_move_iterator(rest.begin()),
+                              std::make_move_iterator(rest.end()));
+    }
   }
   if (train_examples.empty()) throw Error("lamina train: " + *data + " holds no training examples");
   std::fprintf(stderr, "data: %zu training examples, %zu validation examples\n", train_examples.size(), validation.size());
   return {std::move(train_examples), std::move(validation)};
 }
 
-// Copies the tokenizer files beside the trained model, so that its folder is self-contained
+// Copies the tokenizer files into the trained model's folder, so that it is self-contained
 // (`lamina generate --prompt` and `lamina chat` find the tokenizer there).
-void copy_tokenizer_files(const std::string& source, const std::string& output_directory) {
+void copy_tokenizer_files(const std::string& source, const std::string& model_folder) {
   const fs::path file = fs::is_directory(source) ? fs::path(source) / "tokenizer.json" : fs::path(source);
   if (!fs::exists(file)) return;
-  const fs::path model = fs::path(output_directory) / "model";
+  const fs::path model(model_folder);
   fs::copy_file(file, model / "tokenizer.json", fs::copy_options::overwrite_existing);
   const fs::path config = file.parent_path() / "tokenizer_config.json";
   if (fs::exists(config)) fs::copy_file(config, model / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+}
+
+void check_vocabulary(const tokenizer::Tokenizer& tok, const std::string& tokenizer_path, const llama::LlamaConfig& config,
+                      const std::string& config_path) {
+  if (tok.vocab_size() > config.vocab_size)
+    throw Error(str_cat("the tokenizer ", tokenizer_path, " has ", tok.vocab_size(), " ids but the model's vocab_size is ",
+                        config.vocab_size, " (", config_path, ")"));
 }
 
 int run_pretrain(const Arguments& args) {
@@ -136,20 +230,21 @@ int run_pretrain(const Arguments& args) {
   const std::optional<std::string> config_path = parser.value("config");
   if (!config_path) throw UsageError("lamina train pretrain: --config is required", "run 'lamina train pretrain --help'");
   const train::TrainOptions options = training_options(parser);
+  const train::RunStart start = run_start(parser, options);
   const llama::LlamaConfig config = llama::LlamaConfig::load(*config_path);
+  train::check_model_fits(config, options);
   std::optional<tokenizer::Tokenizer> tok;
   const std::string tokenizer_path = parser.value("tokenizer").value_or("");
   if (!tokenizer_path.empty()) tok.emplace(tokenizer::Tokenizer::load(tokenizer_path));
-  if (tok && tok->vocab_size() > config.vocab_size)
-    throw Error(str_cat("the tokenizer has ", tok->vocab_size(), " ids but the config's vocab_size is ", config.vocab_size));
-  auto [examples, validation] = load_data(parser, tok, options, tokenizer_path);
+  if (tok) check_vocabulary(*tok, tokenizer_path, config, *config_path);
+  auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = std::make_shared<llama::LlamaForCausalLM>(config, DType::f32);
   Generator generator(options.seed);
   model->init_parameters(generator);
   std::fprintf(stderr, "model: %.1fM parameters\n", double(model->parameter_count()) / 1e6);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
-  trainer.run(parser.is_set("resume"));
-  if (tok) copy_tokenizer_files(tokenizer_path, options.output_dir);
+  if (tok) trainer.add_model_files = [&](const std::string& folder) { copy_tokenizer_files(tokenizer_path, folder); };
+  trainer.run(start);
   std::printf("trained %lld steps; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
               options.output_dir.c_str(), options.output_dir.c_str());
   return 0;
@@ -158,7 +253,8 @@ int run_pretrain(const Arguments& args) {
 int run_sft(const Arguments& args) {
   FlagParser parser("lamina train sft",
                     "Fine-tunes a Llama model on JSONL: {\"prompt\", \"completion\"} (loss on the completion) or "
-                    "{\"messages\": [...]} in the chat format (loss on the assistant turns), or plain {\"text\"}.");
+                    "{\"messages\": [...]} or ShareGPT {\"conversations\": [{\"from\", \"value\"}]} in the chat format (loss on the "
+                    "assistant turns), or plain {\"text\"}.");
   parser.add_option("model", "DIR", "the model to fine-tune (HF folder) (required)");
   parser.add_option("data", "FILE.jsonl", "training data");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
@@ -167,13 +263,20 @@ int run_sft(const Arguments& args) {
   const std::optional<std::string> directory = parser.value("model");
   if (!directory) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
   const train::TrainOptions options = training_options(parser);
+  const train::RunStart start = run_start(parser, options);
+  // The model's config and the tokenizer are checked against each other and the options
+  // before the data is read and the weights loaded (either may take minutes).
+  const std::string config_path = (fs::path(*directory) / "config.json").string();
+  const llama::LlamaConfig config = llama::LlamaConfig::load(config_path);
+  train::check_model_fits(config, options);
   const std::string tokenizer_path = parser.value("tokenizer").value_or(*directory);
   std::optional<tokenizer::Tokenizer> tok(tokenizer::Tokenizer::load(tokenizer_path));
-  auto [examples, validation] = load_data(parser, tok, options, tokenizer_path);
+  check_vocabulary(*tok, tokenizer_path, config, config_path);
+  auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = llama::LlamaForCausalLM::load(*directory);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
-  trainer.run(parser.is_set("resume"));
-  copy_tokenizer_files(tokenizer_path, options.output_dir);
+  trainer.add_model_files = [&](const std::string& folder) { copy_tokenizer_files(tokenizer_path, folder); };
+  trainer.run(start);
   std::printf("fine-tuned %lld steps; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
               options.output_dir.c_str(), options.output_dir.c_str());
   return 0;

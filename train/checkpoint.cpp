@@ -3,40 +3,88 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <filesystem>
 
 #include "autograd/autograd.h"
 #include "models/io/safetensors.h"
 #include "tensor/io/atomic_file.h"
+#include "train/failpoint.h"
+#include "train/run_folder.h"
 
 namespace lamina::train {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kPrefix = "step-";
+constexpr std::string_view kPrefix = "step-";
+constexpr std::string_view kPartial = ".partial-";
+constexpr std::string_view kDeleting = ".deleting-";
+constexpr const char* kMarker = "COMPLETE";
 
 std::string step_name(int64_t step) {
   char name[32];
-  std::snprintf(name, sizeof(name), "%s%08lld", kPrefix, (long long)step);
+  std::snprintf(name, sizeof(name), "step-%08lld", (long long)step);
   return name;
 }
 
-// Complete checkpoint folders, oldest first.
-std::vector<fs::path> complete_checkpoints(const fs::path& root) {
-  std::vector<fs::path> found;
-  if (!fs::exists(root)) return found;
+// The step of a folder named "step-<digits>"; nullopt for any other name.
+std::optional<int64_t> parse_step(std::string_view name) {
+  if (name.substr(0, kPrefix.size()) != kPrefix || name.size() == kPrefix.size()) return std::nullopt;
+  const std::string_view digits = name.substr(kPrefix.size());
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
+  int64_t step = 0;
+  const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  if (error != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
+  return step;
+}
+
+// "step-<digits><tag><digits>": a checkpoint on its way in or out.
+bool is_transient_name(std::string_view name, std::string_view tag) {
+  const size_t at = name.find(tag);
+  if (at == std::string_view::npos || !parse_step(name.substr(0, at))) return false;
+  const std::string_view pid = name.substr(at + tag.size());
+  return !pid.empty() && std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+struct Found {
+  int64_t step;
+  fs::path path;
+};
+
+// Complete checkpoints, highest step first (ties: by name, for a stable order).
+std::vector<Found> find_complete(const fs::path& root) {
+  std::vector<Found> found;
+  if (!fs::is_directory(root)) return found;
   for (const auto& entry : fs::directory_iterator(root)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind(kPrefix, 0) != 0 || name.find('.') != std::string::npos) continue;
-    if (!fs::exists(entry.path() / "trainer.json")) continue;
-    found.push_back(entry.path());
+    const std::optional<int64_t> step = parse_step(entry.path().filename().string());
+    if (step && entry.is_directory() && fs::is_regular_file(entry.path() / kMarker)) found.push_back({*step, entry.path()});
   }
-  std::sort(found.begin(), found.end());
+  std::sort(found.begin(), found.end(), [](const Found& a, const Found& b) {
+    return a.step != b.step ? a.step > b.step : a.path.filename() < b.path.filename();
+  });
   return found;
 }
 
+// Renames the checkpoint out of the way first (atomic), so that a crash during the removal
+// leaves a deleting folder, never a checkpoint with some of its files gone.
+void remove_checkpoint(const fs::path& root, const fs::path& checkpoint, int64_t step) {
+  const fs::path deleting =
+      root / str_cat(checkpoint.filename().string(), kDeleting, std::to_string(::getpid()));
+  fs::remove_all(deleting);
+  fs::rename(checkpoint, deleting);
+  sync_directory(root.string());
+  failpoint("checkpoint.prune-renamed", step, deleting.string());
+  fs::remove(deleting / "model.safetensors");
+  failpoint("checkpoint.prune-removing", step, deleting.string());
+  fs::remove_all(deleting);
+}
+
 }  // namespace
+
+bool is_checkpoint_folder_name(const std::string& name) {
+  return parse_step(name) || is_transient_name(name, kPartial) || is_transient_name(name, kDeleting);
+}
 
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
                                      const llama::LlamaForCausalLM& model, const AdamW& optimizer,
@@ -45,44 +93,98 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
   const fs::path root = fs::path(output_directory) / "checkpoints";
   fs::create_directories(root);
   const fs::path final_path = root / step_name(step);
-  const fs::path partial = root / (step_name(step) + ".partial-" + std::to_string(::getpid()));
+  const fs::path partial = root / str_cat(step_name(step), kPartial, std::to_string(::getpid()));
+  const auto between_files = [&](const char* stage, std::string_view place, const fs::path& next) {
+    if (fault) fault(stage);
+    failpoint(place, step, next.string());
+  };
   fs::remove_all(partial);
   try {
     fs::create_directories(partial);
     model.save(partial.string());
-    if (fault) fault("model");
+    between_files("model", "checkpoint.after-model", partial / "optimizer.safetensors");
     safetensors::save((partial / "optimizer.safetensors").string(), optimizer.state_tensors());
-    if (fault) fault("optimizer");
+    between_files("optimizer", "checkpoint.after-optimizer", partial / "trainer.json");
     json::Value state = json::Object{};
     state.set("step", step);
     state.set("optimizer", optimizer.state_json());
     state.set("trainer", trainer_state);
     io::write_file_atomically((partial / "trainer.json").string(), state.dump(2) + "\n");
-    if (fault) fault("trainer");
-    fs::remove_all(final_path);  // a checkpoint of the same step from an earlier, abandoned run
+    between_files("trainer", "checkpoint.after-state", partial / kMarker);
+    io::write_file_atomically((partial / kMarker).string(), str_cat("step ", step, "\n"));
+    sync_directory(partial.string());  // every file's name durable before the folder is published
+    failpoint("checkpoint.before-rename", step, final_path.string());
+    // A complete checkpoint of this step already there did not load when this run resumed.
+    if (fs::exists(final_path)) remove_checkpoint(root, final_path, step);
     fs::rename(partial, final_path);
+    sync_directory(root.string());
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(partial, ignored);
     throw;
   }
-  // Keep the newest `keep`.
-  std::vector<fs::path> all = complete_checkpoints(root);
-  for (size_t i = 0; keep > 0 && all.size() > size_t(keep) && i < all.size() - size_t(keep); ++i) fs::remove_all(all[i]);
+  failpoint("checkpoint.after-rename", step, final_path.string());
+  int64_t kept = 0;
+  for (const Found& found : find_complete(root)) {
+    const bool keep_it = found.path == final_path || (found.step < step && kept < keep);
+    if (keep_it) ++kept;
+    else remove_checkpoint(root, found.path, step);
+  }
   return final_path.string();
 }
 
+std::vector<std::string> prune_checkpoints(const std::string& output_directory, int64_t keep) {
+  const fs::path root = fs::path(output_directory) / "checkpoints";
+  const std::vector<Found> all = find_complete(root);
+  std::vector<std::string> removed;
+  for (size_t i = size_t(std::max<int64_t>(keep, 0)); i < all.size(); ++i) {
+    remove_checkpoint(root, all[i].path, all.front().step);
+    removed.push_back("checkpoints/" + all[i].path.filename().string());
+  }
+  return removed;
+}
+
+std::vector<std::string> complete_checkpoints(const std::string& output_directory) {
+  std::vector<std::string> out;
+  for (const Found& found : find_complete(fs::path(output_directory) / "checkpoints")) out.push_back(found.path.string());
+  return out;
+}
+
 std::optional<std::string> latest_checkpoint(const std::string& output_directory) {
-  const std::vector<fs::path> all = complete_checkpoints(fs::path(output_directory) / "checkpoints");
+  const std::vector<std::string> all = complete_checkpoints(output_directory);
   if (all.empty()) return std::nullopt;
-  return all.back().string();
+  return all.front();
+}
+
+std::vector<std::string> remove_incomplete_checkpoints(const std::string& output_directory) {
+  const fs::path root = fs::path(output_directory) / "checkpoints";
+  std::vector<std::string> removed;
+  if (!fs::is_directory(root)) return removed;
+  std::vector<fs::directory_entry> entries(fs::directory_iterator(root), fs::directory_iterator{});
+  std::sort(entries.begin(), entries.end());
+  for (const auto& entry : entries) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || entry.is_symlink() || !is_checkpoint_folder_name(name)) continue;
+    if (parse_step(name) && fs::is_regular_file(entry.path() / kMarker)) continue;
+    fs::remove_all(entry.path());
+    removed.push_back(str_cat("checkpoints/", name, parse_step(name) ? " (no COMPLETE marker)" : ""));
+  }
+  if (!removed.empty()) sync_directory(root.string());
+  return removed;
 }
 
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
                                             AdamW& optimizer) {
   const fs::path dir(checkpoint_directory);
+  LAMINA_CHECK(fs::is_regular_file(dir / kMarker), "checkpoint ", checkpoint_directory, " is incomplete (no ",
+               kMarker, " marker)");
   const json::Value state = json::parse_file((dir / "trainer.json").string());
   const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), model.dtype());
+  const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
+  std::vector<nn::NamedTensor> optimizer_tensors;
+  for (const safetensors::TensorInfo& info : optimizer_file.tensors())
+    optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
+  const int64_t step = state.at("step").as_int64("trainer.json: step");
   {
     autograd::NoGradGuard no_grad;
     const std::vector<nn::NamedTensor> saved = saved_model->named_parameters();
@@ -95,12 +197,8 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
       ops::copy_(current[i].second, ops::to_device(saved[i].second, current[i].second.device()));
     }
   }
-  const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
-  std::vector<nn::NamedTensor> optimizer_tensors;
-  for (const safetensors::TensorInfo& info : optimizer_file.tensors())
-    optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
   optimizer.load_state(state.at("optimizer"), optimizer_tensors);
-  return {state.at("step").as_int64("trainer.json: step"), state.at("trainer")};
+  return {step, state.at("trainer")};
 }
 
 }  // namespace lamina::train

@@ -3,16 +3,26 @@
 //   <output>/checkpoints/step-00000120/
 //       config.json, model.safetensors   the model, in Hugging Face layout (loadable on its own)
 //       optimizer.safetensors            the optimizer's moments (and master weights)
-//       trainer.json                     step, optimizer counters, data cursor, options
+//       trainer.json                     step, optimizer counters, data cursor, options, data fingerprint
+//       COMPLETE                         written last: the checkpoint is whole
 //
-// A checkpoint is written into a temporary folder that is renamed into place only when every
-// file is complete, so a crash or a failed write leaves the previous checkpoints intact and
-// never a half checkpoint. The newest `keep` checkpoints are kept.
+// A checkpoint is written into step-N.partial-PID/, every file synced, COMPLETE written and
+// synced last, and only then renamed into place (and the rename synced). A folder without
+// COMPLETE is never a checkpoint, whatever else it holds. Pruning renames a checkpoint to
+// step-N.deleting-PID/ (atomically) before removing it, so a crash mid-removal never leaves
+// a half checkpoint under a checkpoint's name. Checkpoints are ordered by their step number,
+// parsed from the name, never by the name's text.
+//
+// A killed run leaves partial and deleting folders; remove_incomplete_checkpoints() removes
+// them when the next run starts. That run holds the output folder's lock (run_folder.h), so no
+// live lamina can be writing them: a partial folder whose PID is alive belongs to a dead run
+// whose PID was reused, not to a concurrent run (which the lock refuses).
 #pragma once
 
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "models/llama/model.h"
 #include "tensor/io/json.h"
@@ -25,15 +35,32 @@ struct CheckpointContents {
   json::Value trainer_state;  // free-form: data cursor, options, ...
 };
 
-// Writes the checkpoint of `step`; returns its folder. `fault` (tests) is called between the
-// files and may throw to simulate a failure part-way through.
+// Writes the checkpoint of `step` and prunes the others down to `keep`: the newest older ones
+// stay; any newer ones (left by a run that this one resumed from before them, because they did
+// not load) go. Returns its folder. `fault` (tests) is called between the files ("model",
+// "optimizer", "trainer") and may throw to simulate a failure part-way through; the
+// LAMINA_FAILPOINT places (train/failpoint.h) are between the same files.
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
                                      const llama::LlamaForCausalLM& model, const AdamW& optimizer,
                                      const json::Value& trainer_state, int64_t keep,
                                      const std::function<void(const std::string& stage)>& fault = {});
 
-// The newest complete checkpoint folder under output_directory/checkpoints, if any.
+// The complete checkpoint folders under output_directory/checkpoints, newest (highest step) first.
+std::vector<std::string> complete_checkpoints(const std::string& output_directory);
+// The newest complete checkpoint folder, if any.
 std::optional<std::string> latest_checkpoint(const std::string& output_directory);
+
+// Removes what killed runs leave under output_directory/checkpoints: partial and deleting
+// folders, folders without the COMPLETE marker, temporary files. Returns the names removed.
+std::vector<std::string> remove_incomplete_checkpoints(const std::string& output_directory);
+
+// Removes all but the newest `keep` complete checkpoints (what a run killed while pruning
+// left); returns the names removed.
+std::vector<std::string> prune_checkpoints(const std::string& output_directory, int64_t keep);
+
+// Whether `name` is one that lamina gives to folders under checkpoints/ (step-N, and the
+// step-N.partial-PID / step-N.deleting-PID it passes through).
+bool is_checkpoint_folder_name(const std::string& name);
 
 // Loads a checkpoint's weights into `model` and its state into `optimizer`.
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,

@@ -11,41 +11,66 @@
 #include <sstream>
 
 #include "tensor/error.h"
+#include "tensor/io/atomic_file.h"
+#include "tensor/io/regular_file.h"
 
 namespace lamina::train {
 
-MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step) : path_(path) {
-  std::vector<std::string> kept;
-  if (keep_through_step >= 0) {
-    std::ifstream in(path);
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_through_step)
+    : path_(path), keep_through_step_(keep_through_step) {}
+
+MetricsLog::~MetricsLog() {
+  if (file_ != nullptr) std::fclose(file_);
+}
+
+void MetricsLog::fail(int error) const {
+  throw Error(str_cat("cannot write metrics to ", path_, ": ", std::strerror(error)));
+}
+
+void MetricsLog::open() {
+  std::string kept;
+  if (keep_through_step_ >= 0) {
+    std::ifstream in(path_);
     std::string line;
     while (std::getline(in, line)) {
       if (line.empty()) continue;
       try {
         const json::Value value = json::parse(line);
         const json::Value* step = value.find("step");
-        if (step != nullptr && step->as_int64() <= keep_through_step) kept.push_back(line);
+        if (step != nullptr && step->as_int64() <= keep_through_step_) kept += line + "\n";
       } catch (const Error&) {
         break;  // a line cut short by a crash: drop it and everything after
       }
     }
+    // The kept lines replace the file in one rename: a crash now loses nothing already logged.
+    io::write_file_atomically(path_, kept);
   }
-  file_ = std::fopen(path.c_str(), "w");
-  LAMINA_CHECK(file_ != nullptr, "cannot write metrics to ", path, ": ", std::strerror(errno));
-  for (const std::string& line : kept) std::fprintf(file_, "%s\n", line.c_str());
-  std::fflush(file_);
-}
-
-MetricsLog::~MetricsLog() {
-  if (file_ != nullptr) std::fclose(file_);
+  file_ = std::fopen(path_.c_str(), keep_through_step_ >= 0 ? "a" : "w");
+  if (file_ == nullptr) fail(errno);
 }
 
 void MetricsLog::write(const json::Value& line) {
-  std::fprintf(file_, "%s\n", line.dump().c_str());
-  std::fflush(file_);
+  if (file_ == nullptr) open();
+  const std::string text = line.dump() + "\n";
+  errno = 0;
+  if (std::fputs(text.c_str(), file_) == EOF || std::fflush(file_) != 0 || std::ferror(file_))
+    fail(errno != 0 ? errno : EIO);
+}
+
+void MetricsLog::sync() {
+  if (file_ == nullptr) return;
+  if (std::fflush(file_) != 0 || ::fsync(::fileno(file_)) != 0) fail(errno);
+}
+
+void MetricsLog::close() {
+  if (file_ == nullptr) return;
+  std::FILE* file = file_;
+  file_ = nullptr;
+  if (std::fclose(file) != 0) fail(errno);
 }
 
 std::vector<json::Value> read_metrics(const std::string& path) {
+  io::check_regular_file(path, "metrics");
   std::ifstream in(path);
   LAMINA_CHECK(in.good(), "cannot open ", path);
   std::vector<json::Value> lines;
@@ -106,6 +131,32 @@ void ProgressLine::update(int64_t step, int64_t total_steps, double loss, double
 void ProgressLine::finish() {
   if (enabled_ && drawn_) std::fprintf(stderr, "\n");
   drawn_ = false;
+}
+
+TaskProgress::TaskProgress(bool enabled, std::string label, int64_t total, double delay_seconds)
+    : enabled_(enabled),
+      terminal_(::isatty(2) != 0),
+      label_(std::move(label)),
+      total_(total),
+      delay_seconds_(delay_seconds),
+      start_(std::chrono::steady_clock::now()) {}
+
+void TaskProgress::update(int64_t done) {
+  if (!enabled_ || total_ <= 0) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (elapsed < delay_seconds_) return;
+  const int64_t tenth = done * 10 / total_;
+  if (!terminal_ && tenth == last_tenth_) return;
+  last_tenth_ = tenth;
+  std::fprintf(stderr, "%s%s %lld/%lld (%.0fs)%s", terminal_ ? "\r" : "", label_.c_str(), (long long)done,
+               (long long)total_, elapsed, terminal_ ? "   " : "\n");
+  std::fflush(stderr);
+  shown_ = true;
+}
+
+void TaskProgress::finish() {
+  if (shown_ && terminal_) std::fprintf(stderr, "\n");
+  shown_ = false;
 }
 
 std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::string& title) {

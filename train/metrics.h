@@ -13,7 +13,9 @@
 
 namespace lamina::train {
 
-// Appends JSON lines to a file, flushed line by line so a crash loses at most one.
+// Appends JSON lines to a file, flushed line by line so a crash loses at most one. Every write
+// is checked: a failure (a full disk) is an Error naming the file and the reason. The file is
+// created by the first write(), so a run that fails before its first step leaves none.
 class MetricsLog {
  public:
   // Keeps the lines whose "step" is <= keep_through_step (a resumed run rewrites the rest);
@@ -23,10 +25,18 @@ class MetricsLog {
   MetricsLog(const MetricsLog&) = delete;
   MetricsLog& operator=(const MetricsLog&) = delete;
   void write(const json::Value& line);
+  // Makes what was written durable (fsync), as a checkpoint of the same step is.
+  void sync();
+  // Closes the file, checked (the destructor closes too, unchecked: it runs on error paths).
+  void close();
   const std::string& path() const { return path_; }
 
  private:
+  void open();
+  [[noreturn]] void fail(int error) const;
+
   std::string path_;
+  int64_t keep_through_step_;
   std::FILE* file_ = nullptr;
 };
 
@@ -46,6 +56,26 @@ class ProgressLine {
   bool enabled_;
   bool terminal_;
   bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// "validation 12/40 batches", on stderr, for work that may take long (evaluating a large
+// validation set): nothing is shown unless it is still running after `delay_seconds`, then it
+// is redrawn in place on a terminal, or printed every tenth of the work otherwise.
+class TaskProgress {
+ public:
+  TaskProgress(bool enabled, std::string label, int64_t total, double delay_seconds = 2.0);
+  void update(int64_t done);
+  void finish();  // ends the line, if one was shown
+
+ private:
+  bool enabled_;
+  bool terminal_;
+  bool shown_ = false;
+  std::string label_;
+  int64_t total_;
+  int64_t last_tenth_ = -1;
+  double delay_seconds_;
   std::chrono::steady_clock::time_point start_;
 };
 

@@ -1,29 +1,57 @@
 #include "train/trainer.h"
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
 #include "tensor/cuda_runtime.h"
+#include "tensor/host_memory.h"
+#include "tensor/parallel.h"
 #include "train/checkpoint.h"
+#include "train/failpoint.h"
 
 namespace lamina::train {
 namespace fs = std::filesystem;
 
+namespace {
+
+constexpr int64_t kMaxCount = int64_t(1) << 40;
+
+void check_count(const char* key, int64_t value, int64_t min, int64_t max = kMaxCount) {
+  LAMINA_CHECK(value >= min && value <= max, "train: ", key, " (--", key, ") must be in [", min, ", ", max, "], got ",
+               value);
+}
+
+void check_real(const char* key, double value, double min, double max) {
+  LAMINA_CHECK(value >= min && value <= max, "train: ", key, " (--", key, ") must be a finite number in [", min, ", ",
+               max, "], got ", value);
+}
+
+}  // namespace
+
 void TrainOptions::validate() const {
-  LAMINA_CHECK(steps >= 0, "train: steps must be >= 0, got ", steps);
-  LAMINA_CHECK(batch_size > 0 && seq_len > 1, "train: batch size and sequence length must be positive (got ", batch_size,
-               " and ", seq_len, ")");
+  check_count("steps", steps, 0);
+  check_count("batch-size", batch_size, 1);
+  check_count("micro-batch-size", micro_batch_size, 0, batch_size);
   const int64_t micro = micro_batch_size == 0 ? batch_size : micro_batch_size;
-  LAMINA_CHECK(micro > 0 && batch_size % micro == 0, "train: batch size ", batch_size,
-               " is not a multiple of the micro-batch size ", micro);
-  LAMINA_CHECK(lr > 0 && std::isfinite(lr), "train: lr must be positive, got ", lr);
-  LAMINA_CHECK(min_lr_ratio >= 0 && min_lr_ratio <= 1, "train: min-lr-ratio must be in [0, 1], got ", min_lr_ratio);
-  LAMINA_CHECK(warmup_steps >= 0 && eval_every >= 0 && save_every >= 0 && keep_checkpoints >= 1,
-               "train: warmup, eval-every and save-every must be >= 0 and keep-checkpoints >= 1");
-  LAMINA_CHECK(clip >= 0, "train: clip must be >= 0, got ", clip);
+  LAMINA_CHECK(batch_size % micro == 0, "train: batch size ", batch_size, " is not a multiple of the micro-batch size ",
+               micro);
+  check_count("seq-len", seq_len, 2);
+  check_real("lr", lr, 1e-12, 10.0);
+  check_real("min-lr-ratio", min_lr_ratio, 0.0, 1.0);
+  check_count("warmup-steps", warmup_steps, 0);
+  check_real("weight-decay", weight_decay, 0.0, 10.0);
+  check_real("beta1", beta1, 0.0, 0.999999);
+  check_real("beta2", beta2, 0.0, 0.999999);
+  check_real("eps", eps, 1e-30, 1.0);
+  check_real("clip", clip, 0.0, 1e12);
+  check_count("eval-every", eval_every, 0);
+  check_count("save-every", save_every, 0);
+  check_count("keep-checkpoints", keep_checkpoints, 1);
   schedule_from_name(schedule);
   resolved_device();
   compute_dtype();
@@ -58,9 +86,34 @@ json::Value TrainOptions::to_json() const {
   out.set("eval-every", eval_every);
   out.set("save-every", save_every);
   out.set("keep-checkpoints", keep_checkpoints);
-  out.set("seed", int64_t(seed));
+  // A JSON number holds an integer exactly only up to 2^63 - 1; above, the digits as a string.
+  if (seed <= uint64_t(INT64_MAX)) out.set("seed", int64_t(seed));
+  else out.set("seed", std::to_string(seed));
   return out;
 }
+
+namespace {
+
+uint64_t seed_from_json(const json::Value& value) {
+  const char* what = "training options: seed";
+  if (value.is_string()) {
+    const std::string& text = value.as_string(what);
+    uint64_t seed = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
+    LAMINA_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(), what,
+                 " must be an integer in [0, 18446744073709551615], got \"", text, "\"");
+    return seed;
+  }
+  const json::Number& number = value.as_number(what);
+  LAMINA_CHECK(number.is_integer || !(number.value == std::floor(number.value) && number.value >= 0x1p63), what,
+               " ", number.value, " is above 2^63 - 1, where a JSON number is not exact: write it as a string of digits "
+               "(\"seed\": \"18446744073709551615\")");
+  const int64_t seed = value.as_int64(what);
+  LAMINA_CHECK(seed >= 0, what, " must be in [0, 18446744073709551615], got ", seed);
+  return uint64_t(seed);
+}
+
+}  // namespace
 
 TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) {
   for (const auto& [key, value] : object.as_object("training options")) {
@@ -85,7 +138,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "eval-every") o.eval_every = value.as_int64(what);
     else if (key == "save-every") o.save_every = value.as_int64(what);
     else if (key == "keep-checkpoints") o.keep_checkpoints = value.as_int64(what);
-    else if (key == "seed") o.seed = uint64_t(value.as_int64(what));
+    else if (key == "seed") o.seed = seed_from_json(value);
     else if (key == "output-dir") o.output_dir = value.as_string(what);
     else throw Error(str_cat("training options: unknown key \"", key, "\""));
   }
@@ -139,16 +192,112 @@ std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForC
                                                 const TrainOptions& options) {
   LAMINA_CHECK(model != nullptr, "train: no model");
   options.validate();
+  check_model_fits(model->config(), options);
   model->to(options.resolved_device(), options.compute_dtype());
   return model;
 }
 
 }  // namespace
 
+json::Value DataFingerprint::to_json() const {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
+  json::Value out = json::Object{};
+  out.set("examples", examples);
+  out.set("tokens", tokens);
+  out.set("hash", std::string(hex));
+  return out;
+}
+
+DataFingerprint DataFingerprint::from_json(const json::Value& value) {
+  DataFingerprint out;
+  out.examples = value.at("examples").as_int64("trainer.json: data.examples");
+  out.tokens = value.at("tokens").as_int64("trainer.json: data.tokens");
+  const std::string& hex = value.at("hash").as_string("trainer.json: data.hash");
+  const auto [end, error] = std::from_chars(hex.data(), hex.data() + hex.size(), out.hash, 16);
+  LAMINA_CHECK(error == std::errc() && end == hex.data() + hex.size(), "trainer.json: data.hash is not hexadecimal: ", hex);
+  return out;
+}
+
+std::string DataFingerprint::describe() const {
+  return str_cat(examples, " examples, ", tokens, " tokens, hash ", to_json().at("hash").as_string());
+}
+
+DataFingerprint fingerprint(const std::vector<Example>& examples) {
+  // FNV-1a over 64-bit words (each token's id and mask bit; each example's length), then a
+  // final mix: a word per token keeps it fast on corpora of billions of tokens.
+  constexpr uint64_t kPrime = 0x100000001b3ULL;
+  DataFingerprint out;
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  const auto mix = [&](uint64_t word) { hash = (hash ^ word) * kPrime; };
+  for (const Example& example : examples) {
+    mix(uint64_t(example.ids.size()) | (uint64_t(1) << 63));
+    for (size_t i = 0; i < example.ids.size(); ++i)
+      mix(uint64_t(uint32_t(example.ids[i])) | (uint64_t(i < example.loss_mask.size() && example.loss_mask[i]) << 32));
+    out.tokens += int64_t(example.ids.size());
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdULL;
+  hash ^= hash >> 33;
+  out.examples = int64_t(examples.size());
+  out.hash = hash;
+  return out;
+}
+
+std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, const TrainOptions& now) {
+  const json::Value before = saved.to_json(), after = now.to_json();
+  std::vector<OptionChange> changes;
+  const auto text = [](const json::Value& options, const char* key) { return options.at(key).dump(); };
+  const auto compare = [&](const char* key) {
+    if (text(before, key) != text(after, key)) changes.push_back({key, text(before, key), text(after, key)});
+  };
+  const auto micro = [](const TrainOptions& o) { return o.micro_batch_size == 0 ? o.batch_size : o.micro_batch_size; };
+  compare("batch-size");
+  if (micro(saved) != micro(now)) changes.push_back({"micro-batch-size", str_cat(micro(saved)), str_cat(micro(now))});
+  for (const char* key : {"seq-len", "pack", "seed", "lr", "min-lr-ratio", "warmup-steps", "schedule", "weight-decay",
+                          "beta1", "beta2", "eps", "clip"})
+    compare(key);
+  if (saved.compute_dtype() != now.compute_dtype())
+    changes.push_back({"precision", str_cat(saved.precision, " (", dtype_name(saved.compute_dtype()), ")"),
+                       str_cat(now.precision, " (", dtype_name(now.compute_dtype()), ")")});
+  if (saved.resolved_device().is_cuda() != now.resolved_device().is_cuda()) changes.push_back({"device", saved.device, now.device});
+  if ((saved.schedule != "constant" || now.schedule != "constant") && saved.steps != now.steps)
+    changes.push_back({"steps", str_cat(saved.steps, " (the ", saved.schedule, " schedule's length)"), str_cat(now.steps)});
+  return changes;
+}
+
+void check_model_fits(const llama::LlamaConfig& config, const TrainOptions& options) {
+  LAMINA_CHECK(options.seq_len <= config.max_position_embeddings, "train: --seq-len ", options.seq_len,
+               " is longer than the model's context, max_position_embeddings ", config.max_position_embeddings,
+               " in its config");
+  // Estimated in doubles: the products overflow int64 for absurd lengths, which is the point.
+  const double rows = double(options.micro_batch_size == 0 ? options.batch_size : options.micro_batch_size);
+  const double tokens = double(options.seq_len);
+  const double mask = options.pack ? rows * tokens * tokens * 4 : 0;  // [B, 1, T, T] f32, built on the host
+  const double logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
+  // The CPU attention holds, per concurrent (row, kv head) task of its backward, two [T, T]
+  // f32 matrices (probabilities and their gradient). The CUDA path lives in device memory,
+  // which lamina cannot query yet: there only the host-built mask counts.
+  const bool on_cpu = !options.resolved_device().is_cuda();
+  const double tasks = std::min(double(num_threads()), rows * double(config.num_key_value_heads));
+  const double attention = on_cpu ? tasks * 2 * tokens * tokens * 4 : 0;
+  const double needed = mask + (on_cpu ? logits + attention : 0);
+  // Against the machine's total (RAM and swap within this process's cgroup limit), not what
+  // is free now: the model itself is loaded later, and the estimate is a lower bound anyway.
+  const double total = double(host_memory().total_bytes);
+  const auto gib = [](double bytes) { return format_bytes(uint64_t(std::min(bytes, 1e19))); };
+  LAMINA_CHECK(total <= 0 || needed <= total, "train: a step with --seq-len ", options.seq_len, " and ", rows,
+               " rows per micro-batch needs at least ", gib(needed), " for its largest buffers (packing mask ", gib(mask),
+               on_cpu ? str_cat(", logits ", gib(logits), ", attention scores ", gib(attention)) : std::string(),
+               "), more than this machine's ", gib(total),
+" of memory: use a shorter --seq-len or a smaller --micro-batch-size");
+}
+
 Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
                  std::vector<Example> validation)
     : model_(placed(std::move(model), options)),
       options_(std::move(options)),
+      fingerprint_(fingerprint(train)),
       optimizer_(trainable(*model_), adamw_options(options_)) {
   const int64_t micro = options_.micro_batch_size == 0 ? options_.batch_size : options_.micro_batch_size;
   loader_ = std::make_unique<DataLoader>(std::move(train), loader_options(options_, micro, true));
@@ -164,14 +313,20 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions op
 double Trainer::validation_loss() const {
   LAMINA_CHECK(validation_ != nullptr, "train: no validation data");
   autograd::NoGradGuard no_grad;
+  const std::vector<Batch> batches = validation_->all_batches();
+  TaskProgress progress(options_.progress, "validation batch", int64_t(batches.size()));
   double total = 0;
   int64_t count = 0;
-  for (const Batch& batch : validation_->all_batches()) {
-    const CrossEntropySum loss = batch_loss(*model_, batch);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const CrossEntropySum loss = batch_loss(*model_, batches[i]);
     total += loss.loss_sum.item<double>();
     count += loss.target_count;
+    progress.update(int64_t(i + 1));
   }
-  return count > 0 ? total / double(count) : 0.0;
+  progress.finish();
+  LAMINA_CHECK(count > 0, "train: the validation data holds no target token (no completion or assistant tokens): "
+                          "there is no loss to measure");
+  return total / double(count);
 }
 
 json::Value Trainer::trainer_state() const {
@@ -179,30 +334,103 @@ json::Value Trainer::trainer_state() const {
   state.set("data_cursor", loader_->cursor());
   state.set("tokens_seen", tokens_seen_);
   state.set("options", options_.to_json());
+  state.set("data", fingerprint_.to_json());
   return state;
 }
 
-void Trainer::save_checkpoint() {
+void Trainer::save_checkpoint(MetricsLog* log) {
   if (options_.output_dir.empty()) return;
+  if (log != nullptr) log->sync();  // the metrics of the steps a checkpoint covers are as durable as it is
   save_training_checkpoint(options_.output_dir, step_, *model_, optimizer_, trainer_state(), options_.keep_checkpoints,
                            checkpoint_fault);
 }
 
-void Trainer::run(bool resume) {
-  if (resume && !options_.output_dir.empty()) {
-    if (const std::optional<std::string> latest = latest_checkpoint(options_.output_dir)) {
-      const CheckpointContents contents = load_training_checkpoint(*latest, *model_, optimizer_);
-      step_ = contents.step;
-      loader_->restore(contents.trainer_state.at("data_cursor"));
-      tokens_seen_ = contents.trainer_state.at("tokens_seen").as_int64();
-      std::fprintf(stderr, "resuming from %s (step %lld)\n", latest->c_str(), (long long)step_);
+void Trainer::resume(bool allow_option_changes) {
+  const std::string& directory = options_.output_dir;
+  const std::vector<std::string> candidates = complete_checkpoints(directory);
+  if (candidates.empty()) {
+    std::fprintf(stderr, "resume: no complete checkpoint in %s/checkpoints yet; starting at step 0\n", directory.c_str());
+    return;
+  }
+  std::optional<CheckpointContents> contents;
+  std::string chosen, newest_error;
+  for (const std::string& candidate : candidates) {
+    try {
+      contents = load_training_checkpoint(candidate, *model_, optimizer_);
+      chosen = candidate;
+      break;
+    } catch (const Error& error) {
+      if (newest_error.empty()) newest_error = error.what();
+      std::fprintf(stderr, "warning: checkpoint %s does not load (%s); trying the one before it\n", candidate.c_str(),
+                   error.what());
     }
   }
-  std::unique_ptr<MetricsLog> log;
-  if (!options_.output_dir.empty()) {
-    fs::create_directories(options_.output_dir);
-    log = std::make_unique<MetricsLog>((fs::path(options_.output_dir) / "metrics.jsonl").string(), resume ? step_ : -1);
+  if (!contents)
+    throw Error(str_cat("cannot resume: none of the ", candidates.size(), " complete checkpoints in ", directory,
+                        "/checkpoints loads (the newest: ", newest_error, ")"));
+  const json::Value& state = contents->trainer_state;
+  std::vector<OptionChange> changes =
+      exactness_breaking_changes(TrainOptions::from_json(state.at("options"), TrainOptions{}), options_);
+  if (const json::Value* data = state.find("data")) {
+    const DataFingerprint saved = DataFingerprint::from_json(*data);
+    if (saved != fingerprint_) changes.push_back({"training data", saved.describe(), fingerprint_.describe()});
   }
+  if (!changes.empty()) {
+    std::string listing;
+    for (const OptionChange& change : changes) listing += str_cat("\n  ", change.key, ": ", change.saved, " -> ", change.now);
+    LAMINA_CHECK(allow_option_changes, "cannot resume from ", chosen,
+                 " exactly: these differ from the run it continues (saved -> now):", listing,
+                 "\nuse the run's own settings, or pass --allow-option-changes to continue anyway (the result will "
+                 "no longer match an uninterrupted run)");
+    std::fprintf(stderr, "resume: continuing with changes that break exactness (--allow-option-changes):%s\n",
+                 listing.c_str());
+  }
+  LAMINA_CHECK(contents->step <= options_.steps, "cannot resume from ", chosen, ": it is at step ", contents->step,
+               ", beyond --steps ", options_.steps);
+  loader_->restore(state.at("data_cursor"));
+  step_ = contents->step;
+  tokens_seen_ = state.at("tokens_seen").as_int64("trainer.json: tokens_seen");
+  std::fprintf(stderr, "resuming from %s (step %lld)%s\n", chosen.c_str(), (long long)step_,
+               chosen == candidates.front() ? "" : ", the newest checkpoint that loads");
+}
+
+void Trainer::run(RunStart start) {
+  if (options_.output_dir.empty()) {
+    train(nullptr);
+    return;
+  }
+  const std::string& directory = options_.output_dir;
+  check_output_folder(directory, start.existing);
+  const bool created = !fs::exists(directory);
+  fs::create_directories(directory);
+  try {
+    const OutputFolderLock lock(directory);
+    check_output_folder(directory, start.existing);  // again: what is there now that the folder is ours
+    if (start.existing == ExistingRun::overwrite) {
+      std::string removed;
+      for (const std::string& name : remove_run_files(directory)) removed += (removed.empty() ? "" : ", ") + name;
+      if (!removed.empty()) std::fprintf(stderr, "overwrite: removed the run in %s (%s)\n", directory.c_str(), removed.c_str());
+    }
+    std::vector<std::string> debris = remove_incomplete_checkpoints(directory);
+    for (std::string& name : remove_interrupted_writes(directory)) debris.push_back(std::move(name));
+    for (const std::string& name : debris)
+      std::fprintf(stderr, "removed %s/%s, left by a run that was killed\n", directory.c_str(), name.c_str());
+    for (const std::string& name : prune_checkpoints(directory, options_.keep_checkpoints))
+      std::fprintf(stderr, "removed %s/%s: beyond --keep-checkpoints %lld (a run was stopped before pruning it)\n",
+                   directory.c_str(), name.c_str(), (long long)options_.keep_checkpoints);
+    if (start.existing == ExistingRun::resume) resume(start.allow_option_changes);
+    MetricsLog log((fs::path(directory) / "metrics.jsonl").string(), start.existing == ExistingRun::resume ? step_ : -1);
+    train(&log);
+    log.close();
+    if (options_.steps > 0) save_final_model(*model_, directory, step_, add_model_files);
+  } catch (...) {
+    std::error_code ignored;
+    if (created && fs::is_empty(directory, ignored)) fs::remove(directory, ignored);  // leave nothing behind
+    throw;
+  }
+}
+
+void Trainer::train(MetricsLog* log) {
   const int64_t micro_batches = options_.micro_batch_size == 0 ? 1 : options_.batch_size / options_.micro_batch_size;
   const std::vector<Tensor> parameters = [&] {
     std::vector<Tensor> out;
@@ -222,23 +450,28 @@ void Trainer::run(bool resume) {
       batches.push_back(loader_->next());
       target_tokens += batches.back().target_tokens;
     }
+    LAMINA_CHECK(target_tokens > 0, "train: step ", step_ + 1, " has no target token: none of its ",
+                 micro_batches * loader_->options().batch_size,
+                 " rows holds a token to learn. The data's examples have no completion or assistant tokens "
+                 "(for chats: no message whose role is \"assistant\"), so there is nothing to train on");
     double loss_sum = 0;
     for (const Batch& batch : batches) {
       const CrossEntropySum loss = batch_loss(*model_, batch);
       loss_sum += loss.loss_sum.item<double>();
-      if (target_tokens > 0) div(loss.loss_sum, double(target_tokens)).backward();
+      div(loss.loss_sum, double(target_tokens)).backward();
     }
     const double grad_norm = clip_grad_norm(parameters, options_.clip);
     const double lr = schedule_.lr(step_);
     optimizer_.step(lr);
     optimizer_.zero_grad();
     ++step_;
+    failpoint("train.after-step", step_, log != nullptr ? log->path() : "");
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const int64_t tokens = int64_t(batches.size()) * options_.seq_len * loader_->options().batch_size;
     tokens_seen_ += tokens;
     json::Value line = json::Object{};
     line.set("step", step_);
-    line.set("loss", target_tokens > 0 ? loss_sum / double(target_tokens) : 0.0);
+    line.set("loss", loss_sum / double(target_tokens));
     line.set("lr", lr);
     line.set("grad_norm", grad_norm);
     line.set("target_tokens", target_tokens);
@@ -255,12 +488,14 @@ void Trainer::run(bool resume) {
                           ((options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps);
     if (evaluate) line.set("val_loss", validation_loss());
     progress.update(step_, options_.steps, line.at("loss").as_double(), lr, double(tokens) / seconds);
-    if (log) log->write(line);
+    if (log != nullptr) {
+      failpoint("metrics.write", step_, log->path());
+      log->write(line);
+    }
     if (on_metrics) on_metrics(line);
-    if ((options_.save_every > 0 && step_ % options_.save_every == 0) || step_ == options_.steps) save_checkpoint();
+    if ((options_.save_every > 0 && step_ % options_.save_every == 0) || step_ == options_.steps) save_checkpoint(log);
   }
   progress.finish();
-  if (!options_.output_dir.empty() && options_.steps > 0) model_->save((fs::path(options_.output_dir) / "model").string());
 }
 
 }  // namespace lamina::train

@@ -1,5 +1,4 @@
 // `lamina train`, `lamina plot` and `lamina demo` end to end, on tiny settings.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,65 +6,12 @@
 #include <fstream>
 
 #include "helpers.h"
-#include "models/llama/config.h"
-#include "models/tokenizer/builder.h"
+#include "tools/train_workspace.h"
 #include "train/metrics.h"
 
 using namespace lamina;
+using namespace lamina::testing;
 namespace fs = std::filesystem;
-
-namespace {
-
-struct Run {
-  int status = -1;
-  std::string output;
-};
-
-Run run_lamina(const std::string& arguments) {
-  const std::string command = std::string(LAMINA_CLI_PATH) + " " + arguments + " 2>&1";
-  Run run;
-  std::FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  size_t read;
-  while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) run.output.append(buffer, read);
-  const int status = pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
-
-// A folder with a tiny model config, the byte-level tokenizer and some data.
-struct Workspace {
-  fs::path path;
-  Workspace() : path(fs::temp_directory_path() / ("lamina-cli-train-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-    const json::Value tokenizer = tokenizer::byte_level_tokenizer_json();
-    std::ofstream(path / "tokenizer.json") << tokenizer.dump();
-    llama::LlamaConfig config;
-    config.vocab_size = tokenizer::byte_level_tokenizer().vocab_size();
-    config.hidden_size = 16;
-    config.intermediate_size = 32;
-    config.num_hidden_layers = 1;
-    config.num_attention_heads = 2;
-    config.num_key_value_heads = 1;
-    config.head_dim = 8;
-    config.bos_token_id = 256;
-    config.eos_token_ids = {257};
-    config.dtype = DType::f32;
-    std::ofstream(path / "config.json") << config.to_json().dump();
-    std::ofstream text(path / "text.jsonl");
-    for (int i = 0; i < 30; ++i) text << R"({"text": "the number )" << i << R"( comes after )" << i - 1 << R"(."})" << "\n";
-    std::ofstream chat(path / "chat.jsonl");
-    for (int i = 0; i < 12; ++i)
-      chat << R"({"messages": [{"role": "user", "content": "next after )" << i << R"("}, {"role": "assistant", "content": ")" << i + 1
-           << R"("}]})" << "\n";
-  }
-  ~Workspace() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
-}  // namespace
 
 TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result and plot") {
   Workspace w;
@@ -79,9 +25,15 @@ TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result a
   CHECK(fs::exists(w / "pre/model/model.safetensors"));
   CHECK(fs::exists(w / "pre/model/tokenizer.json"));
   CHECK(fs::exists(w / "pre/checkpoints/step-00000004/optimizer.safetensors"));
-  // Asking for more steps with --resume continues from step 4.
+  // More steps stretch the cosine schedule, so a resume refuses them unless told, and then
+  // says what changed and continues from step 4.
   run = run_lamina(pretrain + "6 --resume");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("steps: 4 (the cosine schedule's length) -> 6") != std::string::npos);
+  run = run_lamina(pretrain + "6 --resume --allow-option-changes");
+  INFO(run.output);
   REQUIRE(run.status == 0);
+  CHECK(run.output.find("steps: 4 (the cosine schedule's length) -> 6") != std::string::npos);
   CHECK(run.output.find("resuming from") != std::string::npos);
   const std::vector<json::Value> lines = train::read_metrics(w / "pre/metrics.jsonl");
   REQUIRE(lines.size() == 6);
@@ -109,15 +61,18 @@ TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result a
 TEST_CASE("bad training input: clear errors, non-zero exit, no crash") {
   Workspace w;
   std::ofstream(w / "bad.jsonl") << R"({"text": "fine"})" << "\n" << R"({"txt": "typo"})" << "\n";
-  const std::string base = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                           " --output " + (w / "out") + " --steps 1 --batch-size 1 --seq-len 16 --quiet --data ";
+  const std::string common = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                             " --output " + (w / "out") + " --steps 1 --seq-len 16 --quiet";
+  const std::string base = common + " --batch-size 1 --data ";
   Run run = run_lamina(base + (w / "bad.jsonl"));
+  INFO(run.output);
   CHECK(run.status == 1);
-  CHECK(run.output.find("bad.jsonl:2: expected a \"text\"") != std::string::npos);
+  CHECK(run.output.find("bad.jsonl:2: expected a") != std::string::npos);
   run = run_lamina(base + (w / "bad.jsonl") + " --skip-malformed");
   CHECK(run.status == 0);
   CHECK(run.output.find("skipped 1 malformed lines of 2") != std::string::npos);
-  run = run_lamina(base + (w / "text.jsonl") + " --batch-size 3 --micro-batch-size 2");
+  fs::remove_all(w / "out");
+  run = run_lamina(common + " --data " + (w / "text.jsonl") + " --batch-size 3 --micro-batch-size 2");
   CHECK(run.status == 1);
   CHECK(run.output.find("not a multiple of the micro-batch size") != std::string::npos);
   std::ofstream(w / "options.json") << R"({"learning-rate": 1})";
@@ -135,6 +90,188 @@ TEST_CASE("bad training input: clear errors, non-zero exit, no crash") {
   run = run_lamina("plot " + (w / "missing.jsonl"));
   CHECK(run.status == 1);
   CHECK(run.output.find("cannot open") != std::string::npos);
+}
+
+TEST_CASE("an output folder that holds a run: refused, resumed or overwritten, never mixed") {
+  Workspace w;
+  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                               " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
+                               " --batch-size 2 --seq-len 32 --save-every 1 --quiet --steps ";
+  Run run = run_lamina(pretrain + "3");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  // A second, shorter run into the same folder used to keep the old step-3 and prune its own.
+  run = run_lamina(pretrain + "2");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("already holds a training run (checkpoints/, metrics.jsonl, model/)") != std::string::npos);
+  CHECK(run_lamina(pretrain + "2 --resume --overwrite").status == 2);
+  run = run_lamina(pretrain + "2 --overwrite");
+  CHECK(run.status == 0);
+  CHECK(run.output.find("overwrite: removed the run in") != std::string::npos);
+  CHECK(train::read_metrics(w / "run/metrics.jsonl").size() == 2);
+  CHECK_FALSE(fs::exists(w / "run/checkpoints/step-00000003"));
+  CHECK(fs::exists(w / "run/checkpoints/step-00000002/COMPLETE"));
+  CHECK(fs::exists(w / "run/model/tokenizer.json"));
+  // A file lamina did not write is never removed: --overwrite refuses, naming it.
+  std::ofstream(w / "run/notes.txt") << "mine";
+  run = run_lamina(pretrain + "2 --overwrite");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("holds notes.txt, which lamina did not write") != std::string::npos);
+  CHECK(fs::exists(w / "run/notes.txt"));
+  CHECK(fs::exists(w / "run/checkpoints/step-00000002/COMPLETE"));
+  std::ofstream(w / "run/model/README.md") << "mine";
+  fs::remove(w / "run/notes.txt");
+  run = run_lamina(pretrain + "2 --overwrite");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("holds model/README.md") != std::string::npos);
+  // A folder holding only other files is not a run to resume or replace.
+  fs::create_directories(w / "other");
+  std::ofstream(w / "other/data.csv") << "1,2\n";
+  run = run_lamina("train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") + " --data " +
+                   (w / "text.jsonl") + " --output " + (w / "other") + " --steps 1 --batch-size 2 --seq-len 32 --quiet");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("is not empty (it holds data.csv)") != std::string::npos);
+}
+
+TEST_CASE("resume names the options that changed, and --allow-option-changes continues") {
+  Workspace w;
+  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                               " --output " + (w / "run") + " --seq-len 32 --save-every 1 --quiet --schedule constant";
+  Run run = run_lamina(pretrain + " --steps 2 --batch-size 2 --lr 0.001 --data " + (w / "text.jsonl"));
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  run = run_lamina(pretrain + " --steps 2 --batch-size 4 --lr 0.002 --seed 7 --data " + (w / "text.jsonl") + " --resume");
+  CHECK(run.status == 1);
+  for (const char* change : {"batch-size: 2 -> 4", "micro-batch-size: 2 -> 4", "lr: 0.001 -> 0.002", "seed: 0 -> 7"})
+    CHECK(run.output.find(change) != std::string::npos);
+  CHECK(run.output.find("--allow-option-changes") != std::string::npos);
+  // The data, as a fingerprint of what was trained on: another file is refused too.
+  std::ofstream more(w / "more.jsonl");
+  for (int i = 0; i < 30; ++i) more << R"({"text": "another line )" << i << R"("})" << "\n";
+  more.close();
+  run = run_lamina(pretrain + " --batch-size 2 --lr 0.001 --steps 3 --data " + (w / "more.jsonl") + " --resume");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("training data: 29 examples") != std::string::npos);
+  // With a constant schedule more steps keep the run exact: that alone is no change.
+  run = run_lamina(pretrain + " --steps 3 --batch-size 2 --lr 0.001 --data " + (w / "more.jsonl") +
+                   " --resume --allow-option-changes");
+  CHECK(run.status == 0);
+  CHECK(run.output.find("continuing with changes that break exactness") != std::string::npos);
+  CHECK(run.output.find("training data: 29 examples") != std::string::npos);
+  CHECK(run.output.find("steps:") == std::string::npos);
+  CHECK(train::read_metrics(w / "run/metrics.jsonl").size() == 3);
+  CHECK(run_lamina(pretrain + " --steps 2 --data " + (w / "text.jsonl") + " --allow-option-changes").status == 2);
+}
+
+TEST_CASE("training flags: given twice, full-range seeds, --options ranges, context length, vocabulary") {
+  Workspace w;
+  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                               " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
+                               " --batch-size 2 --seq-len 32 --quiet --steps 1";
+  Run run = run_lamina(pretrain + " --lr 0.01 --lr 0.02");
+  INFO(run.output);
+  CHECK(run.status == 2);
+  CHECK(run.output.find("flag --lr is given more than once") != std::string::npos);
+  CHECK_FALSE(fs::exists(w / "run"));
+  run = run_lamina(pretrain + " --seed 18446744073709551615");
+  CHECK(run.status == 0);
+  CHECK(json::parse_file(w / "run/checkpoints/step-00000001/trainer.json").at("trainer").at("options").at("seed").as_string() ==
+        "18446744073709551615");
+  CHECK(run_lamina(pretrain + " --seed 18446744073709551616").status == 2);
+  std::ofstream(w / "options.json") << R"({"lr": 1e308})";
+  run = run_lamina(pretrain + " --options " + (w / "options.json"));
+  CHECK(run.status == 1);
+  CHECK(run.output.find("lr (--lr) must be a finite number in [1e-12, 10], got 1e+308") != std::string::npos);
+  run = run_lamina(pretrain + " --lr inf");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("lr (--lr) must be a finite number") != std::string::npos);
+  const std::string long_run = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                               " --data " + (w / "text.jsonl") + " --output " + (w / "long") + " --quiet --steps 1 --seq-len 100000";
+  run = run_lamina(long_run);
+  CHECK(run.status == 1);
+  CHECK(run.output.find("--seq-len 100000 is longer than the model's context, max_position_embeddings 8192") !=
+        std::string::npos);
+  CHECK_FALSE(fs::exists(w / "long"));
+  // SFT checks the tokenizer against the model before reading data, and leaves nothing behind.
+  llama::LlamaConfig small = llama::LlamaConfig::load(w / "config.json");
+  small.vocab_size = 100;
+  small.bos_token_id = 1;
+  small.eos_token_ids = {2};
+  fs::create_directories(w / "small");
+  std::ofstream(w / "small/config.json") << small.to_json().dump();
+  run = run_lamina("train sft --model " + (w / "small") + " --tokenizer " + (w / "tokenizer.json") + " --data " +
+                   (w / "chat.jsonl") + " --output " + (w / "sft") + " --steps 1 --batch-size 2 --seq-len 48 --quiet");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("ids but the model's vocab_size is 100") != std::string::npos);
+  CHECK_FALSE(fs::exists(w / "sft"));
+}
+
+TEST_CASE("validation is capped by tokens; the held-out rest trains") {
+  Workspace w;
+  std::ofstream big(w / "big.jsonl");
+  char line[64];
+  for (int i = 0; i < 400; ++i) {
+    std::snprintf(line, sizeof(line), R"({"text": "line %03d of a larger corpus"})", i);  // 27 bytes: 29 tokens
+    big << line << "\n";
+  }
+  big.close();
+  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                               " --data " + (w / "big.jsonl") + " --batch-size 2 --seq-len 32 --quiet --steps 1 "
+                               "--validation-fraction 0.5 --output ";
+  Run run = run_lamina(pretrain + (w / "capped") + " --validation-tokens 200");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  // 29 tokens an example (with BOS and EOS): 6 of the 200 held out fit in 200; the other 194 train.
+  CHECK(run.output.find("validation: 6 of 200 examples (--validation-tokens 200); the others train") != std::string::npos);
+  CHECK(run.output.find("data: 394 training examples, 6 validation examples") != std::string::npos);
+  run = run_lamina(pretrain + (w / "all") + " --validation-tokens 0");
+  CHECK(run.status == 0);
+  CHECK(run.output.find("data: 200 training examples, 200 validation examples") != std::string::npos);
+}
+
+TEST_CASE("sft: over-long conversations are truncated or dropped with a count; ShareGPT files train") {
+  Workspace w;
+  {
+    std::ofstream data(w / "long.jsonl");
+    // A short prompt with a long answer (truncated, keeping the prompt), a prompt that alone
+    // fills the row (dropped: no target would remain), and a conversation that fits.
+    data << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ")"
+         << std::string(80, 'a') << R"("}]})" << "\n";
+    data << R"({"messages": [{"role": "user", "content": ")" << std::string(80, 'q')
+         << R"("}, {"role": "assistant", "content": "ok"}]})" << "\n";
+    data << R"({"messages": [{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}]})" << "\n";
+    std::ofstream sharegpt(w / "sharegpt.jsonl");
+    for (int i = 0; i < 6; ++i)
+      sharegpt << R"({"conversations": [{"from": "human", "value": "next after )" << i << R"("}, {"from": "gpt", "value": ")"
+               << i + 1 << R"("}]})" << "\n";
+  }
+  // A model folder (weights, config and tokenizer) to fine-tune.
+  Run run = run_lamina("train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
+                       " --data " + (w / "text.jsonl") + " --output " + (w / "pre") + " --steps 1 --batch-size 1 --quiet");
+  REQUIRE(run.status == 0);
+  const std::string model = " --model " + (w / "pre/model");
+  run = run_lamina("train sft" + model + " --data " + (w / "long.jsonl") + " --output " + (w / "long") +
+                   " --steps 1 --batch-size 1 --seq-len 48 --quiet --validation-fraction 0");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  CHECK(run.output.find("2 examples longer than 49 tokens") != std::string::npos);
+  CHECK(run.output.find("1 truncated keeping the prompt") != std::string::npos);
+  CHECK(run.output.find("1 dropped") != std::string::npos);
+  CHECK(run.output.find("data: 2 training examples") != std::string::npos);
+  run = run_lamina("train sft" + model + " --data " + (w / "sharegpt.jsonl") + " --output " + (w / "sharegpt") +
+                   " --steps 2 --batch-size 2 --seq-len 48 --quiet");
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(run.output.find("fine-tuned 2 steps") != std::string::npos);
+  // ShareGPT's roles under "messages" are an unknown role, named with the file and line.
+  std::ofstream(w / "wrong.jsonl") << R"({"messages": [{"role": "human", "content": "a"}, {"role": "gpt", "content": "b"}]})"
+                                   << "\n";
+  run = run_lamina("train sft" + model + " --data " + (w / "wrong.jsonl") + " --output " + (w / "wrong") +
+                   " --steps 1 --batch-size 1 --seq-len 48 --quiet");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("wrong.jsonl:1:") != std::string::npos);
+  CHECK(run.output.find("\"human\"") != std::string::npos);
+  CHECK_FALSE(fs::exists(w / "wrong"));
 }
 
 TEST_CASE("lamina demo --quick runs the whole pipeline") {

@@ -171,7 +171,7 @@ TEST_CASE("20 steps straight equal 10 steps, a resume, and 10 more") {
     CHECK_THROWS_WITH_AS(crashing.run(), doctest::Contains("killed"), Error);
   }
   CHECK(train::latest_checkpoint(stopped.path.string()).value().find("step-00000010") != std::string::npos);
-  train::Trainer(tiny_model(99), options_for(stopped.path, 20), data).run(true);  // weights come from the checkpoint
+  train::Trainer(tiny_model(99), options_for(stopped.path, 20), data).run({train::ExistingRun::resume});  // weights come from the checkpoint
   const auto expected = losses_of(straight.path / "metrics.jsonl"), resumed = losses_of(stopped.path / "metrics.jsonl");
   REQUIRE(expected.size() == 20);
   CHECK(resumed == expected);  // bit-identical losses, and no duplicated steps 11-12
@@ -252,7 +252,7 @@ TEST_CASE("mixed precision: bf16 weights and activations on f32 master weights l
   std::vector<double> resumed;
   train::Trainer again(tiny_model(5), options_for("bf16", resumed_dir.path, 100), data);
   again.on_metrics = [&](const json::Value& line) { resumed.push_back(line.at("loss").as_double()); };
-  again.run(true);
+  again.run({train::ExistingRun::resume});
   REQUIRE(resumed.size() == 40);
   CHECK(std::vector<double>(bf16.begin() + 60, bf16.end()) == resumed);
 }

@@ -1,8 +1,12 @@
 // The training loop's parts: schedules, clipping, AdamW's master weights, data readers,
-// packing layout and the metrics plot.
+// packing layout, the metrics plot and the progress of long work.
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "helpers.h"
 #include "models/tokenizer/builder.h"
@@ -154,4 +158,31 @@ TEST_CASE("the loss curve plot draws train and validation losses") {
   for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1)) ++circles;
   CHECK(circles == 2);
   CHECK_THROWS_WITH_AS(train::loss_curve_svg({}, "empty"), doctest::Contains("no \"loss\""), Error);
+}
+
+TEST_CASE("long work shows its progress on stderr, after a delay and only when enabled") {
+  const fs::path captured = fs::temp_directory_path() / ("lamina-progress-" + std::to_string(::getpid()));
+  const auto stderr_of = [&](bool enabled, double delay_seconds) {
+    std::fflush(stderr);
+    const int saved = ::dup(2);
+    std::FILE* file = std::fopen(captured.c_str(), "w");
+    REQUIRE(file != nullptr);
+    ::dup2(::fileno(file), 2);
+    train::TaskProgress progress(enabled, "validation batch", 4, delay_seconds);
+    for (int64_t done = 1; done <= 4; ++done) progress.update(done);
+    progress.finish();
+    std::fflush(stderr);
+    ::dup2(saved, 2);
+    ::close(saved);
+    std::fclose(file);
+    std::ifstream in(captured);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  // Not a terminal here: a line for each tenth of the work that is reached.
+  const std::string shown = stderr_of(true, 0.0);
+  CHECK(shown.find("validation batch 1/4") != std::string::npos);
+  CHECK(shown.find("validation batch 4/4") != std::string::npos);
+  CHECK(stderr_of(false, 0.0).empty());    // --quiet
+  CHECK(stderr_of(true, 3600.0).empty());  // short work says nothing
+  fs::remove(captured);
 }

@@ -1,0 +1,209 @@
+#include "train/run_folder.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "tensor/error.h"
+#include "train/checkpoint.h"
+#include "train/failpoint.h"
+
+namespace lamina::train {
+namespace fs = std::filesystem;
+namespace {
+
+bool all_digits(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// "<base><tag><digits>", as the PID-suffixed names lamina writes (e.g. "model.partial-123").
+bool has_pid_suffix(std::string_view name, std::string_view base, std::string_view tag) {
+  return name.size() > base.size() + tag.size() && name.substr(0, base.size()) == base &&
+         name.substr(base.size(), tag.size()) == tag && all_digits(name.substr(base.size() + tag.size()));
+}
+
+// An io::AtomicFile temporary of one of `names`: "<name>.tmp-<pid>".
+bool is_temporary_of(std::string_view name, std::initializer_list<std::string_view> names) {
+  for (std::string_view base : names)
+    if (has_pid_suffix(name, base, ".tmp-")) return true;
+  return false;
+}
+
+bool is_sharded_weights(std::string_view name) {
+  // model-00001-of-00003.safetensors
+  return name.size() == 32 && name.substr(0, 6) == "model-" && all_digits(name.substr(6, 5)) &&
+         name.substr(11, 4) == "-of-" && all_digits(name.substr(15, 5)) && name.substr(20) == ".safetensors";
+}
+
+bool is_model_file(std::string_view name) {
+  constexpr std::string_view files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
+                                        "tokenizer.json", "tokenizer_config.json"};
+  for (std::string_view file : files)
+    if (name == file || has_pid_suffix(name, file, ".tmp-")) return true;
+  return is_sharded_weights(name) || (name.size() > 32 && is_sharded_weights(name.substr(0, 32)) &&
+                                      has_pid_suffix(name, name.substr(0, 32), ".tmp-"));
+}
+
+// The first entry of `folder` that `belongs` rejects, as "folder/entry"; empty when all belong.
+template <typename Predicate>
+std::string first_foreign_entry(const fs::path& folder, Predicate belongs) {
+  std::vector<std::string> foreign;
+  for (const auto& entry : fs::directory_iterator(folder))
+    if (!belongs(entry)) foreign.push_back((folder.filename() / entry.path().filename()).string());
+  std::sort(foreign.begin(), foreign.end());
+  return foreign.empty() ? "" : foreign.front();
+}
+
+// For an entry of the output folder: empty when lamina wrote it (the whole of it, for
+// folders), else the path of a file in it that lamina did not write.
+std::string foreign_part(const fs::directory_entry& entry) {
+  const std::string name = entry.path().filename().string();
+  const std::string relative = name + (entry.is_directory() ? "/" : "");
+  if (entry.is_regular_file() &&
+      (name == "metrics.jsonl" || name == "metrics.svg" || name == "loss.svg" ||
+       is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
+    return "";
+  if (!entry.is_directory() || entry.is_symlink()) return relative;
+  if (name == "checkpoints")
+    return first_foreign_entry(entry.path(), [](const fs::directory_entry& inside) {
+      return inside.is_directory() && !inside.is_symlink() && is_checkpoint_folder_name(inside.path().filename().string());
+    });
+  if (name == "model" || has_pid_suffix(name, "model", ".partial-") || has_pid_suffix(name, "model", ".deleting-"))
+    return first_foreign_entry(entry.path(), [](const fs::directory_entry& inside) {
+      return inside.is_regular_file() && is_model_file(inside.path().filename().string());
+    });
+  return relative;
+}
+
+std::vector<fs::directory_entry> sorted_entries(const fs::path& folder) {
+  std::vector<fs::directory_entry> entries;
+  if (!fs::is_directory(folder)) return entries;
+  for (const auto& entry : fs::directory_iterator(folder)) entries.push_back(entry);
+  std::sort(entries.begin(), entries.end(),
+            [](const auto& a, const auto& b) { return a.path().filename() < b.path().filename(); });
+  return entries;
+}
+
+std::string listed(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+}  // namespace
+
+void check_output_folder(const std::string& directory, ExistingRun mode) {
+  const fs::path folder(directory);
+  if (fs::exists(folder) && !fs::is_directory(folder))
+    throw Error(str_cat("output folder ", directory, " is a file, not a folder"));
+  const std::vector<fs::directory_entry> entries = sorted_entries(folder);
+  if (entries.empty() || mode == ExistingRun::resume) return;
+  std::vector<std::string> run_files, foreign;
+  for (const auto& entry : entries) {
+    const std::string part = foreign_part(entry);
+    if (part.empty()) run_files.push_back(entry.path().filename().string() + (entry.is_directory() ? "/" : ""));
+    else foreign.push_back(part);
+  }
+  if (mode == ExistingRun::overwrite) {
+    if (foreign.empty()) return;
+    throw Error(str_cat("output folder ", directory, " holds ", foreign.front(),
+                        ", which lamina did not write: overwriting removes only lamina's run files (metrics.jsonl, "
+                        "checkpoints/, model/, ...); move it away or choose another folder"));
+  }
+  if (!run_files.empty())
+    throw Error(str_cat("output folder ", directory, " already holds a training run (", listed(run_files),
+                        "): resume it (--resume) or replace it (--overwrite), or choose another folder"));
+  throw Error(str_cat("output folder ", directory, " is not empty (it holds ", foreign.front(),
+                      "): choose a new or empty folder"));
+}
+
+std::vector<std::string> remove_run_files(const std::string& directory) {
+  std::vector<std::string> removed;
+  for (const auto& entry : sorted_entries(directory)) {
+    if (!foreign_part(entry).empty()) continue;
+    fs::remove_all(entry.path());
+    removed.push_back(entry.path().filename().string() + (entry.is_directory() ? "/" : ""));
+  }
+  if (!removed.empty()) sync_directory(directory);
+  return removed;
+}
+
+std::vector<std::string> remove_interrupted_writes(const std::string& directory) {
+  std::vector<std::string> removed;
+  for (const auto& entry : sorted_entries(directory)) {
+    const std::string name = entry.path().filename().string();
+    if (!(has_pid_suffix(name, "model", ".partial-") || has_pid_suffix(name, "model", ".deleting-") ||
+          is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
+      continue;
+    fs::remove_all(entry.path());
+    removed.push_back(name);
+  }
+  for (const auto& entry : sorted_entries(fs::path(directory) / "model")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find(".tmp-") == std::string::npos || !is_model_file(name)) continue;
+    fs::remove(entry.path());
+    removed.push_back("model/" + name);
+  }
+  return removed;
+}
+
+OutputFolderLock::OutputFolderLock(const std::string& directory) {
+  descriptor_ = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  LAMINA_CHECK(descriptor_ >= 0, "cannot open output folder ", directory, ": ", std::strerror(errno));
+  if (::flock(descriptor_, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(descriptor_);
+    descriptor_ = -1;
+    LAMINA_CHECK(error != EWOULDBLOCK, "output folder ", directory,
+                 " is in use: another lamina run is training into it (it holds the folder's lock)");
+    // A file system without locks (some network mounts) should not stop training.
+    std::fprintf(stderr, "warning: cannot lock output folder %s (%s): a second run started there would not be noticed\n",
+                 directory.c_str(), std::strerror(error));
+  }
+}
+
+OutputFolderLock::~OutputFolderLock() {
+  if (descriptor_ >= 0) ::close(descriptor_);  // closing drops the lock
+}
+
+void save_final_model(const llama::LlamaForCausalLM& model, const std::string& directory, int64_t step,
+                      const std::function<void(const std::string& folder)>& add_files) {
+  const fs::path root(directory), target = root / "model";
+  const std::string pid = std::to_string(::getpid());
+  const fs::path partial = root / ("model.partial-" + pid), deleting = root / ("model.deleting-" + pid);
+  fs::remove_all(partial);
+  try {
+    model.save(partial.string());
+    if (add_files) add_files(partial.string());
+    sync_directory(partial.string());
+    failpoint("model.before-swap", step, target.string());
+    // rename() cannot replace a non-empty folder: the old one steps aside first. A crash in
+    // between leaves no model/, and both folders for the next run to remove; the resumed run
+    // (its last checkpoint is this step) then writes model/ again.
+    if (fs::exists(target)) fs::rename(target, deleting);
+    fs::rename(partial, target);
+    sync_directory(directory);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(partial, ignored);
+    throw;
+  }
+  fs::remove_all(deleting);
+}
+
+void sync_directory(const std::string& directory) {
+  const int descriptor = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  LAMINA_CHECK(descriptor >= 0, "cannot open ", directory, ": ", std::strerror(errno));
+  const int synced = ::fsync(descriptor);
+  const int error = errno;
+  ::close(descriptor);
+  LAMINA_CHECK(synced == 0, "cannot sync ", directory, ": ", std::strerror(error));
+}
+
+}  // namespace lamina::train
