@@ -149,6 +149,23 @@ void write_text_file(const std::string& path, const std::string& text) {
   LAMINA_CHECK(out.good(), "error while writing '", path, "'");
 }
 
+// Throws naming the loss, or the first policy input whose gradient is not finite.
+void check_finite(const train::LossResult& result, const LossDefinition& definition, const train::LossInputs& inputs) {
+  const double loss = result.loss.item<double>();
+  if (!std::isfinite(loss))
+    throw Error(str_cat(kCommand, ": the loss is ", loss, ", not a finite number, for these inputs and hyperparameters ",
+                        "(log-probabilities or rewards too large in magnitude?); nothing was printed or saved"));
+  for (const train::InputSpec& spec : definition.inputs) {
+    const Tensor* value = inputs.find(spec.name);
+    if (spec.role != train::InputRole::policy || value == nullptr || !value->grad().defined()) continue;
+    const std::vector<double> gradient = value->grad().to_vector<double>();
+    for (size_t i = 0; i < gradient.size(); ++i)
+      if (!std::isfinite(gradient[i]))
+        throw Error(str_cat(kCommand, ": the gradient of ", spec.name, " is ", gradient[i], " at element ", i,
+                            " (the loss is ", loss, "); nothing was printed or saved"));
+  }
+}
+
 }  // namespace
 
 int run_preference_loss(const Arguments& raw_args) {
@@ -259,8 +276,9 @@ int run_preference_loss(const Arguments& raw_args) {
   }
   result.loss.backward();
   for (const std::string& warning : result.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
-  if (!std::isfinite(result.loss.item<double>()))
-    std::fprintf(stderr, "warning: the loss is not finite (printed as null)\n");
+  // A NaN or infinite loss or gradient is a failure, not a result: JSON would print it as null
+  // and a script reading the output would take it for a number.
+  check_finite(result, definition, parsed.inputs);
   std::printf("%s\n", train::result_to_json(result, definition, parsed.inputs).dump(2).c_str());
   if (state && parser.is_set("save-state")) write_text_file(*parser.value("save-state"), state->save().dump(2));
   return 0;

@@ -68,3 +68,16 @@ TEST_CASE("preference-loss reproduces DPO on the spec's example E, with its grad
   CHECK(mismatched.output.find("error:") != std::string::npos);
   fs::remove(inputs);
 }
+
+TEST_CASE("preference-loss refuses a loss that is not finite instead of printing null") {
+  const fs::path inputs = fs::temp_directory_path() / ("lamina-pref-inf-" + std::to_string(::getpid()) + ".json");
+  // h = beta * ((-1e308 - 0) - (1e308 - 0)) overflows to -inf, so -log sigmoid(h) is +inf.
+  std::ofstream(inputs) << R"({"policy_chosen_logps": [-1e308], "policy_rejected_logps": [1e308],
+                              "reference_chosen_logps": [0.0], "reference_rejected_logps": [0.0]})";
+  const Run run = lamina_run("preference-loss --loss dpo --beta 10 --inputs " + inputs.string());
+  fs::remove(inputs);
+  CAPTURE(run.output);
+  CHECK(run.status == 1);
+  CHECK(run.output.find("not a finite number") != std::string::npos);
+  CHECK(run.output.find("null") == std::string::npos);
+}
