@@ -6,6 +6,7 @@
 
 #include "autograd/autograd.h"
 #include "helpers.h"
+#include "model_presets.h"
 #include "models/generate/generate.h"
 #include "models/llama/model.h"
 
@@ -13,28 +14,12 @@ using namespace lamina;
 
 namespace {
 
+// The tiny preset with a context of the test's choosing.
 llama::LlamaConfig small_config(int64_t context_length) {
-  llama::LlamaConfig config;
-  config.vocab_size = 40;
-  config.hidden_size = 16;
-  config.intermediate_size = 24;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
+  llama::LlamaConfig config = testing::tiny_llama_config(40);
   config.max_position_embeddings = context_length;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.dtype = DType::f32;
   config.initializer_range = 0.2;  // large enough that the logits depend visibly on the input
   return config;
-}
-
-std::shared_ptr<llama::LlamaForCausalLM> random_model(const llama::LlamaConfig& config, uint64_t seed) {
-  auto model = std::make_shared<llama::LlamaForCausalLM>(config);
-  Generator gen(seed);
-  model->init_parameters(gen);
-  return model;
 }
 
 std::vector<int64_t> counting_prompt(int64_t length) {
@@ -66,7 +51,7 @@ bool all_finite_and_normalised(const std::vector<double>& p) {
 }  // namespace
 
 TEST_CASE("generate holds prompts and answers to the model's context") {
-  const auto model = random_model(small_config(16), 4);
+  const auto model = testing::random_llama(small_config(16), 4);
   generate::GenerateOptions options;
   options.use_config_stop_tokens = false;
   options.max_new_tokens = 10;
@@ -91,7 +76,7 @@ TEST_CASE("generate holds prompts and answers to the model's context") {
 }
 
 TEST_CASE("a prefill in chunks gives the tokens of recomputing the whole sequence") {
-  const auto model = random_model(small_config(64), 8);
+  const auto model = testing::random_llama(small_config(64), 8);
   generate::GenerateOptions options;
   options.use_config_stop_tokens = false;
   options.max_new_tokens = 5;

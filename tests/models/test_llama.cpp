@@ -6,50 +6,25 @@
 
 #include "autograd/autograd.h"
 #include "helpers.h"
+#include "model_presets.h"
 #include "models/generate/generate.h"
 #include "models/io/safetensors.h"
 #include "models/llama/model.h"
+#include "scratch_dir.h"
 
 using namespace lamina;
+using testing::ScratchDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name) : path(fs::temp_directory_path() / ("lamina-test-" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-};
-
-// A small random Llama-3-shaped config: GQA, theta 500000, llama3 scaling, untied head.
+// The tiny preset made Llama-3.1-shaped: llama3 RoPE scaling, and a tied or untied head.
 llama::LlamaConfig tiny_config(bool tied = false) {
-  llama::LlamaConfig config;
-  config.vocab_size = 40;
-  config.hidden_size = 16;
-  config.intermediate_size = 24;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.max_position_embeddings = 64;
-  config.rope_theta = 500000.0;
+  llama::LlamaConfig config = testing::tiny_llama_config(40);
   config.rope_scaling = Llama3RopeScaling{8.0, 1.0, 4.0, 16};
   config.tie_word_embeddings = tied;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.dtype = DType::f32;
   config.initializer_range = 0.2;  // large enough that the logits depend visibly on the input
   return config;
-}
-
-std::shared_ptr<llama::LlamaForCausalLM> random_model(const llama::LlamaConfig& config, DType dtype, uint64_t seed) {
-  auto model = std::make_shared<llama::LlamaForCausalLM>(config, dtype);
-  Generator gen(seed);
-  model->init_parameters(gen);
-  return model;
 }
 
 Tensor ids_tensor(const std::vector<int64_t>& ids) { return Tensor::from_vector(ids, {1, int64_t(ids.size())}); }
@@ -159,7 +134,7 @@ TEST_CASE("stories260k: greedy decoding from BOS reproduces the reference") {
 }
 
 TEST_CASE("decoding with the KV cache gives the logits of recomputing the whole sequence") {
-  const auto model = random_model(tiny_config(), DType::f64, 3);
+  const auto model = testing::random_llama(tiny_config(), 3, DType::f64);
   // Different prompt lengths in one batch: the shorter ones are left-padded.
   const std::vector<std::vector<int64_t>> prompts = {{1, 5, 9, 13, 7}, {1, 20}, {1, 3, 3}};
   const int64_t steps = 6;
@@ -201,7 +176,7 @@ TEST_CASE("save then load is bit-exact, tied and untied, sharded or not") {
   for (bool tied : {false, true}) {
     CAPTURE(tied);
     ScratchDir dir(tied ? "llama-tied" : "llama-untied");
-    const auto model = random_model(tiny_config(tied), DType::f32, 4);
+    const auto model = testing::random_llama(tiny_config(tied), 4);
     model->save(dir.path.string(), std::nullopt, tied ? 4096 : uint64_t(1) << 30);
     CHECK(fs::exists(dir.path / (tied ? "model.safetensors.index.json" : "model.safetensors")));
     CHECK(safetensors::Checkpoint::open(dir.path.string()).contains("lm_head.weight") == !tied);
@@ -220,7 +195,7 @@ TEST_CASE("save then load is bit-exact, tied and untied, sharded or not") {
 
 TEST_CASE("bf16 checkpoints convert on load") {
   ScratchDir dir("llama-bf16");
-  const auto model = random_model(tiny_config(), DType::f32, 5);
+  const auto model = testing::random_llama(tiny_config(), 5);
   model->save(dir.path.string(), DType::bf16);
   CHECK(json::parse_file((dir.path / "config.json").string()).at("torch_dtype").as_string() == "bfloat16");
   const auto loaded = llama::LlamaForCausalLM::load(dir.path.string(), DType::f32);
@@ -231,7 +206,7 @@ TEST_CASE("bf16 checkpoints convert on load") {
 }
 
 TEST_CASE("to(device, dtype) converts the weights in place; the converted model computes the same logits") {
-  const auto model = random_model(tiny_config(true), DType::f32, 6);
+  const auto model = testing::random_llama(tiny_config(true), 6);
   const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 5, 9, 3, 7, 2}, {2, 3});
   const Tensor f32_logits = model->forward(ids);
   const Tensor embedding = model->parameter("model.embed_tokens.weight");
@@ -253,7 +228,7 @@ TEST_CASE("to(device, dtype) converts the weights in place; the converted model 
 
 TEST_CASE("bad checkpoints: missing, extra or misshapen tensors and bad configs") {
   ScratchDir dir("llama-bad");
-  const auto model = random_model(tiny_config(), DType::f32, 6);
+  const auto model = testing::random_llama(tiny_config(), 6);
   model->save(dir.path.string());
   safetensors::NamedTensors tensors = model->named_parameters();
   const std::string weights = (dir.path / "model.safetensors").string();
@@ -292,7 +267,7 @@ TEST_CASE("a random tiny Llama-3 gradchecks end to end") {
   // Every parameter of the model is a leaf; each one's analytic gradient (one backward pass)
   // is compared with central differences of the f64 loss at a spread of its elements.
   const llama::LlamaConfig config = tiny_config(true);
-  const auto model = random_model(config, DType::f64, 7);
+  const auto model = testing::random_llama(config, 7, DType::f64);
   const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 4, 9, 33, 2, 1, 17, 8}, {2, 4});
   const Tensor targets = Tensor::from_vector(std::vector<int64_t>{4, 9, 33, -100, 17, 8, 5, 6}, {2, 4});
   cross_entropy(model->forward(ids), targets).backward();
@@ -321,7 +296,7 @@ TEST_CASE("a random tiny Llama-3 gradchecks end to end") {
 
 TEST_CASE("gradient checkpointing gives the same gradients") {
   const llama::LlamaConfig config = tiny_config(false);
-  auto model = random_model(config, DType::f64, 8);
+  auto model = testing::random_llama(config, 8, DType::f64);
   const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 4, 9, 33, 2, 1}, {2, 3});
   const Tensor targets = Tensor::from_vector(std::vector<int64_t>{4, 9, 33, 7, 17, 8}, {2, 3});
   cross_entropy(model->forward(ids), targets).backward();
@@ -383,7 +358,7 @@ TEST_CASE("generate runs bf16 and f64 models: the greedy tokens of recomputing t
   for (DType dtype : {DType::bf16, DType::f64}) {
     const std::string dtype_text = dtype_name(dtype);
     CAPTURE(dtype_text);
-    const auto model = random_model(tiny_config(), DType::f32, 12);
+    const auto model = testing::random_llama(tiny_config(), 12);
     model->to(Device::cpu(), dtype);
     generate::GenerateOptions options;
     options.max_new_tokens = 6;
@@ -403,7 +378,7 @@ TEST_CASE("generate runs bf16 and f64 models: the greedy tokens of recomputing t
 }
 
 TEST_CASE("generate stops at stop tokens and batches prompts of different lengths") {
-  const auto model = random_model(tiny_config(), DType::f32, 9);
+  const auto model = testing::random_llama(tiny_config(), 9);
   generate::GenerateOptions options;
   options.max_new_tokens = 8;
   options.use_config_stop_tokens = false;

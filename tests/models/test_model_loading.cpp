@@ -6,38 +6,22 @@
 #include <fstream>
 
 #include "helpers.h"
+#include "model_presets.h"
 #include "models/io/safetensors.h"
 #include "models/llama/model.h"
+#include "scratch_dir.h"
 #include "tensor/host_memory.h"
 
 using namespace lamina;
+using testing::ScratchDir;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name) : path(fs::temp_directory_path() / ("lamina-test-" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-};
-
+// The tiny preset, its output head tied to the embeddings or not.
 llama::LlamaConfig tiny_config(bool tied) {
-  llama::LlamaConfig config;
-  config.vocab_size = 40;
-  config.hidden_size = 16;
-  config.intermediate_size = 24;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.max_position_embeddings = 64;
+  llama::LlamaConfig config = testing::tiny_llama_config(40);
   config.tie_word_embeddings = tied;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.dtype = DType::f32;
   return config;
 }
 
@@ -98,7 +82,7 @@ TEST_CASE("a checkpoint tensor of the wrong shape or dtype is named before the m
   const std::string expected = "tensor 'model.layers.0.self_attn.q_proj.weight' in " + dir.path.string() +
                                " has shape [8, 16] but the config needs [16, 16]";
   CHECK_THROWS_WITH_AS(llama::LlamaForCausalLM::load(dir.path.string()), doctest::Contains(expected.c_str()), Error);
-  // The model (~7 KiB of f32 parameters) was never allocated.
+  // The model (~21 KiB of f32 parameters) was never allocated.
   CHECK(memory_stats(Device::cpu()).peak_bytes - live_before < 4096);
   tensors = llama::LlamaForCausalLM(config).named_parameters();
   tensors[1].second = Tensor::from_vector(std::vector<int64_t>(256, 0), {16, 16}, DType::i32);

@@ -3,25 +3,16 @@
 
 #include "helpers.h"
 #include "models/io/safetensors.h"
+#include "scratch_dir.h"
 #include "tensor/io/json.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
 using namespace lamina;
+using testing::ScratchDir;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh scratch folder per test, removed afterwards.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name) : path(fs::temp_directory_path() / ("lamina-test-" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -45,15 +36,15 @@ TEST_CASE("the writer reproduces the spec's worked example byte for byte") {
   ScratchDir dir("st-example");
   const Tensor w = Tensor::from_vector(std::vector<double>{1.0, -2.5}, {2}, DType::f32);
   const Tensor b = Tensor::from_vector(std::vector<double>{0.5, 3.0}, {2}, DType::bf16);
-  safetensors::save(dir.file("x.safetensors"), {{"b", b}, {"w", w}});
-  const std::string bytes = read_bytes(dir.file("x.safetensors"));
+  safetensors::save(dir / "x.safetensors", {{"b", b}, {"w", w}});
+  const std::string bytes = read_bytes(dir / "x.safetensors");
   const std::string header =
       R"({"__metadata__":{"format":"pt"},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
   REQUIRE(bytes.size() == 164);
   CHECK(bytes.substr(0, 8) == std::string("\x90\0\0\0\0\0\0\0", 8));
   CHECK(bytes.substr(8, 144) == header + "    ");
   CHECK(bytes.substr(152) == std::string("\x00\x00\x80\x3f\x00\x00\x20\xc0\x00\x3f\x40\x40", 12));
-  CHECK_FALSE(fs::exists(dir.file("x.safetensors.tmp-" + std::to_string(::getpid()))));
+  CHECK_FALSE(fs::exists(dir / ("x.safetensors.tmp-" + std::to_string(::getpid()))));
 }
 
 TEST_CASE("safetensors round trip: every dtype, views of the mapping, any input layout") {
@@ -65,8 +56,8 @@ TEST_CASE("safetensors round trip: every dtype, views of the mapping, any input 
   tensors.emplace_back("transposed", uniform({4, 6}, -1, 1, gen).transpose(0, 1));
   tensors.emplace_back("scalar", Tensor::scalar(7.5));
   tensors.emplace_back("empty", zeros({0, 3}));
-  safetensors::save(dir.file("all.safetensors"), tensors, {{"note", "hi"}});
-  const safetensors::File file = safetensors::File::open(dir.file("all.safetensors"));
+  safetensors::save(dir / "all.safetensors", tensors, {{"note", "hi"}});
+  const safetensors::File file = safetensors::File::open(dir / "all.safetensors");
   CHECK(file.metadata().at("format") == "pt");
   CHECK(file.metadata().at("note") == "hi");
   CHECK(file.tensors().size() == tensors.size());
@@ -81,7 +72,7 @@ TEST_CASE("safetensors round trip: every dtype, views of the mapping, any input 
   const Tensor view = file.read("t_f32");
   CHECK_FALSE(view.storage()->owns_memory());
   ops::fill_(view, 42.0);
-  CHECK(safetensors::File::open(dir.file("all.safetensors")).read("t_f32").to_vector<double>() ==
+  CHECK(safetensors::File::open(dir / "all.safetensors").read("t_f32").to_vector<double>() ==
         tensors[0].second.to_vector<double>());
 }
 
@@ -93,8 +84,8 @@ TEST_CASE("int8 widens to i32 and unaligned data is copied") {
   bytes += std::string("\xff\x02\x80", 3);
   const float one = 1.5f;
   bytes.append(reinterpret_cast<const char*>(&one), 4);
-  write_bytes(dir.file("odd.safetensors"), bytes);
-  const safetensors::File file = safetensors::File::open(dir.file("odd.safetensors"));
+  write_bytes(dir / "odd.safetensors", bytes);
+  const safetensors::File file = safetensors::File::open(dir / "odd.safetensors");
   CHECK(file.read("a").to_vector<int64_t>() == std::vector<int64_t>{-1, 2, -128});
   CHECK(file.read("a").dtype() == DType::i32);
   CHECK(file.read("b").item<float>() == 1.5f);
@@ -138,17 +129,17 @@ TEST_CASE("malformed files give clear errors naming the file and the problem") {
   };
   for (const Case& c : cases) {
     CAPTURE(c.what);
-    const std::string path = dir.file("bad.safetensors");
+    const std::string path = dir / "bad.safetensors";
     write_bytes(path, c.bytes);
     CHECK_THROWS_WITH_AS(safetensors::File::open(path), doctest::Contains(c.message), Error);
   }
-  CHECK_THROWS_WITH_AS(safetensors::File::open(dir.file("missing.safetensors")), doctest::Contains("cannot open"), Error);
+  CHECK_THROWS_WITH_AS(safetensors::File::open(dir / "missing.safetensors"), doctest::Contains("cannot open"), Error);
 }
 
 TEST_CASE("BOOL tensors must hold 0 or 1: another byte is an error naming the tensor and its offset") {
   ScratchDir dir("st-bool");
   const std::string header = R"({"flags":{"dtype":"BOOL","shape":[2,2],"data_offsets":[0,4]}})";
-  const std::string path = dir.file("flags.safetensors");
+  const std::string path = dir / "flags.safetensors";
   write_bytes(path, raw_file(header, 0) + std::string("\x01\x00\x01\x00", 4));
   CHECK(safetensors::File::open(path).read("flags").to_vector<int64_t>() == std::vector<int64_t>{1, 0, 1, 0});
   // Loading 0x05 as a bool is undefined behaviour (UBSan flags it): refused before any load.
@@ -160,7 +151,7 @@ TEST_CASE("BOOL tensors must hold 0 or 1: another byte is an error naming the te
 
 TEST_CASE("a FIFO, a directory or a device in place of a safetensors file is refused, never waited on") {
   ScratchDir dir("st-fifo");
-  const std::string fifo = dir.file("model.safetensors");
+  const std::string fifo = dir / "model.safetensors";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   // Opening a FIFO for reading blocks until a writer appears: without the check this hangs.
   CHECK_THROWS_WITH_AS(safetensors::File::open(fifo), doctest::Contains("model.safetensors is a FIFO (named pipe), not a regular file"),
@@ -173,14 +164,14 @@ TEST_CASE("a FIFO, a directory or a device in place of a safetensors file is ref
   CHECK_THROWS_WITH_AS(safetensors::File::open("/dev/zero"), doctest::Contains("/dev/zero is a character device"), Error);
   // The index of a sharded checkpoint goes through the JSON reader, which refuses it the same way.
   fs::remove(fifo);
-  const std::string index = dir.file("model.safetensors.index.json");
+  const std::string index = dir / "model.safetensors.index.json";
   REQUIRE(::mkfifo(index.c_str(), 0600) == 0);
   CHECK_THROWS_WITH_AS(safetensors::Checkpoint::open(dir.path.string()), doctest::Contains("index.json is a FIFO"), Error);
 }
 
 TEST_CASE("a failed save leaves the previous file intact and no temporary behind") {
   ScratchDir dir("st-atomic");
-  const std::string path = dir.file("m.safetensors");
+  const std::string path = dir / "m.safetensors";
   safetensors::save(path, {{"w", ones({4})}});
   const std::string before = read_bytes(path);
   CHECK_THROWS_WITH_AS(safetensors::save(path, {{"w", ones({4})}, {"bad", Tensor()}}), doctest::Contains("undefined"), Error);
@@ -189,7 +180,7 @@ TEST_CASE("a failed save leaves the previous file intact and no temporary behind
   size_t files = 0;
   for (const auto& entry : fs::directory_iterator(dir.path)) files += entry.is_regular_file();
   CHECK(files == 1);
-  CHECK_THROWS_WITH_AS(safetensors::save(dir.file("no/such/dir/x.safetensors"), {{"w", ones({1})}}), doctest::Contains("cannot write"), Error);
+  CHECK_THROWS_WITH_AS(safetensors::save(dir / "no/such/dir/x.safetensors", {{"w", ones({1})}}), doctest::Contains("cannot write"), Error);
 }
 
 TEST_CASE("checkpoint folders: single file, shards with an index, and index errors") {

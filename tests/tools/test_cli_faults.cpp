@@ -24,12 +24,11 @@ namespace {
 constexpr int kKilled = 128 + 9;  // SIGKILL
 
 std::string pretrain(const Workspace& w, const std::string& output) {
-  return "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") + " --data " +
-         (w / "text.jsonl") + " --output " + (w / output) +
+  return w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / output) +
          " --steps 10 --save-every 2 --keep-checkpoints 2 --warmup-steps 2 --batch-size 2 --seq-len 32 --quiet";
 }
 
-std::string failpoint(const std::string& setting) { return "LAMINA_FAILPOINT=" + setting; }
+RunOptions failpoint(const std::string& setting) { return {.environment = "LAMINA_FAILPOINT=" + setting}; }
 
 std::string bytes_of(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);
@@ -100,7 +99,7 @@ void check_same_as_uninterrupted(const Workspace& w, const std::string& output) 
 }  // namespace
 
 TEST_CASE("killed at every stage of a step and a checkpoint, resumed each time: bit-identical, no debris") {
-  Workspace w("lamina-cli-faults-kill");
+  Workspace w("cli-faults-kill");
   const std::string command = pretrain(w, "run"), resume = command + " --resume";
   const fs::path checkpoints = w.path / "run" / "checkpoints";
   // Inside the first checkpoint's writing: nothing completes, a partial folder stays behind.
@@ -143,7 +142,7 @@ TEST_CASE("killed at every stage of a step and a checkpoint, resumed each time: 
 }
 
 TEST_CASE("a full disk at each write fails clearly, keeps the last checkpoint, and resumes bit-identical") {
-  Workspace w("lamina-cli-faults-full");
+  Workspace w("cli-faults-full");
   const std::string command = pretrain(w, "run"), resume = command + " --resume";
   struct Failure {
     std::string place, file, resumed_from;

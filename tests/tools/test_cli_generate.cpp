@@ -1,74 +1,27 @@
 // `lamina generate` and `lamina chat` at their limits: prompts and conversations against the
 // model's context, bad ids, extreme sampling flags, streamed ids, and broken weights.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "helpers.h"
-#include "models/llama/model.h"
+#include "model_presets.h"
 #include "models/tokenizer/builder.h"
+#include "scratch_dir.h"
+#include "tools/cli_runner.h"
 
 using namespace lamina;
+using namespace lamina::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Run {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs `lamina <arguments>`, with `input` on its stdin when given.
-Run run_cli(const std::string& arguments, const std::string& input = "") {
-  std::string command = std::string(LAMINA_CLI_PATH) + " " + arguments + " 2>&1";
-  const fs::path input_path = fs::temp_directory_path() / ("lamina-cli-generate-input-" + std::to_string(::getpid()));
-  if (!input.empty()) {
-    std::ofstream(input_path, std::ios::binary) << input;
-    command += " < " + input_path.string();
-  }
-  Run run;
-  std::FILE* pipe = popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  size_t read;
-  while ((read = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) run.output.append(buffer, read);
-  const int status = pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (!input.empty()) fs::remove(input_path);
-  return run;
-}
-
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("lamina-cli-generate-" + name + "-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-};
 
 // A tiny random model over the byte-level tokenizer (saved beside it), with a short context.
 // `nan_token`: that token's embedding is NaN and every other weight is zero, so the logits are
 // all 0 (greedy picks token 0) until the token is fed back.
 std::string tiny_model(const ScratchDir& dir, int64_t context_length, int64_t nan_token = -1) {
-  llama::LlamaConfig config;
-  config.vocab_size = tokenizer::byte_level_tokenizer().vocab_size();
-  config.hidden_size = 8;
-  config.intermediate_size = 16;
-  config.num_hidden_layers = 1;
-  config.num_attention_heads = 2;
-  config.num_key_value_heads = 1;
-  config.head_dim = 4;
+  llama::LlamaConfig config = byte_level_llama_config();
   config.max_position_embeddings = context_length;
-  config.bos_token_id = 256;
-  config.eos_token_ids = {257};
-  config.dtype = DType::f32;
   config.initializer_range = 1.0;
   llama::LlamaForCausalLM model(config);
   if (nan_token < 0) {
@@ -81,13 +34,6 @@ std::string tiny_model(const ScratchDir& dir, int64_t context_length, int64_t na
   model.save(dir.path.string());
   std::ofstream(dir.path / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
   return dir.path.string();
-}
-
-std::vector<int64_t> ids_of(const std::string& line) {
-  std::istringstream in(line);
-  std::vector<int64_t> ids;
-  for (int64_t id; in >> id;) ids.push_back(id);
-  return ids;
 }
 
 std::string last_line(const std::string& output) {
@@ -111,54 +57,55 @@ size_t occurrences(const std::string& text, const std::string& part) {
 }  // namespace
 
 TEST_CASE("lamina generate refuses a prompt longer than the context and clips the answer to it") {
-  ScratchDir dir("context");
+  ScratchDir dir("cli-generate-context");
   const std::string model = tiny_model(dir, 32);
-  Run run = run_cli("generate --model " + model + " --prompt-ids \"" + counting_ids(33) + "\" --max-new-tokens 1");
+  Run run = run_lamina("generate --model " + model + " --prompt-ids \"" + counting_ids(33) + "\" --max-new-tokens 1");
   CHECK(run.status == 1);
   CHECK(run.output.find("error: lamina generate: the prompt has 33 tokens, more than the model's context of 32 tokens") !=
         std::string::npos);
-  run = run_cli("generate --model " + model + " --prompt-ids \"" + counting_ids(30) + "\" --max-new-tokens 10 --no-stop");
+  run = run_lamina("generate --model " + model + " --prompt-ids \"" + counting_ids(30) +
+                   "\" --max-new-tokens 10 --no-stop");
   INFO(run.output);
   CHECK(run.status == 0);
   CHECK(run.output.find("note: generating at most 2 new tokens, not 10") != std::string::npos);
   CHECK(ids_of(last_line(run.output)).size() == 32);
   // Text prompts too: 40 bytes of text are 40 tokens of the byte-level tokenizer.
-  run = run_cli("generate --model " + model + " --prompt \"" + std::string(40, 'a') + "\"");
+  run = run_lamina("generate --model " + model + " --prompt \"" + std::string(40, 'a') + "\"");
   CHECK(run.status == 1);
   CHECK(run.output.find("more than the model's context of 32 tokens") != std::string::npos);
 }
 
 TEST_CASE("lamina generate: bad prompt ids, no new tokens, an empty prompt and a tiny temperature") {
-  ScratchDir dir("flags");
+  ScratchDir dir("cli-generate-flags");
   const std::string model = tiny_model(dir, 64);
   const std::string vocab = std::to_string(tokenizer::byte_level_tokenizer().vocab_size());
   for (const std::string& bad : {std::string("999"), std::string("-3"), vocab}) {
-    const Run run = run_cli("generate --model " + model + " --prompt-ids \"1 " + bad + "\"");
+    const Run run = run_lamina("generate --model " + model + " --prompt-ids \"1 " + bad + "\"");
     CHECK(run.status == 1);
     CHECK(run.output.find("--prompt-ids has token id " + bad + ", outside the model's vocabulary of " + vocab + " tokens") !=
           std::string::npos);
   }
-  Run run = run_cli("generate --model " + model + " --prompt-ids \"1 5 9\" --max-new-tokens 0");
+  Run run = run_lamina("generate --model " + model + " --prompt-ids \"1 5 9\" --max-new-tokens 0");
   CHECK(run.status == 0);
   CHECK(run.output == "1 5 9\n");
-  run = run_cli("generate --model " + model + " --prompt \"\" --max-new-tokens 2");
+  run = run_lamina("generate --model " + model + " --prompt \"\" --max-new-tokens 2");
   CHECK(run.status == 2);
   CHECK(run.output.find("error: lamina generate:") != std::string::npos);
   CHECK(run.output.find("--prompt") != std::string::npos);
   // A temperature whose scaled logits overflow samples like greedy decoding.
   const std::string prompt = "generate --model " + model + " --prompt-ids \"1 5 9\" --max-new-tokens 6 --no-stop";
-  const Run greedy = run_cli(prompt);
+  const Run greedy = run_lamina(prompt);
   REQUIRE(greedy.status == 0);
   REQUIRE(ids_of(greedy.output).size() == 9);
-  run = run_cli(prompt + " --temperature 1e-308");
+  run = run_lamina(prompt + " --temperature 1e-308");
   CHECK(run.status == 0);
   CHECK(run.output == greedy.output);
 }
 
 TEST_CASE("lamina generate streams ids as it goes and stops at non-finite logits") {
-  ScratchDir dir("nan");
+  ScratchDir dir("cli-generate-nan");
   const std::string model = tiny_model(dir, 64, 0);
-  const Run run = run_cli("generate --model " + model + " --prompt-ids \"1 5\" --max-new-tokens 5 --no-stop");
+  const Run run = run_lamina("generate --model " + model + " --prompt-ids \"1 5\" --max-new-tokens 5 --no-stop");
   INFO(run.output);
   CHECK(run.status == 1);
   // The prompt and the first new id were printed before the second step failed.
@@ -168,7 +115,7 @@ TEST_CASE("lamina generate streams ids as it goes and stops at non-finite logits
 }
 
 TEST_CASE("lamina chat keeps the conversation within the context and survives bad input") {
-  ScratchDir dir("chat");
+  ScratchDir dir("cli-generate-chat");
   const std::string model = tiny_model(dir, 160);
   const std::string chat = "chat --model " + model + " --max-new-tokens 8";
   // A message of 30 bytes is 39 tokens of the byte-level tokenizer with its header, an answer
@@ -178,14 +125,14 @@ TEST_CASE("lamina chat keeps the conversation within the context and survives ba
     const std::string message = std::string(ordinal) + " question, at length";
     messages += message + std::string(30 - message.size(), '.') + "\n";
   }
-  const Run run = run_cli(chat, messages);
+  const Run run = run_lamina(chat, {.input = messages});
   INFO(run.output);
   CHECK(run.status == 0);
   CHECK(run.output.find("oldest messages to fit the model's context of 160 tokens)") != std::string::npos);
   CHECK(run.output.find("error") == std::string::npos);
   // A message that cannot fit even alone is refused and the chat goes on; so is an endless line.
   const std::string input = std::string(200, 'x') + "\nshort\n" + std::string(size_t(3) << 20, 'y') + "\nlast words";
-  const Run refused = run_cli(chat, input);
+  const Run refused = run_lamina(chat, {.input = input});
   INFO(refused.output);
   CHECK(refused.status == 0);
   CHECK(refused.output.find("system message it takes 2") != std::string::npos);
@@ -193,15 +140,15 @@ TEST_CASE("lamina chat keeps the conversation within the context and survives ba
   // Every line got its prompt, and the input's end (without a newline) ended the chat cleanly.
   CHECK(occurrences(refused.output, "> ") >= 5);
   // A system message that fills the context is refused too.
-  const Run system = run_cli(chat + " --system " + std::string(170, 's'));
+  const Run system = run_lamina(chat + " --system " + std::string(170, 's'));
   CHECK(system.status == 1);
   CHECK(system.output.find("the --system message takes") != std::string::npos);
-  const Run system_command = run_cli(chat, "/system " + std::string(170, 's') + "\nhello\n");
+  const Run system_command = run_lamina(chat, {.input = "/system " + std::string(170, 's') + "\nhello\n"});
   CHECK(system_command.status == 0);
   CHECK(system_command.output.find("(system message not set") != std::string::npos);
   // A model folder without tokenizer.json.
   fs::remove(dir.path / "tokenizer.json");
-  const Run no_tokenizer = run_cli(chat, "hello\n");
+  const Run no_tokenizer = run_lamina(chat, {.input = "hello\n"});
   CHECK(no_tokenizer.status == 1);
   CHECK(no_tokenizer.output.find("has no tokenizer.json; pass --tokenizer PATH") != std::string::npos);
 }
@@ -209,10 +156,11 @@ TEST_CASE("lamina chat keeps the conversation within the context and survives ba
 TEST_CASE("stories260k: a prompt past its context of 512 is refused; a long one leaves room to the end") {
   const fs::path dir = testing::assets_dir("stories260k");
   if (dir.empty()) return;
-  Run run = run_cli("generate --model " + dir.string() + " --prompt-ids \"" + counting_ids(513) + "\"");
+  Run run = run_lamina("generate --model " + dir.string() + " --prompt-ids \"" + counting_ids(513) + "\"");
   CHECK(run.status == 1);
   CHECK(run.output.find("the prompt has 513 tokens, more than the model's context of 512 tokens") != std::string::npos);
-  run = run_cli("generate --model " + dir.string() + " --prompt-ids \"" + counting_ids(500) + "\" --max-new-tokens 40 --no-stop");
+  run = run_lamina("generate --model " + dir.string() + " --prompt-ids \"" + counting_ids(500) +
+                   "\" --max-new-tokens 40 --no-stop");
   CHECK(run.status == 0);
   CHECK(run.output.find("note: generating at most 12 new tokens, not 40") != std::string::npos);
   CHECK(ids_of(last_line(run.output)).size() == 512);

@@ -15,8 +15,7 @@ namespace fs = std::filesystem;
 
 TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result and plot") {
   Workspace w;
-  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --data " + (w / "text.jsonl") + " --output " + (w / "pre") +
+  const std::string pretrain = w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "pre") +
                                " --batch-size 2 --seq-len 32 --save-every 2 --quiet --steps ";
   Run run = run_lamina(pretrain + "4");
   INFO(run.output);
@@ -61,8 +60,7 @@ TEST_CASE("pretrain from a config, resume, fine-tune, generate from the result a
 TEST_CASE("bad training input: clear errors, non-zero exit, no crash") {
   Workspace w;
   std::ofstream(w / "bad.jsonl") << R"({"text": "fine"})" << "\n" << R"({"txt": "typo"})" << "\n";
-  const std::string common = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                             " --output " + (w / "out") + " --steps 1 --seq-len 16 --quiet";
+  const std::string common = w.pretrain_command() + " --output " + (w / "out") + " --steps 1 --seq-len 16 --quiet";
   const std::string base = common + " --batch-size 1 --data ";
   Run run = run_lamina(base + (w / "bad.jsonl"));
   INFO(run.output);
@@ -94,8 +92,7 @@ TEST_CASE("bad training input: clear errors, non-zero exit, no crash") {
 
 TEST_CASE("an output folder that holds a run: refused, resumed or overwritten, never mixed") {
   Workspace w;
-  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
+  const std::string pretrain = w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
                                " --batch-size 2 --seq-len 32 --save-every 1 --quiet --steps ";
   Run run = run_lamina(pretrain + "3");
   INFO(run.output);
@@ -127,16 +124,16 @@ TEST_CASE("an output folder that holds a run: refused, resumed or overwritten, n
   // A folder holding only other files is not a run to resume or replace.
   fs::create_directories(w / "other");
   std::ofstream(w / "other/data.csv") << "1,2\n";
-  run = run_lamina("train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") + " --data " +
-                   (w / "text.jsonl") + " --output " + (w / "other") + " --steps 1 --batch-size 2 --seq-len 32 --quiet");
+  run = run_lamina(w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "other") +
+                   " --steps 1 --batch-size 2 --seq-len 32 --quiet");
   CHECK(run.status == 1);
   CHECK(run.output.find("is not empty (it holds data.csv)") != std::string::npos);
 }
 
 TEST_CASE("resume names the options that changed, and --allow-option-changes continues") {
   Workspace w;
-  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --output " + (w / "run") + " --seq-len 32 --save-every 1 --quiet --schedule constant";
+  const std::string pretrain =
+      w.pretrain_command() + " --output " + (w / "run") + " --seq-len 32 --save-every 1 --quiet --schedule constant";
   Run run = run_lamina(pretrain + " --steps 2 --batch-size 2 --lr 0.001 --data " + (w / "text.jsonl"));
   INFO(run.output);
   REQUIRE(run.status == 0);
@@ -165,8 +162,7 @@ TEST_CASE("resume names the options that changed, and --allow-option-changes con
 
 TEST_CASE("training flags: given twice, full-range seeds, --options ranges, context length, vocabulary") {
   Workspace w;
-  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
+  const std::string pretrain = w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "run") +
                                " --batch-size 2 --seq-len 32 --quiet --steps 1";
   Run run = run_lamina(pretrain + " --lr 0.01 --lr 0.02");
   INFO(run.output);
@@ -185,8 +181,8 @@ TEST_CASE("training flags: given twice, full-range seeds, --options ranges, cont
   run = run_lamina(pretrain + " --lr inf");
   CHECK(run.status == 1);
   CHECK(run.output.find("lr (--lr) must be a finite number") != std::string::npos);
-  const std::string long_run = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --data " + (w / "text.jsonl") + " --output " + (w / "long") + " --quiet --steps 1 --seq-len 100000";
+  const std::string long_run = w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "long") +
+                               " --quiet --steps 1 --seq-len 100000";
   run = run_lamina(long_run);
   CHECK(run.status == 1);
   CHECK(run.output.find("--seq-len 100000 is longer than the model's context, max_position_embeddings 8192") !=
@@ -215,9 +211,8 @@ TEST_CASE("validation is capped by tokens; the held-out rest trains") {
     big << line << "\n";
   }
   big.close();
-  const std::string pretrain = "train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                               " --data " + (w / "big.jsonl") + " --batch-size 2 --seq-len 32 --quiet --steps 1 "
-                               "--validation-fraction 0.5 --output ";
+  const std::string pretrain = w.pretrain_command() + " --data " + (w / "big.jsonl") +
+                               " --batch-size 2 --seq-len 32 --quiet --steps 1 --validation-fraction 0.5 --output ";
   Run run = run_lamina(pretrain + (w / "capped") + " --validation-tokens 200");
   INFO(run.output);
   REQUIRE(run.status == 0);
@@ -246,8 +241,8 @@ TEST_CASE("sft: over-long conversations are truncated or dropped with a count; S
                << i + 1 << R"("}]})" << "\n";
   }
   // A model folder (weights, config and tokenizer) to fine-tune.
-  Run run = run_lamina("train pretrain --config " + (w / "config.json") + " --tokenizer " + (w / "tokenizer.json") +
-                       " --data " + (w / "text.jsonl") + " --output " + (w / "pre") + " --steps 1 --batch-size 1 --quiet");
+  Run run = run_lamina(w.pretrain_command() + " --data " + (w / "text.jsonl") + " --output " + (w / "pre") +
+                       " --steps 1 --batch-size 1 --quiet");
   REQUIRE(run.status == 0);
   const std::string model = " --model " + (w / "pre/model");
   run = run_lamina("train sft" + model + " --data " + (w / "long.jsonl") + " --output " + (w / "long") +

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "helpers.h"
+#include "scratch_dir.h"
 #include "train/checkpoint.h"
 #include "train/run_folder.h"
 #include "train/tiny_training.h"
@@ -18,16 +19,6 @@ using namespace lamina::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("lamina-faults-" + name + "-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 train::TrainOptions options_in(const fs::path& dir, int64_t steps) {
   train::TrainOptions options;
@@ -56,7 +47,7 @@ std::string name_of(const std::optional<std::string>& path) {
 }  // namespace
 
 TEST_CASE("checkpoints are ordered by their step number, and only folders with COMPLETE count") {
-  ScratchDir dir("order");
+  ScratchDir dir("faults-order");
   train::Trainer(tiny_model(1), options_in(dir.path, 10), examples(6, 2)).run();
   const fs::path checkpoints = dir.path / "checkpoints";
   // By name "step-9" sorts after "step-00000010"; by step it is older.
@@ -77,7 +68,7 @@ TEST_CASE("checkpoints are ordered by their step number, and only folders with C
 }
 
 TEST_CASE("a resume removes killed runs' debris and falls back past a checkpoint that does not load") {
-  ScratchDir straight("straight"), dir("fallback");
+  ScratchDir straight("faults-straight"), dir("faults-fallback");
   const std::vector<train::Example> data = examples(8, 3);
   train::Trainer(tiny_model(4), options_in(straight.path, 6), data).run();
   train::Trainer(tiny_model(4), options_in(dir.path, 4), data).run();
@@ -116,7 +107,7 @@ TEST_CASE("a resume removes killed runs' debris and falls back past a checkpoint
 }
 
 TEST_CASE("a run refuses a folder holding another run, and overwriting never removes other files") {
-  ScratchDir dir("refuse");
+  ScratchDir dir("faults-refuse");
   const std::vector<train::Example> data = examples(6, 5);
   train::Trainer(tiny_model(1), options_in(dir.path, 2), data).run();
   CHECK_THROWS_WITH_AS(train::Trainer(tiny_model(1), options_in(dir.path, 4), data).run(),
@@ -138,7 +129,7 @@ TEST_CASE("a run refuses a folder holding another run, and overwriting never rem
 }
 
 TEST_CASE("resume refuses options and data that break exactness, naming old and new values") {
-  ScratchDir dir("changes");
+  ScratchDir dir("faults-changes");
   const std::vector<train::Example> data = examples(6, 6);
   train::Trainer(tiny_model(1), options_in(dir.path, 2), data).run();
   train::TrainOptions changed = options_in(dir.path, 4);
@@ -191,7 +182,8 @@ TEST_CASE("which option changes break a resumed run's exactness") {
 }
 
 TEST_CASE("a fresh run that fails in its first step leaves no metrics.jsonl and no folder behind") {
-  ScratchDir dir("first-step");
+  ScratchDir dir("faults-first-step");
+  fs::remove(dir.path);  // the run is to create the folder itself
   std::vector<train::Example> data = examples(4, 7);
   data[0].ids[1] = 100;  // beyond the model's 48 ids: the embedding refuses it in step 1
   CHECK_THROWS_WITH_AS(train::Trainer(tiny_model(1), options_in(dir.path, 3), data).run(),
@@ -263,8 +255,7 @@ TEST_CASE("a metrics write that fails (a full disk) is an error naming the file"
 }
 
 TEST_CASE("metrics.jsonl is created by the first line, and a resume keeps the lines up to its step") {
-  ScratchDir dir("metrics");
-  fs::create_directories(dir.path);
+  ScratchDir dir("faults-metrics");
   const std::string path = dir / "metrics.jsonl";
   {
     train::MetricsLog log(path, -1);

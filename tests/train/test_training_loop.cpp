@@ -5,6 +5,7 @@
 
 #include "autograd/autograd.h"
 #include "helpers.h"
+#include "scratch_dir.h"
 #include "models/tokenizer/builder.h"
 #include "models/io/safetensors.h"
 #include "train/checkpoint.h"
@@ -16,15 +17,6 @@ using namespace lamina::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& name) : path(fs::temp_directory_path() / ("lamina-train-" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ScratchDir() { fs::remove_all(path); }
-};
 
 train::TrainOptions quiet_options() {
   train::TrainOptions options;
@@ -160,7 +152,7 @@ TEST_CASE("20 steps straight equal 10 steps, a resume, and 10 more") {
       out.emplace_back(line.at("step").as_int64(), line.at("loss").as_double());
     return out;
   };
-  ScratchDir straight("straight"), stopped("stopped");
+  ScratchDir straight("train-straight"), stopped("train-stopped");
   train::Trainer(tiny_model(10), options_for(straight.path, 20), data).run();
   // A crash after step 12 (the last checkpoint is step 10), then a resume of the same run.
   {
@@ -179,7 +171,7 @@ TEST_CASE("20 steps straight equal 10 steps, a resume, and 10 more") {
 }
 
 TEST_CASE("a checkpoint write that fails leaves the previous checkpoint loadable") {
-  ScratchDir dir("fault");
+  ScratchDir dir("train-fault");
   train::TrainOptions options = quiet_options();
   options.steps = 4;
   options.batch_size = 2;
@@ -223,7 +215,7 @@ TEST_CASE("mixed precision: bf16 weights and activations on f32 master weights l
     for (const json::Value& line : train::read_metrics(metrics.string())) out.push_back(line.at("loss").as_double());
     return out;
   };
-  ScratchDir f32_dir("f32"), bf16_dir("bf16"), resumed_dir("bf16-resumed");
+  ScratchDir f32_dir("train-f32"), bf16_dir("train-bf16"), resumed_dir("train-bf16-resumed");
   train::Trainer(tiny_model(1), options_for("f32", f32_dir.path, 100), data).run();
   auto model = tiny_model(1);
   const Tensor handle = model->parameter("model.norm.weight");

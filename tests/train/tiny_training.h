@@ -5,34 +5,19 @@
 #include <memory>
 #include <vector>
 
+#include "model_presets.h"
 #include "models/llama/model.h"
 #include "train/data.h"
 
 namespace lamina::testing {
 
-inline llama::LlamaConfig tiny_config(int64_t vocab = 48) {
-  llama::LlamaConfig config;
-  config.vocab_size = vocab;
-  config.hidden_size = 16;
-  config.intermediate_size = 32;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 4;
-  config.max_position_embeddings = 64;
-  config.rope_theta = 10000.0;
-  config.bos_token_id = 1;
-  config.eos_token_ids = {2};
-  config.dtype = DType::f32;
-  config.initializer_range = 0.1;
-  return config;
-}
+// The training fixtures' vocabulary: the examples below draw their ids from it.
+inline constexpr int64_t kTinyVocabSize = 48;
+
+inline llama::LlamaConfig tiny_config() { return tiny_llama_config(kTinyVocabSize); }
 
 inline std::shared_ptr<llama::LlamaForCausalLM> tiny_model(uint64_t seed, DType dtype = DType::f32) {
-  auto model = std::make_shared<llama::LlamaForCausalLM>(tiny_config(), dtype);
-  Generator gen(seed);
-  model->init_parameters(gen);
-  return model;
+  return random_llama(tiny_config(), seed, dtype);
 }
 
 // Examples of varying length with a masked "prompt" head.
@@ -41,7 +26,7 @@ inline std::vector<train::Example> examples(int count, uint64_t seed) {
   std::vector<train::Example> out;
   for (int i = 0; i < count; ++i) {
     const int64_t length = 4 + (i * 5) % 9;
-    const std::vector<int64_t> ids = randint(3, 48, {length}, gen).to_vector<int64_t>();
+    const std::vector<int64_t> ids = randint(3, kTinyVocabSize, {length}, gen).to_vector<int64_t>();
     train::Example example;
     example.ids.assign(ids.begin(), ids.end());
     example.ids[0] = 1;
