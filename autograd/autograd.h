@@ -49,7 +49,8 @@ struct OutputInfo {
 class Node {
  public:
   explicit Node(std::string name);
-  virtual ~Node() = default;
+  // Unlinks the chain of nodes behind this one iteratively (see engine.cpp).
+  virtual ~Node();
   Node(const Node&) = delete;
   Node& operator=(const Node&) = delete;
 

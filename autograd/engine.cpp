@@ -26,6 +26,24 @@ bool tensor_requires_grad(const Tensor& t) {
 
 Node::Node(std::string name) : name_(std::move(name)), sequence_nr_(next_sequence_nr()) {}
 
+// Dropping the last handle to a graph would otherwise destroy it recursively, one stack frame
+// per node along its longest path: a forward pass of a few hundred thousand ops (a model of
+// 20000 small layers) overflowed the stack. Nodes that only this one keeps alive hand their
+// own edges over before they die, so each is destroyed with no successors left to recurse into.
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> orphans;
+  const auto take_edges = [&orphans](Node& node) {
+    for (Edge& edge : node.next_edges)
+      if (edge.node != nullptr) orphans.push_back(std::move(edge.node));
+  };
+  take_edges(*this);
+  while (!orphans.empty()) {
+    std::shared_ptr<Node> node = std::move(orphans.back());
+    orphans.pop_back();
+    if (node.use_count() == 1) take_edges(*node);
+  }
+}
+
 std::vector<Tensor> FunctionNode::apply(const std::vector<Tensor>& grad_outputs) {
   LAMINA_CHECK(backward_ != nullptr, "autograd: '", name(), "' was already run and its saved tensors freed; "
                "pass retain_graph=true to the first backward to run it again");

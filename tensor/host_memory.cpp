@@ -1,9 +1,11 @@
 #include "tensor/host_memory.h"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -111,20 +113,55 @@ CgroupMemory cgroup_memory() {
   return out;
 }
 
-// What operator new throws: a std::bad_alloc that says what could not be allocated.
+// The limits of `ulimit -v` (RLIMIT_AS, against the address space, VmSize) and `ulimit -d`
+// (RLIMIT_DATA, against private writable mappings, VmData): past them malloc returns NULL
+// however much memory the machine has. `limit` is the tightest, `left` what remains under it.
+struct ProcessLimit {
+  uint64_t limit = kUnlimited;
+  uint64_t left = kUnlimited;
+};
+
+ProcessLimit process_limit() {
+  ProcessLimit out;
+  std::string status;  // read only when a limit is set
+  const struct {
+    int resource;
+    const char* key;
+  } limits[] = {{RLIMIT_AS, "VmSize:"}, {RLIMIT_DATA, "VmData:"}};
+  for (const auto& [resource, key] : limits) {
+    struct rlimit limit {};
+    if (::getrlimit(resource, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) continue;
+    if (status.empty()) status = read_small_file("/proc/self/status");
+    const uint64_t used = field(status, key, 0) * 1024;
+    const uint64_t cap = uint64_t(limit.rlim_cur);
+    out.limit = std::min(out.limit, cap);
+    out.left = std::min(out.left, cap - std::min(cap, used));
+  }
+  return out;
+}
+
+// What operator new throws: a std::bad_alloc that says what could not be allocated. The text
+// lives in the object, formatted without allocating: it is built when allocation just failed,
+// and a message that needed the heap would fail again (and recurse through operator new).
 class HostOutOfMemory : public std::bad_alloc {
  public:
-  explicit HostOutOfMemory(std::string message) : message_(std::move(message)) {}
-  const char* what() const noexcept override { return message_.c_str(); }
+  HostOutOfMemory(const char* format, ...) __attribute__((format(printf, 2, 3))) {
+    va_list arguments;
+    va_start(arguments, format);
+    std::vsnprintf(message_, sizeof message_, format, arguments);
+    va_end(arguments);
+  }
+  const char* what() const noexcept override { return message_; }
 
  private:
-  std::string message_;
+  char message_[512];
 };
 
 // operator new for lamina builds: check large requests, then malloc (which is mimalloc's),
 // calling the new-handler as the standard asks; throws instead of aborting.
 void* allocate_or_throw(std::size_t bytes, std::size_t alignment) {
-  if (!host_memory_fits(bytes)) throw HostOutOfMemory(host_memory_shortage(bytes, "an allocation (operator new)"));
+  if (!host_memory_fits(bytes))
+    throw HostOutOfMemory("%s", host_memory_shortage(bytes, "an allocation (operator new)").c_str());
   for (;;) {
     void* data = nullptr;
     if (alignment <= alignof(std::max_align_t)) {
@@ -134,8 +171,11 @@ void* allocate_or_throw(std::size_t bytes, std::size_t alignment) {
     }
     if (data != nullptr) return data;
     const std::new_handler handler = std::get_new_handler();
-    if (handler == nullptr)
-      throw HostOutOfMemory(str_cat("out of host memory: could not allocate ", format_bytes(bytes), " (operator new)"));
+    if (handler == nullptr) {
+      char size[32];
+      format_bytes_into(size, sizeof size, bytes);
+      throw HostOutOfMemory("out of host memory: could not allocate %s (operator new)", size);
+    }
     handler();
   }
 }
@@ -154,6 +194,9 @@ HostMemory host_memory() {
     memory.total_bytes = std::min(memory.total_bytes, cgroup.limit);
     memory.available_bytes = std::min(memory.available_bytes, cgroup.left());
   }
+  const ProcessLimit process = process_limit();
+  memory.total_bytes = std::min(memory.total_bytes, process.limit);
+  memory.available_bytes = std::min(memory.available_bytes, process.left);
   return memory;
 }
 
@@ -163,15 +206,18 @@ std::string host_memory_shortage(uint64_t bytes, std::string_view what) {
   const HostMemory memory = host_memory();
   return str_cat("out of host memory: ", what, " needs ", format_bytes(bytes), " but only ",
                  format_bytes(memory.available_bytes), " of the ", format_bytes(memory.total_bytes),
-                 " of host memory (RAM and swap, within this process's memory limit) are available");
+                 " of host memory (RAM and swap, within this process's memory limits) are available");
 }
 
 void check_host_memory(uint64_t bytes, std::string_view what) {
   if (!host_memory_fits(bytes)) throw Error(host_memory_shortage(bytes, what));
 }
 
-std::string format_bytes(uint64_t bytes) {
-  if (bytes < 1024) return str_cat(bytes, " B");
+void format_bytes_into(char* text, size_t size, uint64_t bytes) {
+  if (bytes < 1024) {
+    std::snprintf(text, size, "%llu B", static_cast<unsigned long long>(bytes));
+    return;
+  }
   const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   double value = double(bytes) / 1024.0;
   int unit = 0;
@@ -179,8 +225,12 @@ std::string format_bytes(uint64_t bytes) {
     value /= 1024.0;
     ++unit;
   }
+  std::snprintf(text, size, "%.2f %s", value, units[unit]);
+}
+
+std::string format_bytes(uint64_t bytes) {
   char text[32];
-  std::snprintf(text, sizeof text, "%.2f %s", value, units[unit]);
+  format_bytes_into(text, sizeof text, bytes);
   return text;
 }
 

@@ -9,6 +9,7 @@
 // the size and the memory available.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -16,11 +17,13 @@
 namespace lamina {
 
 struct HostMemory {
-  uint64_t total_bytes = 0;      // physical memory plus swap, within this process's cgroup limit
-  uint64_t available_bytes = 0;  // what can still be allocated without the OOM killer stepping in
+  // Physical memory plus swap, within this process's cgroup limit and its ulimit -v / -d.
+  uint64_t total_bytes = 0;
+  uint64_t available_bytes = 0;  // what can still be allocated without the OOM killer or a ulimit stepping in
 };
 
-// Read from /proc/meminfo and the cgroup (v1 or v2) of this process, at the time of the call.
+// Read from /proc/meminfo, the cgroup (v1 or v2) and the resource limits (RLIMIT_AS,
+// RLIMIT_DATA, with /proc/self/status) of this process, at the time of the call.
 HostMemory host_memory();
 
 // Requests below this size are never checked: they cannot be what exhausts memory, and the
@@ -37,5 +40,8 @@ void check_host_memory(uint64_t bytes, std::string_view what);
 
 // "512 B", "3.50 MiB", "40.00 GiB", "1.20 TiB".
 std::string format_bytes(uint64_t bytes);
+// The same text written into `text` (at most `size` bytes with the NUL), without allocating:
+// for messages about an allocation that just failed.
+void format_bytes_into(char* text, size_t size, uint64_t bytes);
 
 }  // namespace lamina

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -129,13 +130,21 @@ uint64_t FlagParser::unsigned_value(const std::string& name, uint64_t fallback) 
   return parsed;
 }
 
-double FlagParser::double_value(const std::string& name, double fallback, double min, double max) const {
+double FlagParser::number_value(const std::string& name, double fallback) const {
   const std::optional<std::string> text = value(name);
   if (!text) return fallback;
   double parsed = 0;
   const char* end = text->data() + text->size();
   const auto [stop, error] = std::from_chars(text->data(), end, parsed);
   if (error != std::errc() || stop != end) fail("flag --" + name + " needs a number, got '" + *text + "'");
+  return parsed;
+}
+
+double FlagParser::double_value(const std::string& name, double fallback, double min, double max) const {
+  const std::optional<std::string> text = value(name);
+  if (!text) return fallback;
+  const double parsed = number_value(name, fallback);
+  if (std::isnan(parsed)) fail("flag --" + name + " needs a number, got '" + *text + "'");
   if (!(parsed >= min && parsed <= max)) {
     std::ostringstream range;
     range << "[" << min << ", " << max << "]";

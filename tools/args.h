@@ -12,14 +12,17 @@
 #include <string>
 #include <vector>
 
+#include "tensor/error.h"
+
 namespace lamina::cli {
 
 // A mistake in how the command was invoked (exit status 2), as opposed to a failure while
-// running it (exit status 1). `hint` says what to run to learn the right usage.
+// running it (exit status 1). `hint` says what to run to learn the right usage. Both are made
+// printable as lamina::Error's message is (a flag's value may hold a NUL or invalid UTF-8).
 class UsageError : public std::runtime_error {
  public:
-  UsageError(const std::string& message, std::string hint)
-      : std::runtime_error(message), hint_(std::move(hint)) {}
+  UsageError(const std::string& message, const std::string& hint)
+      : std::runtime_error(printable_message(message)), hint_(printable_message(hint)) {}
   const std::string& hint() const { return hint_; }
 
  private:
@@ -50,6 +53,9 @@ class FlagParser {
   uint64_t unsigned_value(const std::string& name, uint64_t fallback) const;
   // The option's value as a number in [min, max], or `fallback` when not given.
   double double_value(const std::string& name, double fallback, double min, double max) const;
+  // The option's value as any number the text spells ("nan" and "inf" included), or `fallback`:
+  // for callers that check the range themselves, and name it in their error.
+  double number_value(const std::string& name, double fallback) const;
 
   std::string help_text() const;
 

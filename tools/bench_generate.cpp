@@ -116,11 +116,21 @@ int run_bench_generate(const Arguments& args) {
   }
   const std::string filter = parser.value("filter").value_or("");
   auto selected = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
+  if (!selected("stories260k") && !selected("random_125m"))
+    throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m)",
+                     "run 'lamina bench generate --help'");
+  const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
+  // Only the default folder may be absent (a checkout without the assets); a folder named on
+  // the command line is meant to be measured, and load() says what is wrong with it.
+  if (selected("stories260k") && parser.is_set("stories")) {
+    std::error_code error;
+    LAMINA_CHECK(std::filesystem::is_directory(stories, error), "lamina bench generate: --stories ", stories,
+                 " is not a folder", std::filesystem::exists(stories, error) ? "" : " (it does not exist)");
+  }
   const double memcpy_gbps = memcpy_bandwidth_gbps(settings.threads, settings.min_seconds);
 
-  const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
   if (selected("stories260k")) {
-    if (std::filesystem::exists(std::filesystem::path(stories) / "config.json")) {
+    if (parser.is_set("stories") || std::filesystem::exists(std::filesystem::path(stories) / "config.json")) {
       const auto model = llama::LlamaForCausalLM::load(stories);
       for (int64_t batch : {1, 8}) bench_model("stories260k", *model, batch, memcpy_gbps, settings);
     } else {

@@ -25,6 +25,7 @@
 #include "tensor/parallel.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "train/loss_curve.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
@@ -219,8 +220,15 @@ int run_demo(const Arguments& args) {
     options.output_dir = (output / name).string();
     return options;
   };
+  // Each stage's model/ gets the tokenizer too, so that it is a model `lamina chat` can load.
+  const std::string tokenizer_json = tokenizer::byte_level_tokenizer_json().dump() + "\n";
+  const auto add_tokenizer = [&](const std::string& folder) {
+    io::write_file_atomically((fs::path(folder) / "tokenizer.json").string(), tokenizer_json);
+  };
   std::printf("stage 1: pretraining on %zu generated statements\n", corpus.size());
-  train::Trainer(model, stage_options("pretrain", 1000, 2e-3), corpus, held_out_statements).run({train::ExistingRun::overwrite});
+  train::Trainer pretrainer(model, stage_options("pretrain", 1000, 2e-3), corpus, held_out_statements);
+  pretrainer.add_model_files = add_tokenizer;
+  pretrainer.run({train::ExistingRun::overwrite});
   measure("after pretraining");
   // Every third pretraining statement rides along, so that fine-tuning does not make the model
   // forget what it learned in stage 1.
@@ -228,13 +236,14 @@ int run_demo(const Arguments& args) {
   for (size_t i = 0; i < corpus.size(); i += 3) sft_data.push_back(corpus[i]);
   std::printf("stage 2: supervised fine-tuning on %zu chats (loss on the answers only) and %zu statements\n",
               chat_data.size(), sft_data.size() - chat_data.size());
-  train::Trainer(model, stage_options("sft", 500, 1e-3), sft_data, held_out_chats).run({train::ExistingRun::overwrite});
+  train::Trainer fine_tuner(model, stage_options("sft", 500, 1e-3), sft_data, held_out_chats);
+  fine_tuner.add_model_files = add_tokenizer;
+  fine_tuner.run({train::ExistingRun::overwrite});
   measure("after fine-tuning");
 
   // The final model, loadable by `lamina chat --model <output>/model`.
   model->save((output / "model").string());
-  io::write_file_atomically((output / "model" / "tokenizer.json").string(),
-                            tokenizer::byte_level_tokenizer_json().dump() + "\n");
+  add_tokenizer((output / "model").string());
   for (const char* stage : {"pretrain", "sft"}) {
     const fs::path metrics = output / stage / "metrics.jsonl";
     io::write_file_atomically((output / stage / "loss.svg").string(),

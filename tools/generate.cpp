@@ -60,7 +60,7 @@ generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t def
   options.sampling.top_p = parser.double_value("top-p", 1.0, 1e-9, 1.0);
   options.sampling.min_p = parser.double_value("min-p", 0.0, 0.0, 0.999999);
   options.sampling.repetition_penalty = parser.double_value("repetition-penalty", 1.0, 1e-6, 1e6);
-  options.sampling.seed = uint64_t(parser.int_value("seed", 0, 0, INT64_MAX));
+  options.sampling.seed = parser.unsigned_value("seed", 0);
   return options;
 }
 
@@ -179,6 +179,28 @@ bool read_line(std::istream& in, std::string& line, size_t limit, bool& too_long
   return any;
 }
 
+// A chat line that starts with "/" (but not "//"): one of the commands, or why it is none.
+struct ChatCommand {
+  enum Kind { quit, reset, system, invalid } kind;
+  std::string text;  // system: the message; invalid: what to tell the user
+};
+
+ChatCommand parse_chat_command(const std::string& line) {
+  const size_t space = line.find(' ');
+  const std::string name = line.substr(0, space);
+  const std::string argument = space == std::string::npos ? "" : line.substr(space + 1);
+  const bool has_argument = argument.find_first_not_of(" \t") != std::string::npos;
+  if (name == "/quit" && !has_argument) return {ChatCommand::quit, {}};
+  if (name == "/reset" && !has_argument) return {ChatCommand::reset, {}};
+  if (name == "/system" && has_argument) return {ChatCommand::system, argument};
+  if (name == "/system") return {ChatCommand::invalid, "/system needs the text of the system message: /system TEXT"};
+  if (name == "/quit" || name == "/reset")
+    return {ChatCommand::invalid, str_cat(name, " takes nothing after it (got \"", printable_message(line), "\")")};
+  return {ChatCommand::invalid,
+          str_cat("unknown command \"", printable_message(name),
+                  "\" (known: /system TEXT, /reset, /quit; to send a message that starts with /, begin it with //)")};
+}
+
 }  // namespace
 
 int run_generate(const Arguments& args) {
@@ -200,6 +222,9 @@ int run_generate(const Arguments& args) {
     throw UsageError("lamina generate: give exactly one of --prompt and --prompt-ids", "run 'lamina generate --help'");
   if (parser.is_set("chat") && !parser.is_set("prompt"))
     throw UsageError("lamina generate: --chat needs a text --prompt", "run 'lamina generate --help'");
+  if (parser.is_set("system") && !parser.is_set("chat"))
+    throw UsageError("lamina generate: --system only applies with --chat (a plain prompt has no system message)",
+                     "add --chat, or drop --system");
   const std::string output = parser.value("output").value_or(parser.is_set("prompt") ? "text" : "ids");
   if (output != "ids" && output != "text")
     throw UsageError("lamina generate: --output must be 'text' or 'ids', got '" + output + "'", "run 'lamina generate --help'");
@@ -250,8 +275,9 @@ int run_chat(const Arguments& args) {
   FlagParser parser("lamina chat",
                     "Talks with an Instruct model, answers streamed as they are generated. Type a message and press "
                     "enter; /system TEXT sets the system message, /reset forgets the conversation, /quit (or end of "
-                    "input) leaves. When the conversation outgrows the model's context, its oldest exchanges are "
-                    "dropped (and you are told).");
+                    "input) leaves. Any other line starting with / is refused as an unknown command: to send a message "
+                    "that starts with /, type it as // (the first / is dropped). When the conversation outgrows the "
+                    "model's context, its oldest exchanges are dropped (and you are told).");
   parser.add_option("model", "DIR", "the model folder (with tokenizer.json)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
   parser.add_option("system", "TEXT", "the system message to start with");
@@ -275,7 +301,8 @@ int run_chat(const Arguments& args) {
                           " tokens, which fills the model's context of ", context_length, " tokens"));
     history.set_system(*parser.value("system"));
   }
-  std::fprintf(stderr, "lamina chat (%s format): /system TEXT, /reset, /quit\n", tokenizer::chat_format_name(chat.format));
+  std::fprintf(stderr, "lamina chat (%s format): /system TEXT, /reset, /quit (// starts a message with /)\n",
+               tokenizer::chat_format_name(chat.format));
 
   // No longer line fits the context when tokens are at most 256 bytes long (real vocabularies'
   // tokens are shorter), and reading it whole could take any amount of memory.
@@ -285,28 +312,31 @@ int run_chat(const Arguments& args) {
   while (true) {
     std::fprintf(stderr, "> ");
     std::fflush(stderr);
-    if (!read_line(std::cin, line, line_limit, too_long) || line == "/quit") break;
+    if (!read_line(std::cin, line, line_limit, too_long)) break;
     if (too_long) {
       std::fprintf(stderr, "(line ignored: it is longer than %zu bytes, more than the model's context of %lld tokens holds)\n",
                    line_limit, static_cast<long long>(context_length));
       continue;
     }
     if (line.empty()) continue;
-    if (line == "/reset") {
-      history.reset();
-      std::fprintf(stderr, "(conversation cleared)\n");
-      continue;
-    }
-    if (line.rfind("/system", 0) == 0) {
-      const std::string system = line.size() > 8 ? line.substr(8) : "";
-      if (!system_fits(system)) {
+    if (line.rfind("//", 0) == 0) {
+      line.erase(0, 1);  // an escaped slash: a message that starts with "/"
+    } else if (line[0] == '/') {
+      const ChatCommand command = parse_chat_command(line);
+      if (command.kind == ChatCommand::quit) break;
+      if (command.kind == ChatCommand::reset) {
+        history.reset();
+        std::fprintf(stderr, "(conversation cleared)\n");
+      } else if (command.kind == ChatCommand::system && !system_fits(command.text)) {
         std::fprintf(stderr, "(system message not set: it takes %lld tokens, which fills the model's context of %lld)\n",
-                     static_cast<long long>(history.system_prompt_tokens(system)), static_cast<long long>(context_length));
-        continue;
+                     static_cast<long long>(history.system_prompt_tokens(command.text)), static_cast<long long>(context_length));
+      } else if (command.kind == ChatCommand::system) {
+        history.set_system(command.text);
+        history.reset();
+        std::fprintf(stderr, "(system message set; conversation cleared)\n");
+      } else {
+        std::fprintf(stderr, "(%s)\n", command.text.c_str());
       }
-      history.set_system(system);
-      history.reset();
-      std::fprintf(stderr, "(system message set; conversation cleared)\n");
       continue;
     }
     const tokenizer::Conversation::Fit fit = history.add_user(line, max_new_tokens);

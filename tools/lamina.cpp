@@ -32,7 +32,7 @@ constexpr Subcommand kSubcommands[] = {
     {"tokenize", "Llama-3 token ids of a text (--tokenizer PATH, --text or stdin)", run_tokenize},
     {"detokenize", "the text of Llama-3 token ids (--tokenizer PATH, --ids or stdin)", run_detokenize},
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},
-    {"bench", "benchmarks that print one JSON line per case (suites: ops)", run_bench},
+    {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
     {"version", "print the version", run_version},
 };

@@ -13,11 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 
+#include "tensor/io/atomic_file.h"
 #include "tools/args.h"
 #include "tools/commands.h"
 #include "train/losses/json_io.h"
@@ -136,17 +137,28 @@ LossDefinition combined_definition(const std::vector<const LossDefinition*>& ter
   return LossDefinition(name, "", "", inputs, {}, nullptr);
 }
 
-json::Value read_json_file(const std::string& path) {
-  std::error_code error;
-  LAMINA_CHECK(std::filesystem::is_regular_file(path, error), "cannot read '", path, "': not a regular file");
-  return json::parse_file(path);
+// The JSON of a file named by `flag`; errors say which flag and file, and why (a missing file,
+// a FIFO, malformed JSON).
+json::Value read_json_file(const std::string& path, const char* flag) {
+  try {
+    return json::parse_file(path);
+  } catch (const Error& error) {
+    throw Error(str_cat(kCommand, ": ", flag, ": ", error.what()));
+  }
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::trunc);
-  LAMINA_CHECK(out.good(), "cannot write '", path, "'");
-  out << text << "\n";
-  LAMINA_CHECK(out.good(), "error while writing '", path, "'");
+// The --save-state file, opened before anything is computed or printed: a path that cannot be
+// written is an error that leaves no output behind. The state is written beside it and renamed
+// into place at the end (io::AtomicFile), so a failure never leaves half a file.
+std::unique_ptr<io::AtomicFile> open_state_output(const std::string& path) {
+  std::error_code error;
+  LAMINA_CHECK(!std::filesystem::is_directory(path, error), kCommand, ": --save-state: ", path,
+               " is a directory; give a file name");
+  try {
+    return std::make_unique<io::AtomicFile>(path);
+  } catch (const Error& failure) {
+    throw Error(str_cat(kCommand, ": --save-state: ", failure.what()));
+  }
 }
 
 // Throws naming the loss, or the first policy input whose gradient is not finite.
@@ -255,11 +267,21 @@ int run_preference_loss(const Arguments& raw_args) {
   if (!state && (parser.is_set("state") || parser.is_set("save-state") || parser.is_set("eval")))
     throw UsageError(str_cat(kCommand, ": --state, --save-state and --eval apply to a single stateful loss (bco, kto, bco_pair)"),
                      kHint);
-  if (state && parser.is_set("state")) state->restore(read_json_file(*parser.value("state")));
+  if (state && parser.is_set("state")) {
+    const std::string path = *parser.value("state");
+    const json::Value saved = read_json_file(path, "--state");
+    try {
+      state->restore(saved);
+    } catch (const Error& error) {
+      throw Error(str_cat(kCommand, ": --state ", path, ": ", error.what()));
+    }
+  }
   if (state) state->training = !parser.is_set("eval");
+  const std::unique_ptr<io::AtomicFile> state_output =
+      state && parser.is_set("save-state") ? open_state_output(*parser.value("save-state")) : nullptr;
 
   const LossDefinition definition = terms.size() == 1 ? *terms[0] : combined_definition(terms);
-  train::JsonInputs parsed = train::inputs_from_json(read_json_file(*inputs_path), definition, *inputs_path);
+  train::JsonInputs parsed = train::inputs_from_json(read_json_file(*inputs_path, "--inputs"), definition, *inputs_path);
   for (const std::string& warning : parsed.warnings) std::fprintf(stderr, "warning: %s\n", warning.c_str());
   for (const train::InputSpec& spec : definition.inputs) {
     const Tensor* value = parsed.inputs.find(spec.name);
@@ -279,8 +301,12 @@ int run_preference_loss(const Arguments& raw_args) {
   // A NaN or infinite loss or gradient is a failure, not a result: JSON would print it as null
   // and a script reading the output would take it for a number.
   check_finite(result, definition, parsed.inputs);
+  // The state first: when it cannot be written, nothing is printed for a script to take as done.
+  if (state_output) {
+    state_output->write(state->save().dump(2) + "\n");
+    state_output->commit();
+  }
   std::printf("%s\n", train::result_to_json(result, definition, parsed.inputs).dump(2).c_str());
-  if (state && parser.is_set("save-state")) write_text_file(*parser.value("save-state"), state->save().dump(2));
   return 0;
 }
 

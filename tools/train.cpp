@@ -1,5 +1,5 @@
 // `lamina train pretrain|sft` and `lamina plot`.
-#include <cmath>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iterator>
@@ -7,8 +7,10 @@
 
 #include "models/tokenizer/chat.h"
 #include "tensor/io/atomic_file.h"
+#include "tensor/io/regular_file.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "train/loss_curve.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
@@ -26,7 +28,11 @@ void add_training_flags(FlagParser& parser) {
   const train::TrainOptions d;
   auto text = [](auto value) { return str_cat(value); };
   parser.add_option("output", "DIR", "where metrics.jsonl, checkpoints/ and the final model/ go (required)");
-  parser.add_option("options", "FILE.json", "training options as JSON, keyed like these flags; flags override it");
+  std::string keys;
+  for (const std::string& key : train::TrainOptions::json_keys()) keys += (keys.empty() ? "" : ", ") + key;
+  parser.add_option("options", "FILE.json",
+                    "training options as a JSON object, keyed like their flags (switches true or false): " + keys +
+                        "; flags override it. The other flags (data, model, tokenizer, format, run mode) are flags only");
   parser.add_option("steps", "N", "optimizer steps", text(d.steps));
   parser.add_option("batch-size", "N", "sequences per optimizer step", text(d.batch_size));
   parser.add_option("micro-batch-size", "N", "sequences per forward/backward (gradient accumulation)", "batch-size");
@@ -47,7 +53,10 @@ void add_training_flags(FlagParser& parser) {
                     d.precision);
   parser.add_option("eval-every", "N", "validation loss every N steps (0 = at the end)", text(d.eval_every));
   parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));
-  parser.add_option("keep-checkpoints", "N", "how many checkpoints to keep", text(d.keep_checkpoints));
+  parser.add_option("keep-checkpoints", "N",
+                    "how many checkpoints to keep (on --resume, a count below the run's applies from the next "
+                    "checkpoint on)",
+                    text(d.keep_checkpoints));
   parser.add_option("seed", "S", "seed for shuffling (and for fresh weights), 0 to 2^64-1", text(d.seed));
   parser.add_option("validation", "FILE", "validation data (default: a split of --data)");
   parser.add_option("validation-fraction", "F", "fraction of --data held out when no --validation", "0.05");
@@ -55,14 +64,20 @@ void add_training_flags(FlagParser& parser) {
                     "evaluate at most the first N tokens of validation examples (0 = all); split-off examples "
                     "beyond it train instead",
                     text(kDefaultValidationTokens));
-  parser.add_option("format", "NAME", "JSONL format: auto, text, prompt-completion, chat or sharegpt", "auto");
+  parser.add_option("format", "NAME",
+                    "JSONL format: auto (each line's layout by its keys; a line with the keys of two is an error, "
+                    "and a file that mixes layouts says so), text, prompt-completion, chat or sharegpt",
+                    "auto");
   parser.add_switch("skip-malformed", "skip bad JSONL lines (counted) instead of stopping at the first");
   parser.add_switch("resume",
                     "continue the run in --output from its newest complete checkpoint (exactly: options that "
                     "would change its numbers are refused)");
   parser.add_switch("allow-option-changes",
-                    "with --resume: continue even when such options or the training data changed (listed on stderr)");
-  parser.add_switch("overwrite", "replace the run in --output (removes only lamina's own files there)");
+                    "with --resume: continue even when such options, the model's config (rope_theta, rms_norm_eps, "
+                    "...) or the training data changed (listed on stderr)");
+  parser.add_switch("overwrite",
+                    "replace the run in --output (removes only lamina's own files there; refused when an input, "
+                    "--model say, is among them)");
   parser.add_switch("quiet", "no progress output (training steps, long evaluations)");
 }
 
@@ -80,9 +95,8 @@ train::TrainOptions training_options(const FlagParser& parser) {
   const auto integer = [&](const char* name, int64_t fallback) {
     return parser.int_value(name, fallback, INT64_MIN, INT64_MAX);
   };
-  const auto real = [&](const char* name, double fallback) {
-    return parser.double_value(name, fallback, -HUGE_VAL, HUGE_VAL);
-  };
+  // Any number, NaN included: validate() names the range and the key.
+  const auto real = [&](const char* name, double fallback) { return parser.number_value(name, fallback); };
   options.steps = integer("steps", options.steps);
   options.batch_size = integer("batch-size", options.batch_size);
   options.micro_batch_size = integer("micro-batch-size", options.micro_batch_size);
@@ -106,13 +120,15 @@ train::TrainOptions training_options(const FlagParser& parser) {
   options.seed = parser.unsigned_value("seed", options.seed);
   options.output_dir = parser.value("output").value_or(options.output_dir);
   if (options.output_dir.empty()) throw UsageError("lamina train: --output is required", "run 'lamina train <kind> --help'");
-  options.progress = !parser.is_set("quiet");
+  if (parser.is_set("quiet")) options.progress = false;
   options.validate();
   return options;
 }
 
-// How the run treats its output folder; checked before any data is read.
-train::RunStart run_start(const FlagParser& parser, const train::TrainOptions& options) {
+// How the run treats its output folder; checked before any data is read. `input_flags` name the
+// flags whose paths the run reads: none may lie in what the run removes or replaces.
+train::RunStart run_start(const FlagParser& parser, const train::TrainOptions& options,
+                          const std::vector<std::string>& input_flags) {
   train::RunStart start;
   if (parser.is_set("resume") && parser.is_set("overwrite"))
     throw UsageError("lamina train: --resume and --overwrite contradict each other", "pass one of them");
@@ -121,7 +137,10 @@ train::RunStart run_start(const FlagParser& parser, const train::TrainOptions& o
   if (parser.is_set("resume")) start.existing = train::ExistingRun::resume;
   if (parser.is_set("overwrite")) start.existing = train::ExistingRun::overwrite;
   start.allow_option_changes = parser.is_set("allow-option-changes");
+  for (const std::string& flag : input_flags)
+    if (const std::optional<std::string> path = parser.value(flag)) start.inputs.push_back({"--" + flag, *path});
   train::check_output_folder(options.output_dir, start.existing);
+  train::check_inputs_outside_run(options.output_dir, start.inputs, start.existing);
   return start;
 }
 
@@ -138,7 +157,34 @@ std::vector<train::Example> cap_validation(std::vector<train::Example>& validati
   return rest;
 }
 
-bool is_token_shard(const std::string& path) { return fs::path(path).extension() == ".bin"; }
+// A token shard is known by its header, whatever its name; a .bin file without one is a shard
+// whose header is broken (read_token_shard says so).
+bool is_token_shard(const std::string& path) {
+  return fs::path(path).extension() == ".bin" || train::starts_with_shard_header(path);
+}
+
+// Warnings about settings that run but probably do not do what was meant.
+void warn_about_settings(const train::TrainOptions& options, const std::vector<train::Example>& examples) {
+  if (options.warmup_steps > options.steps && options.steps > 0)
+    std::fprintf(stderr,
+                 "warning: --warmup-steps %lld is more than --steps %lld: the learning rate never reaches its peak "
+                 "--lr %g (at most %g, at the last step)\n",
+                 (long long)options.warmup_steps, (long long)options.steps, options.lr,
+                 options.lr * double(options.steps) / double(options.warmup_steps));
+  // What one step holds (rows of seq_len slots, or one example per row unpacked) against the data.
+  double slots = 0;
+  for (const train::Example& example : examples) slots += double(std::max<size_t>(example.ids.size(), 1) - 1);
+  const double per_step = options.pack ? double(options.batch_size) * double(options.seq_len) : double(options.batch_size);
+  const double data = options.pack ? slots : double(examples.size());
+  if (data > 0 && per_step > data)
+    std::fprintf(stderr,
+                 "warning: a step of --batch-size %lld holds more than the training data (%s): every step repeats "
+                 "examples, about %.1f passes over the data per step\n",
+                 (long long)options.batch_size,
+                 options.pack ? str_cat(per_step, " token slots for ", slots, " tokens to predict").c_str()
+                              : str_cat(per_step, " rows for ", examples.size(), " examples, one per row").c_str(),
+                 per_step / data);
+}
 
 // Training and validation examples from --data (and --validation): JSONL through the
 // tokenizer, or a token shard (.bin) as is.
@@ -153,7 +199,9 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   if (tok) jsonl.chat.format = tokenizer::detect_chat_format(chat_source, *tok);
   auto read = [&](const std::string& path) {
     if (is_token_shard(path)) return train::read_token_shard(path, options.seq_len + 1, vocab_size);
-    if (!tok) throw Error("JSONL data needs a tokenizer: pass --tokenizer PATH");
+    if (!tok)
+      throw Error(str_cat(path, ": JSONL data (it does not start with a token shard's LMTOKENS header) needs a "
+                          "tokenizer: pass --tokenizer PATH"));
     train::JsonlOptions file_options = jsonl;
     bool progress_shown = false;
     if (options.progress)
@@ -165,6 +213,11 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
       };
     train::JsonlStats stats;
     std::vector<train::Example> examples = train::read_jsonl(path, *tok, file_options, &stats);
+    if (stats.layouts.size() > 1) {
+      std::string mix;
+      for (const auto& [layout, count] : stats.layouts) mix += str_cat(mix.empty() ? "" : ", ", count, " ", layout);
+      std::fprintf(stderr, "%s: lines of several layouts, each read by its keys: %s examples\n", path.c_str(), mix.c_str());
+    }
     if (stats.skipped > 0)
       std::fprintf(stderr, "%s: skipped %lld malformed lines of %lld (first: %s)\n", path.c_str(), (long long)stats.skipped,
                    (long long)stats.lines, stats.first_skipped.c_str());
@@ -182,6 +235,8 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   const std::optional<std::string> validation_path = parser.value("validation");
   if (validation_path) {
     validation = read(*validation_path);
+    // An empty file would silently mean "no validation": most likely the wrong file.
+    if (validation.empty()) throw Error("lamina train: --validation " + *validation_path + " holds no examples");
   } else {
     validation = train::split_validation(train_examples, parser.double_value("validation-fraction", 0.05, 0.0, 0.9),
                                          options.seed);
@@ -199,18 +254,30 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   }
   if (train_examples.empty()) throw Error("lamina train: " + *data + " holds no training examples");
   std::fprintf(stderr, "data: %zu training examples, %zu validation examples\n", train_examples.size(), validation.size());
+  warn_about_settings(options, train_examples);
   return {std::move(train_examples), std::move(validation)};
 }
 
-// Copies the tokenizer files into the trained model's folder, so that it is self-contained
-// (`lamina generate --prompt` and `lamina chat` find the tokenizer there).
-void copy_tokenizer_files(const std::string& source, const std::string& model_folder) {
+// The tokenizer files that a trained model's folder gets, so that it is self-contained
+// (`lamina generate --prompt` and `lamina chat` find the tokenizer there). Read when the run
+// starts, not when the model is written at its end: by then the source may be gone.
+struct TokenizerFiles {
+  std::string tokenizer;                // tokenizer.json
+  std::optional<std::string> settings;  // tokenizer_config.json, when there is one beside it
+};
+
+TokenizerFiles read_tokenizer_files(const std::string& source) {
   const fs::path file = fs::is_directory(source) ? fs::path(source) / "tokenizer.json" : fs::path(source);
-  if (!fs::exists(file)) return;
-  const fs::path model(model_folder);
-  fs::copy_file(file, model / "tokenizer.json", fs::copy_options::overwrite_existing);
-  const fs::path config = file.parent_path() / "tokenizer_config.json";
-  if (fs::exists(config)) fs::copy_file(config, model / "tokenizer_config.json", fs::copy_options::overwrite_existing);
+  TokenizerFiles files;
+  files.tokenizer = io::read_regular_file(file.string(), "tokenizer");
+  const fs::path settings = file.parent_path() / "tokenizer_config.json";
+  if (fs::exists(settings)) files.settings = io::read_regular_file(settings.string(), "tokenizer");
+  return files;
+}
+
+void write_tokenizer_files(const TokenizerFiles& files, const std::string& model_folder) {
+  io::write_file_atomically((fs::path(model_folder) / "tokenizer.json").string(), files.tokenizer);
+  if (files.settings) io::write_file_atomically((fs::path(model_folder) / "tokenizer_config.json").string(), *files.settings);
 }
 
 void check_vocabulary(const tokenizer::Tokenizer& tok, const std::string& tokenizer_path, const llama::LlamaConfig& config,
@@ -223,19 +290,25 @@ void check_vocabulary(const tokenizer::Tokenizer& tok, const std::string& tokeni
 int run_pretrain(const Arguments& args) {
   FlagParser parser("lamina train pretrain", "Trains a Llama model from scratch (architecture from an HF config.json).");
   parser.add_option("config", "CONFIG.json", "the model architecture (HF config.json) (required)");
-  parser.add_option("data", "FILE", "training data: JSONL ({\"text\": ...} per line) or a token shard (.bin)");
+  parser.add_option("data", "FILE",
+                    "training data: JSONL ({\"text\": ...} per line) or a token shard (known by its LMTOKENS header; "
+                    "usually .bin)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (or a folder with one), for JSONL data");
   add_training_flags(parser);
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> config_path = parser.value("config");
   if (!config_path) throw UsageError("lamina train pretrain: --config is required", "run 'lamina train pretrain --help'");
   const train::TrainOptions options = training_options(parser);
-  const train::RunStart start = run_start(parser, options);
+  const train::RunStart start = run_start(parser, options, {"config", "data", "validation", "tokenizer", "options"});
   const llama::LlamaConfig config = llama::LlamaConfig::load(*config_path);
-  train::check_model_fits(config, options);
+  train::check_model_fits(config, options);  // the whole training state, before the model is built
   std::optional<tokenizer::Tokenizer> tok;
+  std::optional<TokenizerFiles> tokenizer_files;
   const std::string tokenizer_path = parser.value("tokenizer").value_or("");
-  if (!tokenizer_path.empty()) tok.emplace(tokenizer::Tokenizer::load(tokenizer_path));
+  if (!tokenizer_path.empty()) {
+    tok.emplace(tokenizer::Tokenizer::load(tokenizer_path));
+    tokenizer_files = read_tokenizer_files(tokenizer_path);
+  }
   if (tok) check_vocabulary(*tok, tokenizer_path, config, *config_path);
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = std::make_shared<llama::LlamaForCausalLM>(config, DType::f32);
@@ -243,7 +316,8 @@ int run_pretrain(const Arguments& args) {
   model->init_parameters(generator);
   std::fprintf(stderr, "model: %.1fM parameters\n", double(model->parameter_count()) / 1e6);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
-  if (tok) trainer.add_model_files = [&](const std::string& folder) { copy_tokenizer_files(tokenizer_path, folder); };
+  if (tokenizer_files)
+    trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(*tokenizer_files, folder); };
   trainer.run(start);
   std::printf("trained %lld steps; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
               options.output_dir.c_str(), options.output_dir.c_str());
@@ -263,7 +337,7 @@ int run_sft(const Arguments& args) {
   const std::optional<std::string> directory = parser.value("model");
   if (!directory) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
   const train::TrainOptions options = training_options(parser);
-  const train::RunStart start = run_start(parser, options);
+  const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   // The model's config and the tokenizer are checked against each other and the options
   // before the data is read and the weights loaded (either may take minutes).
   const std::string config_path = (fs::path(*directory) / "config.json").string();
@@ -271,11 +345,12 @@ int run_sft(const Arguments& args) {
   train::check_model_fits(config, options);
   const std::string tokenizer_path = parser.value("tokenizer").value_or(*directory);
   std::optional<tokenizer::Tokenizer> tok(tokenizer::Tokenizer::load(tokenizer_path));
+  const TokenizerFiles tokenizer_files = read_tokenizer_files(tokenizer_path);
   check_vocabulary(*tok, tokenizer_path, config, config_path);
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = llama::LlamaForCausalLM::load(*directory);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
-  trainer.add_model_files = [&](const std::string& folder) { copy_tokenizer_files(tokenizer_path, folder); };
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
   trainer.run(start);
   std::printf("fine-tuned %lld steps; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
               options.output_dir.c_str(), options.output_dir.c_str());

@@ -66,6 +66,15 @@ std::vector<Found> find_complete(const fs::path& root) {
   return found;
 }
 
+// Refuses to remove a checkpoint folder that holds a file lamina did not write there.
+void check_removable(const fs::path& folder, std::string_view why) {
+  const std::string foreign = foreign_checkpoint_entry(folder.string());
+  const fs::path output = folder.parent_path().parent_path();
+  LAMINA_CHECK(foreign.empty(), folder.string(), " ", why, ", but it holds ", (output / foreign).string(),
+               ", which lamina did not write, and lamina never deletes such files: move it out of the folder (or the "
+               "folder out of checkpoints/)");
+}
+
 // Renames the checkpoint out of the way first (atomic), so that a crash during the removal
 // leaves a deleting folder, never a checkpoint with some of its files gone.
 void remove_checkpoint(const fs::path& root, const fs::path& checkpoint, int64_t step) {
@@ -127,8 +136,14 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
   int64_t kept = 0;
   for (const Found& found : find_complete(root)) {
     const bool keep_it = found.path == final_path || (found.step < step && kept < keep);
-    if (keep_it) ++kept;
-    else remove_checkpoint(root, found.path, step);
+    if (keep_it) {
+      ++kept;
+    } else if (const std::string foreign = foreign_checkpoint_entry(found.path.string()); !foreign.empty()) {
+      std::fprintf(stderr, "warning: kept checkpoints/%s beyond --keep-checkpoints %lld: it holds %s, which lamina did "
+                   "not write\n", found.path.filename().string().c_str(), (long long)keep, foreign.c_str());
+    } else {
+      remove_checkpoint(root, found.path, step);
+    }
   }
   return final_path.string();
 }
@@ -137,6 +152,8 @@ std::vector<std::string> prune_checkpoints(const std::string& output_directory, 
   const fs::path root = fs::path(output_directory) / "checkpoints";
   const std::vector<Found> all = find_complete(root);
   std::vector<std::string> removed;
+  for (size_t i = size_t(std::max<int64_t>(keep, 0)); i < all.size(); ++i)
+    check_removable(all[i].path, str_cat("is beyond the ", keep, " checkpoints to keep"));
   for (size_t i = size_t(std::max<int64_t>(keep, 0)); i < all.size(); ++i) {
     remove_checkpoint(root, all[i].path, all.front().step);
     removed.push_back("checkpoints/" + all[i].path.filename().string());
@@ -162,10 +179,20 @@ std::vector<std::string> remove_incomplete_checkpoints(const std::string& output
   if (!fs::is_directory(root)) return removed;
   std::vector<fs::directory_entry> entries(fs::directory_iterator(root), fs::directory_iterator{});
   std::sort(entries.begin(), entries.end());
+  const auto is_debris = [](const fs::directory_entry& entry) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || entry.is_symlink() || !is_checkpoint_folder_name(name)) return false;
+    return !(parse_step(name) && fs::is_regular_file(entry.path() / kMarker));
+  };
+  // All checked before any is removed: a refusal leaves the folder as it was.
+  for (const auto& entry : entries)
+    if (is_debris(entry))
+      check_removable(entry.path(), parse_step(entry.path().filename().string())
+                                        ? "has no COMPLETE marker, so it looks left by a killed run"
+                                        : "is a checkpoint being written or removed by a killed run");
   for (const auto& entry : entries) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || entry.is_symlink() || !is_checkpoint_folder_name(name)) continue;
-    if (parse_step(name) && fs::is_regular_file(entry.path() / kMarker)) continue;
+    if (!is_debris(entry)) continue;
     fs::remove_all(entry.path());
     removed.push_back(str_cat("checkpoints/", name, parse_step(name) ? " (no COMPLETE marker)" : ""));
   }
@@ -173,18 +200,36 @@ std::vector<std::string> remove_incomplete_checkpoints(const std::string& output
   return removed;
 }
 
-CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
-                                            AdamW& optimizer) {
+CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory) {
   const fs::path dir(checkpoint_directory);
   LAMINA_CHECK(fs::is_regular_file(dir / kMarker), "checkpoint ", checkpoint_directory, " is incomplete (no ",
                kMarker, " marker)");
+  const std::string trainer_path = (dir / "trainer.json").string();
+  const json::Value state = json::parse_file(trainer_path);
+  CheckpointHeader header;
+  header.step = state.at("step").as_int64(trainer_path + ": step");
+  header.trainer_state = state.at("trainer");
+  header.config = llama::LlamaConfig::load((dir / "config.json").string());
+  return header;
+}
+
+CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
+                                            AdamW& optimizer) {
+  const fs::path dir(checkpoint_directory);
+  const CheckpointHeader header = read_checkpoint_header(checkpoint_directory);
   const json::Value state = json::parse_file((dir / "trainer.json").string());
-  const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), model.dtype());
+  // f32 weights are read as they are, so that none of their bits is lost to a lower precision.
+  const DType read_dtype = header.config.dtype == DType::f32 ? DType::f32 : model.dtype();
+  const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), read_dtype);
   const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
   std::vector<nn::NamedTensor> optimizer_tensors;
   for (const safetensors::TensorInfo& info : optimizer_file.tensors())
     optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
-  const int64_t step = state.at("step").as_int64("trainer.json: step");
+  const auto saved_tensor = [&](const std::string& name) {
+    for (const auto& [key, tensor] : optimizer_tensors)
+      if (key == name) return tensor;
+    return Tensor();
+  };
   {
     autograd::NoGradGuard no_grad;
     const std::vector<nn::NamedTensor> saved = saved_model->named_parameters();
@@ -192,13 +237,20 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
     LAMINA_CHECK(saved.size() == current.size(), "checkpoint ", checkpoint_directory, " has ", saved.size(),
                  " parameters, the model ", current.size());
     for (size_t i = 0; i < saved.size(); ++i) {
-      LAMINA_CHECK(saved[i].first == current[i].first && saved[i].second.shape() == current[i].second.shape(),
-                   "checkpoint ", checkpoint_directory, ": parameter '", saved[i].first, "' does not match the model");
-      ops::copy_(current[i].second, ops::to_device(saved[i].second, current[i].second.device()));
+      const auto& [name, weight] = saved[i];
+      LAMINA_CHECK(name == current[i].first && weight.shape() == current[i].second.shape(), "checkpoint ",
+                   checkpoint_directory, ": parameter '", name, "' does not match the model");
+      Tensor value = weight;
+      const Tensor master = saved_tensor(name + ".master");
+      // A bf16 run resumed in f32: its master weights are the values it trained, not their rounding.
+      if (master.defined() && dtype_size(current[i].second.dtype()) > dtype_size(weight.dtype())) value = master;
+      // An f32 run resumed in bf16: its weights are exactly the master weights the optimizer keeps.
+      if (!master.defined() && weight.dtype() == DType::f32) optimizer_tensors.emplace_back(name + ".master", weight);
+      ops::copy_(current[i].second, ops::to_device(value, current[i].second.device()));
     }
   }
   optimizer.load_state(state.at("optimizer"), optimizer_tensors);
-  return {step, state.at("trainer")};
+  return {header.step, header.trainer_state};
 }
 
 }  // namespace lamina::train

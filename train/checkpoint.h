@@ -52,17 +52,34 @@ std::optional<std::string> latest_checkpoint(const std::string& output_directory
 
 // Removes what killed runs leave under output_directory/checkpoints: partial and deleting
 // folders, folders without the COMPLETE marker, temporary files. Returns the names removed.
+// Only folders that hold nothing but files lamina writes there are removed: one holding
+// anything else (foreign_checkpoint_entry, run_folder.h) is an error naming that file, and
+// nothing is removed.
 std::vector<std::string> remove_incomplete_checkpoints(const std::string& output_directory);
 
 // Removes all but the newest `keep` complete checkpoints (what a run killed while pruning
-// left); returns the names removed.
+// left); returns the names removed. A checkpoint to remove that holds a file lamina did not
+// write is an error naming it, and nothing is removed. (Pruning after a save keeps such a
+// checkpoint instead, with a warning: a run that has trained does not stop for it.)
 std::vector<std::string> prune_checkpoints(const std::string& output_directory, int64_t keep);
 
 // Whether `name` is one that lamina gives to folders under checkpoints/ (step-N, and the
 // step-N.partial-PID / step-N.deleting-PID it passes through).
 bool is_checkpoint_folder_name(const std::string& name);
 
-// Loads a checkpoint's weights into `model` and its state into `optimizer`.
+// What a checkpoint says about itself, read without loading its weights: its trainer.json
+// and its model's config.json (for checking a resume before loading anything).
+struct CheckpointHeader {
+  int64_t step = 0;
+  json::Value trainer_state;  // trainer.json's "trainer"
+  llama::LlamaConfig config;
+};
+CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory);
+
+// Loads a checkpoint's weights into `model` and its state into `optimizer`. Across a change of
+// precision (allowed by the caller) it stays as exact as the files allow: an f32 run's weights
+// are the f32 master weights a bf16 optimizer needs, and a bf16 run's master weights are the
+// values an f32 model continues from.
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
                                             AdamW& optimizer);
 

@@ -1,6 +1,9 @@
 #include "train/data.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -39,6 +42,20 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
     for (int i = 0; i < bytes_per_token; ++i) bytes += char((uint32_t(token) >> (8 * i)) & 0xFF);
   }
   io::write_file_atomically(path, bytes);
+}
+
+bool starts_with_shard_header(const std::string& path) {
+  const int descriptor = io::open_regular_file(path, "training data");
+  char header[sizeof kShardMagic] = {};
+  size_t got = 0;
+  while (got < sizeof header) {
+    const ssize_t read = ::read(descriptor, header + got, sizeof header - got);
+    if (read < 0 && errno == EINTR) continue;
+    if (read <= 0) break;
+    got += size_t(read);
+  }
+  ::close(descriptor);
+  return got == sizeof header && std::memcmp(header, kShardMagic, sizeof header) == 0;
 }
 
 std::vector<Example> parse_token_shard(std::string_view bytes, const std::string& name, int64_t max_tokens,

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <istream>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,22 +49,28 @@ struct JsonlStats {
   int64_t examples = 0;
   int64_t skipped = 0;
   std::string first_skipped;  // the error of the first skipped line
+  // Examples read per layout, by --format's name ("chat", "text", ...): a file may mix
+  // layouts (chats with plain text to keep a model from forgetting it), which the CLI reports.
+  std::map<std::string, int64_t> layouts;
 };
 
 // Reads `path`, one JSON object per line, in one of these layouts (auto-detected per line by
-// its key, in this order, unless options.format names one):
+// its keys unless options.format names one; a line with the keys of two layouts, "messages"
+// and "text" say, is ambiguous, and malformed):
 //   {"messages": [{"role", "content"}, ...]}         chat: the assistant's replies are learned
 //   {"conversations": [{"from", "value"}, ...]}      ShareGPT: from human -> user, gpt ->
 //                                                    assistant, system -> system
 //   {"prompt", "completion"}                         the completion (and EOS) is learned
-//   {"text"}                                         every token is learned
+//   {"text"}                                         every token is learned (an empty or
+//                                                    whitespace-only text is malformed)
 // Chat roles are those of the chat format (chat_roles: system, user, assistant; Llama-3.1 adds
 // ipython, and "tool" is read as ipython, like HF's template). Other roles (a misspelling,
 // "Assistant", ShareGPT's tool-call turns "function_call"/"observation") are an error: a turn
 // the format does not know would silently teach nothing. A line that gives no target token (a
 // conversation without an assistant reply, an empty completion without EOS) is malformed too.
 // A malformed line is an error naming the file and line, unless skip_malformed; when every
-// line was skipped, reading fails and says why.
+// line was skipped, reading fails and says why. A UTF-8 byte-order mark before the first line
+// is skipped.
 std::vector<Example> read_jsonl(const std::string& path, const tokenizer::Tokenizer& tokenizer,
                                 const JsonlOptions& options = {}, JsonlStats* stats = nullptr);
 // The same from a stream; `name` stands for the file in errors.
@@ -80,6 +87,8 @@ int64_t target_count(const Example& example);
 // caller's EOS id. The reader cuts the stream into examples of at most `max_tokens` tokens;
 // with vocab_size > 0 an id outside [0, vocab_size) is an error naming the file and place.
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int bytes_per_token = 4);
+// Whether the file at `path` starts with a token shard's LMTOKENS header (whatever its name).
+bool starts_with_shard_header(const std::string& path);
 std::vector<Example> read_token_shard(const std::string& path, int64_t max_tokens, int64_t vocab_size = 0);
 // The same from the shard's bytes; `name` stands for the file in errors.
 std::vector<Example> parse_token_shard(std::string_view bytes, const std::string& name, int64_t max_tokens,

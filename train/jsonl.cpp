@@ -89,13 +89,33 @@ std::vector<tokenizer::Message> conversation(const json::Value& record, const Co
   return messages;
 }
 
-// The layout a line is in, from its keys.
+// What a layout is called, as --format names it.
+std::string format_name(DataFormat format) {
+  switch (format) {
+    case DataFormat::text: return "text";
+    case DataFormat::prompt_completion: return "prompt-completion";
+    case DataFormat::chat: return "chat";
+    case DataFormat::sharegpt: return "sharegpt";
+    case DataFormat::auto_detect: break;
+  }
+  return "auto";
+}
+
+// The layout a line is in, from its keys. A line with the keys of two layouts is ambiguous:
+// reading it as either would silently drop the other's content.
 DataFormat detect_format(const json::Value& record) {
-  if (record.find("messages") != nullptr) return DataFormat::chat;
-  if (record.find("conversations") != nullptr) return DataFormat::sharegpt;
-  if (record.find("prompt") != nullptr || record.find("completion") != nullptr) return DataFormat::prompt_completion;
-  if (record.find("text") != nullptr) return DataFormat::text;
-  throw Error("expected a \"messages\", \"conversations\", \"prompt\"/\"completion\" or \"text\" field");
+  std::vector<std::pair<DataFormat, std::string>> found;
+  if (record.find("messages") != nullptr) found.emplace_back(DataFormat::chat, "\"messages\"");
+  if (record.find("conversations") != nullptr) found.emplace_back(DataFormat::sharegpt, "\"conversations\"");
+  if (record.find("prompt") != nullptr || record.find("completion") != nullptr)
+    found.emplace_back(DataFormat::prompt_completion, record.find("prompt") != nullptr ? "\"prompt\"" : "\"completion\"");
+  if (record.find("text") != nullptr) found.emplace_back(DataFormat::text, "\"text\"");
+  if (found.empty())
+    throw Error("expected a \"messages\", \"conversations\", \"prompt\"/\"completion\" or \"text\" field");
+  LAMINA_CHECK(found.size() == 1, "the line has both ", found[0].second, " and ", found[1].second,
+               " fields, the keys of two layouts: name the one to read with --format (",
+               format_name(found[0].first), " or ", format_name(found[1].first), ")");
+  return found[0].first;
 }
 
 // Why an example of this layout learns nothing, for the error.
@@ -132,18 +152,25 @@ int64_t target_count(const Example& example) {
   return count;
 }
 
-Example example_from_json(const json::Value& record, const tokenizer::Tokenizer& tokenizer, const JsonlOptions& options) {
-  LAMINA_CHECK(record.is_object(), "expected a JSON object, got ", json::type_name(record.type()));
-  const DataFormat format = options.format == DataFormat::auto_detect ? detect_format(record) : options.format;
+namespace {
+
+// A line's example in `format` (never auto_detect).
+Example example_in(const json::Value& record, DataFormat format, const tokenizer::Tokenizer& tokenizer,
+                   const JsonlOptions& options) {
   Example example;
   const std::optional<int32_t> bos = tokenizer.bos_id();
   const std::optional<int32_t> eos = tokenizer.added_token_id("<|end_of_text|>");
   switch (format) {
-    case DataFormat::text:
+    case DataFormat::text: {
+      const std::string& text = top_level_string(record, "text");
+      // Nothing but the BOS -> EOS transition would be learned: a line with nothing in it.
+      LAMINA_CHECK(text.find_first_not_of(" \t\r\n\f\v") != std::string::npos, "\"text\" is ",
+                   text.empty() ? "empty" : "only whitespace", ": there is nothing to learn from it");
       if (options.add_bos && bos) append_token(*bos, 0, example);
-      append_text(tokenizer, top_level_string(record, "text"), 1, example);
+      append_text(tokenizer, text, 1, example);
       if (options.add_eos && eos) append_token(*eos, 1, example);
       break;
+    }
     case DataFormat::prompt_completion: {
       const std::string& prompt = top_level_string(record, "prompt");
       const std::string& completion = top_level_string(record, "completion");
@@ -167,6 +194,14 @@ Example example_from_json(const json::Value& record, const tokenizer::Tokenizer&
   }
   LAMINA_CHECK(target_count(example) > 0, "no target tokens: ", why_no_targets(format, record));
   return example;
+}
+
+}  // namespace
+
+Example example_from_json(const json::Value& record, const tokenizer::Tokenizer& tokenizer, const JsonlOptions& options) {
+  LAMINA_CHECK(record.is_object(), "expected a JSON object, got ", json::type_name(record.type()));
+  const DataFormat format = options.format == DataFormat::auto_detect ? detect_format(record) : options.format;
+  return example_in(record, format, tokenizer, options);
 }
 
 std::vector<Example> read_jsonl(std::istream& in, const std::string& name, const tokenizer::Tokenizer& tokenizer,
@@ -194,6 +229,8 @@ std::vector<Example> read_jsonl(std::istream& in, const std::string& name, const
   while (std::getline(in, line)) {
     ++line_number;
     bytes_done += int64_t(line.size()) + 1;
+    // A byte-order mark that some editors write at the start of a UTF-8 file.
+    if (line_number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
     if (options.on_progress && Clock::now() - last_report >= kProgressInterval) {
       options.on_progress(bytes_total >= 0 ? std::min(bytes_done, bytes_total) : bytes_done, bytes_total);
       last_report = Clock::now();
@@ -201,8 +238,12 @@ std::vector<Example> read_jsonl(std::istream& in, const std::string& name, const
     if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
     ++counts.lines;
     try {
-      examples.push_back(example_from_json(json::parse(line, "line"), tokenizer, options));
+      const json::Value record = json::parse(line, "line");
+      LAMINA_CHECK(record.is_object(), "expected a JSON object, got ", json::type_name(record.type()));
+      const DataFormat format = options.format == DataFormat::auto_detect ? detect_format(record) : options.format;
+      examples.push_back(example_in(record, format, tokenizer, options));
       ++counts.examples;
+      ++counts.layouts[format_name(format)];
     } catch (const Error& error) {
       const std::string message = str_cat(name, ":", line_number, ": ", error.what());
       if (!options.skip_malformed) throw Error(message);

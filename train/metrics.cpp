@@ -50,8 +50,10 @@ void MetricsLog::open() {
 }
 
 void MetricsLog::write(const json::Value& line) {
-  if (file_ == nullptr) open();
+  // Serialised first: a line that cannot be written (a non-finite number) must not leave an
+  // empty file that makes the folder look like it holds a run.
   const std::string text = line.dump() + "\n";
+  if (file_ == nullptr) open();
   errno = 0;
   if (std::fputs(text.c_str(), file_) == EOF || std::fflush(file_) != 0 || std::ferror(file_))
     fail(errno != 0 ? errno : EIO);
@@ -96,19 +98,6 @@ std::string format_duration(double seconds) {
   if (s >= 60) out << (s / 60) % 60 << "m";
   out << s % 60 << "s";
   return out.str();
-}
-std::string xml_escape(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
 }
 }  // namespace
 
@@ -157,63 +146,6 @@ void TaskProgress::update(int64_t done) {
 void TaskProgress::finish() {
   if (shown_ && terminal_) std::fprintf(stderr, "\n");
   shown_ = false;
-}
-
-std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::string& title) {
-  struct Point {
-    double step, loss;
-  };
-  std::vector<Point> train, validation;
-  for (const json::Value& line : lines) {
-    if (!line.is_object() || line.find("step") == nullptr) continue;
-    const double step = line.at("step").as_double();
-    if (const json::Value* loss = line.find("loss"); loss != nullptr && loss->is_number()) train.push_back({step, loss->as_double()});
-    if (const json::Value* loss = line.find("val_loss"); loss != nullptr && loss->is_number())
-      validation.push_back({step, loss->as_double()});
-  }
-  LAMINA_CHECK(!train.empty() || !validation.empty(), "plot: no \"loss\" or \"val_loss\" values to draw");
-  double min_step = 1e300, max_step = -1e300, min_loss = 1e300, max_loss = -1e300;
-  for (const auto* points : {&train, &validation})
-    for (const Point& p : *points) {
-      min_step = std::min(min_step, p.step);
-      max_step = std::max(max_step, p.step);
-      min_loss = std::min(min_loss, p.loss);
-      max_loss = std::max(max_loss, p.loss);
-    }
-  if (max_step == min_step) max_step = min_step + 1;
-  if (max_loss == min_loss) max_loss = min_loss + 1;
-  const double width = 720, height = 420, left = 70, right = 20, top = 40, bottom = 50;
-  auto x = [&](double step) { return left + (step - min_step) / (max_step - min_step) * (width - left - right); };
-  auto y = [&](double loss) { return top + (max_loss - loss) / (max_loss - min_loss) * (height - top - bottom); };
-  std::ostringstream svg;
-  svg.precision(6);
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      << "<text x=\"" << width / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << xml_escape(title) << "</text>\n";
-  // Axes and five ticks on each.
-  svg << "<line x1=\"" << left << "\" y1=\"" << height - bottom << "\" x2=\"" << width - right << "\" y2=\""
-      << height - bottom << "\" stroke=\"black\"/>\n<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left
-      << "\" y2=\"" << height - bottom << "\" stroke=\"black\"/>\n";
-  for (int i = 0; i <= 4; ++i) {
-    const double step = min_step + (max_step - min_step) * i / 4, loss = min_loss + (max_loss - min_loss) * i / 4;
-    svg << "<text x=\"" << x(step) << "\" y=\"" << height - bottom + 18 << "\" text-anchor=\"middle\">"
-        << std::llround(step) << "</text>\n<text x=\"" << left - 8 << "\" y=\"" << y(loss) + 4
-        << "\" text-anchor=\"end\">" << std::round(loss * 1000) / 1000 << "</text>\n";
-  }
-  svg << "<text x=\"" << width / 2 << "\" y=\"" << height - 10 << "\" text-anchor=\"middle\">step</text>\n";
-  if (!train.empty()) {
-    svg << "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"";
-    for (const Point& p : train) svg << x(p.step) << "," << y(p.loss) << " ";
-    svg << "\"/>\n";
-  }
-  for (const Point& p : validation)
-    svg << "<circle cx=\"" << x(p.step) << "\" cy=\"" << y(p.loss) << "\" r=\"3.5\" fill=\"#d62728\"/>\n";
-  svg << "<text x=\"" << width - right - 150 << "\" y=\"" << top + 10 << "\" fill=\"#1f77b4\">&#8212; train loss</text>\n";
-  if (!validation.empty())
-    svg << "<text x=\"" << width - right - 150 << "\" y=\"" << top + 28 << "\" fill=\"#d62728\">&#9679; validation loss</text>\n";
-  svg << "</svg>\n";
-  return svg.str();
 }
 
 int64_t peak_rss_bytes() {

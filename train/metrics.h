@@ -1,5 +1,5 @@
-// What a training run reports: one JSON line per step in metrics.jsonl, a live progress line
-// on the console, and an SVG loss curve drawn from the JSON lines.
+// What a training run reports: one JSON line per step in metrics.jsonl and a live progress line
+// on the console (train/loss_curve.h draws the lines as an SVG).
 #pragma once
 
 #include <chrono>
@@ -78,10 +78,6 @@ class TaskProgress {
   double delay_seconds_;
   std::chrono::steady_clock::time_point start_;
 };
-
-// The loss curve of metrics lines as an SVG document: training loss ("loss" by "step") as a
-// line, validation loss ("val_loss") as points, axes with ticks.
-std::string loss_curve_svg(const std::vector<json::Value>& lines, const std::string& title);
 
 // Peak resident memory of this process so far, in bytes.
 int64_t peak_rss_bytes();

@@ -41,6 +41,13 @@ bool is_sharded_weights(std::string_view name) {
          name.substr(11, 4) == "-of-" && all_digits(name.substr(15, 5)) && name.substr(20) == ".safetensors";
 }
 
+// A file that lamina writes into a checkpoint folder, or its io::AtomicFile temporary.
+bool is_checkpoint_file(std::string_view name) {
+  for (std::string_view file : {"optimizer.safetensors", "trainer.json", "COMPLETE"})
+    if (name == file || has_pid_suffix(name, file, ".tmp-")) return true;
+  return false;
+}
+
 bool is_model_file(std::string_view name) {
   constexpr std::string_view files[] = {"config.json", "model.safetensors", "model.safetensors.index.json",
                                         "tokenizer.json", "tokenizer_config.json"};
@@ -60,6 +67,8 @@ std::string first_foreign_entry(const fs::path& folder, Predicate belongs) {
   return foreign.empty() ? "" : foreign.front();
 }
 
+std::vector<fs::directory_entry> sorted_entries(const fs::path& folder);
+
 // For an entry of the output folder: empty when lamina wrote it (the whole of it, for
 // folders), else the path of a file in it that lamina did not write.
 std::string foreign_part(const fs::directory_entry& entry) {
@@ -70,10 +79,15 @@ std::string foreign_part(const fs::directory_entry& entry) {
        is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
     return "";
   if (!entry.is_directory() || entry.is_symlink()) return relative;
-  if (name == "checkpoints")
-    return first_foreign_entry(entry.path(), [](const fs::directory_entry& inside) {
+  if (name == "checkpoints") {
+    const std::string folder = first_foreign_entry(entry.path(), [](const fs::directory_entry& inside) {
       return inside.is_directory() && !inside.is_symlink() && is_checkpoint_folder_name(inside.path().filename().string());
     });
+    if (!folder.empty()) return folder;
+    for (const auto& checkpoint : sorted_entries(entry.path()))
+      if (std::string inside = foreign_checkpoint_entry(checkpoint.path().string()); !inside.empty()) return inside;
+    return "";
+  }
   if (name == "model" || has_pid_suffix(name, "model", ".partial-") || has_pid_suffix(name, "model", ".deleting-"))
     return first_foreign_entry(entry.path(), [](const fs::directory_entry& inside) {
       return inside.is_regular_file() && is_model_file(inside.path().filename().string());
@@ -96,12 +110,74 @@ std::string listed(const std::vector<std::string>& names) {
   return out;
 }
 
+// Throws unless `folder` is a writable folder, or can be created: the nearest part of its path
+// that exists is a writable folder. Checked before the data and the model are read, which may
+// take minutes, rather than found when the first file is written.
+void check_creatable(const fs::path& folder, const std::string& directory) {
+  std::error_code error;
+  if (fs::is_directory(folder, error)) {
+    LAMINA_CHECK(::access(folder.c_str(), W_OK | X_OK) == 0, "output folder ", directory, " is not writable: ",
+                 std::strerror(errno));
+    return;
+  }
+  fs::path existing = folder.parent_path();
+  while (!existing.empty() && !fs::exists(fs::symlink_status(existing, error))) existing = existing.parent_path();
+  if (existing.empty()) existing = folder.is_absolute() ? "/" : ".";
+  LAMINA_CHECK(fs::is_directory(existing, error), "cannot create output folder ", directory, ": ", existing.string(),
+               " is not a folder");
+  LAMINA_CHECK(::access(existing.c_str(), W_OK | X_OK) == 0, "cannot create output folder ", directory, " in ",
+               existing.string(), ": ", std::strerror(errno));
+}
+
+// Whether `inner` is `outer` or lies inside it (both canonical).
+bool lies_inside(const fs::path& inner, const fs::path& outer) {
+  auto a = inner.begin(), b = outer.begin();
+  for (; b != outer.end(); ++a, ++b)
+    if (a == inner.end() || *a != *b) return false;
+  return true;
+}
+
 }  // namespace
+
+std::string foreign_checkpoint_entry(const std::string& checkpoint_folder) {
+  const fs::path folder(checkpoint_folder);
+  if (!fs::is_directory(fs::symlink_status(folder))) return "";
+  const std::string foreign = first_foreign_entry(folder, [](const fs::directory_entry& inside) {
+    const std::string name = inside.path().filename().string();
+    return inside.is_regular_file() && !inside.is_symlink() && (is_model_file(name) || is_checkpoint_file(name)) &&
+           name.rfind("tokenizer", 0) != 0;
+  });
+  return foreign.empty() ? "" : "checkpoints/" + foreign;
+}
+
+void check_inputs_outside_run(const std::string& directory, const std::vector<RunInput>& inputs, ExistingRun mode) {
+  std::error_code error;
+  for (const auto& entry : sorted_entries(directory)) {
+    if (!foreign_part(entry).empty()) continue;  // never removed or replaced
+    const fs::path part = fs::weakly_canonical(entry.path(), error);
+    if (error) continue;
+    for (const RunInput& input : inputs) {
+      const fs::path path = fs::weakly_canonical(input.path, error);
+      if (error || !lies_inside(path, part)) continue;
+      const std::string name =
+          (fs::path(directory) / entry.path().filename()).string() + (entry.is_directory() ? "/" : "");
+      const bool linked = path != fs::absolute(input.path, error).lexically_normal();
+      throw Error(str_cat(input.flag, " ", input.path, linked ? str_cat(" (", path.string(), ")") : std::string(),
+                          " is inside ", name, ", which ",
+                          mode == ExistingRun::overwrite ? "--overwrite removes"
+                                                         : "a resumed run prunes or rewrites (checkpoints/, model/, "
+                                                           "metrics.jsonl)",
+                          ": the run would delete its own input. Copy it out of ", directory,
+                          " first, or choose another --output"));
+    }
+  }
+}
 
 void check_output_folder(const std::string& directory, ExistingRun mode) {
   const fs::path folder(directory);
   if (fs::exists(folder) && !fs::is_directory(folder))
     throw Error(str_cat("output folder ", directory, " is a file, not a folder"));
+  check_creatable(folder, directory);
   const std::vector<fs::directory_entry> entries = sorted_entries(folder);
   if (entries.empty() || mode == ExistingRun::resume) return;
   std::vector<std::string> run_files, foreign;
@@ -141,6 +217,10 @@ std::vector<std::string> remove_interrupted_writes(const std::string& directory)
     if (!(has_pid_suffix(name, "model", ".partial-") || has_pid_suffix(name, "model", ".deleting-") ||
           is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
       continue;
+    const std::string foreign = foreign_part(entry);
+    LAMINA_CHECK(foreign.empty(), (fs::path(directory) / name).string(),
+                 " is a model a killed run was writing, but it holds ", (fs::path(directory) / foreign).string(),
+                 ", which lamina did not write, and lamina never deletes such files: move it away");
     fs::remove_all(entry.path());
     removed.push_back(name);
   }

@@ -27,8 +27,27 @@ enum class ExistingRun {
 };
 
 // Throws when a run cannot start in `directory` as `mode` says (see ExistingRun); changes
-// nothing. A missing or empty folder is always fine.
+// nothing. A missing folder must be creatable (its nearest existing parent a writable folder),
+// an existing one writable; an empty one is then always fine.
 void check_output_folder(const std::string& directory, ExistingRun mode);
+
+// Something a run reads, for check_inputs_outside_run: the flag that named it and its path.
+struct RunInput {
+  std::string flag;  // "--model"
+  std::string path;
+};
+// Throws, naming the flag, the path and the part of `directory`, when an input lies inside a
+// part of the output folder that a run removes or replaces there (metrics.jsonl, checkpoints/,
+// model/ and the crash debris beside them): an --overwrite removes all of them, a resume
+// prunes checkpoints/ and replaces model/ and metrics.jsonl, so either would delete or change
+// its own input under it. Paths are compared canonically (symlinks resolved).
+void check_inputs_outside_run(const std::string& directory, const std::vector<RunInput>& inputs, ExistingRun mode);
+
+// The first entry (by name) of a checkpoint folder that is not a file lamina writes there
+// (config.json, model.safetensors or its shards and index, optimizer.safetensors,
+// trainer.json, COMPLETE, and their NAME.tmp-PID temporaries), as
+// "checkpoints/<folder>/<entry>"; empty when there is none. lamina never removes such a folder.
+std::string foreign_checkpoint_entry(const std::string& checkpoint_folder);
 
 // Removes lamina's run files (the list above) from `directory`; returns their names ("checkpoints/").
 // Callers check first with check_output_folder(directory, ExistingRun::overwrite).
@@ -36,6 +55,7 @@ std::vector<std::string> remove_run_files(const std::string& directory);
 
 // Removes what writes interrupted by a kill leave in `directory` (model.partial-PID/,
 // model.deleting-PID/, temporary files beside metrics.jsonl and in model/); returns the names.
+// Such a model folder holding a file lamina did not write is an error naming it.
 std::vector<std::string> remove_interrupted_writes(const std::string& directory);
 
 // An exclusive lock on the output folder (flock on the folder itself), held while this lives:

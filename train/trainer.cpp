@@ -94,6 +94,21 @@ json::Value TrainOptions::to_json() const {
 
 namespace {
 
+// The CLI's flags that say what to read and how to treat the output folder: they belong to
+// one invocation, not to a reusable options file.
+bool is_flag_only(const std::string& key) {
+  for (const char* flag : {"data", "validation", "validation-fraction", "validation-tokens", "format", "skip-malformed",
+                           "config", "model", "tokenizer", "options", "resume", "overwrite", "allow-option-changes"})
+    if (key == flag) return true;
+  return false;
+}
+
+std::string listed_keys() {
+  std::string out;
+  for (const std::string& key : TrainOptions::json_keys()) out += (out.empty() ? "" : ", ") + key;
+  return out;
+}
+
 uint64_t seed_from_json(const json::Value& value) {
   const char* what = "training options: seed";
   if (value.is_string()) {
@@ -139,10 +154,23 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "save-every") o.save_every = value.as_int64(what);
     else if (key == "keep-checkpoints") o.keep_checkpoints = value.as_int64(what);
     else if (key == "seed") o.seed = seed_from_json(value);
-    else if (key == "output-dir") o.output_dir = value.as_string(what);
-    else throw Error(str_cat("training options: unknown key \"", key, "\""));
+    else if (key == "output-dir" || key == "output") o.output_dir = value.as_string(what);
+    else if (key == "no-pack") o.pack = !value.as_bool(what);
+    else if (key == "quiet") o.progress = !value.as_bool(what);
+    else if (is_flag_only(key))
+      throw Error(str_cat("training options: \"", key, "\" is given as a flag only (--", key,
+                          "), not in an options file: the file holds the training knobs (", listed_keys(), ")"));
+    else throw Error(str_cat("training options: unknown key \"", key, "\" (the keys are ", listed_keys(), ")"));
   }
   return o;
+}
+
+const std::vector<std::string>& TrainOptions::json_keys() {
+  static const std::vector<std::string> keys = {
+      "steps", "batch-size", "micro-batch-size", "seq-len", "no-pack", "lr", "min-lr-ratio", "warmup-steps",
+      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "device", "precision",
+      "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
+  return keys;
 }
 
 namespace {
@@ -186,13 +214,27 @@ CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& ba
   return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
 }
 
+// A loss or gradient norm that is NaN or infinite ends the run at the step it appears in: the
+// update would spread it into every weight, and every later step (and checkpoint) would be
+// garbage. The weights of the last checkpoint are from before it.
+void check_finite(const char* what, double value, int64_t step) {
+  if (std::isfinite(value)) return;
+  throw Error(str_cat("train: the ", what, " is ", std::isnan(value) ? "NaN" : "infinite", " at step ", step,
+                      ": the training diverged, or the model's weights are not finite. Check the model's weights for "
+                      "NaN or Inf, lower --lr or keep --clip on; the checkpoints written so far are from before this "
+                      "step"));
+}
+
 // The model, validated options applied: on the training device in the training dtype (before
 // the optimizer takes its parameters, so that its state is made there too).
 std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForCausalLM> model,
                                                 const TrainOptions& options) {
   LAMINA_CHECK(model != nullptr, "train: no model");
   options.validate();
-  check_model_fits(model->config(), options);
+  // The model's weights are in memory already, on the host unless it was moved before.
+  const double allocated =
+      model->device().is_cuda() ? 0 : double(model->parameter_count()) * double(dtype_size(model->dtype()));
+  check_model_fits(model->config(), options, allocated);
   model->to(options.resolved_device(), options.compute_dtype());
   return model;
 }
@@ -266,31 +308,98 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
   return changes;
 }
 
-void check_model_fits(const llama::LlamaConfig& config, const TrainOptions& options) {
+TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const TrainOptions& options) {
+  TrainingMemory memory;
+  // In doubles: the products overflow int64 for absurd sizes, which is the point.
+  const double rows = double(options.micro_batch_size == 0 ? options.batch_size : options.micro_batch_size);
+  const double tokens = double(options.seq_len);
+  memory.parameters = config.parameter_count();
+  const double parameters = double(memory.parameters);
+  const bool on_cpu = !options.resolved_device().is_cuda();
+  memory.mask = options.pack ? rows * tokens * tokens * 4 : 0;  // [B, 1, T, T] f32, built on the host
+  if (!on_cpu) {
+    memory.weights = parameters * 4;  // the f32 model on the host, before it moves to the GPU
+    return memory;
+  }
+  memory.dtype = options.compute_dtype();
+  const double width = double(dtype_size(memory.dtype));
+  memory.weights = parameters * width;
+  memory.gradients = parameters * width;
+  memory.moments = 2 * parameters * 4;
+  memory.master = memory.dtype == DType::f32 ? 0 : parameters * 4;
+  memory.logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
+  // The CPU attention holds, per concurrent (row, kv head) task of its backward, two [T, T]
+  // f32 matrices (probabilities and their gradient).
+  const double tasks = std::min(double(num_threads()), rows * double(config.num_key_value_heads));
+  memory.attention = tasks * 2 * tokens * tokens * 4;
+  return memory;
+}
+
+namespace {
+std::string bytes_text(double bytes) { return format_bytes(uint64_t(std::min(bytes, 1e19))); }
+}  // namespace
+
+std::string TrainingMemory::describe() const {
+  char count[32];
+  if (parameters >= 1000000000) std::snprintf(count, sizeof count, "%.2fB", double(parameters) / 1e9);
+  else if (parameters >= 1000000) std::snprintf(count, sizeof count, "%.1fM", double(parameters) / 1e6);
+  else std::snprintf(count, sizeof count, "%lld", (long long)parameters);
+  std::string text = str_cat("weights ", bytes_text(weights), " (", count, " parameters in ", dtype_name(dtype), ")");
+  if (gradients > 0) text += str_cat(", gradients ", bytes_text(gradients));
+  if (moments > 0) text += str_cat(", AdamW moments ", bytes_text(moments));
+  if (master > 0) text += str_cat(", f32 master weights ", bytes_text(master));
+  text += str_cat(", a step's largest buffers ", bytes_text(buffers()), " (packing mask ", bytes_text(mask));
+  if (logits > 0 || attention > 0)
+    text += str_cat(", logits ", bytes_text(logits), ", attention scores ", bytes_text(attention));
+  return text + ")";
+}
+
+void check_model_fits(const llama::LlamaConfig& config, const TrainOptions& options, double already_allocated) {
   LAMINA_CHECK(options.seq_len <= config.max_position_embeddings, "train: --seq-len ", options.seq_len,
                " is longer than the model's context, max_position_embeddings ", config.max_position_embeddings,
                " in its config");
-  // Estimated in doubles: the products overflow int64 for absurd lengths, which is the point.
+  const TrainingMemory memory = estimate_training_memory(config, options);
+  const HostMemory host = host_memory();
+  // A step's buffers alone, against the machine's total (RAM and swap within this process's
+  // limits): past it, no model of any size trains with these settings.
   const double rows = double(options.micro_batch_size == 0 ? options.batch_size : options.micro_batch_size);
-  const double tokens = double(options.seq_len);
-  const double mask = options.pack ? rows * tokens * tokens * 4 : 0;  // [B, 1, T, T] f32, built on the host
-  const double logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
-  // The CPU attention holds, per concurrent (row, kv head) task of its backward, two [T, T]
-  // f32 matrices (probabilities and their gradient). The CUDA path lives in device memory,
-  // which lamina cannot query yet: there only the host-built mask counts.
-  const bool on_cpu = !options.resolved_device().is_cuda();
-  const double tasks = std::min(double(num_threads()), rows * double(config.num_key_value_heads));
-  const double attention = on_cpu ? tasks * 2 * tokens * tokens * 4 : 0;
-  const double needed = mask + (on_cpu ? logits + attention : 0);
-  // Against the machine's total (RAM and swap within this process's cgroup limit), not what
-  // is free now: the model itself is loaded later, and the estimate is a lower bound anyway.
-  const double total = double(host_memory().total_bytes);
-  const auto gib = [](double bytes) { return format_bytes(uint64_t(std::min(bytes, 1e19))); };
-  LAMINA_CHECK(total <= 0 || needed <= total, "train: a step with --seq-len ", options.seq_len, " and ", rows,
-               " rows per micro-batch needs at least ", gib(needed), " for its largest buffers (packing mask ", gib(mask),
-               on_cpu ? str_cat(", logits ", gib(logits), ", attention scores ", gib(attention)) : std::string(),
-               "), more than this machine's ", gib(total),
-" of memory: use a shorter --seq-len or a smaller --micro-batch-size");
+  const double total = double(host.total_bytes);
+  LAMINA_CHECK(total <= 0 || memory.buffers() <= total, "train: a step with --seq-len ", options.seq_len, " and ", rows,
+               " rows per micro-batch needs at least ", bytes_text(memory.buffers()),
+               " for its largest buffers (packing mask ", bytes_text(memory.mask),
+               memory.logits > 0 ? str_cat(", logits ", bytes_text(memory.logits), ", attention scores ",
+                                           bytes_text(memory.attention))
+                                 : std::string(),
+               "), more than this machine's ", bytes_text(total),
+               " of memory: use a shorter --seq-len or a smaller --micro-batch-size");
+  // The whole training state, against what can still be allocated now: the model may be built
+  // (or loaded) already, and then holds part of it.
+  const double needed = std::max(0.0, memory.total() - already_allocated);
+  const double available = double(host.available_bytes);
+  LAMINA_CHECK(available <= 0 || needed <= available, "train: training this model needs about ", bytes_text(memory.total()),
+               " of host memory (", memory.describe(), ")",
+               already_allocated > 0 ? str_cat(", of which ", bytes_text(already_allocated), " is allocated already")
+                                     : std::string(),
+               ", more than the ", bytes_text(available), " available: ",
+               memory.state() >= memory.buffers() ? "train a smaller model, or on a machine with more memory"
+                                                  : "use a shorter --seq-len or a smaller --micro-batch-size");
+}
+
+std::vector<OptionChange> model_config_changes(const llama::LlamaConfig& saved, const llama::LlamaConfig& now,
+                                               const std::string& checkpoint) {
+  const json::Value before = saved.to_json(), after = now.to_json();
+  const auto text = [](const json::Value& config, const char* key) { return config.at(key).dump(); };
+  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "head_dim", "tie_word_embeddings"})
+    LAMINA_CHECK(text(before, key) == text(after, key), "cannot resume from ", checkpoint, ": its model has ", key, " ",
+                 text(before, key), ", the model being trained ", text(after, key),
+                 ": a different architecture, whose weights are not this model's (no flag resumes across it; train "
+                 "into another --output)");
+  std::vector<OptionChange> changes;
+  for (const char* key : {"rms_norm_eps", "rope_theta", "rope_scaling"})
+    if (text(before, key) != text(after, key))
+      changes.push_back({str_cat("config ", key), text(before, key), text(after, key)});
+  return changes;
 }
 
 Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
@@ -353,45 +462,77 @@ void Trainer::resume(bool allow_option_changes) {
     return;
   }
   std::optional<CheckpointContents> contents;
-  std::string chosen, newest_error;
+  std::string chosen, newest_error, listing;
+  const auto does_not_load = [&](const std::string& candidate, const Error& error) {
+    if (newest_error.empty()) newest_error = error.what();
+    std::fprintf(stderr, "warning: checkpoint %s does not load (%s); trying the one before it\n", candidate.c_str(),
+                 error.what());
+  };
   for (const std::string& candidate : candidates) {
+    // What the checkpoint was made with is checked before its weights and optimizer state are
+    // loaded: a changed precision or model config is a change to name, not a broken checkpoint.
+    std::optional<CheckpointHeader> header;
+    try {
+      header = read_checkpoint_header(candidate);
+    } catch (const Error& error) {
+      does_not_load(candidate, error);
+      continue;
+    }
+    const json::Value& state = header->trainer_state;
+    std::vector<OptionChange> changes =
+        exactness_breaking_changes(TrainOptions::from_json(state.at("options"), TrainOptions{}), options_);
+    for (OptionChange& change : model_config_changes(header->config, model_->config(), candidate))
+      changes.push_back(std::move(change));
+    if (const json::Value* data = state.find("data")) {
+      const DataFingerprint saved = DataFingerprint::from_json(*data);
+      if (saved != fingerprint_) changes.push_back({"training data", saved.describe(), fingerprint_.describe()});
+    }
+    listing.clear();
+    for (const OptionChange& change : changes) listing += str_cat("\n  ", change.key, ": ", change.saved, " -> ", change.now);
+    LAMINA_CHECK(changes.empty() || allow_option_changes, "cannot resume from ", candidate,
+                 " exactly: these differ from the run it continues (saved -> now):", listing,
+                 "\nuse the run's own settings, or pass --allow-option-changes to continue anyway (the result will "
+                 "no longer match an uninterrupted run)");
+    LAMINA_CHECK(header->step <= options_.steps, "cannot resume from ", candidate, ": it is at step ", header->step,
+                 ", beyond --steps ", options_.steps);
     try {
       contents = load_training_checkpoint(candidate, *model_, optimizer_);
       chosen = candidate;
       break;
     } catch (const Error& error) {
-      if (newest_error.empty()) newest_error = error.what();
-      std::fprintf(stderr, "warning: checkpoint %s does not load (%s); trying the one before it\n", candidate.c_str(),
-                   error.what());
+      does_not_load(candidate, error);
     }
   }
   if (!contents)
     throw Error(str_cat("cannot resume: none of the ", candidates.size(), " complete checkpoints in ", directory,
                         "/checkpoints loads (the newest: ", newest_error, ")"));
-  const json::Value& state = contents->trainer_state;
-  std::vector<OptionChange> changes =
-      exactness_breaking_changes(TrainOptions::from_json(state.at("options"), TrainOptions{}), options_);
-  if (const json::Value* data = state.find("data")) {
-    const DataFingerprint saved = DataFingerprint::from_json(*data);
-    if (saved != fingerprint_) changes.push_back({"training data", saved.describe(), fingerprint_.describe()});
-  }
-  if (!changes.empty()) {
-    std::string listing;
-    for (const OptionChange& change : changes) listing += str_cat("\n  ", change.key, ": ", change.saved, " -> ", change.now);
-    LAMINA_CHECK(allow_option_changes, "cannot resume from ", chosen,
-                 " exactly: these differ from the run it continues (saved -> now):", listing,
-                 "\nuse the run's own settings, or pass --allow-option-changes to continue anyway (the result will "
-                 "no longer match an uninterrupted run)");
+  if (!listing.empty())
     std::fprintf(stderr, "resume: continuing with changes that break exactness (--allow-option-changes):%s\n",
                  listing.c_str());
-  }
-  LAMINA_CHECK(contents->step <= options_.steps, "cannot resume from ", chosen, ": it is at step ", contents->step,
-               ", beyond --steps ", options_.steps);
+  const json::Value& state = contents->trainer_state;
   loader_->restore(state.at("data_cursor"));
   step_ = contents->step;
   tokens_seen_ = state.at("tokens_seen").as_int64("trainer.json: tokens_seen");
   std::fprintf(stderr, "resuming from %s (step %lld)%s\n", chosen.c_str(), (long long)step_,
                chosen == candidates.front() ? "" : ", the newest checkpoint that loads");
+}
+
+void Trainer::prune_stopped_run() {
+  const std::string& directory = options_.output_dir;
+  const std::optional<std::string> newest = latest_checkpoint(directory);
+  if (!newest) return;
+  // The saved run's own count is what it would have pruned to; a header that does not read
+  // leaves everything in place (resume then falls back past it).
+  int64_t saved_keep = 0;
+  try {
+    saved_keep = read_checkpoint_header(*newest).trainer_state.at("options").at("keep-checkpoints").as_int64();
+  } catch (const Error&) {
+    return;
+  }
+  if (saved_keep < 1) return;
+  for (const std::string& name : prune_checkpoints(directory, std::max(saved_keep, options_.keep_checkpoints)))
+    std::fprintf(stderr, "removed %s/%s: beyond the %lld checkpoints the run keeps (--keep-checkpoints); it was stopped "
+                 "before pruning it\n", directory.c_str(), name.c_str(), (long long)saved_keep);
 }
 
 void Trainer::run(RunStart start) {
@@ -401,11 +542,14 @@ void Trainer::run(RunStart start) {
   }
   const std::string& directory = options_.output_dir;
   check_output_folder(directory, start.existing);
+  check_inputs_outside_run(directory, start.inputs, start.existing);
   const bool created = !fs::exists(directory);
   fs::create_directories(directory);
   try {
     const OutputFolderLock lock(directory);
-    check_output_folder(directory, start.existing);  // again: what is there now that the folder is ours
+    // Again, now that the folder is ours: what is there now is what the run will find.
+    check_output_folder(directory, start.existing);
+    check_inputs_outside_run(directory, start.inputs, start.existing);
     if (start.existing == ExistingRun::overwrite) {
       std::string removed;
       for (const std::string& name : remove_run_files(directory)) removed += (removed.empty() ? "" : ", ") + name;
@@ -415,10 +559,10 @@ void Trainer::run(RunStart start) {
     for (std::string& name : remove_interrupted_writes(directory)) debris.push_back(std::move(name));
     for (const std::string& name : debris)
       std::fprintf(stderr, "removed %s/%s, left by a run that was killed\n", directory.c_str(), name.c_str());
-    for (const std::string& name : prune_checkpoints(directory, options_.keep_checkpoints))
-      std::fprintf(stderr, "removed %s/%s: beyond --keep-checkpoints %lld (a run was stopped before pruning it)\n",
-                   directory.c_str(), name.c_str(), (long long)options_.keep_checkpoints);
-    if (start.existing == ExistingRun::resume) resume(start.allow_option_changes);
+    if (start.existing == ExistingRun::resume) {
+      prune_stopped_run();
+      resume(start.allow_option_changes);
+    }
     MetricsLog log((fs::path(directory) / "metrics.jsonl").string(), start.existing == ExistingRun::resume ? step_ : -1);
     train(&log);
     log.close();
@@ -460,7 +604,9 @@ void Trainer::train(MetricsLog* log) {
       loss_sum += loss.loss_sum.item<double>();
       div(loss.loss_sum, double(target_tokens)).backward();
     }
+    check_finite("loss", loss_sum / double(target_tokens), step_ + 1);
     const double grad_norm = clip_grad_norm(parameters, options_.clip);
+    check_finite("gradient norm", grad_norm, step_ + 1);
     const double lr = schedule_.lr(step_);
     optimizer_.step(lr);
     optimizer_.zero_grad();
@@ -486,7 +632,11 @@ void Trainer::train(MetricsLog* log) {
     line.set("peak_tensor_bytes", memory_stats(device).peak_bytes);  // on the training device
     const bool evaluate = validation_ != nullptr &&
                           ((options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps);
-    if (evaluate) line.set("val_loss", validation_loss());
+    if (evaluate) {
+      const double loss = validation_loss();
+      check_finite("validation loss", loss, step_);
+      line.set("val_loss", loss);
+    }
     progress.update(step_, options_.steps, line.at("loss").as_double(), lr, double(tokens) / seconds);
     if (log != nullptr) {
       failpoint("metrics.write", step_, log->path());

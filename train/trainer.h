@@ -57,9 +57,14 @@ struct TrainOptions {
   Device resolved_device() const { return Device::parse(device); }
   DType compute_dtype() const;  // the parameters' dtype during training
   json::Value to_json() const;
-  // Reads the knobs from a JSON object keyed like the CLI flags ("lr", "micro-batch-size", ...);
-  // unknown keys are an error naming them.
+  // Reads the knobs from a JSON object keyed like the CLI flags ("lr", "micro-batch-size", ...):
+  // every key of json_keys(), and "pack" and "output-dir" as to_json writes them. The data,
+  // model and run-mode flags (data, config, resume, ...) are flags only; they and unknown keys
+  // are errors naming them.
   static TrainOptions from_json(const json::Value& object, TrainOptions defaults);
+  // The keys of an --options file, spelled as their flags: steps, batch-size, ..., no-pack,
+  // output, quiet.
+  static const std::vector<std::string>& json_keys();
 };
 
 // What a data set was, for telling on resume whether it is the one the run trained on: the
@@ -92,18 +97,54 @@ struct OptionChange {
 // the same values), the device index (cuda:0 -> cuda:1), the output folder, the progress line.
 std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, const TrainOptions& now);
 
+// The host memory that training a model of `config` with `options` holds at once, estimated
+// from the config alone (bytes). On the CPU that is the whole training state: the weights and
+// their gradients in the training dtype, AdamW's two f32 moments and, for bf16 training, f32
+// master weights; plus a step's largest buffers (the host-built packing mask, the f32 logits
+// and their gradient, the CPU attention's score matrices). On CUDA the state lives in device
+// memory, which lamina cannot query yet: there the host holds the f32 weights while the model
+// is built or loaded, and the packing mask.
+struct TrainingMemory {
+  int64_t parameters = 0;
+  DType dtype = DType::f32;  // the weights' dtype
+  double weights = 0, gradients = 0, moments = 0, master = 0;
+  double mask = 0, logits = 0, attention = 0;
+  double state() const { return weights + gradients + moments + master; }
+  double buffers() const { return mask + logits + attention; }
+  double total() const { return state() + buffers(); }
+  // "weights 1.00 GiB (268.4M parameters in f32), gradients 1.00 GiB, AdamW moments 2.00 GiB,
+  // a step's largest buffers 12.00 MiB (packing mask ..., logits ..., attention scores ...)"
+  std::string describe() const;
+};
+TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const TrainOptions& options);
+
 // Checks, before anything is allocated, that a step of `options` fits the model and the
-// machine: seq-len within the model's max_position_embeddings, and the step's largest
-// buffers (the packing mask, the logits and their gradient, the CPU attention's score
-// matrices) within the physical memory. An Error says which and by how much.
-void check_model_fits(const llama::LlamaConfig& config, const TrainOptions& options);
+// machine: seq-len within the model's max_position_embeddings, the step's largest buffers
+// within the machine's memory, and the whole training state (estimate_training_memory) within
+// the memory available now, less `already_allocated` bytes of it that the caller holds already
+// (a model built before the check). An Error says which, with the estimate's parts.
+void check_model_fits(const llama::LlamaConfig& config, const TrainOptions& options, double already_allocated = 0);
+
+// Where the model of a checkpoint (`saved`, its config.json) and the model being trained differ
+// in what they compute. A different architecture (vocab_size, hidden_size, intermediate_size,
+// num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim, tie_word_embeddings)
+// is an error naming the field: the checkpoint's weights are not this model's, and no flag
+// makes them so. Changes that keep the weights' shapes but change the numbers (rms_norm_eps,
+// rope_theta, rope_scaling) are returned, keyed "config <field>", to be refused or allowed like
+// option changes. Fields that change nothing a training step computes (max_position_embeddings,
+// token ids, torch_dtype, initializer_range) are not compared.
+std::vector<OptionChange> model_config_changes(const llama::LlamaConfig& saved, const llama::LlamaConfig& now,
+                                               const std::string& checkpoint);
 
 // How run() starts.
 struct RunStart {
   ExistingRun existing = ExistingRun::refuse;  // an output folder that is not empty: see run_folder.h
-  // Resume even when options that break exactness, or the training data, differ from the
-  // saved run's (stderr says which); without it that is an error listing them.
+  // Resume even when options that break exactness, the model's config or the training data
+  // differ from the saved run's (stderr says which); without it that is an error listing them.
   bool allow_option_changes = false;
+  // What the run reads (flag and path: {"--model", "out/model"}): refused when it lies inside
+  // what the run would remove or replace in its output folder (check_inputs_outside_run).
+  std::vector<RunInput> inputs = {};
 };
 
 class Trainer {
@@ -114,7 +155,13 @@ class Trainer {
   // Trains up to options.steps. With an output folder: takes its lock, treats what is there as
   // `start` says, removes what killed runs left, and resumes (ExistingRun::resume) from the
   // newest complete checkpoint that loads, falling back to older ones (saying so). A step
-  // whose micro-batches hold no target token is an error.
+  // whose micro-batches hold no target token is an error, and so is a loss, gradient norm or
+  // validation loss that is not finite (NaN or infinite), naming the step.
+  //
+  // Pruning on resume: the checkpoints beyond the saved run's --keep-checkpoints (or this
+  // run's, when larger) are removed at the start, since the run that wrote them was stopped
+  // before pruning them; a smaller --keep-checkpoints than the saved run's applies from this
+  // run's next checkpoint on, never to what is there before it has written one.
   void run(RunStart start = {});
   // Mean token loss over the validation examples (no gradients); an error when they hold no
   // target token.
@@ -135,6 +182,7 @@ class Trainer {
   json::Value trainer_state() const;
   void save_checkpoint(MetricsLog* log);
   void resume(bool allow_option_changes);
+  void prune_stopped_run();
   void train(MetricsLog* log);
 
   std::shared_ptr<llama::LlamaForCausalLM> model_;

@@ -26,7 +26,11 @@ const char* torch_name(DType dtype) {
 }
 
 // The RoPE block: "rope_scaling" (older) or "rope_parameters" (newer transformers), whose
-// type key is "rope_type" or (oldest) "type".
+// type key is "rope_type" or (oldest) "type". A rope_scaling block without a type (`{}`, or
+// a factor alone) is an error, as in transformers (its rotary embedding has no init function
+// for a missing type): scaling that was meant but cannot be told is not silently dropped.
+// No scaling is `null` or no block at all. rope_parameters is the newer form that always
+// describes RoPE, so there a missing type is the default.
 void read_rope(const json::Value& config, const std::string& source, LlamaConfig& out) {
   const json::Value* block = config.find("rope_parameters");
   std::string block_name = "rope_parameters";
@@ -42,6 +46,9 @@ void read_rope(const json::Value& config, const std::string& source, LlamaConfig
   std::string type_key = "rope_type";
   const json::Value* type = block->find(type_key);
   if (type == nullptr) type = block->find(type_key = "type");
+  LAMINA_CHECK(type != nullptr || block_name == "rope_parameters", where,
+               ": no \"rope_type\" (or \"type\") in the block: give \"rope_type\": \"llama3\" with its factors, or "
+               "null for no scaling");
   const std::string kind = type == nullptr ? "default" : type->as_string(where + "." + type_key);
   if (kind == "default") return;
   LAMINA_CHECK(kind == "llama3", where, ": RoPE type \"", kind,
@@ -134,10 +141,16 @@ LlamaConfig LlamaConfig::from_json(const json::Value& config, const std::string&
     }
   }
   if (const json::Value* v = optional_field("pad_token_id")) out.pad_token_id = v->as_int64(where("pad_token_id"));
-  const char* dtype_key = "dtype";
-  const json::Value* dtype = optional_field(dtype_key);
-  if (dtype == nullptr) dtype = optional_field(dtype_key = "torch_dtype");
-  if (dtype != nullptr) out.dtype = dtype_from_torch_name(dtype->as_string(where(dtype_key)), where(dtype_key));
+  // "dtype" (newer transformers) or "torch_dtype" (older); a file with both must not disagree.
+  const json::Value* dtype = optional_field("dtype");
+  const json::Value* torch_dtype = optional_field("torch_dtype");
+  if (dtype != nullptr) out.dtype = dtype_from_torch_name(dtype->as_string(where("dtype")), where("dtype"));
+  if (torch_dtype != nullptr) {
+    const DType older = dtype_from_torch_name(torch_dtype->as_string(where("torch_dtype")), where("torch_dtype"));
+    LAMINA_CHECK(dtype == nullptr || older == out.dtype, source, ": dtype \"", dtype ? dtype->as_string() : "",
+                 "\" and torch_dtype \"", torch_dtype->as_string(), "\" disagree (give one, or the same in both)");
+    out.dtype = older;
+  }
   if (const json::Value* v = optional_field("initializer_range")) out.initializer_range = v->as_double(where("initializer_range"));
   try {
     out.validate();

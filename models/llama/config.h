@@ -35,7 +35,9 @@ struct LlamaConfig {
   DType dtype = DType::bf16;  // the checkpoint's storage dtype (torch_dtype / dtype)
   double initializer_range = 0.02;
 
-  // Parses a config.json object; `source` names it in errors.
+  // Parses a config.json object; `source` names it in errors. Fields that contradict each other
+  // (dtype against torch_dtype) or say too little (a rope_scaling block without a rope_type)
+  // are errors naming the field.
   static LlamaConfig from_json(const json::Value& config, const std::string& source = "config.json");
   static LlamaConfig load(const std::string& config_path);
   json::Value to_json() const;

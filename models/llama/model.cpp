@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <set>
@@ -162,9 +163,18 @@ LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::Paramete
   LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM: parameters must be floating, got ", dtype_name(dtype));
   // Each parameter is a separate allocation, most of them too small to be refused one by one:
   // without this a config of a million layers fills memory until the OOM killer ends it.
+  // Each parameter tensor also costs bookkeeping (its storage, its module and name): about 0.9 KiB
+  // measured, counted as 512 B so the estimate stays below what is really needed. For a deep
+  // model of small layers that is as much as the weights themselves, so the bytes checked (and
+  // reported as needed) include it.
+  constexpr uint64_t kBookkeepingBytesPerTensor = 512;
+  constexpr uint64_t kTensorsPerLayer = 9;  // q, k, v, o, gate, up, down and the two norms
+  const uint64_t tensors = uint64_t(config_.num_hidden_layers) * kTensorsPerLayer + (config_.tie_word_embeddings ? 2 : 3);
   const int64_t parameters = config_.parameter_count();
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(uint64_t(parameters), uint64_t(dtype_size(dtype)), &bytes)) bytes = UINT64_MAX;
+  if (__builtin_mul_overflow(uint64_t(parameters), uint64_t(dtype_size(dtype)), &bytes) ||
+      __builtin_add_overflow(bytes, tensors * kBookkeepingBytesPerTensor, &bytes))
+    bytes = UINT64_MAX;
   check_host_memory(bytes, str_cat("a Llama model of ", parameters, " parameters in ", dtype_name(dtype), " (",
                                    config_.num_hidden_layers, " layers, hidden size ", config_.hidden_size,
                                    ", vocabulary ", config_.vocab_size, ")"));
@@ -284,13 +294,33 @@ void check_checkpoint(const LlamaConfig& config, const safetensors::Checkpoint& 
   for (const std::string& name : checkpoint.names()) {
     if (expected.count(name) != 0) continue;
     const bool rotary_buffer = name.find("rotary_emb.inv_freq") != std::string::npos;  // old HF files
-    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;     // ignored when tied, like HF
+    const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;  // check_tied_head
     LAMINA_CHECK(rotary_buffer || tied_head, "load: ", directory, " has a tensor '", name,
                  "' that this Llama config has no parameter for",
                  name.rfind("model.layers.", 0) == 0
                      ? str_cat(" (config.json says num_hidden_layers is ", config.num_hidden_layers, ")")
                      : std::string());
   }
+}
+
+// With tie_word_embeddings the output layer is the embedding, and a checkpoint's lm_head.weight
+// is not used (as in transformers). Exporters that keep it write the embedding's values there,
+// which loses nothing; a different matrix would be trained weights dropped without a word, so
+// it is an error that says how to keep them.
+void check_tied_head(const safetensors::Checkpoint& checkpoint, const std::string& directory) {
+  if (!checkpoint.contains("lm_head.weight")) return;
+  const Tensor embedding = checkpoint.read("model.embed_tokens.weight");
+  Tensor head = checkpoint.read("lm_head.weight");
+  bool same = head.shape() == embedding.shape();
+  if (same) {
+    if (head.dtype() != embedding.dtype()) head = ops::cast(head, embedding.dtype());
+    head = head.contiguous();
+    const Tensor reference = embedding.contiguous();
+    same = std::memcmp(head.raw_data(), reference.raw_data(), head.nbytes()) == 0;
+  }
+  LAMINA_CHECK(same, "load: ", directory, " has a tensor 'lm_head.weight' (shape ", head.shape(),
+               ") that differs from 'model.embed_tokens.weight', but config.json says tie_word_embeddings is true, so "
+               "it would be ignored: set tie_word_embeddings to false to use it, or remove it from the checkpoint");
 }
 
 }  // namespace
@@ -300,6 +330,7 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
   const LlamaConfig config = LlamaConfig::load((fs::path(directory) / "config.json").string());
   const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(directory);
   check_checkpoint(config, checkpoint, directory);
+  if (config.tie_word_embeddings) check_tied_head(checkpoint, directory);
   auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
   for (const auto& [name, parameter] : model->named_parameters()) {
     const Tensor stored = checkpoint.read(name);

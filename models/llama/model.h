@@ -110,7 +110,9 @@ class LlamaForCausalLM : public nn::Module {
 
   // Loads config.json and the weights of a Hugging Face folder, converting to `dtype`; weights
   // already in `dtype` stay mapped from the file. Missing, extra or misshapen tensors are errors,
-  // found from the checkpoint's headers before the model is built.
+  // found from the checkpoint's headers before the model is built. With tie_word_embeddings an
+  // lm_head.weight in the checkpoint is accepted only when it equals the embedding (it is not
+  // used, as in transformers); a different one is an error rather than weights dropped silently.
   static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, DType dtype = DType::f32);
   // Calls visit(name, shape) for every parameter a model of `config` has, in named_parameters()
   // order, without building it: how load checks a checkpoint before allocating anything.

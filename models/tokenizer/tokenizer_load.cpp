@@ -7,6 +7,7 @@
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/error.h"
 #include "tensor/io/json.h"
+#include "tensor/io/regular_file.h"
 
 namespace lamina::tokenizer {
 namespace {
@@ -155,9 +156,14 @@ AddedToken added_token(const json::Value& entry, const Field& field) {
 
 Tokenizer Tokenizer::load(const std::string& path) {
   std::filesystem::path file = path;
-  if (std::filesystem::is_directory(file)) file /= "tokenizer.json";
-  LAMINA_CHECK(std::filesystem::is_regular_file(file), "tokenizer: ", file.string(), " not found",
-               std::filesystem::is_directory(path) ? " (the model directory has no tokenizer.json)" : "");
+  const bool directory = std::filesystem::is_directory(file);
+  if (directory) file /= "tokenizer.json";
+  // "Not found" only when it is missing; anything else there (a FIFO, /dev/stdin, a file that
+  // cannot be opened) is named for what it is by the check that follows.
+  std::error_code error;
+  LAMINA_CHECK(std::filesystem::exists(file, error) || error, "tokenizer: ", file.string(), " not found",
+               directory ? " (the model directory has no tokenizer.json)" : "");
+  io::check_regular_file(file.string(), "tokenizer");
   return from_json(json::parse_file(file.string()), file.string());
 }
 

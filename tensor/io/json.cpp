@@ -458,7 +458,14 @@ std::string Value::dump(int indent) const {
 
 Value parse(std::string_view text, std::string_view source) { return Parser(text, source).parse_document(); }
 
-Value parse_file(const std::string& path) { return parse(io::read_regular_file(path, "json"), path); }
+Value parse_file(const std::string& path) {
+  const std::string text = io::read_regular_file(path, "json");
+  // Some editors save UTF-8 with a byte order mark; Hugging Face's readers accept it, so do we.
+  constexpr std::string_view kByteOrderMark = "\xEF\xBB\xBF";
+  std::string_view body = text;
+  if (body.substr(0, kByteOrderMark.size()) == kByteOrderMark) body.remove_prefix(kByteOrderMark.size());
+  return parse(body, path);
+}
 
 std::string quote(std::string_view text) {
   LAMINA_CHECK(valid_utf8(text), "json: cannot write a string that is not valid UTF-8");

@@ -82,7 +82,8 @@ class Value {
 // Parses one JSON value (surrounding whitespace allowed). `source` names the text in errors.
 Value parse(std::string_view text, std::string_view source = "<json>");
 // Reads and parses a whole file; errors name the file (and line:column). Anything but a
-// regular file (a FIFO, a directory, a device) is refused before it is read.
+// regular file (a FIFO, a directory, a device) is refused before it is read. A leading UTF-8
+// byte order mark is skipped.
 Value parse_file(const std::string& path);
 // JSON string literal for `text` (quotes included); text must be valid UTF-8.
 std::string quote(std::string_view text);

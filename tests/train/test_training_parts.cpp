@@ -11,6 +11,7 @@
 #include "helpers.h"
 #include "models/tokenizer/builder.h"
 #include "train/data.h"
+#include "train/loss_curve.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"

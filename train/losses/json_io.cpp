@@ -29,9 +29,19 @@ bool any_loss_takes(const std::string& name) {
   return false;
 }
 
+// How far above 0 a log-probability may be and still pass as rounding (a log-softmax computed
+// as x - logsumexp(x) in f32 can land a few ulps above 0 for a token of probability ~1).
+constexpr double kLogProbRounding = 1e-6;
+
+// One number of the document. The library losses take whatever a model produces; numbers typed
+// into a file are checked for what they claim to be: a log-probability above 0 is a
+// probability above 1, a mistake (logits, or a sign lost) that would give a plausible loss.
 double read_number(const json::Value& value, const InputSpec& spec, const std::string& where) {
   if (spec.kind == ValueKind::label && value.is_bool()) return value.as_bool() ? 1.0 : 0.0;
-  return value.as_double(where);
+  const double number = value.as_double(where);
+  LAMINA_CHECK(spec.kind != ValueKind::log_prob || !(number > kLogProbRounding), where, " is ", number,
+               ", but a log-probability is at most 0 (a probability at most 1)");
+  return number;
 }
 
 json::Value number_or_null(double value) { return std::isfinite(value) ? json::Value(value) : json::Value(); }
@@ -87,6 +97,10 @@ JsonInputs inputs_from_json(const json::Value& document, const LossDefinition& d
       lengths.push_back(int64_t(rows[i].as_array(str_cat(where, "[", i, "]")).size()));
       width = std::max(width, size_t(lengths.back()));
     }
+    // A loss over tokens with no token at all would average over nothing (TRL's clamps turn
+    // that into a loss of 0 with zero gradients): no result to report.
+    LAMINA_CHECK(rows.empty() || width > 0, where, ": every row is empty, so the loss has no token to average over ",
+                 "(each example needs its completion's tokens)");
     auto [known, inserted] = mask_lengths.emplace(spec.mask, std::make_pair(lengths, spec.name));
     for (size_t i = 0; !inserted && i < lengths.size(); ++i)
       LAMINA_CHECK(lengths[i] == known->second.first[i], where, "[", i, "] has ", lengths[i], " tokens, but '",
