@@ -36,6 +36,9 @@ BpeModel::BpeModel(const StringIdMap& vocab, const std::vector<std::pair<std::st
     table->insert_or_assign(left_id, right_id, Merge{int32_t(rank), result});
   }
   merges_ = std::move(table);
+
+  short_words_ = std::make_shared<ShortWordMerger>(
+      byte_ids_, merges_, [&](uint8_t first, uint8_t second) { return find(std::string{char(first), char(second)}); });
 }
 
 BpeModel::BpeModel(BpeModel&&) noexcept = default;

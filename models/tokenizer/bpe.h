@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "models/tokenizer/merge_table.h"
+#include "models/tokenizer/short_word.h"
 #include "models/tokenizer/vocab_index.h"
 
 namespace lamina::tokenizer {
@@ -52,6 +53,26 @@ class BpeModel {
   void merge_word(std::string_view word, std::vector<int32_t>& ids, MergeTrace* trace = nullptr) const {
     merge_bytes(word, byte_ids_, *merges_, ids, trace);
   }
+  // The merge loop's result, by the fastest exact path for the word's length (short_word.h).
+  void merge_word_fast(std::string_view word, std::vector<int32_t>& ids) const {
+    if (word.size() < 2 || word.size() > kShortWordBytes) return merge_word(word, ids);
+    ShortWordMerger::Result merged;
+    short_words_->merge(word, merged);
+    for (int i = 0; i < merged.count; ++i) ids.push_back(merged.ids[i]);  // (insert's block copy costs more here)
+  }
+  // encode_word for a word of two bytes, from one flat table.
+  void encode_two_bytes(std::string_view word, std::vector<int32_t>& ids) const {
+    const uint8_t first = uint8_t(word[0]), second = uint8_t(word[1]);
+    const BytePair& pair = short_words_->byte_pair(first, second);
+    // The word is one token when the vocabulary has it and ignore_merges, or when its bytes
+    // merge (into that token: a merge makes the token spelled by its two sides).
+    if (pair.token >= 0 && (ignore_merges_ || pair.rank != kNoMergeRank)) {
+      ids.push_back(pair.token);
+    } else {
+      ids.push_back(byte_ids_[first]);
+      ids.push_back(byte_ids_[second]);
+    }
+  }
 
   // The id of a byte string that is one token, or -1.
   int32_t find(std::string_view bytes) const { return vocab_->find(bytes); }
@@ -59,6 +80,7 @@ class BpeModel {
   int32_t byte_id(uint8_t byte) const { return byte_ids_[byte]; }
   const int32_t (&byte_ids() const)[256] { return byte_ids_; }
   const std::shared_ptr<const MergeTable>& merges() const { return merges_; }
+  const std::shared_ptr<const ShortWordMerger>& short_words() const { return short_words_; }
 
   bool ignore_merges() const { return ignore_merges_; }
   const VocabIndex& vocab() const { return *vocab_; }
@@ -74,6 +96,7 @@ class BpeModel {
   std::shared_ptr<const VocabIndex> vocab_;
   std::shared_ptr<const MergeTable> merges_;
   int32_t byte_ids_[256];
+  std::shared_ptr<const ShortWordMerger> short_words_;
   bool ignore_merges_;
   std::unique_ptr<LazyTables> tables_;
 };

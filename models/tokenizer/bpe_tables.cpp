@@ -1,7 +1,6 @@
 #include "models/tokenizer/bpe_tables.h"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 
 #include "models/tokenizer/bpe.h"
@@ -9,7 +8,8 @@
 
 namespace lamina::tokenizer {
 
-BpeTables::BpeTables(const BpeModel& model) : vocab_(model.vocab_index()), merges_(model.merges()) {
+BpeTables::BpeTables(const BpeModel& model)
+    : vocab_(model.vocab_index()), merges_(model.merges()), short_words_(model.short_words()) {
   std::copy(std::begin(model.byte_ids()), std::end(model.byte_ids()), byte_ids_);
   info_.resize(size_t(vocab_->id_end()));
   std::vector<int32_t> ids;
@@ -19,6 +19,7 @@ BpeTables::BpeTables(const BpeModel& model) : vocab_(model.vocab_index()), merge
     info.length = uint32_t(spelling.size());
     if (spelling.size() <= 1) {
       info.valid = info.in_rank_order = spelling.size() == 1;
+      info.byte = spelling.empty() ? 0 : uint8_t(spelling[0]);
       continue;
     }
     MergeTrace trace;
@@ -31,6 +32,18 @@ BpeTables::BpeTables(const BpeModel& model) : vocab_(model.vocab_index()), merge
     max_token_length_ = std::max(max_token_length_, spelling.size());
   }
   build_trie();
+
+  small_count_ = 256;
+  for (int first = 0; first < 256; ++first) info_[size_t(byte_ids_[first])].small_index = int16_t(first);
+  for (size_t pair = 0; pair < (size_t(1) << 16) && small_count_ < 256 + kMaxTwoByteSmallTokens; ++pair) {
+    const int32_t token = vocab_->find(std::string{char(pair >> 8), char(pair & 0xFF)});
+    if (valid(token)) info_[size_t(token)].small_index = int16_t(small_count_++);
+  }
+  const size_t words = (small_count_ * small_count_ * 2 + 63) / 64;
+  small_pairs_ = std::make_unique<std::atomic<uint64_t>[]>(words);  // zero: nothing decided
+  for (Node& node : nodes_) {
+    if (node.token >= 0) node.small_index = info_[size_t(node.token)].small_index;
+  }
 }
 
 // Breadth-first over the sorted valid tokens, so that each node's children are allocated
@@ -69,62 +82,72 @@ void BpeTables::build_trie() {
     }
   }
   LAMINA_CHECK(nodes_[0].child_count == 256, "tokenizer: the long-word tables lack a single-byte token");
-
-  for (size_t id = 0; id < info_.size(); ++id) {
-    if (!info_[id].valid) continue;
-    const std::string_view spelling = bytes(int32_t(id));
-    int32_t node = 0;
-    for (size_t i = 0; i + 1 < spelling.size(); ++i) {
-      node = child(node, uint8_t(spelling[i]));
-      if (nodes_[size_t(node)].token >= 0) info_[id].next_shorter = nodes_[size_t(node)].token;
+  edge_bytes_.resize(edge_bytes_.size() + 8, 0);  // child() reads 8 bytes at a time
+  second_level_.assign(size_t(1) << 16, -1);
+  for (int first = 0; first < 256; ++first) {
+    const int32_t node = 1 + first;  // the root's children: every byte, in order
+    for (uint32_t i = 0; i < nodes_[size_t(node)].child_count; ++i) {
+      const int32_t second = nodes_[size_t(node)].first_child + int32_t(i);
+      second_level_[size_t(first) << 8 | edge_bytes_[size_t(second)]] = second;
     }
   }
 }
 
-int32_t BpeTables::child(int32_t node, uint8_t byte) const {
-  const Node& parent = nodes_[size_t(node)];
-  if (node == 0) return parent.first_child + byte;  // the root has every byte, in order
-  const uint8_t* edges = edge_bytes_.data() + parent.first_child;
-  const void* found = std::memchr(edges, byte, parent.child_count);
-  return found == nullptr ? -1 : parent.first_child + int32_t(static_cast<const uint8_t*>(found) - edges);
-}
-
 int32_t BpeTables::longest_prefix_token(std::string_view text) const {
-  int32_t node = child(0, uint8_t(text[0]));
-  int32_t best = nodes_[size_t(node)].token;
-  for (size_t i = 1; i < text.size(); ++i) {
+  const int32_t best = byte_ids_[uint8_t(text[0])];  // every byte is a valid token
+  if (text.size() < 2) return best;
+  int32_t node = second_level(uint8_t(text[0]), uint8_t(text[1]));
+  if (node < 0) return best;
+  int32_t longer = nodes_[size_t(node)].token;
+  for (size_t i = 2; i < text.size(); ++i) {
     node = child(node, uint8_t(text[i]));
     if (node < 0) break;
-    if (nodes_[size_t(node)].token >= 0) best = nodes_[size_t(node)].token;
+    if (nodes_[size_t(node)].token >= 0) longer = nodes_[size_t(node)].token;
   }
-  return best;
+  return longer >= 0 ? longer : best;
 }
 
 size_t BpeTables::shared_prefix_length(std::string_view text) const {
-  int32_t node = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
+  if (text.size() < 2) return text.size();
+  int32_t node = second_level(uint8_t(text[0]), uint8_t(text[1]));
+  if (node < 0) return 1;
+  for (size_t i = 2; i < text.size(); ++i) {
     node = child(node, uint8_t(text[i]));
     if (node < 0) return i;
   }
   return text.size();
 }
 
-bool BpeTables::compatible(int32_t left, int32_t right) const {
+bool BpeTables::decide_compatible(TokenRef left, TokenRef right) const {
+  const bool result = compatible_by_walking(left.id, right.id);
+  if (left.small_index >= 0 && right.small_index >= 0) {
+    const size_t pair = size_t(left.small_index) * small_count_ + size_t(right.small_index);
+    small_pairs_[pair / 32].fetch_or(uint64_t(result ? 3 : 1) << (pair % 32 * 2), std::memory_order_relaxed);
+  }
+  return result;
+}
+
+bool BpeTables::compatible_by_walking(int32_t left, int32_t right) const {
   if (!info_[size_t(left)].in_rank_order || !info_[size_t(right)].in_rank_order) return compatible_by_merging(left, right);
   constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
   int32_t x = left, y = right;          // the pieces meeting in the middle
   int64_t x_end = kNever, y_end = kNever;  // the ranks of the merges that consume them
   while (true) {
+    const TokenInfo& x_info = info_[size_t(x)];
+    const TokenInfo& y_info = info_[size_t(y)];
+    const int32_t x_rank = x_info.rank, y_rank = y_info.rank;
+    if (x_rank < 0 && y_rank < 0) {  // back to two bytes: the last pair
+      const int32_t rank = short_words_->byte_pair(x_info.byte, y_info.byte).rank;
+      return !(rank != kNoMergeRank && rank < x_end && rank <= y_end);
+    }
     const Merge* merge = merges_->find(x, y);
     if (merge != nullptr && merge->rank < x_end && merge->rank <= y_end) return false;
-    const int32_t x_rank = info_[size_t(x)].rank, y_rank = info_[size_t(y)].rank;
-    if (x_rank < 0 && y_rank < 0) return true;  // back to two bytes
     if (x_rank > y_rank) {  // x was made last: before that, its right part ended at the middle
       x_end = x_rank;
-      x = info_[size_t(x)].right;
+      x = x_info.right;
     } else {  // y was made last (on a tie, b's merge runs after a's)
       y_end = y_rank;
-      y = info_[size_t(y)].left;
+      y = y_info.left;
     }
   }
 }

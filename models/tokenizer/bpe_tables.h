@@ -28,13 +28,17 @@
 // rank below that of x's consumer (a's merge comes first on a tie) and at most that of y's.
 #pragma once
 
+#include <atomic>
+#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "models/tokenizer/merge_table.h"
+#include "models/tokenizer/short_word.h"
 #include "models/tokenizer/vocab_index.h"
 
 namespace lamina::tokenizer {
@@ -45,18 +49,57 @@ class BpeTables {
  public:
   explicit BpeTables(const BpeModel& model);
 
+  // A valid token, with its row in the table of small pairs (below; -1 when it has none): all
+  // that compatible() needs to answer from that table without reading the token's other data.
+  struct TokenRef {
+    int32_t id = -1;
+    int32_t small_index = -1;
+  };
+  // A valid token that a text begins with, as the trie finds it.
+  struct PrefixToken {
+    TokenRef token;
+    uint32_t length = 0;  // (TokenInfo::length is 32 bits too)
+  };
+
   bool valid(int32_t token) const { return known(token) && info_[size_t(token)].valid; }
-  // Whether M(bytes(left) bytes(right)) = [left, right], for valid tokens.
-  bool compatible(int32_t left, int32_t right) const;
+  TokenRef ref(int32_t token) const { return {token, info_[size_t(token)].small_index}; }
+  // Whether M(bytes(left) bytes(right)) = [left, right], for valid tokens. (Inline: the search
+  // asks for every candidate, and most answers are one load from small_pairs_.)
+  bool compatible(TokenRef left, TokenRef right) const {
+    if (left.small_index >= 0 && right.small_index >= 0) {
+      const size_t pair = size_t(left.small_index) * small_count_ + size_t(right.small_index);
+      const uint64_t bits = small_pairs_[pair / 32].load(std::memory_order_relaxed) >> (pair % 32 * 2);
+      if ((bits & 1) != 0) return (bits & 2) != 0;
+    }
+    return decide_compatible(left, right);
+  }
+  bool compatible(int32_t left, int32_t right) const { return compatible(ref(left), ref(right)); }
+  // The same, by the walk described above, never remembered.
+  bool compatible_by_walking(int32_t left, int32_t right) const;
   // The same, by running the merge loop on the two tokens' bytes (the definition).
   bool compatible_by_merging(int32_t left, int32_t right) const;
 
-  // The longest valid token that is a prefix of `text` (non-empty); every byte is one.
+  // The valid tokens that are prefixes of `text` (non-empty), shortest first, into `tokens`
+  // (room for text.size()); returns their count. The first is the first byte's.
+  size_t prefix_tokens(std::string_view text, PrefixToken* tokens) const {
+    size_t count = 0;
+    const auto add = [&](const Node& node, size_t length) {
+      if (node.token >= 0) tokens[count++] = {{node.token, node.small_index}, uint32_t(length)};
+    };
+    add(nodes_[1 + size_t(uint8_t(text[0]))], 1);  // the root's children: every byte, in order
+    if (text.size() < 2) return count;
+    int32_t node = second_level(uint8_t(text[0]), uint8_t(text[1]));
+    for (size_t length = 2; node >= 0; ++length) {
+      add(nodes_[size_t(node)], length);
+      if (length == text.size()) break;
+      node = child(node, uint8_t(text[length]));
+    }
+    return count;
+  }
+  // The longest valid token that is a prefix of `text` (non-empty).
   int32_t longest_prefix_token(std::string_view text) const;
   // The length of the longest prefix of `text` with which some valid token begins.
   size_t shared_prefix_length(std::string_view text) const;
-  // The longest valid token that is a proper prefix of `token`, or -1.
-  int32_t next_shorter(int32_t token) const { return info_[size_t(token)].next_shorter; }
   size_t length(int32_t token) const { return info_[size_t(token)].length; }
   std::string_view bytes(int32_t token) const { return vocab_->bytes(token); }
   size_t max_token_length() const { return max_token_length_; }
@@ -66,28 +109,67 @@ class BpeTables {
     uint32_t length = 0;  // 0: the id is not a vocabulary token
     int32_t left = -1, right = -1;  // the parts its final merge joins (valid tokens of 2+ bytes)
     int32_t rank = -1;              // that merge's rank; -1 for a single byte
-    int32_t next_shorter = -1;
     bool valid = false;
     bool in_rank_order = false;  // valid, and its merges come in non-decreasing rank order
+    uint8_t byte = 0;            // the byte of a single-byte token
+    int16_t small_index = -1;    // a valid token of one or two bytes: its row in small_pairs_
   };
   // A trie of the valid tokens: a node's children are consecutive in nodes_, sorted by byte,
-  // and the bytes on their edges consecutive in edge_bytes_ (a short scan finds a child).
+  // and the bytes on their edges consecutive in edge_bytes_ (a short scan finds a child). The
+  // first two levels, where nodes have the most children, are found by one table lookup.
   struct Node {
     int32_t first_child = 0;
     int32_t token = -1;  // the valid token spelled by the path to here, or -1
-    uint32_t child_count = 0;
+    uint16_t child_count = 0;
+    int16_t small_index = -1;  // the token's (a copy: the search reads the trie, not info_)
   };
 
   bool known(int32_t token) const { return token >= 0 && size_t(token) < info_.size() && info_[size_t(token)].length > 0; }
-  int32_t child(int32_t node, uint8_t byte) const;
+  // The child of a node (not the root) on the edge `byte`, or -1. The edge bytes are compared 8
+  // at a time ("SWAR"): in w = edges ^ (byte * 0x01..01) a match is a zero byte, and
+  // (w - 0x01..01) & ~w & 0x80..80 has the top bit of the first zero byte set (bits of later
+  // bytes may be spurious, the lowest is exact). edge_bytes_ ends with 8 bytes of padding.
+  int32_t child(int32_t node, uint8_t byte) const {
+    static_assert(std::endian::native == std::endian::little, "the lowest byte of a loaded word must come first");
+    constexpr uint64_t kOnes = 0x0101010101010101ull, kHighBits = 0x8080808080808080ull;
+    const Node& parent = nodes_[size_t(node)];
+    const uint8_t* edges = edge_bytes_.data() + parent.first_child;
+    if (parent.child_count == 1) return edges[0] == byte ? parent.first_child : -1;  // deep in long tokens
+    for (uint32_t i = 0; i < parent.child_count; i += 8) {
+      uint64_t word;
+      std::memcpy(&word, edges + i, sizeof word);
+      const uint64_t difference = word ^ (kOnes * byte);
+      const uint64_t zeros = (difference - kOnes) & ~difference & kHighBits;
+      if (zeros != 0) {
+        const uint32_t index = i + uint32_t(std::countr_zero(zeros)) / 8;
+        return index < parent.child_count ? parent.first_child + int32_t(index) : -1;
+      }
+    }
+    return -1;
+  }
+  bool decide_compatible(TokenRef left, TokenRef right) const;
+  // The node of a string of two bytes (> 0), or -1 where no valid token starts with them.
+  int32_t second_level(uint8_t first, uint8_t second) const { return second_level_[size_t(first) << 8 | second]; }
   void build_trie();
 
   std::vector<TokenInfo> info_;  // by id
   std::shared_ptr<const VocabIndex> vocab_;
   std::shared_ptr<const MergeTable> merges_;
   int32_t byte_ids_[256];
+  // For its flat table of the merges of two bytes, where compatible()'s walks end: that table
+  // stays in cache, where the merge table would miss.
+  std::shared_ptr<const ShortWordMerger> short_words_;
+  // What compatible() decided for pairs of valid tokens of one or two bytes, which make up most
+  // of the pairs in random text (three in four for random letters), two bits a pair: decided,
+  // compatible. Filled as pairs come up, by any thread: a word's bits are only ever set, and
+  // always to the same value. The tokens are the 256 bytes, then up to kMaxTwoByteSmallTokens
+  // of two bytes in byte order (for Llama-3: 4543 of them, 5 MB).
+  static constexpr size_t kMaxTwoByteSmallTokens = 4096 + 512;
+  size_t small_count_ = 0;
+  std::unique_ptr<std::atomic<uint64_t>[]> small_pairs_;
   std::vector<Node> nodes_;  // nodes_[0] is the root, whose 256 children are the bytes
   std::vector<uint8_t> edge_bytes_;  // by node: the byte on the edge from its parent
+  std::vector<int32_t> second_level_;  // by first byte * 256 + second byte
   size_t max_token_length_ = 1;
 };
 

@@ -10,24 +10,30 @@ namespace lamina::tokenizer {
 bool LongWordEncoder::Search::run(const BpeTables& tables, std::string_view text, bool final) {
   const size_t longest = tables.max_token_length();
   dead.resize(text.size() + 1, 0);
+  candidates.resize(longest);
   while (final ? pos < text.size() : pos + longest <= text.size()) {
-    int32_t token = candidate == kLongest ? tables.longest_prefix_token(text.substr(pos, longest)) : candidate;
-    const int32_t before = stack.empty() ? previous : stack.back().token;
-    for (; token >= 0; token = tables.next_shorter(token)) {
-      if (!dead[pos + tables.length(token)] && (before < 0 || tables.compatible(before, token))) break;
+    const size_t count = tables.prefix_tokens(std::string_view(text.data() + pos, std::min(longest, text.size() - pos)), candidates.data());
+    const BpeTables::TokenRef before = stack.empty() ? previous : stack.back().token;
+    const BpeTables::PrefixToken* chosen = nullptr;
+    for (size_t i = count; i-- > 0;) {  // longest first
+      const BpeTables::PrefixToken& candidate = candidates[i];
+      if (candidate.length >= shorter_than || dead[pos + candidate.length]) continue;
+      if (before.id >= 0 && !tables.compatible(before, candidate.token)) continue;
+      chosen = &candidate;
+      break;
     }
-    if (token >= 0) {
-      pos += tables.length(token);
-      stack.push_back({token, pos});
-      candidate = kLongest;
+    if (chosen != nullptr) {
+      pos += chosen->length;
+      stack.push_back({chosen->token, pos});
+      shorter_than = kAnyLength;
       continue;
     }
     dead[pos] = 1;  // no token here continues the chain
     if (stack.empty()) return false;
-    const int32_t last = stack.back().token;
+    const size_t last_end = stack.back().end;
     stack.pop_back();
-    pos -= tables.length(last);
-    candidate = tables.next_shorter(last);
+    pos = stack.empty() ? 0 : stack.back().end;  // the chain always starts at 0
+    shorter_than = last_end - pos;
   }
   return true;
 }
@@ -66,7 +72,7 @@ void LongWordEncoder::append(std::string_view bytes, std::vector<int32_t>& ids) 
 
 void LongWordEncoder::finish(std::vector<int32_t>& ids) {
   search(true);
-  for (const Step& step : search_.stack) ids.push_back(step.token);
+  for (const Step& step : search_.stack) ids.push_back(step.token.id);
   text_.clear();
   search_ = Search{};
   margin_ = initial_margin();
@@ -100,12 +106,12 @@ bool LongWordEncoder::certify(std::vector<int32_t>& ids) {
     probe_.stack.clear();
     probe_.dead.assign(j - q + 1, 0);
     probe_.pos = 0;
-    probe_.candidate = kLongest;
+    probe_.shorter_than = kAnyLength;
     probe_.previous = stack[q_index].token;
     if (!probe_.run(tables_, std::string_view(text_).substr(q, j - q), true)) return false;
   }
 
-  for (size_t i = 0; i <= q_index; ++i) ids.push_back(stack[i].token);
+  for (size_t i = 0; i <= q_index; ++i) ids.push_back(stack[i].token.id);
   search_.previous = stack[q_index].token;
   search_.stack.erase(search_.stack.begin(), search_.stack.begin() + std::ptrdiff_t(q_index + 1));
   for (Step& step : search_.stack) step.end -= q;

@@ -23,9 +23,9 @@
 #include <string_view>
 #include <vector>
 
-namespace lamina::tokenizer {
+#include "models/tokenizer/bpe_tables.h"
 
-class BpeTables;
+namespace lamina::tokenizer {
 
 struct LongWordOptions {
   size_t certify_bytes = size_t(1) << 18;  // bytes searched between attempts to hand out ids
@@ -46,19 +46,20 @@ class LongWordEncoder {
   size_t held_tokens() const { return search_.stack.size(); }
 
  private:
-  static constexpr int32_t kLongest = -2;  // candidate: start from the longest token at pos
+  static constexpr size_t kAnyLength = SIZE_MAX;
 
   struct Step {
-    int32_t token;
+    BpeTables::TokenRef token;
     size_t end;  // position after it, in the held text
   };
   // The depth-first search over a text, from its start, after the token `previous` (or none).
   struct Search {
     std::vector<Step> stack;
     std::vector<uint8_t> dead;  // by position
+    std::vector<BpeTables::PrefixToken> candidates;  // the tokens at pos (scratch)
     size_t pos = 0;
-    int32_t candidate = kLongest;  // what to try next at pos
-    int32_t previous = -1;
+    size_t shorter_than = kAnyLength;  // what to try next at pos: the tokens shorter than this
+    BpeTables::TokenRef previous;
     // Extends the chain as far as the text allows (to its end when `final`; otherwise while
     // every token at pos is inside it). False when the start itself is a dead end.
     bool run(const BpeTables& tables, std::string_view text, bool final);

@@ -11,6 +11,9 @@
 
 namespace lamina::tokenizer {
 
+// The rank of "no merge", above every real one (for finding the lowest rank by comparison).
+inline constexpr int32_t kNoMergeRank = INT32_MAX;
+
 struct Merge {
   int32_t rank;    // position in the merges list: lower merges first
   int32_t result;  // id of the joined token

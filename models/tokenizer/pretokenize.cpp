@@ -15,6 +15,7 @@
 #include "models/tokenizer/pretokenize.h"
 
 #include <algorithm>
+#include <array>
 
 #include "models/tokenizer/unicode.h"
 
@@ -27,25 +28,61 @@ struct Char {
   CharClass char_class = CharClass::other;
 };
 
+// The classes of the characters of one and two bytes (below U+0800: ASCII, Latin, Greek,
+// Cyrillic, Hebrew, Arabic...), looked up by the cursor for most characters of most text.
+// (Built on first use, not at static initialization: a tokenizer may run before that.)
+using ShortCharClasses = std::array<CharClass, 0x800>;
+const ShortCharClasses& short_char_classes() {
+  static const ShortCharClasses table = [] {
+    ShortCharClasses classes{};
+    for (char32_t cp = 0; cp < classes.size(); ++cp) classes[cp] = char_class(cp);
+    return classes;
+  }();
+  return table;
+}
+
 // Decodes the character at a byte position. Positions are always character boundaries. It
 // remembers the furthest position it was asked about: what the scan of a word depended on.
 class Cursor {
  public:
-  explicit Cursor(std::string_view text) : text_(text) {}
+  explicit Cursor(std::string_view text) : text_(text), classes_(short_char_classes()) {}
 
+  // The common cases inline (decode_utf8's results, without the call): ASCII; a byte that
+  // cannot start a character (80..C1, F5..FF) or a lead byte whose second byte is not one its
+  // character allows, each an invalid sequence of its own, as are most bytes of binary data;
+  // a two-byte character.
   Char at(size_t pos) const {
     reach_ = std::max(reach_, pos);
     if (pos >= text_.size()) return {};
     const uint8_t byte = uint8_t(text_[pos]);
-    if (byte < 0x80) return {byte, 1, char_class(byte)};
+    if (byte < 0x80) return {byte, 1, classes_[byte]};
+    constexpr Char kInvalidByte{kReplacementCharacter, 1, CharClass::other};
+    if (byte < 0xC2 || byte > 0xF4) return kInvalidByte;
+    const uint8_t next = pos + 1 < text_.size() ? uint8_t(text_[pos + 1]) : 0;
+    if (byte <= 0xDF) {
+      if ((next & 0xC0) != 0x80) return kInvalidByte;
+      const char32_t code_point = (char32_t(byte & 0x1F) << 6) | (next & 0x3F);
+      return {code_point, 2, classes_[code_point]};
+    }
+    // Table 3-7 of Unicode: no overlongs (E0, F0), surrogates (ED) or code points past U+10FFFF (F4).
+    const uint8_t low = byte == 0xE0 ? 0xA0 : byte == 0xF0 ? 0x90 : 0x80;
+    const uint8_t high = byte == 0xED ? 0x9F : byte == 0xF4 ? 0x8F : 0xBF;
+    if (next < low || next > high) return kInvalidByte;
     const Utf8Char c = decode_utf8(text_, pos);
     // Invalid bytes classify as U+FFFD would: "other".
     return {c.code_point, c.length, c.status == Utf8Char::ok ? char_class(c.code_point) : CharClass::other};
+  }
+  // The first position from `pos` on that does not hold an ASCII character of the class (a long
+  // run of one class, one word, is scanned here a byte at a time without decoding).
+  size_t skip_ascii(size_t pos, CharClass char_class) const {
+    while (pos < text_.size() && uint8_t(text_[pos]) < 0x80 && classes_[uint8_t(text_[pos])] == char_class) ++pos;
+    return pos;
   }
   size_t reach() const { return reach_; }
 
  private:
   std::string_view text_;
+  const ShortCharClasses& classes_;
   mutable size_t reach_ = 0;
 };
 
@@ -90,10 +127,13 @@ WordScan match_word(const Cursor& text, size_t begin, const Char& first) {
 
   // 2: letters, optionally after one prefix character. A letter cannot be the prefix (the
   // prefix class excludes \p{L}), so when `first` is a letter the run simply starts there.
+  const Char second = text.at(after_first);  // (4 needs it too)
   if (!is_newline(first.code_point) && first.char_class != CharClass::number &&
-      (first.char_class == CharClass::letter || text.at(after_first).char_class == CharClass::letter)) {
+      (first.char_class == CharClass::letter || second.char_class == CharClass::letter)) {
     size_t end = after_first;
-    for (Char c = text.at(end); c.length != 0 && c.char_class == CharClass::letter; c = text.at(end)) end += c.length;
+    for (Char c = second; c.length != 0 && c.char_class == CharClass::letter; c = text.at(end)) {
+      end = text.skip_ascii(end + c.length, CharClass::letter);
+    }
     return done(end, WordScan::letters);
   }
 
@@ -109,12 +149,12 @@ WordScan match_word(const Cursor& text, size_t begin, const Char& first) {
   }
 
   // 4: an optional ASCII space, a run of "other" characters, then any CR/LF.
-  const size_t run_begin = first.code_point == ' ' ? after_first : begin;
-  const Char run_first = run_begin == begin ? first : text.at(run_begin);
+  const bool space_first = first.code_point == ' ';
+  const Char run_first = space_first ? second : first;
   if (run_first.length != 0 && run_first.char_class == CharClass::other) {
-    size_t end = run_begin;
-    Char c = run_first;
-    for (; c.length != 0 && c.char_class == CharClass::other; c = text.at(end)) end += c.length;
+    size_t end = space_first ? after_first + second.length : after_first;
+    Char c = space_first ? text.at(end) : second;
+    for (; c.length != 0 && c.char_class == CharClass::other; c = text.at(end)) end = text.skip_ascii(end + c.length, CharClass::other);
     for (; c.length != 0 && is_newline(c.code_point); c = text.at(end)) end += c.length;
     return done(end, WordScan::others);
   }

@@ -55,6 +55,10 @@ void Tokenizer::encode_word(std::string_view word, Output& out) const {
     ids.push_back(bpe_.byte_id(uint8_t(word[0])));
     return;
   }
+  if (word.size() == 2) {  // all such words are in one flat table
+    bpe_.encode_two_bytes(word, ids);
+    return;
+  }
   // Most words of ordinary text are whole tokens: one hash lookup, no lock.
   const size_t hash = VocabIndex::hash(word);
   if (bpe_.ignore_merges()) {
@@ -74,13 +78,15 @@ void Tokenizer::encode_word(std::string_view word, Output& out) const {
     encoder.finish(ids);
     return;
   }
-  if (!WordCache::cacheable(word)) {
-    bpe_.merge_word(word, ids);
+  if (!WordCache::cacheable(word) || !out.cache_policy.consult(hash)) {
+    bpe_.merge_word_fast(word, ids);
     return;
   }
-  if (cache_->find(word, hash, ids)) return;
+  const bool hit = cache_->find(word, hash, ids);
+  out.cache_policy.record(hit);
+  if (hit) return;
   const size_t first = ids.size();
-  bpe_.merge_word(word, ids);
+  bpe_.merge_word_fast(word, ids);
   cache_->insert(word, hash, std::span(ids).subspan(first));
 }
 

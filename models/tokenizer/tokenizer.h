@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "models/tokenizer/bpe.h"
+#include "models/tokenizer/word_cache.h"
 
 namespace lamina::json {
 class Value;
@@ -34,7 +35,6 @@ namespace lamina::tokenizer {
 
 class AddedTokenMatcher;
 class EncodeStream;
-class WordCache;
 
 // A token from tokenizer.json's `added_tokens`, matched by its literal text.
 struct AddedToken {
@@ -104,11 +104,13 @@ class Tokenizer {
  private:
   friend class EncodeStream;
   enum class Kind : uint8_t { unassigned, ordinary, special, added };
-  // Where ids go: a vector, which a sink (when there is one) empties whenever it grows past a batch.
+  // Where ids go: a vector, which a sink (when there is one) empties whenever it grows past a
+  // batch. It also carries what the encode call learns about its text's words.
   struct Output {
     static constexpr size_t kBatch = size_t(1) << 16;
     std::vector<int32_t>& ids;
     const IdSink* sink = nullptr;
+    WordCachePolicy cache_policy{};
 
     void drain_if_large() {
       if (sink != nullptr && ids.size() >= kBatch) drain();

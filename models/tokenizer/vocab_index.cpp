@@ -43,8 +43,13 @@ VocabIndex::VocabIndex(const StringIdMap& vocab, std::string_view source) : coun
   slots_.assign(size_t(1) << bits, Slot{0, -1});
   mask_ = slots_.size() - 1;
   shift_ = 64 - bits;
+  int filter_bits = 7;  // at least two words: a shift by 64 would be undefined
+  while ((size_t(1) << filter_bits) < 16 * vocab.size()) ++filter_bits;
+  filter_.assign(size_t(1) << (filter_bits - 6), 0);
+  filter_shift_ = 64 - (filter_bits - 6);
   for (const auto& [id, bytes] : by_id) {
-    const size_t hash = std::hash<std::string_view>{}(*bytes);
+    const size_t hash = VocabIndex::hash(*bytes);
+    filter_[filter_word(hash)] |= filter_mask(hash);
     size_t i = slot_of(hash);
     while (slots_[i].id >= 0) i = (i + 1) & mask_;
     slots_[i] = {uint32_t(hash), id};

@@ -1,7 +1,10 @@
 // libFuzzer target for the tokenizer: arbitrary bytes in, and for each input
 //   - split_words covers the input exactly and equals the backtracking reference splitter;
+//   - the short-word merge equals the merge loop on every short word and on windows of the input;
+//   - the trie's prefix tokens are the valid tokens that begin the input at a few places;
 //   - the long-word encoder equals the merge loop (its oracle) on every word and on the whole
-//     input taken as one word, fed in pieces with certification forced often;
+//     input taken as one word, fed in pieces with certification forced often, and the
+//     compatibility it remembers for neighbouring tokens equals merging them;
 //   - encoding the input in pieces (EncodeStream) gives the ids of encoding it whole;
 //   - decode(encode(bytes)) == bytes, with special tokens parsed and not;
 //   - the stream decoder emits valid UTF-8 that adds up to the lossy decode;
@@ -76,10 +79,42 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(joined == text, "split_words lost or invented bytes");
   if (size <= 4096) FUZZ_CHECK(words == lamina::testing::reference_split_words(text), "split_words differs from the reference");
 
+  // The short-word merge against the merge loop: every short word, and windows of the input.
+  const lamina::tokenizer::BpeModel& bpe = tokenizer.bpe();
+  const auto check_short_word = [&](std::string_view word) {
+    if (word.size() < 2 || word.size() > kShortWordBytes) return;
+    std::vector<int32_t> expected;
+    bpe.merge_word(word, expected);
+    ShortWordMerger::Result result;
+    bpe.short_words()->merge(word, result);
+    FUZZ_CHECK(std::vector<int32_t>(result.ids, result.ids + result.count) == expected, "the short-word merge differs from the merge loop");
+    size_t offset = 0;
+    for (int i = 0; i < result.count; ++i) {
+      FUZZ_CHECK(bpe.vocab().bytes(result.ids[i]) == word.substr(offset, result.lengths[i]), "a short-word merge length is wrong");
+      offset += result.lengths[i];
+    }
+  };
+  for (const std::string_view word : words) check_short_word(word);
+  for (size_t offset = 0; offset + 2 <= size; offset += 5) check_short_word(text.substr(offset, 2 + offset % (kShortWordBytes - 1)));
+
+  // The trie against vocabulary lookups, at a few places.
+  const BpeTables& tables = bpe.tables();
+  for (size_t offset = 0; offset < size; offset += 1 + size / 8) {
+    const std::string_view rest = text.substr(offset, tables.max_token_length());
+    std::vector<BpeTables::PrefixToken> found(rest.size());
+    found.resize(tables.prefix_tokens(rest, found.data()));
+    size_t next = 0;
+    for (size_t length = 1; length <= rest.size(); ++length) {
+      const int32_t id = bpe.find(rest.substr(0, length));
+      if (id < 0 || !tables.valid(id)) continue;
+      FUZZ_CHECK(next < found.size() && found[next].token.id == id && found[next].length == length, "the trie misses a prefix token");
+      ++next;
+    }
+    FUZZ_CHECK(next == found.size(), "the trie finds a prefix token the vocabulary does not");
+  }
+
   // The long-word encoder against the merge loop. Pieces and certification intervals come from
   // the input's first bytes, so the fuzzer explores them too.
-  const lamina::tokenizer::BpeModel& bpe = tokenizer.bpe();
-  const BpeTables& tables = bpe.tables();
   const auto byte_at = [&](size_t i) { return i < size ? size_t(data[i]) : 0; };
   const size_t piece = 1 + byte_at(0) % 97;
   const LongWordOptions options{.certify_bytes = 1 + byte_at(1) % 300, .margin = 1 + byte_at(2) % 40};
@@ -92,6 +127,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (size_t offset = 0; offset < word.size(); offset += piece) encoder.append(word.substr(offset, piece), pieces);
     encoder.finish(pieces);
     FUZZ_CHECK(pieces == expected, "the long-word encoder fed in pieces differs from the merge loop");
+    for (size_t i = 0; i + 1 < expected.size(); ++i) {  // asked twice: decided (or remembered), then remembered
+      FUZZ_CHECK(tables.compatible(expected[i], expected[i + 1]) && tables.compatible(expected[i], expected[i + 1]),
+                 "neighbouring tokens of the merge loop's result are not compatible");
+    }
   };
   for (const std::string_view word : words) check_long_word(word);
   if (size > 0) check_long_word(text);

@@ -17,6 +17,8 @@
 
 using namespace lamina;
 using namespace lamina::tokenizer;
+using testing::random_string;
+using testing::random_vocabulary;
 using Ids = std::vector<int32_t>;
 
 namespace {
@@ -39,48 +41,6 @@ Ids long_encoded(const BpeTables& tables, std::string_view word, LongWordOptions
   }
   encoder.finish(ids);
   return ids;
-}
-
-// A random vocabulary over `alphabet`, grown like BPE training (each merge joins two tokens
-// already there), with the traps: several merges making the same token, ranks shuffled out of
-// creation order (so that some tokens merge in decreasing rank order, and some merges can never
-// apply), and tokens that no merge makes (found only as whole words).
-testing::TinyTokenizerSpec random_vocabulary(std::mt19937& rng, const std::string& alphabet, int merge_count) {
-  testing::TinyTokenizerSpec spec;
-  spec.tokens.clear();
-  spec.merges.clear();
-  spec.added.clear();
-  std::vector<std::string> tokens;
-  for (const char c : alphabet) tokens.emplace_back(1, c);
-  std::set<std::string> known(tokens.begin(), tokens.end());
-  std::set<std::pair<std::string, std::string>> pairs;
-  int64_t next_id = 256;
-  for (int attempt = 0; int(spec.merges.size()) < merge_count && attempt < 100 * merge_count; ++attempt) {
-    const std::string left = tokens[rng() % tokens.size()];
-    const std::string right = tokens[rng() % tokens.size()];
-    const std::string joined = left + right;
-    if (joined.size() > 7 || !pairs.insert({left, right}).second) continue;
-    if (known.insert(joined).second) {
-      spec.tokens.emplace_back(joined, next_id++);
-      tokens.push_back(joined);
-    }
-    spec.merges.emplace_back(left, right);
-  }
-  for (size_t i = 0; i < spec.merges.size() / 4; ++i) {  // some ranks out of order
-    std::swap(spec.merges[rng() % spec.merges.size()], spec.merges[rng() % spec.merges.size()]);
-  }
-  for (int i = 0; i < 3; ++i) {  // unreachable tokens
-    std::string lone;
-    for (int k = 0; k < 3 + i; ++k) lone += alphabet[rng() % alphabet.size()];
-    if (known.insert(lone).second) spec.tokens.emplace_back(lone, next_id++);
-  }
-  return spec;
-}
-
-std::string random_string(std::mt19937& rng, const std::vector<std::string>& pieces, size_t length) {
-  std::string text;
-  while (text.size() < length) text += pieces[rng() % pieces.size()];
-  return text;
 }
 
 // Words that stress long-word encoding on a real vocabulary: runs of one character, repeated

@@ -206,6 +206,34 @@ TEST_CASE("split_words agrees with the backtracking reference on random mixed st
   CHECK(compared == 20000);
 }
 
+TEST_CASE("split_words agrees with the reference on lead and continuation bytes at every range edge") {
+  // Binary data decodes mostly by the scanner's inline paths: a byte that cannot start a
+  // character, a lead byte whose next byte its character does not allow (the edges of Table 3-7:
+  // E0 A0, ED 9F, F0 90, F4 8F), a two-byte character and its class.
+  const std::vector<uint8_t> leads = {0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xC3, 0xCE, 0xD0, 0xDF, 0xE0, 0xE1, 0xE4, 0xEC,
+                                      0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3, 0xF4, 0xF5, 0xFF};
+  const std::vector<uint8_t> followers = {0x7F, 0x80, 0x81, 0x8F, 0x90, 0x9F, 0xA0, 0xA9, 0xB5, 0xBF, 0xC0, 'a', ' ', '1', '\n'};
+  std::mt19937 rng(31);
+  int compared = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string text;
+    const int pieces = 1 + int(rng() % 8);
+    for (int piece = 0; piece < pieces; ++piece) {
+      text += char(leads[rng() % leads.size()]);
+      for (int follow = int(rng() % 4); follow > 0; --follow) text += char(followers[rng() % followers.size()]);
+    }
+    const std::vector<std::string_view> words = split_words(text);
+    const std::vector<std::string_view> expected = testing::reference_split_words(text);
+    if (words != expected) {
+      INFO("text bytes: " << byte_level_encode(text));
+      CHECK(join(words, "\u2502") == join(expected, "\u2502"));
+      break;
+    }
+    ++compared;
+  }
+  CHECK(compared == 20000);
+}
+
 TEST_CASE("split_words handles long runs in linear time") {
   const std::string long_spaces(1 << 20, ' ');
   CHECK(split_words(long_spaces + "x").size() == 2);

@@ -34,7 +34,8 @@ Tensor binary_operand(double low, double high, bool signed_magnitude, const Shap
 
 std::vector<DType> dtypes_for(bool accepts_integers) {
   std::vector<DType> dtypes(std::begin(kFloatDTypes), std::end(kFloatDTypes));
-  if (accepts_integers) dtypes.insert(dtypes.end(), std::begin(kIntDTypes), std::end(kIntDTypes));
+  if (accepts_integers)
+    for (DType dtype : kIntDTypes) dtypes.push_back(dtype);  // (insert() trips a GCC 12 -Wstringop-overread false positive)
   return dtypes;
 }
 
