@@ -123,6 +123,8 @@ std::string pathological_text(const std::string& kind, size_t bytes) {
   TextRng rng(99);
   std::string text(bytes, ' ');
   if (kind == "repeated_letter") std::fill(text.begin(), text.end(), 'a');
+  // '-': Llama-3 has 26 tokens of dashes up to 96 long, the most of any character.
+  if (kind == "repeated_punctuation") std::fill(text.begin(), text.end(), '-');
   if (kind == "punctuation") {
     static const char marks[] = "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~";
     for (char& c : text) c = marks[rng.below(sizeof marks - 1)];
@@ -195,7 +197,8 @@ int run_bench_tokenizer(const Arguments& args) {
   FlagParser parser(command,
                     "Llama-3 tokenizer speed on one thread: load, encode (word cache warm and cold) and decode of\n"
                     "generated English text, encode of multilingual text, and encode of pathological texts (a\n"
-                    "repeated letter, spaces, punctuation, random letters, random bytes) with their peak memory.\n"
+                    "repeated letter, spaces, a repeated dash, random punctuation, random letters, random\n"
+                    "bytes) with their peak memory.\n"
                     "One JSON line per case.");
   parser.add_option("tokenizer", "PATH", "tokenizer.json, or a model directory that holds one (required)");
   parser.add_option("text", "FILE", "encode this file instead of the generated English text");
@@ -257,7 +260,7 @@ int run_bench_tokenizer(const Arguments& args) {
   const double tables_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tables_start).count();
   JsonLine().add("bench", "tokenizer").add("case", "long_word_tables").add("seconds", tables_seconds).print();
 
-  for (const std::string kind : {"repeated_letter", "spaces", "punctuation", "random_letters", "random_bytes"}) {
+  for (const std::string kind : {"repeated_letter", "spaces", "repeated_punctuation", "punctuation", "random_letters", "random_bytes"}) {
     const std::string text = pathological_text(kind, pathological_bytes);
     std::fprintf(stderr, "bench tokenizer: encode %s (%zu bytes)\n", kind.c_str(), text.size());
     int64_t tokens = 0;

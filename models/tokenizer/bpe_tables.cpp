@@ -41,6 +41,7 @@ BpeTables::BpeTables(const BpeModel& model)
   }
   const size_t words = (small_count_ * small_count_ * 2 + 63) / 64;
   small_pairs_ = std::make_unique<std::atomic<uint64_t>[]>(words);  // zero: nothing decided
+  recent_pairs_ = std::make_unique<std::atomic<uint64_t>[]>(kRecentPairSlots);  // zero: no pair
   for (Node& node : nodes_) {
     if (node.token >= 0) node.small_index = info_[size_t(node.token)].small_index;
   }
@@ -123,6 +124,9 @@ bool BpeTables::decide_compatible(TokenRef left, TokenRef right) const {
   if (left.small_index >= 0 && right.small_index >= 0) {
     const size_t pair = size_t(left.small_index) * small_count_ + size_t(right.small_index);
     small_pairs_[pair / 32].fetch_or(uint64_t(result ? 3 : 1) << (pair % 32 * 2), std::memory_order_relaxed);
+  } else {
+    const uint64_t key = recent_pair_key(left.id, right.id);
+    recent_pairs_[recent_pair_slot(key)].store(key | (result ? kRecentPairCompatible : 0), std::memory_order_relaxed);
   }
   return result;
 }

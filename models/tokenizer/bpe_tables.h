@@ -70,6 +70,10 @@ class BpeTables {
       const size_t pair = size_t(left.small_index) * small_count_ + size_t(right.small_index);
       const uint64_t bits = small_pairs_[pair / 32].load(std::memory_order_relaxed) >> (pair % 32 * 2);
       if ((bits & 1) != 0) return (bits & 2) != 0;
+    } else {
+      const uint64_t key = recent_pair_key(left.id, right.id);
+      const uint64_t entry = recent_pairs_[recent_pair_slot(key)].load(std::memory_order_relaxed);
+      if ((entry & ~kRecentPairCompatible) == key) return (entry & kRecentPairCompatible) != 0;
     }
     return decide_compatible(left, right);
   }
@@ -167,6 +171,17 @@ class BpeTables {
   static constexpr size_t kMaxTwoByteSmallTokens = 4096 + 512;
   size_t small_count_ = 0;
   std::unique_ptr<std::atomic<uint64_t>[]> small_pairs_;
+  // What compatible() decided for recent pairs with a longer token, in a direct-mapped table
+  // (one word an entry: the pair's ids, a bit set so that an empty entry matches no pair, and
+  // the answer). A long run of one character meets the same few pairs of long tokens at every
+  // position, and each walk would cost a merge-table lookup per step.
+  static constexpr size_t kRecentPairSlots = size_t(1) << 14;
+  static constexpr uint64_t kRecentPairCompatible = uint64_t(1) << 63;
+  static uint64_t recent_pair_key(int32_t left, int32_t right) {
+    return uint64_t(uint32_t(left)) << 31 | uint64_t(uint32_t(right)) | uint64_t(1) << 62;  // ids < 2^31
+  }
+  static size_t recent_pair_slot(uint64_t key) { return size_t((key * 0x9E3779B97F4A7C15ull) >> 50); }
+  std::unique_ptr<std::atomic<uint64_t>[]> recent_pairs_;
   std::vector<Node> nodes_;  // nodes_[0] is the root, whose 256 children are the bytes
   std::vector<uint8_t> edge_bytes_;  // by node: the byte on the edge from its parent
   std::vector<int32_t> second_level_;  // by first byte * 256 + second byte

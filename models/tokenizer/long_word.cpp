@@ -1,6 +1,7 @@
 #include "models/tokenizer/long_word.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "models/tokenizer/bpe_tables.h"
 #include "tensor/error.h"
@@ -11,16 +12,38 @@ bool LongWordEncoder::Search::run(const BpeTables& tables, std::string_view text
   const size_t longest = tables.max_token_length();
   dead.resize(text.size() + 1, 0);
   candidates.resize(longest);
+  // The candidates depend only on the next `longest` bytes. In a run of one character (or any
+  // text that repeats with a short period) those bytes are the same at most positions, and
+  // comparing them is cheaper than walking the trie as deep as the run's longest token.
+  std::string_view last_window;
+  size_t count = 0;
   while (final ? pos < text.size() : pos + longest <= text.size()) {
-    const size_t count = tables.prefix_tokens(std::string_view(text.data() + pos, std::min(longest, text.size() - pos)), candidates.data());
+    const std::string_view window(text.data() + pos, std::min(longest, text.size() - pos));
+    if (window.size() != last_window.size() || std::memcmp(window.data(), last_window.data(), window.size()) != 0) {
+      count = tables.prefix_tokens(window, candidates.data());
+      last_window = window;
+    }
     const BpeTables::TokenRef before = stack.empty() ? previous : stack.back().token;
+    // Any order of trying candidates finds the same chain (it is unique); the order only decides
+    // how much is explored before. Repeating the token before comes first: in a run of one
+    // character that is the chain's own period, where longest-first would wander into chains
+    // that die and explore nearly every position.
     const BpeTables::PrefixToken* chosen = nullptr;
-    for (size_t i = count; i-- > 0;) {  // longest first
+    const BpeTables::PrefixToken* repeat = nullptr;
+    if (before.id >= 0) {
+      for (size_t i = 0; i < count; ++i) {
+        if (candidates[i].token.id == before.id) repeat = &candidates[i];
+      }
+    }
+    if (repeat != nullptr && shorter_than == kAnyLength && !dead[pos + repeat->length] &&
+        tables.compatible(before, repeat->token)) {
+      chosen = repeat;
+    }
+    for (size_t i = count; chosen == nullptr && i-- > 0;) {  // then longest first
       const BpeTables::PrefixToken& candidate = candidates[i];
-      if (candidate.length >= shorter_than || dead[pos + candidate.length]) continue;
+      if (&candidate == repeat || candidate.length >= shorter_than || dead[pos + candidate.length]) continue;
       if (before.id >= 0 && !tables.compatible(before, candidate.token)) continue;
       chosen = &candidate;
-      break;
     }
     if (chosen != nullptr) {
       pos += chosen->length;
@@ -30,10 +53,12 @@ bool LongWordEncoder::Search::run(const BpeTables& tables, std::string_view text
     }
     dead[pos] = 1;  // no token here continues the chain
     if (stack.empty()) return false;
-    const size_t last_end = stack.back().end;
+    const Step last = stack.back();
     stack.pop_back();
     pos = stack.empty() ? 0 : stack.back().end;  // the chain always starts at 0
-    shorter_than = last_end - pos;
+    const int32_t before_last = stack.empty() ? previous.id : stack.back().token.id;
+    // Resume after the candidate just abandoned: all of them if it was the repeat (tried first).
+    shorter_than = last.token.id == before_last ? kAfterRepeat : last.end - pos;
   }
   return true;
 }

@@ -4,10 +4,11 @@
 //
 // The search. The result is the one chain of valid tokens with compatible neighbours; its
 // prefixes are the results for the word's prefixes. A depth-first search builds it left to
-// right, longest valid token first, trying shorter ones (and backtracking) when a token is not
-// compatible with the one before or leads to a dead end. Whatever chain reaches a position is
-// the result for the prefix before it, hence unique, so a position found to be a dead end is
-// marked and never explored again: each position is explored once.
+// right — a repeat of the token before first, then the longest valid token — trying shorter ones
+// (and backtracking) when a token is not compatible with the one before or leads to a dead end.
+// Whatever chain reaches a position is the result for the prefix before it, hence unique, so a
+// position found to be a dead end is marked and never explored again: each position is explored
+// once, and the order of trying only decides how many are.
 //
 // Certainty. Whatever the word's end n, the result for it passes through one of the positions
 // j in (p - L, p] for any p <= n, L being the longest token: tokens are at most L long. So a
@@ -46,7 +47,8 @@ class LongWordEncoder {
   size_t held_tokens() const { return search_.stack.size(); }
 
  private:
-  static constexpr size_t kAnyLength = SIZE_MAX;
+  static constexpr size_t kAnyLength = SIZE_MAX;       // nothing tried at pos yet
+  static constexpr size_t kAfterRepeat = SIZE_MAX - 1;  // only the repeat of the token before
 
   struct Step {
     BpeTables::TokenRef token;
@@ -59,6 +61,7 @@ class LongWordEncoder {
     std::vector<BpeTables::PrefixToken> candidates;  // the tokens at pos (scratch)
     size_t pos = 0;
     size_t shorter_than = kAnyLength;  // what to try next at pos: the tokens shorter than this
+                                       // (and not the repeat, tried first when nothing was)
     BpeTables::TokenRef previous;
     // Extends the chain as far as the text allows (to its end when `final`; otherwise while
     // every token at pos is inside it). False when the start itself is a dead end.
