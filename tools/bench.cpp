@@ -15,7 +15,7 @@ struct BenchSuite {
 };
 
 constexpr BenchSuite kSuites[] = {
-    {"ops", "CPU op throughput: matmul vs Eigen, memory-bound ops vs memcpy", run_bench_ops},
+    {"ops", "op throughput: matmul vs Eigen (cuBLASLt on a GPU), memory-bound ops vs memcpy", run_bench_ops},
     {"generate", "Llama prefill/decode tokens/s vs the memory-bandwidth bound", run_bench_generate},
     {"train", "training-step tokens/s of a ~30M Llama, with and without activation checkpointing", run_bench_train},
     {"tokenizer", "Llama-3 tokenizer encode/decode MB/s on one thread (--tokenizer PATH)", run_bench_tokenizer},

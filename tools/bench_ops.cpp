@@ -295,12 +295,13 @@ constexpr double kGpuMemoryTarget = 0.7;   // op GB/s / device copy GB/s
 constexpr size_t kGpuCopyBytes = size_t(1) << 30;
 constexpr int64_t kGpuTokens = 8192;       // rows of the Llama-3-8B projection and activation cases
 
-const Device kGpu = Device::cuda(0);
+// The GPU the cases run on: --device cuda:N sets it before any case runs.
+Device gpu_under_test = Device::cuda(0);
 
 // Seconds per run of `body` (median over event-timed batches, after a warm-up).
 Timing time_on_gpu(const std::function<void()>& body, double min_seconds) {
-  const cudaStream_t stream = cuda::use_device(kGpu.index);
-  cuda::Event start(kGpu.index), stop(kGpu.index);
+  const cudaStream_t stream = cuda::use_device(gpu_under_test.index);
+  cuda::Event start(gpu_under_test.index), stop(gpu_under_test.index);
   auto batch_seconds = [&](int runs) {
     start.record(stream);
     for (int i = 0; i < runs; ++i) body();
@@ -327,9 +328,9 @@ Timing time_on_gpu(const std::function<void()>& body, double min_seconds) {
 
 double device_copy_gbps(const BenchSettings& settings) {
   Generator generator(1);
-  const Tensor source = randn({int64_t(kGpuCopyBytes / 4)}, generator, DType::f32, kGpu);
-  const Tensor target = Tensor::empty(source.shape(), DType::f32, kGpu);
-  const cudaStream_t stream = cuda::use_device(kGpu.index);
+  const Tensor source = randn({int64_t(kGpuCopyBytes / 4)}, generator, DType::f32, gpu_under_test);
+  const Tensor target = Tensor::empty(source.shape(), DType::f32, gpu_under_test);
+  const cudaStream_t stream = cuda::use_device(gpu_under_test.index);
   const Timing timing = time_on_gpu(
       [&] {
         LAMINA_CUDA_CHECK(cudaMemcpyAsync(target.raw_data(), source.raw_data(), kGpuCopyBytes,
@@ -414,15 +415,15 @@ std::vector<MatmulCase> gpu_matmul_cases() {
 void run_gpu_matmul_case(const MatmulCase& shape, const BenchSettings& settings) {
   const int64_t m = shape.rows, n = shape.cols, k = shape.inner;
   Generator generator(42);
-  const Tensor a = randn({m, k}, generator, DType::bf16, kGpu);
-  const Tensor b = randn(shape.transpose_b ? Shape{n, k} : Shape{k, n}, generator, DType::bf16, kGpu);
+  const Tensor a = randn({m, k}, generator, DType::bf16, gpu_under_test);
+  const Tensor b = randn(shape.transpose_b ? Shape{n, k} : Shape{k, n}, generator, DType::bf16, gpu_under_test);
   Tensor lamina_out;
   const Timing lamina_timing =
       time_on_gpu([&] { lamina_out = ops::matmul(a, b, false, shape.transpose_b); }, settings.min_seconds);
 
-  const Tensor bare_out = Tensor::empty({m, n}, DType::bf16, kGpu);
+  const Tensor bare_out = Tensor::empty({m, n}, DType::bf16, gpu_under_test);
   BareCublasLt bare(a, b, shape.transpose_b, bare_out);
-  const cudaStream_t stream = cuda::use_device(kGpu.index);
+  const cudaStream_t stream = cuda::use_device(gpu_under_test.index);
   const Timing bare_timing = time_on_gpu([&] { bare.run(stream); }, settings.min_seconds);
   // The two results should agree (the same library, possibly the same algorithm).
   const Tensor gap = ops::sub(ops::cast(lamina_out, DType::f32), ops::cast(bare_out, DType::f32));
@@ -459,8 +460,8 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read x [R, D] and w [D]; write y [R, D] (bf16) and rstd [R] (f32)
          const int64_t rows = 2 * kGpuTokens, dim = kLlamaHidden;
-         const Tensor x = randn({rows, dim}, generator, DType::bf16, kGpu);
-         const Tensor weight = randn({dim}, generator, DType::bf16, kGpu);
+         const Tensor x = randn({rows, dim}, generator, DType::bf16, gpu_under_test);
+         const Tensor weight = randn({dim}, generator, DType::bf16, gpu_under_test);
          return MemoryBoundRun{str_cat("[", rows, ",", dim, "]"), bf16_bytes(2 * rows * dim + dim) + 4 * rows,
                                [=] { ops::rms_norm(x, weight, 1e-5); }, "bf16"};
        }},
@@ -468,8 +469,8 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read x [B, T, H, D] and positions [T] (i64); write y [B, T, H, D]
          const int64_t batch = 4, tokens = 4096, heads = 32, head_dim = 128;
-         const Tensor x = randn({batch, tokens, heads, head_dim}, generator, DType::bf16, kGpu);
-         const Tensor positions = arange(0, tokens, 1, DType::i64, kGpu);
+         const Tensor x = randn({batch, tokens, heads, head_dim}, generator, DType::bf16, gpu_under_test);
+         const Tensor positions = arange(0, tokens, 1, DType::i64, gpu_under_test);
          const RopeConfig config{head_dim, 500000.0, Llama3RopeScaling{}};
          return MemoryBoundRun{str_cat("[", batch, ",", tokens, ",", heads, ",", head_dim, "]"),
                                bf16_bytes(2 * x.numel()) + 8 * tokens, [=] { ops::rope(x, positions, config); },
@@ -479,8 +480,8 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read gate and up [R, F]; write out [R, F]
          const int64_t rows = kGpuTokens, width = kLlamaIntermediate;
-         const Tensor gate = randn({rows, width}, generator, DType::bf16, kGpu);
-         const Tensor up = randn({rows, width}, generator, DType::bf16, kGpu);
+         const Tensor gate = randn({rows, width}, generator, DType::bf16, gpu_under_test);
+         const Tensor up = randn({rows, width}, generator, DType::bf16, gpu_under_test);
          return MemoryBoundRun{str_cat("[", rows, ",", width, "]"), bf16_bytes(3 * rows * width),
                                [=] { ops::swiglu(gate, up); }, "bf16"};
        }},
@@ -488,7 +489,7 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read x [R, D]; write y [R, D]
          const int64_t rows = 2 * kGpuTokens, dim = kLlamaHidden;
-         const Tensor x = randn({rows, dim}, generator, DType::bf16, kGpu);
+         const Tensor x = randn({rows, dim}, generator, DType::bf16, gpu_under_test);
          return MemoryBoundRun{str_cat("[", rows, ",", dim, "]"), bf16_bytes(2 * rows * dim),
                                [=] { ops::softmax(x, -1); }, "bf16"};
        }},
@@ -496,8 +497,8 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read logits [R, V] and targets [R] (i64); write losses [R] and lse [R] (f32)
          const int64_t rows = 4096, vocab = kLlamaVocab;
-         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, kGpu);
-         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, kGpu);
+         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, gpu_under_test);
+         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, gpu_under_test);
          return MemoryBoundRun{str_cat("[", rows, ",", vocab, "]"), bf16_bytes(rows * vocab) + 16 * rows,
                                [=] { ops::cross_entropy(logits, targets); }, "bf16"};
        }},
@@ -505,10 +506,10 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read logits [R, V], targets [R] (i64), lse and grad_losses [R] (f32); write dlogits [R, V]
          const int64_t rows = 4096, vocab = kLlamaVocab;
-         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, kGpu);
-         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, kGpu);
+         const Tensor logits = randn({rows, vocab}, generator, DType::bf16, gpu_under_test);
+         const Tensor targets = randint(0, vocab, {rows}, generator, DType::i64, gpu_under_test);
          const Tensor lse = ops::cross_entropy(logits, targets).lse;
-         const Tensor grad_losses = ones({rows}, DType::f32, kGpu);
+         const Tensor grad_losses = ones({rows}, DType::f32, gpu_under_test);
          return MemoryBoundRun{str_cat("[", rows, ",", vocab, "]"), bf16_bytes(2 * rows * vocab) + 16 * rows,
                                [=] { ops::cross_entropy_backward(grad_losses, logits, targets, lse); }, "bf16"};
        }},
@@ -516,9 +517,9 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read param, grad, exp_avg, exp_avg_sq [N] (f32); write param, exp_avg, exp_avg_sq
          const int64_t count = int64_t(1) << 26;
-         const Tensor param = randn({count}, generator, DType::f32, kGpu);
-         const Tensor grad = randn({count}, generator, DType::f32, kGpu);
-         const Tensor exp_avg = zeros({count}, DType::f32, kGpu), exp_avg_sq = zeros({count}, DType::f32, kGpu);
+         const Tensor param = randn({count}, generator, DType::f32, gpu_under_test);
+         const Tensor grad = randn({count}, generator, DType::f32, gpu_under_test);
+         const Tensor exp_avg = zeros({count}, DType::f32, gpu_under_test), exp_avg_sq = zeros({count}, DType::f32, gpu_under_test);
          ops::AdamWStep hyper;
          hyper.lr = 1e-4;
          hyper.weight_decay = 0.1;
@@ -530,7 +531,7 @@ std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
        [](Generator& generator) {
          // read x [N] f32 (4 bytes each); write y [N] bf16 (2 bytes each)
          const int64_t count = int64_t(1) << 28;
-         const Tensor x = randn({count}, generator, DType::f32, kGpu);
+         const Tensor x = randn({count}, generator, DType::f32, gpu_under_test);
          return MemoryBoundRun{str_cat("[", count, "]"), 6 * count, [=] { ops::cast(x, DType::bf16); }, "f32->bf16"};
        }},
   };
@@ -548,14 +549,14 @@ void run_gpu_memory_bound_case(const MemoryBoundCase& spec, double copy_rate, co
 void run_allocator_case() {
   constexpr size_t kBytes = size_t(4) << 20;
   constexpr int kPairs = 100000, kRawPairs = 200;
-  { const auto warm = Storage::allocate(kBytes, kGpu); }
+  { const auto warm = Storage::allocate(kBytes, gpu_under_test); }
   auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < kPairs; ++i) {
-    const auto block = Storage::allocate(kBytes, kGpu);
+    const auto block = Storage::allocate(kBytes, gpu_under_test);
   }
   const double cached_ns =
       std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / kPairs;
-  cuda::use_device(kGpu.index);
+  cuda::use_device(gpu_under_test.index);
   start = std::chrono::steady_clock::now();
   for (int i = 0; i < kRawPairs; ++i) {
     void* block = nullptr;
@@ -575,10 +576,14 @@ void run_allocator_case() {
       .print();
 }
 
-int run_gpu_cases(const BenchSettings& settings, const std::function<bool(const std::string&)>& selected) {
+int run_gpu_cases(Device gpu, const BenchSettings& settings, const std::function<bool(const std::string&)>& selected) {
   const CudaAvailability availability = cuda_availability();
-  if (availability.device_count == 0) throw Error("lamina bench ops --device cuda: " + availability.reason);
-  const cuda::DeviceInfo& info = cuda::device_info(kGpu.index);
+  if (availability.device_count == 0) throw Error("lamina bench ops --device " + gpu.str() + ": " + availability.reason);
+  if (gpu.index >= availability.device_count) {
+    throw Error(str_cat("lamina bench ops --device ", gpu.str(), ": this machine has ", availability.device_count, " GPU(s)"));
+  }
+  gpu_under_test = gpu;
+  const cuda::DeviceInfo& info = cuda::device_info(gpu_under_test.index);
   std::vector<MatmulCase> matmuls;
   for (const MatmulCase& c : gpu_matmul_cases())
     if (selected(c.name)) matmuls.push_back(c);
@@ -593,18 +598,18 @@ int run_gpu_cases(const BenchSettings& settings, const std::function<bool(const 
   for (const MatmulCase& c : matmuls) {
     std::fprintf(stderr, "bench ops (cuda): %s\n", c.name.c_str());
     run_gpu_matmul_case(c, settings);
-    empty_cache(kGpu);  // keep the next case's inputs from competing with this one's cached blocks
+    empty_cache(gpu_under_test);  // keep the next case's inputs from competing with this one's cached blocks
   }
   double copy_rate = 0;
   if (!memory_bound.empty()) {
     std::fprintf(stderr, "bench ops (cuda): device copy baseline (%zu MiB)\n", kGpuCopyBytes >> 20);
     copy_rate = device_copy_gbps(settings);
-    empty_cache(kGpu);
+    empty_cache(gpu_under_test);
   }
   for (const MemoryBoundCase& c : memory_bound) {
     std::fprintf(stderr, "bench ops (cuda): %s\n", c.name.c_str());
     run_gpu_memory_bound_case(c, copy_rate, settings);
-    empty_cache(kGpu);
+    empty_cache(gpu_under_test);
   }
   if (allocator) {
     std::fprintf(stderr, "bench ops (cuda): allocator_pair\n");
@@ -645,10 +650,10 @@ int run_bench_ops(const Arguments& args) {
                     "Times the CPU ops and prints one JSON line per case to stdout (median of repeated runs\n"
                     "after a warm-up), then one line describing the machine. Matmul is compared with plain\n"
                     "Eigen (target: ratio >= 0.9), memory-bound ops with memcpy (target: ratio >= 0.5), both\n"
-                    "measured in the same run on the same number of threads. --device cuda times the CUDA\n"
-                    "ops on GPU 0 instead.\n\ncases:" +
+                    "measured in the same run on the same number of threads. --device cuda[:N] times the\n"
+                    "CUDA ops on that GPU instead.\n\ncases:" +
                         case_list);
-  parser.add_option("device", "DEVICE", "cpu, or cuda (needs the CUDA backend and a GPU)", "cpu");
+  parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N (needs the CUDA backend and a GPU)", "cpu");
   parser.add_option("threads", "N", "CPU threads for lamina and the baselines", "lamina's thread count");
   parser.add_switch("quick", "time each case for ~0.05 s instead of ~0.3 s");
   parser.add_option("filter", "SUBSTRING", "run only the cases whose name contains SUBSTRING");
@@ -659,17 +664,13 @@ int run_bench_ops(const Arguments& args) {
   settings.min_seconds = parser.is_set("quick") ? 0.05 : 0.3;
   const std::string filter = parser.value("filter").value_or("");
   const auto selected = [&](const std::string& name) { return name.find(filter) != std::string::npos; };
-  const std::string device = parser.value("device").value_or("cpu");
-  if (device == "cuda") {
+  const Device device = Device::parse(parser.value("device").value_or("cpu"));
+  if (device.is_cuda()) {
 #if LAMINA_WITH_CUDA
-    return run_gpu_cases(settings, selected);
+    return run_gpu_cases(device, settings, selected);
 #else
-    throw Error("lamina bench ops --device cuda: this build has no CUDA backend (configure with -DLAMINA_CUDA=ON)");
+    throw Error("lamina bench ops --device " + device.str() + ": this build has no CUDA backend (configure with -DLAMINA_CUDA=ON)");
 #endif
-  }
-  if (device != "cpu") {
-    throw UsageError("lamina bench ops: --device must be cpu or cuda, got '" + device + "'",
-                     "run 'lamina bench ops --help'");
   }
 
   std::vector<const MatmulCase*> chosen_matmuls;

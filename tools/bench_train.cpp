@@ -44,13 +44,13 @@ int run_bench_train(const Arguments& args) {
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", "cpu");
   parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU", "auto");
   parser.add_option("threads", "N", "CPU threads", "all");
-  parser.add_option("batch", "N", "sequences per step", "4");
+  parser.add_option("batch-size", "N", "sequences per step", "4");
   parser.add_option("seq-len", "N", "tokens per sequence", "256");
   parser.add_switch("quick", "shorter timing runs (noisier)");
   if (!parser.parse(args)) return 0;
   const int threads = int(parser.int_value("threads", num_threads(), 1, 1024));
   set_num_threads(threads);
-  const int64_t batch = parser.int_value("batch", 4, 1, 1024), seq_len = parser.int_value("seq-len", 256, 2, 1 << 16);
+  const int64_t batch = parser.int_value("batch-size", 4, 1, 1024), seq_len = parser.int_value("seq-len", 256, 2, 1 << 16);
   const double min_seconds = parser.is_set("quick") ? 0.5 : 3.0;
   train::TrainOptions placement;  // the device and dtype rules of `lamina train`
   placement.device = parser.value("device").value_or("cpu");
@@ -85,7 +85,7 @@ int run_bench_train(const Arguments& args) {
         .add("device", device.str())
         .add("threads", threads)
         .add("parameters", model->parameter_count())
-        .add("batch", batch)
+        .add("batch_size", batch)
         .add("seq_len", seq_len)
         .add("dtype", dtype_name(dtype))
         .add("stat", "median")

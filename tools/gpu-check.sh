@@ -139,7 +139,7 @@ note "bench: exit $bench_status in $(elapsed $phase) s ($(wc -l < "$logs/bench_c
 [[ $bench_status -eq 0 ]] || tail -20 "$logs/bench_cuda.log"
 # A training step of the ~30M model in bf16 mixed precision (what `lamina train --device cuda` runs).
 phase=$SECONDS
-timeout "$(phase_limit 90 5)" "$build_dir/lamina" bench train --device cuda --quick --batch 16 --seq-len 1024 \
+timeout "$(phase_limit 90 5)" "$build_dir/lamina" bench train --device cuda --quick --batch-size 16 --seq-len 1024 \
   >> "$logs/bench_cuda.jsonl" 2>> "$logs/bench_cuda.log"
 train_bench_status=$?
 note "bench train: exit $train_bench_status in $(elapsed $phase) s"

@@ -22,7 +22,7 @@ struct Subcommand {
   int (*run)(const Arguments& args);
 };
 
-// Only what exists today; generate, chat, train, quantize, ... join as they land.
+// Every subcommand, in the order `lamina help` lists them.
 constexpr Subcommand kSubcommands[] = {
     {"demo", "pretrain, fine-tune and test a small Llama on data it generates (CPU, a few minutes)", run_demo},
     {"generate", "continue a prompt with a Llama model folder (greedy or sampled)", run_generate},
@@ -40,7 +40,8 @@ constexpr Subcommand kSubcommands[] = {
 void print_help(std::FILE* out) {
   std::fprintf(out,
                "usage: lamina <subcommand> [flags]\n\n"
-               "lamina: tensors, autograd and kernels from scratch, on the way to Llama-3.\n\n"
+               "lamina: run, fine-tune and align Llama-3 models with tensors, autograd and kernels written\n"
+               "from scratch.\n\n"
                "subcommands:\n");
   for (const Subcommand& command : kSubcommands) std::fprintf(out, "  %-10s %s\n", command.name, command.summary);
   std::fprintf(out,

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The first command of the README: installs missing packages, builds the lamina executable
-# in build/ (or $LAMINA_BUILD_DIR) and runs `lamina demo`. Today the demo is a CPU showcase
-# (a small MLP trained with lamina's autograd and fused AdamW); the full Llama pipeline demo
-# replaces it when training lands.
+# in build/ (or $LAMINA_BUILD_DIR) and runs `lamina demo`: a small Llama pretrained on text it
+# generates, fine-tuned in the Llama-3 chat format and tested on held-out questions, on the CPU.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

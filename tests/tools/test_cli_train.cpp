@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string>
+#include <utility>
 
 #include "helpers.h"
 #include "tools/train_workspace.h"
@@ -269,12 +272,33 @@ TEST_CASE("sft: over-long conversations are truncated or dropped with a count; S
   CHECK_FALSE(fs::exists(w / "wrong"));
 }
 
-TEST_CASE("lamina demo --quick runs the whole pipeline") {
+// The held-out losses of one row of the demo's closing table ("| stage | statement loss | chat
+// loss | accuracy | time |"), or {-1, -1} when the row is missing.
+static std::pair<double, double> demo_losses(const std::string& output, const std::string& stage) {
+  const size_t row = output.find("| " + stage + " |");
+  if (row == std::string::npos) return {-1, -1};
+  std::istringstream cells(output.substr(row + stage.size() + 4));
+  double statement = -1, chat = -1;
+  char bar = 0;
+  cells >> statement >> bar >> chat;
+  return {statement, chat};
+}
+
+TEST_CASE("lamina demo --quick: each stage improves what it trains for") {
   const fs::path output = fs::temp_directory_path() / ("lamina-demo-test-" + std::to_string(::getpid()));
   const Run run = run_lamina("demo --quick --output " + output.string());
   INFO(run.output);
   CHECK(run.status == 0);
-  CHECK(run.output.find("| after fine-tuning |") != std::string::npos);
+  const auto [initial_statement, initial_chat] = demo_losses(run.output, "random init");
+  const auto [pretrained_statement, pretrained_chat] = demo_losses(run.output, "after pretraining");
+  const auto [tuned_statement, tuned_chat] = demo_losses(run.output, "after fine-tuning");
+  REQUIRE(initial_statement > 0);
+  REQUIRE(tuned_chat > 0);
+  // Random init sits near log(vocabulary) (~5.6); pretraining on statements must at least halve
+  // their held-out loss, and fine-tuning must cut the held-out chat loss by a third.
+  CHECK(pretrained_statement < 0.5 * initial_statement);
+  CHECK(tuned_chat < 0.67 * pretrained_chat);
+  CHECK(tuned_statement < initial_statement);  // fine-tuning keeps some of stage 1
   for (const char* file : {"model/model.safetensors", "model/tokenizer.json", "pretrain/metrics.jsonl", "pretrain/loss.svg",
                            "sft/metrics.jsonl", "sft/loss.svg"})
     CHECK(fs::exists(output / file));
