@@ -40,8 +40,8 @@ constexpr Subcommand kSubcommands[] = {
 void print_help(std::FILE* out) {
   std::fprintf(out,
                "usage: lamina <subcommand> [flags]\n\n"
-               "lamina: run, fine-tune and align Llama-3 models with tensors, autograd and kernels written\n"
-               "from scratch.\n\n"
+               "lamina: run and fine-tune Llama-3 models on tensors, autograd and kernels written from\n"
+               "scratch (the preference losses are here; their trainer is not yet).\n\n"
                "subcommands:\n");
   for (const Subcommand& command : kSubcommands) std::fprintf(out, "  %-10s %s\n", command.name, command.summary);
   std::fprintf(out,
