@@ -290,9 +290,35 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   });
 }
 
+// inv_freq[i] = theta^(-2i/D), remapped for Llama 3.1 by wavelength (llama3.md section 1.5):
+// computed here in f64 from the spec, sharing nothing with ops::rope_frequencies, then rounded
+// to f32 once, since the references (Meta's and HF's) hold the table in f32.
+std::vector<float> rope_frequencies_from_spec(const RopeConfig& config) {
+  const int64_t half = config.head_dim / 2;
+  std::vector<float> frequencies(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    double f = std::pow(config.theta, -double(2 * i) / double(config.head_dim));
+    if (config.llama3_scaling) {
+      const Llama3RopeScaling& s = *config.llama3_scaling;
+      const double wavelength = 2.0 * M_PI / f;
+      const double low_wavelength = double(s.original_max_position) / s.low_freq_factor;
+      const double high_wavelength = double(s.original_max_position) / s.high_freq_factor;
+      if (wavelength > low_wavelength) {
+        f /= s.factor;
+      } else if (wavelength >= high_wavelength) {
+        const double blend = (double(s.original_max_position) / wavelength - s.low_freq_factor) /
+                             (s.high_freq_factor - s.low_freq_factor);
+        f = (1 - blend) * f / s.factor + blend * f;
+      }
+    }
+    frequencies[size_t(i)] = float(f);
+  }
+  return frequencies;
+}
+
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) {
   Array a(x);
-  const std::vector<float> frequencies = rope_frequencies(config);
+  const std::vector<float> frequencies = rope_frequencies_from_spec(config);
   const std::vector<int64_t> pos = positions.to_vector<int64_t>();
   const int64_t B = a.shape[0], T = a.shape[1], H = a.shape[2], D = a.shape[3], half = D / 2;
   Array out(a.shape, 0.0);

@@ -27,6 +27,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim);
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config);
+std::vector<float> rope_frequencies_from_spec(const RopeConfig& config);  // f64, rounded to f32 once
 Tensor swiglu(const Tensor& gate, const Tensor& up);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index);  // per-token losses
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options);

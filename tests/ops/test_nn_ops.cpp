@@ -127,6 +127,32 @@ TEST_CASE("rms_norm weight gradient does not depend on the thread count") {
   CHECK(one == two);
 }
 
+TEST_CASE("rope frequencies equal the oracle's, computed in f64 from the spec") {
+  // The oracle shares no code with ops::rope_frequencies, which computes in f32 as torch does:
+  // the two agree to a few f32 ulps, in every band of the Llama 3.1 remapping.
+  const std::vector<RopeConfig> configs = {
+      {128, 500000.0, std::nullopt},
+      {128, 500000.0, Llama3RopeScaling{8.0, 1.0, 4.0, 8192}},
+      {64, 500000.0, Llama3RopeScaling{32.0, 1.0, 4.0, 8192}},
+      {64, 10000.0, Llama3RopeScaling{4.0, 2.0, 8.0, 256}},
+      {32, 10000.0, std::nullopt}};
+  for (const RopeConfig& config : configs) {
+    const std::vector<float> kernel = ops::rope_frequencies(config);
+    const std::vector<float> oracle = ops::reference::rope_frequencies_from_spec(config);
+    REQUIRE(kernel.size() == oracle.size());
+    for (size_t i = 0; i < kernel.size(); ++i) {
+      CAPTURE(config.head_dim);
+      CAPTURE(i);
+      CHECK(kernel[i] == doctest::Approx(oracle[i]).epsilon(5e-7));
+    }
+  }
+  // The oracle on its own against llama3.md's f64 table (3.1 scaling, head_dim 128).
+  const std::vector<float> oracle = ops::reference::rope_frequencies_from_spec(configs[1]);
+  CHECK(oracle[29] == doctest::Approx(2.16657076e-3).epsilon(1e-7));
+  CHECK(oracle[32] == doctest::Approx(5.24846161e-4).epsilon(1e-7));
+  CHECK(oracle[63] == doctest::Approx(3.06892599e-7).epsilon(1e-7));
+}
+
 TEST_CASE("rope frequencies and rotations match the spec's worked numbers") {
   RopeConfig llama3_0{128, 500000.0, std::nullopt};
   RopeConfig llama3_1{128, 500000.0, Llama3RopeScaling{8.0, 1.0, 4.0, 8192}};
@@ -181,12 +207,16 @@ TEST_CASE("rope preserves relative positions and matches the reference on any la
     const Tensor x = random_tensor({2, 5, 3, 16}, dtype, gen);
     const Tensor shared_positions = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 7, 100}, {5});
     const Tensor batch_positions = ops::cast(randint(0, 5000, {2, 5}, gen), DType::i32);
-    for (const Tensor& positions : {shared_positions, batch_positions}) {
-      CHECK_CLOSE(ops::rope(x, positions, config), ops::reference::rope(x, positions, config), loose(dtype, 1));
+    for (const auto& [positions, largest] : {std::pair{shared_positions, 100.0}, std::pair{batch_positions, 5000.0}}) {
+      // Both tables are f32 (as in the references) but rounded differently (the oracle's once from
+      // f64), so an angle may differ by p times an ulp of its frequency (< 1.2e-7 of a frequency
+      // below 1); |x| < 1.
+      testing::Tolerance tolerance = loose(dtype, 1);
+      tolerance.atol += largest * 1.2e-7;
+      CHECK_CLOSE(ops::rope(x, positions, config), ops::reference::rope(x, positions, config), tolerance);
       // A [B, H, T, D] tensor viewed as [B, T, H, D] (the usual transposed activation layout).
       const Tensor bhtd = ops::contiguous(x.transpose(1, 2));
-      CHECK_CLOSE(ops::rope(bhtd.transpose(1, 2), positions, config), ops::reference::rope(x, positions, config),
-                  loose(dtype, 1));
+      CHECK_CLOSE(ops::rope(bhtd.transpose(1, 2), positions, config), ops::reference::rope(x, positions, config), tolerance);
     }
     // The backward is the inverse rotation: it undoes the forward.
     const Tensor restored = ops::rope_backward(ops::rope(x, shared_positions, config), shared_positions, config);
