@@ -16,13 +16,17 @@ cmake --build "$build_dir" -j2
 # ctest so that the test summary stays the last line.
 tools/fuzz.sh
 
-# ctest prints the suites that did not run (the CUDA suite without a GPU) after its summary, so
-# the closing line is written here from ctest's own result: "N passed, N failed".
+# ctest prints the suites that did not run (the CUDA suite without a GPU, the `_assets` entries
+# without ../shared/assets) after its summary, so the closing line is written here from ctest's
+# own result: "N passed, N failed". Two suites at a time: the machine this is sized for has two
+# cores, and a suite and its ASan twin keep out of each other's files (tests/scratch_dir.h).
 ctest_log="$build_dir/ctest-last.log"
 set +e
-ctest --test-dir "$build_dir" --output-on-failure 2>&1 | tee "$ctest_log"
+ctest --test-dir "$build_dir" --output-on-failure -j2 2>&1 | tee "$ctest_log"
 ctest_status=${PIPESTATUS[0]}
 set -e
+# Why each skipped entry skipped (ctest shows a skipped test's output only in its own log).
+grep -h '^SKIPPED:' "$build_dir/Testing/Temporary/LastTest.log" 2>/dev/null | sort -u || true
 summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$ctest_log" | tail -n 1)
 if [[ -z "$summary" ]]; then
   echo "0 passed, 1 failed (ctest printed no summary; exit status $ctest_status)"

@@ -15,6 +15,9 @@
 
 namespace lamina::ops::cpu {
 
+constexpr double kInvSqrt2 = 0.70710678118654752440;    // 1 / sqrt(2), for gelu
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1 / sqrt(2 pi), gelu's derivative
+
 inline float exp_f32(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693359375f;

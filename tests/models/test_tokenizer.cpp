@@ -1,6 +1,6 @@
 // The Llama-3 tokenizer: BPE, added tokens, loading and its errors on tiny tokenizers built
 // in code; exact ids against the reference and round trips on the real tokenizer.json (those
-// cases skip visibly when ../shared/assets is absent).
+// cases are in the "assets" test suite, which ctest reports as skipped without ../shared/assets).
 #include <algorithm>
 #include <functional>
 #include <map>
@@ -323,36 +323,34 @@ TEST_CASE("stream decoder: never emits half a character; the pieces add up to th
   }
 }
 
-// ---- the real Llama-3 tokenizer (skips visibly without ../shared/assets)
+// ---- the real Llama-3 tokenizer (the "assets" suite)
 
-TEST_CASE("llama3 tokenizer: known encodings") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
-  CHECK(tokenizer->vocab_size() == 128256);
-  CHECK(tokenizer->added_tokens().size() == 256);
-  CHECK(tokenizer->encode("Hello world") == Ids{9906, 1917});
-  CHECK(tokenizer->encode(" Hello world") == Ids{22691, 1917});
-  CHECK(tokenizer->encode("This is a test sentence.") == Ids{2028, 374, 264, 1296, 11914, 13});
-  Ids with_bos_eos = tokenizer->encode("This is a test sentence.", {.add_bos = true});
-  with_bos_eos.push_back(tokenizer->require_added_token("<|end_of_text|>"));
+TEST_CASE("llama3 tokenizer: known encodings" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
+  CHECK(tokenizer.vocab_size() == 128256);
+  CHECK(tokenizer.added_tokens().size() == 256);
+  CHECK(tokenizer.encode("Hello world") == Ids{9906, 1917});
+  CHECK(tokenizer.encode(" Hello world") == Ids{22691, 1917});
+  CHECK(tokenizer.encode("This is a test sentence.") == Ids{2028, 374, 264, 1296, 11914, 13});
+  Ids with_bos_eos = tokenizer.encode("This is a test sentence.", {.add_bos = true});
+  with_bos_eos.push_back(tokenizer.require_added_token("<|end_of_text|>"));
   CHECK(with_bos_eos == Ids{128000, 2028, 374, 264, 1296, 11914, 13, 128001});
-  CHECK(tokenizer->encode("user") == Ids{882});
-  CHECK(tokenizer->encode("system") == Ids{9125});
-  CHECK(tokenizer->encode("assistant") == Ids{78191});
-  CHECK(tokenizer->encode("\n\n") == Ids{271});
-  CHECK(tokenizer->encode(" Vi\u1ec7t") == Ids{101798});  // whole-word lookup; merges alone give 3 tokens
+  CHECK(tokenizer.encode("user") == Ids{882});
+  CHECK(tokenizer.encode("system") == Ids{9125});
+  CHECK(tokenizer.encode("assistant") == Ids{78191});
+  CHECK(tokenizer.encode("\n\n") == Ids{271});
+  CHECK(tokenizer.encode(" Vi\u1ec7t") == Ids{101798});  // whole-word lookup; merges alone give 3 tokens
   // Single bytes sit at ids 0..255 in the bytes-to-unicode order.
-  CHECK(tokenizer->encode("!") == Ids{0});
-  CHECK(tokenizer->encode("\n") == Ids{198});
-  CHECK(tokenizer->encode(" ") == Ids{220});
-  CHECK(tokenizer->bos_id() == 128000);
-  CHECK(tokenizer->added_token_id("<|eot_id|>") == 128009);
-  CHECK(tokenizer->added_token_id("<|start_header_id|>") == 128006);
+  CHECK(tokenizer.encode("!") == Ids{0});
+  CHECK(tokenizer.encode("\n") == Ids{198});
+  CHECK(tokenizer.encode(" ") == Ids{220});
+  CHECK(tokenizer.bos_id() == 128000);
+  CHECK(tokenizer.added_token_id("<|eot_id|>") == 128009);
+  CHECK(tokenizer.added_token_id("<|start_header_id|>") == 128006);
 }
 
-TEST_CASE("llama3 tokenizer: the ids of HF tokenizers on a varied corpus") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: the ids of HF tokenizers on a varied corpus" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   struct Golden {
     std::string text;
     Ids ids;
@@ -406,35 +404,33 @@ TEST_CASE("llama3 tokenizer: the ids of HF tokenizers on a varied corpus") {
   };
   for (const Golden& golden : goldens) {
     INFO("text: " << golden.text);
-    CHECK(tokenizer->encode(golden.text, {.parse_special = true}) == golden.ids);
-    CHECK(tokenizer->decode(golden.ids) == golden.text);
+    CHECK(tokenizer.encode(golden.text, {.parse_special = true}) == golden.ids);
+    CHECK(tokenizer.decode(golden.ids) == golden.text);
   }
   // Without parse_special, special-token text is ordinary text.
-  CHECK(tokenizer->encode("Hello<|eot_id|>x") == Ids{9906, 27, 91, 68, 354, 851, 91, 29, 87});
+  CHECK(tokenizer.encode("Hello<|eot_id|>x") == Ids{9906, 27, 91, 68, 354, 851, 91, 29, 87});
 }
 
-TEST_CASE("llama3 tokenizer: decode(encode(s)) == s on the corpus, random strings and random bytes") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: decode(encode(s)) == s on the corpus, random strings and random bytes" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   for (const std::string& text : round_trip_corpus()) {
     INFO("text bytes: " << byte_level_encode(text.substr(0, 200)));
-    CHECK(tokenizer->decode(tokenizer->encode(text)) == text);
-    CHECK(tokenizer->decode(tokenizer->encode(text, {.add_bos = false, .parse_special = true})) == text);
+    CHECK(tokenizer.decode(tokenizer.encode(text)) == text);
+    CHECK(tokenizer.decode(tokenizer.encode(text, {.add_bos = false, .parse_special = true})) == text);
   }
   std::mt19937 rng(3);
   for (int i = 0; i < 3000; ++i) {
     const std::string bytes = random_bytes(rng, 80);
-    const Ids ids = tokenizer->encode(bytes, {.parse_special = true});
+    const Ids ids = tokenizer.encode(bytes, {.parse_special = true});
     INFO("bytes: " << byte_level_encode(bytes));
-    CHECK(tokenizer->decode(ids) == bytes);
+    CHECK(tokenizer.decode(ids) == bytes);
   }
 }
 
-TEST_CASE("llama3 tokenizer: the heap-based merge equals BPE by definition") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: the heap-based merge equals BPE by definition" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   // The ranks, read from the file independently of the tokenizer's loader.
-  const json::Value root = json::parse_file(testing::llama3_tokenizer_dir() + "/tokenizer.json");
+  const json::Value root = json::parse_file((testing::assets_dir("llama3-tokenizer") / "tokenizer.json").string());
   std::map<std::pair<int32_t, int32_t>, std::pair<int32_t, int32_t>> ranks;  // pair -> (rank, merged id)
   std::unordered_map<std::string, int32_t> vocab;  // json::Value::find is a linear search
   for (const auto& [text, id] : root.at("model").at("vocab").as_object()) vocab.emplace(text, int32_t(id.as_int64()));
@@ -460,11 +456,11 @@ TEST_CASE("llama3 tokenizer: the heap-based merge equals BPE by definition") {
   int compared = 0;
   const auto check_word = [&](const std::string& word) {
     Ids symbols;
-    for (const char b : word) symbols.push_back(tokenizer->encode(std::string(1, b))[0]);
+    for (const char b : word) symbols.push_back(tokenizer.encode(std::string(1, b))[0]);
     const Ids expected = vocab.count(byte_level_encode(word)) ? Ids{id_of(byte_level_encode(word))}
                                                               : testing::reference_merge(symbols, rank_of);
     INFO("word: " << byte_level_encode(word));
-    CHECK(tokenizer->encode(word) == expected);
+    CHECK(tokenizer.encode(word) == expected);
     ++compared;
   };
   // Words as the pre-tokenizer makes them, from random mixed text and random bytes.
@@ -484,25 +480,23 @@ TEST_CASE("llama3 tokenizer: the heap-based merge equals BPE by definition") {
   CHECK(compared > 1000);
 }
 
-TEST_CASE("llama3 tokenizer: the word cache never changes results") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: the word cache never changes results" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   const std::string text = "Rare wordz like xqzv and flibbertigibbet, repeated: xqzv flibbertigibbet xqzv.";
-  tokenizer->clear_cache();
-  const Ids cold = tokenizer->encode(text);
-  CHECK(tokenizer->cache_size() > 0);
-  const Ids warm = tokenizer->encode(text);
+  tokenizer.clear_cache();
+  const Ids cold = tokenizer.encode(text);
+  CHECK(tokenizer.cache_size() > 0);
+  const Ids warm = tokenizer.encode(text);
   CHECK(cold == warm);
-  CHECK(tokenizer->decode(warm) == text);
+  CHECK(tokenizer.decode(warm) == text);
 }
 
-TEST_CASE("llama3 tokenizer: streaming decode of real tokens") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: streaming decode of real tokens" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   const std::string text = "Emoji \U0001f468\u200d\U0001f469\u200d\U0001f467 and \u4e2d\u6587 and \u1781\u17d2\u1798\u17c2\u179a.";
-  Ids ids = tokenizer->encode(text);
+  Ids ids = tokenizer.encode(text);
   ids.push_back(128009);
-  StreamDecoder stream(*tokenizer);
+  StreamDecoder stream(tokenizer);
   std::string streamed;
   bool held_back = false;
   for (const int32_t id : ids) {
@@ -516,19 +510,18 @@ TEST_CASE("llama3 tokenizer: streaming decode of real tokens") {
   CHECK(streamed == text);
 }
 
-TEST_CASE("llama3 tokenizer: concurrent encoders share the word cache safely") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: concurrent encoders share the word cache safely" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   std::vector<Ids> expected;
-  for (const std::string& text : round_trip_corpus()) expected.push_back(tokenizer->encode(text));
-  tokenizer->clear_cache();
+  for (const std::string& text : round_trip_corpus()) expected.push_back(tokenizer.encode(text));
+  tokenizer.clear_cache();
   std::vector<int> mismatches(4, 0);
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int round = 0; round < 5; ++round) {
         for (size_t i = 0; i < expected.size(); ++i) {
-          if (tokenizer->encode(round_trip_corpus()[i]) != expected[i]) ++mismatches[size_t(t)];
+          if (tokenizer.encode(round_trip_corpus()[i]) != expected[i]) ++mismatches[size_t(t)];
         }
       }
     });

@@ -2,7 +2,8 @@
 // two-byte table against the heap merge loop, the vocabulary's Bloom filter against a plain
 // map, the trie's prefix tokens against vocabulary lookups, the remembered compatibility of
 // small pairs against merging, and the word cache's policy. On random vocabularies and on the
-// real Llama-3 tokenizer (those cases skip visibly when ../shared/assets is absent).
+// real Llama-3 tokenizer (those cases are in the "assets" test suite, which ctest reports as
+// skipped without ../shared/assets).
 #include <random>
 #include <unordered_map>
 
@@ -105,14 +106,13 @@ TEST_CASE("short words: the short-word merge equals the merge loop, on random vo
   CHECK(compared == 6000);
 }
 
-TEST_CASE("llama3 tokenizer: the short-word merge equals the merge loop") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: the short-word merge equals the merge loop" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   std::mt19937 rng(43);
   int compared = 0;
   const auto compare = [&](std::string_view word) {
     INFO("word " << byte_level_encode(word));
-    CHECK(merged_short(tokenizer->bpe(), word) == merged(tokenizer->bpe(), word));
+    CHECK(merged_short(tokenizer.bpe(), word) == merged(tokenizer.bpe(), word));
     ++compared;
   };
   for (const std::string& text : varied_texts(rng)) {
@@ -126,6 +126,33 @@ TEST_CASE("llama3 tokenizer: the short-word merge equals the merge loop") {
   CHECK(compared > 5000);
 }
 
+namespace {
+
+// Every word of two bytes through the flat table, against what the vocabulary and the merges
+// say: the whole-word token when ignore_merges finds one, else the merge loop. Returns how many
+// came out as one token.
+int check_two_byte_words(const BpeModel& bpe, bool ignore_merges) {
+  int whole = 0;
+  for (int pair = 0; pair < 65536; ++pair) {
+    const std::string word{char(pair >> 8), char(pair & 0xFF)};
+    Ids expected;
+    const int32_t token = bpe.find(word);
+    if (ignore_merges && token >= 0) {
+      expected = {token};
+    } else {
+      bpe.merge_word(word, expected);
+    }
+    Ids ids;
+    bpe.encode_two_bytes(word, ids);
+    INFO("word " << byte_level_encode(word) << ", ignore_merges " << ignore_merges);
+    CHECK(ids == expected);
+    whole += ids.size() == 1;
+  }
+  return whole;
+}
+
+}  // namespace
+
 TEST_CASE("tokenizer: words of two bytes come from the flat table as the vocabulary and merges say") {
   // "zz" is a token that no merge makes: a whole word with ignore_merges, two bytes without.
   testing::TinyTokenizerSpec spec;
@@ -133,62 +160,57 @@ TEST_CASE("tokenizer: words of two bytes come from the flat table as the vocabul
   for (const bool ignore_merges : {true, false}) {
     spec.ignore_merges = ignore_merges;
     const Tokenizer tiny = testing::tiny_tokenizer(spec);
-    std::vector<const Tokenizer*> tokenizers = {&tiny};
-    if (ignore_merges && testing::llama3_tokenizer() != nullptr) tokenizers.push_back(testing::llama3_tokenizer());
-    for (const Tokenizer* tokenizer : tokenizers) {
-      const BpeModel& bpe = tokenizer->bpe();
-      int whole = 0;
-      for (int pair = 0; pair < 65536; ++pair) {
-        const std::string word{char(pair >> 8), char(pair & 0xFF)};
-        Ids expected;
-        const int32_t token = bpe.find(word);
-        if (ignore_merges && token >= 0) {
-          expected = {token};
-        } else {
-          bpe.merge_word(word, expected);
-        }
-        Ids ids;
-        bpe.encode_two_bytes(word, ids);
-        INFO("word " << byte_level_encode(word) << ", ignore_merges " << ignore_merges);
-        CHECK(ids == expected);
-        whole += ids.size() == 1;
-      }
-      CHECK(whole > 0);
-    }
+    CHECK(check_two_byte_words(tiny.bpe(), ignore_merges) > 0);
     Ids ids;
     tiny.bpe().encode_two_bytes("zz", ids);
     CHECK(ids == (ignore_merges ? Ids{270} : Ids{'z', 'z'}));
   }
 }
 
-TEST_CASE("tokenizer: the vocabulary finds every token and nothing else, past its Bloom filter") {
-  std::vector<const Tokenizer*> tokenizers;
-  const Tokenizer tiny = testing::tiny_tokenizer();
-  tokenizers.push_back(&tiny);
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) tokenizers.push_back(llama3);
-  std::mt19937 rng(47);
-  for (const Tokenizer* tokenizer : tokenizers) {
-    const VocabIndex& vocab = tokenizer->bpe().vocab();
-    std::unordered_map<std::string, int32_t> all;
-    for (int32_t id = 0; id < vocab.id_end(); ++id) {
-      if (!vocab.contains(id)) continue;
-      all.emplace(vocab.bytes(id), id);
-      CHECK(vocab.find(vocab.bytes(id)) == id);
-    }
-    int absent = 0;
-    for (int i = 0; i < 200000; ++i) {  // strings near tokens: a token with a byte changed, added or cut
-      std::string text(vocab.bytes(int32_t(rng() % uint32_t(vocab.id_end()))));
-      if (text.empty()) continue;
-      const int edit = int(rng() % 3);
-      if (edit == 0) text[rng() % text.size()] = char(rng());
-      if (edit == 1) text.insert(text.begin() + std::ptrdiff_t(rng() % (text.size() + 1)), char(rng()));
-      if (edit == 2) text.erase(text.begin() + std::ptrdiff_t(rng() % text.size()));
-      const auto it = all.find(text);
-      CHECK(vocab.find(text) == (it == all.end() ? -1 : it->second));
-      absent += it == all.end();
-    }
-    CHECK(absent > 1000);
+TEST_CASE("llama3 tokenizer: words of two bytes come from the flat table as the vocabulary and merges say" *
+          doctest::test_suite("assets")) {
+  const BpeModel& bpe = testing::llama3_tokenizer().bpe();
+  REQUIRE(bpe.ignore_merges());  // as the asset's tokenizer.json says
+  CHECK(check_two_byte_words(bpe, true) > 0);
+}
+
+namespace {
+
+// The vocabulary finds each of its tokens, and a string near a token only when it is one too.
+void check_vocabulary_lookups(const VocabIndex& vocab, std::mt19937& rng) {
+  std::unordered_map<std::string, int32_t> all;
+  for (int32_t id = 0; id < vocab.id_end(); ++id) {
+    if (!vocab.contains(id)) continue;
+    all.emplace(vocab.bytes(id), id);
+    CHECK(vocab.find(vocab.bytes(id)) == id);
   }
+  int absent = 0;
+  for (int i = 0; i < 200000; ++i) {  // strings near tokens: a token with a byte changed, added or cut
+    std::string text(vocab.bytes(int32_t(rng() % uint32_t(vocab.id_end()))));
+    if (text.empty()) continue;
+    const int edit = int(rng() % 3);
+    if (edit == 0) text[rng() % text.size()] = char(rng());
+    if (edit == 1) text.insert(text.begin() + std::ptrdiff_t(rng() % (text.size() + 1)), char(rng()));
+    if (edit == 2) text.erase(text.begin() + std::ptrdiff_t(rng() % text.size()));
+    const auto it = all.find(text);
+    CHECK(vocab.find(text) == (it == all.end() ? -1 : it->second));
+    absent += it == all.end();
+  }
+  CHECK(absent > 1000);
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: the vocabulary finds every token and nothing else, past its Bloom filter") {
+  const Tokenizer tiny = testing::tiny_tokenizer();
+  std::mt19937 rng(47);
+  check_vocabulary_lookups(tiny.bpe().vocab(), rng);
+}
+
+TEST_CASE("llama3 tokenizer: the vocabulary finds every token and nothing else, past its Bloom filter" *
+          doctest::test_suite("assets")) {
+  std::mt19937 rng(47);
+  check_vocabulary_lookups(testing::llama3_tokenizer().bpe().vocab(), rng);
 }
 
 TEST_CASE("long words: the trie's prefix tokens are the valid tokens that begin the text") {
@@ -206,48 +228,65 @@ TEST_CASE("long words: the trie's prefix tokens are the valid tokens that begin 
       ++compared;
     }
   }
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) {  // nodes with up to 256 children
-    const BpeTables& tables = llama3->bpe().tables();
-    for (const std::string& text : varied_texts(rng)) {
-      for (size_t offset = 0; offset < text.size(); offset += 1 + rng() % 5) {
-        const std::string_view rest = std::string_view(text).substr(offset, tables.max_token_length());
-        INFO("text " << byte_level_encode(rest.substr(0, 40)));
-        CHECK(prefix_tokens_by_trie(tables, rest) == prefix_tokens_by_lookup(llama3->bpe(), tables, rest));
-        ++compared;
-      }
-    }
-  }
-  CHECK(compared >= 1500);
+  CHECK(compared == 1500);
 }
 
+TEST_CASE("llama3 tokenizer: the trie's prefix tokens are the valid tokens that begin the text" *
+          doctest::test_suite("assets")) {
+  const BpeModel& bpe = testing::llama3_tokenizer().bpe();  // nodes with up to 256 children
+  const BpeTables& tables = bpe.tables();
+  std::mt19937 rng(53);
+  int compared = 0;
+  for (const std::string& text : varied_texts(rng)) {
+    for (size_t offset = 0; offset < text.size(); offset += 1 + rng() % 5) {
+      const std::string_view rest = std::string_view(text).substr(offset, tables.max_token_length());
+      INFO("text " << byte_level_encode(rest.substr(0, 40)));
+      CHECK(prefix_tokens_by_trie(tables, rest) == prefix_tokens_by_lookup(bpe, tables, rest));
+      ++compared;
+    }
+  }
+  CHECK(compared > 10000);
+}
+
+namespace {
+
+// tables.compatible() against merging, on random pairs of valid tokens of one or two bytes,
+// asked twice: decided, then remembered. `alphabet`, when not empty, keeps only tokens made of
+// its bytes (a random vocabulary's other bytes never merge).
+void check_remembered_compatibility(const BpeTables& tables, int32_t id_end, std::string_view alphabet, std::mt19937& rng) {
+  std::vector<int32_t> small;
+  for (int32_t id = 0; id < id_end; ++id) {
+    const bool in_alphabet = alphabet.empty() || tables.bytes(id).find_first_not_of(alphabet) == std::string_view::npos;
+    if (tables.valid(id) && tables.length(id) <= 2 && in_alphabet) small.push_back(id);
+  }
+  REQUIRE(small.size() > 4);
+  int compatible = 0, checked = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const int32_t left = small[rng() % small.size()], right = small[rng() % small.size()];
+    const bool expected = tables.compatible_by_merging(left, right);
+    INFO(byte_level_encode(tables.bytes(left)) << " | " << byte_level_encode(tables.bytes(right)));
+    CHECK(tables.compatible(left, right) == expected);  // decided, then remembered
+    CHECK(tables.compatible(left, right) == expected);  // remembered
+    compatible += expected;
+    ++checked;
+  }
+  CHECK(compatible > 1000);
+  CHECK(checked - compatible > 1000);
+}
+
+}  // namespace
+
 TEST_CASE("long words: compatibility remembered for pairs of small tokens equals merging them") {
-  std::vector<const Tokenizer*> tokenizers;
   std::mt19937 rng(59);
   const Tokenizer tiny = testing::tiny_tokenizer(random_vocabulary(rng, "abc", 300));
-  tokenizers.push_back(&tiny);
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) tokenizers.push_back(llama3);
-  for (const Tokenizer* tokenizer : tokenizers) {
-    const BpeTables& tables = tokenizer->bpe().tables();
-    // Valid tokens of one or two bytes (of the tiny vocabulary's alphabet: other bytes never merge).
-    std::vector<int32_t> small;
-    for (int32_t id = 0; id < tokenizer->bpe().vocab().id_end(); ++id) {
-      const bool in_alphabet = tokenizer != &tiny || tables.bytes(id).find_first_not_of("abc") == std::string_view::npos;
-      if (tables.valid(id) && tables.length(id) <= 2 && in_alphabet) small.push_back(id);
-    }
-    REQUIRE(small.size() > 4);
-    int compatible = 0, checked = 0;
-    for (int i = 0; i < 20000; ++i) {
-      const int32_t left = small[rng() % small.size()], right = small[rng() % small.size()];
-      const bool expected = tables.compatible_by_merging(left, right);
-      INFO(byte_level_encode(tables.bytes(left)) << " | " << byte_level_encode(tables.bytes(right)));
-      CHECK(tables.compatible(left, right) == expected);  // decided, then remembered
-      CHECK(tables.compatible(left, right) == expected);  // remembered
-      compatible += expected;
-      ++checked;
-    }
-    CHECK(compatible > 1000);
-    CHECK(checked - compatible > 1000);
-  }
+  check_remembered_compatibility(tiny.bpe().tables(), tiny.bpe().vocab().id_end(), "abc", rng);
+}
+
+TEST_CASE("llama3 tokenizer: compatibility remembered for pairs of small tokens equals merging them" *
+          doctest::test_suite("assets")) {
+  std::mt19937 rng(59);
+  const BpeModel& bpe = testing::llama3_tokenizer().bpe();
+  check_remembered_compatibility(bpe.tables(), bpe.vocab().id_end(), {}, rng);
 }
 
 TEST_CASE("word cache policy: off while lookups miss, on again when the sampled words hit") {

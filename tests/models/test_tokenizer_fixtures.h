@@ -1,5 +1,5 @@
-// Tokenizers for the tests: the real Llama-3 one from the shared assets (loaded once; null
-// with a visible skip message when the assets are absent), and the tiny synthetic ones of
+// Tokenizers for the tests: the real Llama-3 one from the shared assets (loaded once; only for
+// cases of the "assets" suite, see testing::assets_dir), and the tiny synthetic ones of
 // test_tokenizer_tiny.h.
 #pragma once
 
@@ -13,14 +13,10 @@
 
 namespace lamina::testing {
 
-inline const tokenizer::Tokenizer* llama3_tokenizer() {
-  const std::filesystem::path dir = assets_dir("llama3-tokenizer");
-  if (dir.empty()) return nullptr;
+inline const tokenizer::Tokenizer& llama3_tokenizer() {
   static const std::unique_ptr<tokenizer::Tokenizer> loaded =
-      std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load((dir / "tokenizer.json").string()));
-  return loaded.get();
+      std::make_unique<tokenizer::Tokenizer>(tokenizer::Tokenizer::load((assets_dir("llama3-tokenizer") / "tokenizer.json").string()));
+  return *loaded;
 }
-
-inline std::string llama3_tokenizer_dir() { return (std::filesystem::path(LAMINA_ASSETS_DIR) / "llama3-tokenizer").string(); }
 
 }  // namespace lamina::testing

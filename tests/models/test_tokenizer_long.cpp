@@ -1,7 +1,8 @@
 // Long words: the linear-time encoder of long_word.h and its tables (bpe_tables.h) against the
 // merge loop (merge_bytes, the reference BPE), on random vocabularies built to hold every trap
 // the theory must survive, on the byte-level tokenizer of builder.h and on the real Llama-3
-// tokenizer (those cases skip visibly when ../shared/assets is absent).
+// tokenizer (those cases are in the "assets" test suite, which ctest reports as skipped without
+// ../shared/assets).
 #include <algorithm>
 #include <random>
 #include <set>
@@ -147,15 +148,14 @@ TEST_CASE("long words: the encoder equals the merge loop with the byte-level tok
   }
 }
 
-TEST_CASE("llama3 tokenizer: compatible() equals merging the two tokens") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
-  const BpeTables& tables = tokenizer->bpe().tables();
+TEST_CASE("llama3 tokenizer: compatible() equals merging the two tokens" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
+  const BpeTables& tables = tokenizer.bpe().tables();
   std::vector<int32_t> valid, runs;  // runs: tokens made of one repeated byte, where long words live
   int invalid = 0;
-  for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
     if (!tables.valid(id)) {
-      invalid += tokenizer->contains(id) && !tokenizer->is_special(id);
+      invalid += tokenizer.contains(id) && !tokenizer.is_special(id);
       continue;
     }
     valid.push_back(id);
@@ -191,14 +191,13 @@ TEST_CASE("llama3 tokenizer: compatible() equals merging the two tokens") {
   CHECK(checked - compatible > 10000);
 }
 
-TEST_CASE("llama3 tokenizer: the long-word encoder equals the merge loop on adversarial words") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
-  const BpeTables& tables = tokenizer->bpe().tables();
+TEST_CASE("llama3 tokenizer: the long-word encoder equals the merge loop on adversarial words" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
+  const BpeTables& tables = tokenizer.bpe().tables();
   std::mt19937 rng(29);
   int compared = 0;
   for (const std::string& word : adversarial_words(rng)) {
-    const Ids expected = merged(tokenizer->bpe(), word);
+    const Ids expected = merged(tokenizer.bpe(), word);
     INFO("word " << byte_level_encode(word.substr(0, 80)) << " (" << word.size() << " bytes)");
     Ids whole;
     encode_long_word(tables, word, whole);
@@ -209,58 +208,73 @@ TEST_CASE("llama3 tokenizer: the long-word encoder equals the merge loop on adve
   CHECK(compared == 400);
 }
 
-TEST_CASE("long words: the encoder's state stays bounded however long the word") {
-  const Tokenizer small = byte_level_tokenizer({{"a", "a"}, {"aa", "a"}, {"aa", "aa"}, {"a", "b"}, {"ab", "ab"}});
-  std::vector<const Tokenizer*> tokenizers = {&small};
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) tokenizers.push_back(llama3);
-  for (const Tokenizer* tokenizer : tokenizers) {
-    const BpeTables& tables = tokenizer->bpe().tables();
-    for (const std::string unit : {"a", " ", "!", "ab", "\u4e2d"}) {
-      std::string piece;
-      while (piece.size() < 4096) piece += unit;
-      piece.resize(4096 - 4096 % unit.size());
-      LongWordEncoder encoder(tables, {.certify_bytes = 16384});
-      Ids ids;
-      size_t most_held = 0, fed = 0;
-      for (int i = 0; i < 256; ++i) {  // 1 MiB
-        encoder.append(piece, ids);
-        fed += piece.size();
-        most_held = std::max(most_held, encoder.held_bytes());
-      }
-      encoder.finish(ids);
-      INFO("unit " << byte_level_encode(unit) << ", vocabulary of " << tokenizer->vocab_size());
-      CHECK(most_held < 65536);
-      std::string decoded;
-      for (const int32_t id : ids) decoded += tokenizer->token_bytes(id);
-      CHECK(decoded.size() == fed);
-      CHECK(decoded.substr(0, piece.size()) == piece);
-      // Away from the ends the result repeats what the merge loop does on a shorter run.
-      const Ids reference = merged(tokenizer->bpe(), piece + piece);
-      CHECK(std::equal(reference.begin(), reference.begin() + std::ptrdiff_t(reference.size() / 4), ids.begin()));
+namespace {
+
+// 1 MiB runs of one unit fed to a LongWordEncoder: it holds a bounded number of bytes, its ids
+// spell the run, and away from the ends they repeat what the merge loop does on a shorter run.
+void check_bounded_state(const Tokenizer& tokenizer) {
+  const BpeTables& tables = tokenizer.bpe().tables();
+  for (const std::string unit : {"a", " ", "!", "ab", "\u4e2d"}) {
+    std::string piece;
+    while (piece.size() < 4096) piece += unit;
+    piece.resize(4096 - 4096 % unit.size());
+    LongWordEncoder encoder(tables, {.certify_bytes = 16384});
+    Ids ids;
+    size_t most_held = 0, fed = 0;
+    for (int i = 0; i < 256; ++i) {  // 1 MiB
+      encoder.append(piece, ids);
+      fed += piece.size();
+      most_held = std::max(most_held, encoder.held_bytes());
     }
+    encoder.finish(ids);
+    INFO("unit " << byte_level_encode(unit) << ", vocabulary of " << tokenizer.vocab_size());
+    CHECK(most_held < 65536);
+    std::string decoded;
+    for (const int32_t id : ids) decoded += tokenizer.token_bytes(id);
+    CHECK(decoded.size() == fed);
+    CHECK(decoded.substr(0, piece.size()) == piece);
+    const Ids reference = merged(tokenizer.bpe(), piece + piece);
+    CHECK(std::equal(reference.begin(), reference.begin() + std::ptrdiff_t(reference.size() / 4), ids.begin()));
   }
 }
 
-TEST_CASE("tokenizer: texts with long words encode as word-by-word merging does, through a vector or a sink") {
-  const Tokenizer small = byte_level_tokenizer({{"a", "a"}, {"aa", "aa"}, {" ", " "}, {"!", "!"}, {" ", "!"}});
-  std::vector<const Tokenizer*> tokenizers = {&small};
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) tokenizers.push_back(llama3);
+}  // namespace
+
+TEST_CASE("long words: the encoder's state stays bounded however long the word") {
+  check_bounded_state(byte_level_tokenizer({{"a", "a"}, {"aa", "a"}, {"aa", "aa"}, {"a", "b"}, {"ab", "ab"}}));
+}
+
+TEST_CASE("llama3 tokenizer: the long-word encoder's state stays bounded however long the word" *
+          doctest::test_suite("assets")) {
+  check_bounded_state(testing::llama3_tokenizer());
+}
+
+namespace {
+
+// A text of long words encodes as merging it word by word does, into a vector or, in one batch,
+// into a sink.
+void check_long_word_text(const Tokenizer& tokenizer) {
   const std::string text = std::string(3000, 'a') + " hello" + std::string(5000, ' ') + "x " + std::string(700, '!') +
                            "\n\n" + std::string(2000, '\xff') + std::string(900, '-') + "<|eot_id|>" + std::string(400, '=');
-  for (const Tokenizer* tokenizer : tokenizers) {
-    Ids expected;
-    for (const std::string_view word : split_words(text)) tokenizer->bpe().encode_word(word, expected);
-    CHECK(tokenizer->encode(text) == expected);
+  Ids expected;
+  for (const std::string_view word : split_words(text)) tokenizer.bpe().encode_word(word, expected);
+  CHECK(tokenizer.encode(text) == expected);
 
-    Ids sunk;
-    int batches = 0;
-    tokenizer->encode(text, {}, [&](std::span<const int32_t> ids) {
-      sunk.insert(sunk.end(), ids.begin(), ids.end());
-      ++batches;
-    });
-    CHECK(sunk == expected);
-    CHECK(batches == 1);
-  }
+  Ids sunk;
+  int batches = 0;
+  tokenizer.encode(text, {}, [&](std::span<const int32_t> ids) {
+    sunk.insert(sunk.end(), ids.begin(), ids.end());
+    ++batches;
+  });
+  CHECK(sunk == expected);
+  CHECK(batches == 1);
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: texts with long words encode as word-by-word merging does, through a vector or a sink") {
+  const Tokenizer small = byte_level_tokenizer({{"a", "a"}, {"aa", "aa"}, {" ", " "}, {"!", "!"}, {" ", "!"}});
+  check_long_word_text(small);
   // A large text reaches the sink in several batches, the same ids in the same order.
   const Tokenizer& tokenizer = small;
   std::mt19937 rng(3);
@@ -274,4 +288,9 @@ TEST_CASE("tokenizer: texts with long words encode as word-by-word merging does,
   });
   CHECK(sunk == tokenizer.encode(large, {.add_bos = true}));
   CHECK(batches > 3);
+}
+
+TEST_CASE("llama3 tokenizer: texts with long words encode as word-by-word merging does, through a vector or a sink" *
+          doctest::test_suite("assets")) {
+  check_long_word_text(testing::llama3_tokenizer());
 }

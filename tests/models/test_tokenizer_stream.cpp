@@ -1,6 +1,6 @@
 // Encoding a text given in pieces (encode_stream.h) against encoding it whole: the same ids for
 // any way of cutting it, with a bounded number of bytes held for long runs. The real Llama-3
-// cases skip visibly when ../shared/assets is absent.
+// cases are in the "assets" test suite, which ctest reports as skipped without ../shared/assets.
 #include <random>
 
 #include "helpers.h"
@@ -82,24 +82,33 @@ TEST_CASE("encode stream: the same ids as encoding the whole text, however it is
   CHECK(compared == 600);
 }
 
-TEST_CASE("encode stream: long runs are handed over as they come, holding few bytes") {
-  const Tokenizer small = merging_tokenizer();
-  std::vector<const Tokenizer*> tokenizers = {&small};
-  if (const Tokenizer* llama3 = testing::llama3_tokenizer()) tokenizers.push_back(llama3);
-  std::mt19937 rng(43);
-  for (const Tokenizer* tokenizer : tokenizers) {
-    // One long word each (and the text around it), 128 KiB.
-    for (const std::string unit : {"a", " ", "!", "\n", "ab", "\u4e2d", "-=", "\t", "\n!"}) {
-      std::string text = "Start: ";
-      while (text.size() < (size_t(1) << 17)) text += unit;
-      text += " end.";
-      size_t most_held = 0;
-      const Ids ids = streamed(*tokenizer, text, {}, {.chunk_bytes = 4096, .long_word_bytes = 8192}, rng, 3000, &most_held);
-      INFO("unit " << byte_level_encode(unit) << ", vocabulary of " << tokenizer->vocab_size());
-      CHECK(most_held < 16384);
-      CHECK(ids == tokenizer->encode(text));
-    }
+namespace {
+
+// Texts of one long word each (and the text around it), 128 KiB, streamed: few bytes held, the
+// ids of the whole text.
+void check_long_runs_streamed(const Tokenizer& tokenizer, std::mt19937& rng) {
+  for (const std::string unit : {"a", " ", "!", "\n", "ab", "\u4e2d", "-=", "\t", "\n!"}) {
+    std::string text = "Start: ";
+    while (text.size() < (size_t(1) << 17)) text += unit;
+    text += " end.";
+    size_t most_held = 0;
+    const Ids ids = streamed(tokenizer, text, {}, {.chunk_bytes = 4096, .long_word_bytes = 8192}, rng, 3000, &most_held);
+    INFO("unit " << byte_level_encode(unit) << ", vocabulary of " << tokenizer.vocab_size());
+    CHECK(most_held < 16384);
+    CHECK(ids == tokenizer.encode(text));
   }
+}
+
+}  // namespace
+
+TEST_CASE("encode stream: long runs are handed over as they come, holding few bytes") {
+  std::mt19937 rng(43);
+  check_long_runs_streamed(merging_tokenizer(), rng);
+}
+
+TEST_CASE("llama3 tokenizer: long runs are streamed as they come, holding few bytes" * doctest::test_suite("assets")) {
+  std::mt19937 rng(43);
+  check_long_runs_streamed(testing::llama3_tokenizer(), rng);
 }
 
 TEST_CASE("encode stream: whitespace that may still join the word before its newline is held, and encodes right") {
@@ -159,15 +168,14 @@ TEST_CASE("encode stream: a long run cut anywhere near its end, where a characte
   }
 }
 
-TEST_CASE("llama3 tokenizer: the encode stream gives the ids of the whole text") {
-  const Tokenizer* tokenizer = testing::llama3_tokenizer();
-  if (tokenizer == nullptr) return;
+TEST_CASE("llama3 tokenizer: the encode stream gives the ids of the whole text" * doctest::test_suite("assets")) {
+  const Tokenizer& tokenizer = testing::llama3_tokenizer();
   std::mt19937 rng(53);
   for (int i = 0; i < 60; ++i) {
     const std::string text = random_text(rng, 50 + rng() % 400);
     const EncodeOptions options{.add_bos = i % 2 == 0, .parse_special = i % 3 == 0};
     INFO("text: " << byte_level_encode(text));
-    CHECK(streamed(*tokenizer, text, options, {.chunk_bytes = 1 + rng() % 300, .long_word_bytes = 1 + rng() % 400}, rng,
-                   1 + rng() % 200) == tokenizer->encode(text, options));
+    CHECK(streamed(tokenizer, text, options, {.chunk_bytes = 1 + rng() % 300, .long_word_bytes = 1 + rng() % 400}, rng,
+                   1 + rng() % 200) == tokenizer.encode(text, options));
   }
 }

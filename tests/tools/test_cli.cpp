@@ -32,9 +32,8 @@ TEST_CASE("help, version and usage errors") {
   CHECK(bad_number.status == 2);
 }
 
-TEST_CASE("lamina generate reproduces the stories260k golden") {
+TEST_CASE("lamina generate reproduces the stories260k golden" * doctest::test_suite("assets")) {
   const fs::path dir = testing::assets_dir("stories260k");
-  if (dir.empty()) return;
   std::ifstream golden_file(dir / "greedy_from_bos.txt");
   std::string golden;
   std::getline(golden_file, golden);
@@ -94,9 +93,8 @@ fs::path tiny_instruct_model(const ScratchDir& dir, const fs::path& tokenizer_di
 
 }  // namespace
 
-TEST_CASE("text prompts, the chat format and streamed text output") {
+TEST_CASE("text prompts, the chat format and streamed text output" * doctest::test_suite("assets")) {
   const fs::path tokenizer_dir = testing::assets_dir("llama3-tokenizer");
-  if (tokenizer_dir.empty()) return;
   ScratchDir dir("cli-instruct");
   const std::string model = tiny_instruct_model(dir, tokenizer_dir).string();
   // Plain text: BOS + the text's ids ("Hello world" -> 9906 1917), then new tokens.
@@ -127,9 +125,8 @@ TEST_CASE("text prompts, the chat format and streamed text output") {
   CHECK(run_lamina("generate --model " + model + " --prompt-ids 1 --chat").status == 2);
 }
 
-TEST_CASE("lamina chat holds a conversation from stdin") {
+TEST_CASE("lamina chat holds a conversation from stdin" * doctest::test_suite("assets")) {
   const fs::path tokenizer_dir = testing::assets_dir("llama3-tokenizer");
-  if (tokenizer_dir.empty()) return;
   ScratchDir dir("cli-chat");
   const std::string model = tiny_instruct_model(dir, tokenizer_dir).string();
   const Run run = run_lamina("chat --model " + model + " --max-new-tokens 3",

@@ -153,9 +153,8 @@ TEST_CASE("lamina chat keeps the conversation within the context and survives ba
   CHECK(no_tokenizer.output.find("has no tokenizer.json; pass --tokenizer PATH") != std::string::npos);
 }
 
-TEST_CASE("stories260k: a prompt past its context of 512 is refused; a long one leaves room to the end") {
+TEST_CASE("stories260k: a prompt past its context of 512 is refused; a long one leaves room to the end" * doctest::test_suite("assets")) {
   const fs::path dir = testing::assets_dir("stories260k");
-  if (dir.empty()) return;
   Run run = run_lamina("generate --model " + dir.string() + " --prompt-ids \"" + counting_ids(513) + "\"");
   CHECK(run.status == 1);
   CHECK(run.output.find("the prompt has 513 tokens, more than the model's context of 512 tokens") != std::string::npos);

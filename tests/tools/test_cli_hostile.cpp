@@ -147,12 +147,8 @@ TEST_CASE("preference-loss: state files are named with the reason; an unwritable
   CHECK(json::parse_file(dir / "state.json").at("type").as_string() == "running_reward_baseline");
 }
 
-TEST_CASE("a usage error quoting input with a NUL byte shows it as \\x00, the message whole") {
-  const std::string tokenizer_folder = std::string(LAMINA_ASSETS_DIR) + "/llama3-tokenizer";
-  if (!std::filesystem::exists(tokenizer_folder)) {
-    MESSAGE("SKIPPED: ", tokenizer_folder, " is absent");
-    return;
-  }
+TEST_CASE("a usage error quoting input with a NUL byte shows it as \\x00, the message whole" * doctest::test_suite("assets")) {
+  const std::string tokenizer_folder = testing::assets_dir("llama3-tokenizer").string();
   const Run run = run_lamina("detokenize --tokenizer " + tokenizer_folder, {.input = std::string("1 2\0x 3", 7)});
   CAPTURE(run.output);
   CHECK(run.status == 2);

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "helpers.h"
+#include "scratch_dir.h"
 #include "models/tokenizer/builder.h"
 #include "train/data.h"
 #include "train/metrics.h"
@@ -183,7 +184,8 @@ TEST_CASE("DataLoader: an example longer than a row is an error rather than sile
 }
 
 TEST_CASE("read_jsonl reports progress in bytes, ending at the file's size") {
-  const fs::path path = fs::temp_directory_path() / "lamina-test-progress.jsonl";
+  const lamina::testing::ScratchDir scratch("progress-jsonl");  // its own folder: the ASan twin runs beside
+  const fs::path path = scratch.path / "lamina-test-progress.jsonl";
   std::string lines;
   for (int i = 0; i < 50; ++i) lines += R"({"text": "line )" + std::to_string(i) + "\"}\n";
   std::ofstream(path, std::ios::binary) << lines;
@@ -198,7 +200,8 @@ TEST_CASE("read_jsonl reports progress in bytes, ending at the file's size") {
 }
 
 TEST_CASE("token shards: ids outside the vocabulary and malformed headers are errors naming the place") {
-  const fs::path path = fs::temp_directory_path() / "lamina-test-vocab.bin";
+  const lamina::testing::ScratchDir scratch("vocab-bin");  // its own folder: the ASan twin runs beside
+  const fs::path path = scratch.path / "lamina-test-vocab.bin";
   train::write_token_shard(path.string(), {5, 7, 300, 2}, 2);
   CHECK(train::read_token_shard(path.string(), 8).size() == 1);
   CHECK_THROWS_WITH_AS(train::read_token_shard(path.string(), 8, 256),

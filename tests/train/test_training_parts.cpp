@@ -9,6 +9,7 @@
 #include <iterator>
 
 #include "helpers.h"
+#include "scratch_dir.h"
 #include "models/tokenizer/builder.h"
 #include "train/data.h"
 #include "train/loss_curve.h"
@@ -68,7 +69,8 @@ TEST_CASE("AdamW keeps f32 master weights for bf16 parameters") {
 
 TEST_CASE("JSONL readers: text, prompt/completion and chat, with line-numbered errors") {
   const tokenizer::Tokenizer tok = tokenizer::byte_level_tokenizer();
-  const fs::path path = fs::temp_directory_path() / "lamina-test-data.jsonl";
+  const lamina::testing::ScratchDir scratch("data-jsonl");  // its own folder: the ASan twin runs beside
+  const fs::path path = scratch.path / "lamina-test-data.jsonl";
   std::ofstream(path) << R"({"text": "ab"})" << "\n\n"
                       << R"({"prompt": "Q", "completion": "A"})" << "\n"
                       << R"({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})"
@@ -98,7 +100,8 @@ TEST_CASE("JSONL readers: text, prompt/completion and chat, with line-numbered e
 }
 
 TEST_CASE("token shards round trip and are cut into examples") {
-  const fs::path path = fs::temp_directory_path() / "lamina-test-tokens.bin";
+  const lamina::testing::ScratchDir scratch("tokens-bin");  // its own folder: the ASan twin runs beside
+  const fs::path path = scratch.path / "lamina-test-tokens.bin";
   std::vector<int32_t> tokens;
   for (int i = 0; i < 25; ++i) tokens.push_back(i * 1000);
   train::write_token_shard(path.string(), tokens, 4);
