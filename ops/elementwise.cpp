@@ -194,12 +194,12 @@ Tensor logical_not(const Tensor& x) {
   const Device device = check_device("logical_not", {{"x", &x}}, Backends::cpu_and_cuda);
   check_dtype("logical_not", "x", x, DType::boolean);
   Tensor out = Tensor::empty(x.shape(), DType::boolean, device);
-  LAMINA_DISPATCH(device, logical(cpu::LogicalOp::logical_not, out, x, x));
+  LAMINA_DISPATCH(device, logical(LogicalOp::logical_not, out, x, x));
   return out;
 }
 
 namespace {
-Tensor logical_binary(cpu::LogicalOp op, const char* name, const Tensor& a, const Tensor& b) {
+Tensor logical_binary(LogicalOp op, const char* name, const Tensor& a, const Tensor& b) {
   const Device device = check_device(name, {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
   check_dtype(name, "a", a, DType::boolean);
   check_dtype(name, "b", b, DType::boolean);
@@ -211,11 +211,11 @@ Tensor logical_binary(cpu::LogicalOp op, const char* name, const Tensor& a, cons
 }  // namespace
 
 Tensor logical_and(const Tensor& a, const Tensor& b) {
-  return logical_binary(cpu::LogicalOp::logical_and, "logical_and", a, b);
+  return logical_binary(LogicalOp::logical_and, "logical_and", a, b);
 }
 
 Tensor logical_or(const Tensor& a, const Tensor& b) {
-  return logical_binary(cpu::LogicalOp::logical_or, "logical_or", a, b);
+  return logical_binary(LogicalOp::logical_or, "logical_or", a, b);
 }
 
 Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {

@@ -32,7 +32,7 @@ Shape reduced_shape(const Tensor& x, const std::vector<bool>& reduce, bool keepd
   return shape;
 }
 
-Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const Shape& dims, bool keepdim,
+Tensor run_reduce(ReduceKind kind, const char* op, const Tensor& x, const Shape& dims, bool keepdim,
                   int64_t correction = 0) {
   const Device device = check_device(op, {{"x", &x}}, Backends::cpu_and_cuda);
   // Checked here so that the error names the op, not the shared kernel.
@@ -42,11 +42,11 @@ Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const S
   int64_t reduced_count = 1;
   for (int64_t d = 0; d < x.dim(); ++d)
     if (reduce[size_t(d)]) reduced_count *= x.size(d);
-  const bool needs_elements = kind == cpu::ReduceKind::max || kind == cpu::ReduceKind::min ||
-                              kind == cpu::ReduceKind::argmax;
+  const bool needs_elements = kind == ReduceKind::max || kind == ReduceKind::min ||
+                              kind == ReduceKind::argmax;
   LAMINA_CHECK(!needs_elements || reduced_count > 0, op, ": cannot reduce over zero elements (shape ", x.shape(),
                ", dims ", dims, ")");
-  const DType out_dtype = kind == cpu::ReduceKind::argmax ? DType::i64 : x.dtype();
+  const DType out_dtype = kind == ReduceKind::argmax ? DType::i64 : x.dtype();
   Tensor out = Tensor::empty(reduced_shape(x, reduce, keepdim), out_dtype, device);
   LAMINA_DISPATCH(device, reduce(kind, out, x, reduce, correction));
   return out;
@@ -55,39 +55,39 @@ Tensor run_reduce(cpu::ReduceKind kind, const char* op, const Tensor& x, const S
 }  // namespace
 
 Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
-  return run_reduce(cpu::ReduceKind::sum, "sum", x, dims, keepdim);
+  return run_reduce(ReduceKind::sum, "sum", x, dims, keepdim);
 }
 
 Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
   check_defined(x, "mean", "x");
   check_floating("mean", "x", x);
-  return run_reduce(cpu::ReduceKind::mean, "mean", x, dims, keepdim);
+  return run_reduce(ReduceKind::mean, "mean", x, dims, keepdim);
 }
 
 Tensor max(const Tensor& x, const Shape& dims, bool keepdim) {
-  return run_reduce(cpu::ReduceKind::max, "max", x, dims, keepdim);
+  return run_reduce(ReduceKind::max, "max", x, dims, keepdim);
 }
 
 Tensor min(const Tensor& x, const Shape& dims, bool keepdim) {
-  return run_reduce(cpu::ReduceKind::min, "min", x, dims, keepdim);
+  return run_reduce(ReduceKind::min, "min", x, dims, keepdim);
 }
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
   check_defined(x, "argmax", "x");
-  return run_reduce(cpu::ReduceKind::argmax, "argmax", x, {dim}, keepdim);
+  return run_reduce(ReduceKind::argmax, "argmax", x, {dim}, keepdim);
 }
 
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
   check_defined(x, "logsumexp", "x");
   check_floating("logsumexp", "x", x);
-  return run_reduce(cpu::ReduceKind::logsumexp, "logsumexp", x, dims, keepdim);
+  return run_reduce(ReduceKind::logsumexp, "logsumexp", x, dims, keepdim);
 }
 
 Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim) {
   check_defined(x, "var", "x");
   check_floating("var", "x", x);
   LAMINA_CHECK(correction >= 0, "var: correction must be non-negative, got ", correction);
-  return run_reduce(cpu::ReduceKind::var, "var", x, dims, keepdim, correction);
+  return run_reduce(ReduceKind::var, "var", x, dims, keepdim, correction);
 }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {

@@ -2,12 +2,12 @@
 // right shape and dtype, inputs broadcast (for elementwise kernels) and on the CPU.
 #pragma once
 
+#include "ops/common/kernel_kinds.h"
 #include "ops/ops.h"
 
 namespace lamina::ops::cpu {
 
-// elementwise.cpp
-enum class LogicalOp { logical_not, logical_and, logical_or };
+// unary.cpp, unary_backward.cpp, binary.cpp, select.cpp, copy.cpp
 void unary(UnaryOp op, const Tensor& out, const Tensor& x);
 void unary_backward(UnaryOp op, const Tensor& grad_in, const Tensor& grad_out, const Tensor& x, const Tensor& out);
 void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b);
@@ -34,7 +34,6 @@ void arange(const Tensor& out, int64_t start, int64_t step);
 namespace lamina::ops::cpu {
 
 // reduce.cpp: reduce_dim[d] marks the dims to reduce; out is contiguous over the kept dims.
-enum class ReduceKind { sum, mean, max, min, argmax, logsumexp, var };
 void reduce(ReduceKind kind, const Tensor& out, const Tensor& x, const std::vector<bool>& reduce_dim,
             int64_t correction = 0);
 

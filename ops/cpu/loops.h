@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdint>
 
+#include "ops/common/strided.h"
 #include "tensor/parallel.h"
 #include "tensor/shape.h"
 
@@ -26,36 +27,6 @@ inline constexpr int64_t kElementwiseGrain = 32768;
 // whole 512-bit registers and to hide the add latency, and a fixed number so that the
 // summation order (hence the result) is the same on every machine and thread count.
 inline constexpr int kLanes = 16;
-
-template <size_t N>
-struct Runs {
-  Shape shape;
-  std::array<Shape, N> strides;
-};
-
-// Drops size-1 dims and merges dims that every operand steps through contiguously.
-template <size_t N>
-Runs<N> coalesce(const Shape& shape, const std::array<Shape, N>& strides) {
-  Runs<N> runs;
-  for (size_t d = 0; d < shape.size(); ++d) {
-    if (shape[d] == 1) continue;
-    bool mergeable = !runs.shape.empty();
-    for (size_t k = 0; k < N && mergeable; ++k)
-      mergeable = runs.strides[k].back() == strides[k][d] * shape[d];
-    if (mergeable) {
-      runs.shape.back() *= shape[d];
-      for (size_t k = 0; k < N; ++k) runs.strides[k].back() = strides[k][d];
-    } else {
-      runs.shape.push_back(shape[d]);
-      for (size_t k = 0; k < N; ++k) runs.strides[k].push_back(strides[k][d]);
-    }
-  }
-  if (runs.shape.empty()) {  // a single element
-    runs.shape.push_back(1);
-    for (size_t k = 0; k < N; ++k) runs.strides[k].push_back(1);
-  }
-  return runs;
-}
 
 template <size_t N, typename Body>
 void for_each_run(const Shape& shape, const std::array<Shape, N>& strides, Body&& body,

@@ -4,29 +4,13 @@
 #pragma once
 
 #include <cmath>
-#include <limits>
 #include <type_traits>
 
+#include "ops/common/convert.h"
 #include "ops/cpu/loops.h"
 #include "tensor/tensor.h"
 
 namespace lamina::ops::cpu {
-
-// Converts a compute value to element type Out. Float to integer truncates toward zero,
-// saturates at the integer range and maps NaN to 0, so no conversion is undefined.
-template <typename Out, typename Value>
-inline Out convert(Value value) {
-  if constexpr (std::is_same_v<Out, bool>) {
-    return value != Value(0);
-  } else if constexpr (std::is_integral_v<Out> && std::is_floating_point_v<Value>) {
-    if (value != value) return Out(0);
-    if (value <= Value(std::numeric_limits<Out>::lowest())) return std::numeric_limits<Out>::lowest();
-    if (value >= Value(std::numeric_limits<Out>::max())) return std::numeric_limits<Out>::max();
-    return Out(value);
-  } else {
-    return Out(compute_t<Out>(value));
-  }
-}
 
 template <typename T>
 inline compute_t<T> load(const T& value) {

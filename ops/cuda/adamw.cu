@@ -18,9 +18,9 @@ struct AdamWConstants {
 };
 
 template <typename P, typename G, int V>
-__global__ void adamw_kernel(P* param, const G* grad, math_t<P>* exp_avg, math_t<P>* exp_avg_sq, int64_t count,
-                             AdamWConstants<math_t<P>> k) {
-  using C = math_t<P>;
+__global__ void adamw_kernel(P* param, const G* grad, compute_t<P>* exp_avg, compute_t<P>* exp_avg_sq, int64_t count,
+                             AdamWConstants<compute_t<P>> k) {
+  using C = compute_t<P>;
   auto update = [&](int64_t i, auto width_tag) {
     constexpr int W = decltype(width_tag)::value;
     Pack<P, W> p = load_pack<W>(param + i);
@@ -53,17 +53,17 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, 
   const int64_t count = param.numel();
   if (count == 0) return;
   const int device = param.device().index;
-  visit_float(param.dtype(), "adamw_step_", [&](auto param_tag) {
-    using P = typename decltype(param_tag)::type;
-    using C = math_t<P>;
+  visit_floating(param.dtype(), "adamw_step_", [&](auto param_tag) {
+    using P = device_t<decltype(param_tag)>;
+    using C = compute_t<P>;
     const AdamWConstants<C> constants{C(hyper.beta1),
                                       C(hyper.beta2),
                                       C(hyper.eps),
                                       C(1.0 - hyper.lr * hyper.weight_decay),
                                       C(hyper.lr / (1.0 - std::pow(hyper.beta1, double(hyper.step)))),
                                       C(std::sqrt(1.0 - std::pow(hyper.beta2, double(hyper.step))))};
-    visit_float(grad.dtype(), "adamw_step_", [&](auto grad_tag) {
-      using G = typename decltype(grad_tag)::type;
+    visit_floating(grad.dtype(), "adamw_step_", [&](auto grad_tag) {
+      using G = device_t<decltype(grad_tag)>;
       // Four elements per thread: 16-byte loads of f32 state (and of f32 params and grads).
       constexpr int V = 4;
       const bool aligned = aligned_to(param.raw_data(), V * sizeof(P)) && aligned_to(grad.raw_data(), V * sizeof(G)) &&

@@ -178,8 +178,8 @@ void attention(const Tensor& out, const Tensor& lse, const Tensor& q_in, const T
   }
   const int device = q.device().index;
   const DType dtype = q.dtype();
-  visit_float(dtype, "attention", [&](auto tag) {
-    using C = typename decltype(tag)::type;
+  visit_floating(dtype, "attention", [&](auto tag) {
+    using C = device_t<decltype(tag)>;
     if constexpr (std::is_same_v<C, float> || std::is_same_v<C, double>) {
       const int64_t T = s.tokens, S = s.keys, D = s.head_dim, rows = s.pair_rows();
       const int64_t chunk = chunk_pairs(s, sizeof(C));
@@ -224,8 +224,8 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   }
   const int device = q.device().index;
   const DType dtype = q.dtype();
-  visit_float(dtype, "attention_backward", [&](auto tag) {
-    using C = typename decltype(tag)::type;
+  visit_floating(dtype, "attention_backward", [&](auto tag) {
+    using C = device_t<decltype(tag)>;
     if constexpr (std::is_same_v<C, float> || std::is_same_v<C, double>) {
       const int64_t chunk = chunk_pairs(s, sizeof(C));
       const Tensor probs = Tensor::empty({chunk, rows, S}, dtype, q.device());

@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "ops/cpu/loops.h"
+#include "ops/common/strided.h"
 #include "tensor/cuda/runtime.h"
 #include "tensor/tensor.h"
 
@@ -21,22 +21,40 @@ namespace lamina::ops::cuda {
 using bfloat16 = __nv_bfloat16;
 using half = __half;
 
-// ---- element types: bf16/f16 are stored as themselves and computed in f32, like the CPU's compute_t
+// ---- element types. The dtype visitors are the same as the CPU's (tensor/dtype.h); their tags
+// name host types, and device_t gives the type a kernel stores: CUDA's own bf16/f16, stored as
+// themselves and computed in f32 (compute_t), like the CPU's.
 
 template <typename T>
-struct MathType {
+struct DeviceType {
   using type = T;
 };
 template <>
-struct MathType<bfloat16> {
+struct DeviceType<bf16> {
+  using type = bfloat16;
+};
+template <>
+struct DeviceType<f16> {
+  using type = half;
+};
+// The device element type of a visitor's tag: `using T = device_t<decltype(tag)>;`.
+template <typename Tag>
+using device_t = typename DeviceType<typename Tag::type>::type;
+
+template <typename T>
+struct ComputeType {
+  using type = ::lamina::compute_t<T>;
+};
+template <>
+struct ComputeType<bfloat16> {
   using type = float;
 };
 template <>
-struct MathType<half> {
+struct ComputeType<half> {
   using type = float;
 };
 template <typename T>
-using math_t = typename MathType<T>::type;
+using compute_t = typename ComputeType<T>::type;
 
 template <typename T>
 __device__ __forceinline__ T load(T value) {
@@ -60,7 +78,7 @@ struct IntLimits<uint8_t> {
   static constexpr uint8_t lowest = 0, highest = 255;
 };
 
-// A math value to element type Out, exactly as ops/cpu/map.h's convert: float to integer
+// A math value to element type Out, exactly as ops/common/convert.h: float to integer
 // truncates, saturates and maps NaN to 0; 16-bit floats round to nearest even from f32.
 template <typename Out, typename Value>
 __device__ __forceinline__ Out convert(Value value) {
@@ -83,7 +101,7 @@ __device__ __forceinline__ Out convert(Value value) {
 // Rounds a math value through element type T and back (the CPU kernels sometimes store an
 // intermediate in T and read it again; doing the same keeps the results identical).
 template <typename T, typename Value>
-__device__ __forceinline__ math_t<T> round_through(Value value) {
+__device__ __forceinline__ compute_t<T> round_through(Value value) {
   return load(convert<T>(value));
 }
 
@@ -131,7 +149,7 @@ struct StridedLayout {
 // Merges dims every operand steps through back to back (so contiguous operands become 1-D).
 template <int N>
 StridedLayout<N> make_layout(const Shape& shape, const std::array<Shape, N>& strides, const char* op) {
-  const cpu::Runs<N> runs = cpu::coalesce<N>(shape, strides);
+  const Runs<N> runs = coalesce<N>(shape, strides);
   LAMINA_CHECK(runs.shape.size() <= size_t(kMaxDims), op, ": CUDA kernels take at most ", kMaxDims,
                " dims after merging contiguous ones; shape ", shape, " has ", runs.shape.size());
   StridedLayout<N> layout;
@@ -245,58 +263,7 @@ T* data_of(const Tensor& t) {
   return static_cast<T*>(t.raw_data());
 }
 
-// ---- dtype dispatch to device element types
-
-template <typename Fn>
-decltype(auto) visit_any(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32: return fn(TypeTag<float>{});
-    case DType::f64: return fn(TypeTag<double>{});
-    case DType::bf16: return fn(TypeTag<bfloat16>{});
-    case DType::f16: return fn(TypeTag<half>{});
-    case DType::i32: return fn(TypeTag<int32_t>{});
-    case DType::i64: return fn(TypeTag<int64_t>{});
-    case DType::u8: return fn(TypeTag<uint8_t>{});
-    case DType::boolean: return fn(TypeTag<bool>{});
-  }
-  throw Error("visit_any: corrupt dtype value");
-}
-
-template <typename Fn>
-decltype(auto) visit_float(DType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32: return fn(TypeTag<float>{});
-    case DType::f64: return fn(TypeTag<double>{});
-    case DType::bf16: return fn(TypeTag<bfloat16>{});
-    case DType::f16: return fn(TypeTag<half>{});
-    default: break;
-  }
-  throw Error(str_cat(op, ": expected a floating dtype (f32, f64, bf16, f16), got ", dtype_name(dtype)));
-}
-
-template <typename Fn>
-decltype(auto) visit_arith(DType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case DType::f32: return fn(TypeTag<float>{});
-    case DType::f64: return fn(TypeTag<double>{});
-    case DType::bf16: return fn(TypeTag<bfloat16>{});
-    case DType::f16: return fn(TypeTag<half>{});
-    case DType::i32: return fn(TypeTag<int32_t>{});
-    case DType::i64: return fn(TypeTag<int64_t>{});
-    default: break;
-  }
-  throw Error(str_cat(op, ": expected an arithmetic dtype (f32, f64, bf16, f16, i32, i64), got ", dtype_name(dtype)));
-}
-
-template <typename Fn>
-decltype(auto) visit_index_type(DType dtype, const char* op, Fn&& fn) {
-  switch (dtype) {
-    case DType::i32: return fn(TypeTag<int32_t>{});
-    case DType::i64: return fn(TypeTag<int64_t>{});
-    default: break;
-  }
-  throw Error(str_cat(op, ": expected integer indices (i32 or i64), got ", dtype_name(dtype)));
-}
+// ---- dispatch on element size
 
 // Element types by size only, for kernels that move bytes (gathers, row copies).
 template <typename Fn>

@@ -15,8 +15,8 @@ namespace {
 
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kMaxRowThreads) chunk_stats_kernel(math_t<T>* stats, const T* logits, int64_t vocab, int64_t chunks) {
-  using C = math_t<T>;
+__global__ void __launch_bounds__(kMaxRowThreads) chunk_stats_kernel(compute_t<T>* stats, const T* logits, int64_t vocab, int64_t chunks) {
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
@@ -28,10 +28,10 @@ __global__ void __launch_bounds__(kMaxRowThreads) chunk_stats_kernel(math_t<T>* 
 }
 
 template <typename T, typename I>
-__global__ void merge_chunks_kernel(math_t<T>* losses, math_t<T>* lse, const math_t<T>* stats, const T* logits,
+__global__ void merge_chunks_kernel(compute_t<T>* losses, compute_t<T>* lse, const compute_t<T>* stats, const T* logits,
                                     const I* targets, int64_t rows, int64_t vocab, int64_t chunks,
                                     int64_t ignore_index) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
     const C log_total = merge_chunk_stats(stats + row * chunks * 2, chunks, C(1));
     lse[row] = log_total;
@@ -41,10 +41,10 @@ __global__ void merge_chunks_kernel(math_t<T>* losses, math_t<T>* lse, const mat
 }
 
 template <typename T, typename I, int V>
-__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_backward_kernel(T* grad_logits, const math_t<T>* grad_losses, const T* logits,
-                                              const I* targets, const math_t<T>* lse, int64_t vocab,
+__global__ void __launch_bounds__(kMaxRowThreads) cross_entropy_backward_kernel(T* grad_logits, const compute_t<T>* grad_losses, const T* logits,
+                                              const I* targets, const compute_t<T>* lse, int64_t vocab,
                                               int64_t ignore_index) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   const T* x = logits + row * vocab;
@@ -83,9 +83,9 @@ void cross_entropy(const Tensor& losses, const Tensor& lse, const Tensor& logits
   LAMINA_CHECK(rows < (int64_t(1) << 31), "cross_entropy: ", rows, " rows exceed the CUDA grid");
   const int64_t chunks = (vocab + kVocabChunk - 1) / kVocabChunk;
   const int device = logits.device().index;
-  visit_float(logits.dtype(), "cross_entropy", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const Tensor stats = Tensor::empty({rows, chunks, 2}, lse.dtype(), logits.device());
     if (rows_packable<T>(vocab, {logits.raw_data()})) {
       constexpr int V = kPack<T>;
@@ -98,8 +98,8 @@ void cross_entropy(const Tensor& losses, const Tensor& lse, const Tensor& logits
               data_of<C>(stats), data_of<const T>(logits), vocab, chunks);
     }
     LAMINA_CUDA_CHECK_LAUNCH("cross_entropy (chunks)");
-    visit_index_type(targets.dtype(), "cross_entropy", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    visit_index(targets.dtype(), "cross_entropy", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       merge_chunks_kernel<T, I><<<grid_for(rows, device), kThreads, 0, stream_of(logits)>>>(
           data_of<C>(losses), data_of<C>(lse), data_of<const C>(stats), data_of<const T>(logits),
           data_of<const I>(targets), rows, vocab, chunks, ignore_index);
@@ -114,11 +114,11 @@ void cross_entropy_backward(const Tensor& grad_logits, const Tensor& grad_losses
   if (rows == 0 || vocab == 0) return;
   LAMINA_CHECK(rows < (int64_t(1) << 31), "cross_entropy_backward: ", rows, " rows exceed the CUDA grid");
   const int64_t chunks = (vocab + kVocabChunk - 1) / kVocabChunk;
-  visit_float(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
-    visit_index_type(targets.dtype(), "cross_entropy_backward", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+  visit_floating(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
+    visit_index(targets.dtype(), "cross_entropy_backward", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       if (rows_packable<T>(vocab, {logits.raw_data(), grad_logits.raw_data()})) {
         constexpr int V = kPack<T>;
         cross_entropy_backward_kernel<T, I, V>

@@ -3,7 +3,7 @@
 // broadcast to the output's shape.
 #include <cstring>
 
-#include "ops/cpu/map.h"
+#include "ops/common/convert.h"
 #include "ops/cuda/kernels.h"
 #include "ops/cuda/map.cuh"
 
@@ -218,11 +218,11 @@ struct HostType<half> {
   using type = lamina::f16;
 };
 
-// A double converted to T exactly as the CPU kernels convert it (ops/cpu/map.h), as T's bits.
+// A double converted to T exactly as the CPU kernels convert it (ops/common/convert.h), as T's bits.
 template <typename T>
 T host_convert(double value) {
   using Host = typename HostType<T>::type;
-  const Host converted = cpu::convert<Host>(value);
+  const Host converted = ops::convert<Host>(value);
   T out;
   static_assert(sizeof(Host) == sizeof(T), "host and device element types differ in size");
   std::memcpy(static_cast<void*>(&out), &converted, sizeof(T));
@@ -241,8 +241,8 @@ __global__ void fill_kernel(StridedLayout<1> layout, int64_t count, T value, T* 
 }  // namespace
 
 void unary(UnaryOp op, const Tensor& out, const Tensor& x) {
-  visit_arith(x.dtype(), unary_op_name(op), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_arithmetic(x.dtype(), unary_op_name(op), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     if constexpr (std::is_integral_v<T>) {
       LAMINA_CHECK(op == UnaryOp::neg || op == UnaryOp::abs || op == UnaryOp::square, unary_op_name(op),
                    ": integer tensors are not supported");
@@ -252,15 +252,15 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x) {
 }
 
 void unary_backward(UnaryOp op, const Tensor& grad_in, const Tensor& grad_out, const Tensor& x, const Tensor& out) {
-  visit_float(x.dtype(), unary_op_name(op), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(x.dtype(), unary_op_name(op), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map3_strided<T, T, T, T>(unary_op_name(op), grad_in, grad_out, x, out, UnaryBackwardMath{op});
   });
 }
 
 void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b) {
-  visit_arith(a.dtype(), binary_op_name(op), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_arithmetic(a.dtype(), binary_op_name(op), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     if constexpr (std::is_integral_v<T>) {
       LAMINA_CHECK(op != BinaryOp::div && op != BinaryOp::pow, binary_op_name(op),
                    ": integer tensors are not supported");
@@ -270,9 +270,9 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b) {
 }
 
 void binary_scalar(BinaryOp op, const Tensor& out, const Tensor& a, double b) {
-  visit_arith(a.dtype(), binary_op_name(op), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_arithmetic(a.dtype(), binary_op_name(op), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     if constexpr (std::is_integral_v<T>) {
       LAMINA_CHECK(op != BinaryOp::div && op != BinaryOp::pow, binary_op_name(op),
                    ": integer tensors are not supported");
@@ -282,9 +282,9 @@ void binary_scalar(BinaryOp op, const Tensor& out, const Tensor& a, double b) {
 }
 
 void scalar_binary(BinaryOp op, const Tensor& out, double a, const Tensor& b) {
-  visit_arith(b.dtype(), binary_op_name(op), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_arithmetic(b.dtype(), binary_op_name(op), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     if constexpr (std::is_integral_v<T>) {
       LAMINA_CHECK(op != BinaryOp::div && op != BinaryOp::pow, binary_op_name(op),
                    ": integer tensors are not supported");
@@ -296,8 +296,8 @@ void scalar_binary(BinaryOp op, const Tensor& out, double a, const Tensor& b) {
 }
 
 void compare(CompareOp op, const Tensor& out, const Tensor& a, const Tensor& b) {
-  visit_any(a.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_dtype(a.dtype(), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map2<bool, T, T>("compare", out, a, b, CompareMath{op});
   });
 }
@@ -309,31 +309,31 @@ void logical(LogicalOp op, const Tensor& out, const Tensor& a, const Tensor& b) 
 }
 
 void where(const Tensor& out, const Tensor& condition, const Tensor& a, const Tensor& b) {
-  visit_any(a.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_dtype(a.dtype(), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map3_strided<T, bool, T, T>("where", out, condition, a, b, WhereMath{});
   });
 }
 
 void masked_fill(const Tensor& out, const Tensor& x, const Tensor& mask, double value) {
-  visit_any(x.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
-    map2<T, T, bool>("masked_fill", out, x, mask, MaskedFillMath<C>{cpu::convert<C>(value)});
+  visit_dtype(x.dtype(), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
+    map2<T, T, bool>("masked_fill", out, x, mask, MaskedFillMath<C>{ops::convert<C>(value)});
   });
 }
 
 void clamp(const Tensor& out, const Tensor& x, double low, double high) {
-  visit_arith(x.dtype(), "clamp", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
-    map1<T, T>("clamp", out, x, ClampMath<C>{cpu::convert<C>(low), cpu::convert<C>(high)});
+  visit_arithmetic(x.dtype(), "clamp", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
+    map1<T, T>("clamp", out, x, ClampMath<C>{ops::convert<C>(low), ops::convert<C>(high)});
   });
 }
 
 void clamp_backward(const Tensor& grad_in, const Tensor& grad_out, const Tensor& x, double low, double high) {
-  visit_float(x.dtype(), "clamp_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(x.dtype(), "clamp_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map2<T, T, T>("clamp_backward", grad_in, grad_out, x, ClampBackwardMath{low, high});
   });
 }
@@ -346,10 +346,10 @@ void copy(const Tensor& dst, const Tensor& src) {
         cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice, stream_of(dst)));
     return;
   }
-  visit_any(dst.dtype(), [&](auto out_tag) {
-    using Out = typename decltype(out_tag)::type;
-    visit_any(src.dtype(), [&](auto in_tag) {
-      using In = typename decltype(in_tag)::type;
+  visit_dtype(dst.dtype(), [&](auto out_tag) {
+    using Out = device_t<decltype(out_tag)>;
+    visit_dtype(src.dtype(), [&](auto in_tag) {
+      using In = device_t<decltype(in_tag)>;
       map1<Out, In>("copy", dst, src, Identity{});
     });
   });
@@ -357,8 +357,8 @@ void copy(const Tensor& dst, const Tensor& src) {
 
 void fill(const Tensor& dst, double value) {
   if (dst.numel() == 0) return;
-  visit_any(dst.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_dtype(dst.dtype(), [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     const T element = host_convert<T>(value);
     unsigned char bytes[sizeof(T)];
     std::memcpy(bytes, &element, sizeof(T));
@@ -376,9 +376,9 @@ void fill(const Tensor& dst, double value) {
 }
 
 void add_scaled_inplace(const Tensor& dst, const Tensor& src, double alpha) {
-  visit_arith(dst.dtype(), "add_", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_arithmetic(dst.dtype(), "add_", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     map2<T, T, T>("add_", dst, dst, src, AddScaledMath<C>{C(alpha), alpha == 1.0});
   });
 }

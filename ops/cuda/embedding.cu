@@ -41,8 +41,8 @@ void embedding(const Tensor& out, const Tensor& weight, const Tensor& ids) {
   if (tokens == 0 || width == 0) return;
   const size_t row_bytes = size_t(width) * weight.element_size();
   const bool packed = row_bytes % 16 == 0 && aligned_to(weight.raw_data(), 16) && aligned_to(out.raw_data(), 16);
-  visit_index_type(ids.dtype(), "embedding", [&](auto index_tag) {
-    using I = typename decltype(index_tag)::type;
+  visit_index(ids.dtype(), "embedding", [&](auto index_tag) {
+    using I = device_t<decltype(index_tag)>;
     if (packed) {
       using Unit = Pack<uint32_t, 4>;
       const int64_t units = int64_t(row_bytes / sizeof(Unit));
@@ -50,7 +50,7 @@ void embedding(const Tensor& out, const Tensor& weight, const Tensor& ids) {
           data_of<Unit>(out), data_of<const Unit>(weight), data_of<const I>(ids), tokens, units);
     } else {
       visit_bytes(weight.element_size(), [&](auto unit_tag) {
-        using Unit = typename decltype(unit_tag)::type;
+        using Unit = device_t<decltype(unit_tag)>;
         embedding_kernel<I, Unit><<<row_blocks(tokens), row_threads(width), 0, stream_of(out)>>>(
             data_of<Unit>(out), data_of<const Unit>(weight), data_of<const I>(ids), tokens, width);
       });
@@ -67,10 +67,10 @@ void embedding_backward(const Tensor& grad_weight, const Tensor& grad_out, const
   const int64_t wanted_threads = int64_t(::lamina::cuda::device_info(device).multiprocessors) * 2048;
   const int64_t slices = std::clamp<int64_t>(wanted_threads / width, 1, std::min<int64_t>(grad_weight.size(0), 65535));
   const dim3 grid(unsigned((width + kThreads - 1) / kThreads), unsigned(slices));
-  visit_float(grad_weight.dtype(), "embedding_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_index_type(ids.dtype(), "embedding_backward", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+  visit_floating(grad_weight.dtype(), "embedding_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    visit_index(ids.dtype(), "embedding_backward", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       embedding_backward_kernel<T, I><<<grid, kThreads, 0, stream_of(grad_weight)>>>(
           data_of<T>(grad_weight), data_of<const T>(grad_out), data_of<const I>(ids), tokens, width, slices);
       LAMINA_CUDA_CHECK_LAUNCH("embedding_backward");

@@ -70,10 +70,10 @@ void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor&
   if (out.numel() == 0) return;
   const size_t row_bytes = size_t(in.inner) * x.element_size();
   const bool packed = row_bytes % 16 == 0 && aligned_to(x.raw_data(), 16) && aligned_to(out.raw_data(), 16);
-  visit_index_type(index.dtype(), "index_select", [&](auto index_tag) {
-    using I = typename decltype(index_tag)::type;
+  visit_index(index.dtype(), "index_select", [&](auto index_tag) {
+    using I = device_t<decltype(index_tag)>;
     auto launch = [&](auto unit_tag, int64_t units) {
-      using Unit = typename decltype(unit_tag)::type;
+      using Unit = device_t<decltype(unit_tag)>;
       index_select_kernel<Unit, I><<<row_blocks(in.outer * count), row_threads(units), 0, stream_of(out)>>>(
           data_of<Unit>(out), data_of<const Unit>(x), data_of<const I>(index), in.outer, count, in.size, units);
     };
@@ -90,10 +90,10 @@ void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor
   const DimSplit shape = split_around(out.shape(), dim);
   const int64_t count = index.numel();
   if (shape.outer * shape.inner == 0 || count == 0) return;
-  visit_arith(out.dtype(), "index_add", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_index_type(index.dtype(), "index_add", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+  visit_arithmetic(out.dtype(), "index_add", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    visit_index(index.dtype(), "index_add", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       index_add_kernel<T, I><<<grid_for(shape.outer * shape.inner, out.device().index), kThreads, 0, stream_of(out)>>>(
           data_of<T>(out), data_of<const T>(src), data_of<const I>(index), shape.outer, count, shape.size, shape.inner);
       LAMINA_CUDA_CHECK_LAUNCH("index_add");
@@ -109,9 +109,9 @@ void gather(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index
   const StridedLayout<3> layout =
       make_layout<3>(index.shape(), {out.strides(), index.strides(), rest_strides}, "gather");
   visit_bytes(x.element_size(), [&](auto unit_tag) {
-    using Unit = typename decltype(unit_tag)::type;
-    visit_index_type(index.dtype(), "gather", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    using Unit = device_t<decltype(unit_tag)>;
+    visit_index(index.dtype(), "gather", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       gather_kernel<Unit, I><<<grid_for(count, out.device().index), kThreads, 0, stream_of(out)>>>(
           data_of<Unit>(out), data_of<const Unit>(x), data_of<const I>(index), layout, count, x.stride(dim));
       LAMINA_CUDA_CHECK_LAUNCH("gather");
@@ -128,10 +128,10 @@ void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tens
   const StridedLayout<3> layout =
       make_layout<3>(rest_shape, {src.strides(), index.strides(), rest_strides}, "scatter_add");
   const int64_t rests = shape_numel(rest_shape);
-  visit_arith(out.dtype(), "scatter_add", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    visit_index_type(index.dtype(), "scatter_add", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+  visit_arithmetic(out.dtype(), "scatter_add", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    visit_index(index.dtype(), "scatter_add", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       scatter_add_kernel<T, I><<<grid_for(rests, out.device().index), kThreads, 0, stream_of(out)>>>(
           data_of<T>(out), data_of<const T>(src), data_of<const I>(index), layout, rests, index.size(dim),
           src.stride(dim), index.stride(dim), out.stride(dim));

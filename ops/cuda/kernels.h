@@ -10,13 +10,10 @@
 
 #include <vector>
 
-#include "ops/cpu/kernels.h"
+#include "ops/common/kernel_kinds.h"
 #include "ops/ops.h"
 
 namespace lamina::ops::cuda {
-
-using cpu::LogicalOp;
-using cpu::ReduceKind;
 
 // elementwise.cu (copy, fill and casts live there too, as on the CPU)
 void unary(UnaryOp op, const Tensor& out, const Tensor& x);

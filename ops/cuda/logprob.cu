@@ -40,9 +40,9 @@ struct MinIndexOp {
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    logprob_chunk_kernel(math_t<T>* stats, const T* logits, const int64_t* row_offsets, const bool* keep,
-                         int64_t vocab, int64_t chunks, math_t<T> inv_temperature) {
-  using C = math_t<T>;
+    logprob_chunk_kernel(compute_t<T>* stats, const T* logits, const int64_t* row_offsets, const bool* keep,
+                         int64_t vocab, int64_t chunks, compute_t<T> inv_temperature) {
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   if (!keep[row]) return;  // the whole block: the merge writes 0 without reading these stats
@@ -56,10 +56,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 }
 
 template <typename T, typename I>
-__global__ void logprob_merge_kernel(math_t<T>* logprobs, math_t<T>* lse, const math_t<T>* stats, const T* logits,
+__global__ void logprob_merge_kernel(compute_t<T>* logprobs, compute_t<T>* lse, const compute_t<T>* stats, const T* logits,
                                      const int64_t* row_offsets, const I* labels, const bool* keep, int64_t rows,
-                                     int64_t chunks, math_t<T> inv_temperature) {
-  using C = math_t<T>;
+                                     int64_t chunks, compute_t<T> inv_temperature) {
+  using C = compute_t<T>;
   for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
     if (!keep[row]) {
       logprobs[row] = C(0);
@@ -76,10 +76,10 @@ __global__ void logprob_merge_kernel(math_t<T>* logprobs, math_t<T>* lse, const 
 
 template <typename T, typename I, int V>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    logprob_backward_kernel(T* grad_logits, const math_t<T>* grad_logprobs, const T* logits,
-                            const int64_t* row_offsets, const I* labels, const bool* keep, const math_t<T>* lse,
-                            int64_t vocab, math_t<T> inv_temperature) {
-  using C = math_t<T>;
+    logprob_backward_kernel(T* grad_logits, const compute_t<T>* grad_logprobs, const T* logits,
+                            const int64_t* row_offsets, const I* labels, const bool* keep, const compute_t<T>* lse,
+                            int64_t vocab, compute_t<T> inv_temperature) {
+  using C = compute_t<T>;
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   const int64_t begin = chunk * kVocabChunk, end = min64(vocab, begin + kVocabChunk);
   T* dx = grad_logits + row * vocab;
@@ -111,9 +111,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    chunk_argmax_kernel(math_t<T>* maxima, int64_t* first_index, const T* logits, const int64_t* row_offsets,
+    chunk_argmax_kernel(compute_t<T>* maxima, int64_t* first_index, const T* logits, const int64_t* row_offsets,
                         const bool* keep, int64_t vocab, int64_t chunks) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   __shared__ int64_t index_scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
@@ -144,9 +144,9 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads)
-    stats_chunk_kernel(math_t<T>* sums, const math_t<T>* maxima, const T* logits, const int64_t* row_offsets,
-                       const bool* keep, int64_t vocab, int64_t chunks, math_t<T> inv_temperature) {
-  using C = math_t<T>;
+    stats_chunk_kernel(compute_t<T>* sums, const compute_t<T>* maxima, const T* logits, const int64_t* row_offsets,
+                       const bool* keep, int64_t vocab, int64_t chunks, compute_t<T> inv_temperature) {
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   const int64_t row = blockIdx.x, chunk = blockIdx.y;
   if (!keep[row]) return;
@@ -183,11 +183,11 @@ __global__ void __launch_bounds__(kMaxRowThreads)
 }
 
 template <typename T, typename I>
-__global__ void stats_merge_kernel(math_t<T>* entropy, math_t<T>* logit_mean, math_t<T>* log_sum_sq, bool* matches,
-                                   const math_t<T>* sums, const math_t<T>* maxima, const int64_t* first_index,
+__global__ void stats_merge_kernel(compute_t<T>* entropy, compute_t<T>* logit_mean, compute_t<T>* log_sum_sq, bool* matches,
+                                   const compute_t<T>* sums, const compute_t<T>* maxima, const int64_t* first_index,
                                    const T* logits, const int64_t* row_offsets, const I* labels, const bool* keep,
                                    int64_t rows, int64_t vocab, int64_t chunks) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
     if (!keep[row]) {
       entropy[row] = logit_mean[row] = log_sum_sq[row] = C(0);
@@ -284,9 +284,9 @@ void token_logprobs(const Tensor& logprobs, const Tensor& lse, const Tensor& log
   if (launch.rows == 0) return;
   const int device = logits.device().index;
   const cudaStream_t stream = stream_of(logits);
-  visit_float(logits.dtype(), "token_logprobs", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(logits.dtype(), "token_logprobs", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const C inv_temperature = C(1.0 / temperature);
     const Tensor stats = Tensor::empty({launch.rows, launch.chunks, 2}, lse.dtype(), logits.device());
     const auto chunk_kernel = [&](auto width) {
@@ -301,8 +301,8 @@ void token_logprobs(const Tensor& logprobs, const Tensor& lse, const Tensor& log
       chunk_kernel(std::integral_constant<int, 1>{});
     }
     LAMINA_CUDA_CHECK_LAUNCH("token_logprobs (chunks)");
-    visit_index_type(labels.dtype(), "token_logprobs", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    visit_index(labels.dtype(), "token_logprobs", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       logprob_merge_kernel<T, I><<<grid_for(launch.rows, device), kThreads, 0, stream>>>(
           data_of<C>(logprobs), data_of<C>(lse), data_of<const C>(stats), data_of<const T>(logits),
           data_of<const int64_t>(launch.offsets), data_of<const I>(labels), data_of<const bool>(mask), launch.rows,
@@ -318,12 +318,12 @@ void token_logprobs_backward(const Tensor& grad_logits, const Tensor& grad_logpr
   const RowLaunch launch = prepare_rows("token_logprobs_backward", logits, row_offsets);
   if (launch.rows == 0) return;
   const cudaStream_t stream = stream_of(logits);
-  visit_float(logits.dtype(), "token_logprobs_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(logits.dtype(), "token_logprobs_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const C inv_temperature = C(1.0 / temperature);
-    visit_index_type(labels.dtype(), "token_logprobs_backward", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    visit_index(labels.dtype(), "token_logprobs_backward", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       const auto backward_kernel = [&](auto width) {
         constexpr int V = decltype(width)::value;
         logprob_backward_kernel<T, I, V><<<chunk_grid(launch), chunk_threads<V>(launch), 0, stream>>>(
@@ -348,9 +348,9 @@ void token_distribution_stats(const TokenDistributionStats& stats, const Tensor&
   if (launch.rows == 0) return;
   const int device = logits.device().index;
   const cudaStream_t stream = stream_of(logits);
-  visit_float(logits.dtype(), "token_distribution_stats", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(logits.dtype(), "token_distribution_stats", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const C inv_temperature = C(1.0 / temperature);
     const DType math_dtype = stats.entropy.dtype();
     const Tensor maxima = Tensor::empty({launch.rows, launch.chunks}, math_dtype, logits.device());
@@ -372,8 +372,8 @@ void token_distribution_stats(const TokenDistributionStats& stats, const Tensor&
     } else {
       chunk_kernels(std::integral_constant<int, 1>{});
     }
-    visit_index_type(labels.dtype(), "token_distribution_stats", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    visit_index(labels.dtype(), "token_distribution_stats", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       stats_merge_kernel<T, I><<<grid_for(launch.rows, device), kThreads, 0, stream>>>(
           data_of<C>(stats.entropy), data_of<C>(stats.logit_mean), data_of<C>(stats.log_sum_sq_probs),
           data_of<bool>(stats.argmax_matches), data_of<const C>(sums), data_of<const C>(maxima),
@@ -385,15 +385,15 @@ void token_distribution_stats(const TokenDistributionStats& stats, const Tensor&
 }
 
 void log1mexp(const Tensor& out, const Tensor& x) {
-  visit_float(x.dtype(), "log1mexp", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(x.dtype(), "log1mexp", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map1<T, T>("log1mexp", out, x, Log1mexpMath{});
   });
 }
 
 void log1mexp_backward(const Tensor& grad_in, const Tensor& grad_out, const Tensor& x) {
-  visit_float(x.dtype(), "log1mexp_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(x.dtype(), "log1mexp_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map2<T, T, T>("log1mexp_backward", grad_in, grad_out, x, Log1mexpBackwardMath{});
   });
 }

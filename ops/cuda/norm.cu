@@ -17,9 +17,9 @@ constexpr size_t kRowCacheBytes = 44 * 1024;
 constexpr int64_t kMaxRowsPerBlock = 32;
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(T* y, math_t<T>* rstd, const T* x, const T* weight, int64_t rows, int64_t width,
-                                math_t<T> eps, bool cached) {
-  using C = math_t<T>;
+__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(T* y, compute_t<T>* rstd, const T* x, const T* weight, int64_t rows, int64_t width,
+                                compute_t<T> eps, bool cached) {
+  using C = compute_t<T>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   C* cache = reinterpret_cast<C*>(shared_bytes);
   __shared__ C scratch[32];
@@ -58,9 +58,9 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_kernel(T* y, math_t<T
 
 // Rows [block * rows_per_block, ...) of one block; partial[block, :] = sum of dy n over them.
 template <typename T, int V>
-__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_backward_kernel(T* dx, math_t<T>* partial, const T* dy, const T* x, const T* weight,
-                                         const math_t<T>* rstd, int64_t rows, int64_t width, int64_t rows_per_block) {
-  using C = math_t<T>;
+__global__ void __launch_bounds__(kMaxRowThreads) rms_norm_backward_kernel(T* dx, compute_t<T>* partial, const T* dy, const T* x, const T* weight,
+                                         const compute_t<T>* rstd, int64_t rows, int64_t width, int64_t rows_per_block) {
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   __shared__ C mean_dots[kMaxRowsPerBlock];
   const int64_t packs = width / V;
@@ -110,11 +110,11 @@ __global__ void __launch_bounds__(kMaxRowThreads) rms_norm_backward_kernel(T* dx
 
 // dweight[j] = sum over blocks, in block order and in f64, of partial[block, j].
 template <typename T>
-__global__ void sum_partials_kernel(T* dweight, const math_t<T>* partial, int64_t blocks, int64_t width) {
+__global__ void sum_partials_kernel(T* dweight, const compute_t<T>* partial, int64_t blocks, int64_t width) {
   for (int64_t j = global_thread(); j < width; j += grid_threads()) {
     double total = 0;
     for (int64_t b = 0; b < blocks; ++b) total += double(partial[b * width + j]);
-    dweight[j] = convert<T>(math_t<T>(total));
+    dweight[j] = convert<T>(compute_t<T>(total));
   }
 }
 
@@ -123,9 +123,9 @@ __global__ void sum_partials_kernel(T* dweight, const math_t<T>* partial, int64_
 void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight, double eps) {
   const int64_t width = x.size(-1), rows = x.numel() / std::max<int64_t>(1, width);
   if (x.numel() == 0) return;
-  visit_float(x.dtype(), "rms_norm", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(x.dtype(), "rms_norm", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const bool cached = size_t(width) * sizeof(C) <= kRowCacheBytes;
     const size_t shared = cached ? size_t(width) * sizeof(C) : 0;
     if (rows_packable<T>(width, {x.raw_data(), y.raw_data(), weight.raw_data()})) {
@@ -145,9 +145,9 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy
   const int64_t width = x.size(-1), rows = x.numel() / std::max<int64_t>(1, width);
   if (width == 0) return;
   const int device = x.device().index;
-  visit_float(x.dtype(), "rms_norm_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(x.dtype(), "rms_norm_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     // Enough blocks to fill the device twice, each with a run of up to 32 rows.
     const int64_t target_blocks = 2 * int64_t(::lamina::cuda::device_info(device).multiprocessors);
     const int64_t rows_per_block = std::clamp<int64_t>((rows + target_blocks - 1) / target_blocks, 1, kMaxRowsPerBlock);

@@ -125,8 +125,8 @@ __global__ void arange_kernel(T* out, int64_t count, int64_t start, int64_t step
 void uniform(const Tensor& out, double low, double high, uint64_t seed, uint64_t first_counter) {
   const int64_t count = out.numel();
   if (count == 0) return;
-  visit_float(out.dtype(), "uniform", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(out.dtype(), "uniform", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     const int64_t counters = (count + 3) / 4 * (std::is_same_v<T, double> ? 2 : 1);
     uniform_kernel<T><<<grid_for(counters, out.device().index), kThreads, 0, stream_of(out)>>>(
         data_of<T>(out), count, low, high - low, seed, first_counter);
@@ -137,8 +137,8 @@ void uniform(const Tensor& out, double low, double high, uint64_t seed, uint64_t
 void normal(const Tensor& out, uint64_t seed, uint64_t first_counter) {
   const int64_t count = out.numel();
   if (count == 0) return;
-  visit_float(out.dtype(), "randn", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(out.dtype(), "randn", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     const int64_t counters = (count + 3) / 4 * (std::is_same_v<T, double> ? 2 : 1);
     normal_kernel<T><<<grid_for(counters, out.device().index), kThreads, 0, stream_of(out)>>>(data_of<T>(out), count,
                                                                                               seed, first_counter);
@@ -149,8 +149,8 @@ void normal(const Tensor& out, uint64_t seed, uint64_t first_counter) {
 void randint(const Tensor& out, int64_t low, int64_t high, uint64_t seed, uint64_t first_counter) {
   const int64_t count = out.numel();
   if (count == 0) return;
-  visit_arith(out.dtype(), "randint", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_arithmetic(out.dtype(), "randint", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     randint_kernel<T><<<grid_for((count + 1) / 2, out.device().index), kThreads, 0, stream_of(out)>>>(
         data_of<T>(out), count, low, uint64_t(high - low), seed, first_counter);
     LAMINA_CUDA_CHECK_LAUNCH("randint");
@@ -160,8 +160,8 @@ void randint(const Tensor& out, int64_t low, int64_t high, uint64_t seed, uint64
 void arange(const Tensor& out, int64_t start, int64_t step) {
   const int64_t count = out.numel();
   if (count == 0) return;
-  visit_arith(out.dtype(), "arange", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_arithmetic(out.dtype(), "arange", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     arange_kernel<T>
         <<<grid_for(count, out.device().index), kThreads, 0, stream_of(out)>>>(data_of<T>(out), count, start, step);
     LAMINA_CUDA_CHECK_LAUNCH("arange");

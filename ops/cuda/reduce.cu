@@ -8,7 +8,7 @@
 // outputs are contiguous (consecutive threads read consecutive elements, e.g. a sum over rows).
 #include <cmath>
 
-#include "ops/cpu/map.h"
+#include "ops/common/convert.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/kernels.h"
 
@@ -46,7 +46,7 @@ __device__ __forceinline__ int64_t offset_in(const StridedLayout<1>& layout, int
 }
 
 template <typename T>
-using accumulate_t = std::conditional_t<std::is_floating_point_v<math_t<T>>, double, int64_t>;
+using accumulate_t = std::conditional_t<std::is_floating_point_v<compute_t<T>>, double, int64_t>;
 
 // A running (value, index) for argmax: the first NaN if any, else the first maximum.
 template <typename C>
@@ -78,7 +78,7 @@ __device__ __forceinline__ ArgBest<C> arg_combine(ArgBest<C> a, ArgBest<C> b) {
 // `combine_block` merges the per-thread partials across the block (block-per-output layout).
 template <typename T>
 struct Reducer {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   using Acc = accumulate_t<T>;
 
   const T* base;
@@ -217,7 +217,7 @@ __device__ void reduce_one(ReduceKind kind, const Reducer<T>& reducer, int64_t c
     }
     case ReduceKind::logsumexp:
     case ReduceKind::var: {
-      if constexpr (std::is_floating_point_v<math_t<T>>) {
+      if constexpr (std::is_floating_point_v<compute_t<T>>) {
         const double value = kind == ReduceKind::logsumexp ? reducer.logsumexp() : reducer.variance(correction);
         if (writer) static_cast<T*>(out)[o] = convert<T>(value);
       }
@@ -257,8 +257,8 @@ void reduce(ReduceKind kind, const Tensor& out, const Tensor& x, const std::vect
   const bool reduced_contiguous = layout.count <= 1 || (layout.reduced.ndim == 1 && layout.reduced.strides[0][0] == 1);
   const bool outputs_adjacent = layout.kept.strides[0][layout.kept.ndim - 1] == 1;
   const bool per_thread = layout.count < 64 || (!reduced_contiguous && outputs_adjacent && layout.outputs >= 1024);
-  visit_arith(x.dtype(), "reduce", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_arithmetic(x.dtype(), "reduce", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     if constexpr (std::is_integral_v<T>) {
       LAMINA_CHECK(kind != ReduceKind::logsumexp && kind != ReduceKind::var,
                    "logsumexp/var: integer tensors are not supported");

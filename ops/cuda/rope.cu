@@ -25,7 +25,7 @@ struct RopeParams {
 
 template <typename T, typename I, int V>
 __global__ void __launch_bounds__(kMaxRowThreads) rope_kernel(T* out, const T* x, const I* positions, RopeParams params) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   C* cosines = reinterpret_cast<C*>(shared_bytes);
   C* sines = cosines + params.half;
@@ -88,16 +88,16 @@ void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& positions, co
   params.inverse = inverse;
   for (int64_t i = 0; i < half; ++i) params.frequencies[i] = frequencies[size_t(i)];
   const int64_t rows = params.batch * params.tokens;
-  visit_float(x.dtype(), "rope", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(x.dtype(), "rope", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     constexpr int V = kPack<T>;
     const bool packed = half % V == 0 && x.stride(3) == 1 && x.stride(0) % V == 0 && x.stride(1) % V == 0 &&
                         x.stride(2) % V == 0 && aligned_to(x.raw_data(), 16) && aligned_to(out.raw_data(), 16);
     const size_t shared = 2 * size_t(half) * sizeof(C);
     const int threads = row_threads(params.heads * half / (packed ? V : 1));
-    visit_index_type(positions.dtype(), "rope", [&](auto index_tag) {
-      using I = typename decltype(index_tag)::type;
+    visit_index(positions.dtype(), "rope", [&](auto index_tag) {
+      using I = device_t<decltype(index_tag)>;
       if (packed) {
         rope_kernel<T, I, V><<<row_blocks(rows), threads, shared, stream_of(x)>>>(data_of<T>(out), data_of<const T>(x),
                                                                                   data_of<const I>(positions), params);

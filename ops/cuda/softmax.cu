@@ -18,7 +18,7 @@ constexpr size_t kRowCacheBytes = 44 * 1024;
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads) softmax_kernel(T* out, const T* x, int64_t rows, int64_t width, bool log_space, bool cached) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   C* cache = reinterpret_cast<C*>(shared_bytes);
   __shared__ C scratch[32];
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) softmax_kernel(T* out, const T
 template <typename T, int V>
 __global__ void __launch_bounds__(kMaxRowThreads) softmax_backward_kernel(T* grad_in, const T* grad_out, const T* y, int64_t rows, int64_t width,
                                         bool log_space) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   __shared__ C scratch[32];
   const int64_t packs = width / V;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -121,9 +121,9 @@ __global__ void __launch_bounds__(kMaxRowThreads) softmax_backward_kernel(T* gra
 void softmax_rows(const Tensor& out, const Tensor& x, bool log_space) {
   const int64_t width = x.size(-1), rows = x.numel() / std::max<int64_t>(1, width);
   if (x.numel() == 0) return;
-  visit_float(x.dtype(), "softmax", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = math_t<T>;
+  visit_floating(x.dtype(), "softmax", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
+    using C = compute_t<T>;
     const bool cached = size_t(width) * sizeof(C) <= kRowCacheBytes;
     const size_t shared = cached ? size_t(width) * sizeof(C) : 0;
     if (rows_packable<T>(width, {x.raw_data(), out.raw_data()})) {
@@ -141,8 +141,8 @@ void softmax_rows(const Tensor& out, const Tensor& x, bool log_space) {
 void softmax_backward_rows(const Tensor& grad_in, const Tensor& grad_out, const Tensor& y, bool log_space) {
   const int64_t width = y.size(-1), rows = y.numel() / std::max<int64_t>(1, width);
   if (y.numel() == 0) return;
-  visit_float(y.dtype(), "softmax_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(y.dtype(), "softmax_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     if (rows_packable<T>(width, {grad_in.raw_data(), grad_out.raw_data(), y.raw_data()})) {
       constexpr int V = kPack<T>;
       softmax_backward_kernel<T, V><<<row_blocks(rows), row_threads(width / V), 0, stream_of(y)>>>(

@@ -18,7 +18,7 @@ struct SwigluMath {
 template <typename T, int V>
 __global__ void swiglu_backward_kernel(T* grad_gate, T* grad_up, const T* grad_out, const T* gate, const T* up,
                                        int64_t count) {
-  using C = math_t<T>;
+  using C = compute_t<T>;
   auto one_pack = [&](int64_t i, auto width_tag) {
     constexpr int W = decltype(width_tag)::value;
     const Pack<T, W> dy = load_pack<W>(grad_out + i), g = load_pack<W>(gate + i), u = load_pack<W>(up + i);
@@ -42,8 +42,8 @@ __global__ void swiglu_backward_kernel(T* grad_gate, T* grad_up, const T* grad_o
 }  // namespace
 
 void swiglu(const Tensor& out, const Tensor& gate, const Tensor& up) {
-  visit_float(gate.dtype(), "swiglu", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(gate.dtype(), "swiglu", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     map2<T, T, T>("swiglu", out, gate, up, SwigluMath{});
   });
 }
@@ -53,8 +53,8 @@ void swiglu_backward(const Tensor& grad_gate, const Tensor& grad_up, const Tenso
   const int64_t count = gate.numel();
   if (count == 0) return;
   const int device = gate.device().index;
-  visit_float(gate.dtype(), "swiglu_backward", [&](auto tag) {
-    using T = typename decltype(tag)::type;
+  visit_floating(gate.dtype(), "swiglu_backward", [&](auto tag) {
+    using T = device_t<decltype(tag)>;
     constexpr int V = kPack<T>;
     bool packed = true;
     for (const Tensor* t : {&grad_gate, &grad_up, &grad_out, &gate, &up})

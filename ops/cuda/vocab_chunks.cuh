@@ -21,9 +21,9 @@ struct ChunkStats {
 // all -inf chunk, where -inf - -inf would be NaN); a NaN entry makes the sum NaN, as on the CPU
 // (the max ignores NaN, the sum does not).
 template <int V, typename T>
-__device__ __forceinline__ ChunkStats<math_t<T>> chunk_max_and_sum_exp(const T* x, int64_t begin, int64_t end,
-                                                                       math_t<T> scale, math_t<T>* scratch) {
-  using C = math_t<T>;
+__device__ __forceinline__ ChunkStats<compute_t<T>> chunk_max_and_sum_exp(const T* x, int64_t begin, int64_t end,
+                                                                       compute_t<T> scale, compute_t<T>* scratch) {
+  using C = compute_t<T>;
   C local_max = C(-INFINITY);
   for (int64_t j = begin + int64_t(threadIdx.x) * V; j < end; j += int64_t(blockDim.x) * V) {
     const Pack<T, V> values = load_pack<V>(x + j);
