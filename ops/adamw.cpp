@@ -1,4 +1,5 @@
-// Fused AdamW step: checks; kernel and formula in ops/cpu/adamw.cpp.
+// Fused AdamW step: argument checks, then the kernel of the tensors' device (ops/cpu/adamw.cpp,
+// where the formula is written out, or ops/cuda/adamw.cu).
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -8,8 +9,7 @@ namespace lamina::ops {
 
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                  const AdamWStep& hyper) {
-  check_device("adamw_step_", {{"param", &param}, {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}},
-               Backends::cpu_and_cuda);
+  check_device("adamw_step_", {{"param", &param}, {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}});
   check_floating("adamw_step_", "param", param);
   check_floating("adamw_step_", "grad", grad);
   const DType state = param.dtype() == DType::f64 ? DType::f64 : DType::f32;

@@ -1,4 +1,5 @@
-// Dense attention: shape checks, dtype handling, mask broadcasting; kernel in ops/cpu/attention.cpp.
+// Dense attention: shape checks, dtype handling and mask broadcasting, then the kernels of
+// ops/cpu/attention.cpp or ops/cuda/attention.cu.
 #include <cmath>
 
 #include "ops/checks.h"
@@ -49,8 +50,7 @@ double scale_of(const AttentionOptions& options, const Tensor& q) {
 }  // namespace
 
 AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionOptions& options) {
-  const Device device =
-      check_device("attention", {{"q", &q_in}, {"k", &k_in}, {"v", &v_in}}, Backends::cpu_and_cuda);
+  const Device device = check_device("attention", {{"q", &q_in}, {"k", &k_in}, {"v", &v_in}});
   check_attention_inputs("attention", q_in, k_in, v_in);
   const Tensor q = prepared_rows(q_in), k = prepared_rows(k_in), v = prepared_rows(v_in);
   const Tensor mask = prepared_mask("attention", options, q_in, k_in);
@@ -64,8 +64,7 @@ AttentionResult attention(const Tensor& q_in, const Tensor& k_in, const Tensor& 
 AttentionGrads attention_backward(const Tensor& grad_out, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                   const Tensor& out_in, const Tensor& lse, const AttentionOptions& options) {
   const Device device = check_device("attention_backward", {{"grad_out", &grad_out}, {"q", &q_in}, {"k", &k_in},
-                                                            {"v", &v_in}, {"out", &out_in}, {"lse", &lse}},
-                                     Backends::cpu_and_cuda);
+                                                            {"v", &v_in}, {"out", &out_in}, {"lse", &lse}});
   check_attention_inputs("attention_backward", q_in, k_in, v_in);
   check_shape("attention_backward", "grad_out", grad_out, q_in.shape());
   check_shape("attention_backward", "out", out_in, q_in.shape());

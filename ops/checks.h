@@ -10,12 +10,10 @@ namespace lamina::ops {
 
 using NamedTensor = std::pair<const char*, const Tensor*>;
 
-// Which devices an op has kernels for. An op gains `cpu_and_cuda` when its CUDA kernel exists;
-// until then a CUDA tensor reaching it is a clear error, never a CPU kernel reading device memory.
-enum class Backends { cpu, cpu_and_cuda };
-
-// Every tensor defined and on one device, and the op has a kernel for that device in this build.
-Device check_device(const char* op, std::initializer_list<NamedTensor> tensors, Backends backends = Backends::cpu);
+// Every tensor defined and on one device, and that device has kernels in this build (every op has
+// a CUDA kernel, so only a build without the CUDA backend refuses a device: a CUDA tensor there is
+// a clear error, never a CPU kernel reading device memory).
+Device check_device(const char* op, std::initializer_list<NamedTensor> tensors);
 
 // Calls a kernel of ops/cpu/kernels.h or, on a CUDA device, its twin in ops/cuda/kernels.h:
 //   LAMINA_DISPATCH(device, unary(op, out, x));

@@ -1,4 +1,5 @@
-// Copies and casts between dtypes and layouts; dropout masks.
+// Copies and casts between dtypes, layouts and devices; fills; dropout masks. Kernels in
+// ops/cpu/copy.cpp and ops/cuda/elementwise.cu; moves between devices in ops/cuda/transfer.cpp.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -8,7 +9,7 @@
 namespace lamina::ops {
 
 Tensor cast(const Tensor& x, DType dtype) {
-  const Device device = check_device("cast", {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device("cast", {{"x", &x}});
   Tensor out = Tensor::empty(x.shape(), dtype, device);
   LAMINA_DISPATCH(device, copy(out, x));
   return out;
@@ -33,7 +34,7 @@ Tensor to_device(const Tensor& x, Device device) {
 }
 
 void copy_(const Tensor& dst, const Tensor& src) {
-  check_device("copy_", {{"dst", &dst}, {"src", &src}}, Backends::cpu_and_cuda);
+  check_device("copy_", {{"dst", &dst}, {"src", &src}});
   check_writable("copy_", "dst", dst);
   LAMINA_CHECK(broadcast_shapes(dst.shape(), src.shape(), "copy_") == dst.shape(), "copy_: source shape ",
                src.shape(), " does not broadcast to destination shape ", dst.shape());
@@ -41,7 +42,7 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& dst, double value) {
-  check_device("fill_", {{"dst", &dst}}, Backends::cpu_and_cuda);
+  check_device("fill_", {{"dst", &dst}});
   LAMINA_DISPATCH(dst.device(), fill(dst, value));
 }
 

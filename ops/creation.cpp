@@ -1,4 +1,6 @@
-// Factories: tensors that start a computation (leaves of the autograd graph).
+// Factories: the tensors that start a computation (zeros, ones, full, arange, random draws), on
+// the CPU or a CUDA device. The random and arange kernels are in ops/cpu/random.cpp and
+// ops/cuda/random.cu; fills use the fill kernel of copy_.
 #include <algorithm>
 
 #include "ops/checks.h"

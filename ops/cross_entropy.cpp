@@ -1,4 +1,5 @@
-// Cross-entropy: checks (targets in range) and allocation; kernels in ops/cpu/cross_entropy.cpp.
+// Cross-entropy: checks (targets in range) and allocation; kernels in ops/cpu/cross_entropy.cpp
+// and ops/cuda/cross_entropy.cu.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -32,8 +33,7 @@ int64_t check_targets(const char* op, const Tensor& logits, const Tensor& target
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  const Device device =
-      check_device("cross_entropy", {{"logits", &logits}, {"targets", &targets}}, Backends::cpu_and_cuda);
+  const Device device = check_device("cross_entropy", {{"logits", &logits}, {"targets", &targets}});
   const int64_t count = check_targets("cross_entropy", logits, targets, ignore_index);
   CrossEntropyResult result{Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device),
                             Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device), count};
@@ -46,7 +46,7 @@ Tensor cross_entropy_backward(const Tensor& grad_losses, const Tensor& logits, c
                               const Tensor& lse, int64_t ignore_index) {
   const Device device = check_device("cross_entropy_backward",
                                      {{"grad_losses", &grad_losses}, {"logits", &logits}, {"targets", &targets},
-                                      {"lse", &lse}}, Backends::cpu_and_cuda);
+                                      {"lse", &lse}});
   check_targets("cross_entropy_backward", logits, targets, ignore_index);
   check_shape("cross_entropy_backward", "grad_losses", grad_losses, row_shape(logits));
   check_shape("cross_entropy_backward", "lse", lse, row_shape(logits));

@@ -1,4 +1,5 @@
-// Elementwise ops: checks, broadcasting, output allocation; kernels in ops/cpu/elementwise.cpp.
+// Elementwise ops: checks, broadcasting, output allocation; the CPU kernels are split by op
+// family (ops/cpu/unary.cpp, binary.cpp, select.cpp, ...), the CUDA ones are ops/cuda/elementwise.cu.
 #include <cmath>
 #include <limits>
 
@@ -64,7 +65,7 @@ const char* binary_op_name(BinaryOp op) {
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   const char* name = unary_op_name(op);
-  const Device device = check_device(name, {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device(name, {{"x", &x}});
   if (unary_accepts_integers(op)) {
     LAMINA_CHECK(is_floating(x.dtype()) || x.dtype() == DType::i32 || x.dtype() == DType::i64, name,
                  ": expected an arithmetic dtype, got ", dtype_name(x.dtype()));
@@ -78,7 +79,7 @@ Tensor unary(UnaryOp op, const Tensor& x) {
 
 Tensor unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const Tensor& out) {
   const std::string name = str_cat(unary_op_name(op), "_backward");
-  check_device(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}}, Backends::cpu_and_cuda);
+  check_device(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}});
   check_floating(name.c_str(), "x", x);
   check_same_dtype(name.c_str(), {{"grad_out", &grad_out}, {"x", &x}, {"out", &out}});
   check_shape(name.c_str(), "grad_out", grad_out, x.shape());
@@ -90,7 +91,7 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad_out, const Tensor& x, const
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
+  const Device device = check_device(name, {{"a", &a}, {"b", &b}});
   check_same_dtype(name, {{"a", &a}, {"b", &b}});
   check_binary_dtype(op, a);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
@@ -101,7 +102,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
 
 Tensor binary(BinaryOp op, const Tensor& a, double b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"a", &a}}, Backends::cpu_and_cuda);
+  const Device device = check_device(name, {{"a", &a}});
   check_binary_dtype(op, a);
   Tensor out = Tensor::empty(a.shape(), a.dtype(), device);
   LAMINA_DISPATCH(device, binary_scalar(op, out, a, b));
@@ -110,7 +111,7 @@ Tensor binary(BinaryOp op, const Tensor& a, double b) {
 
 Tensor binary(BinaryOp op, double a, const Tensor& b) {
   const char* name = binary_op_name(op);
-  const Device device = check_device(name, {{"b", &b}}, Backends::cpu_and_cuda);
+  const Device device = check_device(name, {{"b", &b}});
   check_binary_dtype(op, b);
   Tensor out = Tensor::empty(b.shape(), b.dtype(), device);
   LAMINA_DISPATCH(device, scalar_binary(op, out, a, b));
@@ -159,20 +160,20 @@ std::pair<Tensor, Tensor> binary_backward(BinaryOp op, const Tensor& grad_out, c
 }
 
 void add_(const Tensor& dst, const Tensor& src, double alpha) {
-  check_device("add_", {{"dst", &dst}, {"src", &src}}, Backends::cpu_and_cuda);
+  check_device("add_", {{"dst", &dst}, {"src", &src}});
   check_same_dtype("add_", {{"dst", &dst}, {"src", &src}});
   check_writable("add_", "dst", dst);
   LAMINA_DISPATCH(dst.device(), add_scaled_inplace(dst, views::broadcast_to(src, dst.shape(), "add_"), alpha));
 }
 
 void mul_(const Tensor& dst, double factor) {
-  check_device("mul_", {{"dst", &dst}}, Backends::cpu_and_cuda);
+  check_device("mul_", {{"dst", &dst}});
   check_writable("mul_", "dst", dst);
   LAMINA_DISPATCH(dst.device(), binary_scalar(BinaryOp::mul, dst, dst, factor));
 }
 
 Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
-  const Device device = check_device("compare", {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
+  const Device device = check_device("compare", {{"a", &a}, {"b", &b}});
   check_same_dtype("compare", {{"a", &a}, {"b", &b}});
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), "compare");
   Tensor out = Tensor::empty(shape, DType::boolean, device);
@@ -191,7 +192,7 @@ Tensor compare(CompareOp op, const Tensor& a, double b) {
 }
 
 Tensor logical_not(const Tensor& x) {
-  const Device device = check_device("logical_not", {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device("logical_not", {{"x", &x}});
   check_dtype("logical_not", "x", x, DType::boolean);
   Tensor out = Tensor::empty(x.shape(), DType::boolean, device);
   LAMINA_DISPATCH(device, logical(LogicalOp::logical_not, out, x, x));
@@ -200,7 +201,7 @@ Tensor logical_not(const Tensor& x) {
 
 namespace {
 Tensor logical_binary(LogicalOp op, const char* name, const Tensor& a, const Tensor& b) {
-  const Device device = check_device(name, {{"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
+  const Device device = check_device(name, {{"a", &a}, {"b", &b}});
   check_dtype(name, "a", a, DType::boolean);
   check_dtype(name, "b", b, DType::boolean);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
@@ -219,8 +220,7 @@ Tensor logical_or(const Tensor& a, const Tensor& b) {
 }
 
 Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
-  const Device device =
-      check_device("where", {{"condition", &condition}, {"a", &a}, {"b", &b}}, Backends::cpu_and_cuda);
+  const Device device = check_device("where", {{"condition", &condition}, {"a", &a}, {"b", &b}});
   check_dtype("where", "condition", condition, DType::boolean);
   check_same_dtype("where", {{"a", &a}, {"b", &b}});
   const Shape shape = broadcast_shapes(broadcast_shapes(condition.shape(), a.shape(), "where"), b.shape(), "where");
@@ -231,7 +231,7 @@ Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
-  const Device device = check_device("masked_fill", {{"x", &x}, {"mask", &mask}}, Backends::cpu_and_cuda);
+  const Device device = check_device("masked_fill", {{"x", &x}, {"mask", &mask}});
   check_dtype("masked_fill", "mask", mask, DType::boolean);
   LAMINA_CHECK(broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape(), "masked_fill: mask ",
                mask.shape(), " does not broadcast to x ", x.shape());
@@ -241,7 +241,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
-  const Device device = check_device("clamp", {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device("clamp", {{"x", &x}});
   LAMINA_CHECK(!low || !high || *low <= *high, "clamp: low ", *low, " is above high ", *high);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
   LAMINA_DISPATCH(device, clamp(out, x, low.value_or(-std::numeric_limits<double>::infinity()),
@@ -251,7 +251,7 @@ Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> h
 
 Tensor clamp_backward(const Tensor& grad_out, const Tensor& x, std::optional<double> low,
                       std::optional<double> high) {
-  check_device("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}}, Backends::cpu_and_cuda);
+  check_device("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}});
   check_same_dtype("clamp_backward", {{"grad_out", &grad_out}, {"x", &x}});
   check_shape("clamp_backward", "grad_out", grad_out, x.shape());
   Tensor grad_in = Tensor::empty(x.shape(), x.dtype(), x.device());

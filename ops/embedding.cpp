@@ -1,4 +1,5 @@
-// Embedding: checks (including every id in range) and allocation; kernels in ops/cpu/embedding.cpp.
+// Embedding: checks (including every id in range) and allocation; kernels in
+// ops/cpu/embedding.cpp and ops/cuda/embedding.cu.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -17,7 +18,7 @@ void check_ids_in_range(const char* op, const Tensor& ids, int64_t num_embedding
 }  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
-  const Device device = check_device("embedding", {{"weight", &weight}, {"ids", &ids}}, Backends::cpu_and_cuda);
+  const Device device = check_device("embedding", {{"weight", &weight}, {"ids", &ids}});
   check_dim("embedding", "weight", weight, 2);
   check_index_dtype("embedding", "ids", ids);
   check_ids_in_range("embedding", ids, weight.size(0));
@@ -29,7 +30,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& grad_out, const Tensor& ids, int64_t num_embeddings) {
-  check_device("embedding_backward", {{"grad_out", &grad_out}, {"ids", &ids}}, Backends::cpu_and_cuda);
+  check_device("embedding_backward", {{"grad_out", &grad_out}, {"ids", &ids}});
   check_floating("embedding_backward", "grad_out", grad_out);
   check_index_dtype("embedding_backward", "ids", ids);
   Shape expected = ids.shape();

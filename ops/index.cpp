@@ -1,4 +1,5 @@
-// Indexing and joining: checks (every index in range) and allocation; kernels in ops/cpu/index.cpp.
+// Indexing and joining: checks (every index in range) and allocation; kernels in
+// ops/cpu/index.cpp and ops/cuda/index.cu (split needs none: its parts are views).
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -35,7 +36,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   shape[size_t(d)] = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const Tensor& t = tensors[i];
-    check_device("cat", {{"tensors[0]", &first}, {"tensors[i]", &t}}, Backends::cpu_and_cuda);
+    check_device("cat", {{"tensors[0]", &first}, {"tensors[i]", &t}});
     LAMINA_CHECK(t.dtype() == first.dtype(), "cat: tensor ", i, " has dtype ", dtype_name(t.dtype()), ", tensor 0 has ",
                  dtype_name(first.dtype()));
     LAMINA_CHECK(t.dim() == first.dim(), "cat: tensor ", i, " has shape ", t.shape(), ", tensor 0 has ", first.shape());
@@ -73,7 +74,7 @@ std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  const Device device = check_device("index_select", {{"x", &x}, {"index", &index}}, Backends::cpu_and_cuda);
+  const Device device = check_device("index_select", {{"x", &x}, {"index", &index}});
   const int64_t d = normalize_dim(dim, x.dim(), "index_select");
   check_dim("index_select", "index", index, 1);
   check_indices("index_select", index, x.size(d));
@@ -85,7 +86,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Tensor& src) {
-  const Device device = check_device("index_add", {{"index", &index}, {"src", &src}}, Backends::cpu_and_cuda);
+  const Device device = check_device("index_add", {{"index", &index}, {"src", &src}});
   const int64_t d = normalize_dim(dim, int64_t(shape.size()), "index_add");
   check_dim("index_add", "index", index, 1);
   check_indices("index_add", index, shape[size_t(d)]);
@@ -98,7 +99,7 @@ Tensor index_add(const Shape& shape, int64_t dim, const Tensor& index, const Ten
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
-  const Device device = check_device("gather", {{"x", &x}, {"index", &index}}, Backends::cpu_and_cuda);
+  const Device device = check_device("gather", {{"x", &x}, {"index", &index}});
   const int64_t d = normalize_dim(dim, x.dim(), "gather");
   check_gather_shape("gather", x, d, index);
   check_indices("gather", index, x.size(d));
@@ -108,7 +109,7 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor scatter_add(const Tensor& base, int64_t dim, const Tensor& index, const Tensor& src) {
-  check_device("scatter_add", {{"base", &base}, {"index", &index}, {"src", &src}}, Backends::cpu_and_cuda);
+  check_device("scatter_add", {{"base", &base}, {"index", &index}, {"src", &src}});
   check_same_dtype("scatter_add", {{"base", &base}, {"src", &src}});
   const int64_t d = normalize_dim(dim, base.dim(), "scatter_add");
   check_gather_shape("scatter_add", base, d, index);
@@ -120,7 +121,7 @@ Tensor scatter_add(const Tensor& base, int64_t dim, const Tensor& index, const T
 }
 
 Tensor one_hot(const Tensor& index, int64_t num_classes, DType dtype) {
-  const Device device = check_device("one_hot", {{"index", &index}}, Backends::cpu_and_cuda);
+  const Device device = check_device("one_hot", {{"index", &index}});
   LAMINA_CHECK(num_classes > 0, "one_hot: num_classes must be positive, got ", num_classes);
   check_indices("one_hot", index, num_classes);
   Shape shape = index.shape();

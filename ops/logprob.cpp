@@ -35,8 +35,7 @@ Rows address_rows(const Tensor& logits) {
 // mask are padding and may hold anything; on a GPU they are read through a host copy).
 Device check_token_arguments(const char* op, const Tensor& logits, const Tensor& labels, const Tensor& mask,
                              double temperature) {
-  const Device device =
-      check_device(op, {{"logits", &logits}, {"labels", &labels}, {"mask", &mask}}, Backends::cpu_and_cuda);
+  const Device device = check_device(op, {{"logits", &logits}, {"labels", &labels}, {"mask", &mask}});
   check_floating(op, "logits", logits);
   check_index_dtype(op, "labels", labels);
   check_dtype(op, "mask", mask, DType::boolean);
@@ -73,7 +72,7 @@ Tensor token_logprobs_backward(const Tensor& grad_logprobs, const Tensor& logits
                                const Tensor& mask, const Tensor& lse, double temperature) {
   const char* op = "token_logprobs_backward";
   const Device device = check_token_arguments(op, logits, labels, mask, temperature);
-  check_device(op, {{"grad_logprobs", &grad_logprobs}, {"logits", &logits}, {"lse", &lse}}, Backends::cpu_and_cuda);
+  check_device(op, {{"grad_logprobs", &grad_logprobs}, {"logits", &logits}, {"lse", &lse}});
   check_shape(op, "grad_logprobs", grad_logprobs, row_shape(logits));
   check_shape(op, "lse", lse, row_shape(logits));
   check_dtype(op, "lse", lse, result_dtype(logits.dtype()));
@@ -100,7 +99,7 @@ TokenDistributionStats token_distribution_stats(const Tensor& logits, const Tens
 }
 
 Tensor log1mexp(const Tensor& x) {
-  const Device device = check_device("log1mexp", {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device("log1mexp", {{"x", &x}});
   check_floating("log1mexp", "x", x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), device);
   LAMINA_DISPATCH(device, log1mexp(out, x));
@@ -108,8 +107,7 @@ Tensor log1mexp(const Tensor& x) {
 }
 
 Tensor log1mexp_backward(const Tensor& grad_out, const Tensor& x) {
-  const Device device =
-      check_device("log1mexp_backward", {{"grad_out", &grad_out}, {"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device("log1mexp_backward", {{"grad_out", &grad_out}, {"x", &x}});
   check_floating("log1mexp_backward", "x", x);
   check_same_dtype("log1mexp_backward", {{"grad_out", &grad_out}, {"x", &x}});
   check_shape("log1mexp_backward", "grad_out", grad_out, x.shape());

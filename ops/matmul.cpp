@@ -1,4 +1,5 @@
-// matmul: batch broadcasting, transposes folded into strides, dtype handling.
+// matmul and its backward: shape checks, then cuBLASLt on a CUDA device (ops/cuda/matmul.cpp) or,
+// on the CPU, batch broadcasting and transposes folded into strides for Eigen (ops/cpu/matmul.cpp).
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -34,6 +35,14 @@ Tensor broadcast_batch(const Tensor& t, const Shape& batch) {
   return views::broadcast_to(t, shape, "matmul");
 }
 
+// t [..., C] as the rows [N, C]: a view of t when its layout allows one, a contiguous copy otherwise.
+Tensor as_rows(const Tensor& t) {
+  const Shape rows_shape{shape_numel(Shape(t.shape().begin(), t.shape().end() - 1)), t.size(-1)};
+  Shape strides;
+  if (views::view_strides(t, rows_shape, strides)) return views::as_strided(t, rows_shape, strides, t.offset());
+  return views::view(contiguous(t), rows_shape);
+}
+
 Tensor matrix_at(const Tensor& t, const Shape& batch_index) {
   Tensor matrix = t;
   for (int64_t index : batch_index) matrix = views::select(matrix, 0, index);
@@ -43,7 +52,7 @@ Tensor matrix_at(const Tensor& t, const Shape& batch_index) {
 }  // namespace
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
-  const Device device = check_device("matmul", {{"a", &a_in}, {"b", &b_in}}, Backends::cpu_and_cuda);
+  const Device device = check_device("matmul", {{"a", &a_in}, {"b", &b_in}});
   check_same_dtype("matmul", {{"a", &a_in}, {"b", &b_in}});
   check_floating("matmul", "a", a_in);
   LAMINA_CHECK(a_in.dim() >= 2 && b_in.dim() >= 2, "matmul: operands need at least 2 dims, got ", a_in.shape(),
@@ -111,8 +120,8 @@ std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& 
   Tensor grad_b;
   if (b.dim() == 2 && a.dim() > 2 && !transpose_a) {
     // Shared 2-D weight: one product over all rows instead of a batch of products summed.
-    const Tensor a_rows = a.reshape({-1, a.size(-1)});
-    const Tensor g_rows = grad_out.reshape({-1, grad_out.size(-1)});
+    const Tensor a_rows = as_rows(a);
+    const Tensor g_rows = as_rows(grad_out);
     grad_b = transpose_b ? matmul(g_rows, a_rows, true, false) : matmul(a_rows, g_rows, true, false);
   } else {
     grad_b = transpose_b ? matmul(grad_out, a, true, transpose_a) : matmul(a, grad_out, !transpose_a, false);

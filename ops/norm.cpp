@@ -1,4 +1,5 @@
-// RMSNorm: checks and allocation; kernels and the derivation in ops/cpu/norm.cpp.
+// RMSNorm: checks and allocation; kernels in ops/cpu/norm.cpp (with the derivation) and
+// ops/cuda/norm.cu.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -21,7 +22,7 @@ void check_norm_inputs(const char* op, const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 RmsNormResult rms_norm(const Tensor& x_in, const Tensor& weight_in, double eps) {
-  const Device device = check_device("rms_norm", {{"x", &x_in}, {"weight", &weight_in}}, Backends::cpu_and_cuda);
+  const Device device = check_device("rms_norm", {{"x", &x_in}, {"weight", &weight_in}});
   check_norm_inputs("rms_norm", x_in, weight_in);
   LAMINA_CHECK(eps >= 0, "rms_norm: eps must be non-negative, got ", eps);
   const Tensor x = contiguous(x_in), weight = contiguous(weight_in);
@@ -34,8 +35,7 @@ RmsNormResult rms_norm(const Tensor& x_in, const Tensor& weight_in, double eps) 
 RmsNormGrads rms_norm_backward(const Tensor& grad_out, const Tensor& x_in, const Tensor& weight_in,
                                const Tensor& rstd) {
   const Device device = check_device("rms_norm_backward",
-                                     {{"grad_out", &grad_out}, {"x", &x_in}, {"weight", &weight_in}, {"rstd", &rstd}},
-                                     Backends::cpu_and_cuda);
+                                     {{"grad_out", &grad_out}, {"x", &x_in}, {"weight", &weight_in}, {"rstd", &rstd}});
   check_norm_inputs("rms_norm_backward", x_in, weight_in);
   check_same_dtype("rms_norm_backward", {{"grad_out", &grad_out}, {"x", &x_in}});
   check_shape("rms_norm_backward", "grad_out", grad_out, x_in.shape());

@@ -1,9 +1,13 @@
 // The op catalogue: every tensor operation lamina has, without autograd.
 //
 // Each op checks its arguments (shapes, dtypes, devices) and throws a lamina::Error naming
-// the op and the offending shapes, then dispatches on the device to ops/cpu/ (or ops/cuda/).
+// the op and the offending shapes, then dispatches on the device to ops/cpu/ or ops/cuda/.
 // Backward functions sit beside their forward and are plain ops too; autograd/ composes them
-// into a tape. Outputs are fresh contiguous tensors unless the name ends in `_` (in place).
+// into a tape. No op records on the tape, whatever grad mode is and whatever its inputs
+// require: inside, views are the raw ones of tensor/view.h, never Tensor's view methods
+// (tests/autograd/test_ops_record_nothing.cpp holds every op family to that).
+// Outputs are fresh contiguous tensors unless the name ends in `_` (in place), or the op says
+// it may return its input or views of it (contiguous, to_device, sum_to, split).
 //
 // Shapes in comments: x: [B, T, C] means any leading dims are allowed where written "...".
 #pragma once

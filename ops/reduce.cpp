@@ -1,10 +1,12 @@
-// Reductions: dim handling and output shapes; kernels in ops/cpu/reduce.cpp.
+// Reductions and their backwards: dim handling and output shapes; kernels in ops/cpu/reduce.cpp
+// and ops/cuda/reduce.cu. The backwards are compositions of other ops.
 #include <algorithm>
 
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
 #include "ops/ops.h"
+#include "tensor/view.h"
 
 namespace lamina::ops {
 namespace {
@@ -34,7 +36,7 @@ Shape reduced_shape(const Tensor& x, const std::vector<bool>& reduce, bool keepd
 
 Tensor run_reduce(ReduceKind kind, const char* op, const Tensor& x, const Shape& dims, bool keepdim,
                   int64_t correction = 0) {
-  const Device device = check_device(op, {{"x", &x}}, Backends::cpu_and_cuda);
+  const Device device = check_device(op, {{"x", &x}});
   // Checked here so that the error names the op, not the shared kernel.
   LAMINA_CHECK(is_floating(x.dtype()) || x.dtype() == DType::i32 || x.dtype() == DType::i64, op,
                ": expected an arithmetic dtype (f32, f64, bf16, f16, i32, i64), got ", dtype_name(x.dtype()));
@@ -105,8 +107,8 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
       LAMINA_CHECK(shape[d - lead] == x.size(int64_t(d)), "sum_to: cannot sum shape ", x.shape(), " to ", shape);
     }
   }
-  if (dims.empty()) return x.view(shape);
-  return sum(x, dims, true).view(shape);
+  if (dims.empty()) return views::view(x, shape);
+  return views::view(sum(x, dims, true), shape);
 }
 
 Tensor unsqueeze_reduced(const Tensor& reduced, const Shape& input_shape, const Shape& dims, bool keepdim) {
@@ -117,7 +119,7 @@ Tensor unsqueeze_reduced(const Tensor& reduced, const Shape& input_shape, const 
   } else {
     for (int64_t dim : dims) shape[size_t(normalize_dim(dim, int64_t(input_shape.size()), "unsqueeze_reduced"))] = 1;
   }
-  return reduced.view(shape);
+  return views::view(reduced, shape);
 }
 
 Tensor extremum_backward(const Tensor& grad_out, const Tensor& x, const Tensor& out, const Shape& dims,

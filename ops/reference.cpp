@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "tensor/view.h"
+
 namespace lamina::ops::reference {
 namespace {
 
@@ -193,8 +195,8 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
 }
 
 Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool transpose_b) {
-  const Array a(transpose_a ? ops::contiguous(a_in.transpose(-1, -2)) : a_in);
-  const Array b(transpose_b ? ops::contiguous(b_in.transpose(-1, -2)) : b_in);
+  const Array a(transpose_a ? ops::contiguous(views::transpose(a_in, -1, -2)) : a_in);
+  const Array b(transpose_b ? ops::contiguous(views::transpose(b_in, -1, -2)) : b_in);
   const int64_t m = a.shape[a.shape.size() - 2], k = a.shape.back(), n = b.shape.back();
   const Shape batch_a(a.shape.begin(), a.shape.end() - 2), batch_b(b.shape.begin(), b.shape.end() - 2);
   const Shape batch = broadcast_shapes(batch_a, batch_b, "reference::matmul");
@@ -364,7 +366,7 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   const int64_t Hkv = k.shape[1], S = k.shape[2];
   const double scale = options.scale.value_or(1.0 / std::sqrt(double(D)));
   std::optional<Array> mask;
-  if (options.mask.defined()) mask.emplace(ops::contiguous(options.mask.expand({B, H, T, S})));
+  if (options.mask.defined()) mask.emplace(ops::contiguous(views::expand(options.mask, {B, H, T, S})));
   Array out(q.shape, 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {

@@ -1,4 +1,5 @@
-// RoPE: frequency table (with Llama 3.1 scaling), checks; kernel in ops/cpu/rope.cpp.
+// RoPE: frequency table (with Llama 3.1 scaling) and checks; kernels in ops/cpu/rope.cpp and
+// ops/cuda/rope.cu.
 #include <cmath>
 
 #include "ops/checks.h"
@@ -24,7 +25,7 @@ void check_rope_config(const RopeConfig& config) {
 }
 
 Tensor rotate(const char* op, const Tensor& x_in, const Tensor& positions, const RopeConfig& config, bool inverse) {
-  const Device device = check_device(op, {{"x", &x_in}, {"positions", &positions}}, Backends::cpu_and_cuda);
+  const Device device = check_device(op, {{"x", &x_in}, {"positions", &positions}});
   check_floating(op, "x", x_in);
   check_index_dtype(op, "positions", positions);
   check_rope_config(config);

@@ -1,5 +1,5 @@
-// Softmax family over any dim: the kernel works on the last dim of contiguous rows, so other
-// dims are transposed there and back.
+// Softmax family over any dim: the kernels (ops/cpu/softmax.cpp, ops/cuda/softmax.cu) work on
+// the last dim of contiguous rows, so other dims are transposed there and back.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -23,7 +23,7 @@ Tensor along_last_dim(const char* op, int64_t dim, const std::vector<Tensor>& in
 }
 
 Tensor softmax_forward(const char* op, const Tensor& x, int64_t dim, bool log_space) {
-  check_device(op, {{"x", &x}}, Backends::cpu_and_cuda);
+  check_device(op, {{"x", &x}});
   check_floating(op, "x", x);
   return along_last_dim(op, dim, {x}, [&](const Tensor& out, const std::vector<Tensor>& rows) {
     LAMINA_DISPATCH(out.device(), softmax_rows(out, rows[0], log_space));
@@ -31,7 +31,7 @@ Tensor softmax_forward(const char* op, const Tensor& x, int64_t dim, bool log_sp
 }
 
 Tensor softmax_backward_impl(const char* op, const Tensor& grad_out, const Tensor& y, int64_t dim, bool log_space) {
-  check_device(op, {{"grad_out", &grad_out}, {"y", &y}}, Backends::cpu_and_cuda);
+  check_device(op, {{"grad_out", &grad_out}, {"y", &y}});
   check_floating(op, "y", y);
   check_same_dtype(op, {{"grad_out", &grad_out}, {"y", &y}});
   check_shape(op, "grad_out", grad_out, y.shape());

@@ -1,4 +1,5 @@
-// SwiGLU: checks and allocation; kernels and the derivation in ops/cpu/swiglu.cpp.
+// SwiGLU: checks and allocation; kernels in ops/cpu/swiglu.cpp (with the derivation) and
+// ops/cuda/swiglu.cu.
 #include "ops/checks.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
@@ -7,7 +8,7 @@
 namespace lamina::ops {
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
-  const Device device = check_device("swiglu", {{"gate", &gate}, {"up", &up}}, Backends::cpu_and_cuda);
+  const Device device = check_device("swiglu", {{"gate", &gate}, {"up", &up}});
   check_floating("swiglu", "gate", gate);
   check_same_dtype("swiglu", {{"gate", &gate}, {"up", &up}});
   check_shape("swiglu", "up", up, gate.shape());
@@ -17,8 +18,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 }
 
 std::pair<Tensor, Tensor> swiglu_backward(const Tensor& grad_out, const Tensor& gate, const Tensor& up) {
-  const Device device = check_device("swiglu_backward", {{"grad_out", &grad_out}, {"gate", &gate}, {"up", &up}},
-                                     Backends::cpu_and_cuda);
+  const Device device = check_device("swiglu_backward", {{"grad_out", &grad_out}, {"gate", &gate}, {"up", &up}});
   check_floating("swiglu_backward", "gate", gate);
   check_same_dtype("swiglu_backward", {{"grad_out", &grad_out}, {"gate", &gate}, {"up", &up}});
   check_shape("swiglu_backward", "up", up, gate.shape());

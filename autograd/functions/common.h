@@ -1,19 +1,12 @@
-// Shared by the differentiable function files.
+// Shared by the differentiable function files. Each function calls its raw forward op with grad
+// mode as it is (raw ops never record: tests/autograd/test_ops_record_nothing.cpp) and then
+// records one node whose rule calls the raw backward.
 #pragma once
-
-#include <utility>
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
 
 namespace lamina::autograd {
-
-// Runs a raw op with the tape off, so that tensor methods used inside it record nothing.
-template <typename F>
-auto untaped(F&& f) {
-  NoGradGuard guard;
-  return f();
-}
 
 using Grads = std::vector<Tensor>;
 

@@ -7,10 +7,9 @@ namespace {
 
 using autograd::Grads;
 using autograd::saved;
-using autograd::untaped;
 
 Tensor unary_function(ops::UnaryOp op, const Tensor& x) {
-  Tensor out = untaped([&] { return ops::unary(op, x); });
+  Tensor out = ops::unary(op, x);
   autograd::record(ops::unary_op_name(op), {&out}, {x}, [op, x = saved(x), y = saved(out)](const Grads& g) {
     return Grads{ops::unary_backward(op, g[0], x, y)};
   });
@@ -18,7 +17,7 @@ Tensor unary_function(ops::UnaryOp op, const Tensor& x) {
 }
 
 Tensor binary_function(ops::BinaryOp op, const Tensor& a, const Tensor& b) {
-  Tensor out = untaped([&] { return ops::binary(op, a, b); });
+  Tensor out = ops::binary(op, a, b);
   autograd::record(ops::binary_op_name(op), {&out}, {a, b},
                    [op, a = saved(a), b = saved(b), y = saved(out)](const Grads& g) {
                      auto [grad_a, grad_b] = ops::binary_backward(op, g[0], a, b, y);
@@ -63,30 +62,30 @@ Tensor maximum(const Tensor& a, const Tensor& b) { return binary_function(ops::B
 Tensor minimum(const Tensor& a, const Tensor& b) { return binary_function(ops::BinaryOp::minimum, a, b); }
 
 Tensor add(const Tensor& a, double b) {
-  return scalar_function("add_scalar", untaped([&] { return ops::binary(ops::BinaryOp::add, a, b); }), a,
+  return scalar_function("add_scalar", ops::binary(ops::BinaryOp::add, a, b), a,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return g; });
 }
 
 Tensor sub(const Tensor& a, double b) { return add(a, -b); }
 
 Tensor sub(double a, const Tensor& b) {
-  return scalar_function("rsub_scalar", untaped([&] { return ops::binary(ops::BinaryOp::sub, a, b); }), b,
+  return scalar_function("rsub_scalar", ops::binary(ops::BinaryOp::sub, a, b), b,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return ops::neg(g); });
 }
 
 Tensor mul(const Tensor& a, double b) {
-  return scalar_function("mul_scalar", untaped([&] { return ops::binary(ops::BinaryOp::mul, a, b); }), a,
+  return scalar_function("mul_scalar", ops::binary(ops::BinaryOp::mul, a, b), a,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::mul, g, b); });
 }
 
 Tensor div(const Tensor& a, double b) {
-  return scalar_function("div_scalar", untaped([&] { return ops::binary(ops::BinaryOp::div, a, b); }), a,
+  return scalar_function("div_scalar", ops::binary(ops::BinaryOp::div, a, b), a,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::div, g, b); });
 }
 
 // d(s / b)/db = -s / b^2 = -out / b
 Tensor div(double a, const Tensor& b) {
-  return scalar_function("rdiv_scalar", untaped([&] { return ops::binary(ops::BinaryOp::div, a, b); }), b,
+  return scalar_function("rdiv_scalar", ops::binary(ops::BinaryOp::div, a, b), b,
                          [](const Tensor& g, const Tensor& x, const Tensor& y) {
                            return ops::neg(ops::div(ops::mul(g, y), x));
                          });
@@ -94,7 +93,7 @@ Tensor div(double a, const Tensor& b) {
 
 // d(a^e)/da = e a^(e-1)
 Tensor pow(const Tensor& a, double exponent) {
-  return scalar_function("pow_scalar", untaped([&] { return ops::binary(ops::BinaryOp::pow, a, exponent); }), a,
+  return scalar_function("pow_scalar", ops::binary(ops::BinaryOp::pow, a, exponent), a,
                          [exponent](const Tensor& g, const Tensor& x, const Tensor&) {
                            const Tensor slope = ops::binary(ops::BinaryOp::mul,
                                                             ops::binary(ops::BinaryOp::pow, x, exponent - 1.0), exponent);
@@ -103,7 +102,7 @@ Tensor pow(const Tensor& a, double exponent) {
 }
 
 Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
-  Tensor out = untaped([&] { return ops::where(condition, a, b); });
+  Tensor out = ops::where(condition, a, b);
   autograd::record("where", {&out}, {a, b},
                    [condition = saved(condition), a_shape = a.shape(), b_shape = b.shape()](const Grads& g) {
                      const Tensor zero = zeros({}, g[0].dtype(), g[0].device());
@@ -114,14 +113,14 @@ Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
-  Tensor out = untaped([&] { return ops::masked_fill(x, mask, value); });
+  Tensor out = ops::masked_fill(x, mask, value);
   autograd::record("masked_fill", {&out}, {x},
                    [mask = saved(mask)](const Grads& g) { return Grads{ops::masked_fill(g[0], mask, 0.0)}; });
   return out;
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
-  Tensor out = untaped([&] { return ops::clamp(x, low, high); });
+  Tensor out = ops::clamp(x, low, high);
   autograd::record("clamp", {&out}, {x}, [x = saved(x), low, high](const Grads& g) {
     return Grads{ops::clamp_backward(g[0], x, low, high)};
   });

@@ -6,10 +6,9 @@ namespace lamina {
 
 using autograd::Grads;
 using autograd::saved;
-using autograd::untaped;
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
-  Tensor out = untaped([&] { return ops::cat(tensors, dim); });
+  Tensor out = ops::cat(tensors, dim);
   Shape sizes;
   const int64_t d = normalize_dim(dim, out.dim(), "cat");
   for (const Tensor& t : tensors) sizes.push_back(t.size(d));
@@ -18,7 +17,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
 }
 
 std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
-  std::vector<Tensor> parts = untaped([&] { return ops::split(x, sizes, dim); });
+  std::vector<Tensor> parts = ops::split(x, sizes, dim);
   std::vector<Tensor*> outputs;
   for (Tensor& part : parts) outputs.push_back(&part);
   const int64_t d = normalize_dim(dim, x.dim(), "split");
@@ -27,7 +26,7 @@ std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  Tensor out = untaped([&] { return ops::index_select(x, dim, index); });
+  Tensor out = ops::index_select(x, dim, index);
   autograd::record("index_select", {&out}, {x}, [shape = x.shape(), dim, index = saved(index)](const Grads& g) {
     return Grads{ops::index_add(shape, dim, index, g[0])};
   });
@@ -35,7 +34,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
-  Tensor out = untaped([&] { return ops::gather(x, dim, index); });
+  Tensor out = ops::gather(x, dim, index);
   autograd::record("gather", {&out}, {x}, [shape = x.shape(), dim, index = saved(index)](const Grads& g) {
     return Grads{ops::scatter_add(zeros(shape, g[0].dtype(), g[0].device()), dim, index, g[0])};
   });

@@ -6,10 +6,9 @@ namespace lamina {
 
 using autograd::Grads;
 using autograd::saved;
-using autograd::untaped;
 
 Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask, double temperature) {
-  ops::TokenLogprobsResult result = untaped([&] { return ops::token_logprobs(logits, labels, mask, temperature); });
+  ops::TokenLogprobsResult result = ops::token_logprobs(logits, labels, mask, temperature);
   autograd::record("token_logprobs", {&result.logprobs}, {logits},
                    [logits = saved(logits), labels = saved(labels), mask = saved(mask), lse = result.lse,
                     temperature](const Grads& g) {
@@ -19,7 +18,7 @@ Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& 
 }
 
 Tensor log1mexp(const Tensor& x) {
-  Tensor out = untaped([&] { return ops::log1mexp(x); });
+  Tensor out = ops::log1mexp(x);
   autograd::record("log1mexp", {&out}, {x}, [x = saved(x)](const Grads& g) {
     return Grads{ops::log1mexp_backward(g[0], x)};
   });

@@ -6,10 +6,9 @@ namespace lamina {
 
 using autograd::Grads;
 using autograd::saved;
-using autograd::untaped;
 
 Tensor softmax(const Tensor& x, int64_t dim) {
-  Tensor out = untaped([&] { return ops::softmax(x, dim); });
+  Tensor out = ops::softmax(x, dim);
   autograd::record("softmax", {&out}, {x}, [y = saved(out), dim](const Grads& g) {
     return Grads{ops::softmax_backward(g[0], y, dim)};
   });
@@ -17,7 +16,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
-  Tensor out = untaped([&] { return ops::log_softmax(x, dim); });
+  Tensor out = ops::log_softmax(x, dim);
   autograd::record("log_softmax", {&out}, {x}, [y = saved(out), dim](const Grads& g) {
     return Grads{ops::log_softmax_backward(g[0], y, dim)};
   });
@@ -25,7 +24,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
-  Tensor out = untaped([&] { return ops::embedding(weight, ids); });
+  Tensor out = ops::embedding(weight, ids);
   autograd::record("embedding", {&out}, {weight}, [ids = saved(ids), rows = weight.size(0)](const Grads& g) {
     return Grads{ops::embedding_backward(g[0], ids, rows)};
   });
@@ -33,7 +32,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  ops::RmsNormResult result = untaped([&] { return ops::rms_norm(x, weight, eps); });
+  ops::RmsNormResult result = ops::rms_norm(x, weight, eps);
   autograd::record("rms_norm", {&result.y}, {x, weight},
                    [x = saved(x), weight = saved(weight), rstd = result.rstd](const Grads& g) {
                      ops::RmsNormGrads grads = ops::rms_norm_backward(g[0], x, weight, rstd);
@@ -43,7 +42,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) {
-  Tensor out = untaped([&] { return ops::rope(x, positions, config); });
+  Tensor out = ops::rope(x, positions, config);
   autograd::record("rope", {&out}, {x}, [positions = saved(positions), config](const Grads& g) {
     return Grads{ops::rope_backward(g[0], positions, config)};
   });
@@ -51,7 +50,7 @@ Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) 
 }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
-  Tensor out = untaped([&] { return ops::swiglu(gate, up); });
+  Tensor out = ops::swiglu(gate, up);
   autograd::record("swiglu", {&out}, {gate, up}, [gate = saved(gate), up = saved(up)](const Grads& g) {
     auto [grad_gate, grad_up] = ops::swiglu_backward(g[0], gate, up);
     return Grads{grad_gate, grad_up};
@@ -62,14 +61,14 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 Tensor dropout(const Tensor& x, double p, Generator& generator) {
   LAMINA_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got ", p);
   if (p == 0.0) return x;
-  const Tensor mask = untaped([&] { return ops::dropout_mask(x.shape(), 1.0 - p, generator, x.dtype(), x.device()); });
-  Tensor out = untaped([&] { return ops::mul(x, mask); });
+  const Tensor mask = ops::dropout_mask(x.shape(), 1.0 - p, generator, x.dtype(), x.device());
+  Tensor out = ops::mul(x, mask);
   autograd::record("dropout", {&out}, {x}, [mask](const Grads& g) { return Grads{ops::mul(g[0], mask)}; });
   return out;
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
-  ops::AttentionResult result = untaped([&] { return ops::attention(q, k, v, options); });
+  ops::AttentionResult result = ops::attention(q, k, v, options);
   AttentionOptions kept = options;
   kept.mask = saved(options.mask);
   autograd::record("attention", {&result.out}, {q, k, v},
@@ -86,13 +85,13 @@ namespace {
 // Per-token losses -> reduced loss; `scale` turns the reduced gradient into per-token ones.
 Tensor reduced_cross_entropy(const Tensor& logits, const Tensor& targets, Reduction reduction, int64_t ignore_index,
                              int64_t* target_count) {
-  ops::CrossEntropyResult result = untaped([&] { return ops::cross_entropy(logits, targets, ignore_index); });
+  ops::CrossEntropyResult result = ops::cross_entropy(logits, targets, ignore_index);
   if (target_count != nullptr) *target_count = result.target_count;
   const double scale = reduction == Reduction::mean && result.target_count > 0 ? 1.0 / double(result.target_count)
                        : reduction == Reduction::mean                          ? 0.0
                                                                                : 1.0;
   Tensor out = reduction == Reduction::none ? result.losses
-                                            : untaped([&] { return ops::binary(ops::BinaryOp::mul, ops::sum(result.losses), scale); });
+                                            : ops::binary(ops::BinaryOp::mul, ops::sum(result.losses), scale);
   autograd::record("cross_entropy", {&out}, {logits},
                    [logits = saved(logits), targets = saved(targets), lse = result.lse, ignore_index, reduction,
                     scale, rows = result.losses.shape()](const Grads& g) {

@@ -8,7 +8,6 @@ namespace {
 
 using autograd::Grads;
 using autograd::saved;
-using autograd::untaped;
 
 Tensor broadcast_back(const Tensor& grad, const Shape& input_shape, const Shape& dims, bool keepdim) {
   return ops::unsqueeze_reduced(grad, input_shape, dims, keepdim).expand(input_shape);
@@ -17,7 +16,7 @@ Tensor broadcast_back(const Tensor& grad, const Shape& input_shape, const Shape&
 }  // namespace
 
 Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
-  Tensor out = untaped([&] { return ops::sum(x, dims, keepdim); });
+  Tensor out = ops::sum(x, dims, keepdim);
   autograd::record("sum", {&out}, {x}, [shape = x.shape(), dims, keepdim](const Grads& g) {
     return Grads{broadcast_back(g[0], shape, dims, keepdim)};
   });
@@ -25,7 +24,7 @@ Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
-  Tensor out = untaped([&] { return ops::mean(x, dims, keepdim); });
+  Tensor out = ops::mean(x, dims, keepdim);
   const double count = out.numel() == 0 ? 1.0 : double(x.numel()) / double(out.numel());
   autograd::record("mean", {&out}, {x}, [shape = x.shape(), dims, keepdim, count](const Grads& g) {
     return Grads{ops::binary(ops::BinaryOp::div, broadcast_back(g[0], shape, dims, keepdim), count)};
@@ -35,7 +34,7 @@ Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
 
 namespace {
 Tensor extremum(bool is_max, const Tensor& x, const Shape& dims, bool keepdim) {
-  Tensor out = untaped([&] { return is_max ? ops::max(x, dims, keepdim) : ops::min(x, dims, keepdim); });
+  Tensor out = is_max ? ops::max(x, dims, keepdim) : ops::min(x, dims, keepdim);
   autograd::record(is_max ? "max" : "min", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
     return Grads{ops::extremum_backward(g[0], x, y, dims, keepdim)};
   });
@@ -47,7 +46,7 @@ Tensor max(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(t
 Tensor min(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(false, x, dims, keepdim); }
 
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
-  Tensor out = untaped([&] { return ops::logsumexp(x, dims, keepdim); });
+  Tensor out = ops::logsumexp(x, dims, keepdim);
   autograd::record("logsumexp", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
     return Grads{ops::logsumexp_backward(g[0], x, y, dims, keepdim)};
   });
@@ -55,7 +54,7 @@ Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim) {
-  Tensor out = untaped([&] { return ops::var(x, dims, correction, keepdim); });
+  Tensor out = ops::var(x, dims, correction, keepdim);
   autograd::record("var", {&out}, {x}, [x = saved(x), dims, correction, keepdim](const Grads& g) {
     return Grads{ops::var_backward(g[0], x, dims, correction, keepdim)};
   });
@@ -63,7 +62,7 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
-  Tensor out = untaped([&] { return ops::matmul(a, b, transpose_a, transpose_b); });
+  Tensor out = ops::matmul(a, b, transpose_a, transpose_b);
   autograd::record("matmul", {&out}, {a, b},
                    [a = saved(a), b = saved(b), transpose_a, transpose_b](const Grads& g) {
                      auto [grad_a, grad_b] = ops::matmul_backward(g[0], a, b, transpose_a, transpose_b);
