@@ -234,6 +234,8 @@ std::string format_bytes(uint64_t bytes) {
   return text;
 }
 
+bool system_allocator_build() { return LAMINA_SYSTEM_ALLOCATOR != 0; }
+
 }  // namespace lamina
 
 // Sanitizer builds keep the runtime's own operator new, which ASan instruments.

@@ -44,4 +44,10 @@ std::string format_bytes(uint64_t bytes);
 // for messages about an allocation that just failed.
 void format_bytes_into(char* text, size_t size, uint64_t bytes);
 
+// Whether this build leaves host memory to the system allocator and the runtime's operator new
+// (sanitizer builds, so that ASan sees every block) instead of mimalloc, the block cache and
+// lamina's throwing operator new. A run-time answer: the test suites' objects are shared by both
+// builds.
+bool system_allocator_build();
+
 }  // namespace lamina

@@ -6,8 +6,8 @@
 // - for_each_poison(body) runs body twice with every new CUDA allocation pre-filled with 0xFF
 //   (NaN for floats, -1 for integers) and then 0x00: an output element a kernel never writes
 //   differs from the CPU result in at least one of the runs.
-// - Tolerances are per op and per dtype, stated where they are used; bit-exact results use
-//   kExact.
+// - Tolerances are per op and per dtype, stated where they are used (elementwise_tolerance and
+//   scaled are in ops/op_cases.h, shared with the op-case harness); bit-exact results use kExact.
 #pragma once
 
 #include <cmath>
@@ -54,22 +54,6 @@ inline void for_each_poison(const std::function<void()>& body) {
   }
   cuda::synchronize_stream(kCuda.index);  // surface any asynchronous fault here, not in a later case
 }
-
-// Tolerances of a CUDA result against the CPU result on the same inputs. Both compute in f32 (f64
-// for f64) with different but equally accurate library functions and summation orders, so f32
-// and f64 agree to a few ulps; 16-bit results are rounded from nearly equal f32 values and agree
-// to within one unit in the last place.
-inline Tolerance elementwise_tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::f32: return {1e-6, 1e-5};
-    case DType::f64: return {1e-13, 1e-12};
-    case DType::bf16: return {1e-5, 1.0 / 128};  // one bf16 ulp is 2^-8 relative
-    case DType::f16: return {1e-6, 1.0 / 1024};  // one f16 ulp is 2^-11 relative
-    default: return kExact;
-  }
-}
-
-inline Tolerance scaled(Tolerance t, double factor) { return {t.atol * factor, t.rtol * factor}; }
 
 // ||a - b|| / ||b|| over all elements (f64), for products whose per-element error depends on K.
 inline double relative_error(const Tensor& actual, const Tensor& expected) {

@@ -1,8 +1,12 @@
-// Per-token log-probs, distribution statistics and log1mexp on the GPU against the CPU kernels on
-// the same inputs: forward and backward; vocabularies of 7, 1001 (no pack fits), 4000 (packed),
-// 20001 (two chunks) and 128256 (eight chunks); contiguous rows, the shifted view
-// logits[..., :-1, :] (row offsets with gaps), rows padded to V + 3 (unaligned), transposed logits
-// (copied contiguous); masked rows whose labels lie outside the vocabulary; temperature 1 and not.
+// Per-token log-probs and distribution statistics on the GPU against the CPU kernels on the same
+// inputs, in the row layouts of a causal LM's logits that the op cases' generic layouts do not
+// reach (ops::token_logprobs, ops::token_distribution_stats, ops::log1mexp and
+// ops::log1mexp_backward are op cases too, compared with the CPU by test_op_cases.cpp): forward
+// and backward; vocabularies of 7, 1001 (no
+// pack fits), 4000 (packed), 20001 (two chunks) and 128256 (eight chunks); contiguous rows, the
+// shifted view logits[..., :-1, :] (row offsets with gaps), rows padded to V + 3 (unaligned),
+// transposed logits (copied contiguous); masked rows whose labels lie outside the vocabulary;
+// temperature 1 and not.
 //
 // Tolerances (outputs of the forward ops are f32, f64 for f64 logits; sums run in another order,
 // with CUDA's expf against the CPU's vectorised exp, both within 2 ulp):
@@ -16,7 +20,6 @@
 //     (at most 16 terms per thread, then trees, then 8 chunks) must be within 2e-5 absolute and
 //     1e-5 relative of it (entropy, log sum p^2), 1e-7 and 1e-5 (logit mean); f64 logits against
 //     the f64 CPU within 1e-11; argmax matches exact.
-//   log1mexp and its backward: elementwise_tolerance(dtype), doubled.
 // Edge rows (ties, -inf, NaN, +inf, all -inf) must give what the CPU gives, NaN included.
 #include <string>
 
@@ -270,32 +273,4 @@ TEST_CASE("token_logprobs on the GPU rejects a kept label outside the vocabulary
   const Tensor padding_only = Tensor::from_vector(std::vector<int64_t>{0, -1, 4, 2, 3, 1}, {2, 3});
   CHECK_CLOSE(ops::token_logprobs(mirror(logits), mirror(padding_only), mirror(mask)).logprobs,
               ops::token_logprobs(logits, padding_only, mask).logprobs, forward_tolerance(DType::f32));
-}
-
-TEST_CASE("log1mexp and its backward match the CPU in every layout") {
-  Generator gen(405);
-  for (DType dtype : kGpuFloatDTypes) {
-    for (const Shape& shape : {Shape{7}, Shape{3, 5, 9}, Shape{1000, 33}}) {
-      CAPTURE(name(dtype));
-      CAPTURE(shape);
-      // Both branches (the switch is at -ln 2), values near 0, and 0 (-inf) and positive (NaN).
-      std::vector<double> values = uniform(shape, -6, -1e-4, gen, DType::f64).to_vector<double>();
-      values[0] = 0.0;
-      values[1] = 0.25;
-      values[2] = -0.6931471805599453;
-      const Tensor x = Tensor::from_vector(values, shape, dtype);
-      const Tensor grad_out = random_tensor(shape, dtype, gen);
-      const Tensor expected = ops::log1mexp(x);
-      const Tensor expected_grad = ops::log1mexp_backward(grad_out, x);
-      const Tolerance tol = scaled(elementwise_tolerance(dtype), 2);
-      for (Layout layout : kLayouts) {
-        CAPTURE(name(layout));
-        for_each_poison([&] {
-          CHECK_CLOSE(ops::log1mexp(mirror(in_layout(x, layout))), expected, tol);
-          CHECK_CLOSE(ops::log1mexp_backward(mirror(in_layout(grad_out, layout)), mirror(in_layout(x, layout))),
-                      expected_grad, tol);
-        });
-      }
-    }
-  }
 }

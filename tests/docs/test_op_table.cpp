@@ -1,16 +1,22 @@
 // Keeps docs/ops.md, the table of every op's faces (forward, backward rule, CPU and CUDA kernels,
-// f64 oracle, tests), in step with ops/ops.h: a new op without a row, a row for an op that no
-// longer exists, and a face left blank all fail here. The links inside the cells are checked
-// by the docs suite's link test; this file checks which rows exist and that every cell says
-// something.
+// f64 oracle, tests), in step with ops/ops.h and the op-case harness of tests/op_cases/: a new
+// op without a row, a row for an op that no longer exists, a face left blank, an op case whose op
+// is not in ops/ops.h, and an op with a case whose tests cell does not link that case first all
+// fail here. The links inside the cells are checked by the docs suite's link test; this file
+// checks which rows exist and that every cell says something.
 //
 // What counts as an op: a function declared (or defined inline) at namespace scope of
 // namespace lamina or lamina::ops in ops/ops.h, overloads counting once. Members of the option
 // and result structs are not ops; functions of a nested namespace (lamina::ops::detail, say)
 // are not either. The few declarations that are helpers rather than ops are listed, each with
 // its reason, in kNotOps below.
+//
+// What counts as an op case: a string literal "ops::name" or "ops::name(..." in the code of a
+// tests/op_cases/*.cpp file (the case's name, as `c.name = "ops::rms_norm"`, or an entry of a
+// table of names), comments left out.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
@@ -41,7 +47,7 @@ const std::map<std::string, std::string> kNotOps = {
 // The columns of every op table, in order.
 const std::vector<std::string> kColumns = {"op",         "forward math", "backward rule", "CPU kernel",
                                            "CUDA kernel", "f64 oracle",   "tests"};
-constexpr size_t kOpColumn = 0, kForwardColumn = 1, kBackwardColumn = 2;
+constexpr size_t kOpColumn = 0, kForwardColumn = 1, kBackwardColumn = 2, kTestsColumn = 6;
 
 const std::string kEmDash = "\xE2\x80\x94";  // "—", UTF-8
 
@@ -192,6 +198,58 @@ std::vector<DeclaredOp> parse_declarations(const std::string& header) {
   return declarations;
 }
 
+// The op cases: each op a case names, with the family files that name it, as paths from the
+// repository root ("tests/op_cases/nn.cpp").
+using CaseFiles = std::map<std::string, std::set<std::string>>;
+
+// The ops that the string literals "ops::name" and "ops::name(..." of a family file's code name;
+// literals inside comments count for nothing.
+std::set<std::string> case_op_names(const std::string& source) {
+  static const std::string kPrefix = "ops::";
+  std::set<std::string> names;
+  for (size_t at = 0; at < source.size(); ++at) {
+    const char c = source[at];
+    if (c == '/' && at + 1 < source.size() && source[at + 1] == '/') {
+      at = source.find('\n', at);
+      if (at == std::string::npos) break;
+    } else if (c == '/' && at + 1 < source.size() && source[at + 1] == '*') {
+      at = source.find("*/", at + 2);
+      if (at == std::string::npos) break;
+      ++at;
+    } else if (c == '\'') {  // a character literal, perhaps '"'
+      ++at;
+      while (at < source.size() && source[at] != '\'') at += source[at] == '\\' ? 2 : 1;
+    } else if (c == '"') {
+      size_t end = at + 1;
+      while (end < source.size() && source[end] != '"') end += source[end] == '\\' ? 2 : 1;
+      const std::string literal = source.substr(at + 1, std::min(end, source.size()) - at - 1);
+      if (starts_with(literal, kPrefix)) {
+        size_t name_end = kPrefix.size();
+        while (name_end < literal.size() && is_identifier_char(literal[name_end])) ++name_end;
+        const bool whole_name = name_end == literal.size() || literal[name_end] == '(';
+        if (name_end > kPrefix.size() && whole_name) names.insert(literal.substr(kPrefix.size(), name_end - kPrefix.size()));
+      }
+      at = end;
+    }
+  }
+  return names;
+}
+
+// Every op case of the family files under `folder` (tests/op_cases/ of the repository at `root`).
+CaseFiles read_case_files(const std::filesystem::path& root, const std::string& folder) {
+  CaseFiles cases;
+  for (const auto& entry : std::filesystem::directory_iterator(root / folder)) {
+    if (entry.path().extension() != ".cpp") continue;
+    const std::string file = folder + "/" + entry.path().filename().string();
+    for (const std::string& op : case_op_names(read_text(entry.path()))) cases[op].insert(file);
+  }
+  return cases;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 // One row of an op table: its line in the markdown and its cells, trimmed.
 struct TableRow {
   int line = 0;
@@ -292,9 +350,11 @@ std::vector<TableRow> op_table_rows(const std::string& markdown, std::vector<std
 }
 
 // Everything wrong with `table` (the markdown of docs/ops.md) as the op table of `header`
-// (the text of ops/ops.h), one message each; empty when the table is complete and well formed.
+// (the text of ops/ops.h) and of the op cases `cases`, one message each; empty when the table is
+// complete and well formed and every op with a case links it first in its tests cell.
 std::vector<std::string> check_op_table(const std::string& header, const std::string& table,
-                                        const std::map<std::string, std::string>& not_ops) {
+                                        const std::map<std::string, std::string>& not_ops,
+                                        const CaseFiles& cases = {}) {
   std::vector<std::string> problems;
   std::map<std::string, std::string> scope_of;  // declared op -> its namespace
   std::set<std::string> declared_names;
@@ -305,6 +365,15 @@ std::vector<std::string> check_op_table(const std::string& header, const std::st
   for (const auto& [name, reason] : not_ops)
     if (declared_names.count(name) == 0)
       problems.push_back("'" + name + "' is listed as not an op (" + reason + ") but ops/ops.h no longer declares it");
+  for (const auto& [name, files] : cases) {
+    const std::string where = "an op case in " + *files.begin() + " names 'ops::" + name + "'";
+    const auto declared = scope_of.find(name);
+    if (declared == scope_of.end())
+      problems.push_back(where + " but ops/ops.h declares no such op" +
+                         (not_ops.count(name) != 0 ? " (it is listed as not an op)" : ""));
+    else if (declared->second != "lamina::ops")
+      problems.push_back(where + " but the op is declared in namespace " + declared->second);
+  }
 
   std::map<std::string, int> row_of;  // op -> line of its row
   for (const TableRow& row : op_table_rows(table, problems)) {
@@ -340,6 +409,19 @@ std::vector<std::string> check_op_table(const std::string& header, const std::st
     for (size_t column = kBackwardColumn; column < kColumns.size(); ++column)
       if (const std::optional<std::string> problem = face_problem(column, row.cells[column]))
         problems.push_back(at + "'" + name + "': the " + kColumns[column] + " cell " + *problem);
+    // An op with a case is tested by the three suites that run every case: its tests cell says
+    // so by linking the case's family file before anything else.
+    if (const auto with_case = cases.find(name); with_case != cases.end()) {
+      std::smatch first_link;
+      const std::string& tests = row.cells[kTestsColumn];
+      bool links_case = false;
+      if (std::regex_search(tests, first_link, code_link()))
+        for (const std::string& file : with_case->second)
+          links_case = links_case || first_link[2].str() == file || ends_with(first_link[2].str(), "/" + file);
+      if (!links_case)
+        problems.push_back(at + "'" + name + "' has an op case in " + *with_case->second.begin() +
+                           " but its tests cell does not link that file first");
+    }
   }
   for (const auto& [name, scope] : scope_of)
     if (row_of.count(name) == 0)
@@ -404,8 +486,14 @@ TEST_CASE("op table: every op of ops/ops.h has exactly one complete row in docs/
   const std::filesystem::path root = LAMINA_SOURCE_DIR;
   const std::string header = read_text(root / "ops" / "ops.h");
   const std::string table = read_text(root / "docs" / "ops.md");
-  const std::vector<std::string> problems = check_op_table(header, table, kNotOps);
+  const CaseFiles cases = read_case_files(root, "tests/op_cases");
+  const std::vector<std::string> problems = check_op_table(header, table, kNotOps, cases);
   for (const std::string& problem : problems) FAIL_CHECK("docs/ops.md: " << problem);
+  // Guards against a case reader that finds nothing and so requires no link: names written
+  // whole, with an argument in brackets, and in a table of names.
+  CHECK(cases.size() > 25);
+  for (const char* op : {"rms_norm", "unary", "logical_or", "var", "token_logprobs"})
+    CHECK_MESSAGE(cases.count(op) == 1, op << " has no op case found in tests/op_cases/");
   // Guards against a parser that finds nothing and so has nothing to complain about.
   std::set<std::string> names;
   for (const DeclaredOp& op : parse_declarations(header)) names.insert(op.name);
@@ -490,4 +578,55 @@ TEST_CASE("op table: the checker catches unknown ops, duplicates and bad cells")
                  "does not start with"));
   CHECK(mentions(with_scale_row("| [`ops::scale`](../ops/x.cpp) | f | missing | missing | missing | missing | missingness |\n"),
                  "the tests cell is neither"));
+}
+
+TEST_CASE("op table: the case reader finds the names of op cases, not of comments or messages") {
+  const std::string family = R"family(// A family file like tests/op_cases/nn.cpp; "ops::commented" is not a case.
+OpCase scale_case() {
+  OpCase c;
+  c.name = "ops::scale(" + std::string("twice") + ")";
+  c.calls = [](char quote = '"') { return "ops::sum: not a name"; };  /* "ops::hidden" */
+  return c;
+}
+const char* names[] = {"ops::total", "ops::"};
+)family";
+  CHECK(case_op_names(family) == std::set<std::string>{"scale", "total"});
+}
+
+TEST_CASE("op table: the checker catches an op with a case whose row does not link it, and a case of no op") {
+  const CaseFiles cases = {{"scale", {"tests/op_cases/small.cpp"}}};
+  const std::string linked_scale_row =
+      "| [`ops::scale`](../ops/elementwise.cpp) | factor x | missing | missing | missing | missing | "
+      "cases: [`scale_case`](../tests/op_cases/small.cpp) (CPU vs oracle); "
+      "CPU: [`ops::scale`](../tests/ops/test_elementwise.cpp) |\n";
+  const auto with_scale_row = [&](const std::string& row, const CaseFiles& case_files) {
+    return check_op_table(kSmallHeader, std::string(kTableHead) + kZerosRow + row + kTotalRow, kSmallNotOps, case_files);
+  };
+  CHECK(with_scale_row(linked_scale_row, cases).empty());
+
+  // kScaleRow links only a test of tests/ops/: with a case for scale, that is a problem.
+  CHECK(with_scale_row(kScaleRow, {}).empty());
+  const std::vector<std::string> unlinked = with_scale_row(kScaleRow, cases);
+  REQUIRE(unlinked.size() == 1);
+  CHECK(mentions(unlinked, "'scale' has an op case in tests/op_cases/small.cpp but its tests cell does not link "
+                           "that file first"));
+  // The case's link after another one, or to another family's file, does not count.
+  CHECK(mentions(with_scale_row("| [`ops::scale`](../ops/x.cpp) | f | missing | missing | missing | missing | "
+                                "CPU: [`ops::scale`](../tests/ops/test_elementwise.cpp); "
+                                "cases: [`scale_case`](../tests/op_cases/small.cpp) |\n",
+                                cases),
+                 "does not link that file first"));
+  CHECK(mentions(with_scale_row("| [`ops::scale`](../ops/x.cpp) | f | missing | missing | missing | missing | "
+                                "cases: [`scale_case`](../tests/op_cases/other.cpp) |\n",
+                                cases),
+                 "does not link that file first"));
+
+  // A case must name an op of lamina::ops that the header declares.
+  const auto case_problems = [&](const std::string& op) {
+    return with_scale_row(linked_scale_row, {{"scale", {"tests/op_cases/small.cpp"}}, {op, {"tests/op_cases/small.cpp"}}});
+  };
+  CHECK(mentions(case_problems("gone"),
+                 "an op case in tests/op_cases/small.cpp names 'ops::gone' but ops/ops.h declares no such op"));
+  CHECK(mentions(case_problems("kind_name"), "(it is listed as not an op)"));
+  CHECK(mentions(case_problems("zeros"), "declared in namespace lamina"));
 }

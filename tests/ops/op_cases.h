@@ -14,6 +14,22 @@ namespace lamina::testing {
 inline constexpr DType kFloatDTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
 inline constexpr DType kIntDTypes[] = {DType::i32, DType::i64};
 
+inline Tolerance scaled(Tolerance t, double factor) { return {t.atol * factor, t.rtol * factor}; }
+
+// Tolerances of a CUDA result against the CPU result on the same inputs. Both compute in f32 (f64
+// for f64) with different but equally accurate library functions and summation orders, so f32
+// and f64 agree to a few ulps; 16-bit results are rounded from nearly equal f32 values and agree
+// to within one unit in the last place.
+inline Tolerance elementwise_tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return {1e-6, 1e-5};
+    case DType::f64: return {1e-13, 1e-12};
+    case DType::bf16: return {1e-5, 1.0 / 128};  // one bf16 ulp is 2^-8 relative
+    case DType::f16: return {1e-6, 1.0 / 1024};  // one f16 ulp is 2^-11 relative
+    default: return {0, 0};
+  }
+}
+
 // `count` integers drawn uniformly from [low, high).
 inline std::vector<int64_t> random_ints(Generator& gen, int64_t count, int64_t low, int64_t high) {
   return randint(low, high, {count}, gen).to_vector<int64_t>();
