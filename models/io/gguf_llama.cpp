@@ -1,0 +1,177 @@
+// Llama config and weights from a GGUF file (see gguf_llama.h).
+#include "models/io/gguf_llama.h"
+
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "ops/ops.h"
+
+namespace lamina::gguf {
+
+namespace {
+
+// Metadata accessors that name the file and the key in errors.
+struct Keys {
+  const File& file;
+
+  std::string where(const std::string& key) const { return str_cat("gguf: ", file.path(), ": metadata '", key, "'"); }
+  const Value& required(const std::string& key) const {
+    const Value* value = file.find_metadata(key);
+    LAMINA_CHECK(value != nullptr, "gguf: ", file.path(), ": metadata '", key,
+                 "' is missing (needed for a Llama model)");
+    return *value;
+  }
+  int64_t size(const std::string& key) const {
+    const uint64_t value = required(key).as_u64(where(key));
+    LAMINA_CHECK(value <= uint64_t(llama::kMaxConfigSize), where(key), " is ", value, ", beyond lamina's limit of ",
+                 llama::kMaxConfigSize);
+    return int64_t(value);
+  }
+  std::optional<int64_t> optional_size(const std::string& key) const {
+    if (file.find_metadata(key) == nullptr) return std::nullopt;
+    return size(key);
+  }
+  double number(const std::string& key) const { return required(key).as_f64(where(key)); }
+};
+
+// GGUF layer-tensor suffixes and their Hugging Face counterparts.
+const std::map<std::string, std::string>& layer_names() {
+  static const std::map<std::string, std::string> names = {
+      {"attn_norm.weight", "input_layernorm.weight"},    {"attn_q.weight", "self_attn.q_proj.weight"},
+      {"attn_k.weight", "self_attn.k_proj.weight"},      {"attn_v.weight", "self_attn.v_proj.weight"},
+      {"attn_output.weight", "self_attn.o_proj.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+      {"ffn_gate.weight", "mlp.gate_proj.weight"},       {"ffn_up.weight", "mlp.up_proj.weight"},
+      {"ffn_down.weight", "mlp.down_proj.weight"},
+  };
+  return names;
+}
+
+}  // namespace
+
+llama::LlamaConfig llama_config_from_gguf(const File& file) {
+  const Keys keys{file};
+  const std::string& architecture = keys.required("general.architecture").as_string(keys.where("general.architecture"));
+  LAMINA_CHECK(architecture == "llama", "gguf: ", file.path(), ": general.architecture is '", architecture,
+               "', not 'llama'");
+  llama::LlamaConfig config;
+  config.hidden_size = keys.size("llama.embedding_length");
+  config.intermediate_size = keys.size("llama.feed_forward_length");
+  config.num_hidden_layers = keys.size("llama.block_count");
+  config.num_attention_heads = keys.size("llama.attention.head_count");
+  config.num_key_value_heads = keys.optional_size("llama.attention.head_count_kv").value_or(config.num_attention_heads);
+  config.max_position_embeddings = keys.size("llama.context_length");
+  config.rms_norm_eps = keys.number("llama.attention.layer_norm_rms_epsilon");
+  config.rope_theta = file.find_metadata("llama.rope.freq_base") ? keys.number("llama.rope.freq_base") : 10000.0;
+  LAMINA_CHECK(config.num_attention_heads > 0, keys.where("llama.attention.head_count"), " is 0");
+  config.head_dim = keys.optional_size("llama.attention.key_length")
+                        .value_or(config.hidden_size / config.num_attention_heads);
+  if (const auto value_length = keys.optional_size("llama.attention.value_length"))
+    LAMINA_CHECK(*value_length == config.head_dim, keys.where("llama.attention.value_length"), " is ", *value_length,
+                 " but the key length is ", config.head_dim, "; lamina needs them equal");
+  if (const auto rope_dims = keys.optional_size("llama.rope.dimension_count"))
+    LAMINA_CHECK(*rope_dims == config.head_dim, keys.where("llama.rope.dimension_count"), " is ", *rope_dims,
+                 " but the head dimension is ", config.head_dim, "; lamina rotates whole heads only");
+  if (const Value* scaling = file.find_metadata("llama.rope.scaling.type")) {
+    const std::string& type = scaling->as_string(keys.where("llama.rope.scaling.type"));
+    LAMINA_CHECK(type == "none", keys.where("llama.rope.scaling.type"), " is '", type,
+                 "', a RoPE scaling lamina does not compute");
+  }
+  LAMINA_CHECK(file.find("rope_freqs.weight") == nullptr, "gguf: ", file.path(),
+               ": tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not read yet");
+
+  // The vocabulary: llama.vocab_size, else the token list, else the embedding's rows.
+  if (const auto vocab = keys.optional_size("llama.vocab_size")) {
+    config.vocab_size = *vocab;
+  } else if (const Value* tokens = file.find_metadata("tokenizer.ggml.tokens")) {
+    config.vocab_size = int64_t(tokens->as_array(keys.where("tokenizer.ggml.tokens")).size());
+  } else {
+    const TensorInfo* embedding = file.find("token_embd.weight");
+    LAMINA_CHECK(embedding != nullptr && embedding->dims.size() == 2, "gguf: ", file.path(),
+                 ": no llama.vocab_size, tokenizer.ggml.tokens or 2-D token_embd.weight to give the vocabulary size");
+    config.vocab_size = int64_t(embedding->dims[1]);
+  }
+  config.tie_word_embeddings = file.find("output.weight") == nullptr;
+  if (const auto bos = keys.optional_size("tokenizer.ggml.bos_token_id")) config.bos_token_id = *bos;
+  config.eos_token_ids.clear();
+  for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"})
+    if (const auto id = keys.optional_size(key))
+      if (std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), *id) == config.eos_token_ids.end())
+        config.eos_token_ids.push_back(*id);
+  config.pad_token_id = keys.optional_size("tokenizer.ggml.padding_token_id");
+  config.dtype = DType::f32;  // what dequantization gives
+  try {
+    config.validate();
+  } catch (const Error& error) {
+    throw Error(str_cat("gguf: ", file.path(), ": ", error.what()));
+  }
+  return config;
+}
+
+std::optional<std::string> llama_hf_tensor_name(const std::string& gguf_name) {
+  if (gguf_name == "token_embd.weight") return "model.embed_tokens.weight";
+  if (gguf_name == "output_norm.weight") return "model.norm.weight";
+  if (gguf_name == "output.weight") return "lm_head.weight";
+  if (gguf_name.rfind("blk.", 0) != 0) return std::nullopt;
+  const size_t dot = gguf_name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return std::nullopt;
+  const std::string layer = gguf_name.substr(4, dot - 4);
+  if (layer.find_first_not_of("0123456789") != std::string::npos || (layer.size() > 1 && layer[0] == '0'))
+    return std::nullopt;
+  const auto suffix = layer_names().find(gguf_name.substr(dot + 1));
+  if (suffix == layer_names().end()) return std::nullopt;
+  return str_cat("model.layers.", layer, ".", suffix->second);
+}
+
+Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads) {
+  LAMINA_CHECK(weight.dim() == 2 && heads > 0 && weight.shape()[0] % (2 * heads) == 0,
+               "unpermute_meta_rows: expected [heads * head_dim, in] with an even head_dim for ", heads,
+               " heads, got ", weight.shape());
+  const Tensor source = weight.dtype() == DType::f32 ? ops::contiguous(weight) : ops::cast(weight, DType::f32);
+  const int64_t rows = source.shape()[0], columns = source.shape()[1];
+  const int64_t head_dim = rows / heads, half = head_dim / 2;
+  Tensor out = Tensor::empty(source.shape(), DType::f32);
+  const float* from = source.data<float>();
+  float* to = out.data<float>();
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t p = 0; p < 2; ++p)
+      for (int64_t k = 0; k < half; ++k)
+        std::memcpy(to + (h * head_dim + p * half + k) * columns, from + (h * head_dim + 2 * k + p) * columns,
+                    size_t(columns) * sizeof(float));
+  return out;
+}
+
+std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path, DType dtype) {
+  const File file = File::open(path);
+  const llama::LlamaConfig config = llama_config_from_gguf(file);
+  // HF name -> GGUF tensor, checked against the config's parameters before anything is built.
+  std::map<std::string, const TensorInfo*> by_hf_name;
+  for (const TensorInfo& info : file.tensors()) {
+    const std::optional<std::string> name = llama_hf_tensor_name(info.name);
+    LAMINA_CHECK(name.has_value(), "gguf: ", path, ": tensor '", info.name, "' is not part of the Llama layout");
+    by_hf_name[*name] = &info;
+  }
+  std::set<std::string> expected;
+  llama::LlamaForCausalLM::for_each_parameter_shape(config, [&](const std::string& name, const Shape& shape) {
+    const auto found = by_hf_name.find(name);
+    LAMINA_CHECK(found != by_hf_name.end(), "gguf: ", path, " has no tensor for '", name, "'");
+    LAMINA_CHECK(found->second->shape() == shape, "gguf: ", path, ": tensor '", found->second->name, "' has shape ",
+                 found->second->shape(), " (dims reversed) but the config needs ", shape, " for '", name, "'");
+    expected.insert(name);
+  });
+  for (const auto& [name, info] : by_hf_name)
+    LAMINA_CHECK(expected.count(name) != 0, "gguf: ", path, ": tensor '", info->name,
+                 "' has no parameter in this config (", config.num_hidden_layers, " layers)");
+
+  auto model = std::make_shared<llama::LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
+  for (const auto& [name, parameter] : model->named_parameters()) {
+    const TensorInfo& info = *by_hf_name.at(name);
+    Tensor value = file.read(info.name);
+    if (info.name.ends_with(".attn_q.weight")) value = unpermute_meta_rows(value, config.num_attention_heads);
+    if (info.name.ends_with(".attn_k.weight")) value = unpermute_meta_rows(value, config.num_key_value_heads);
+    parameter.set_data(dtype == DType::f32 ? value : ops::cast(value, dtype));
+  }
+  return model;
+}
+
+}  // namespace lamina::gguf
