@@ -18,16 +18,11 @@
 using namespace lamina;
 using namespace lamina::tokenizer;
 using testing::random_string;
+using testing::merged;
 using testing::random_vocabulary;
 using Ids = std::vector<int32_t>;
 
 namespace {
-
-Ids merged(const BpeModel& bpe, std::string_view word) {
-  Ids ids;
-  bpe.merge_word(word, ids);
-  return ids;
-}
 
 // The short-word merge of `word`, checked for lengths that spell the word.
 Ids merged_short(const BpeModel& bpe, std::string_view word) {

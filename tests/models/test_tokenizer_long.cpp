@@ -19,16 +19,11 @@
 using namespace lamina;
 using namespace lamina::tokenizer;
 using testing::random_string;
+using testing::merged;
 using testing::random_vocabulary;
 using Ids = std::vector<int32_t>;
 
 namespace {
-
-Ids merged(const BpeModel& bpe, std::string_view word) {
-  Ids ids;
-  bpe.merge_word(word, ids);
-  return ids;
-}
 
 // The long-word encoder fed in random pieces.
 Ids long_encoded(const BpeTables& tables, std::string_view word, LongWordOptions options, std::mt19937& rng) {

@@ -12,6 +12,7 @@
 #include "train/checkpoint.h"
 #include "train/run_folder.h"
 #include "train/tiny_training.h"
+#include "tiny_run.h"
 #include "train/trainer.h"
 
 using namespace lamina;
@@ -20,19 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-train::TrainOptions options_in(const fs::path& dir, int64_t steps) {
-  train::TrainOptions options;
-  options.progress = false;
-  options.steps = steps;
-  options.batch_size = 2;
-  options.seq_len = 16;
-  options.lr = 3e-3;
-  options.schedule = "constant";
-  options.save_every = 2;
-  options.keep_checkpoints = 10;
-  options.output_dir = dir.string();
-  return options;
-}
+train::TrainOptions options_in(const fs::path& dir, int64_t steps) { return tiny_run_options(dir, steps, 2); }
 
 std::vector<double> losses_of(const fs::path& metrics) {
   std::vector<double> out;

@@ -14,6 +14,7 @@
 #include "train/checkpoint.h"
 #include "train/run_folder.h"
 #include "train/tiny_training.h"
+#include "tiny_run.h"
 #include "train/trainer.h"
 
 using namespace lamina;
@@ -22,20 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-train::TrainOptions run_options(const fs::path& dir, int64_t steps) {
-  train::TrainOptions options;
-  options.progress = false;
-  options.steps = steps;
-  options.batch_size = 2;
-  options.seq_len = 16;
-  options.lr = 3e-3;
-  options.schedule = "constant";
-  options.precision = "f32";
-  options.save_every = 1;
-  options.keep_checkpoints = 10;
-  options.output_dir = dir.string();
-  return options;
-}
+train::TrainOptions run_options(const fs::path& dir, int64_t steps) { return tiny_run_options(dir, steps, 1); }
 
 std::vector<std::string> checkpoint_names(const fs::path& dir) {
   std::vector<std::string> names;
