@@ -5,46 +5,63 @@
 // checkout without the assets, this main exits with 77, which ctest shows as "Skipped": a fresh
 // clone goes green without them, but says so, instead of counting cases that checked nothing as
 // passed. Inside the suite a missing asset is a failure (testing::assets_dir REQUIREs it).
+// Cases that need the real model fetched by tools/fetch-models.sh work the same way, in the
+// suite "real_model".
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace {
 
-constexpr const char* kAssetsSuite = "assets";
+// A doctest test suite whose cases need files that a fresh clone may lack, and where they live.
+struct OptionalFiles {
+  const char* suite;
+  std::filesystem::path folder;
+  std::vector<const char*> required;  // relative to folder
+  const char* what;
+};
 
-// What the "assets" cases read, relative to LAMINA_ASSETS_DIR.
-constexpr const char* kRequiredAssets[] = {"llama3-tokenizer/tokenizer.json", "stories260k"};
-
-// True when the command line asks for exactly the "assets" suite, as its ctest entry does.
-bool runs_only_assets_suite(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i) {
-    if (argv[i] == std::string("--test-suite=") + kAssetsSuite) return true;
-  }
-  return false;
+// The shared test assets, and the real model that tools/fetch-models.sh puts in the models cache
+// ($LAMINA_MODELS when set, as the script uses it).
+std::vector<OptionalFiles> optional_file_suites() {
+  const char* models = std::getenv("LAMINA_MODELS");
+  return {{"assets", LAMINA_ASSETS_DIR, {"llama3-tokenizer/tokenizer.json", "stories260k"}, "test assets"},
+          {"real_model", models != nullptr && *models != '\0' ? models : LAMINA_MODELS_DIR,
+           {"SmolLM2-135M-Instruct.Q4_1.gguf"}, "the real model (run tools/fetch-models.sh)"}};
 }
 
-// The assets folder when it is absent, else the first required asset that is; an empty path
-// when all are there.
-std::filesystem::path missing_asset() {
-  const std::filesystem::path folder = LAMINA_ASSETS_DIR;
-  if (!std::filesystem::exists(folder)) return folder;
-  for (const char* asset : kRequiredAssets) {
-    if (!std::filesystem::exists(folder / asset)) return folder / asset;
+// The suite the command line asks for alone ("--test-suite=<name>", as its ctest entry does).
+const OptionalFiles* suite_run_alone(int argc, char** argv, const std::vector<OptionalFiles>& suites) {
+  for (int i = 1; i < argc; ++i) {
+    for (const OptionalFiles& suite : suites) {
+      if (argv[i] == std::string("--test-suite=") + suite.suite) return &suite;
+    }
+  }
+  return nullptr;
+}
+
+// The folder when it is absent, else the first required file that is; an empty path when all
+// are there.
+std::filesystem::path first_missing(const OptionalFiles& suite) {
+  if (!std::filesystem::exists(suite.folder)) return suite.folder;
+  for (const char* file : suite.required) {
+    if (!std::filesystem::exists(suite.folder / file)) return suite.folder / file;
   }
   return {};
 }
 
-// The registered test cases of the "assets" suite (doctest's own registry, which this file may
-// read because it holds doctest's implementation).
-int assets_case_count() {
+// The registered test cases of a suite (doctest's own registry, which this file may read
+// because it holds doctest's implementation).
+int case_count(const char* suite) {
   int count = 0;
   for (const doctest::detail::TestCase& test_case : doctest::detail::getRegisteredTests()) {
-    count += std::strcmp(test_case.m_test_suite, kAssetsSuite) == 0;
+    count += std::strcmp(test_case.m_test_suite, suite) == 0;
   }
   return count;
 }
@@ -52,17 +69,18 @@ int assets_case_count() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (runs_only_assets_suite(argc, argv)) {
-    const int cases = assets_case_count();
-    // An entry for a suite that has no such case would pass having run nothing: the list of
-    // suites with asset cases in tests/CMakeLists.txt is out of date.
+  const std::vector<OptionalFiles> suites = optional_file_suites();
+  if (const OptionalFiles* suite = suite_run_alone(argc, argv, suites)) {
+    const int cases = case_count(suite->suite);
+    // An entry for a suite that has no such case would pass having run nothing: the lists of
+    // suites with such cases in tests/CMakeLists.txt are out of date.
     if (cases == 0) {
       std::printf("error: no test case of this executable is in the \"%s\" test suite; drop it from "
-                  "LAMINA_ASSET_SUITES in tests/CMakeLists.txt\n", kAssetsSuite);
+                  "its list in tests/CMakeLists.txt\n", suite->suite);
       return 1;
     }
-    if (const std::filesystem::path missing = missing_asset(); !missing.empty()) {
-      std::printf("SKIPPED: test assets not found at %s (cases that need them: %d)\n", missing.c_str(), cases);
+    if (const std::filesystem::path missing = first_missing(*suite); !missing.empty()) {
+      std::printf("SKIPPED: %s not found at %s (cases that need them: %d)\n", suite->what, missing.c_str(), cases);
       return 77;
     }
   }
