@@ -50,6 +50,11 @@ void FlagParser::add_option(const std::string& name, const std::string& value_na
   flags_.push_back({name, value_name, help, default_text});
 }
 
+void FlagParser::allow_empty_value(const std::string& name) {
+  for (Flag& flag : flags_)
+    if (flag.name == name) flag.empty_value_allowed = true;
+}
+
 const FlagParser::Flag* FlagParser::find(const std::string& name) const {
   for (const Flag& flag : flags_)
     if (flag.name == name) return &flag;
@@ -92,7 +97,7 @@ bool FlagParser::parse(const std::vector<std::string>& args) {
     } else {
       fail("flag --" + name + " needs a value: --" + name + " " + flag->value_name);
     }
-    if (values_[name].empty()) fail("flag --" + name + " was given an empty value");
+    if (values_[name].empty() && !flag->empty_value_allowed) fail("flag --" + name + " was given an empty value");
   }
   return true;
 }

@@ -40,6 +40,9 @@ class FlagParser {
   void add_switch(const std::string& name, const std::string& help);  // boolean, no value
   void add_option(const std::string& name, const std::string& value_name, const std::string& help,
                   const std::string& default_text = "");
+  // An option whose empty value means something (an empty text to encode); every other
+  // option's empty value is a usage error, which catches a variable that expanded to nothing.
+  void allow_empty_value(const std::string& name);
 
   // Parses `args` (everything after the subcommand). Returns false when --help was asked
   // for, after printing the help to stdout; throws UsageError on any malformed input.
@@ -65,6 +68,7 @@ class FlagParser {
     std::string value_name;  // empty for a switch
     std::string help;
     std::string default_text;
+    bool empty_value_allowed = false;
   };
   const Flag* find(const std::string& name) const;
   [[noreturn]] void fail(const std::string& message) const;

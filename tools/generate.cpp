@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "models/generate/generate.h"
+#include "models/io/gguf_llama.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
 #include "tools/args.h"
@@ -44,10 +45,14 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
 }
 
-// The model of `directory` (f32) on the --device.
-std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& directory) {
+bool is_gguf_file(const std::string& path) {
+  return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 && !std::filesystem::is_directory(path);
+}
+
+// The model of a Hugging Face folder or a GGUF file (dequantized), f32, on the --device.
+std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
   const Device device = Device::parse(parser.value("device").value_or("cpu"));
-  auto model = llama::LlamaForCausalLM::load(directory);
+  auto model = is_gguf_file(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);
   model->to(device, DType::f32);
   return model;
 }
@@ -73,6 +78,9 @@ std::string require_model(const FlagParser& parser, const char* command) {
 // The tokenizer named by --tokenizer, or the model folder's own tokenizer.json.
 tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_directory) {
   const std::string path = parser.value("tokenizer").value_or(model_directory);
+  if (!parser.is_set("tokenizer") && is_gguf_file(model_directory))
+    throw Error("the tokenizer of a GGUF file is not read yet; pass --tokenizer PATH (a tokenizer.json), or use "
+                "--prompt-ids and --output ids");
   if (!parser.is_set("tokenizer") && !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json"))
     throw Error("the model folder " + model_directory + " has no tokenizer.json; pass --tokenizer PATH");
   return tokenizer::Tokenizer::load(path);
@@ -127,20 +135,17 @@ struct TextStream {
   }
 };
 
-// Prints the prompt's ids at once and then each new id as it is produced (stop tokens are not
-// part of the output): one line of space-separated ids when done.
+// Prints the prompt's ids at once and then each new id as it is produced, the stop token that
+// ended the sequence included (the whole sequence, as transformers' generate returns it): one
+// line of space-separated ids when done.
 struct IdStream {
-  std::vector<int64_t> stop;
-
   void start(const std::vector<int64_t>& prompt) {
     for (size_t i = 0; i < prompt.size(); ++i) std::printf(i == 0 ? "%lld" : " %lld", static_cast<long long>(prompt[i]));
     std::fflush(stdout);
   }
   bool operator()(size_t, int64_t token) {
-    if (std::find(stop.begin(), stop.end(), token) == stop.end()) {
-      std::printf(" %lld", static_cast<long long>(token));
-      std::fflush(stdout);
-    }
+    std::printf(" %lld", static_cast<long long>(token));
+    std::fflush(stdout);
     return true;
   }
   void finish() { std::printf("\n"); }
@@ -205,14 +210,14 @@ ChatCommand parse_chat_command(const std::string& line) {
 
 int run_generate(const Arguments& args) {
   FlagParser parser("lamina generate", "Continues a prompt with a Llama model (HF folder: config.json + safetensors).");
-  parser.add_option("model", "DIR", "the model folder");
+  parser.add_option("model", "PATH", "a Hugging Face model folder, or a Llama GGUF file");
   parser.add_option("prompt", "TEXT", "the prompt as text (encoded with the model's tokenizer.json)");
   parser.add_option("prompt-ids", "\"1 2 3\"", "the prompt as token ids");
   parser.add_switch("chat", "wrap --prompt in the model's chat format as a user message");
   parser.add_option("system", "TEXT", "with --chat: a system message");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
   add_generation_flags(parser);
-  parser.add_option("output", "text|ids", "the new text, or the whole sequence (prompt + new) as ids",
+  parser.add_option("output", "text|ids", "the new text, or the whole sequence (prompt + new, with the stop token that ended it) as ids",
                     "text for --prompt, ids for --prompt-ids");
   parser.add_switch("no-stop", "ignore the model's end-of-sequence tokens");
   if (!parser.parse(args)) return 0;
@@ -263,7 +268,7 @@ int run_generate(const Arguments& args) {
     stream.finish();
     return 0;
   }
-  IdStream stream{generate::stop_tokens(model->config(), options)};
+  IdStream stream;
   options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
   stream.start(prompt);
   generate_streamed(*model, prompt, options);

@@ -74,7 +74,8 @@ int run_tokenize(const Arguments& args) {
                     "read and encoded piece by piece and ids are printed as they are made, so memory stays\n"
                     "bounded however large the input.");
   parser.add_option("tokenizer", "PATH", "tokenizer.json, or a model directory that holds one (required)");
-  parser.add_option("text", "TEXT", "the text to encode", "standard input");
+  parser.add_option("text", "TEXT", "the text to encode (may be empty)", "standard input");
+  parser.allow_empty_value("text");
   parser.add_switch("bos", "prepend <|begin_of_text|>");
   parser.add_switch("parse-special", "turn special-token text such as <|eot_id|> into its id (off: encoded as text)");
   if (!parser.parse(args)) return 0;

@@ -6,6 +6,7 @@
 
 #include "helpers.h"
 #include "model_presets.h"
+#include "models/real_model.h"
 #include "models/tokenizer/builder.h"
 #include "scratch_dir.h"
 #include "tools/cli_runner.h"
@@ -163,4 +164,45 @@ TEST_CASE("stories260k: a prompt past its context of 512 is refused; a long one 
   CHECK(run.status == 0);
   CHECK(run.output.find("note: generating at most 12 new tokens, not 40") != std::string::npos);
   CHECK(ids_of(last_line(run.output)).size() == 512);
+}
+
+TEST_CASE("lamina generate --output ids prints the whole sequence, the stop token that ended it included") {
+  // All weights zero: every logit is 0 and greedy picks token 0, made the model's stop token.
+  ScratchDir dir("cli-generate-stop-token");
+  llama::LlamaConfig config = byte_level_llama_config();
+  config.eos_token_ids = {0};
+  llama::LlamaForCausalLM(config).save(dir.path.string());
+  std::ofstream(dir.path / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+  const std::string command = "generate --model " + dir.path.string() + " --prompt-ids \"1 5\" --max-new-tokens 4";
+  Run run = run_lamina(command);
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(last_line(run.output) == "1 5 0");  // as transformers' generate returns it
+  run = run_lamina(command + " --no-stop");
+  CHECK(last_line(run.output) == "1 5 0 0 0 0");
+}
+
+TEST_CASE("lamina tokenize --text '' encodes the empty text, as empty standard input does") {
+  ScratchDir dir("cli-tokenize-empty");
+  std::ofstream(dir.path / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+  const Run from_flag = run_lamina("tokenize --tokenizer " + dir.path.string() + " --text ''");
+  INFO(from_flag.output);
+  CHECK(from_flag.status == 0);
+  CHECK(from_flag.output == "\n");
+  const std::string bos = std::to_string(*tokenizer::byte_level_tokenizer().bos_id());
+  CHECK(run_lamina("tokenize --tokenizer " + dir.path.string() + " --text '' --bos").output == bos + "\n");
+  CHECK(run_lamina("tokenize --tokenizer " + dir.path.string() + " --text 'a' --bos").output != bos + "\n");
+  CHECK(run_lamina("generate --model " + dir.path.string() + " --prompt ''").status == 2);  // still refused elsewhere
+}
+
+TEST_CASE("lamina generate runs a GGUF model: SmolLM2's greedy answer, as transformers gives it" *
+          doctest::test_suite("real_model")) {
+  // Prompt and answer ids as in tests/models/test_smollm2.cpp (transformers 5.25 on the same
+  // file): "What is the capital of France?" -> "The capital of France is Paris." <|im_end|>.
+  const std::string prompt = "1 4093 198 1780 314 260 3575 282 4649 47 2 198 1 520 9531 198";
+  const Run run = run_lamina("generate --model " + testing::smollm2_gguf_path() + " --prompt-ids \"" + prompt +
+                             "\" --max-new-tokens 40");
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(last_line(run.output) == prompt + " 504 3575 282 4649 314 7042 30 2");
 }
