@@ -1,14 +1,17 @@
 // `lamina bench generate`: prefill and decode throughput of Llama models on the CPU.
 //
-// Cases: stories260k (when its folder is given or found) and a randomly initialised
+// Cases: stories260k (when its folder is given or found), a randomly initialised
 // ~125M-parameter Llama-3-shaped model (dim 768, 12 layers, 12 heads, 4 kv heads, ffn 2048,
-// vocab 32768, untied head). Decode reads every weight once per step, so its floor is
+// vocab 32768, untied head), and --model PATH (a Hugging Face folder or a GGUF file, e.g.
+// SmolLM2 from tools/fetch-models.sh) at batches 1, 8 and 32. Decode reads every weight once per step, so its floor is
 // weight_bytes / memory bandwidth; the bench reports that bound (from a memcpy measured in the
 // same run) and the ratio bound / measured (target >= 1/1.5: within 1.5x of the bound).
 #include <filesystem>
+#include <optional>
 
 #include "autograd/autograd.h"
 #include "models/generate/generate.h"
+#include "models/io/gguf_llama.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
@@ -19,6 +22,11 @@ namespace lamina::cli {
 namespace {
 
 constexpr double kDecodeTarget = 1.0 / 1.5;
+
+// The bytes of a KV cache of `tokens` positions for `batch` sequences (f32 keys and values).
+int64_t kv_cache_bytes(const llama::LlamaConfig& config, int64_t batch, int64_t tokens) {
+  return 2 * config.num_hidden_layers * batch * tokens * config.num_key_value_heads * config.head_dim * int64_t(sizeof(float));
+}
 
 llama::LlamaConfig config_125m() {
   llama::LlamaConfig config;
@@ -89,6 +97,7 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
       .add("decode_tokens_per_s", double(batch) / step_seconds)
       .add("decode_step_ms", step_seconds * 1e3)
       .add("weight_bytes", weight_bytes)
+      .add("kv_cache_bytes", kv_cache_bytes(config, batch, prompt + settings.decode_tokens))
       .add("memcpy_gbps", memcpy_gbps)
       .add("bound_step_ms", bound_seconds * 1e3)
       .add("ratio_to_bound", bound_seconds / step_seconds);
@@ -103,6 +112,7 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
 int run_bench_generate(const Arguments& args) {
   FlagParser parser("lamina bench generate", "Prefill and decode tokens/s of Llama models on the CPU (JSON lines).");
   parser.add_option("stories", "DIR", "the stories260k folder", "../shared/assets/stories260k");
+  parser.add_option("model", "PATH", "also a model of yours: a Hugging Face folder or a Llama GGUF file (batches 1, 8, 32)");
   parser.add_option("threads", "N", "CPU threads", "all");
   parser.add_option("filter", "TEXT", "only cases whose name contains TEXT");
   parser.add_switch("quick", "shorter timing runs (noisier)");
@@ -116,8 +126,10 @@ int run_bench_generate(const Arguments& args) {
   }
   const std::string filter = parser.value("filter").value_or("");
   auto selected = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
-  if (!selected("stories260k") && !selected("random_125m"))
-    throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m)",
+  const std::optional<std::string> own_model = parser.value("model");
+  const std::string own_name = own_model ? std::filesystem::path(*own_model).stem().string() : "";
+  if (!selected("stories260k") && !selected("random_125m") && !(own_model && selected(own_name)))
+    throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m and the --model file's name)",
                      "run 'lamina bench generate --help'");
   const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
   // Only the default folder may be absent (a checkout without the assets); a folder named on
@@ -136,6 +148,11 @@ int run_bench_generate(const Arguments& args) {
     } else {
       JsonLine().add("bench", "generate").add("case", "stories260k").add("skipped", "no folder at " + stories).print();
     }
+  }
+  if (own_model && selected(own_name)) {
+    const bool gguf_file = std::filesystem::path(*own_model).extension() == ".gguf";
+    const auto model = gguf_file ? gguf::load_llama_gguf(*own_model) : llama::LlamaForCausalLM::load(*own_model);
+    for (int64_t batch : {1, 8, 32}) bench_model(own_name, *model, batch, memcpy_gbps, settings);
   }
   if (selected("random_125m")) {
     auto model = std::make_shared<llama::LlamaForCausalLM>(config_125m(), DType::f32);
