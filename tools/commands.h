@@ -20,6 +20,8 @@ int run_chat(const Arguments& args);  // tools/generate.cpp
 int run_train(const Arguments& args);  // tools/train.cpp
 int run_plot(const Arguments& args);   // tools/train.cpp
 int run_preference_loss(const Arguments& args);  // tools/preference_loss.cpp
+int run_eval(const Arguments& args);   // tools/eval.cpp: eval ppl, ...
+int run_score(const Arguments& args);  // tools/eval.cpp
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);

@@ -29,6 +29,8 @@ constexpr Subcommand kSubcommands[] = {
     {"chat", "talk with an Instruct model folder, answers streamed", run_chat},
     {"train", "pretrain or fine-tune (SFT) a Llama model, with checkpoints and exact resume", run_train},
     {"plot", "draw the loss curve of a training run's metrics.jsonl as SVG", run_plot},
+    {"eval", "evaluate a model (actions: ppl, perplexity on a text or JSONL file)", run_eval},
+    {"score", "per-token log-probabilities of a text or of token ids under a model, as JSON", run_score},
     {"tokenize", "Llama-3 token ids of a text (--tokenizer PATH, --text or stdin)", run_tokenize},
     {"detokenize", "the text of Llama-3 token ids (--tokenizer PATH, --ids or stdin)", run_detokenize},
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},

@@ -1,0 +1,379 @@
+// `lamina eval ppl` and `lamina score`: numbers about how well a model predicts text, printed so
+// that they can be checked against other implementations (transformers, llama.cpp).
+//
+// Perplexity follows the sliding-window method of Hugging Face's perplexity guide: windows of
+// --seq-len tokens start every --stride tokens, and each window scores only the tokens that no
+// earlier window scored, so every token is predicted once, from up to seq-len - stride tokens
+// of context before its window's new part. Log-probabilities are taken in f64 from the model's
+// logits, and the mean is over tokens (not over windows).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "autograd/autograd.h"
+#include "models/io/gguf_llama.h"
+#include "models/llama/model.h"
+#include "models/tokenizer/tokenizer.h"
+#include "tensor/io/json.h"
+#include "tools/args.h"
+#include "tools/commands.h"
+#include "train/data.h"
+
+namespace lamina::cli {
+namespace {
+
+// A model path is a GGUF file when it names a regular file ending in .gguf; anything else is
+// taken for a Hugging Face folder (whose loader says what is missing from it).
+bool is_gguf_path(const std::string& path) {
+  const std::filesystem::path file(path);
+  return file.extension() == ".gguf" && !std::filesystem::is_directory(file);
+}
+
+std::string require_model_path(const FlagParser& parser, const std::string& command) {
+  const std::optional<std::string> path = parser.value("model");
+  if (!path) throw UsageError(command + ": --model is required", "run '" + command + " --help'");
+  return *path;
+}
+
+std::shared_ptr<llama::LlamaForCausalLM> load_eval_model(const FlagParser& parser, const std::string& path) {
+  const Device device = Device::parse(parser.value("device").value_or("cpu"));
+  auto model = is_gguf_path(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);
+  model->to(device, DType::f32);
+  return model;
+}
+
+// The tokenizer for text: --tokenizer when given, else the HF folder's tokenizer.json. lamina
+// does not yet read the tokenizer inside a GGUF file, so text with a GGUF model needs
+// --tokenizer; token ids need no tokenizer at all.
+tokenizer::Tokenizer load_text_tokenizer(const FlagParser& parser, const std::string& model_path,
+                                         const std::string& command, const std::string& ids_alternative) {
+  if (parser.is_set("tokenizer")) return tokenizer::Tokenizer::load(*parser.value("tokenizer"));
+  if (is_gguf_path(model_path))
+    throw Error(command + ": reading the tokenizer inside a GGUF file (" + model_path +
+                ") is not supported yet; pass --tokenizer PATH (the model's tokenizer.json)" + ids_alternative);
+  if (!std::filesystem::exists(std::filesystem::path(model_path) / "tokenizer.json"))
+    throw Error(command + ": the model folder " + model_path + " has no tokenizer.json; pass --tokenizer PATH");
+  return tokenizer::Tokenizer::load(model_path);
+}
+
+// JSON has no NaN or infinity: such a value is written as null.
+json::Value number_or_null(double value) { return std::isfinite(value) ? json::Value(value) : json::Value(nullptr); }
+
+void check_ids_in_vocabulary(const std::vector<int32_t>& ids, const llama::LlamaConfig& config, const std::string& source) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= config.vocab_size)
+      throw Error(str_cat(source, " has token id ", id, ", outside the model's vocabulary of ", config.vocab_size,
+                          " tokens (ids 0 to ", config.vocab_size - 1, ")"));
+}
+
+// log p(ids[t] | ids[0..t]) for t in [first_target, ids.size()), from one forward pass over
+// `ids` (at positions 0..), each the f32 logit of the target minus the row's logsumexp, in f64.
+std::vector<double> target_log_probs(const llama::LlamaForCausalLM& model, const std::vector<int32_t>& ids,
+                                     int64_t first_target) {
+  const int64_t length = int64_t(ids.size());
+  LAMINA_CHECK(first_target >= 1 && first_target < length, "target_log_probs: no target in [", first_target, ", ", length, ")");
+  autograd::NoGradGuard no_grad;
+  Tensor input = Tensor::from_vector(std::vector<int64_t>(ids.begin(), ids.end()), {1, length});
+  if (!model.device().is_cpu()) input = input.to(model.device());
+  const Tensor logits = model.forward(input);  // [1, T, V]
+  const int64_t vocab = logits.shape()[2];
+  // Position t - 1 predicts token t: only the rows of the targets come back to the host.
+  const std::vector<float> rows = logits.select(0, 0).slice(0, first_target - 1, length - 1).to_vector<float>();
+  std::vector<double> log_probs;
+  log_probs.reserve(size_t(length - first_target));
+  for (int64_t t = first_target; t < length; ++t) {
+    const float* row = rows.data() + (t - first_target) * vocab;
+    double largest = -INFINITY;
+    for (int64_t v = 0; v < vocab; ++v) largest = std::max(largest, double(row[v]));
+    double sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - largest);
+    log_probs.push_back(double(row[ids[size_t(t)]]) - largest - std::log(sum));
+  }
+  return log_probs;
+}
+
+// The documents of --data: a .jsonl/.ndjson file has one {"text": ...} record per line (read
+// with the training data's reader, so a malformed line is an error naming file:line); any
+// other file is one plain-text document. Each starts with BOS when the tokenizer has one, as
+// `lamina generate` encodes a prompt; no EOS is added (it would be a token the text lacks).
+std::vector<std::vector<int32_t>> read_documents(const std::string& path, const tokenizer::Tokenizer& tokenizer) {
+  const std::string extension = std::filesystem::path(path).extension().string();
+  const bool add_bos = tokenizer.bos_id().has_value();
+  std::vector<std::vector<int32_t>> documents;
+  if (extension == ".jsonl" || extension == ".ndjson") {
+    train::JsonlOptions options;
+    options.format = train::DataFormat::text;
+    options.add_bos = add_bos;
+    options.add_eos = false;
+    for (train::Example& example : train::read_jsonl(path, tokenizer, options)) documents.push_back(std::move(example.ids));
+    return documents;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("lamina eval ppl: cannot open --data " + path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error("lamina eval ppl: cannot read --data " + path);
+  if (text.str().find_first_not_of(" \t\r\n") == std::string::npos)
+    throw Error("lamina eval ppl: --data " + path + " holds no text to score (it is empty or only whitespace)");
+  documents.push_back(tokenizer.encode(text.str(), {.add_bos = add_bos}));
+  return documents;
+}
+
+// One window of a document: its tokens [begin, end) go through the model, and the targets
+// [first_target, end) are scored.
+struct Window {
+  int64_t begin, end, first_target;
+};
+
+// The windows of a document of `length` tokens, as HF's guide makes them: starts 0, stride,
+// 2 stride, ... until a window reaches the end; each scores the tokens after the previous
+// window's end. A token at a window's first position has no context in it and is not scored
+// (with stride = seq-len, the first token of every window after the first).
+std::vector<Window> document_windows(int64_t length, int64_t seq_len, int64_t stride) {
+  std::vector<Window> windows;
+  int64_t previous_end = 0;
+  for (int64_t begin = 0; begin < length; begin += stride) {
+    const int64_t end = std::min(begin + seq_len, length);
+    const int64_t first_target = std::max(previous_end, begin + 1);
+    if (first_target < end) windows.push_back({begin, end, first_target});
+    previous_end = end;
+    if (end == length) break;
+  }
+  return windows;
+}
+
+int run_eval_ppl(const Arguments& args) {
+  const std::string command = "lamina eval ppl";
+  FlagParser parser(command,
+                    "Perplexity of a model on text: exp of the mean negative log-likelihood per token, over "
+                    "sliding windows of --seq-len tokens that start every --stride tokens (Hugging Face's "
+                    "perplexity guide). Each window scores only the tokens no earlier window scored; a window's "
+                    "first token has no context and is not scored. Every document starts with BOS when the "
+                    "tokenizer has one. Prints perplexity, mean NLL, tokens scored and windows, then one JSON "
+                    "line {\"eval\":\"ppl\",...}; progress goes to stderr.");
+  parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
+  parser.add_option("data", "FILE",
+                    "the text: a .jsonl/.ndjson file of {\"text\": ...} lines (each a document) or a plain-text file "
+                    "(one document)");
+  parser.add_option("tokenizer", "PATH",
+                    "tokenizer.json (default: the model folder's; required with a .gguf model for now)");
+  parser.add_option("seq-len", "N", "tokens per window", "min(model context, 1024)");
+  parser.add_option("stride", "S", "tokens between window starts, 1 to seq-len", "seq-len / 2");
+  parser.add_option("max-tokens", "N", "read at most N tokens of the data (BOS included), in file order", "all");
+  parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  if (!parser.parse(args)) return 0;
+
+  const std::string model_path = require_model_path(parser, command);
+  if (!parser.is_set("data")) throw UsageError(command + ": --data is required", "run '" + command + " --help'");
+  const std::string data_path = *parser.value("data");
+  // Flags are checked before anything large is loaded.
+  const int64_t requested_seq_len = parser.int_value("seq-len", 0, 2, int64_t(1) << 30);
+  const int64_t requested_stride = parser.int_value("stride", 0, 1, int64_t(1) << 30);
+  const int64_t max_tokens = parser.int_value("max-tokens", 0, 2, int64_t(1) << 50);
+  if (parser.is_set("seq-len") && parser.is_set("stride") && requested_stride > requested_seq_len)
+    throw UsageError(str_cat(command, ": --stride ", requested_stride, " is more than --seq-len ", requested_seq_len,
+                             " (tokens between windows would never be scored)"),
+                     "pass a stride from 1 to the window length");
+
+  const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command, "");
+  std::vector<std::vector<int32_t>> documents = read_documents(data_path, tokenizer);
+  if (max_tokens > 0) {
+    int64_t left = max_tokens;
+    for (auto& document : documents) {
+      document.resize(size_t(std::min<int64_t>(left, int64_t(document.size()))));
+      left -= int64_t(document.size());
+    }
+  }
+  std::erase_if(documents, [](const std::vector<int32_t>& document) { return document.empty(); });
+  int64_t tokens_read = 0;
+  for (const auto& document : documents) tokens_read += int64_t(document.size());
+  if (tokens_read == 0) throw Error(command + ": --data " + data_path + " holds no text to score");
+
+  const auto model = load_eval_model(parser, model_path);
+  const int64_t context_length = model->config().max_position_embeddings;
+  const int64_t seq_len = parser.is_set("seq-len") ? requested_seq_len : std::min<int64_t>(context_length, 1024);
+  if (seq_len > context_length)
+    throw Error(str_cat(command, ": --seq-len ", seq_len, " is more than the model's context of ", context_length,
+                        " tokens"));
+  const int64_t stride = parser.is_set("stride") ? requested_stride : std::max<int64_t>(1, seq_len / 2);
+  if (stride > seq_len)
+    throw UsageError(str_cat(command, ": --stride ", stride, " is more than the window length ", seq_len),
+                     "pass a stride from 1 to the window length");
+  for (size_t d = 0; d < documents.size(); ++d)
+    check_ids_in_vocabulary(documents[d], model->config(),
+                            str_cat(command, ": document ", d + 1, " of ", data_path, " (does the tokenizer fit the model?)"));
+
+  std::vector<std::pair<size_t, Window>> windows;
+  for (size_t d = 0; d < documents.size(); ++d)
+    for (const Window& window : document_windows(int64_t(documents[d].size()), seq_len, stride)) windows.push_back({d, window});
+  if (windows.empty())
+    throw Error(str_cat(command, ": --data ", data_path, " has no token to score (", tokens_read,
+                        " tokens read; a document needs at least 2)"));
+
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  Clock::time_point last_report = start;
+  double nll_sum = 0;
+  int64_t scored = 0;
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const auto& [document, window] = windows[w];
+    const std::vector<int32_t> ids(documents[document].begin() + window.begin, documents[document].begin() + window.end);
+    for (double log_prob : target_log_probs(*model, ids, window.first_target - window.begin)) nll_sum -= log_prob;
+    scored += window.end - window.first_target;
+    const Clock::time_point now = Clock::now();
+    if (now - last_report >= std::chrono::seconds(2) && w + 1 < windows.size()) {
+      last_report = now;
+      std::fprintf(stderr, "eval ppl: window %zu of %zu, %lld tokens scored, perplexity so far %.4f\n", w + 1,
+                   windows.size(), static_cast<long long>(scored), std::exp(nll_sum / double(scored)));
+    }
+  }
+  const double mean_nll = nll_sum / double(scored);
+  const double perplexity = std::exp(mean_nll);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  std::printf("perplexity: %.6f\n", perplexity);
+  std::printf("mean NLL: %.8f nats per token\n", mean_nll);
+  std::printf("tokens scored: %lld (of %lld read, in %zu document%s)\n", static_cast<long long>(scored),
+              static_cast<long long>(tokens_read), documents.size(), documents.size() == 1 ? "" : "s");
+  std::printf("windows: %zu (seq-len %lld, stride %lld)\n", windows.size(), static_cast<long long>(seq_len),
+              static_cast<long long>(stride));
+  json::Value line(json::Object{});
+  line.set("eval", "ppl");
+  line.set("model", model_path);
+  line.set("data", data_path);
+  line.set("perplexity", number_or_null(perplexity));
+  line.set("mean_nll", number_or_null(mean_nll));
+  line.set("tokens_scored", scored);
+  line.set("tokens_read", tokens_read);
+  line.set("documents", int64_t(documents.size()));
+  line.set("windows", int64_t(windows.size()));
+  line.set("seq_len", seq_len);
+  line.set("stride", stride);
+  line.set("seconds", seconds);
+  std::printf("%s\n", line.dump().c_str());
+  return 0;
+}
+
+std::vector<int32_t> parse_score_ids(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<int32_t> ids;
+  std::string word;
+  while (in >> word) {
+    size_t used = 0;
+    long long id = 0;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != word.size() || id < INT32_MIN || id > INT32_MAX)
+      throw UsageError("lamina score: --ids: '" + word + "' is not a token id", "pass ids like \"1 450 4321\"");
+    ids.push_back(int32_t(id));
+  }
+  if (ids.empty()) throw UsageError("lamina score: --ids is empty", "pass ids like \"1 450 4321\"");
+  return ids;
+}
+
+std::string read_standard_input() {
+  std::string text;
+  char buffer[1 << 16];
+  size_t count;
+  while ((count = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) text.append(buffer, count);
+  LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input");
+  return text;
+}
+
+}  // namespace
+
+int run_score(const Arguments& args) {
+  const std::string command = "lamina score";
+  FlagParser parser(command,
+                    "Per-token log-probabilities of a text or of token ids under a model, as one JSON line: "
+                    "{\"tokens\":[ids], \"logprobs\":[null, ...], \"sum\":..., \"mean\":...}. The first token has "
+                    "no log-probability (null); sum and mean are over the others (mean is null for one token). "
+                    "Text (--text, or standard input when neither --text nor --ids is given) is encoded with the "
+                    "model's tokenizer, with BOS first when the tokenizer has one.");
+  parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
+  parser.add_option("text", "TEXT", "the text to score");
+  parser.add_option("ids", "\"1 2 3\"", "the token ids to score, as they are (no BOS added)");
+  parser.add_option("tokenizer", "PATH",
+                    "tokenizer.json for text (default: the model folder's; required with a .gguf model for now)");
+  parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  if (!parser.parse(args)) return 0;
+  const std::string model_path = require_model_path(parser, command);
+  if (parser.is_set("text") && parser.is_set("ids"))
+    throw UsageError(command + ": give at most one of --text and --ids", "run '" + command + " --help'");
+
+  std::vector<int32_t> ids;
+  std::string source = "--ids";
+  if (parser.is_set("ids")) {
+    ids = parse_score_ids(*parser.value("ids"));
+  } else {
+    const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command, ", or score token ids with --ids");
+    const std::string text = parser.is_set("text") ? *parser.value("text") : read_standard_input();
+    ids = tokenizer.encode(text, {.add_bos = tokenizer.bos_id().has_value()});
+    source = "the encoded text (does the tokenizer fit the model?)";
+    if (ids.empty()) throw Error(command + ": the text encodes to no tokens");
+  }
+  const auto model = load_eval_model(parser, model_path);
+  check_ids_in_vocabulary(ids, model->config(), command + ": " + source);
+  const int64_t context_length = model->config().max_position_embeddings;
+  if (int64_t(ids.size()) > context_length)
+    throw Error(str_cat(command, ": ", ids.size(), " tokens are more than the model's context of ", context_length,
+                        " tokens"));
+
+  const std::vector<double> log_probs = ids.size() > 1 ? target_log_probs(*model, ids, 1) : std::vector<double>{};
+  json::Array tokens, values{json::Value(nullptr)};
+  for (int32_t id : ids) tokens.push_back(int64_t(id));
+  double sum = 0;
+  for (double log_prob : log_probs) {
+    values.push_back(number_or_null(log_prob));
+    sum += log_prob;
+  }
+  json::Value line(json::Object{});
+  line.set("tokens", std::move(tokens));
+  line.set("logprobs", std::move(values));
+  line.set("sum", number_or_null(sum));
+  line.set("mean", log_probs.empty() ? json::Value(nullptr) : number_or_null(sum / double(log_probs.size())));
+  std::printf("%s\n", line.dump().c_str());
+  return 0;
+}
+
+// `lamina eval ACTION`: the evaluations, each its own action (more can follow ppl).
+int run_eval(const Arguments& args) {
+  struct Action {
+    const char* name;
+    const char* summary;
+    int (*run)(const Arguments& args);
+  };
+  static constexpr Action kActions[] = {
+      {"ppl", "perplexity of a model on a text or JSONL file (sliding windows with a stride)", run_eval_ppl},
+  };
+  const auto print_help = [&](std::FILE* out) {
+    std::fprintf(out, "usage: lamina eval <action> [flags]\n\nEvaluates a model.\n\nactions:\n");
+    for (const Action& action : kActions) std::fprintf(out, "  %-6s %s\n", action.name, action.summary);
+    std::fprintf(out, "\nRun 'lamina eval <action> --help' for its flags.\n");
+  };
+  if (args.empty()) {
+    print_help(stderr);
+    throw UsageError("lamina eval: no action given", "try 'lamina eval ppl --help'");
+  }
+  if (args[0] == "--help" || args[0] == "help") {
+    print_help(stdout);
+    return 0;
+  }
+  std::vector<std::string> names;
+  for (const Action& action : kActions) {
+    if (args[0] == action.name) return action.run(Arguments(args.begin() + 1, args.end()));
+    names.push_back(action.name);
+  }
+  const std::string suggestion = closest_match(args[0], names);
+  throw UsageError("lamina eval: unknown action '" + args[0] + "'" +
+                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
+                   "run 'lamina eval --help' to list the actions");
+}
+
+}  // namespace lamina::cli
