@@ -46,15 +46,12 @@ std::shared_ptr<llama::LlamaForCausalLM> load_eval_model(const FlagParser& parse
   return model;
 }
 
-// The tokenizer for text: --tokenizer when given, else the HF folder's tokenizer.json. lamina
-// does not yet read the tokenizer inside a GGUF file, so text with a GGUF model needs
-// --tokenizer; token ids need no tokenizer at all.
+// The tokenizer for text: --tokenizer when given, else the one inside a GGUF file or the HF
+// folder's tokenizer.json; token ids need no tokenizer at all.
 tokenizer::Tokenizer load_text_tokenizer(const FlagParser& parser, const std::string& model_path,
-                                         const std::string& command, const std::string& ids_alternative) {
+                                         const std::string& command) {
   if (parser.is_set("tokenizer")) return tokenizer::Tokenizer::load(*parser.value("tokenizer"));
-  if (is_gguf_path(model_path))
-    throw Error(command + ": reading the tokenizer inside a GGUF file (" + model_path +
-                ") is not supported yet; pass --tokenizer PATH (the model's tokenizer.json)" + ids_alternative);
+  if (is_gguf_path(model_path)) return tokenizer::Tokenizer::from_gguf(gguf::File::open(model_path));
   if (!std::filesystem::exists(std::filesystem::path(model_path) / "tokenizer.json"))
     throw Error(command + ": the model folder " + model_path + " has no tokenizer.json; pass --tokenizer PATH");
   return tokenizer::Tokenizer::load(model_path);
@@ -98,11 +95,11 @@ std::vector<double> target_log_probs(const llama::LlamaForCausalLM& model, const
 
 // The documents of --data: a .jsonl/.ndjson file has one {"text": ...} record per line (read
 // with the training data's reader, so a malformed line is an error naming file:line); any
-// other file is one plain-text document. Each starts with BOS when the tokenizer has one, as
-// `lamina generate` encodes a prompt; no EOS is added (it would be a token the text lacks).
+// other file is one plain-text document. Each starts with BOS when the tokenizer adds one
+// (Tokenizer::adds_bos), as `lamina generate` encodes a prompt; no EOS is added (it would be a token the text lacks).
 std::vector<std::vector<int32_t>> read_documents(const std::string& path, const tokenizer::Tokenizer& tokenizer) {
   const std::string extension = std::filesystem::path(path).extension().string();
-  const bool add_bos = tokenizer.bos_id().has_value();
+  const bool add_bos = tokenizer.adds_bos();
   std::vector<std::vector<int32_t>> documents;
   if (extension == ".jsonl" || extension == ".ndjson") {
     train::JsonlOptions options;
@@ -153,14 +150,14 @@ int run_eval_ppl(const Arguments& args) {
                     "sliding windows of --seq-len tokens that start every --stride tokens (Hugging Face's "
                     "perplexity guide). Each window scores only the tokens no earlier window scored; a window's "
                     "first token has no context and is not scored. Every document starts with BOS when the "
-                    "tokenizer has one. Prints perplexity, mean NLL, tokens scored and windows, then one JSON "
+                    "tokenizer adds one (Llama-3 does; SmolLM2's GGUF says not to). Prints perplexity, mean NLL, tokens scored and windows, then one JSON "
                     "line {\"eval\":\"ppl\",...}; progress goes to stderr.");
   parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
   parser.add_option("data", "FILE",
                     "the text: a .jsonl/.ndjson file of {\"text\": ...} lines (each a document) or a plain-text file "
                     "(one document)");
   parser.add_option("tokenizer", "PATH",
-                    "tokenizer.json (default: the model folder's; required with a .gguf model for now)");
+                    "tokenizer.json (default: the model folder's, or the GGUF file's own)");
   parser.add_option("seq-len", "N", "tokens per window", "min(model context, 1024)");
   parser.add_option("stride", "S", "tokens between window starts, 1 to seq-len", "seq-len / 2");
   parser.add_option("max-tokens", "N", "read at most N tokens of the data (BOS included), in file order", "all");
@@ -179,7 +176,7 @@ int run_eval_ppl(const Arguments& args) {
                              " (tokens between windows would never be scored)"),
                      "pass a stride from 1 to the window length");
 
-  const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command, "");
+  const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command);
   std::vector<std::vector<int32_t>> documents = read_documents(data_path, tokenizer);
   if (max_tokens > 0) {
     int64_t left = max_tokens;
@@ -295,12 +292,12 @@ int run_score(const Arguments& args) {
                     "{\"tokens\":[ids], \"logprobs\":[null, ...], \"sum\":..., \"mean\":...}. The first token has "
                     "no log-probability (null); sum and mean are over the others (mean is null for one token). "
                     "Text (--text, or standard input when neither --text nor --ids is given) is encoded with the "
-                    "model's tokenizer, with BOS first when the tokenizer has one.");
+                    "model's tokenizer, with BOS first when the tokenizer adds one.");
   parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
   parser.add_option("text", "TEXT", "the text to score");
   parser.add_option("ids", "\"1 2 3\"", "the token ids to score, as they are (no BOS added)");
   parser.add_option("tokenizer", "PATH",
-                    "tokenizer.json for text (default: the model folder's; required with a .gguf model for now)");
+                    "tokenizer.json for text (default: the model folder's, or the GGUF file's own)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
   if (!parser.parse(args)) return 0;
   const std::string model_path = require_model_path(parser, command);
@@ -312,9 +309,9 @@ int run_score(const Arguments& args) {
   if (parser.is_set("ids")) {
     ids = parse_score_ids(*parser.value("ids"));
   } else {
-    const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command, ", or score token ids with --ids");
+    const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command);
     const std::string text = parser.is_set("text") ? *parser.value("text") : read_standard_input();
-    ids = tokenizer.encode(text, {.add_bos = tokenizer.bos_id().has_value()});
+    ids = tokenizer.encode(text, {.add_bos = tokenizer.adds_bos()});
     source = "the encoded text (does the tokenizer fit the model?)";
     if (ids.empty()) throw Error(command + ": the text encodes to no tokens");
   }

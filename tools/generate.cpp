@@ -75,12 +75,11 @@ std::string require_model(const FlagParser& parser, const char* command) {
   return *directory;
 }
 
-// The tokenizer named by --tokenizer, or the model folder's own tokenizer.json.
+// The tokenizer named by --tokenizer, else the GGUF file's own or the model folder's tokenizer.json.
 tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_directory) {
   const std::string path = parser.value("tokenizer").value_or(model_directory);
   if (!parser.is_set("tokenizer") && is_gguf_file(model_directory))
-    throw Error("the tokenizer of a GGUF file is not read yet; pass --tokenizer PATH (a tokenizer.json), or use "
-                "--prompt-ids and --output ids");
+    return tokenizer::Tokenizer::from_gguf(gguf::File::open(model_directory));
   if (!parser.is_set("tokenizer") && !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json"))
     throw Error("the model folder " + model_directory + " has no tokenizer.json; pass --tokenizer PATH");
   return tokenizer::Tokenizer::load(path);
@@ -252,7 +251,7 @@ int run_generate(const Arguments& args) {
       prompt = widen(tokenizer::render_chat(*text_tokenizer, messages, chat).ids);
       if (!parser.is_set("no-stop")) options.stop_tokens = widen(tokenizer::stop_token_ids(*text_tokenizer, chat.format));
     } else {
-      prompt = widen(text_tokenizer->encode(text, {.add_bos = text_tokenizer->bos_id().has_value()}));
+      prompt = widen(text_tokenizer->encode(text, {.add_bos = text_tokenizer->adds_bos()}));
     }
     if (prompt.empty()) throw UsageError("lamina generate: the prompt encodes to no tokens", "pass a non-empty --prompt");
   }

@@ -118,11 +118,14 @@ size_t EncodeStream::encode_words(size_t pos, size_t end, bool complete) {
   const std::string_view text(pending_.data(), end);
   Tokenizer::Output out{ids_};
   while (pos < end) {
-    const WordScan scan = scan_word(text, pos);
+    const WordScan scan = scan_word(text, pos, tokenizer_.pre_tokenizer());
     const bool certain = complete || scan.reach + kMaxCharBytes <= end;
     if (long_word_ && pos == 0) {  // the long word, behind its kept head
       const size_t feed_end = certain ? scan.end : certain_end(text, head_length_, scan);
-      if (feed_end > head_length_) long_word_->append(text.substr(head_length_, feed_end - head_length_), ids_);
+      std::string kept;
+      if (feed_end > head_length_) {
+        long_word_->append(tokenizer_.without_dropped_bytes(text.substr(head_length_, feed_end - head_length_), kept), ids_);
+      }
       if (!certain) {
         const std::string head = head_of(text, 0, scan);
         pending_.replace(0, std::max(feed_end, head_length_), head);
@@ -165,7 +168,8 @@ void EncodeStream::start_long_word(std::string_view text, size_t begin, const Wo
   const size_t head_end = scan.kind == WordScan::whitespace ? begin + 1 : begin + head.size();
   if (fed_end < head_end) return;  // wait for more
   long_word_ = std::make_unique<LongWordEncoder>(tokenizer_.bpe().tables());
-  long_word_->append(text.substr(begin, fed_end - begin), ids_);
+  std::string kept;
+  long_word_->append(tokenizer_.without_dropped_bytes(text.substr(begin, fed_end - begin), kept), ids_);
   pending_.replace(0, fed_end, head);
   head_length_ = head.size();
 }

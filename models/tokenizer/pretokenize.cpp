@@ -1,5 +1,6 @@
-// The scanner tries the pattern's seven alternatives in order at each position, as the
-// regex's leftmost-first alternation does, and emits the first one that matches:
+// Llama-3's scanner tries the pattern's seven alternatives in order at each position, as the
+// regex's leftmost-first alternation does, and emits the first one that matches (GPT-2's and
+// SmolLM's scanner, match_word_gpt2, works the same way on its six):
 //
 //   1 (?i:'s|'t|'re|'ve|'m|'ll|'d)   contraction suffix, any case
 //   2 [^\r\n\p{L}\p{N}]?\p{L}+        letters, with at most one non-letter/number/newline before
@@ -18,6 +19,7 @@
 #include <array>
 
 #include "models/tokenizer/unicode.h"
+#include "tensor/error.h"
 
 namespace lamina::tokenizer {
 namespace {
@@ -179,22 +181,111 @@ WordScan match_word(const Cursor& text, size_t begin, const Char& first) {
   return done(count >= 1 ? end : after_first, WordScan::whitespace);  // count is >= 1: every character has a class above
 }
 
+// GPT-2's pattern, tried in the same way (leftmost-first, one forward pass):
+//
+//   1 's|'t|'re|'ve|'m|'ll|'d     contraction suffix, lower case only
+//   2  ?\p{L}+                    letters, an optional ASCII space before
+//   3  ?\p{N}+                    numbers, likewise
+//   4  ?[^\s\p{L}\p{N}]+          "other" characters, likewise
+//   5 \s+(?!\S)                   whitespace, leaving the last one for the next word
+//   6 \s+                         a lone whitespace character
+//
+// With `isolate_digits` (SmolLM) a number is a word alone and ends the piece before it: the
+// scan reads it as the end of the text, which is what running the pattern on each piece
+// between numbers means (a space before a number stays a word of its own).
+WordScan match_word_gpt2(const Cursor& text, size_t begin, const Char& first, bool isolate_digits) {
+  const auto at = [&](size_t pos) -> Char {
+    const Char c = text.at(pos);
+    return isolate_digits && c.char_class == CharClass::number ? Char{} : c;
+  };
+  const size_t after_first = begin + first.length;
+  WordScan scan;
+  const auto done = [&](size_t end, WordScan::Kind kind) {
+    scan.end = end;
+    scan.kind = kind;
+    scan.reach = text.reach();
+    return scan;
+  };
+  if (isolate_digits && first.char_class == CharClass::number) return done(after_first, WordScan::short_word);
+
+  // 1: contractions, exactly as written (all ASCII, one byte a character).
+  if (first.code_point == '\'') {
+    const Char a = at(after_first);
+    if (a.code_point == 's' || a.code_point == 't' || a.code_point == 'm' || a.code_point == 'd') {
+      return done(after_first + 1, WordScan::short_word);
+    }
+    if (a.code_point == 'r' || a.code_point == 'v' || a.code_point == 'l') {
+      const Char b = at(after_first + 1);
+      if ((a.code_point == 'l' && b.code_point == 'l') || (a.code_point != 'l' && b.code_point == 'e')) {
+        return done(after_first + 2, WordScan::short_word);
+      }
+    }
+  }
+
+  // 2-4: an optional space, then a run of one class. The three classes are disjoint, so the
+  // first character after the space decides the alternative.
+  const bool space_first = first.code_point == ' ';
+  const Char run_first = space_first ? at(after_first) : first;
+  if (run_first.length != 0 && run_first.char_class != CharClass::whitespace) {
+    const CharClass run_class = run_first.char_class;
+    size_t end = (space_first ? after_first : begin) + run_first.length;
+    for (Char c = at(end); c.length != 0 && c.char_class == run_class; c = at(end)) {
+      end = text.skip_ascii(end + c.length, run_class);  // (never skips a number when they are isolated: the run is not of numbers)
+    }
+    const WordScan::Kind kind = run_class == CharClass::letter   ? WordScan::letters
+                                : run_class == CharClass::number ? WordScan::numbers
+                                                                 : WordScan::others;
+    return done(end, kind);
+  }
+
+  // 5-6: a whitespace run [begin, end).
+  size_t end = begin, last_start = begin;
+  int count = 0;
+  for (Char c = first; c.length != 0 && c.char_class == CharClass::whitespace; c = at(end)) {
+    last_start = end;
+    end += c.length;
+    ++count;
+  }
+  scan.last_char_start = last_start;
+  const bool text_continues = at(end).length != 0;
+  if (count > 1 && text_continues) return done(last_start, WordScan::whitespace);
+  return done(end, WordScan::whitespace);
+}
+
 }  // namespace
 
-WordScan scan_word(std::string_view text, size_t begin) {
+std::string_view gguf_pre_tokenizer_name(PreTokenizer pre_tokenizer) {
+  switch (pre_tokenizer) {
+    case PreTokenizer::llama3: return "llama-bpe";
+    case PreTokenizer::gpt2: return "gpt2";
+    case PreTokenizer::smollm: return "smollm";
+  }
+  return "?";
+}
+
+PreTokenizer pre_tokenizer_from_gguf_name(std::string_view value, std::string_view where) {
+  for (const PreTokenizer candidate : {PreTokenizer::llama3, PreTokenizer::gpt2, PreTokenizer::smollm}) {
+    if (value == gguf_pre_tokenizer_name(candidate)) return candidate;
+  }
+  throw Error(str_cat(where, ": the pre-tokenizer \"", value, "\" is not supported (supported: \"llama-bpe\", \"gpt2\", \"smollm\")"));
+}
+
+WordScan scan_word(std::string_view text, size_t begin, PreTokenizer pre_tokenizer) {
   const Cursor cursor(text);
-  return match_word(cursor, begin, cursor.at(begin));
+  const Char first = cursor.at(begin);
+  if (pre_tokenizer == PreTokenizer::llama3) return match_word(cursor, begin, first);
+  return match_word_gpt2(cursor, begin, first, pre_tokenizer == PreTokenizer::smollm);
 }
 
 std::string_view WordIterator::next() {
   if (pos_ >= text_.size()) return {};
   const size_t begin = pos_;
-  pos_ = scan_word(text_, begin).end;
+  pos_ = scan_word(text_, begin, pre_tokenizer_).end;
   return text_.substr(begin, pos_ - begin);
 }
 
-void split_words(std::string_view text, std::vector<std::string_view>& words) {
-  WordIterator iterator(text);
+void split_words(std::string_view text, std::vector<std::string_view>& words, PreTokenizer pre_tokenizer) {
+  WordIterator iterator(text, pre_tokenizer);
   for (std::string_view word = iterator.next(); !word.empty(); word = iterator.next()) words.push_back(word);
 }
 

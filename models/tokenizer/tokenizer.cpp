@@ -16,9 +16,10 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-Tokenizer::Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source)
+Tokenizer::Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source, PreTokenizer pre_tokenizer)
     : bpe_(std::move(bpe)),
       added_tokens_(std::move(added)),
+      pre_tokenizer_(pre_tokenizer),
       matcher_(std::make_unique<AddedTokenMatcher>()),
       cache_(std::make_unique<WordCache>()) {
   const VocabIndex& vocab = bpe_.vocab();
@@ -49,8 +50,39 @@ Tokenizer::Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_vi
 // Longer words go to the linear-time encoder (long_word.h).
 constexpr size_t kLongWordBytes = 256;
 
+std::string_view Tokenizer::without_dropped_bytes(std::string_view word, std::string& kept) const {
+  if (!drops_bytes_) return word;
+  const auto dropped = [&](char byte) { return dropped_bytes_[uint8_t(byte)]; };
+  if (std::none_of(word.begin(), word.end(), dropped)) return word;
+  kept.clear();
+  for (const char byte : word) {
+    if (!dropped(byte)) kept += byte;
+  }
+  return kept;
+}
+
+std::array<bool, 256> Tokenizer::add_missing_bytes(StringIdMap& vocab, int32_t first_free_id) {
+  std::array<bool, 256> missing{};
+  int32_t next_id = first_free_id;
+  for (int byte = 0; byte < 256; ++byte) {
+    if (vocab.emplace(std::string(1, char(byte)), next_id).second) missing[size_t(byte)] = true, ++next_id;
+  }
+  return missing;
+}
+
+void Tokenizer::drop_bytes(const std::array<bool, 256>& dropped, int32_t vocab_size) {
+  dropped_bytes_ = dropped;
+  drops_bytes_ = std::find(dropped.begin(), dropped.end(), true) != dropped.end();
+  LAMINA_ASSERT(vocab_size <= int32_t(kinds_.size()));
+  kinds_.resize(size_t(vocab_size));
+  pieces_.resize(size_t(vocab_size));
+}
+
 void Tokenizer::encode_word(std::string_view word, Output& out) const {
   std::vector<int32_t>& ids = out.ids;
+  std::string kept;
+  word = without_dropped_bytes(word, kept);
+  if (word.empty()) return;  // only bytes the vocabulary lacks
   if (word.size() == 1) {  // every byte is a token
     ids.push_back(bpe_.byte_id(uint8_t(word[0])));
     return;
@@ -91,7 +123,7 @@ void Tokenizer::encode_word(std::string_view word, Output& out) const {
 }
 
 void Tokenizer::encode_ordinary(std::string_view text, Output& out) const {
-  WordIterator words(text);
+  WordIterator words(text, pre_tokenizer_);
   for (std::string_view word = words.next(); !word.empty(); word = words.next()) {
     encode_word(word, out);
     out.drain_if_large();
@@ -105,7 +137,7 @@ void Tokenizer::encode_ordinary(std::string_view text, std::vector<int32_t>& ids
 
 void Tokenizer::encode(std::string_view text, const EncodeOptions& options, Output& out) const {
   if (options.add_bos) {
-    LAMINA_CHECK(bos_id_.has_value(), "tokenizer: add_bos asked for, but the vocabulary has no <|begin_of_text|>");
+    LAMINA_CHECK(bos_id_.has_value(), "tokenizer: add_bos asked for, but the vocabulary has no <|begin_of_text|> (nor a BOS id of its file)");
     out.ids.push_back(*bos_id_);
   }
   size_t piece_begin = 0;

@@ -1,5 +1,6 @@
 // The Llama-3 tokenizer: byte-level BPE loaded from a Hugging Face tokenizer.json, producing
-// the same ids as HF `tokenizers` for the same text.
+// the same ids as HF `tokenizers` for the same text. Also GPT-2 / SmolLM2 style ones, from a
+// tokenizer.json or a GGUF file, with the pre-tokenizer the file names (pretokenize.h).
 //
 // Encoding: added tokens are split out first by exact, leftmost-longest match (special ones
 // only when asked: see EncodeOptions::parse_special); each piece between them is split into
@@ -11,10 +12,12 @@
 // (encode_stream.h): the same ids, without holding the whole text.
 //
 // Decoding returns the exact bytes the ids stand for, so decode(encode(s)) == s for any
-// bytes s, valid UTF-8 or not. Use replace_invalid_utf8 (unicode.h) or a StreamDecoder
+// bytes s, valid UTF-8 or not (except bytes that are no token of a vocabulary that lacks some,
+// see dropped_bytes_). Use replace_invalid_utf8 (unicode.h) or a StreamDecoder
 // (stream_decoder.h) where text must be valid UTF-8.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -25,10 +28,14 @@
 #include <vector>
 
 #include "models/tokenizer/bpe.h"
+#include "models/tokenizer/pretokenize.h"
 #include "models/tokenizer/word_cache.h"
 
 namespace lamina::json {
 class Value;
+}
+namespace lamina::gguf {
+class File;
 }
 
 namespace lamina::tokenizer {
@@ -51,6 +58,13 @@ struct EncodeOptions {
   bool parse_special = false;
 };
 
+// The ids a GGUF file names for roles (tokenizer.ggml.{bos,eos,padding,unknown}_token_id) and
+// whether it asks for BOS (tokenizer.ggml.add_bos_token). Empty for a tokenizer.json.
+struct TokenRoles {
+  std::optional<int32_t> bos, eos, pad, unk;
+  bool add_bos = false;
+};
+
 struct DecodeOptions {
   bool skip_special = false;  // leave special tokens out instead of writing their text
 };
@@ -61,6 +75,9 @@ class Tokenizer {
   static Tokenizer load(const std::string& path);
   // From parsed tokenizer.json; `source` names it in errors.
   static Tokenizer from_json(const json::Value& root, std::string_view source = "tokenizer.json");
+  // From a GGUF file's tokenizer.ggml.* metadata (tokenizer_gguf.cpp): byte-level BPE ("gpt2"
+  // model), the pre-tokenizer its tokenizer.ggml.pre names, control tokens as special tokens.
+  static Tokenizer from_gguf(const gguf::File& file);
 
   std::vector<int32_t> encode(std::string_view text, const EncodeOptions& options = {}) const;
   // Appends the ids of `text` to `ids`.
@@ -84,8 +101,14 @@ class Tokenizer {
   std::optional<int32_t> added_token_id(std::string_view content) const;
   // The same, throwing an error that names the token when it is absent.
   int32_t require_added_token(std::string_view content) const;
-  // <|begin_of_text|>, when the vocabulary has it.
+  // <|begin_of_text|>, when the vocabulary has it; a GGUF file's own BOS id.
   std::optional<int32_t> bos_id() const { return bos_id_; }
+  const TokenRoles& roles() const { return roles_; }
+  // Whether a text's ids start with BOS unless a caller says otherwise: as a GGUF file says
+  // (tokenizer.ggml.add_bos_token; SmolLM2's is false, its BOS being <|im_start|>), else whenever
+  // there is a BOS (Llama-3's tokenizer.json template writes <|begin_of_text|> first).
+  bool adds_bos() const { return roles_.bos ? roles_.add_bos : bos_id_.has_value(); }
+  PreTokenizer pre_tokenizer() const { return pre_tokenizer_; }
 
   int32_t vocab_size() const { return int32_t(kinds_.size()); }  // largest id + 1
   const std::vector<AddedToken>& added_tokens() const { return added_tokens_; }
@@ -122,10 +145,18 @@ class Tokenizer {
     }
   };
 
-  Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source);
+  Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_view source,
+            PreTokenizer pre_tokenizer = PreTokenizer::llama3);
   void encode(std::string_view text, const EncodeOptions& options, Output& out) const;
   void encode_ordinary(std::string_view text, Output& out) const;
   void encode_word(std::string_view word, Output& out) const;
+  // `word` without the bytes the vocabulary lacks (copied to `kept` when it has any).
+  std::string_view without_dropped_bytes(std::string_view word, std::string& kept) const;
+  // For the loaders: gives each single byte `vocab` lacks an id from `first_free_id` on, and
+  // returns which bytes those are; after construction, drop_bytes remembers them and trims the
+  // id tables back to `vocab_size` (the placeholder ids are no tokens).
+  static std::array<bool, 256> add_missing_bytes(StringIdMap& vocab, int32_t first_free_id);
+  void drop_bytes(const std::array<bool, 256>& dropped, int32_t vocab_size);
 
   BpeModel bpe_;
   std::vector<AddedToken> added_tokens_;
@@ -133,6 +164,13 @@ class Tokenizer {
   std::vector<std::string> pieces_;  // by id: the text of added tokens (ordinary ones are in bpe_)
   std::vector<Kind> kinds_;          // by id
   std::optional<int32_t> bos_id_;
+  TokenRoles roles_;
+  PreTokenizer pre_tokenizer_ = PreTokenizer::llama3;
+  // Single bytes that are no token (SmolLM2 lacks 21, such as 0x04 and 0xFF). As HF's BPE does
+  // without an unknown token, they are left out of each word before merging; the BPE model
+  // holds them under ids past the vocabulary that are never emitted.
+  std::array<bool, 256> dropped_bytes_{};
+  bool drops_bytes_ = false;
   std::unique_ptr<AddedTokenMatcher> matcher_;
   std::unique_ptr<WordCache> cache_;
 };

@@ -1,5 +1,6 @@
 // Loading a Hugging Face tokenizer.json. Every error names the file and the place in it, as a
 // path of keys and indices: "tokenizer.json: model.merges[3]: expected \"left right\", ...".
+#include <algorithm>
 #include <filesystem>
 
 #include "models/tokenizer/byte_level.h"
@@ -52,18 +53,50 @@ void require_false(const json::Value& value, const Field& field, std::string_vie
                reason, ")");
 }
 
-// The pre-tokenizer must be Llama-3's: Split(the pattern, Isolated) then ByteLevel without
-// its own regex or prefix space. Only that pattern is implemented (by hand), so anything else
-// is refused rather than tokenized differently from the reference.
-void check_pre_tokenizer(const json::Value& root, const Field& file) {
+// A ByteLevel pre-tokenizer that splits with GPT-2's pattern itself (use_regex, which HF
+// defaults to true) and adds no space: the GPT-2 / SmolLM form.
+bool is_gpt2_byte_level(const json::Value& step, const Field& field) {
+  if (!step.is_object()) return false;
+  const json::Value* type = optional_member(step, field, "type");
+  if (type == nullptr || !type->is_string() || type->as_string() != "ByteLevel") return false;
+  require_false(step, field, "add_prefix_space", "GPT-2's pattern runs on the text as it is");
+  const json::Value* use_regex = optional_member(step, field, "use_regex");
+  return use_regex == nullptr || use_regex->as_bool(field.member("use_regex").name());
+}
+
+// Digits(individual_digits: true): every number character a piece of its own.
+bool is_individual_digits(const json::Value& step, const Field& field) {
+  if (!step.is_object()) return false;
+  const json::Value* type = optional_member(step, field, "type");
+  if (type == nullptr || !type->is_string() || type->as_string() != "Digits") return false;
+  const json::Value* individual = optional_member(step, field, "individual_digits");
+  LAMINA_CHECK(individual != nullptr && individual->as_bool(field.member("individual_digits").name()),
+               field.member("individual_digits").name(), ": only individual digits are implemented, got ", describe(step));
+  return true;
+}
+
+// The pre-tokenizer, one of those implemented by hand (pretokenize.h):
+//   Llama-3: Sequence[Split(its pattern, Isolated), ByteLevel without regex or prefix space]
+//   GPT-2:   ByteLevel(use_regex, no prefix space), alone or as a Sequence of one
+//   SmolLM:  Sequence[Digits(individual_digits), that ByteLevel]
+// Anything else is refused rather than tokenized differently from the reference.
+PreTokenizer check_pre_tokenizer(const json::Value& root, const Field& file) {
   const Field field = file.member("pre_tokenizer");
   const json::Value* pre = optional_member(root, file, "pre_tokenizer");
-  LAMINA_CHECK(pre != nullptr, field.name(), ": missing; expected Llama-3's Split + ByteLevel");
+  LAMINA_CHECK(pre != nullptr, field.name(), ": missing; expected Llama-3's Split + ByteLevel, GPT-2's ByteLevel or SmolLM's Digits + ByteLevel");
+  if (is_gpt2_byte_level(*pre, field)) return PreTokenizer::gpt2;
   const std::string& type = member(*pre, field, "type").as_string(field.member("type").name());
-  LAMINA_CHECK(type == "Sequence", field.member("type").name(), ": expected a Sequence of Split and ByteLevel, got ",
+  LAMINA_CHECK(type == "Sequence", field.member("type").name(),
+               ": expected a Sequence of Split and ByteLevel (Llama-3), of Digits and ByteLevel (SmolLM) or GPT-2's ByteLevel, got ",
                describe(*pre));
   const Field steps_field = field.member("pretokenizers");
   const json::Array& steps = member(*pre, field, "pretokenizers").as_array(steps_field.name());
+  if (steps.size() == 1 && is_gpt2_byte_level(steps[0], steps_field.element(0))) return PreTokenizer::gpt2;
+  if (steps.size() == 2 && is_individual_digits(steps[0], steps_field.element(0))) {
+    LAMINA_CHECK(is_gpt2_byte_level(steps[1], steps_field.element(1)), steps_field.element(1).name(),
+                 ": expected ByteLevel with use_regex after Digits, got ", describe(steps[1]));
+    return PreTokenizer::smollm;
+  }
   LAMINA_CHECK(steps.size() == 2, steps_field.name(), ": expected Split then ByteLevel, got ", describe(*pre));
 
   const json::Value& split = steps[0];
@@ -86,6 +119,7 @@ void check_pre_tokenizer(const json::Value& root, const Field& file) {
                byte_level_field.name(), ": expected ByteLevel, got ", describe(byte_level));
   require_false(byte_level, byte_level_field, "add_prefix_space", "Llama-3 adds no space");
   require_false(byte_level, byte_level_field, "use_regex", "the Split before it splits the words");
+  return PreTokenizer::llama3;
 }
 
 void check_model_options(const json::Value& model, const Field& field) {
@@ -174,7 +208,7 @@ Tokenizer Tokenizer::from_json(const json::Value& root, std::string_view source)
   const json::Value* normalizer = optional_member(root, file, "normalizer");
   LAMINA_CHECK(normalizer == nullptr, file.member("normalizer").name(), ": normalizers are not supported (Llama-3 has none), got ",
                normalizer ? describe(*normalizer) : "");
-  check_pre_tokenizer(root, file);
+  const PreTokenizer pre_tokenizer = check_pre_tokenizer(root, file);
   if (const json::Value* decoder = optional_member(root, file, "decoder")) {
     const Field field = file.member("decoder");
     LAMINA_CHECK(member(*decoder, field, "type").as_string(field.member("type").name()) == "ByteLevel", field.name(),
@@ -208,7 +242,16 @@ Tokenizer Tokenizer::from_json(const json::Value& root, std::string_view source)
     const json::Array& list = entries->as_array(field.name());
     for (size_t i = 0; i < list.size(); ++i) added.push_back(added_token(list[i], field.element(i)));
   }
-  return Tokenizer(BpeModel(vocab, merges, ignore_merges, name), std::move(added), name);
+  // A GPT-2 style vocabulary may lack single bytes (SmolLM2's lacks 21); HF's BPE then drops
+  // them from words, and so does lamina (Tokenizer::dropped_bytes_), with placeholder ids past
+  // all others. Llama-3's has all 256, so there a missing one is a damaged file (BpeModel says so).
+  int32_t id_end = 0;
+  for (const auto& [bytes, id] : vocab) id_end = std::max(id_end, id + 1);
+  for (const AddedToken& token : added) id_end = std::max(id_end, token.id + 1);
+  const std::array<bool, 256> dropped = pre_tokenizer == PreTokenizer::llama3 ? std::array<bool, 256>{} : add_missing_bytes(vocab, id_end);
+  Tokenizer tokenizer(BpeModel(vocab, merges, ignore_merges, name), std::move(added), name, pre_tokenizer);
+  tokenizer.drop_bytes(dropped, id_end);
+  return tokenizer;
 }
 
 }  // namespace lamina::tokenizer
