@@ -7,6 +7,31 @@
 #include <sstream>
 
 namespace lamina::cli {
+
+std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& what) {
+  const auto is_separator = [](char c) {
+    return c == ' ' || c == ',' || c == '\n' || c == '\r' || c == '\t' || c == '[' || c == ']';
+  };
+  std::vector<int64_t> ids;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    if (is_separator(text[pos])) {
+      ++pos;
+      continue;
+    }
+    size_t end = pos;
+    while (end < text.size() && !is_separator(text[end])) ++end;
+    int32_t id = 0;
+    const auto [stop, error] = std::from_chars(text.data() + pos, text.data() + end, id);
+    if (error != std::errc() || stop != text.data() + end) {
+      throw UsageError(what + ": '" + text.substr(pos, end - pos) + "' is not a token id",
+                       "give the ids as integers separated by spaces or commas, like \"1 450 4321\"");
+    }
+    ids.push_back(id);
+    pos = end;
+  }
+  return ids;
+}
 namespace {
 
 size_t edit_distance(const std::string& a, const std::string& b) {

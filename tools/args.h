@@ -29,6 +29,11 @@ class UsageError : public std::runtime_error {
   std::string hint_;
 };
 
+// Token ids written as integers separated by spaces, commas, newlines or brackets ("1 2 3",
+// "1,2,3", "[1, 2, 3]"); a word that is not an integer of 32 bits (no vocabulary is larger) is
+// a UsageError naming `what` ("lamina score: --ids"). An empty text gives no ids.
+std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& what);
+
 // The closest of `candidates` to `word` when it is a plausible typo of it, else "".
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 

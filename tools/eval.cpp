@@ -255,23 +255,9 @@ int run_eval_ppl(const Arguments& args) {
 }
 
 std::vector<int32_t> parse_score_ids(const std::string& text) {
-  std::istringstream in(text);
-  std::vector<int32_t> ids;
-  std::string word;
-  while (in >> word) {
-    size_t used = 0;
-    long long id = 0;
-    try {
-      id = std::stoll(word, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != word.size() || id < INT32_MIN || id > INT32_MAX)
-      throw UsageError("lamina score: --ids: '" + word + "' is not a token id", "pass ids like \"1 450 4321\"");
-    ids.push_back(int32_t(id));
-  }
+  const std::vector<int64_t> ids = parse_token_ids(text, "lamina score: --ids");
   if (ids.empty()) throw UsageError("lamina score: --ids is empty", "pass ids like \"1 450 4321\"");
-  return ids;
+  return std::vector<int32_t>(ids.begin(), ids.end());  // each fits: parse_token_ids checks
 }
 
 std::string read_standard_input() {

@@ -3,7 +3,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <sstream>
 
 #include "models/generate/generate.h"
 #include "models/io/gguf_llama.h"
@@ -16,20 +15,7 @@ namespace lamina::cli {
 namespace {
 
 std::vector<int64_t> parse_ids(const std::string& text) {
-  std::istringstream in(text);
-  std::vector<int64_t> ids;
-  std::string word;
-  while (in >> word) {
-    size_t used = 0;
-    int64_t id = 0;
-    try {
-      id = std::stoll(word, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != word.size()) throw UsageError("--prompt-ids: '" + word + "' is not a token id", "pass ids like \"1 450 4321\"");
-    ids.push_back(id);
-  }
+  std::vector<int64_t> ids = parse_token_ids(text, "--prompt-ids");
   if (ids.empty()) throw UsageError("--prompt-ids is empty", "pass ids like \"1 450 4321\"");
   return ids;
 }

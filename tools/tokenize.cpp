@@ -40,28 +40,9 @@ std::string require_option(const FlagParser& parser, const std::string& command,
   return *value;
 }
 
-// "1 2 3", "1,2,3", "[1, 2, 3]": integers separated by spaces, commas or newlines.
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& command) {
-  std::vector<int32_t> ids;
-  const auto is_separator = [](char c) { return c == ' ' || c == ',' || c == '\n' || c == '\r' || c == '\t' || c == '[' || c == ']'; };
-  size_t pos = 0;
-  while (pos < text.size()) {
-    if (is_separator(text[pos])) {
-      ++pos;
-      continue;
-    }
-    size_t end = pos;
-    while (end < text.size() && !is_separator(text[end])) ++end;
-    int32_t id = 0;
-    const auto [stop, error] = std::from_chars(text.data() + pos, text.data() + end, id);
-    if (error != std::errc() || stop != text.data() + end) {
-      throw UsageError(command + ": '" + text.substr(pos, end - pos) + "' is not a token id",
-                       "give the ids as integers separated by spaces or commas");
-    }
-    ids.push_back(id);
-    pos = end;
-  }
-  return ids;
+  const std::vector<int64_t> ids = parse_token_ids(text, command);
+  return std::vector<int32_t>(ids.begin(), ids.end());  // each fits: parse_token_ids checks
 }
 
 }  // namespace
