@@ -158,8 +158,9 @@ class HostOutOfMemory : public std::bad_alloc {
 };
 
 // operator new for lamina builds: check large requests, then malloc (which is mimalloc's),
-// calling the new-handler as the standard asks; throws instead of aborting.
-void* allocate_or_throw(std::size_t bytes, std::size_t alignment) {
+// calling the new-handler as the standard asks; throws instead of aborting. (Unused in
+// sanitizer builds, which keep the runtime's operator new.)
+[[maybe_unused]] void* allocate_or_throw(std::size_t bytes, std::size_t alignment) {
   if (!host_memory_fits(bytes))
     throw HostOutOfMemory("%s", host_memory_shortage(bytes, "an allocation (operator new)").c_str());
   for (;;) {
