@@ -129,6 +129,12 @@ bool FlagParser::parse(const std::vector<std::string>& args) {
 
 bool FlagParser::is_set(const std::string& name) const { return values_.count(name) != 0; }
 
+std::string FlagParser::required(const std::string& name) const {
+  const std::optional<std::string> given = value(name);
+  if (!given) fail("--" + name + " is required");
+  return *given;
+}
+
 std::optional<std::string> FlagParser::value(const std::string& name) const {
   const auto found = values_.find(name);
   if (found == values_.end()) return std::nullopt;

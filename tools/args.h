@@ -55,6 +55,8 @@ class FlagParser {
 
   bool is_set(const std::string& name) const;  // switches: given; options: given a value
   std::optional<std::string> value(const std::string& name) const;
+  // The value of an option the command cannot run without; a UsageError when it was not given.
+  std::string required(const std::string& name) const;
   // The option's value as an integer in [min, max], or `fallback` when not given.
   int64_t int_value(const std::string& name, int64_t fallback, int64_t min, int64_t max) const;
   // The option's value as an unsigned 64-bit integer (all of its range), or `fallback`.

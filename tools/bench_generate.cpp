@@ -11,11 +11,11 @@
 
 #include "autograd/autograd.h"
 #include "models/generate/generate.h"
-#include "models/io/gguf_llama.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
+#include "tools/model_files.h"
 #include "train/metrics.h"
 
 namespace lamina::cli {
@@ -150,8 +150,7 @@ int run_bench_generate(const Arguments& args) {
     }
   }
   if (own_model && selected(own_name)) {
-    const bool gguf_file = std::filesystem::path(*own_model).extension() == ".gguf";
-    const auto model = gguf_file ? gguf::load_llama_gguf(*own_model) : llama::LlamaForCausalLM::load(*own_model);
+    const auto model = load_model_on(*own_model, Device::cpu());
     for (int64_t batch : {1, 8, 32}) bench_model(own_name, *model, batch, memcpy_gbps, settings);
   }
   if (selected("random_125m")) {

@@ -15,46 +15,19 @@
 #include <sstream>
 
 #include "autograd/autograd.h"
-#include "models/io/gguf_llama.h"
 #include "models/llama/model.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/io/json.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/model_files.h"
 #include "train/data.h"
 
 namespace lamina::cli {
 namespace {
 
-// A model path is a GGUF file when it names a regular file ending in .gguf; anything else is
-// taken for a Hugging Face folder (whose loader says what is missing from it).
-bool is_gguf_path(const std::string& path) {
-  const std::filesystem::path file(path);
-  return file.extension() == ".gguf" && !std::filesystem::is_directory(file);
-}
-
-std::string require_model_path(const FlagParser& parser, const std::string& command) {
-  const std::optional<std::string> path = parser.value("model");
-  if (!path) throw UsageError(command + ": --model is required", "run '" + command + " --help'");
-  return *path;
-}
-
 std::shared_ptr<llama::LlamaForCausalLM> load_eval_model(const FlagParser& parser, const std::string& path) {
-  const Device device = Device::parse(parser.value("device").value_or("cpu"));
-  auto model = is_gguf_path(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);
-  model->to(device, DType::f32);
-  return model;
-}
-
-// The tokenizer for text: --tokenizer when given, else the one inside a GGUF file or the HF
-// folder's tokenizer.json; token ids need no tokenizer at all.
-tokenizer::Tokenizer load_text_tokenizer(const FlagParser& parser, const std::string& model_path,
-                                         const std::string& command) {
-  if (parser.is_set("tokenizer")) return tokenizer::Tokenizer::load(*parser.value("tokenizer"));
-  if (is_gguf_path(model_path)) return tokenizer::Tokenizer::from_gguf(gguf::File::open(model_path));
-  if (!std::filesystem::exists(std::filesystem::path(model_path) / "tokenizer.json"))
-    throw Error(command + ": the model folder " + model_path + " has no tokenizer.json; pass --tokenizer PATH");
-  return tokenizer::Tokenizer::load(model_path);
+  return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
 }
 
 // JSON has no NaN or infinity: such a value is written as null.
@@ -164,7 +137,7 @@ int run_eval_ppl(const Arguments& args) {
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
   if (!parser.parse(args)) return 0;
 
-  const std::string model_path = require_model_path(parser, command);
+  const std::string model_path = parser.required("model");
   if (!parser.is_set("data")) throw UsageError(command + ": --data is required", "run '" + command + " --help'");
   const std::string data_path = *parser.value("data");
   // Flags are checked before anything large is loaded.
@@ -176,7 +149,7 @@ int run_eval_ppl(const Arguments& args) {
                              " (tokens between windows would never be scored)"),
                      "pass a stride from 1 to the window length");
 
-  const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command);
+  const tokenizer::Tokenizer tokenizer = load_model_tokenizer(model_path, parser.value("tokenizer"));
   std::vector<std::vector<int32_t>> documents = read_documents(data_path, tokenizer);
   if (max_tokens > 0) {
     int64_t left = max_tokens;
@@ -286,7 +259,7 @@ int run_score(const Arguments& args) {
                     "tokenizer.json for text (default: the model folder's, or the GGUF file's own)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
   if (!parser.parse(args)) return 0;
-  const std::string model_path = require_model_path(parser, command);
+  const std::string model_path = parser.required("model");
   if (parser.is_set("text") && parser.is_set("ids"))
     throw UsageError(command + ": give at most one of --text and --ids", "run '" + command + " --help'");
 
@@ -295,7 +268,7 @@ int run_score(const Arguments& args) {
   if (parser.is_set("ids")) {
     ids = parse_score_ids(*parser.value("ids"));
   } else {
-    const tokenizer::Tokenizer tokenizer = load_text_tokenizer(parser, model_path, command);
+    const tokenizer::Tokenizer tokenizer = load_model_tokenizer(model_path, parser.value("tokenizer"));
     const std::string text = parser.is_set("text") ? *parser.value("text") : read_standard_input();
     ids = tokenizer.encode(text, {.add_bos = tokenizer.adds_bos()});
     source = "the encoded text (does the tokenizer fit the model?)";

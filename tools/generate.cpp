@@ -5,11 +5,11 @@
 #include <iostream>
 
 #include "models/generate/generate.h"
-#include "models/io/gguf_llama.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/model_files.h"
 
 namespace lamina::cli {
 namespace {
@@ -31,16 +31,9 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
 }
 
-bool is_gguf_file(const std::string& path) {
-  return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 && !std::filesystem::is_directory(path);
-}
-
-// The model of a Hugging Face folder or a GGUF file (dequantized), f32, on the --device.
+// The model of --model on the --device.
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
-  const Device device = Device::parse(parser.value("device").value_or("cpu"));
-  auto model = is_gguf_file(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);
-  model->to(device, DType::f32);
-  return model;
+  return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
 }
 
 generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens) {
@@ -55,20 +48,8 @@ generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t def
   return options;
 }
 
-std::string require_model(const FlagParser& parser, const char* command) {
-  const std::optional<std::string> directory = parser.value("model");
-  if (!directory) throw UsageError(std::string(command) + ": --model is required", std::string("run '") + command + " --help'");
-  return *directory;
-}
-
-// The tokenizer named by --tokenizer, else the GGUF file's own or the model folder's tokenizer.json.
-tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_directory) {
-  const std::string path = parser.value("tokenizer").value_or(model_directory);
-  if (!parser.is_set("tokenizer") && is_gguf_file(model_directory))
-    return tokenizer::Tokenizer::from_gguf(gguf::File::open(model_directory));
-  if (!parser.is_set("tokenizer") && !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json"))
-    throw Error("the model folder " + model_directory + " has no tokenizer.json; pass --tokenizer PATH");
-  return tokenizer::Tokenizer::load(path);
+tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_path) {
+  return load_model_tokenizer(model_path, parser.value("tokenizer"));
 }
 
 std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
@@ -207,7 +188,7 @@ int run_generate(const Arguments& args) {
   parser.add_switch("no-stop", "ignore the model's end-of-sequence tokens");
   if (!parser.parse(args)) return 0;
 
-  const std::string directory = require_model(parser, "lamina generate");
+  const std::string directory = parser.required("model");
   if (parser.is_set("prompt") == parser.is_set("prompt-ids"))
     throw UsageError("lamina generate: give exactly one of --prompt and --prompt-ids", "run 'lamina generate --help'");
   if (parser.is_set("chat") && !parser.is_set("prompt"))
@@ -273,7 +254,7 @@ int run_chat(const Arguments& args) {
   parser.add_option("system", "TEXT", "the system message to start with");
   add_generation_flags(parser);
   if (!parser.parse(args)) return 0;
-  const std::string directory = require_model(parser, "lamina chat");
+  const std::string directory = parser.required("model");
   const tokenizer::Tokenizer text_tokenizer = load_tokenizer(parser, directory);
   tokenizer::ChatOptions chat;
   chat.format = tokenizer::detect_chat_format(parser.value("tokenizer").value_or(directory), text_tokenizer);

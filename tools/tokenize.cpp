@@ -34,12 +34,6 @@ void write_stdout(std::string_view bytes) {
                std::strerror(errno));
 }
 
-std::string require_option(const FlagParser& parser, const std::string& command, const std::string& name) {
-  const std::optional<std::string> value = parser.value(name);
-  if (!value) throw UsageError(command + ": --" + name + " is required", "run '" + command + " --help' for its flags");
-  return *value;
-}
-
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& command) {
   const std::vector<int64_t> ids = parse_token_ids(text, command);
   return std::vector<int32_t>(ids.begin(), ids.end());  // each fits: parse_token_ids checks
@@ -61,7 +55,7 @@ int run_tokenize(const Arguments& args) {
   parser.add_switch("parse-special", "turn special-token text such as <|eot_id|> into its id (off: encoded as text)");
   if (!parser.parse(args)) return 0;
 
-  const std::string tokenizer_path = require_option(parser, command, "tokenizer");
+  const std::string tokenizer_path = parser.required("tokenizer");
   const tokenizer::Tokenizer tokenizer = tokenizer::Tokenizer::load(tokenizer_path);
   bool first = true;
   std::string line;
@@ -101,7 +95,7 @@ int run_detokenize(const Arguments& args) {
   parser.add_switch("skip-special", "leave out special tokens such as <|eot_id|>");
   if (!parser.parse(args)) return 0;
 
-  const std::string tokenizer_path = require_option(parser, command, "tokenizer");
+  const std::string tokenizer_path = parser.required("tokenizer");
   const std::string ids_text = parser.is_set("ids") ? *parser.value("ids") : read_all_stdin();
   const std::vector<int32_t> ids = parse_ids(ids_text, command);
   const tokenizer::Tokenizer tokenizer = tokenizer::Tokenizer::load(tokenizer_path);

@@ -1,0 +1,27 @@
+// What the model-using subcommands (generate, chat, eval, score, bench generate) share: a model
+// path is a Hugging Face folder or a Llama GGUF file, and its tokenizer comes with it.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "models/llama/model.h"
+#include "models/tokenizer/tokenizer.h"
+#include "tensor/device.h"
+
+namespace lamina::cli {
+
+// A regular file ending in .gguf; anything else is taken for a Hugging Face folder (whose loader
+// says what is missing from it).
+bool is_gguf_file(const std::string& path);
+
+// The model at `path` (a GGUF file is dequantized), as f32 on `device`.
+std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device);
+
+// `tokenizer_path` when given (a tokenizer.json or a folder holding one), else the model's own:
+// the tokenizer inside a GGUF file, or the folder's tokenizer.json (an error naming the folder
+// when it has none).
+tokenizer::Tokenizer load_model_tokenizer(const std::string& model_path, const std::optional<std::string>& tokenizer_path);
+
+}  // namespace lamina::cli
