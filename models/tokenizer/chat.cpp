@@ -110,6 +110,10 @@ std::vector<int32_t> stop_token_ids(const Tokenizer& tokenizer, ChatFormat forma
 }
 
 ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenizer) {
+  // Both formats need their header tokens; a vocabulary without them speaks another format.
+  LAMINA_CHECK(tokenizer.added_token_id(kStartHeader).has_value(), path, ": the tokenizer has no ", kStartHeader,
+               ", so its chat format is not Llama-3's; lamina renders only the Llama-3 and 3.1 chat formats so far "
+               "(ChatML, which SmolLM2 uses, is not supported yet)");
   std::filesystem::path directory = path;
   if (!std::filesystem::is_directory(directory)) directory = directory.parent_path();
   const std::filesystem::path config = directory / "tokenizer_config.json";

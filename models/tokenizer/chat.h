@@ -62,7 +62,8 @@ std::vector<int32_t> stop_token_ids(const Tokenizer& tokenizer, ChatFormat forma
 
 // The format a model directory (or a tokenizer.json path) speaks: 3.1 when its
 // tokenizer_config.json's chat template writes the "Cutting Knowledge Date" header, else 3.0.
-// Without a tokenizer_config.json: 3.1 when the vocabulary has <|eom_id|>.
+// Without a tokenizer_config.json: 3.1 when the vocabulary has <|eom_id|>. A vocabulary without
+// <|start_header_id|> is an error: it speaks neither.
 ChatFormat detect_chat_format(const std::string& path, const Tokenizer& tokenizer);
 
 // A conversation being held, for an interactive chat, kept within the model's context: the
