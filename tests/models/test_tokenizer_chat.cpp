@@ -2,9 +2,13 @@
 // of assistant answers, stop tokens and the conversation helper. The exact-id cases use the
 // real tokenizer (the "assets" test suite, skipped by ctest without ../shared/assets); the rest
 // use a tiny one.
+#include <filesystem>
+#include <fstream>
+
 #include "helpers.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
+#include "scratch_dir.h"
 #include "test_tokenizer_fixtures.h"
 
 using namespace lamina;
@@ -198,4 +202,97 @@ TEST_CASE("chat: errors name what is missing") {
   CHECK_THROWS_WITH_AS(render_chat(tokenizer, dialog), doctest::Contains("no added token <|eot_id|>"), Error);
   const std::vector<Message> no_role = {{"", "hi"}};
   CHECK_THROWS_WITH_AS(render_chat(testing::tiny_tokenizer(), no_role), doctest::Contains("message 0 has an empty role"), Error);
+}
+
+// ---- ChatML (SmolLM2, Qwen2, ...)
+
+namespace {
+
+// The tiny tokenizer with ChatML's special tokens instead of Llama-3's.
+Tokenizer chatml_tokenizer() {
+  testing::TinyTokenizerSpec spec;
+  spec.added = {{"<|endoftext|>", 300, true}, {"<|im_start|>", 301, true}, {"<|im_end|>", 302, true}};
+  return testing::tiny_tokenizer(spec);
+}
+
+// SmolLM2-135M-Instruct's template as its GGUF stores it (real newlines inside the literals).
+const char* const kSmolLM2Template =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+}  // namespace
+
+TEST_CASE("chat: ChatML text is the template's, with its default system message before a first user turn") {
+  const std::vector<Message> dialog = {{"user", " Hi\n"}, {"assistant", "Hello."}, {"user", "Bye"}};
+  const ChatOptions options{.format = ChatFormat::chatml, .default_system = "Be kind."};
+  // Written out from the template by hand: content kept as is (no trim), a newline after each <|im_end|>.
+  CHECK(render_chat_text(dialog, options) ==
+        "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\n Hi\n<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n");
+  // A conversation that opens with its own system message gets no default one.
+  const std::vector<Message> with_system = {{"system", "Terse."}, {"user", "x"}};
+  CHECK(render_chat_text(with_system, {.format = ChatFormat::chatml, .add_generation_prompt = false, .default_system = "Be kind."}) ==
+        "<|im_start|>system\nTerse.<|im_end|>\n<|im_start|>user\nx<|im_end|>\n");
+  // Nothing to say: only the generation prompt (the template's loop never runs).
+  CHECK(render_chat_text({}, options) == "<|im_start|>assistant\n");
+}
+
+TEST_CASE("chat: ChatML ids and the assistant mask (each answer and its <|im_end|>, not the newline after it)") {
+  const Tokenizer tokenizer = chatml_tokenizer();
+  const std::vector<Message> dialog = {{"user", "abc"}, {"assistant", "abab"}, {"user", "xyz"}, {"assistant", " wo\n"}};
+  const ChatOptions options{.format = ChatFormat::chatml, .add_generation_prompt = false, .default_system = "aa"};
+  const ChatTokens rendered = render_chat(tokenizer, dialog, options);
+  REQUIRE(rendered.assistant_mask.size() == rendered.ids.size());
+  CHECK(rendered.ids == tokenizer.encode(render_chat_text(dialog, options), {.parse_special = true}));
+  std::vector<std::string> answers;
+  for (size_t i = 0; i < rendered.ids.size(); ++i) {
+    if (!rendered.assistant_mask[i]) continue;
+    if (i == 0 || !rendered.assistant_mask[i - 1]) answers.emplace_back();
+    answers.back() += tokenizer.decode(Ids{rendered.ids[i]});
+  }
+  CHECK(answers == std::vector<std::string>{"abab<|im_end|>", " wo\n<|im_end|>"});
+  CHECK(rendered.ids.front() == 301);  // no BOS: ChatML starts with <|im_start|>
+  CHECK(stop_token_ids(tokenizer, ChatFormat::chatml) == Ids{302, 300});
+}
+
+TEST_CASE("chat: ChatML's default system message is read from the template's literal") {
+  CHECK(chatml_default_system(kSmolLM2Template) == "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  // Jinja escapes inside the literal (how tokenizer_config.json files often write it).
+  CHECK(chatml_default_system("{{- '<|im_start|>system\\nYou are Qwen.\\nBe \\'brief\\'<|im_end|>\\n' }}") ==
+        "You are Qwen.\nBe 'brief'");
+  // A template that writes only the conversation's own system message has no default.
+  CHECK(chatml_default_system("{{'<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n'}}") == "");
+  CHECK(chatml_default_system("{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'}}") == "");
+}
+
+TEST_CASE("chat: the format comes from the template in tokenizer_config.json") {
+  testing::ScratchDir dir("chat-template-detection");
+  const std::filesystem::path config = dir.path / "tokenizer_config.json";
+  json::Value root = json::Object{};
+  root.set("chat_template", json::Value(std::string(kSmolLM2Template)));
+  write_text(config, root.dump());
+  const ChatOptions options = detect_chat_options(dir.path.string(), chatml_tokenizer());
+  CHECK(options.format == ChatFormat::chatml);
+  CHECK(options.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  // A ChatML template over a vocabulary without ChatML's tokens, and a template of another kind.
+  CHECK_THROWS_WITH_AS(detect_chat_options(dir.path.string(), testing::tiny_tokenizer()),
+                       doctest::Contains("lacks its special tokens (<|im_start|>, <|im_end|>)"), Error);
+  root.set("chat_template", json::Value(std::string("{{ bos_token }}[INST] {{ messages[0]['content'] }} [/INST]")));
+  write_text(config, root.dump());
+  CHECK_THROWS_WITH_AS(detect_chat_options(dir.path.string(), chatml_tokenizer()),
+                       doctest::Contains("neither Llama-3's nor ChatML"), Error);
+  // No template: the vocabulary decides.
+  std::filesystem::remove(config);
+  CHECK(detect_chat_format(dir.path.string(), chatml_tokenizer()) == ChatFormat::chatml);
+  testing::TinyTokenizerSpec neither;
+  neither.added = {{"<s>", 300, true}};
+  CHECK_THROWS_WITH_AS(detect_chat_format(dir.path.string(), testing::tiny_tokenizer(neither)),
+                       doctest::Contains("cannot tell its chat format"), Error);
 }
