@@ -52,7 +52,7 @@ std::string random_mixed_string(std::mt19937& rng, int max_pieces) {
 }  // namespace
 
 TEST_CASE("unicode tables: version, shape and the classes of known code points") {
-  CHECK(std::string(kUnicodeVersion) == "15.0.0");
+  CHECK(std::string(kUnicodeVersion) == "16.0.0");
   REQUIRE(kCharRangeCount > 500);
   int64_t whitespace = 0;
   for (size_t i = 0; i < kCharRangeCount; ++i) {
