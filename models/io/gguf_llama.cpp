@@ -1,6 +1,7 @@
 // Llama config and weights from a GGUF file (see gguf_llama.h).
 #include "models/io/gguf_llama.h"
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <set>
@@ -172,6 +173,151 @@ std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path
     parameter.set_data(dtype == DType::f32 ? value : ops::cast(value, dtype));
   }
   return model;
+}
+
+// ---- writing
+
+std::optional<std::string> llama_gguf_tensor_name(const std::string& hf_name) {
+  if (hf_name == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf_name == "model.norm.weight") return "output_norm.weight";
+  if (hf_name == "lm_head.weight") return "output.weight";
+  const std::string prefix = "model.layers.";
+  if (hf_name.rfind(prefix, 0) != 0) return std::nullopt;
+  const size_t dot = hf_name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return std::nullopt;
+  const std::string layer = hf_name.substr(prefix.size(), dot - prefix.size());
+  if (layer.find_first_not_of("0123456789") != std::string::npos || (layer.size() > 1 && layer[0] == '0'))
+    return std::nullopt;
+  const std::string suffix = hf_name.substr(dot + 1);
+  for (const auto& [gguf_suffix, hf_suffix] : layer_names())
+    if (hf_suffix == suffix) return str_cat("blk.", layer, ".", gguf_suffix);
+  return std::nullopt;
+}
+
+Tensor permute_to_meta_rows(const Tensor& weight, int64_t heads) {
+  LAMINA_CHECK(weight.dim() == 2 && heads > 0 && weight.shape()[0] % (2 * heads) == 0,
+               "permute_to_meta_rows: expected [heads * head_dim, in] with an even head_dim for ", heads,
+               " heads, got ", weight.shape());
+  const Tensor source = weight.dtype() == DType::f32 ? ops::contiguous(weight) : ops::cast(weight, DType::f32);
+  const int64_t rows = source.shape()[0], columns = source.shape()[1];
+  const int64_t head_dim = rows / heads, half = head_dim / 2;
+  Tensor out = Tensor::empty(source.shape(), DType::f32);
+  const float* from = source.data<float>();
+  float* to = out.data<float>();
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t p = 0; p < 2; ++p)
+      for (int64_t k = 0; k < half; ++k)
+        std::memcpy(to + (h * head_dim + 2 * k + p) * columns, from + (h * head_dim + p * half + k) * columns,
+                    size_t(columns) * sizeof(float));
+  return out;
+}
+
+uint32_t llama_file_type(TensorType type) {
+  switch (type) {
+    case TensorType::f32: return 0;
+    case TensorType::f16: return 1;
+    case TensorType::q4_0: return 2;
+    case TensorType::q8_0: return 7;
+    case TensorType::bf16: return 32;
+    default: throw Error(str_cat("gguf writer: no general.file_type for ", tensor_type_name(uint32_t(type))));
+  }
+}
+
+namespace {
+
+// llama3 RoPE scaling as llama.cpp stores it: for each frequency, the divisor of inv_freq
+// (formats-and-quantization.md §2.5 and §5.6).
+std::vector<float> llama3_rope_divisors(const llama::LlamaConfig& config) {
+  const Llama3RopeScaling& scaling = *config.rope_scaling;
+  const double context = double(scaling.original_max_position);
+  const double low_wavelength = context / scaling.low_freq_factor, high_wavelength = context / scaling.high_freq_factor;
+  std::vector<float> divisors;
+  for (int64_t k = 0; k < config.head_dim / 2; ++k) {
+    const double inv_freq = 1.0 / std::pow(config.rope_theta, double(2 * k) / double(config.head_dim));
+    const double wavelength = 2.0 * M_PI / inv_freq;
+    double divisor = 1.0;
+    if (wavelength > low_wavelength) {
+      divisor = scaling.factor;
+    } else if (wavelength >= high_wavelength) {
+      const double smooth = (context / wavelength - scaling.low_freq_factor) /
+                            (scaling.high_freq_factor - scaling.low_freq_factor);
+      divisor = 1.0 / ((1.0 - smooth) / scaling.factor + smooth);
+    }
+    divisors.push_back(float(divisor));
+  }
+  return divisors;
+}
+
+}  // namespace
+
+void add_llama_model(Writer& writer, const llama::LlamaForCausalLM& model, TensorType type, const std::string& name,
+                     const std::function<void(const std::string&)>& note) {
+  LAMINA_CHECK(writable_type(type), "gguf writer: cannot write tensors of type ", tensor_type_name(uint32_t(type)));
+  const llama::LlamaConfig& config = model.config();
+  const auto u32 = [&](const std::string& key, int64_t value) {
+    LAMINA_CHECK(value >= 0 && value <= int64_t(UINT32_MAX), "gguf writer: ", key, " = ", value, " does not fit u32");
+    writer.add_metadata(key, u32_value(uint32_t(value)));
+  };
+  writer.add_metadata("general.architecture", string_value("llama"));
+  writer.add_metadata("general.type", string_value("model"));
+  writer.add_metadata("general.name", string_value(name));
+  u32("llama.context_length", config.max_position_embeddings);
+  u32("llama.embedding_length", config.hidden_size);
+  u32("llama.block_count", config.num_hidden_layers);
+  u32("llama.feed_forward_length", config.intermediate_size);
+  u32("llama.attention.head_count", config.num_attention_heads);
+  u32("llama.attention.head_count_kv", config.num_key_value_heads);
+  writer.add_metadata("llama.rope.freq_base", f32_value(float(config.rope_theta)));
+  writer.add_metadata("llama.attention.layer_norm_rms_epsilon", f32_value(float(config.rms_norm_eps)));
+  if (config.head_dim * config.num_attention_heads != config.hidden_size) {
+    u32("llama.attention.key_length", config.head_dim);
+    u32("llama.attention.value_length", config.head_dim);
+  }
+  u32("llama.rope.dimension_count", config.head_dim);
+  u32("llama.vocab_size", config.vocab_size);
+  writer.add_metadata("general.file_type", u32_value(llama_file_type(type)));
+  if (type == TensorType::q8_0 || type == TensorType::q4_0)
+    writer.add_metadata("general.quantization_version", u32_value(2));
+
+  for (const auto& [hf_name, parameter] : model.named_parameters()) {
+    const std::optional<std::string> gguf_name = llama_gguf_tensor_name(hf_name);
+    LAMINA_CHECK(gguf_name.has_value(), "gguf writer: parameter '", hf_name, "' has no GGUF name in the Llama layout");
+    TensorType stored = parameter.dim() == 1 ? TensorType::f32 : type;
+    if (stored != TensorType::f32 && uint64_t(parameter.shape().back()) % block_elements(stored) != 0) {
+      if (note)
+        note(str_cat(*gguf_name, ": rows of ", parameter.shape().back(), " values are not whole blocks of ",
+                     block_elements(stored), "; stored as F16"));
+      stored = TensorType::f16;
+    }
+    int64_t heads = 0;
+    if (gguf_name->ends_with(".attn_q.weight")) heads = config.num_attention_heads;
+    if (gguf_name->ends_with(".attn_k.weight")) heads = config.num_key_value_heads;
+    if (heads == 0) {
+      writer.add_tensor(*gguf_name, parameter, stored);
+      continue;
+    }
+    std::vector<uint64_t> dims = {uint64_t(parameter.shape()[1]), uint64_t(parameter.shape()[0])};
+    const Tensor weight = parameter;
+    writer.add_tensor(*gguf_name, std::move(dims), stored, [weight, heads, stored]() {
+      const Tensor meta = permute_to_meta_rows(weight, heads);
+      return encode(stored, meta.data<float>(), uint64_t(meta.numel()));
+    });
+  }
+  if (config.rope_scaling) {
+    const std::vector<float> divisors = llama3_rope_divisors(config);
+    writer.add_tensor("rope_freqs.weight", {uint64_t(divisors.size())}, TensorType::f32,
+                      [divisors]() { return encode(TensorType::f32, divisors.data(), divisors.size()); });
+  }
+}
+
+void add_llama_token_ids(Writer& writer, const llama::LlamaConfig& config) {
+  writer.add_metadata("tokenizer.ggml.bos_token_id", u32_value(uint32_t(config.bos_token_id)));
+  if (!config.eos_token_ids.empty())
+    writer.add_metadata("tokenizer.ggml.eos_token_id", u32_value(uint32_t(config.eos_token_ids[0])));
+  if (config.eos_token_ids.size() > 1)
+    writer.add_metadata("tokenizer.ggml.eot_token_id", u32_value(uint32_t(config.eos_token_ids[1])));
+  if (config.pad_token_id)
+    writer.add_metadata("tokenizer.ggml.padding_token_id", u32_value(uint32_t(*config.pad_token_id)));
 }
 
 }  // namespace lamina::gguf

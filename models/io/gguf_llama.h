@@ -4,11 +4,13 @@
 // the Hugging Face model lamina computes with (rotate_half RoPE).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "models/io/gguf.h"
+#include "models/io/gguf_write.h"
 #include "models/llama/config.h"
 #include "models/llama/model.h"
 
@@ -29,5 +31,34 @@ Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads);
 // The model of a Llama GGUF file: every tensor dequantized, q/k un-permuted, then converted to
 // `dtype`. Missing, extra or misshapen tensors are errors found before the model is built.
 std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path, DType dtype = DType::f32);
+
+// ---- writing (the inverse of the above; see gguf_write.h for the file itself)
+
+// The GGUF name of a Hugging Face Llama tensor ("model.layers.3.self_attn.q_proj.weight" ->
+// "blk.3.attn_q.weight"), or nullopt for a name outside the Llama layout.
+std::optional<std::string> llama_gguf_tensor_name(const std::string& hf_name);
+
+// Hugging Face rows of a q or k projection [heads * head_dim, in] into Meta (interleaved) order:
+// Meta row h*hd + 2k + p is HF row h*hd + p*hd/2 + k. unpermute_meta_rows undoes it exactly.
+Tensor permute_to_meta_rows(const Tensor& weight, int64_t heads);
+
+// general.file_type for a file whose matrices are `type`: 0 F32, 1 F16, 32 BF16, 7 Q8_0, 2 Q4_0.
+uint32_t llama_file_type(TensorType type);
+
+// Adds a Llama model to `writer` as llama.cpp's converter lays it out: general.architecture,
+// general.name, the llama.* hyperparameters, general.file_type (and quantization_version), then
+// every weight under its GGUF name with q/k rows in Meta order. Matrices are stored as `type`;
+// 1-D weights (the norms) stay F32; a matrix whose rows are not whole blocks of `type` (a row
+// length not a multiple of 32 for Q8_0/Q4_0) falls back to F16, reported through `note`. Tied
+// embeddings write no output.weight. llama3 RoPE scaling writes rope_freqs.weight (F32 [hd/2],
+// the divisor of each frequency) as llama.cpp does; lamina's reader does not read it back yet.
+// The tensors' bytes are made when the writer writes, from the model's weights.
+void add_llama_model(Writer& writer, const llama::LlamaForCausalLM& model, TensorType type, const std::string& name,
+                     const std::function<void(const std::string&)>& note = {});
+
+// For a model without a tokenizer: the config's token ids as tokenizer.ggml.bos_token_id,
+// eos_token_id (its first EOS), eot_token_id (a second one) and padding_token_id, so that the
+// config reads back the same (tokenizer metadata, when written, carries these keys itself).
+void add_llama_token_ids(Writer& writer, const llama::LlamaConfig& config);
 
 }  // namespace lamina::gguf
