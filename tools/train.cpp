@@ -5,11 +5,15 @@
 #include <iterator>
 #include <limits>
 
+#include "models/io/gguf.h"
+#include "models/io/gguf_llama.h"
 #include "models/tokenizer/chat.h"
+#include "models/tokenizer/tokenizer_export.h"
 #include "tensor/io/atomic_file.h"
 #include "tensor/io/regular_file.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/model_files.h"
 #include "train/loss_curve.h"
 #include "train/trainer.h"
 
@@ -196,7 +200,7 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   train::JsonlOptions jsonl;
   jsonl.format = train::data_format_from_name(parser.value("format").value_or("auto"));
   jsonl.skip_malformed = parser.is_set("skip-malformed");
-  if (tok) jsonl.chat.format = tokenizer::detect_chat_format(chat_source, *tok);
+  if (tok) jsonl.chat = tokenizer::detect_chat_options(chat_source, *tok);
   auto read = [&](const std::string& path) {
     if (is_token_shard(path)) return train::read_token_shard(path, options.seq_len + 1, vocab_size);
     if (!tok)
@@ -275,6 +279,12 @@ TokenizerFiles read_tokenizer_files(const std::string& source) {
   return files;
 }
 
+// A GGUF model's tokenizer, as the HF files a trained model folder carries.
+TokenizerFiles gguf_tokenizer_files(const std::string& path) {
+  const gguf::File file = gguf::File::open(path);
+  return {tokenizer::tokenizer_json_from_gguf(file).dump(), tokenizer::tokenizer_config_from_gguf(file).dump(2)};
+}
+
 void write_tokenizer_files(const TokenizerFiles& files, const std::string& model_folder) {
   io::write_file_atomically((fs::path(model_folder) / "tokenizer.json").string(), files.tokenizer);
   if (files.settings) io::write_file_atomically((fs::path(model_folder) / "tokenizer_config.json").string(), *files.settings);
@@ -329,26 +339,29 @@ int run_sft(const Arguments& args) {
                     "Fine-tunes a Llama model on JSONL: {\"prompt\", \"completion\"} (loss on the completion) or "
                     "{\"messages\": [...]} or ShareGPT {\"conversations\": [{\"from\", \"value\"}]} in the chat format (loss on the "
                     "assistant turns), or plain {\"text\"}.");
-  parser.add_option("model", "DIR", "the model to fine-tune (HF folder) (required)");
+  parser.add_option("model", "PATH", "the model to fine-tune: an HF folder or a Llama GGUF file (dequantized to f32) (required)");
   parser.add_option("data", "FILE.jsonl", "training data");
-  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
   add_training_flags(parser);
   if (!parser.parse(args)) return 0;
-  const std::optional<std::string> directory = parser.value("model");
-  if (!directory) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
+  const std::optional<std::string> model_path = parser.value("model");
+  if (!model_path) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
   const train::TrainOptions options = training_options(parser);
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   // The model's config and the tokenizer are checked against each other and the options
   // before the data is read and the weights loaded (either may take minutes).
-  const std::string config_path = (fs::path(*directory) / "config.json").string();
-  const llama::LlamaConfig config = llama::LlamaConfig::load(config_path);
+  const bool from_gguf = is_gguf_file(*model_path);
+  const std::string config_path = from_gguf ? *model_path : (fs::path(*model_path) / "config.json").string();
+  const llama::LlamaConfig config =
+      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(*model_path)) : llama::LlamaConfig::load(config_path);
   train::check_model_fits(config, options);
-  const std::string tokenizer_path = parser.value("tokenizer").value_or(*directory);
-  std::optional<tokenizer::Tokenizer> tok(tokenizer::Tokenizer::load(tokenizer_path));
-  const TokenizerFiles tokenizer_files = read_tokenizer_files(tokenizer_path);
+  const std::string tokenizer_path = parser.value("tokenizer").value_or(*model_path);
+  std::optional<tokenizer::Tokenizer> tok(load_model_tokenizer(*model_path, parser.value("tokenizer")));
+  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(*model_path)
+                                                                                  : read_tokenizer_files(tokenizer_path);
   check_vocabulary(*tok, tokenizer_path, config, config_path);
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
-  auto model = llama::LlamaForCausalLM::load(*directory);
+  auto model = from_gguf ? gguf::load_llama_gguf(*model_path) : llama::LlamaForCausalLM::load(*model_path);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
   trainer.run(start);

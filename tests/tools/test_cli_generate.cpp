@@ -205,8 +205,11 @@ TEST_CASE("lamina generate runs a GGUF model: SmolLM2's greedy answer, as transf
   INFO(run.output);
   CHECK(run.status == 0);
   CHECK(last_line(run.output) == prompt + " 504 3575 282 4649 314 7042 30 2");
-  // Its chat format is ChatML, which lamina does not render yet: a clear error, not Llama-3 headers.
-  const Run chat = run_lamina("generate --model " + testing::smollm2_gguf_path() + " --prompt hi --chat");
-  CHECK(chat.status == 1);
-  CHECK_MESSAGE(chat.output.find("ChatML") != std::string::npos, chat.output);
+  // --chat renders the file's own template (ChatML, with its default system message) and stops at
+  // <|im_end|>: the text answer, not Llama-3 headers the model never saw.
+  const Run chat = run_lamina("generate --model " + testing::smollm2_gguf_path() +
+                              " --prompt 'What is the capital of France?' --chat --max-new-tokens 40");
+  CHECK(chat.status == 0);
+  CHECK_MESSAGE(chat.output.find("Paris") != std::string::npos, chat.output);
+  CHECK_MESSAGE(chat.output.find("<|im") == std::string::npos, chat.output);
 }
