@@ -6,10 +6,16 @@
 // SmolLM2 from tools/fetch-models.sh) at batches 1, 8 and 32. Decode reads every weight once per step, so its floor is
 // weight_bytes / memory bandwidth; the bench reports that bound (from a memcpy measured in the
 // same run) and the ratio bound / measured (target >= 1/1.5: within 1.5x of the bound).
+// Slot reuse (`<model>_slots8`, stories260k and --model): 16 prompts of 8 to 128 tokens through
+// generate_batch with 8 slots and up to 32 new tokens each (no stop tokens), as new tokens/s of
+// the whole job, prefills included, against the same prompts generated one at a time. One timed
+// run each (after a warm-up on a small model only): the job is long enough to time on its own.
+#include <chrono>
 #include <filesystem>
 #include <optional>
 
 #include "autograd/autograd.h"
+#include "models/generate/batch.h"
 #include "models/generate/generate.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
@@ -107,6 +113,55 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
   line.add("peak_rss_bytes", train::peak_rss_bytes()).print();
 }
 
+// The slot-reuse job: every prompt through generate_batch at `slots`, then at 1 slot.
+void bench_slot_reuse(const std::string& name, const llama::LlamaForCausalLM& model, const Settings& settings) {
+  const llama::LlamaConfig& config = model.config();
+  const int64_t new_tokens = std::min<int64_t>(32, config.max_position_embeddings / 4);
+  const int64_t longest = std::min<int64_t>(128, config.max_position_embeddings - new_tokens);
+  Generator generator(2);
+  std::vector<std::vector<int64_t>> prompts;
+  int64_t prompt_tokens = 0;
+  for (int64_t i = 0; i < 16; ++i) {
+    const int64_t length = std::max<int64_t>(1, 8 + (i * 37) % std::max<int64_t>(1, longest - 7));
+    const Tensor ids = randint(3, config.vocab_size, {length}, generator, DType::i64);
+    prompts.emplace_back(ids.data<int64_t>(), ids.data<int64_t>() + length);
+    prompt_tokens += length;
+  }
+  generate::GenerateOptions options;
+  options.max_new_tokens = new_tokens;
+  options.use_config_stop_tokens = false;
+  const auto tokens_per_second = [&](int64_t slots, generate::BatchResult& result) {
+    generate::BatchOptions batch;
+    batch.slots = slots;
+    const auto start = std::chrono::steady_clock::now();
+    result = generate::generate_batch(model, prompts, options, batch);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    int64_t produced = 0;
+    for (const auto& tokens : result.tokens) produced += int64_t(tokens.size());
+    return double(produced) / std::max(1e-9, seconds);
+  };
+  generate::BatchResult batched, alone;
+  if (model.parameter_count() < 10'000'000) tokens_per_second(8, batched);  // warm-up: caches, thread pool
+  const double batched_rate = tokens_per_second(8, batched);
+  const double alone_rate = tokens_per_second(1, alone);
+  JsonLine()
+      .add("bench", "generate")
+      .add("case", name + "_slots8")
+      .add("threads", settings.threads)
+      .add("prompts", int64_t(prompts.size()))
+      .add("prompt_tokens", prompt_tokens)
+      .add("max_new_tokens", new_tokens)
+      .add("slots", int64_t(8))
+      .add("reused_slots", batched.reused_slots)
+      .add("decode_steps", batched.decode_steps)
+      .add("stat", "single run")
+      .add("new_tokens_per_s", batched_rate)
+      .add("one_slot_new_tokens_per_s", alone_rate)
+      .add("speedup", batched_rate / alone_rate)
+      .add("peak_rss_bytes", train::peak_rss_bytes())
+      .print();
+}
+
 }  // namespace
 
 int run_bench_generate(const Arguments& args) {
@@ -145,6 +200,7 @@ int run_bench_generate(const Arguments& args) {
     if (parser.is_set("stories") || std::filesystem::exists(std::filesystem::path(stories) / "config.json")) {
       const auto model = llama::LlamaForCausalLM::load(stories);
       for (int64_t batch : {1, 8}) bench_model("stories260k", *model, batch, memcpy_gbps, settings);
+      bench_slot_reuse("stories260k", *model, settings);
     } else {
       JsonLine().add("bench", "generate").add("case", "stories260k").add("skipped", "no folder at " + stories).print();
     }
@@ -152,6 +208,7 @@ int run_bench_generate(const Arguments& args) {
   if (own_model && selected(own_name)) {
     const auto model = load_model_on(*own_model, Device::cpu());
     for (int64_t batch : {1, 8, 32}) bench_model(own_name, *model, batch, memcpy_gbps, settings);
+    bench_slot_reuse(own_name, *model, settings);
   }
   if (selected("random_125m")) {
     auto model = std::make_shared<llama::LlamaForCausalLM>(config_125m(), DType::f32);

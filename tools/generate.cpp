@@ -1,7 +1,7 @@
-// `lamina generate` and `lamina chat`: text from a Llama model folder.
+// `lamina generate` and `lamina chat`: text from a Llama model (HF folder or GGUF file).
+// `lamina generate --prompts` is in tools/generate_batch.cpp.
 #include <algorithm>
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 
 #include "models/generate/generate.h"
@@ -9,6 +9,7 @@
 #include "models/tokenizer/stream_decoder.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/generate_support.h"
 #include "tools/model_files.h"
 
 namespace lamina::cli {
@@ -19,6 +20,8 @@ std::vector<int64_t> parse_ids(const std::string& text) {
   if (ids.empty()) throw UsageError("--prompt-ids is empty", "pass ids like \"1 450 4321\"");
   return ids;
 }
+
+}  // namespace
 
 void add_generation_flags(FlagParser& parser) {
   parser.add_option("max-new-tokens", "N", "tokens to generate at most (fewer where the model's context ends)", "64");
@@ -31,7 +34,6 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
 }
 
-// The model of --model on the --device.
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
   return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
 }
@@ -54,14 +56,14 @@ tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string&
 
 std::vector<int64_t> widen(const std::vector<int32_t>& ids) { return std::vector<int64_t>(ids.begin(), ids.end()); }
 
-// Prompt ids outside the model's vocabulary, named with where they came from before any forward
-// pass (generate() refuses them too, but cannot say which flag gave them).
 void check_prompt_ids(const std::vector<int64_t>& ids, const llama::LlamaConfig& config, const std::string& source) {
   for (int64_t id : ids)
     if (id < 0 || id >= config.vocab_size)
       throw Error(str_cat("lamina generate: ", source, " has token id ", id, ", outside the model's vocabulary of ",
                           config.vocab_size, " tokens (ids 0 to ", config.vocab_size - 1, ")"));
 }
+
+namespace {
 
 // max_new_tokens, clipped with a note on stderr to what the context leaves after the prompt:
 // a long answer is still worth having when only part of it fits. A prompt longer than the
@@ -172,25 +174,46 @@ ChatCommand parse_chat_command(const std::string& line) {
                   "\" (known: /system TEXT, /reset, /quit; to send a message that starts with /, begin it with //)")};
 }
 
+
 }  // namespace
 
 int run_generate(const Arguments& args) {
-  FlagParser parser("lamina generate", "Continues a prompt with a Llama model (HF folder: config.json + safetensors).");
+  FlagParser parser("lamina generate",
+                    "Continues a prompt with a Llama model (HF folder: config.json + safetensors, or GGUF). With "
+                    "--prompts, continues every prompt of a JSONL file, --batch at a time (a finished prompt's slot "
+                    "goes to the next one), and writes one JSON line per prompt to --output: {\"index\", \"id\" "
+                    "(when the line had one), \"prompt\", \"completion\", \"completion_ids\", \"finish_reason\" "
+                    "(stop, length or context), \"prompt_tokens\", \"completion_tokens\", \"options\"}. Lines are "
+                    "written as prompts finish, not in prompt order: sort by index. Each prompt samples from its own "
+                    "seed (--seed and its index), so answers do not depend on --batch. When --output exists the run "
+                    "resumes: prompts already in it are skipped, an unfinished last line is dropped, and a file "
+                    "written for other prompts or options is refused.");
   parser.add_option("model", "PATH", "a Hugging Face model folder, or a Llama GGUF file");
-  parser.add_option("prompt", "TEXT", "the prompt as text (encoded with the model's tokenizer.json)");
+  parser.add_option("prompt", "TEXT", "the prompt as text (encoded with the model's tokenizer)");
   parser.add_option("prompt-ids", "\"1 2 3\"", "the prompt as token ids");
+  parser.add_option("prompts", "FILE.jsonl",
+                    "many prompts, one JSON object a line: {\"prompt\": TEXT}, {\"messages\": [{\"role\", "
+                    "\"content\"}, ...]} (rendered in the model's chat format, which also adds its end-of-turn stop "
+                    "tokens) or {\"prompt_ids\": [1, 2, 3]}, each with an optional \"id\" (string or integer); blank "
+                    "lines are skipped");
+  parser.add_option("batch", "N", "with --prompts: sequences generated together", "8");
   parser.add_switch("chat", "wrap --prompt in the model's chat format as a user message");
   parser.add_option("system", "TEXT", "with --chat: a system message");
-  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's, or the GGUF file's own)");
   add_generation_flags(parser);
-  parser.add_option("output", "text|ids", "the new text, or the whole sequence (prompt + new, with the stop token that ended it) as ids",
+  parser.add_option("output", "text|ids|FILE",
+                    "the new text, or the whole sequence (prompt + new, with the stop token that ended it) as ids; "
+                    "with --prompts: the JSONL file to write (required)",
                     "text for --prompt, ids for --prompt-ids");
-  parser.add_switch("no-stop", "ignore the model's end-of-sequence tokens");
+  parser.add_switch("no-stop", "ignore the model's end-of-sequence tokens (and a chat's end-of-turn tokens)");
   if (!parser.parse(args)) return 0;
 
+  if (parser.is_set("prompts")) return run_generate_batch(parser, parser.required("model"));
+  if (parser.is_set("batch"))
+    throw UsageError("lamina generate: --batch only applies with --prompts", "run 'lamina generate --help'");
   const std::string directory = parser.required("model");
   if (parser.is_set("prompt") == parser.is_set("prompt-ids"))
-    throw UsageError("lamina generate: give exactly one of --prompt and --prompt-ids", "run 'lamina generate --help'");
+    throw UsageError("lamina generate: give exactly one of --prompt, --prompt-ids and --prompts", "run 'lamina generate --help'");
   if (parser.is_set("chat") && !parser.is_set("prompt"))
     throw UsageError("lamina generate: --chat needs a text --prompt", "run 'lamina generate --help'");
   if (parser.is_set("system") && !parser.is_set("chat"))
@@ -211,7 +234,7 @@ int run_generate(const Arguments& args) {
     const std::string text = *parser.value("prompt");
     if (parser.is_set("chat")) {
       tokenizer::ChatOptions chat;
-      chat.format = tokenizer::detect_chat_format(parser.value("tokenizer").value_or(directory), *text_tokenizer);
+      chat = tokenizer::detect_chat_options(parser.value("tokenizer").value_or(directory), *text_tokenizer);
       std::vector<tokenizer::Message> messages;
       if (parser.is_set("system")) messages.push_back({"system", *parser.value("system")});
       messages.push_back({"user", text});
@@ -250,7 +273,7 @@ int run_chat(const Arguments& args) {
                     "that starts with /, type it as // (the first / is dropped). When the conversation outgrows the "
                     "model's context, its oldest exchanges are dropped (and you are told).");
   parser.add_option("model", "DIR", "the model folder (with tokenizer.json)");
-  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model folder's, or the GGUF file's own)");
   parser.add_option("system", "TEXT", "the system message to start with");
   add_generation_flags(parser);
   if (!parser.parse(args)) return 0;

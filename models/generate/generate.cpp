@@ -13,6 +13,18 @@ std::vector<int64_t> stop_tokens(const llama::LlamaConfig& config, const Generat
   return stop;
 }
 
+void check_prompts(const llama::LlamaConfig& config, const std::vector<std::vector<int64_t>>& prompts) {
+  const int64_t context_length = config.max_position_embeddings;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    LAMINA_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty (start it with the BOS token)");
+    LAMINA_CHECK(int64_t(prompts[i].size()) <= context_length, "generate: prompt ", i, " has ", prompts[i].size(),
+                 " tokens, more than the model's context of ", context_length, " tokens (max_position_embeddings)");
+    for (int64_t id : prompts[i])
+      LAMINA_CHECK(id >= 0 && id < config.vocab_size, "generate: prompt ", i, " has token id ", id,
+                   " outside the vocabulary of ", config.vocab_size);
+  }
+}
+
 GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& options) {
   options.sampling.validate();
@@ -25,13 +37,8 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   size_t longest = 0;
   // New tokens each sequence may have: max_new_tokens, or fewer where the context ends first.
   std::vector<int64_t> room(prompts.size());
+  check_prompts(config, prompts);
   for (size_t i = 0; i < prompts.size(); ++i) {
-    LAMINA_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty (start it with the BOS token)");
-    LAMINA_CHECK(int64_t(prompts[i].size()) <= context_length, "generate: prompt ", i, " has ", prompts[i].size(),
-                 " tokens, more than the model's context of ", context_length, " tokens (max_position_embeddings)");
-    for (int64_t id : prompts[i])
-      LAMINA_CHECK(id >= 0 && id < config.vocab_size, "generate: prompt ", i, " has token id ", id,
-                   " outside the vocabulary of ", config.vocab_size);
     longest = std::max(longest, prompts[i].size());
     room[i] = std::min(options.max_new_tokens, context_length - int64_t(prompts[i].size()));
   }

@@ -38,6 +38,10 @@ struct GenerateResult {
 // eos_token_ids when use_config_stop_tokens.
 std::vector<int64_t> stop_tokens(const llama::LlamaConfig& config, const GenerateOptions& options);
 
+// Refuses an empty prompt, one longer than the model's context and ids outside its vocabulary,
+// naming the prompt by its index.
+void check_prompts(const llama::LlamaConfig& config, const std::vector<std::vector<int64_t>>& prompts);
+
 GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& options);
 

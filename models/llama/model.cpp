@@ -1,5 +1,6 @@
 #include "models/llama/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -25,7 +26,7 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
   LAMINA_CHECK(int64_t(padding_.size()) == batch, "KvCache: ", padding_.size(), " padding counts for a batch of ", batch);
   for (int64_t pad : padding_)
     LAMINA_CHECK(pad >= 0 && pad < capacity, "KvCache: padding ", pad, " outside the capacity ", capacity);
-  // Uninitialised: every slot is written (prompt padding included) before attention reads it.
+  lengths_.assign(size_t(batch), 0);
   const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
   if (device.is_cpu()) {  // a CUDA device reports its own shortage, with its numbers
     uint64_t bytes = 2 * dtype_size(dtype);  // keys and values
@@ -35,41 +36,94 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
                                      dtype_name(dtype), " (batch ", batch, ", capacity ", capacity, " tokens)"));
   }
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    keys_.push_back(Tensor::empty(shape, dtype, device));
-    values_.push_back(Tensor::empty(shape, dtype, device));
+    keys_.push_back(zeros(shape, dtype, device));
+    values_.push_back(zeros(shape, dtype, device));
   }
 }
 
-std::pair<Tensor, Tensor> KvCache::store(int64_t layer, const Tensor& keys, const Tensor& values) {
-  const int64_t tokens = keys.size(2);
-  LAMINA_CHECK(layer >= 0 && layer < int64_t(keys_.size()), "KvCache: no layer ", layer);
-  LAMINA_CHECK(length_ + tokens <= capacity_, "KvCache: ", length_, " + ", tokens, " tokens exceed the capacity of ",
-               capacity_, " (generate fewer tokens or make a larger cache)");
-  ops::copy_(keys_[size_t(layer)].slice(2, length_, length_ + tokens), keys);
-  ops::copy_(values_[size_t(layer)].slice(2, length_, length_ + tokens), values);
-  return {keys_[size_t(layer)].slice(2, 0, length_ + tokens), values_[size_t(layer)].slice(2, 0, length_ + tokens)};
+KvCache::KvCache(int64_t capacity, Device device, std::vector<Tensor> keys, std::vector<Tensor> values)
+    : batch_(1), capacity_(capacity), lengths_{0}, padding_{0}, device_(device), keys_(std::move(keys)),
+      values_(std::move(values)) {}
+
+int64_t KvCache::length() const { return *std::max_element(lengths_.begin(), lengths_.end()); }
+
+int64_t KvCache::row_length(int64_t row) const {
+  LAMINA_CHECK(row >= 0 && row < batch_, "KvCache: no row ", row, " in a batch of ", batch_);
+  return lengths_[size_t(row)];
 }
 
-void KvCache::advance(int64_t tokens) { length_ += tokens; }
+bool KvCache::rows_differ() const {
+  return std::any_of(lengths_.begin(), lengths_.end(), [&](int64_t length) { return length != lengths_[0]; });
+}
+
+std::pair<Tensor, Tensor> KvCache::store(int64_t layer, const Tensor& keys, const Tensor& values) {
+  const int64_t tokens = keys.size(2), longest = length();
+  LAMINA_CHECK(layer >= 0 && layer < int64_t(keys_.size()), "KvCache: no layer ", layer);
+  LAMINA_CHECK(longest + tokens <= capacity_, "KvCache: ", longest, " + ", tokens, " tokens exceed the capacity of ",
+               capacity_, " (generate fewer tokens or make a larger cache)");
+  const Tensor& layer_keys = keys_[size_t(layer)];
+  const Tensor& layer_values = values_[size_t(layer)];
+  if (!rows_differ()) {
+    ops::copy_(layer_keys.slice(2, longest, longest + tokens), keys);
+    ops::copy_(layer_values.slice(2, longest, longest + tokens), values);
+  } else {
+    // Rows of different lengths: each row's token goes to its own next slot.
+    LAMINA_CHECK(tokens == 1, "KvCache: rows of different lengths take one token at a time, got ", tokens,
+                 " (prefill a row alone through row_view)");
+    for (int64_t b = 0; b < batch_; ++b) {
+      const int64_t slot = lengths_[size_t(b)];
+      ops::copy_(layer_keys.slice(0, b, b + 1).slice(2, slot, slot + 1), keys.slice(0, b, b + 1));
+      ops::copy_(layer_values.slice(0, b, b + 1).slice(2, slot, slot + 1), values.slice(0, b, b + 1));
+    }
+  }
+  return {layer_keys.slice(2, 0, longest + tokens), layer_values.slice(2, 0, longest + tokens)};
+}
+
+void KvCache::advance(int64_t tokens) {
+  for (int64_t& length : lengths_) length += tokens;
+}
 
 Tensor KvCache::next_positions(int64_t tokens) const {
   std::vector<int64_t> positions;
   for (int64_t b = 0; b < batch_; ++b)
-    for (int64_t t = 0; t < tokens; ++t) positions.push_back(std::max<int64_t>(0, length_ + t - padding_[size_t(b)]));
+    for (int64_t t = 0; t < tokens; ++t)
+      positions.push_back(std::max<int64_t>(0, lengths_[size_t(b)] + t - padding_[size_t(b)]));
   return ops::to_device(Tensor::from_vector(positions, {batch_, tokens}), device_);
 }
 
 Tensor KvCache::padding_mask(int64_t tokens) const {
-  bool any_padding = false;
-  for (int64_t pad : padding_) any_padding |= pad > 0;
-  if (!any_padding) return Tensor();
-  const int64_t keys = length_ + tokens;
+  const bool any_padding = std::any_of(padding_.begin(), padding_.end(), [](int64_t pad) { return pad > 0; });
+  if (!any_padding && !rows_differ()) return Tensor();
+  const int64_t keys = length() + tokens;
+  const float hidden = -std::numeric_limits<float>::infinity();
   std::vector<float> mask(size_t(batch_ * tokens * keys), 0.0f);
-  for (int64_t b = 0; b < batch_; ++b)
-    for (int64_t t = 0; t < tokens; ++t)
-      for (int64_t s = 0; s < std::min(padding_[size_t(b)], keys); ++s)
-        mask[size_t((b * tokens + t) * keys + s)] = -std::numeric_limits<float>::infinity();
+  for (int64_t b = 0; b < batch_; ++b) {
+    // Row b's valid slots after this step: [padding, its length + tokens).
+    const int64_t first = std::min(padding_[size_t(b)], keys), end = lengths_[size_t(b)] + tokens;
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = mask.data() + (b * tokens + t) * keys;
+      std::fill(row, row + first, hidden);
+      std::fill(row + std::min(end, keys), row + keys, hidden);
+    }
+  }
   return ops::to_device(Tensor::from_vector(mask, {batch_, 1, tokens, keys}), device_);
+}
+
+KvCache KvCache::row_view(int64_t row) {
+  LAMINA_CHECK(row >= 0 && row < batch_, "KvCache: no row ", row, " in a batch of ", batch_);
+  std::vector<Tensor> keys, values;
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    keys.push_back(keys_[layer].slice(0, row, row + 1));
+    values.push_back(values_[layer].slice(0, row, row + 1));
+  }
+  return KvCache(capacity_, device_, std::move(keys), std::move(values));
+}
+
+void KvCache::set_row_length(int64_t row, int64_t length) {
+  LAMINA_CHECK(row >= 0 && row < batch_, "KvCache: no row ", row, " in a batch of ", batch_);
+  LAMINA_CHECK(length >= 0 && length <= capacity_, "KvCache: row length ", length, " outside [0, ", capacity_, "]");
+  LAMINA_CHECK(padding_[size_t(row)] == 0, "KvCache: row ", row, " is left-padded; its length moves with the batch");
+  lengths_[size_t(row)] = length;
 }
 
 // ---- layers
@@ -198,8 +252,8 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
   if (!positions.defined()) positions = cache != nullptr ? cache->next_positions(tokens) : arange(0, tokens, 1, DType::i64, ids.device());
   Tensor mask = options.mask;
   if (cache != nullptr) {
-    const Tensor padding = cache->padding_mask(tokens);
-    if (padding.defined()) mask = mask.defined() ? ops::add(ops::cast(mask, DType::f32), padding) : padding;
+    const Tensor cache_mask = cache->padding_mask(tokens);
+    if (cache_mask.defined()) mask = mask.defined() ? ops::add(ops::cast(mask, DType::f32), cache_mask) : cache_mask;
   }
   Tensor h = model->forward(ids, positions, cache, mask);
   if (options.last_position_only) h = h.slice(1, tokens - 1, tokens);

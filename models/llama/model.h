@@ -19,10 +19,18 @@
 namespace lamina::llama {
 
 // Keys and values of past tokens for incremental decoding: per layer [B, Hkv, capacity, head_dim]
-// (keys stored after RoPE). Rows shorter than the batch's longest prompt are left-padded:
-// `padding[b]` leading slots of row b hold padding and are masked out of attention, and the
-// row's positions start at 0 on its first real token. Inference only (no gradients flow
-// through the cache).
+// (keys stored after RoPE). Each row b holds its own number of filled slots, `row_length(b)`:
+// slots [0, row_length(b)) are valid, the rest are hidden from attention. Two ways to fill it:
+// - all rows together (left padding): rows shorter than the batch's longest prompt are
+//   left-padded, `padding[b]` leading slots of row b hold padding and are masked out, and the
+//   row's positions start at 0 on its first real token; every row then has the same length.
+// - row by row (slot reuse): a row's prompt is prefilled alone through `row_view(b)`, a cache of
+//   batch 1 over row b's storage, and `set_row_length` records the result; a decode step of one
+//   token then writes each row at its own slot, and attention hides every row's slots past its
+//   own length.
+// Inference only (no gradients flow through the cache). Storage starts zeroed: slots past a
+// row's length are read (under a -inf mask) when rows differ in length, and 0 x NaN would
+// poison the attention output where 0 x (stale but finite) does not.
 class KvCache {
  public:
   KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DType dtype = DType::f32,
@@ -30,20 +38,37 @@ class KvCache {
 
   int64_t batch() const { return batch_; }
   int64_t capacity() const { return capacity_; }
-  int64_t length() const { return length_; }  // slots filled so far (same for every row)
+  int64_t length() const;  // the longest row's filled slots (every row's, when they are equal)
+  int64_t row_length(int64_t row) const;
   const std::vector<int64_t>& padding() const { return padding_; }
 
-  // Stores `keys`/`values` [B, Hkv, T, hd] of layer `layer` at slots [length, length + T) and
-  // returns views of slots [0, length + T). Every layer stores, then advance(T) moves on.
+  // Stores `keys`/`values` [B, Hkv, T, hd] of layer `layer` at slots [row_length(b),
+  // row_length(b) + T) of each row b and returns views of slots [0, length() + T). Rows of
+  // different lengths take one token at a time (T = 1). Every layer stores, then advance(T).
   std::pair<Tensor, Tensor> store(int64_t layer, const Tensor& keys, const Tensor& values);
   void advance(int64_t tokens);
   // Positions [B, T] of the next T tokens: slot index minus the row's padding (0 on padding).
   Tensor next_positions(int64_t tokens) const;
-  // Additive mask [B, 1, T, length + T] hiding padding slots, or undefined when no row is padded.
+  // Additive mask [B, 1, T, length() + T] hiding every slot that is not the row's own: its
+  // left padding, and the slots past its length when rows differ in length (the shorter rows'
+  // "right padding" up to the longest row). Undefined when no row is padded and the rows are
+  // of one length.
   Tensor padding_mask(int64_t tokens) const;
 
+  // A cache of batch 1 whose storage is row `row` of this one, starting empty (length 0, no
+  // padding): prefilling through it fills the row in place. Its length is its own; give it to
+  // this cache with set_row_length(row, view.length()).
+  KvCache row_view(int64_t row);
+  // Declares slots [0, length) of a row (without padding) valid: 0 frees the row for a new
+  // sequence; after a prefill through row_view, the view's length.
+  void set_row_length(int64_t row, int64_t length);
+
  private:
-  int64_t batch_, capacity_, length_ = 0;
+  KvCache(int64_t capacity, Device device, std::vector<Tensor> keys, std::vector<Tensor> values);
+  bool rows_differ() const;
+
+  int64_t batch_, capacity_;
+  std::vector<int64_t> lengths_;
   std::vector<int64_t> padding_;
   Device device_;
   std::vector<Tensor> keys_, values_;

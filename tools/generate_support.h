@@ -1,0 +1,35 @@
+// What `lamina generate` shares with its --prompts mode (tools/generate_batch.cpp): the
+// sampling flags, the model and tokenizer of --model, and the prompt checks.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/generate/generate.h"
+#include "models/llama/model.h"
+#include "models/tokenizer/tokenizer.h"
+#include "tools/args.h"
+
+namespace lamina::cli {
+
+// --max-new-tokens, the sampling flags, --seed and --device.
+void add_generation_flags(FlagParser& parser);
+generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens);
+
+// The model of `path` on the --device; its tokenizer (--tokenizer, else the model's own).
+std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path);
+tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_path);
+
+std::vector<int64_t> widen(const std::vector<int32_t>& ids);
+
+// Prompt ids outside the model's vocabulary, named with where they came from before any forward
+// pass (generate() refuses them too, but cannot say which flag or line gave them).
+void check_prompt_ids(const std::vector<int64_t>& ids, const llama::LlamaConfig& config, const std::string& source);
+
+// `lamina generate --prompts FILE.jsonl`: every prompt of the file through batched generation
+// with slot reuse, one JSONL line per prompt in --output, resuming where an earlier run stopped.
+int run_generate_batch(const FlagParser& parser, const std::string& model_path);
+
+}  // namespace lamina::cli
