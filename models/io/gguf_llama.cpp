@@ -1,8 +1,10 @@
 // Llama config and weights from a GGUF file (see gguf_llama.h).
 #include "models/io/gguf_llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -48,6 +50,84 @@ const std::map<std::string, std::string>& layer_names() {
   return names;
 }
 
+std::vector<float> llama3_rope_divisors(const llama::LlamaConfig& config);
+
+// The llama3 RoPE scaling whose divisors are `rope_freqs.weight` (how llama.cpp stores Llama 3.1's
+// scaling: a divisor of inv_freq per frequency, formats-and-quantization.md §5.6). The file does
+// not keep the four parameters, and only two ratios of them matter (the wavelengths where
+// smoothing starts and ends), so: factor = the largest divisor; the original context from
+// llama.rope.scaling.original_context_length, else Llama 3.1's 8192; low/high frequency factors
+// Llama 3.1's 1 and 4 when they reproduce the divisors, else solved from the smoothed
+// frequencies (their 1/divisor is linear in 1/wavelength). Whatever is chosen must give back
+// every stored divisor to f32 rounding, or the file is refused: lamina computes RoPE from the
+// parameters, and a model must not load with frequencies other than the file's.
+Llama3RopeScaling llama3_scaling_from_divisors(const File& file, const llama::LlamaConfig& config) {
+  const std::string where = str_cat("gguf: ", file.path(), ": tensor 'rope_freqs.weight'");
+  const Tensor stored = file.read("rope_freqs.weight");
+  const int64_t frequencies = config.head_dim / 2;
+  LAMINA_CHECK(stored.dim() == 1 && stored.shape()[0] == frequencies, where, " has shape ", stored.shape(),
+               "; the head dimension ", config.head_dim, " needs [", frequencies, "]");
+  const std::vector<double> divisors = stored.to_vector<double>();
+  double factor = 1.0;
+  for (double divisor : divisors) {
+    LAMINA_CHECK(std::isfinite(divisor) && divisor >= 1.0 - 1e-6, where, " holds ", divisor,
+                 "; llama3 scaling divides frequencies by values of at least 1");
+    factor = std::max(factor, divisor);
+  }
+  LAMINA_CHECK(factor > 1.0 + 1e-6, where, " divides no frequency (all divisors are 1): expected llama3 scaling");
+  const Keys keys{file};
+  Llama3RopeScaling scaling;
+  scaling.factor = factor;
+  scaling.original_max_position = keys.optional_size("llama.rope.scaling.original_context_length").value_or(8192);
+  const auto reproduces = [&](const Llama3RopeScaling& candidate) {
+    llama::LlamaConfig trial = config;
+    trial.rope_scaling = candidate;
+    const std::vector<float> computed = llama3_rope_divisors(trial);
+    for (int64_t k = 0; k < frequencies; ++k)
+      if (std::fabs(double(computed[size_t(k)]) - divisors[size_t(k)]) > 2e-6 * divisors[size_t(k)]) return false;
+    return true;
+  };
+  if (reproduces(scaling)) return scaling;  // Llama 3.1's low 1, high 4
+
+  // Solve: for a smoothed frequency, s = (1/d - 1/F) / (1 - 1/F) = a / wavelength + b with
+  // a = context / (high - low) and b = -low / (high - low).
+  const double context = double(scaling.original_max_position);
+  std::vector<std::pair<double, double>> points;  // (1 / wavelength, s)
+  double longest_kept = 0, shortest_divided = std::numeric_limits<double>::infinity();
+  for (int64_t k = 0; k < frequencies; ++k) {
+    const double wavelength = 2.0 * M_PI * std::pow(config.rope_theta, double(2 * k) / double(config.head_dim));
+    const double d = divisors[size_t(k)];
+    if (d <= 1.0 + 1e-6) longest_kept = std::max(longest_kept, wavelength);
+    else if (d >= factor * (1 - 1e-6)) shortest_divided = std::min(shortest_divided, wavelength);
+    else points.push_back({1.0 / wavelength, (1.0 / d - 1.0 / factor) / (1.0 - 1.0 / factor)});
+  }
+  double low_wavelength = 0, high_wavelength = 0;  // divided above the first, kept below the second
+  if (points.size() >= 2) {
+    double mean_x = 0, mean_y = 0;
+    for (const auto& [x, y] : points) mean_x += x / double(points.size()), mean_y += y / double(points.size());
+    double sxx = 0, sxy = 0;
+    for (const auto& [x, y] : points) sxx += (x - mean_x) * (x - mean_x), sxy += (x - mean_x) * (y - mean_y);
+    const double a = sxy / sxx, b = mean_y - a * mean_x;
+    LAMINA_CHECK(a > 0 && b < 0, where, " holds divisors that no llama3 scaling gives (the smoothed ones do not fall as the wavelength grows)");
+    low_wavelength = -a / b;        // s = 0
+    high_wavelength = a / (1 - b);  // s = 1
+  } else if (points.empty()) {
+    // No frequency is smoothed: any boundaries in the gap between kept and divided give these
+    // divisors; put them at a third and two thirds of it (geometrically).
+    const double upper = shortest_divided, lower = longest_kept > 0 ? longest_kept : upper / 2;
+    const double step = std::cbrt(upper / lower);
+    high_wavelength = lower * step;
+    low_wavelength = lower * step * step;
+  }
+  LAMINA_CHECK(low_wavelength > high_wavelength && high_wavelength > 0, where,
+               " holds divisors that no llama3 scaling (factor ", factor, ") gives");
+  scaling.low_freq_factor = context / low_wavelength;
+  scaling.high_freq_factor = context / high_wavelength;
+  LAMINA_CHECK(reproduces(scaling), where, " holds divisors that no llama3 scaling (factor ", factor,
+               ") gives; lamina computes RoPE from the scaling's parameters");
+  return scaling;
+}
+
 }  // namespace
 
 llama::LlamaConfig llama_config_from_gguf(const File& file) {
@@ -78,8 +158,7 @@ llama::LlamaConfig llama_config_from_gguf(const File& file) {
     LAMINA_CHECK(type == "none", keys.where("llama.rope.scaling.type"), " is '", type,
                  "', a RoPE scaling lamina does not compute");
   }
-  LAMINA_CHECK(file.find("rope_freqs.weight") == nullptr, "gguf: ", file.path(),
-               ": tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not read yet");
+  if (file.find("rope_freqs.weight") != nullptr) config.rope_scaling = llama3_scaling_from_divisors(file, config);
 
   // The vocabulary: llama.vocab_size, else the token list, else the embedding's rows.
   if (const auto vocab = keys.optional_size("llama.vocab_size")) {
@@ -148,6 +227,7 @@ std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path
   // HF name -> GGUF tensor, checked against the config's parameters before anything is built.
   std::map<std::string, const TensorInfo*> by_hf_name;
   for (const TensorInfo& info : file.tensors()) {
+    if (info.name == "rope_freqs.weight") continue;  // config.rope_scaling (llama_config_from_gguf)
     const std::optional<std::string> name = llama_hf_tensor_name(info.name);
     LAMINA_CHECK(name.has_value(), "gguf: ", path, ": tensor '", info.name, "' is not part of the Llama layout");
     by_hf_name[*name] = &info;

@@ -17,7 +17,9 @@
 namespace lamina::gguf {
 
 // The config of a general.architecture = "llama" file. Required keys missing or of the wrong
-// type, and RoPE scalings lamina does not compute, are errors naming the key.
+// type, and RoPE scalings lamina does not compute, are errors naming the key. Llama 3.1's llama3
+// RoPE scaling, which llama.cpp stores as per-frequency divisors (tensor rope_freqs.weight),
+// becomes config.rope_scaling: parameters that give back exactly those divisors.
 llama::LlamaConfig llama_config_from_gguf(const File& file);
 
 // The Hugging Face name of a Llama GGUF tensor ("blk.3.attn_q.weight" ->

@@ -498,3 +498,56 @@ TEST_CASE("tokenizer export: Llama-3's tokenizer.json -> GGUF -> tokenizer.json 
   check_same_ids(original, tokenizer::Tokenizer::from_gguf(file));
   check_same_ids(original, rewritten(dir, file, "back"));
 }
+
+TEST_CASE("gguf llama: llama3 RoPE scaling goes out as rope_freqs.weight and comes back as the same frequencies") {
+  ScratchDir dir("gguf-rope-freqs");
+  autograd::NoGradGuard no_grad;
+  // Heads of 16 (8 frequencies) with base 10000: wavelengths 2 pi 10000^(k/8) = 6.3, 19.9, 62.8,
+  // 199, 628, 1987, 6283, 19869 tokens, so the scalings below keep, smooth and divide some of each.
+  llama::LlamaConfig config = testing::tiny_llama_config(40);
+  config.hidden_size = 32;
+  config.num_attention_heads = 2;
+  config.num_key_value_heads = 2;
+  config.head_dim = 16;
+  config.rope_theta = 10000.0;
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 5, 9, 33, 2, 17, 8, 3}, {1, 8});
+  const auto round_trip = [&](const Llama3RopeScaling& scaling, const std::string& name) {
+    config.rope_scaling = scaling;
+    const auto model = testing::random_llama(config, 21);
+    gguf::Writer writer;
+    gguf::add_llama_model(writer, *model, gguf::TensorType::f32, name);
+    gguf::add_llama_token_ids(writer, config);
+    writer.write(dir / (name + ".gguf"));
+    const auto loaded = gguf::load_llama_gguf(dir / (name + ".gguf"));
+    REQUIRE(loaded->config().rope_scaling.has_value());
+    const std::vector<float> expected = model->forward(ids).to_vector<float>(), got = loaded->forward(ids).to_vector<float>();
+    REQUIRE(got.size() == expected.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(expected[i]).epsilon(1e-5));
+    return *loaded->config().rope_scaling;
+  };
+  // Llama 3.1's own parameters (factor 8, low 1, high 4, 8192 tokens): read back as they were.
+  const Llama3RopeScaling llama31 = round_trip(Llama3RopeScaling{8.0, 1.0, 4.0, 8192}, "llama31");
+  CHECK(llama31.factor == 8.0);
+  CHECK(llama31.low_freq_factor == 1.0);
+  CHECK(llama31.high_freq_factor == 4.0);
+  CHECK(llama31.original_max_position == 8192);
+  // Other parameters (factor 4, low 2, high 8, 4096 tokens: smoothing from 512 to 2048 tokens).
+  // The file keeps only the divisors; read against 8192 tokens, the same boundaries are low 4
+  // and high 16, and the model computes the same frequencies (logits equal above).
+  const Llama3RopeScaling other = round_trip(Llama3RopeScaling{4.0, 2.0, 8.0, 4096}, "other");
+  CHECK(other.factor == 4.0);
+  CHECK(other.low_freq_factor == doctest::Approx(4.0).epsilon(1e-6));
+  CHECK(other.high_freq_factor == doctest::Approx(16.0).epsilon(1e-6));
+
+  // Divisors no llama3 scaling gives (not monotone in the wavelength) are refused by name.
+  config.rope_scaling.reset();
+  const auto plain = testing::random_llama(config, 22);
+  gguf::Writer writer;
+  gguf::add_llama_model(writer, *plain, gguf::TensorType::f32, "odd");
+  gguf::add_llama_token_ids(writer, config);
+  const std::vector<float> odd = {1, 1, 3, 1, 1.5f, 2, 4, 4};
+  writer.add_tensor("rope_freqs.weight", {8}, gguf::TensorType::f32,
+                    [odd]() { return gguf::encode(gguf::TensorType::f32, odd.data(), odd.size()); });
+  writer.write(dir / "odd.gguf");
+  CHECK_THROWS_WITH_AS(gguf::load_llama_gguf(dir / "odd.gguf"), doctest::Contains("rope_freqs.weight' holds divisors"), Error);
+}
