@@ -37,11 +37,13 @@ std::string json_escape(const std::string& text) {
 
 }  // namespace
 
-Timing measure(const std::function<void()>& body, double min_seconds) {
+Timing measure_after(const std::function<void()>& setup, const std::function<void()>& body, double min_seconds) {
+  setup();
   body();
   std::vector<double> samples;
   const auto start = std::chrono::steady_clock::now();
   while (samples.size() < 3 || seconds_since(start) < min_seconds) {
+    setup();
     const auto run_start = std::chrono::steady_clock::now();
     body();
     samples.push_back(seconds_since(run_start));
@@ -53,6 +55,10 @@ Timing measure(const std::function<void()>& body, double min_seconds) {
   const size_t middle = samples.size() / 2;
   timing.median_seconds = samples.size() % 2 == 1 ? samples[middle] : 0.5 * (samples[middle - 1] + samples[middle]);
   return timing;
+}
+
+Timing measure(const std::function<void()>& body, double min_seconds) {
+  return measure_after([] {}, body, min_seconds);
 }
 
 void run_on_threads(int threads, const std::function<void(int index)>& body) {

@@ -16,6 +16,10 @@ struct Timing {
 // Runs `body` once to warm up (caches, allocator, thread pool), then repeatedly until at
 // least `min_seconds` have passed and at least three runs were made.
 Timing measure(const std::function<void()>& body, double min_seconds);
+// The same, but each run first calls `setup` untimed (what the timed part needs, such as a
+// prefilled KV cache) and times only `body`: a part of a run measured directly, not as the
+// difference of two noisy medians.
+Timing measure_after(const std::function<void()>& setup, const std::function<void()>& body, double min_seconds);
 
 // Runs body(0) ... body(threads - 1) concurrently on lamina's thread pool, which must have at
 // least `threads` threads. Baselines split their work with it so that they and the ops pay the
