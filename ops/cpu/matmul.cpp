@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "ops/cpu/kernels.h"
 #include "tensor/parallel.h"
@@ -56,6 +57,25 @@ void gemm_typed(const MatrixSpan& a, const MatrixSpan& b, const MatrixSpan& c, b
     if (accumulate) return;
     for (int64_t i = 0; i < c.rows; ++i)
       for (int64_t j = 0; j < c.cols; ++j) static_cast<T*>(c.data)[i * c.row_stride + j] = T(0);
+    return;
+  }
+  // f32 products sum their inner dimension in pieces of kInnerPiece, each piece added to C:
+  // Eigen accumulates each output along the whole inner dimension in one register, and at
+  // Llama widths (576 to 1536 and more) that lost twice transformers' accuracy. On SmolLM2
+  // (730 tokens, f32 against the same model in f64) the mean per-token log-prob error fell
+  // from 6.6e-6 to 3.0e-6 (transformers: 3.4e-6), for about 4.5% more prefill time on one
+  // thread (the extra passes over C). f64 needs no help.
+  constexpr int64_t kInnerPiece = 256;
+  if (std::is_same_v<T, float> && a.cols > kInnerPiece) {
+    for (int64_t k = 0; k < a.cols; k += kInnerPiece) {
+      const int64_t end = std::min(a.cols, k + kInnerPiece);
+      MatrixSpan a_piece = a, b_piece = b;
+      a_piece.data = static_cast<char*>(a.data) + k * a.col_stride * int64_t(sizeof(T));
+      a_piece.cols = end - k;
+      b_piece.data = static_cast<char*>(b.data) + k * b.row_stride * int64_t(sizeof(T));
+      b_piece.rows = end - k;
+      gemm_typed<T>(a_piece, b_piece, c, accumulate || k > 0);
+    }
     return;
   }
   if (maps_row_major(a)) {
