@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "ops/ops.h"
+#include "ops/quant4.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
@@ -269,6 +270,70 @@ void run_memory_bound_case(const MemoryBoundCase& spec, double memcpy_rate, cons
                           {"memcpy_gbps", "ratio_vs_memcpy", memcpy_rate, kMemoryBoundTarget});
 }
 
+// ---- 4-bit cases: the fused NF4 product (double-quantized, blocksize 64, as QLoRA stores its
+// base) on a Llama-3-8B q_proj weight. Its floor is streaming the 4-bit weight once: gbps_4bit
+// counts those bytes (codes and scales, 4.127 bits a parameter) over the time. effective_gbps
+// counts the f32 weight the product stands in for (4 bytes a parameter), so
+// ratio_vs_dequantized_bound = effective_gbps / memcpy_gbps is how the fused product compares
+// with the best any product reading a dequantized f32 weight could do (above 1 beats it). The
+// same product through ops::matmul on the dequantized weight is timed beside it
+// (speedup_vs_dense = dense seconds / fused seconds).
+struct Quant4Case {
+  std::string name;
+  int64_t rows, out_features, in_features;
+  bool input_grad;  // time matmul_4bit_input_grad (grad [rows, out] @ W) instead of matmul_4bit
+};
+
+std::vector<Quant4Case> quant4_cases() {
+  return {
+      {"matmul_4bit_llama_m1", 1, kLlamaHidden, kLlamaHidden, false},
+      {"matmul_4bit_llama_m16", 16, kLlamaHidden, kLlamaHidden, false},
+      {"matmul_4bit_llama_m128", 128, kLlamaHidden, kLlamaHidden, false},
+      {"matmul_4bit_input_grad_llama_m128", 128, kLlamaHidden, kLlamaHidden, true},
+  };
+}
+
+void run_quant4_case(const Quant4Case& spec, double memcpy_rate, const BenchSettings& settings) {
+  Generator generator(5);
+  const ops::Quantized4Bit q = ops::quantize_4bit(ops::mul(randn({spec.out_features, spec.in_features}, generator),
+                                                           full({1}, 0.02)),
+                                                  ops::Quant4Format::nf4, 64, true);
+  const Tensor dequantized = ops::dequantize_4bit(q);
+  const int64_t reduced = spec.input_grad ? spec.out_features : spec.in_features;
+  const Tensor x = randn({spec.rows, reduced}, generator);
+  const Timing fused = measure(
+      [&] { spec.input_grad ? ops::matmul_4bit_input_grad(x, q) : ops::matmul_4bit(x, q); }, settings.min_seconds);
+  const Timing dense = measure([&] { ops::matmul(x, dequantized, false, !spec.input_grad); }, settings.min_seconds);
+  const int64_t parameters = spec.out_features * spec.in_features;
+  const int64_t weight_bytes = int64_t(q.codes.nbytes() + q.absmax.nbytes() + q.nested_absmax.nbytes());
+  const double gbps_4bit = double(weight_bytes) / fused.median_seconds / 1e9;
+  const double effective_gbps = 4.0 * double(parameters) / fused.median_seconds / 1e9;
+  const double flops = 2.0 * double(spec.rows) * double(parameters);
+  JsonLine()
+      .add("bench", "ops")
+      .add("case", spec.name)
+      .add("threads", settings.threads)
+      .add("shape", spec.input_grad ? str_cat("[", spec.rows, ",", spec.out_features, "]@nf4[", spec.out_features, ",",
+                                              spec.in_features, "]")
+                                    : str_cat("[", spec.rows, ",", spec.in_features, "]@nf4[", spec.out_features, ",",
+                                              spec.in_features, "]^T"))
+      .add("format", "nf4_dq_b64")
+      .add("stat", "median")
+      .add("runs", fused.runs)
+      .add("seconds", fused.median_seconds)
+      .add("weight_bytes", weight_bytes)
+      .add("bits_per_parameter", 8.0 * double(weight_bytes) / double(parameters))
+      .add("gbps_4bit", gbps_4bit)
+      .add("effective_gbps", effective_gbps)
+      .add("gflops", flops / fused.median_seconds / 1e9)
+      .add("memcpy_gbps", memcpy_rate)
+      .add("ratio_vs_dequantized_bound", effective_gbps / memcpy_rate)
+      .add("dense_seconds", dense.median_seconds)
+      .add("dense_gflops", flops / dense.median_seconds / 1e9)
+      .add("speedup_vs_dense", dense.median_seconds / fused.median_seconds)
+      .print();
+}
+
 std::vector<MatmulCase> matmul_cases() {
   return {
       {"matmul_square_256", 256, 256, 256, false},
@@ -456,6 +521,18 @@ int64_t bf16_bytes(int64_t count) { return 2 * count; }
 
 std::vector<MemoryBoundCase> gpu_memory_bound_cases() {
   return {
+      {"matmul_4bit_m1",
+       [](Generator& generator) {
+         // Decoding through a 4-bit Llama-3-8B gate_proj: read the NF4 weight (codes, 8-bit scales
+         // and their nested scales: 4.127 bits a parameter) and x [1, H] in f32; write y [1, F].
+         const int64_t out = kLlamaIntermediate, in = kLlamaHidden;
+         const ops::Quantized4Bit q =
+             ops::quantize_4bit(randn({out, in}, generator), ops::Quant4Format::nf4, 64, true).to(gpu_under_test);
+         const Tensor x = randn({1, in}, generator, DType::f32, gpu_under_test);
+         const int64_t weight_bytes = int64_t(q.codes.nbytes() + q.absmax.nbytes() + q.nested_absmax.nbytes());
+         return MemoryBoundRun{str_cat("[1,", in, "]@nf4[", out, ",", in, "]^T"), weight_bytes + f32_bytes(in + out),
+                               [=] { ops::matmul_4bit(x, q); }, "nf4"};
+       }},
       {"rms_norm",
        [](Generator& generator) {
          // read x [R, D] and w [D]; write y [R, D] (bf16) and rstd [R] (f32)
@@ -638,6 +715,8 @@ int run_bench_ops(const Arguments& args) {
   std::string case_list;
   for (const MatmulCase& c : matmuls) case_list += "\n  " + c.name;
   for (const MemoryBoundCase& c : memory_bound) case_list += "\n  " + c.name;
+  const std::vector<Quant4Case> quant4 = quant4_cases();
+  for (const Quant4Case& c : quant4) case_list += "\n  " + c.name;
 #if LAMINA_WITH_CUDA
   case_list += "\n\ncases with --device cuda (bf16 GEMM vs bare cuBLASLt, target >= 0.9; memory-bound ops vs a\n"
                "device-to-device copy, target >= 0.7; allocator cost per allocate/free pair):";
@@ -679,7 +758,10 @@ int run_bench_ops(const Arguments& args) {
     if (selected(c.name)) chosen_matmuls.push_back(&c);
   for (const MemoryBoundCase& c : memory_bound)
     if (selected(c.name)) chosen_memory_bound.push_back(&c);
-  if (chosen_matmuls.empty() && chosen_memory_bound.empty()) {
+  std::vector<const Quant4Case*> chosen_quant4;
+  for (const Quant4Case& c : quant4)
+    if (selected(c.name)) chosen_quant4.push_back(&c);
+  if (chosen_matmuls.empty() && chosen_memory_bound.empty() && chosen_quant4.empty()) {
     throw UsageError("lamina bench ops: --filter '" + filter + "' matches no case",
                      "run 'lamina bench ops --help' to list the cases");
   }
@@ -690,13 +772,17 @@ int run_bench_ops(const Arguments& args) {
     run_matmul_case(*c, settings);
   }
   double memcpy_rate = 0;
-  if (!chosen_memory_bound.empty()) {
+  if (!chosen_memory_bound.empty() || !chosen_quant4.empty()) {
     std::fprintf(stderr, "bench ops: memcpy baseline (%zu MiB)\n", kMemcpyBytes >> 20);
     memcpy_rate = memcpy_bandwidth_gbps(settings.threads, settings.min_seconds, kMemcpyBytes);
   }
   for (const MemoryBoundCase* c : chosen_memory_bound) {
     std::fprintf(stderr, "bench ops: %s\n", c->name.c_str());
     run_memory_bound_case(*c, memcpy_rate, settings);
+  }
+  for (const Quant4Case* c : chosen_quant4) {
+    std::fprintf(stderr, "bench ops: %s\n", c->name.c_str());
+    run_quant4_case(*c, memcpy_rate, settings);
   }
 
   JsonLine machine;
@@ -705,7 +791,7 @@ int run_bench_ops(const Arguments& args) {
       .add("threads", settings.threads)
       .add("hardware_threads", int64_t(std::thread::hardware_concurrency()))
       .add("quick", parser.is_set("quick"))
-      .add("cases", int64_t(chosen_matmuls.size() + chosen_memory_bound.size()));
+      .add("cases", int64_t(chosen_matmuls.size() + chosen_memory_bound.size() + chosen_quant4.size()));
   if (memcpy_rate > 0) machine.add("memcpy_gbps", memcpy_rate).add("memcpy_bytes", int64_t(kMemcpyBytes));
   machine.print();
   return 0;
