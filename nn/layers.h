@@ -1,7 +1,12 @@
 // The basic layers. Attention, MLP and the Llama model come with the model code (models/).
 #pragma once
 
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "autograd/functions.h"
+#include "nn/lora.h"
 #include "nn/module.h"
 
 namespace lamina::nn {
@@ -16,7 +21,8 @@ struct LinearOptions {
   ParameterInit init = ParameterInit::zeros;
 };
 
-// y = x W^T (+ b), W: [out_features, in_features] (the HF layout).
+// y = x W^T (+ b), W: [out_features, in_features] (the HF layout), plus the LoRA adapters it
+// carries (nn/lora.h): the one the model's LoraSelection picks is added to the base output.
 class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, LinearOptions options = {});
@@ -29,9 +35,52 @@ class Linear : public Module {
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
 
+  // ---- LoRA (nn/lora.h has the model-level functions that call these)
+  // Adds adapter `name` (parameters "lora_A.<name>.weight", "lora_B.<name>.weight", and
+  // "lora_magnitude_vector.<name>.weight" with DoRA), initialised from `generator` as
+  // options.init says (dropout masks come from the LoraSelection). Adapters are f32 (f64 over
+  // an f64 base), whatever the base dtype, as PEFT keeps them.
+  void add_adapter(const std::string& name, const LoraOptions& options, Generator& generator);
+  bool has_adapter(const std::string& name) const { return find_adapter(name) != nullptr; }
+  std::vector<std::string> adapter_names() const;
+  // The adapter's handles. Replacing one (a gradient check differentiating with respect to its
+  // own leaves) detaches it from named_parameters(); the values are changed with set_data.
+  LoraAdapter& adapter(const std::string& name);
+  const LoraAdapter& adapter(const std::string& name) const;
+  // The model-wide choice of adapter this layer follows; apply_lora shares one between layers.
+  void set_lora_selection(std::shared_ptr<LoraSelection> selection) { selection_ = std::move(selection); }
+  const std::shared_ptr<LoraSelection>& lora_selection() const { return selection_; }
+
+  // W <- W + s B A (DoRA: W <- (m / N)[:, None] * (W + s B A), N the row norms of W + s B A),
+  // computed in f32 (f64 for an f64 base) and rounded once to W's dtype. While merged, a forward
+  // with that adapter active uses W alone; any other choice is an error until unmerge.
+  // unmerge_adapter computes W <- W - s B A (DoRA: W <- W / (m / N) - s B A, with the N of the
+  // merge): exact where W + s B A was (e.g. values on a coarse binary grid), otherwise equal to
+  // the original W up to one rounding of the sum and one of the difference (|error| <= a few
+  // ulp of |W| + |s B A| in W's dtype).
+  void merge_adapter(const std::string& name);
+  void unmerge_adapter();
+  const std::string& merged_adapter() const { return merged_; }
+  // Drops every adapter (after a merge: the merged weight stays). The layer is plain again.
+  void remove_adapters();
+
  private:
+  // x W^T: the one place the base weight is multiplied (a 4-bit base swaps in a fused product).
+  Tensor base_product(const Tensor& x) const;
+  // W as a dense tensor outside the graph (DoRA's norms, merging).
+  Tensor dense_base_weight() const;
+  // base_output: x W^T + b; product: x W^T (the same without the bias).
+  Tensor add_adapter_branch(const Tensor& x, const Tensor& base_output, const Tensor& product,
+                            const LoraAdapter& adapter) const;
+  const LoraAdapter* find_adapter(const std::string& name) const;
+
   int64_t in_features_, out_features_;
   Tensor weight_, bias_;
+  std::vector<std::unique_ptr<LoraAdapter>> adapters_;
+  std::shared_ptr<LoraSelection> selection_;
+  std::shared_ptr<ModuleDict> lora_A_, lora_B_, lora_magnitude_;
+  std::string merged_;
+  Tensor merged_row_factor_;  // DoRA's m / N at merge time, to unmerge with
 };
 
 // Row lookup in a [num_embeddings, dim] table.

@@ -80,6 +80,15 @@ void Module::add_child(const std::string& name, std::shared_ptr<Module> module) 
   children_.emplace_back(name, std::move(module));
 }
 
+void Module::remove_module(const std::string& name) {
+  for (auto it = children_.begin(); it != children_.end(); ++it) {
+    if (it->first != name) continue;
+    children_.erase(it);
+    return;
+  }
+  throw Error(str_cat("remove_module: no child named '", name, "'"));
+}
+
 bool glob_match(const std::string& pattern, const std::string& text) {
   // Iterative wildcard match with backtracking to the last '*'.
   size_t p = 0, t = 0, star = std::string::npos, resume = 0;

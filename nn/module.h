@@ -51,6 +51,8 @@ class Module {
     add_child(name, module);
     return module;
   }
+  // Removes a child registered with register_module (its parameters leave named_parameters()).
+  void remove_module(const std::string& name);
 
  private:
   void add_child(const std::string& name, std::shared_ptr<Module> module);

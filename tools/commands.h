@@ -24,6 +24,7 @@ int run_eval(const Arguments& args);   // tools/eval.cpp: eval ppl, ...
 int run_score(const Arguments& args);  // tools/eval.cpp
 int run_convert(const Arguments& args);  // tools/convert.cpp: HF folder <-> GGUF
 int run_quantize(const Arguments& args);  // tools/quantize.cpp: NF4 / FP4 checkpoints
+int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, ...
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);
