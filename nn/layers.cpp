@@ -21,9 +21,33 @@ Linear::Linear(int64_t in_features, int64_t out_features, LinearOptions options)
   if (options.bias) bias_ = register_parameter("bias", new_parameter({out_features}, options.dtype, options.init, 0.0));
 }
 
-Tensor Linear::base_product(const Tensor& x) const { return matmul(x, weight_, false, true); }
+Tensor Linear::base_product(const Tensor& x) const {
+  return base_4bit_ ? linear_4bit(x, *base_4bit_) : matmul(x, weight_, false, true);
+}
 
-Tensor Linear::dense_base_weight() const { return weight_.detach(); }
+DType Linear::base_dtype() const { return base_4bit_ ? DType::f32 : weight_.dtype(); }
+Device Linear::base_device() const { return base_4bit_ ? base_4bit_->device() : weight_.device(); }
+
+Tensor Linear::dense_base_weight() const { return base_4bit_ ? ops::dequantize_4bit(*base_4bit_) : weight_.detach(); }
+
+void Linear::quantize_base(ops::Quant4Format format, int64_t blocksize, bool double_quant) {
+  LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit already");
+  LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it before quantizing");
+  base_4bit_ = std::make_shared<const ops::Quantized4Bit>(ops::quantize_4bit(weight_.detach(), format, blocksize, double_quant));
+  remove_parameter("weight");
+  weight_ = Tensor();
+}
+
+int64_t quantize_base_weights(Module& model, ops::Quant4Format format, int64_t blocksize, bool double_quant) {
+  int64_t count = 0;
+  for (const auto& [path, linear] : named_linears(model)) {
+    if (path == "lm_head" || path.ends_with(".lm_head") || linear->base_4bit() != nullptr) continue;
+    linear->quantize_base(format, blocksize, double_quant);
+    ++count;
+  }
+  LAMINA_CHECK(count > 0, "quantize_base_weights: the model has no Linear to quantize");
+  return count;
+}
 
 Tensor Linear::forward(const Tensor& x) const {
   LAMINA_CHECK(x.dim() >= 1 && x.size(-1) == in_features_, "Linear: input ", x.shape(), " does not end in ",
@@ -89,7 +113,7 @@ Tensor Linear::add_adapter_branch(const Tensor& x, const Tensor& base_output, co
     norm = sqrt(sum(square(add(dense_base_weight().to(adapter_dtype), delta)), {1}));
   }
   const Tensor factor = div(adapter.magnitude, norm);  // g: [out]
-  const Tensor base_term = dropping ? base_product(dropped.to(weight_.dtype())).to(adapter_dtype) : product.to(adapter_dtype);
+  const Tensor base_term = dropping ? base_product(dropped.to(base_dtype())).to(adapter_dtype) : product.to(adapter_dtype);
   const Tensor y = add(add(base, mul(sub(factor, 1.0), base_term)), mul(factor, mul(lora, scale)));
   return y.to(base_output.dtype());
 }
@@ -128,7 +152,7 @@ void Linear::add_adapter(const std::string& name, const LoraOptions& options, Ge
   LAMINA_CHECK(options.dropout >= 0 && options.dropout < 1, "LoRA: lora_dropout must be in [0, 1), got ",
                options.dropout);
   autograd::NoGradGuard no_grad;
-  const DType dtype = weight_.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType dtype = base_dtype() == DType::f64 ? DType::f64 : DType::f32;
   const int64_t rank = options.rank;
   const double a_bound = 1.0 / std::sqrt(double(in_features_));  // Kaiming-uniform, a = sqrt(5), fan_in = in
   auto adapter = std::make_unique<LoraAdapter>();
@@ -150,8 +174,8 @@ void Linear::add_adapter(const std::string& name, const LoraOptions& options, Ge
       break;
     }
   }
-  adapter->lora_A = ops::to_device(adapter->lora_A, weight_.device());
-  adapter->lora_B = ops::to_device(adapter->lora_B, weight_.device());
+  adapter->lora_A = ops::to_device(adapter->lora_A, base_device());
+  adapter->lora_B = ops::to_device(adapter->lora_B, base_device());
   if (!lora_A_) {
     lora_A_ = register_module("lora_A", std::make_shared<ModuleDict>());
     lora_B_ = register_module("lora_B", std::make_shared<ModuleDict>());
@@ -170,6 +194,7 @@ void Linear::add_adapter(const std::string& name, const LoraOptions& options, Ge
 
 void Linear::merge_adapter(const std::string& name) {
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is already merged; unmerge it first");
+  LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit; merge the adapter into the full-precision model instead");
   const LoraAdapter& merging = adapter(name);
   autograd::NoGradGuard no_grad;
   const DType compute = weight_.dtype() == DType::f64 ? DType::f64 : DType::f32;

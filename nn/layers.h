@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "autograd/functions.h"
+#include "autograd/quant4.h"
 #include "nn/lora.h"
 #include "nn/module.h"
 
@@ -64,11 +65,23 @@ class Linear : public Module {
   // Drops every adapter (after a merge: the merged weight stays). The layer is plain again.
   void remove_adapters();
 
+  // ---- QLoRA: a frozen 4-bit base
+  // Replaces the base weight by its 4-bit quantization (ops/quant4.h): "weight" leaves the
+  // parameters (no gradient, no optimizer state, not saved with the model), and every product
+  // with it is the fused 4-bit one, which never builds the whole dequantized matrix. One way:
+  // merging an adapter into a 4-bit base is refused (merge into the full-precision model).
+  void quantize_base(ops::Quant4Format format = ops::Quant4Format::nf4, int64_t blocksize = 64,
+                     bool double_quant = true);
+  const ops::Quantized4Bit* base_4bit() const { return base_4bit_.get(); }
+
  private:
   // x W^T: the one place the base weight is multiplied (a 4-bit base swaps in a fused product).
   Tensor base_product(const Tensor& x) const;
-  // W as a dense tensor outside the graph (DoRA's norms, merging).
+  // W as a dense tensor outside the graph (DoRA's norms, merging); dequantized when 4-bit.
   Tensor dense_base_weight() const;
+  // The dtype the base computes in (f32 for a 4-bit base) and the device it lives on.
+  DType base_dtype() const;
+  Device base_device() const;
   // base_output: x W^T + b; product: x W^T (the same without the bias).
   Tensor add_adapter_branch(const Tensor& x, const Tensor& base_output, const Tensor& product,
                             const LoraAdapter& adapter) const;
@@ -81,7 +94,13 @@ class Linear : public Module {
   std::shared_ptr<ModuleDict> lora_A_, lora_B_, lora_magnitude_;
   std::string merged_;
   Tensor merged_row_factor_;  // DoRA's m / N at merge time, to unmerge with
+  std::shared_ptr<const ops::Quantized4Bit> base_4bit_;  // set by quantize_base: weight_ is then undefined
 };
+
+// Quantizes the base weight of every Linear of `model` but the output head (lm_head), as
+// QLoRA and transformers' bitsandbytes loading do. Returns how many were quantized.
+int64_t quantize_base_weights(Module& model, ops::Quant4Format format = ops::Quant4Format::nf4, int64_t blocksize = 64,
+                              bool double_quant = true);
 
 // Row lookup in a [num_embeddings, dim] table.
 class Embedding : public Module {

@@ -1,5 +1,7 @@
 #include "nn/module.h"
 
+#include <algorithm>
+
 namespace lamina::nn {
 
 std::vector<NamedTensor> Module::named_parameters() const {
@@ -61,6 +63,13 @@ int64_t Module::set_requires_grad_matching(const std::string& pattern, bool requ
   }
   LAMINA_CHECK(matched > 0, (requires_grad ? "unfreeze" : "freeze"), ": no parameter name matches '", pattern, "'");
   return matched;
+}
+
+void Module::remove_parameter(const std::string& name) {
+  const auto found = std::find_if(parameters_.begin(), parameters_.end(),
+                                  [&](const NamedTensor& parameter) { return parameter.first == name; });
+  LAMINA_CHECK(found != parameters_.end(), "remove_parameter: no parameter '", name, "'");
+  parameters_.erase(found);
 }
 
 Tensor Module::register_parameter(const std::string& name, const Tensor& value, bool requires_grad) {

@@ -53,6 +53,9 @@ class Module {
   }
   // Removes a child registered with register_module (its parameters leave named_parameters()).
   void remove_module(const std::string& name);
+  // Removes a parameter registered with register_parameter (a base weight replaced by its 4-bit
+  // quantization is no parameter any more: no gradient, no optimizer state, not saved).
+  void remove_parameter(const std::string& name);
 
  private:
   void add_child(const std::string& name, std::shared_ptr<Module> module);

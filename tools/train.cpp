@@ -52,6 +52,13 @@ void add_training_flags(FlagParser& parser) {
   parser.add_option("eps", "E", "AdamW epsilon, in [1e-30, 1]", text(d.eps));
   parser.add_option("clip", "C", "global gradient-norm limit (0 = off)", text(d.clip));
   parser.add_switch("gradient-checkpointing", "recompute each layer's activations in backward (less memory)");
+  parser.add_option("lora", "SPEC",
+                    "train LoRA adapters instead of every weight, e.g. r=16,alpha=32,dropout=0.05,targets=all-linear "
+                    "(settings: r (8), alpha (r), dropout (0), targets (PEFT module names joined by '+', or "
+                    "all-linear; q_proj+v_proj), init (true or gaussian), rslora, dora); checkpoints and model/ then "
+                    "hold the adapter alone, as a PEFT folder");
+  parser.add_switch("qlora", "with --lora: quantize the base's projection weights to NF4 (blocks of 64, double-quantized "
+                             "scales, as bitsandbytes) and train the adapters on that frozen 4-bit base");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
   parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU",
                     d.precision);
@@ -116,6 +123,8 @@ train::TrainOptions training_options(const FlagParser& parser) {
   options.eps = real("eps", options.eps);
   options.clip = real("clip", options.clip);
   if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
+  options.lora = parser.value("lora").value_or(options.lora);
+  if (parser.is_set("qlora")) options.qlora = true;
   options.device = parser.value("device").value_or(options.device);
   options.precision = parser.value("precision").value_or(options.precision);
   options.eval_every = integer("eval-every", options.eval_every);
@@ -363,6 +372,7 @@ int run_sft(const Arguments& args) {
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = from_gguf ? gguf::load_llama_gguf(*model_path) : llama::LlamaForCausalLM::load(*model_path);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
+  trainer.base_model_path = fs::absolute(*model_path).lexically_normal().string();
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
   trainer.run(start);
   std::printf("fine-tuned %lld steps; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),

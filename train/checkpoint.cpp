@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "autograd/autograd.h"
+#include "models/io/peft.h"
 #include "models/io/safetensors.h"
 #include "tensor/io/atomic_file.h"
 #include "train/failpoint.h"
@@ -98,7 +99,8 @@ bool is_checkpoint_folder_name(const std::string& name) {
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
                                      const llama::LlamaForCausalLM& model, const AdamW& optimizer,
                                      const json::Value& trainer_state, int64_t keep,
-                                     const std::function<void(const std::string&)>& fault) {
+                                     const std::function<void(const std::string&)>& fault,
+                                     const nn::LoraConfig* adapter) {
   const fs::path root = fs::path(output_directory) / "checkpoints";
   fs::create_directories(root);
   const fs::path final_path = root / step_name(step);
@@ -110,7 +112,7 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
   fs::remove_all(partial);
   try {
     fs::create_directories(partial);
-    model.save(partial.string());
+    save_model_files(model, partial.string(), adapter);
     between_files("model", "checkpoint.after-model", partial / "optimizer.safetensors");
     safetensors::save((partial / "optimizer.safetensors").string(), optimizer.state_tensors());
     between_files("optimizer", "checkpoint.after-optimizer", partial / "trainer.json");
@@ -213,11 +215,58 @@ CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory)
   return header;
 }
 
+void save_model_files(const llama::LlamaForCausalLM& model, const std::string& directory, const nn::LoraConfig* adapter) {
+  if (adapter == nullptr) return model.save(directory);
+  fs::create_directories(directory);
+  llama::LlamaConfig config = model.config();
+  config.dtype = model.dtype();
+  io::write_file_atomically((fs::path(directory) / "config.json").string(), config.to_json().dump(2) + "\n");
+  peft::save_adapter(directory, model, *adapter, "default");
+}
+
+namespace {
+
+// The PEFT file key of an adapter parameter's in-memory name ("<module>.lora_A.default.weight"
+// -> "base_model.model.<module>.lora_A.weight"), or empty for a name that is no adapter's.
+std::string adapter_file_key(const std::string& name) {
+  for (const char* part : {"lora_A", "lora_B", "lora_magnitude_vector"}) {
+    const std::string marker = str_cat(".", part, ".default.weight");
+    if (name.size() > marker.size() && name.ends_with(marker))
+      return peft::file_key(name.substr(0, name.size() - marker.size()), part);
+  }
+  return {};
+}
+
+}  // namespace
+
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
-                                            AdamW& optimizer) {
+                                            AdamW& optimizer, const nn::LoraConfig* adapter) {
   const fs::path dir(checkpoint_directory);
   const CheckpointHeader header = read_checkpoint_header(checkpoint_directory);
   const json::Value state = json::parse_file((dir / "trainer.json").string());
+  if (adapter != nullptr) {
+    const std::string path = (dir / "adapter_model.safetensors").string();
+    const safetensors::File file = safetensors::File::open(path);
+    const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
+    std::vector<nn::NamedTensor> optimizer_tensors;
+    for (const safetensors::TensorInfo& info : optimizer_file.tensors())
+      optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
+    autograd::NoGradGuard no_grad;
+    for (const auto& [name, parameter] : model.named_parameters()) {
+      if (!parameter.requires_grad()) continue;
+      const std::string key = adapter_file_key(name);
+      LAMINA_CHECK(!key.empty(), "checkpoint ", checkpoint_directory, ": the trainable parameter '", name,
+                   "' is no LoRA adapter's");
+      const safetensors::TensorInfo* info = file.find(key);
+      LAMINA_CHECK(info != nullptr, path, ": no tensor '", key, "' for the model's adapter");
+      const Tensor value = file.read(key);
+      LAMINA_CHECK(value.shape() == parameter.shape(), path, ": tensor '", key, "' has shape ", value.shape(),
+                   ", the model's adapter ", parameter.shape());
+      ops::copy_(parameter, ops::to_device(ops::cast(value, parameter.dtype()), parameter.device()));
+    }
+    optimizer.load_state(state.at("optimizer"), optimizer_tensors);
+    return {header.step, header.trainer_state};
+  }
   // f32 weights are read as they are, so that none of their bits is lost to a lower precision.
   const DType read_dtype = header.config.dtype == DType::f32 ? DType::f32 : model.dtype();
   const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), read_dtype);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "models/llama/model.h"
+#include "nn/lora.h"
 #include "tensor/io/json.h"
 #include "train/optimizer.h"
 
@@ -40,10 +41,15 @@ struct CheckpointContents {
 // not load) go. Returns its folder. `fault` (tests) is called between the files ("model",
 // "optimizer", "trainer") and may throw to simulate a failure part-way through; the
 // LAMINA_FAILPOINT places (train/failpoint.h) are between the same files.
+//
+// With `adapter` (a LoRA run) the model part is the adapter alone, as a PEFT folder
+// (adapter_config.json, adapter_model.safetensors) beside the base's config.json: the frozen
+// base is the run's --model, read again on resume.
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
                                      const llama::LlamaForCausalLM& model, const AdamW& optimizer,
                                      const json::Value& trainer_state, int64_t keep,
-                                     const std::function<void(const std::string& stage)>& fault = {});
+                                     const std::function<void(const std::string& stage)>& fault = {},
+                                     const nn::LoraConfig* adapter = nullptr);
 
 // The complete checkpoint folders under output_directory/checkpoints, newest (highest step) first.
 std::vector<std::string> complete_checkpoints(const std::string& output_directory);
@@ -80,7 +86,14 @@ CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory)
 // precision (allowed by the caller) it stays as exact as the files allow: an f32 run's weights
 // are the f32 master weights a bf16 optimizer needs, and a bf16 run's master weights are the
 // values an f32 model continues from.
+// With `adapter`, the checkpoint's adapter is loaded into the model's adapter "default" (made
+// by the run's --lora), and the base is left as it is.
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
-                                            AdamW& optimizer);
+                                            AdamW& optimizer, const nn::LoraConfig* adapter = nullptr);
+
+// The model's files in `directory`: config.json and the weights (HF layout), or with `adapter`
+// config.json and the adapter as a PEFT folder.
+void save_model_files(const llama::LlamaForCausalLM& model, const std::string& directory,
+                      const nn::LoraConfig* adapter = nullptr);
 
 }  // namespace lamina::train

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "models/io/peft.h"
 #include "tensor/error.h"
 #include "train/checkpoint.h"
 #include "train/failpoint.h"
@@ -253,13 +254,16 @@ OutputFolderLock::~OutputFolderLock() {
 }
 
 void save_final_model(const llama::LlamaForCausalLM& model, const std::string& directory, int64_t step,
-                      const std::function<void(const std::string& folder)>& add_files) {
+                      const std::function<void(const std::string& folder)>& add_files, const nn::LoraConfig* adapter) {
   const fs::path root(directory), target = root / "model";
   const std::string pid = std::to_string(::getpid());
   const fs::path partial = root / ("model.partial-" + pid), deleting = root / ("model.deleting-" + pid);
   fs::remove_all(partial);
   try {
-    model.save(partial.string());
+    // A LoRA run's model/ is a PEFT adapter folder as PEFT writes it: no config.json, which
+    // would make it look like a whole model to transformers.
+    if (adapter != nullptr) peft::save_adapter(partial.string(), model, *adapter, "default");
+    else model.save(partial.string());
     if (add_files) add_files(partial.string());
     sync_directory(partial.string());
     failpoint("model.before-swap", step, target.string());

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "models/llama/model.h"
+#include "nn/lora.h"
 
 namespace lamina::train {
 
@@ -77,8 +78,10 @@ class OutputFolderLock {
 // Writes `model` (and whatever `add_files` puts beside it) to `directory`/model: into
 // model.partial-PID, which replaces model/ only when complete, so model/ is always one whole
 // model, the old or the new. `step` names the place for failpoints.
+// With `adapter` (a LoRA run) model/ is the adapter as a PEFT folder (see save_model_files).
 void save_final_model(const llama::LlamaForCausalLM& model, const std::string& directory, int64_t step,
-                      const std::function<void(const std::string& folder)>& add_files = {});
+                      const std::function<void(const std::string& folder)>& add_files = {},
+                      const nn::LoraConfig* adapter = nullptr);
 
 // fsync on a folder: makes the names created, renamed or removed in it durable.
 void sync_directory(const std::string& directory);

@@ -8,11 +8,13 @@
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
+#include "nn/lora.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/host_memory.h"
 #include "tensor/parallel.h"
 #include "train/checkpoint.h"
 #include "train/failpoint.h"
+#include "train/lora_spec.h"
 
 namespace lamina::train {
 namespace fs = std::filesystem;
@@ -55,6 +57,9 @@ void TrainOptions::validate() const {
   schedule_from_name(schedule);
   resolved_device();
   compute_dtype();
+  if (!lora.empty()) parse_lora_spec(lora);
+  LAMINA_CHECK(!qlora || !lora.empty(), "train: qlora (--qlora) trains LoRA adapters on a 4-bit base: give the adapters "
+               "too, e.g. --lora r=16,alpha=32,dropout=0.05,targets=all-linear");
 }
 
 DType TrainOptions::compute_dtype() const {
@@ -81,6 +86,8 @@ json::Value TrainOptions::to_json() const {
   out.set("eps", eps);
   out.set("clip", clip);
   out.set("gradient-checkpointing", gradient_checkpointing);
+  out.set("lora", lora);
+  out.set("qlora", qlora);
   out.set("device", device);
   out.set("precision", precision);
   out.set("eval-every", eval_every);
@@ -148,6 +155,8 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "eps") o.eps = value.as_double(what);
     else if (key == "clip") o.clip = value.as_double(what);
     else if (key == "gradient-checkpointing") o.gradient_checkpointing = value.as_bool(what);
+    else if (key == "lora") o.lora = value.as_string(what);
+    else if (key == "qlora") o.qlora = value.as_bool(what);
     else if (key == "device") o.device = value.as_string(what);
     else if (key == "precision") o.precision = value.as_string(what);
     else if (key == "eval-every") o.eval_every = value.as_int64(what);
@@ -168,7 +177,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
 const std::vector<std::string>& TrainOptions::json_keys() {
   static const std::vector<std::string> keys = {
       "steps", "batch-size", "micro-batch-size", "seq-len", "no-pack", "lr", "min-lr-ratio", "warmup-steps",
-      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "device", "precision",
+      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "device", "precision",
       "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
   return keys;
 }
@@ -236,6 +245,20 @@ std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForC
       model->device().is_cuda() ? 0 : double(model->parameter_count()) * double(dtype_size(model->dtype()));
   check_model_fits(model->config(), options, allocated);
   model->to(options.resolved_device(), options.compute_dtype());
+  if (options.qlora) {
+    const int64_t quantized = nn::quantize_base_weights(*model);
+    if (options.progress)
+      std::fprintf(stderr, "qlora: %lld projection weights quantized to NF4 (double-quantized scales)\n", (long long)quantized);
+  }
+  if (!options.lora.empty()) {
+    nn::LoraConfig lora = parse_lora_spec(options.lora);
+    lora.seed = options.seed;
+    const std::vector<std::string> targeted = nn::apply_lora(*model, lora);
+    if (options.progress)
+      std::fprintf(stderr, "lora: rank %lld on %zu projections, %.2fM trainable parameters of %.1fM\n",
+                   (long long)lora.options.rank, targeted.size(), double(model->parameter_count(true)) / 1e6,
+                   double(model->parameter_count()) / 1e6);
+  }
   return model;
 }
 
@@ -297,7 +320,7 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
   compare("batch-size");
   if (micro(saved) != micro(now)) changes.push_back({"micro-batch-size", str_cat(micro(saved)), str_cat(micro(now))});
   for (const char* key : {"seq-len", "pack", "seed", "lr", "min-lr-ratio", "warmup-steps", "schedule", "weight-decay",
-                          "beta1", "beta2", "eps", "clip"})
+                          "beta1", "beta2", "eps", "clip", "lora", "qlora"})
     compare(key);
   if (saved.compute_dtype() != now.compute_dtype())
     changes.push_back({"precision", str_cat(saved.precision, " (", dtype_name(saved.compute_dtype()), ")"),
@@ -323,10 +346,15 @@ TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const 
   }
   memory.dtype = options.compute_dtype();
   const double width = double(dtype_size(memory.dtype));
-  memory.weights = parameters * width;
-  memory.gradients = parameters * width;
-  memory.moments = 2 * parameters * 4;
-  memory.master = memory.dtype == DType::f32 ? 0 : parameters * 4;
+  // With LoRA only the adapters train: gradients, moments and master weights are theirs alone
+  // (the adapters' own weights are counted with the trained state, f32).
+  const double trained = options.lora.empty() ? parameters : double(lora_parameter_count(config, parse_lora_spec(options.lora)));
+  // QLoRA keeps the projections' weights in NF4 with double-quantized scales: 4.127 bits each.
+  const double four_bit = options.qlora ? double(config.linear_parameter_count()) : 0;
+  memory.weights = (parameters - four_bit) * width + four_bit * (4.127 / 8) + (options.lora.empty() ? 0 : trained * 4);
+  memory.gradients = trained * (options.lora.empty() ? width : 4);
+  memory.moments = 2 * trained * 4;
+  memory.master = memory.dtype == DType::f32 || !options.lora.empty() ? 0 : parameters * 4;
   memory.logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
   // The CPU attention holds, per concurrent (row, kv head) task of its backward, two [T, T]
   // f32 matrices (probabilities and their gradient).
@@ -417,11 +445,21 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions op
   schedule_.total_steps = std::max<int64_t>(1, options_.steps);
   schedule_.min_lr_ratio = options_.min_lr_ratio;
   model_->set_gradient_checkpointing(options_.gradient_checkpointing);
+  if (!options_.lora.empty()) {
+    lora_ = parse_lora_spec(options_.lora);
+    lora_->seed = options_.seed;
+  }
 }
 
 double Trainer::validation_loss() const {
   LAMINA_CHECK(validation_ != nullptr, "train: no validation data");
   autograd::NoGradGuard no_grad;
+  // Evaluation mode for the pass (LoRA dropout off), training mode again however it ends.
+  struct EvalMode {
+    llama::LlamaForCausalLM& model;
+    explicit EvalMode(llama::LlamaForCausalLM& m) : model(m) { model.eval(); }
+    ~EvalMode() { model.train(); }
+  } eval_mode(*model_);
   const std::vector<Batch> batches = validation_->all_batches();
   TaskProgress progress(options_.progress, "validation batch", int64_t(batches.size()));
   double total = 0;
@@ -444,6 +482,11 @@ json::Value Trainer::trainer_state() const {
   state.set("tokens_seen", tokens_seen_);
   state.set("options", options_.to_json());
   state.set("data", fingerprint_.to_json());
+  if (lora_) {
+    // Where the adapters' dropout stream is: a resumed run draws the masks the uninterrupted
+    // one would have (the offset as text: all 64 bits).
+    state.set("lora_dropout_offset", std::to_string(nn::lora_selection(*model_)->dropout_generator.offset()));
+  }
   return state;
 }
 
@@ -451,7 +494,7 @@ void Trainer::save_checkpoint(MetricsLog* log) {
   if (options_.output_dir.empty()) return;
   if (log != nullptr) log->sync();  // the metrics of the steps a checkpoint covers are as durable as it is
   save_training_checkpoint(options_.output_dir, step_, *model_, optimizer_, trainer_state(), options_.keep_checkpoints,
-                           checkpoint_fault);
+                           checkpoint_fault, lora_ ? &*lora_ : nullptr);
 }
 
 void Trainer::resume(bool allow_option_changes) {
@@ -496,7 +539,7 @@ void Trainer::resume(bool allow_option_changes) {
     LAMINA_CHECK(header->step <= options_.steps, "cannot resume from ", candidate, ": it is at step ", header->step,
                  ", beyond --steps ", options_.steps);
     try {
-      contents = load_training_checkpoint(candidate, *model_, optimizer_);
+      contents = load_training_checkpoint(candidate, *model_, optimizer_, lora_ ? &*lora_ : nullptr);
       chosen = candidate;
       break;
     } catch (const Error& error) {
@@ -513,6 +556,14 @@ void Trainer::resume(bool allow_option_changes) {
   loader_->restore(state.at("data_cursor"));
   step_ = contents->step;
   tokens_seen_ = state.at("tokens_seen").as_int64("trainer.json: tokens_seen");
+  if (const json::Value* offset = state.find("lora_dropout_offset"); lora_ && offset != nullptr) {
+    const std::string& text = offset->as_string("trainer.json: lora_dropout_offset");
+    uint64_t value = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    LAMINA_CHECK(error == std::errc() && end == text.data() + text.size(), "trainer.json: lora_dropout_offset is not a "
+                 "number: '", text, "'");
+    nn::lora_selection(*model_)->dropout_generator.set_offset(value);
+  }
   std::fprintf(stderr, "resuming from %s (step %lld)%s\n", chosen.c_str(), (long long)step_,
                chosen == candidates.front() ? "" : ", the newest checkpoint that loads");
 }
@@ -566,7 +617,8 @@ void Trainer::run(RunStart start) {
     MetricsLog log((fs::path(directory) / "metrics.jsonl").string(), start.existing == ExistingRun::resume ? step_ : -1);
     train(&log);
     log.close();
-    if (options_.steps > 0) save_final_model(*model_, directory, step_, add_model_files);
+    if (lora_) lora_->base_model_name_or_path = base_model_path;
+    if (options_.steps > 0) save_final_model(*model_, directory, step_, add_model_files, lora_ ? &*lora_ : nullptr);
   } catch (...) {
     std::error_code ignored;
     if (created && fs::is_empty(directory, ignored)) fs::remove(directory, ignored);  // leave nothing behind

@@ -15,9 +15,11 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "models/llama/model.h"
+#include "nn/lora.h"
 #include "train/data.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
@@ -42,6 +44,14 @@ struct TrainOptions {
   double eps = 1e-8;
   double clip = 1.0;  // global gradient-norm limit; 0 = off
   bool gradient_checkpointing = false;
+  // LoRA (train/lora_spec.h: "r=16,alpha=32,dropout=0.05,targets=all-linear"): adapters on the
+  // targeted projections train and the base stays frozen; checkpoints and the final model/
+  // hold the adapter only, as a PEFT folder. Empty: every weight trains.
+  std::string lora;
+  // QLoRA: the base's linear weights are quantized to NF4 (blocks of 64, double-quantized
+  // scales) before the adapters are added, and every product with them is the fused 4-bit one.
+  // Needs `lora`.
+  bool qlora = false;
   std::string device = "cpu";      // cpu, cuda or cuda:N: the model is moved there before training
   std::string precision = "auto";  // f32, or bf16 (bf16 weights and activations, f32 master weights
                                    // and optimizer state); auto = bf16 on CUDA, f32 on the CPU
@@ -89,8 +99,8 @@ struct OptionChange {
 //   batch-size, micro-batch-size (as the rows per forward; the step's sum is accumulated in a
 //   different order), seq-len, pack, seed (the rows and their order), lr, min-lr-ratio,
 //   warmup-steps, schedule, weight-decay, beta1, beta2, eps, clip (the update), precision (as
-//   the dtype it resolves to) and device (its kind, cpu or cuda: different kernels round
-//   differently), and steps unless the schedule is constant: a linear or cosine decay is
+//   the dtype it resolves to), lora and qlora (what trains, on what base), and device (its kind, cpu or cuda: different
+//   kernels round differently), and steps unless the schedule is constant: a linear or cosine decay is
 //   stretched over `steps`, so a longer run would have had a different learning rate at every
 //   step after the warmup, the finished ones included.
 // Free to change: eval-every, save-every, keep-checkpoints, gradient-checkpointing (it recomputes
@@ -177,6 +187,8 @@ class Trainer {
   // Called with the folder the final model is written to, before it replaces <output>/model:
   // files put there (the tokenizer) arrive together with the weights.
   std::function<void(const std::string& folder)> add_model_files;
+  // A LoRA run: the base model's path, written as base_model_name_or_path in adapter_config.json.
+  std::string base_model_path;
 
  private:
   json::Value trainer_state() const;
@@ -187,6 +199,7 @@ class Trainer {
 
   std::shared_ptr<llama::LlamaForCausalLM> model_;
   TrainOptions options_;
+  std::optional<nn::LoraConfig> lora_;  // a LoRA run's adapter settings (options_.lora)
   DataFingerprint fingerprint_;
   std::unique_ptr<DataLoader> loader_;
   std::unique_ptr<DataLoader> validation_;

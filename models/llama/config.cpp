@@ -242,6 +242,11 @@ json::Value LlamaConfig::to_json() const {
   return config;
 }
 
+int64_t LlamaConfig::linear_parameter_count() const {
+  const int64_t q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
+  return num_hidden_layers * (hidden_size * (2 * q + 2 * kv) + 3 * hidden_size * intermediate_size);
+}
+
 int64_t LlamaConfig::parameter_count() const {
   // Every product and sum is checked: validate() calls this before trusting any size.
   const char* what = "the parameter count of this config";

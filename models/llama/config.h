@@ -51,6 +51,8 @@ struct LlamaConfig {
   // Parameters of LlamaForCausalLM with this config (llama3.md section 2); throws when the
   // count overflows 64 bits.
   int64_t parameter_count() const;
+  // The weights of the layers' projections (q, k, v, o, gate, up, down): what QLoRA keeps in 4 bits.
+  int64_t linear_parameter_count() const;
 };
 
 }  // namespace lamina::llama

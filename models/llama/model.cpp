@@ -11,6 +11,7 @@
 #include "autograd/autograd.h"
 #include "autograd/checkpoint.h"
 #include "models/io/safetensors.h"
+#include "nn/lora.h"
 #include "tensor/host_memory.h"
 #include "tensor/io/atomic_file.h"
 
@@ -194,13 +195,20 @@ LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit
 
 Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const {
   Tensor h = embed_tokens->forward(ids);
+  // LoRA dropout draws its masks from the model's one stream: a checkpointed layer's re-run
+  // must draw the same ones, so the stream goes to autograd::checkpoint to rewind.
+  std::shared_ptr<nn::LoraSelection> lora;
+  if (gradient_checkpointing && cache == nullptr && autograd::grad_enabled()) {
+    lora = nn::lora_selection(*this);
+    if (lora->adapters.empty()) lora.reset();
+  }
   for (size_t i = 0; i < layers->size(); ++i) {
     const auto layer = std::static_pointer_cast<LlamaDecoderLayer>((*layers)[i]);
     if (gradient_checkpointing && cache == nullptr && autograd::grad_enabled()) {
-      const auto run_layer = [layer, positions, mask, i](const std::vector<Tensor>& in) {
+      const auto run_layer = [layer, positions, mask, i, lora](const std::vector<Tensor>& in) {
         return std::vector<Tensor>{layer->forward(in[0], positions, nullptr, int64_t(i), mask)};
       };
-      h = autograd::checkpoint(run_layer, {h}, layer->parameters())[0];
+      h = autograd::checkpoint(run_layer, {h}, layer->parameters(), lora ? &lora->dropout_generator : nullptr)[0];
     } else {
       h = layer->forward(h, positions, cache, int64_t(i), mask);
     }
@@ -395,6 +403,14 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
 
 void LlamaForCausalLM::save(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes) const {
   namespace fs = std::filesystem;
+  // A plain HF folder has no adapter tensors (and no 4-bit weights): those are saved as a PEFT
+  // folder (models/io/peft.h) or merged first (nn::merge_and_unload).
+  for (const auto& [path, linear] : nn::named_linears(*this)) {
+    LAMINA_CHECK(linear->adapter_names().empty(), "LlamaForCausalLM::save: ", path,
+                 " carries LoRA adapters; save them as a PEFT folder or merge them into the weights first");
+    LAMINA_CHECK(linear->base_4bit() == nullptr, "LlamaForCausalLM::save: ", path,
+                 " holds a 4-bit base weight, which a Hugging Face folder of full-precision weights cannot hold");
+  }
   fs::create_directories(directory);
   LlamaConfig config = config_;
   config.dtype = dtype.value_or(dtype_);

@@ -1,0 +1,99 @@
+// QLoRA's frozen 4-bit base on nn::Linear: the weight leaves the parameters, the product is the
+// fused 4-bit one and equals the product with the dequantized weight, gradients reach the input
+// and the adapter but never the base, and what cannot hold a 4-bit base refuses it.
+#include <cmath>
+
+#include "autograd/autograd.h"
+#include "helpers.h"
+#include "model_presets.h"
+#include "nn/layers.h"
+#include "nn/lora.h"
+#include "ops/quant4.h"
+#include "scratch_dir.h"
+
+using namespace lamina;
+
+namespace {
+
+double max_abs_difference(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  REQUIRE(x.size() == y.size());
+  double most = 0;
+  for (size_t i = 0; i < x.size(); ++i) most = std::max(most, std::fabs(x[i] - y[i]));
+  return most;
+}
+
+}  // namespace
+
+TEST_CASE("qlora: a Linear's 4-bit base computes with the dequantized weight and trains only the adapter") {
+  auto layer = std::make_shared<nn::Linear>(96, 40);
+  Generator generator(5);
+  layer->reset_parameters(generator);
+  const Tensor full_weight = layer->weight().detach().clone();
+  layer->quantize_base(ops::Quant4Format::nf4, 64, true);
+  REQUIRE(layer->base_4bit() != nullptr);
+  CHECK(layer->named_parameters().empty());  // the weight is no parameter any more
+  CHECK_FALSE(layer->weight().defined());
+  const Tensor dequantized = ops::dequantize_4bit(*layer->base_4bit());
+  // Quantization moved the weight, by at most half a code gap of its block's scale (< 0.2 x |W|max).
+  CHECK(max_abs_difference(dequantized, full_weight) > 0);
+  CHECK(max_abs_difference(dequantized, full_weight) < 0.2 * 1.0 / std::sqrt(96.0) + 1e-6);
+
+  // An adapter on top: forward and gradients against the same function on the dequantized weight.
+  nn::LoraOptions options;
+  options.rank = 4;
+  options.alpha = 8;
+  options.init = nn::LoraInit::random;
+  Generator adapter_generator(9);
+  layer->add_adapter("a", options, adapter_generator);
+  auto selection = std::make_shared<nn::LoraSelection>();
+  selection->adapters = {"a"};
+  selection->active = "a";
+  layer->set_lora_selection(selection);
+  const nn::LoraAdapter& adapter = layer->adapter("a");
+
+  Tensor x = randn({3, 5, 96}, generator);
+  x.set_requires_grad(true);
+  const Tensor y = layer->forward(x);
+  Tensor x_ref = x.detach().clone();
+  x_ref.set_requires_grad(true);
+  const Tensor a_ref = adapter.lora_A.detach().clone(), b_ref = adapter.lora_B.detach().clone();
+  const Tensor expected = add(matmul(x_ref, dequantized, false, true),
+                              mul(matmul(matmul(x_ref, a_ref, false, true), b_ref, false, true), options.scale()));
+  CHECK(max_abs_difference(y, expected) < 1e-4);
+  sum(mul(y, y)).backward();
+  sum(mul(expected, expected)).backward();
+  REQUIRE(x.grad().defined());
+  CHECK(max_abs_difference(x.grad(), x_ref.grad()) < 1e-3);
+  CHECK(adapter.lora_A.grad().defined());
+  CHECK(adapter.lora_B.grad().defined());
+  for (const auto& [name, parameter] : layer->named_parameters()) CHECK_MESSAGE(name.find("lora_") == 0, name);
+
+  // Merging into a 4-bit base is refused, and so is quantizing twice.
+  CHECK_THROWS_WITH_AS(layer->merge_adapter("a"), doctest::Contains("4-bit"), Error);
+  CHECK_THROWS_WITH_AS(layer->quantize_base(), doctest::Contains("4-bit already"), Error);
+}
+
+TEST_CASE("qlora: a Llama's projections go to 4 bits, lm_head and norms stay, and save refuses the result") {
+  autograd::NoGradGuard no_grad;
+  const llama::LlamaConfig config = testing::tiny_llama_config(40);
+  auto model = testing::random_llama(config, 3);
+  // The reference: the same model with each projection replaced by its dequantized 4-bit self.
+  auto reference = testing::random_llama(config, 3);
+  const int64_t quantized = nn::quantize_base_weights(*model);
+  CHECK(quantized == 7 * config.num_hidden_layers);
+  for (const auto& [path, linear] : nn::named_linears(*model)) {
+    INFO(path);
+    if (path == "lm_head") {
+      CHECK(linear->base_4bit() == nullptr);  // the output head stays in full precision
+      continue;
+    }
+    REQUIRE(linear->base_4bit() != nullptr);
+    reference->parameter(path + ".weight").set_data(ops::dequantize_4bit(*linear->base_4bit()));
+  }
+  CHECK(model->parameter_count() == config.parameter_count() - config.linear_parameter_count());
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 7, 3, 22, 9}, {1, 5});
+  CHECK(max_abs_difference(model->forward(ids), reference->forward(ids)) < 1e-4);
+  testing::ScratchDir dir("qlora-save");
+  CHECK_THROWS_WITH_AS(model->save(dir / "model"), doctest::Contains("4-bit base weight"), Error);
+}
