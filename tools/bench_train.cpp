@@ -1,14 +1,24 @@
 // `lamina bench train`: one training step (forward, backward, AdamW) of a ~30M-parameter
 // Llama-3-shaped model: dim 512, 8 layers, 8 heads / 4 kv heads, ffn 1536, vocab 8192, batch
-// 4 x 256 tokens; with and without activation checkpointing; on the CPU (f32) or a GPU (bf16 on
-// f32 master weights by default, as `lamina train` runs there). Reports tokens/s, estimated FLOP/s
-// (6 x parameters x tokens, the usual transformer estimate without the attention term), MFU where
-// the GPU's peak is known, the peak of tensor memory of the case (what checkpointing saves) and
-// the process's peak resident memory.
+// 4 x 256 tokens; full fine-tuning with and without activation checkpointing, LoRA (r=16 on every
+// projection) and QLoRA (the same adapters on an NF4 base with double-quantized scales, with
+// activation checkpointing as QLoRA runs); on the
+// CPU (f32) or a GPU (bf16 on f32 master weights by default, as `lamina train` runs there).
+// Reports tokens/s, estimated FLOP/s (6 x parameters x tokens, the usual transformer estimate
+// without the attention term), MFU where the GPU's peak is known, the peak of tensor memory of
+// the case (weights, gradients, optimizer state and activations: what checkpointing, LoRA and
+// QLoRA save) and the process's peak resident memory; then one line comparing QLoRA with full
+// fine-tuning (peak memory, target <= 1/3) and with LoRA (tokens/s, target >= 0.7x).
 #include <chrono>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "autograd/functions.h"
 #include "models/llama/model.h"
+#include "nn/layers.h"
+#include "nn/lora.h"
+#include "ops/quant4.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
@@ -16,6 +26,7 @@
 #include "tools/commands.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
+#include "train/lora_spec.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
@@ -59,13 +70,38 @@ int run_bench_train(const Arguments& args) {
   const DType dtype = placement.compute_dtype();
   const std::optional<double> peak_flops = train::peak_flops_per_s(device_name(device), dtype);
 
-  for (const bool checkpointing : {false, true}) {
+  struct Mode {
+    const char* name;
+    bool checkpointing, lora, qlora;
+  };
+  const Mode modes[] = {{"llama_30m_step", false, false, false},
+                        {"llama_30m_step_checkpointed", true, false, false},
+                        {"llama_30m_lora_step", false, true, false},
+                        {"llama_30m_qlora_step_checkpointed", true, true, true}};
+  struct Result {
+    double tokens_per_s = 0;
+    int64_t peak_bytes = 0;
+  };
+  std::map<std::string, Result> results;
+  for (const Mode& mode : modes) {
     auto model = std::make_shared<llama::LlamaForCausalLM>(config_30m());
     Generator generator(0);
     model->init_parameters(generator);
-    model->set_gradient_checkpointing(checkpointing);
+    model->set_gradient_checkpointing(mode.checkpointing);
     model->to(device, dtype);
-    train::AdamW optimizer(model->named_parameters(), {});
+    double base_bits = 0;
+    if (mode.qlora) {
+      nn::quantize_base_weights(*model);
+      int64_t bytes = 0, values = 0;
+      for (const auto& [path, linear] : nn::named_linears(*model))
+        if (const ops::Quantized4Bit* q = linear->base_4bit()) bytes += q->storage_bytes(), values += q->numel();
+      base_bits = 8.0 * double(bytes) / double(values);
+    }
+    if (mode.lora) nn::apply_lora(*model, train::parse_lora_spec("r=16,alpha=32,targets=all-linear"));
+    std::vector<nn::NamedTensor> trained;
+    for (const auto& named : model->named_parameters())
+      if (named.second.requires_grad()) trained.push_back(named);
+    train::AdamW optimizer(trained, {});
     const Tensor ids = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     const Tensor targets = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     reset_peak_memory(device);
@@ -78,13 +114,17 @@ int run_bench_train(const Arguments& args) {
         },
         min_seconds);
     const double tokens = double(batch * seq_len);
-    const double flops_per_s = 6.0 * double(model->parameter_count()) * tokens / timing.median_seconds;
+    // The FLOP estimate of the whole model: LoRA still runs every base product forward and back.
+    const double flops_per_s = 6.0 * double(config_30m().parameter_count()) * tokens / timing.median_seconds;
+    const int64_t peak_bytes = memory_stats(device).peak_bytes;
+    results[mode.name] = {tokens / timing.median_seconds, peak_bytes};
     JsonLine line;
     line.add("bench", "train")
-        .add("case", checkpointing ? "llama_30m_step_checkpointed" : "llama_30m_step")
+        .add("case", mode.name)
         .add("device", device.str())
         .add("threads", threads)
-        .add("parameters", model->parameter_count())
+        .add("parameters", config_30m().parameter_count())
+        .add("trained_parameters", model->parameter_count(true))
         .add("batch_size", batch)
         .add("seq_len", seq_len)
         .add("dtype", dtype_name(dtype))
@@ -93,11 +133,25 @@ int run_bench_train(const Arguments& args) {
         .add("step_seconds", timing.median_seconds)
         .add("tokens_per_s", tokens / timing.median_seconds)
         .add("gflops", flops_per_s / 1e9);
+    if (mode.qlora) line.add("base_bits_per_parameter", base_bits);
     if (peak_flops) line.add("mfu", flops_per_s / *peak_flops);
-    line.add("peak_tensor_bytes", memory_stats(device).peak_bytes)  // this case's tensors at their peak
-        .add("peak_rss_bytes", train::peak_rss_bytes())             // the process so far
+    line.add("peak_tensor_bytes", peak_bytes)                    // this case's tensors at their peak
+        .add("peak_rss_bytes", train::peak_rss_bytes())          // the process so far
         .print();
   }
+  const Result& full = results["llama_30m_step"];
+  const Result& lora = results["llama_30m_lora_step"];
+  const Result& qlora = results["llama_30m_qlora_step_checkpointed"];
+  JsonLine summary;
+  summary.add("bench", "train")
+      .add("case", "llama_30m_qlora_vs_full_and_lora")
+      .add("qlora_peak_over_full_peak", double(qlora.peak_bytes) / double(full.peak_bytes))
+      .add("peak_target", 1.0 / 3.0)
+      .add("meets_peak_target", double(qlora.peak_bytes) <= double(full.peak_bytes) / 3.0)
+      .add("qlora_tokens_per_s_over_lora", qlora.tokens_per_s / lora.tokens_per_s)
+      .add("speed_target", 0.7)
+      .add("meets_speed_target", qlora.tokens_per_s >= 0.7 * lora.tokens_per_s)
+      .print();
   return 0;
 }
 

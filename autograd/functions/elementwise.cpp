@@ -16,20 +16,41 @@ Tensor unary_function(ops::UnaryOp op, const Tensor& x) {
   return out;
 }
 
+// Each op keeps for backward only what its rule reads: add and sub their operands' shapes (to
+// sum a broadcast gradient back), the others their operands, and div and pow their output too.
+// A saved tensor lives until backward: a sum that kept both addends and the result held three
+// activations alive for nothing (on every residual and every LoRA branch).
 Tensor binary_function(ops::BinaryOp op, const Tensor& a, const Tensor& b) {
   Tensor out = ops::binary(op, a, b);
+  if (op == ops::BinaryOp::add || op == ops::BinaryOp::sub) {
+    autograd::record(ops::binary_op_name(op), {&out}, {a, b},
+                     [op, a_shape = a.shape(), b_shape = b.shape()](const Grads& g) {
+                       const Tensor grad_b = op == ops::BinaryOp::sub ? ops::neg(g[0]) : g[0];
+                       return Grads{ops::sum_to(g[0], a_shape), ops::sum_to(grad_b, b_shape)};
+                     });
+    return out;
+  }
+  const bool reads_output = op == ops::BinaryOp::div || op == ops::BinaryOp::pow;
   autograd::record(ops::binary_op_name(op), {&out}, {a, b},
-                   [op, a = saved(a), b = saved(b), y = saved(out)](const Grads& g) {
+                   [op, a = saved(a), b = saved(b), y = reads_output ? saved(out) : Tensor()](const Grads& g) {
                      auto [grad_a, grad_b] = ops::binary_backward(op, g[0], a, b, y);
                      return Grads{grad_a, grad_b};
                    });
   return out;
 }
 
-// out = op(a, s) for a scalar s; `rule` maps (g, a, out) to the gradient of a.
+// What a scalar op's backward reads besides the incoming gradient. Saving only that matters:
+// a saved tensor lives until backward, and `x * scale` on every LoRA branch once kept two
+// activations per projection alive for nothing (a third of a LoRA step's memory).
+enum class Saves { nothing, input, input_and_output };
+
+// out = op(a, s) for a scalar s; `rule` maps (g, a, out) to the gradient of a, where a and out
+// are undefined unless `saves` keeps them.
 template <typename Rule>
-Tensor scalar_function(const char* name, Tensor out, const Tensor& a, Rule rule) {
-  autograd::record(name, {&out}, {a}, [rule, a = saved(a), y = saved(out)](const Grads& g) {
+Tensor scalar_function(const char* name, Tensor out, const Tensor& a, Saves saves, Rule rule) {
+  const Tensor kept_input = saves == Saves::nothing ? Tensor() : saved(a);
+  const Tensor kept_output = saves == Saves::input_and_output ? saved(out) : Tensor();
+  autograd::record(name, {&out}, {a}, [rule, a = kept_input, y = kept_output](const Grads& g) {
     return Grads{rule(g[0], a, y)};
   });
   return out;
@@ -62,30 +83,30 @@ Tensor maximum(const Tensor& a, const Tensor& b) { return binary_function(ops::B
 Tensor minimum(const Tensor& a, const Tensor& b) { return binary_function(ops::BinaryOp::minimum, a, b); }
 
 Tensor add(const Tensor& a, double b) {
-  return scalar_function("add_scalar", ops::binary(ops::BinaryOp::add, a, b), a,
+  return scalar_function("add_scalar", ops::binary(ops::BinaryOp::add, a, b), a, Saves::nothing,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return g; });
 }
 
 Tensor sub(const Tensor& a, double b) { return add(a, -b); }
 
 Tensor sub(double a, const Tensor& b) {
-  return scalar_function("rsub_scalar", ops::binary(ops::BinaryOp::sub, a, b), b,
+  return scalar_function("rsub_scalar", ops::binary(ops::BinaryOp::sub, a, b), b, Saves::nothing,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return ops::neg(g); });
 }
 
 Tensor mul(const Tensor& a, double b) {
-  return scalar_function("mul_scalar", ops::binary(ops::BinaryOp::mul, a, b), a,
+  return scalar_function("mul_scalar", ops::binary(ops::BinaryOp::mul, a, b), a, Saves::nothing,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::mul, g, b); });
 }
 
 Tensor div(const Tensor& a, double b) {
-  return scalar_function("div_scalar", ops::binary(ops::BinaryOp::div, a, b), a,
+  return scalar_function("div_scalar", ops::binary(ops::BinaryOp::div, a, b), a, Saves::nothing,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::div, g, b); });
 }
 
 // d(s / b)/db = -s / b^2 = -out / b
 Tensor div(double a, const Tensor& b) {
-  return scalar_function("rdiv_scalar", ops::binary(ops::BinaryOp::div, a, b), b,
+  return scalar_function("rdiv_scalar", ops::binary(ops::BinaryOp::div, a, b), b, Saves::input_and_output,
                          [](const Tensor& g, const Tensor& x, const Tensor& y) {
                            return ops::neg(ops::div(ops::mul(g, y), x));
                          });
@@ -93,7 +114,7 @@ Tensor div(double a, const Tensor& b) {
 
 // d(a^e)/da = e a^(e-1)
 Tensor pow(const Tensor& a, double exponent) {
-  return scalar_function("pow_scalar", ops::binary(ops::BinaryOp::pow, a, exponent), a,
+  return scalar_function("pow_scalar", ops::binary(ops::BinaryOp::pow, a, exponent), a, Saves::input,
                          [exponent](const Tensor& g, const Tensor& x, const Tensor&) {
                            const Tensor slope = ops::binary(ops::BinaryOp::mul,
                                                             ops::binary(ops::BinaryOp::pow, x, exponent - 1.0), exponent);
