@@ -163,3 +163,71 @@ TEST_CASE("LoRA SFT of SmolLM2's GGUF learns a chat answer; merged into the base
   CHECK(after.status == 0);
   CHECK(after.output.find("pineapple") != std::string::npos);
 }
+
+TEST_CASE("LoRA SFT of SmolLM2 learns a reply style that carries over to held-out questions" *
+          doctest::test_suite("real_model")) {
+  // The task: open every answer with "BANANA!". The model has never seen it; the adapter learns it
+  // from 12 questions and must apply it to 4 others it never trained on, judged from generated
+  // text (accuracy) and from the held-out loss.
+  ScratchDir dir("cli-lora-heldout");
+  const std::vector<std::pair<std::string, std::string>> train = {
+      {"What color is the sky?", "Blue."},           {"How many legs does a dog have?", "Four."},
+      {"What is 2 plus 2?", "4."},                   {"What is the capital of Italy?", "Rome."},
+      {"Which animal says moo?", "A cow."},           {"What do bees make?", "Honey."},
+      {"What is frozen water called?", "Ice."},      {"How many days are in a week?", "Seven."},
+      {"What is the opposite of hot?", "Cold."},     {"Which planet do we live on?", "Earth."},
+      {"What do you use to write on paper?", "A pen."}, {"What season comes after winter?", "Spring."}};
+  const std::vector<std::pair<std::string, std::string>> held_out = {
+      {"What color is grass?", "Green."}, {"How many wheels does a bicycle have?", "Two."},
+      {"What is the capital of France?", "Paris."}, {"Which animal barks?", "A dog."}};
+  const auto write_chats = [](const fs::path& path, const std::vector<std::pair<std::string, std::string>>& pairs) {
+    std::ofstream out(path);
+    for (const auto& [question, answer] : pairs)
+      out << R"({"messages": [{"role": "user", "content": ")" << question
+          << R"("}, {"role": "assistant", "content": "BANANA! )" << answer << R"("}]})" << "\n";
+  };
+  write_chats(dir.path / "train.jsonl", train);
+  write_chats(dir.path / "heldout.jsonl", held_out);
+  {
+    std::ofstream prompts(dir.path / "prompts.jsonl");
+    for (const auto& [question, answer] : held_out)
+      prompts << R"({"messages": [{"role": "user", "content": ")" << question << R"("}]})" << "\n";
+  }
+  // How many held-out answers open with the style, generated greedily by `model`.
+  const auto styled_answers = [&](const std::string& model, const std::string& name) {
+    const Run run = run_lamina("generate --model " + model + " --prompts " + dir / "prompts.jsonl" +
+                               " --batch 4 --max-new-tokens 8 --output " + dir / (name + ".jsonl"));
+    INFO(run.output);
+    REQUIRE(run.status == 0);
+    std::ifstream in(dir.path / (name + ".jsonl"));
+    int styled = 0, lines = 0;
+    for (std::string line; std::getline(in, line); ++lines) styled += line.find("\"completion\":\"BANANA!") != std::string::npos;
+    CHECK(lines == 4);
+    return styled;
+  };
+  const std::string model = smollm2_gguf_path();
+  CHECK(styled_answers(model, "before") == 0);
+  Run run = run_lamina("train sft --model " + model + " --data " + dir / "train.jsonl" + " --validation " +
+                       dir / "heldout.jsonl" + " --output " + dir / "run" +
+                       " --steps 10 --batch-size 4 --seq-len 64 --lr 2e-3 --warmup-steps 0 --schedule constant"
+                       " --eval-every 1 --quiet --lora r=8,alpha=16,targets=all-linear");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  // The held-out loss after the first step against after the last.
+  std::vector<double> validation;
+  {
+    std::ifstream in(dir.path / "run/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const size_t at = line.find("\"val_loss\":");
+      if (at != std::string::npos) validation.push_back(std::stod(line.substr(at + 11)));
+    }
+  }
+  INFO("held-out losses: " << (validation.empty() ? -1.0 : validation.front()) << " ... "
+                           << (validation.empty() ? -1.0 : validation.back()));
+  REQUIRE(!validation.empty());
+  REQUIRE(validation.size() == 10);
+  CHECK(validation.back() < 0.5 * validation.front());
+  run = run_lamina("lora merge --model " + model + " --adapter " + dir / "run/model" + " --out " + dir / "merged");
+  REQUIRE(run.status == 0);
+  CHECK(styled_answers(dir / "merged", "after") >= 3);
+}
