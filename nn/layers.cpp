@@ -38,14 +38,28 @@ void Linear::quantize_base(ops::Quant4Format format, int64_t blocksize, bool dou
   weight_ = Tensor();
 }
 
+void Linear::set_base_4bit(ops::Quantized4Bit q) {
+  q.validate("Linear::set_base_4bit");
+  LAMINA_CHECK(q.out_features() == out_features_ && q.in_features() == in_features_, "Linear: a 4-bit weight of shape ",
+               q.shape, " for a layer of ", out_features_, " outputs and ", in_features_, " inputs");
+  LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it first");
+  if (!base_4bit_) {
+    remove_parameter("weight");
+    weight_ = Tensor();
+  }
+  base_4bit_ = std::make_shared<const ops::Quantized4Bit>(std::move(q));
+}
+
 int64_t quantize_base_weights(Module& model, ops::Quant4Format format, int64_t blocksize, bool double_quant) {
-  int64_t count = 0;
+  int64_t count = 0, linears = 0;
   for (const auto& [path, linear] : named_linears(model)) {
-    if (path == "lm_head" || path.ends_with(".lm_head") || linear->base_4bit() != nullptr) continue;
+    if (path == "lm_head" || path.ends_with(".lm_head")) continue;
+    ++linears;
+    if (linear->base_4bit() != nullptr) continue;  // 4-bit already (a 4-bit checkpoint)
     linear->quantize_base(format, blocksize, double_quant);
     ++count;
   }
-  LAMINA_CHECK(count > 0, "quantize_base_weights: the model has no Linear to quantize");
+  LAMINA_CHECK(linears > 0, "quantize_base_weights: the model has no Linear to quantize");
   return count;
 }
 

@@ -73,6 +73,9 @@ class Linear : public Module {
   void quantize_base(ops::Quant4Format format = ops::Quant4Format::nf4, int64_t blocksize = 64,
                      bool double_quant = true);
   const ops::Quantized4Bit* base_4bit() const { return base_4bit_.get(); }
+  // Makes `q` (an [out, in] 4-bit weight, e.g. read from a 4-bit checkpoint) the base, as
+  // quantize_base does; on a 4-bit base it replaces the old one (moving it to another device).
+  void set_base_4bit(ops::Quantized4Bit q);
 
  private:
   // x W^T: the one place the base weight is multiplied (a 4-bit base swaps in a fused product).
@@ -98,7 +101,8 @@ class Linear : public Module {
 };
 
 // Quantizes the base weight of every Linear of `model` but the output head (lm_head), as
-// QLoRA and transformers' bitsandbytes loading do. Returns how many were quantized.
+// QLoRA and transformers' bitsandbytes loading do; those 4-bit already stay as they are.
+// Returns how many were quantized now.
 int64_t quantize_base_weights(Module& model, ops::Quant4Format format = ops::Quant4Format::nf4, int64_t blocksize = 64,
                               bool double_quant = true);
 

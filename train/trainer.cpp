@@ -245,6 +245,10 @@ std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForC
       model->device().is_cuda() ? 0 : double(model->parameter_count()) * double(dtype_size(model->dtype()));
   check_model_fits(model->config(), options, allocated);
   model->to(options.resolved_device(), options.compute_dtype());
+  bool four_bit_base = false;
+  for (const auto& [path, linear] : nn::named_linears(*model)) four_bit_base |= linear->base_4bit() != nullptr;
+  LAMINA_CHECK(!four_bit_base || !options.lora.empty(), "train: the model's projections are 4-bit (a quantized "
+               "checkpoint), which do not train: give --lora to train adapters on them (QLoRA)");
   if (options.qlora) {
     const int64_t quantized = nn::quantize_base_weights(*model);
     if (options.progress)

@@ -10,6 +10,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/checkpoint.h"
+#include "models/io/bnb4bit.h"
 #include "models/io/safetensors.h"
 #include "nn/lora.h"
 #include "tensor/host_memory.h"
@@ -279,6 +280,10 @@ void LlamaForCausalLM::to(Device device, DType dtype) {
     const Tensor converted = parameter.dtype() == dtype ? parameter : ops::cast(parameter, dtype);
     parameter.set_data(ops::to_device(converted, device));
   }
+  // 4-bit bases are no parameters: they move with the model and keep their codes.
+  for (const auto& [path, linear] : nn::named_linears(*this))
+    if (const ops::Quantized4Bit* q = linear->base_4bit(); q != nullptr && q->device() != device)
+      linear->set_base_4bit(q->to(device));
   dtype_ = dtype;
 }
 
@@ -333,9 +338,16 @@ int64_t layers_in_checkpoint(const safetensors::Checkpoint& checkpoint) {
 // The checkpoint's tensor list (names, shapes, dtypes) against the config, from the headers
 // alone, before anything is allocated. The walk stops at the first missing tensor, so a config
 // that claims a million layers costs no more than the checkpoint's own tensors.
-void check_checkpoint(const LlamaConfig& config, const safetensors::Checkpoint& checkpoint, const std::string& directory) {
+// `four_bit`: the weights stored in 4 bits (bnb4bit.h), checked by their own reader; their
+// tensors and the auxiliary ones beside them ("<weight>.absmax", ...) are expected here.
+void check_checkpoint(const LlamaConfig& config, const safetensors::Checkpoint& checkpoint, const std::string& directory,
+                      const std::set<std::string>& four_bit = {}) {
   std::set<std::string> expected;
   LlamaForCausalLM::for_each_parameter_shape(config, [&](const std::string& name, const Shape& shape) {
+    if (four_bit.count(name) != 0) {
+      expected.insert(name);
+      return;
+    }
     if (!checkpoint.contains(name)) {
       std::string hint;
       if (name == "lm_head.weight") {
@@ -355,6 +367,8 @@ void check_checkpoint(const LlamaConfig& config, const safetensors::Checkpoint& 
   });
   for (const std::string& name : checkpoint.names()) {
     if (expected.count(name) != 0) continue;
+    const size_t dot = name.find(".weight.");
+    if (dot != std::string::npos && four_bit.count(name.substr(0, dot + 7)) != 0) continue;  // "<weight>.absmax", ...
     const bool rotary_buffer = name.find("rotary_emb.inv_freq") != std::string::npos;  // old HF files
     const bool tied_head = name == "lm_head.weight" && config.tie_word_embeddings;  // check_tied_head
     LAMINA_CHECK(rotary_buffer || tied_head, "load: ", directory, " has a tensor '", name,
@@ -389,11 +403,30 @@ void check_tied_head(const safetensors::Checkpoint& checkpoint, const std::strin
 
 std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& directory, DType dtype) {
   namespace fs = std::filesystem;
-  const LlamaConfig config = LlamaConfig::load((fs::path(directory) / "config.json").string());
+  const std::string config_path = (fs::path(directory) / "config.json").string();
+  const LlamaConfig config = LlamaConfig::load(config_path);
   const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(directory);
-  check_checkpoint(config, checkpoint, directory);
+  // A bitsandbytes 4-bit folder (transformers' load_in_4bit layout, `lamina quantize`): its
+  // projections become 4-bit bases (nn::Linear::set_base_4bit), read without ever building
+  // their full-precision weights; everything else loads as usual.
+  std::set<std::string> four_bit;
+  if (bnb4bit::read_quantization_config(json::parse_file(config_path), config_path)) {
+    for (const std::string& name : bnb4bit::quantized_weight_names(checkpoint)) four_bit.insert(name);
+    LAMINA_CHECK(!four_bit.empty(), "load: ", config_path, " has a 4-bit quantization_config but ", directory,
+                 " holds no 4-bit weight (no \".quant_state.bitsandbytes__nf4\" or \"__fp4\" tensor)");
+  }
+  check_checkpoint(config, checkpoint, directory, four_bit);
   if (config.tie_word_embeddings) check_tied_head(checkpoint, directory);
   auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
+  for (const auto& [path, linear] : nn::named_linears(*model)) {
+    const std::string name = path + ".weight";
+    if (four_bit.count(name) == 0) continue;
+    try {
+      linear->set_base_4bit(bnb4bit::read_quantized_weight(checkpoint, name));
+    } catch (const Error& error) {
+      throw Error(str_cat("load: ", directory, ": 4-bit weight '", name, "': ", error.what()));
+    }
+  }
   for (const auto& [name, parameter] : model->named_parameters()) {
     const Tensor stored = checkpoint.read(name);
     parameter.set_data(stored.dtype() == dtype ? stored : ops::cast(stored, dtype));

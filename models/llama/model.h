@@ -138,6 +138,8 @@ class LlamaForCausalLM : public nn::Module {
   // found from the checkpoint's headers before the model is built. With tie_word_embeddings an
   // lm_head.weight in the checkpoint is accepted only when it equals the embedding (it is not
   // used, as in transformers); a different one is an error rather than weights dropped silently.
+  // A bitsandbytes 4-bit folder (config.json's quantization_config, `lamina quantize`) loads its
+  // projections as 4-bit bases (nn::Linear::base_4bit), never as full-precision weights.
   static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, DType dtype = DType::f32);
   // Calls visit(name, shape) for every parameter a model of `config` has, in named_parameters()
   // order, without building it: how load checks a checkpoint before allocating anything.

@@ -1,13 +1,18 @@
 // `lamina quantize`: a tiny Llama folder to 4 bits. Every Linear weight of the layers (and
 // nothing else) comes back from the written folder as exactly quantize_4bit of the original, the
 // other tensors unchanged, config.json gains transformers' quantization_config, the tokenizer
-// files come along, the reported size per parameter is right, and the refusals hold.
+// files come along, the reported size per parameter is right, and the refusals hold. The folder
+// then loads as a model of 4-bit bases and trains LoRA adapters on them.
 #include <filesystem>
 #include <fstream>
 
+#include "autograd/autograd.h"
 #include "helpers.h"
 #include "model_presets.h"
 #include "models/io/bnb4bit.h"
+#include "models/tokenizer/builder.h"
+#include "nn/layers.h"
+#include "nn/lora.h"
 #include "models/io/safetensors.h"
 #include "ops/quant4.h"
 #include "scratch_dir.h"
@@ -129,4 +134,40 @@ TEST_CASE("lamina quantize: f32 weights, and the refusals") {
   CHECK(again.output.find("already quantized") != std::string::npos);
   CHECK_FALSE(fs::exists(dir / "x"));
   CHECK_FALSE(fs::exists(dir / "twice"));
+}
+
+TEST_CASE("a 4-bit folder loads as a model of 4-bit bases: the logits of quantizing in memory, QLoRA on it") {
+  ScratchDir dir("cli-quantize-load");
+  save_tiny_folder(dir / "full", DType::f32);
+  Run run = run_lamina("quantize --model " + dir / "full" + " --format nf4 --double-quant --out " + dir / "q");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  autograd::NoGradGuard no_grad;
+  // The folder's model: 4-bit projections, never expanded to full-precision weights.
+  const auto loaded = llama::LlamaForCausalLM::load(dir / "q");
+  int64_t four_bit = 0;
+  for (const auto& [path, linear] : nn::named_linears(*loaded)) four_bit += linear->base_4bit() != nullptr;
+  CHECK(four_bit == 14);  // q/k/v/o and gate/up/down of 2 layers; lm_head stays
+  // The same model quantized in memory computes the same logits, bit for bit.
+  const auto in_memory = llama::LlamaForCausalLM::load(dir / "full");
+  nn::quantize_base_weights(*in_memory, ops::Quant4Format::nf4, 64, true);
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 9, 4, 33, 2, 17}, {1, 6});
+  CHECK(loaded->forward(ids).to_vector<float>() == in_memory->forward(ids).to_vector<float>());
+
+  // A 4-bit model's projections train only through adapters (a model with the byte-level
+  // tokenizer's vocabulary, so that text data can be read).
+  random_llama(byte_level_llama_config(), 5)->save(dir / "text-model");
+  std::ofstream(dir.path / "text-model/tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+  run = run_lamina("quantize --model " + dir / "text-model" + " --format nf4 --out " + dir / "text-q");
+  REQUIRE(run.status == 0);
+  std::ofstream(dir.path / "text.jsonl") << R"({"text": "a b c d e f g"})" << "\n" << R"({"text": "h i j k l m n"})" << "\n";
+  const std::string sft = "train sft --model " + dir / "text-q" + " --data " + dir / "text.jsonl" +
+                          " --steps 2 --batch-size 2 --seq-len 8 --validation-fraction 0 --quiet --output ";
+  run = run_lamina(sft + dir / "no-adapters");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("give --lora to train adapters") != std::string::npos);
+  run = run_lamina(sft + dir / "qlora" + " --lora r=2,targets=all-linear");
+  INFO(run.output);
+  CHECK(run.status == 0);
+  CHECK(fs::exists(dir.path / "qlora/model/adapter_model.safetensors"));
 }
