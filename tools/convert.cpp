@@ -4,8 +4,6 @@
 // GGUF file (OUT must end in .gguf). Nothing half-written is ever left under OUT: the GGUF goes
 // to OUT.partial-<pid> and the folder is built as a sibling OUT.partial-<pid>/, each renamed
 // into place only when complete; a failure removes them.
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -21,6 +19,7 @@
 #include "tools/args.h"
 #include "tools/commands.h"
 #include "tools/model_files.h"
+#include "tools/staged_folder.h"
 
 namespace lamina::cli {
 namespace {
@@ -38,42 +37,6 @@ gguf::TensorType parse_type(const std::string& text) {
                        (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    "--type is one of f32, f16, bf16, q8_0, q4_0");
 }
-
-// A folder being built beside its destination, removed unless it was moved into place.
-class PartialFolder {
- public:
-  explicit PartialFolder(const fs::path& destination)
-      : destination_(destination),
-        path_(destination.string() + ".partial-" + std::to_string(::getpid())) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~PartialFolder() {
-    std::error_code ignored;
-    if (!committed_) fs::remove_all(path_, ignored);
-  }
-  PartialFolder(const PartialFolder&) = delete;
-  PartialFolder& operator=(const PartialFolder&) = delete;
-  const fs::path& path() const { return path_; }
-
-  // Moves the folder to its destination; an old destination is moved aside first and removed
-  // only once the new one is in place.
-  void commit() {
-    fs::path old;
-    if (fs::exists(destination_)) {
-      old = destination_.string() + ".old-" + std::to_string(::getpid());
-      fs::remove_all(old);
-      fs::rename(destination_, old);
-    }
-    fs::rename(path_, destination_);
-    committed_ = true;
-    if (!old.empty()) fs::remove_all(old);
-  }
-
- private:
-  fs::path destination_, path_;
-  bool committed_ = false;
-};
 
 void hf_to_gguf(const std::string& in, const std::string& out, gguf::TensorType type, const std::string& name) {
   std::fprintf(stderr, "loading %s\n", in.c_str());
@@ -105,7 +68,7 @@ void gguf_to_hf(const std::string& in, const std::string& out, DType dtype) {
   std::fprintf(stderr, "loading %s\n", in.c_str());
   const gguf::File file = gguf::File::open(in);
   const auto model = gguf::load_llama_gguf(in);
-  PartialFolder folder(out);
+  StagedFolder folder(out);
   std::fprintf(stderr, "writing config.json and model.safetensors (%s)\n", dtype_name(dtype));
   model->save(folder.path().string(), dtype);
   if (tokenizer::gguf_has_tokenizer(file)) {

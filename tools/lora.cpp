@@ -8,8 +8,6 @@
 // Hugging Face folder that any Llama loader reads, tokenizer included. Everything is checked
 // before anything is written, and the folder is built beside DIR under a temporary name and
 // renamed into place when complete, so a failure leaves no DIR behind.
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -25,50 +23,12 @@
 #include "tools/args.h"
 #include "tools/commands.h"
 #include "tools/model_files.h"
+#include "tools/staged_folder.h"
 
 namespace lamina::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-// The files of a Hugging Face folder, besides the weights and config.json, that the merged model
-// keeps unchanged.
-const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                              "tokenizer.model", "generation_config.json", "chat_template.jinja"};
-
-// A folder built beside its destination and moved into place only when complete.
-class StagedFolder {
- public:
-  explicit StagedFolder(const fs::path& destination)
-      : destination_(destination), path_(destination.string() + ".partial-" + std::to_string(::getpid())) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~StagedFolder() {
-    std::error_code ignored;
-    if (!committed_) fs::remove_all(path_, ignored);
-  }
-  StagedFolder(const StagedFolder&) = delete;
-  StagedFolder& operator=(const StagedFolder&) = delete;
-  const fs::path& path() const { return path_; }
-
-  // An existing destination (--overwrite) is moved aside first and removed once the new one is in place.
-  void commit() {
-    fs::path old;
-    if (fs::exists(destination_)) {
-      old = destination_.string() + ".old-" + std::to_string(::getpid());
-      fs::remove_all(old);
-      fs::rename(destination_, old);
-    }
-    fs::rename(path_, destination_);
-    committed_ = true;
-    if (!old.empty()) fs::remove_all(old);
-  }
-
- private:
-  fs::path destination_, path_;
-  bool committed_ = false;
-};
 
 void write_tokenizer(const std::string& model_path, const fs::path& folder) {
   if (is_gguf_file(model_path)) {
@@ -82,7 +42,7 @@ void write_tokenizer(const std::string& model_path, const fs::path& folder) {
                               tokenizer::tokenizer_config_from_gguf(file).dump(2) + "\n");
     return;
   }
-  for (const char* name : kCopiedFiles) {
+  for (const char* name : kCompanionFiles) {
     const fs::path source = fs::path(model_path) / name;
     if (fs::is_regular_file(source)) fs::copy_file(source, folder / name);
   }

@@ -12,6 +12,12 @@
 
 namespace lamina::cli {
 
+// The files of a Hugging Face folder besides config.json and the weights that travel with a
+// model folder made from it (`quantize`, `lora merge`): tokenizer, chat template, generation settings.
+inline constexpr const char* kCompanionFiles[] = {"tokenizer.json",          "tokenizer_config.json",
+                                                  "special_tokens_map.json", "tokenizer.model",
+                                                  "generation_config.json",  "chat_template.jinja"};
+
 // A regular file ending in .gguf; anything else is taken for a Hugging Face folder (whose loader
 // says what is missing from it).
 bool is_gguf_file(const std::string& path);

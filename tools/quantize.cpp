@@ -4,8 +4,6 @@
 // config.json. Embeddings, norms and lm_head are copied unchanged, as transformers leaves them;
 // so are the tokenizer and generation files. The folder is built as OUT.partial-<pid> and renamed
 // into place only when complete.
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -19,51 +17,12 @@
 #include "tensor/io/json.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/model_files.h"
+#include "tools/staged_folder.h"
 
 namespace lamina::cli {
-namespace {
 
 namespace fs = std::filesystem;
-
-// The files besides the weights and config.json that travel with a model folder.
-const char* const kCompanionFiles[] = {"tokenizer.json",          "tokenizer_config.json", "special_tokens_map.json",
-                                       "generation_config.json", "tokenizer.model",       "chat_template.jinja"};
-
-// A folder built beside its destination; removed unless committed.
-class PartialFolder {
- public:
-  explicit PartialFolder(const fs::path& destination)
-      : destination_(destination), path_(destination.string() + ".partial-" + std::to_string(::getpid())) {
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~PartialFolder() {
-    std::error_code ignored;
-    if (!committed_) fs::remove_all(path_, ignored);
-  }
-  PartialFolder(const PartialFolder&) = delete;
-  PartialFolder& operator=(const PartialFolder&) = delete;
-  const fs::path& path() const { return path_; }
-
-  // An old destination is moved aside first and removed only once the new one is in place.
-  void commit() {
-    fs::path old;
-    if (fs::exists(destination_)) {
-      old = destination_.string() + ".old-" + std::to_string(::getpid());
-      fs::remove_all(old);
-      fs::rename(destination_, old);
-    }
-    fs::rename(path_, destination_);
-    committed_ = true;
-    if (!old.empty()) fs::remove_all(old);
-  }
-
- private:
-  fs::path destination_, path_;
-  bool committed_ = false;
-};
-
-}  // namespace
 
 int run_quantize(const Arguments& args) {
   const std::string command = "lamina quantize";
@@ -140,7 +99,7 @@ int run_quantize(const Arguments& args) {
   settings.double_quant = double_quant;
   config.set("quantization_config", bnb4bit::quantization_config_json(settings));
 
-  PartialFolder folder(out);
+  StagedFolder folder(out);
   safetensors::save_checkpoint(folder.path().string(), tensors);
   io::write_file_atomically((folder.path() / "config.json").string(), config.dump(2) + "\n");
   for (const char* file : kCompanionFiles) {

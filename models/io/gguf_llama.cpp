@@ -203,10 +203,13 @@ std::optional<std::string> llama_hf_tensor_name(const std::string& gguf_name) {
   return str_cat("model.layers.", layer, ".", suffix->second);
 }
 
-Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads) {
-  LAMINA_CHECK(weight.dim() == 2 && heads > 0 && weight.shape()[0] % (2 * heads) == 0,
-               "unpermute_meta_rows: expected [heads * head_dim, in] with an even head_dim for ", heads,
-               " heads, got ", weight.shape());
+namespace {
+
+// Moves the rows of a q or k projection [heads * head_dim, in] between Hugging Face order (row
+// h*hd + p*hd/2 + k) and Meta's interleaved order (row h*hd + 2k + p), in f32.
+Tensor reorder_rope_rows(const Tensor& weight, int64_t heads, bool to_meta, const char* what) {
+  LAMINA_CHECK(weight.dim() == 2 && heads > 0 && weight.shape()[0] % (2 * heads) == 0, what,
+               ": expected [heads * head_dim, in] with an even head_dim for ", heads, " heads, got ", weight.shape());
   const Tensor source = weight.dtype() == DType::f32 ? ops::contiguous(weight) : ops::cast(weight, DType::f32);
   const int64_t rows = source.shape()[0], columns = source.shape()[1];
   const int64_t head_dim = rows / heads, half = head_dim / 2;
@@ -215,10 +218,18 @@ Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads) {
   float* to = out.data<float>();
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t p = 0; p < 2; ++p)
-      for (int64_t k = 0; k < half; ++k)
-        std::memcpy(to + (h * head_dim + p * half + k) * columns, from + (h * head_dim + 2 * k + p) * columns,
+      for (int64_t k = 0; k < half; ++k) {
+        const int64_t hf_row = h * head_dim + p * half + k, meta_row = h * head_dim + 2 * k + p;
+        std::memcpy(to + (to_meta ? meta_row : hf_row) * columns, from + (to_meta ? hf_row : meta_row) * columns,
                     size_t(columns) * sizeof(float));
+      }
   return out;
+}
+
+}  // namespace
+
+Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads) {
+  return reorder_rope_rows(weight, heads, false, "unpermute_meta_rows");
 }
 
 std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path, DType dtype) {
@@ -275,21 +286,7 @@ std::optional<std::string> llama_gguf_tensor_name(const std::string& hf_name) {
 }
 
 Tensor permute_to_meta_rows(const Tensor& weight, int64_t heads) {
-  LAMINA_CHECK(weight.dim() == 2 && heads > 0 && weight.shape()[0] % (2 * heads) == 0,
-               "permute_to_meta_rows: expected [heads * head_dim, in] with an even head_dim for ", heads,
-               " heads, got ", weight.shape());
-  const Tensor source = weight.dtype() == DType::f32 ? ops::contiguous(weight) : ops::cast(weight, DType::f32);
-  const int64_t rows = source.shape()[0], columns = source.shape()[1];
-  const int64_t head_dim = rows / heads, half = head_dim / 2;
-  Tensor out = Tensor::empty(source.shape(), DType::f32);
-  const float* from = source.data<float>();
-  float* to = out.data<float>();
-  for (int64_t h = 0; h < heads; ++h)
-    for (int64_t p = 0; p < 2; ++p)
-      for (int64_t k = 0; k < half; ++k)
-        std::memcpy(to + (h * head_dim + 2 * k + p) * columns, from + (h * head_dim + p * half + k) * columns,
-                    size_t(columns) * sizeof(float));
-  return out;
+  return reorder_rope_rows(weight, heads, true, "permute_to_meta_rows");
 }
 
 uint32_t llama_file_type(TensorType type) {

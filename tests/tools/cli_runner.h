@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -66,6 +67,22 @@ inline std::vector<int64_t> ids_of(const std::string& text) {
   std::vector<int64_t> ids;
   for (int64_t id; in >> id;) ids.push_back(id);
   return ids;
+}
+
+// A file's bytes (empty when it cannot be read): for comparing what two runs wrote.
+inline std::string file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+// The names in a folder, sorted: for checking that a command left nothing else behind.
+inline std::vector<std::string> folder_entries(const std::filesystem::path& folder) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 }  // namespace lamina::testing

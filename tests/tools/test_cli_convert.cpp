@@ -48,20 +48,6 @@ std::shared_ptr<llama::LlamaForCausalLM> save_tiny_folder(const std::string& fol
   return model;
 }
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-std::vector<std::string> entries(const fs::path& folder) {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 const std::vector<std::string> kTexts = {
     "abc abcabc hello, world 12345", "  spaces\tand\nlines ", "ünïcödé 日本 🤖", "<|begin_of_text|>x<|eot_id|>", ""};
 
@@ -108,7 +94,7 @@ TEST_CASE("lamina convert: HF folder -> GGUF -> HF folder keeps weights, logits,
   const Run to_hf = run_lamina("convert " + dir / "model.gguf" + " " + dir / "back");
   INFO(to_hf.output);
   REQUIRE(to_hf.status == 0);
-  CHECK(entries(dir.path) == std::vector<std::string>{"back", "hf", "model.gguf"});
+  CHECK(folder_entries(dir.path) == std::vector<std::string>{"back", "hf", "model.gguf"});
   const auto back = llama::LlamaForCausalLM::load(dir / "back");
   check_same_weights(*model, *back);
   CHECK(back->config().to_json().dump() == [&] {
@@ -152,12 +138,12 @@ TEST_CASE("lamina convert: refusals are usage errors or errors naming the proble
   const std::string hf = dir / "hf";
   save_tiny_folder(hf);
   REQUIRE(run_lamina("convert " + hf + " " + dir / "model.gguf").status == 0);
-  const std::string before = read_bytes(dir / "model.gguf");
+  const std::string before = file_bytes(dir / "model.gguf");
 
   const Run exists = run_lamina("convert " + hf + " " + dir / "model.gguf --type q8_0");
   CHECK(exists.status == 1);
   CHECK_MESSAGE(exists.output.find("exists; pass --overwrite") != std::string::npos, exists.output);
-  CHECK(read_bytes(dir / "model.gguf") == before);
+  CHECK(file_bytes(dir / "model.gguf") == before);
   const Run overwrite = run_lamina("convert " + hf + " " + dir / "model.gguf --type q8_0 --overwrite");
   CHECK(overwrite.status == 0);
   CHECK(gguf::File::open(dir / "model.gguf").find("blk.0.attn_q.weight")->type == gguf::TensorType::q8_0);
@@ -186,12 +172,12 @@ TEST_CASE("lamina convert: refusals are usage errors or errors naming the proble
   REQUIRE(run_lamina("convert " + dir / "model.gguf" + " " + dir / "folder").status == 0);
   std::ofstream(dir / "folder/stale") << "from before";
   CHECK(run_lamina("convert " + dir / "model.gguf" + " " + dir / "folder --overwrite").status == 0);
-  CHECK(entries(dir / "folder") ==
+  CHECK(folder_entries(dir / "folder") ==
         std::vector<std::string>{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"});
   const Run help = run_lamina("convert --help");
   CHECK(help.status == 0);
   CHECK(help.output.find("q4_0") != std::string::npos);
-  CHECK(entries(dir.path) == std::vector<std::string>{"folder", "hf", "model.gguf"});
+  CHECK(folder_entries(dir.path) == std::vector<std::string>{"folder", "hf", "model.gguf"});
 }
 
 TEST_CASE("lamina convert: a write that fails leaves neither OUT nor debris, and an old OUT whole") {
@@ -199,7 +185,7 @@ TEST_CASE("lamina convert: a write that fails leaves neither OUT nor debris, and
   const std::string hf = dir / "hf";
   save_tiny_folder(hf);
   REQUIRE(run_lamina("convert " + hf + " " + dir / "model.gguf --type f32").status == 0);
-  const std::string gguf_before = read_bytes(dir / "model.gguf");
+  const std::string gguf_before = file_bytes(dir / "model.gguf");
   fs::create_directories(dir / "out");
   std::ofstream(dir / "out/marker") << "old";
   // A file size limit far below the outputs: writes fail with EFBIG (the signal that would
@@ -211,14 +197,14 @@ TEST_CASE("lamina convert: a write that fails leaves neither OUT nor debris, and
   CHECK_MESSAGE(to_gguf.output.find("error") != std::string::npos, to_gguf.output);
   const Run replace_gguf = run_lamina("convert " + hf + " " + dir / "model.gguf --overwrite --type f16", limited);
   CHECK(replace_gguf.status == 1);
-  CHECK(read_bytes(dir / "model.gguf") == gguf_before);
+  CHECK(file_bytes(dir / "model.gguf") == gguf_before);
 
   const Run to_hf = run_lamina("convert " + dir / "model.gguf" + " " + dir / "new-hf", limited);
   CHECK(to_hf.status == 1);
   const Run replace_hf = run_lamina("convert " + dir / "model.gguf" + " " + dir / "out --overwrite", limited);
   CHECK(replace_hf.status == 1);
-  CHECK(entries(dir / "out") == std::vector<std::string>{"marker"});
-  CHECK(entries(dir.path) == std::vector<std::string>{"hf", "model.gguf", "out"});
+  CHECK(folder_entries(dir / "out") == std::vector<std::string>{"marker"});
+  CHECK(folder_entries(dir.path) == std::vector<std::string>{"hf", "model.gguf", "out"});
 }
 
 TEST_CASE("lamina convert: SmolLM2's GGUF to a folder and to Q8_0, the same answers and ids" *

@@ -22,20 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-std::vector<std::string> entries(const fs::path& folder) {
-  std::vector<std::string> names;
-  for (const auto& entry : fs::directory_iterator(folder)) names.push_back(entry.path().filename().string());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // The byte-level one-layer model saved with its tokenizer.json.
 std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder) {
   const auto model = random_llama(byte_level_llama_config(), 3);
@@ -81,15 +67,15 @@ TEST_CASE("lamina lora merge writes a folder whose logits equal the model with i
                                " --out " + (scratch / "merged"));
     INFO(run.output);
     REQUIRE(run.status == 0);
-    CHECK(entries(scratch.path / "merged") ==
+    CHECK(folder_entries(scratch.path / "merged") ==
           std::vector<std::string>{"config.json", "model.safetensors", "tokenizer.json"});
-    CHECK(read_bytes(scratch / "merged/tokenizer.json") == read_bytes(scratch / "model/tokenizer.json"));
+    CHECK(file_bytes(scratch / "merged/tokenizer.json") == file_bytes(scratch / "model/tokenizer.json"));
     const auto merged = llama::LlamaForCausalLM::load(scratch / "merged");
     for (const auto& [name, parameter] : merged->named_parameters()) CHECK(name.find("lora") == std::string::npos);
     const Tensor logits = merged->forward(ids);
     CHECK_CLOSE(logits, adapted, (Tolerance{2e-5, 2e-5}));
     CHECK(compare(logits, base, Tolerance{2e-5, 2e-5}).ok == false);
-    CHECK(entries(scratch.path) == std::vector<std::string>{"adapter", "merged", "model"});
+    CHECK(folder_entries(scratch.path) == std::vector<std::string>{"adapter", "merged", "model"});
   }
 }
 
@@ -170,5 +156,5 @@ TEST_CASE("lamina lora merge refuses broken adapters and an existing OUT, leavin
     CHECK(help.output.find("--adapter") != std::string::npos);
     CHECK(run_lamina("lora --help").status == 0);
   }
-  CHECK(entries(scratch.path) == std::vector<std::string>{"adapter", "model"});
+  CHECK(folder_entries(scratch.path) == std::vector<std::string>{"adapter", "model"});
 }

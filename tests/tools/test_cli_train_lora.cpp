@@ -15,13 +15,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
-
 // The "loss" of each line of a metrics.jsonl, in order.
 std::vector<double> losses(const fs::path& metrics) {
   std::vector<double> out;
