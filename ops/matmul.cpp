@@ -116,17 +116,29 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
 // on each side and sum any broadcast batch dims away.
 std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& a, const Tensor& b,
                                           bool transpose_a, bool transpose_b) {
-  Tensor grad_a = transpose_a ? matmul(b, grad_out, transpose_b, true) : matmul(grad_out, b, false, !transpose_b);
-  Tensor grad_b;
-  if (b.dim() == 2 && a.dim() > 2 && !transpose_a) {
-    // Shared 2-D weight: one product over all rows instead of a batch of products summed.
-    const Tensor a_rows = as_rows(a);
-    const Tensor g_rows = as_rows(grad_out);
-    grad_b = transpose_b ? matmul(g_rows, a_rows, true, false) : matmul(a_rows, g_rows, true, false);
-  } else {
-    grad_b = transpose_b ? matmul(grad_out, a, true, transpose_a) : matmul(a, grad_out, !transpose_a, false);
+  return matmul_backward(grad_out, a, b, a.shape(), b.shape(), transpose_a, transpose_b, true, true);
+}
+
+std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& a, const Tensor& b, const Shape& a_shape,
+                                          const Shape& b_shape, bool transpose_a, bool transpose_b, bool want_a,
+                                          bool want_b) {
+  Tensor grad_a, grad_b;
+  if (want_a) {
+    grad_a = transpose_a ? matmul(b, grad_out, transpose_b, true) : matmul(grad_out, b, false, !transpose_b);
+    grad_a = sum_to(grad_a, a_shape);
   }
-  return {sum_to(grad_a, a.shape()), sum_to(grad_b, b.shape())};
+  if (want_b) {
+    if (b_shape.size() == 2 && a.dim() > 2 && !transpose_a) {
+      // Shared 2-D weight: one product over all rows instead of a batch of products summed.
+      const Tensor a_rows = as_rows(a);
+      const Tensor g_rows = as_rows(grad_out);
+      grad_b = transpose_b ? matmul(g_rows, a_rows, true, false) : matmul(a_rows, g_rows, true, false);
+    } else {
+      grad_b = transpose_b ? matmul(grad_out, a, true, transpose_a) : matmul(a, grad_out, !transpose_a, false);
+    }
+    grad_b = sum_to(grad_b, b_shape);
+  }
+  return {grad_a, grad_b};
 }
 
 }  // namespace lamina::ops

@@ -140,6 +140,12 @@ Tensor unsqueeze_reduced(const Tensor& reduced, const Shape& input_shape, const 
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a = false, bool transpose_b = false);
 std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& a, const Tensor& b,
                                           bool transpose_a, bool transpose_b);
+// Only the wanted gradients (the other is left undefined): dA needs b, dB needs a, so the operand
+// only an unwanted gradient reads may be undefined; the shapes give the sums back to each operand.
+// A frozen weight (LoRA's base) costs no dW product this way.
+std::pair<Tensor, Tensor> matmul_backward(const Tensor& grad_out, const Tensor& a, const Tensor& b, const Shape& a_shape,
+                                          const Shape& b_shape, bool transpose_a, bool transpose_b, bool want_a,
+                                          bool want_b);
 
 // ---- softmax family, over one dim
 Tensor softmax(const Tensor& x, int64_t dim);

@@ -61,11 +61,16 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
   return out;
 }
 
+// Only the gradients some input wants are computed, and only what they read is kept: with a
+// frozen weight (LoRA's base, a reference model) there is no dW product and x is not saved for it.
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
   Tensor out = ops::matmul(a, b, transpose_a, transpose_b);
+  const bool want_a = autograd::needs_grad({&a}), want_b = autograd::needs_grad({&b});
   autograd::record("matmul", {&out}, {a, b},
-                   [a = saved(a), b = saved(b), transpose_a, transpose_b](const Grads& g) {
-                     auto [grad_a, grad_b] = ops::matmul_backward(g[0], a, b, transpose_a, transpose_b);
+                   [a = want_b ? saved(a) : Tensor(), b = want_a ? saved(b) : Tensor(), a_shape = a.shape(),
+                    b_shape = b.shape(), transpose_a, transpose_b, want_a, want_b](const Grads& g) {
+                     auto [grad_a, grad_b] = ops::matmul_backward(g[0], a, b, a_shape, b_shape, transpose_a,
+                                                                  transpose_b, want_a, want_b);
                      return Grads{grad_a, grad_b};
                    });
   return out;
