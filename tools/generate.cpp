@@ -279,8 +279,9 @@ int run_chat(const Arguments& args) {
   if (!parser.parse(args)) return 0;
   const std::string directory = parser.required("model");
   const tokenizer::Tokenizer text_tokenizer = load_tokenizer(parser, directory);
-  tokenizer::ChatOptions chat;
-  chat.format = tokenizer::detect_chat_format(parser.value("tokenizer").value_or(directory), text_tokenizer);
+  // The model's own template: its format, and for ChatML its default system message.
+  const tokenizer::ChatOptions chat =
+      tokenizer::detect_chat_options(parser.value("tokenizer").value_or(directory), text_tokenizer);
   generate::GenerateOptions options = sampling_options(parser, 512);
   const int64_t max_new_tokens = options.max_new_tokens;
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
