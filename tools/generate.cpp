@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "models/generate/generate.h"
+#include "models/io/peft.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
 #include "tools/args.h"
@@ -32,10 +33,20 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  parser.add_option("adapter", "DIR", "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with");
 }
 
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
-  return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
+  auto model = load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
+  if (const std::optional<std::string> adapter = parser.value("adapter")) {
+    const nn::LoraConfig config = peft::load_adapter(*adapter, *model);
+    std::string targets;
+    for (const std::string& name : config.target_modules) targets += (targets.empty() ? "" : "+") + name;
+    std::fprintf(stderr, "adapter %s: rank %lld, targets %s\n", adapter->c_str(), (long long)config.options.rank,
+                 targets.empty() ? config.target_regex.c_str() : targets.c_str());
+  }
+  model->eval();  // generation never drops out (LoRA dropout)
+  return model;
 }
 
 generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens) {

@@ -155,6 +155,16 @@ TEST_CASE("LoRA SFT of SmolLM2's GGUF learns a chat answer; merged into the base
   INFO(after.output);
   CHECK(after.status == 0);
   CHECK(after.output.find("pineapple") != std::string::npos);
+  // Unmerged: the base with the adapter beside it (--adapter) answers the same.
+  const Run adapted = run_lamina("chat --model " + model + " --adapter " + dir / "run/model" + " --max-new-tokens 16",
+                                 {.input = std::string("What is the secret word?\n/quit\n")});
+  INFO(adapted.output);
+  CHECK(adapted.status == 0);
+  CHECK(adapted.output.find("pineapple") != std::string::npos);
+  // A folder that is no adapter is a clear error.
+  const Run wrong = run_lamina("generate --model " + model + " --adapter " + dir.path.string() + " --prompt hi");
+  CHECK(wrong.status == 1);
+  CHECK(wrong.output.find("adapter_config.json") != std::string::npos);
 }
 
 TEST_CASE("LoRA SFT of SmolLM2 learns a reply style that carries over to held-out questions" *
