@@ -10,6 +10,7 @@
 #include "autograd/autograd.h"
 #include "models/io/peft.h"
 #include "models/io/safetensors.h"
+#include "nn/layers.h"
 #include "tensor/io/atomic_file.h"
 #include "train/failpoint.h"
 #include "train/run_folder.h"
@@ -226,15 +227,25 @@ void save_model_files(const llama::LlamaForCausalLM& model, const std::string& d
 
 namespace {
 
-// The PEFT file key of an adapter parameter's in-memory name ("<module>.lora_A.default.weight"
-// -> "base_model.model.<module>.lora_A.weight"), or empty for a name that is no adapter's.
-std::string adapter_file_key(const std::string& name) {
-  for (const char* part : {"lora_A", "lora_B", "lora_magnitude_vector"}) {
-    const std::string marker = str_cat(".", part, ".default.weight");
-    if (name.size() > marker.size() && name.ends_with(marker))
-      return peft::file_key(name.substr(0, name.size() - marker.size()), part);
+// The adapter "default" of every Linear that has one, from a PEFT adapter file, with the keys
+// peft::save_adapter wrote (the adapter the run made with its --lora; the base stays as it is).
+void load_adapter_values(const std::string& path, const nn::Module& model) {
+  const safetensors::File file = safetensors::File::open(path);
+  autograd::NoGradGuard no_grad;
+  for (const auto& [module, linear] : nn::named_linears(model)) {
+    if (!linear->has_adapter("default")) continue;
+    const nn::LoraAdapter& adapter = linear->adapter("default");
+    for (const auto& [part, parameter] : {std::pair<const char*, Tensor>{"lora_A", adapter.lora_A},
+                                          {"lora_B", adapter.lora_B}, {"lora_magnitude_vector", adapter.magnitude}}) {
+      if (!parameter.defined()) continue;  // no DoRA magnitude
+      const std::string key = peft::file_key(module, part);
+      LAMINA_CHECK(file.find(key) != nullptr, path, ": no tensor '", key, "' for the model's adapter");
+      const Tensor value = file.read(key);
+      LAMINA_CHECK(value.shape() == parameter.shape(), path, ": tensor '", key, "' has shape ", value.shape(),
+                   ", the model's adapter ", parameter.shape());
+      ops::copy_(parameter, ops::to_device(ops::cast(value, parameter.dtype()), parameter.device()));
+    }
   }
-  return {};
 }
 
 }  // namespace
@@ -244,36 +255,18 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
   const fs::path dir(checkpoint_directory);
   const CheckpointHeader header = read_checkpoint_header(checkpoint_directory);
   const json::Value state = json::parse_file((dir / "trainer.json").string());
+  const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
+  std::vector<nn::NamedTensor> optimizer_tensors;
+  for (const safetensors::TensorInfo& info : optimizer_file.tensors())
+    optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
   if (adapter != nullptr) {
-    const std::string path = (dir / "adapter_model.safetensors").string();
-    const safetensors::File file = safetensors::File::open(path);
-    const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
-    std::vector<nn::NamedTensor> optimizer_tensors;
-    for (const safetensors::TensorInfo& info : optimizer_file.tensors())
-      optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
-    autograd::NoGradGuard no_grad;
-    for (const auto& [name, parameter] : model.named_parameters()) {
-      if (!parameter.requires_grad()) continue;
-      const std::string key = adapter_file_key(name);
-      LAMINA_CHECK(!key.empty(), "checkpoint ", checkpoint_directory, ": the trainable parameter '", name,
-                   "' is no LoRA adapter's");
-      const safetensors::TensorInfo* info = file.find(key);
-      LAMINA_CHECK(info != nullptr, path, ": no tensor '", key, "' for the model's adapter");
-      const Tensor value = file.read(key);
-      LAMINA_CHECK(value.shape() == parameter.shape(), path, ": tensor '", key, "' has shape ", value.shape(),
-                   ", the model's adapter ", parameter.shape());
-      ops::copy_(parameter, ops::to_device(ops::cast(value, parameter.dtype()), parameter.device()));
-    }
+    load_adapter_values((dir / "adapter_model.safetensors").string(), model);
     optimizer.load_state(state.at("optimizer"), optimizer_tensors);
     return {header.step, header.trainer_state};
   }
   // f32 weights are read as they are, so that none of their bits is lost to a lower precision.
   const DType read_dtype = header.config.dtype == DType::f32 ? DType::f32 : model.dtype();
   const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), read_dtype);
-  const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
-  std::vector<nn::NamedTensor> optimizer_tensors;
-  for (const safetensors::TensorInfo& info : optimizer_file.tensors())
-    optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
   const auto saved_tensor = [&](const std::string& name) {
     for (const auto& [key, tensor] : optimizer_tensors)
       if (key == name) return tensor;

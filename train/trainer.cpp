@@ -234,6 +234,15 @@ void check_finite(const char* what, double value, int64_t step) {
                       "step"));
 }
 
+// A LoRA run's adapter settings: --lora, its initial values and dropout masks drawn from the
+// run's seed; nothing for a run that trains every weight.
+std::optional<nn::LoraConfig> lora_config(const TrainOptions& options) {
+  if (options.lora.empty()) return std::nullopt;
+  nn::LoraConfig config = parse_lora_spec(options.lora);
+  config.seed = options.seed;
+  return config;
+}
+
 // The model, validated options applied: on the training device in the training dtype (before
 // the optimizer takes its parameters, so that its state is made there too).
 std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForCausalLM> model,
@@ -254,13 +263,11 @@ std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForC
     if (options.progress)
       std::fprintf(stderr, "qlora: %lld projection weights quantized to NF4 (double-quantized scales)\n", (long long)quantized);
   }
-  if (!options.lora.empty()) {
-    nn::LoraConfig lora = parse_lora_spec(options.lora);
-    lora.seed = options.seed;
-    const std::vector<std::string> targeted = nn::apply_lora(*model, lora);
+  if (const std::optional<nn::LoraConfig> lora = lora_config(options)) {
+    const std::vector<std::string> targeted = nn::apply_lora(*model, *lora);
     if (options.progress)
       std::fprintf(stderr, "lora: rank %lld on %zu projections, %.2fM trainable parameters of %.1fM\n",
-                   (long long)lora.options.rank, targeted.size(), double(model->parameter_count(true)) / 1e6,
+                   (long long)lora->options.rank, targeted.size(), double(model->parameter_count(true)) / 1e6,
                    double(model->parameter_count()) / 1e6);
   }
   return model;
@@ -449,10 +456,7 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions op
   schedule_.total_steps = std::max<int64_t>(1, options_.steps);
   schedule_.min_lr_ratio = options_.min_lr_ratio;
   model_->set_gradient_checkpointing(options_.gradient_checkpointing);
-  if (!options_.lora.empty()) {
-    lora_ = parse_lora_spec(options_.lora);
-    lora_->seed = options_.seed;
-  }
+  lora_ = lora_config(options_);
 }
 
 double Trainer::validation_loss() const {
