@@ -32,6 +32,15 @@ std::vector<int64_t> parse_token_ids(const std::string& text, const std::string&
   }
   return ids;
 }
+
+std::string read_standard_input() {
+  std::string text;
+  char buffer[1 << 16];
+  size_t count;
+  while ((count = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) text.append(buffer, count);
+  LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input");
+  return text;
+}
 namespace {
 
 size_t edit_distance(const std::string& a, const std::string& b) {

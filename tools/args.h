@@ -34,6 +34,9 @@ class UsageError : public std::runtime_error {
 // a UsageError naming `what` ("lamina score: --ids"). An empty text gives no ids.
 std::vector<int64_t> parse_token_ids(const std::string& text, const std::string& what);
 
+// All of standard input, byte for byte; a read error is an Error.
+std::string read_standard_input();
+
 // The closest of `candidates` to `word` when it is a plausible typo of it, else "".
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 

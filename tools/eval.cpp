@@ -233,15 +233,6 @@ std::vector<int32_t> parse_score_ids(const std::string& text) {
   return std::vector<int32_t>(ids.begin(), ids.end());  // each fits: parse_token_ids checks
 }
 
-std::string read_standard_input() {
-  std::string text;
-  char buffer[1 << 16];
-  size_t count;
-  while ((count = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) text.append(buffer, count);
-  LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input");
-  return text;
-}
-
 }  // namespace
 
 int run_score(const Arguments& args) {

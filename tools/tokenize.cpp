@@ -19,15 +19,6 @@
 namespace lamina::cli {
 namespace {
 
-std::string read_all_stdin() {
-  std::string text;
-  char buffer[1 << 16];
-  size_t count;
-  while ((count = std::fread(buffer, 1, sizeof buffer, stdin)) > 0) text.append(buffer, count);
-  LAMINA_CHECK(!std::ferror(stdin), "cannot read standard input");
-  return text;
-}
-
 // A failed write (a full disk, a closed pipe) is an error, not a silently short output.
 void write_stdout(std::string_view bytes) {
   LAMINA_CHECK(std::fwrite(bytes.data(), 1, bytes.size(), stdout) == bytes.size(), "cannot write standard output: ",
@@ -96,7 +87,7 @@ int run_detokenize(const Arguments& args) {
   if (!parser.parse(args)) return 0;
 
   const std::string tokenizer_path = parser.required("tokenizer");
-  const std::string ids_text = parser.is_set("ids") ? *parser.value("ids") : read_all_stdin();
+  const std::string ids_text = parser.is_set("ids") ? *parser.value("ids") : read_standard_input();
   const std::vector<int32_t> ids = parse_ids(ids_text, command);
   const tokenizer::Tokenizer tokenizer = tokenizer::Tokenizer::load(tokenizer_path);
   const std::string text = tokenizer.decode(ids, {.skip_special = parser.is_set("skip-special")});
