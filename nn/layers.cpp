@@ -17,21 +17,35 @@ Linear::Linear(int64_t in_features, int64_t out_features, LinearOptions options)
     : in_features_(in_features), out_features_(out_features) {
   LAMINA_CHECK(in_features > 0 && out_features > 0, "Linear: features must be positive, got in ", in_features,
                ", out ", out_features);
-  weight_ = register_parameter("weight", new_parameter({out_features, in_features}, options.dtype, options.init, 0.0));
+  if (!options.four_bit_base)
+    weight_ = register_parameter("weight", new_parameter({out_features, in_features}, options.dtype, options.init, 0.0));
   if (options.bias) bias_ = register_parameter("bias", new_parameter({out_features}, options.dtype, options.init, 0.0));
 }
 
+void Linear::require_base(const char* what) const {
+  LAMINA_CHECK(base_4bit_ || weight_.defined(), "Linear (", what, "): the layer was built for a 4-bit base weight "
+               "that was never given (set_base_4bit)");
+}
+
 Tensor Linear::base_product(const Tensor& x) const {
+  require_base("forward");
   return base_4bit_ ? linear_4bit(x, *base_4bit_) : matmul(x, weight_, false, true);
 }
 
-DType Linear::base_dtype() const { return base_4bit_ ? DType::f32 : weight_.dtype(); }
-Device Linear::base_device() const { return base_4bit_ ? base_4bit_->device() : weight_.device(); }
+DType Linear::base_dtype() const {
+  require_base("base dtype");
+  return base_4bit_ ? DType::f32 : weight_.dtype();
+}
+Device Linear::base_device() const {
+  require_base("base device");
+  return base_4bit_ ? base_4bit_->device() : weight_.device();
+}
 
 Tensor Linear::dense_base_weight() const { return base_4bit_ ? ops::dequantize_4bit(*base_4bit_) : weight_.detach(); }
 
 void Linear::quantize_base(ops::Quant4Format format, int64_t blocksize, bool double_quant) {
   LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit already");
+  LAMINA_CHECK(weight_.defined(), "Linear: built for a 4-bit base weight, it has no full-precision one to quantize");
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it before quantizing");
   base_4bit_ = std::make_shared<const ops::Quantized4Bit>(ops::quantize_4bit(weight_.detach(), format, blocksize, double_quant));
   remove_parameter("weight");
@@ -43,7 +57,7 @@ void Linear::set_base_4bit(ops::Quantized4Bit q) {
   LAMINA_CHECK(q.out_features() == out_features_ && q.in_features() == in_features_, "Linear: a 4-bit weight of shape ",
                q.shape, " for a layer of ", out_features_, " outputs and ", in_features_, " inputs");
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it first");
-  if (!base_4bit_) {
+  if (weight_.defined()) {
     remove_parameter("weight");
     weight_ = Tensor();
   }
@@ -209,6 +223,7 @@ void Linear::add_adapter(const std::string& name, const LoraOptions& options, Ge
 void Linear::merge_adapter(const std::string& name) {
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is already merged; unmerge it first");
   LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit; merge the adapter into the full-precision model instead");
+  require_base("merge_adapter");
   const LoraAdapter& merging = adapter(name);
   autograd::NoGradGuard no_grad;
   const DType compute = weight_.dtype() == DType::f64 ? DType::f64 : DType::f32;
@@ -249,6 +264,7 @@ void Linear::remove_adapters() {
 }
 
 void Linear::reset_parameters(Generator& generator) {
+  LAMINA_CHECK(weight_.defined(), "Linear::reset_parameters: the layer has no full-precision weight (a 4-bit base)");
   const double bound = 1.0 / std::sqrt(double(in_features_));
   weight_.set_data(uniform(weight_.shape(), -bound, bound, generator, weight_.dtype()));
   if (bias_.defined()) bias_.set_data(uniform(bias_.shape(), -bound, bound, generator, bias_.dtype()));

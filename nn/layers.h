@@ -20,6 +20,9 @@ struct LinearOptions {
   bool bias = false;  // Llama has none
   DType dtype = DType::f32;
   ParameterInit init = ParameterInit::zeros;
+  // No full-precision weight at all: the layer waits for set_base_4bit (a model loaded with its
+  // projections quantized as they are read, so that the whole model never exists in f32).
+  bool four_bit_base = false;
 };
 
 // y = x W^T (+ b), W: [out_features, in_features] (the HF layout), plus the LoRA adapters it
@@ -78,6 +81,8 @@ class Linear : public Module {
   void set_base_4bit(ops::Quantized4Bit q);
 
  private:
+  // Throws when the layer has neither weight: built with four_bit_base, set_base_4bit not yet called.
+  void require_base(const char* what) const;
   // x W^T: the one place the base weight is multiplied (a 4-bit base swaps in a fused product).
   Tensor base_product(const Tensor& x) const;
   // W as a dense tensor outside the graph (DoRA's norms, merging); dequantized when 4-bit.

@@ -343,6 +343,24 @@ int run_pretrain(const Arguments& args) {
   return 0;
 }
 
+// The model SFT starts from. With --qlora its projections are quantized to NF4 as they are
+// read, one at a time, so that a model whose full-precision weights would not fit in memory
+// (an 8B model on a 24 GB machine) still trains; in the dtype training computes in, as
+// quantizing the loaded model would.
+std::shared_ptr<llama::LlamaForCausalLM> load_sft_base(const std::string& path, const train::TrainOptions& options) {
+  if (!options.qlora) return llama::LlamaForCausalLM::load(path);
+  llama::LoadOptions load;
+  load.dtype = options.compute_dtype();
+  load.quantize_projections = true;
+  if (options.progress)
+    load.on_quantized = [](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\rqlora: quantizing the projections to NF4 as they are read: %lld/%lld", (long long)done,
+                   (long long)total);
+      if (done == total) std::fprintf(stderr, "\n");
+    };
+  return llama::LlamaForCausalLM::load(path, load);
+}
+
 int run_sft(const Arguments& args) {
   FlagParser parser("lamina train sft",
                     "Fine-tunes a Llama model on JSONL: {\"prompt\", \"completion\"} (loss on the completion) or "
@@ -370,7 +388,7 @@ int run_sft(const Arguments& args) {
                                                                                   : read_tokenizer_files(tokenizer_path);
   check_vocabulary(*tok, tokenizer_path, config, config_path);
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
-  auto model = from_gguf ? gguf::load_llama_gguf(*model_path) : llama::LlamaForCausalLM::load(*model_path);
+  auto model = from_gguf ? gguf::load_llama_gguf(*model_path) : load_sft_base(*model_path, options);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
   trainer.base_model_path = fs::absolute(*model_path).lexically_normal().string();
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };

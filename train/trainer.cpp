@@ -259,8 +259,10 @@ std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForC
   LAMINA_CHECK(!four_bit_base || !options.lora.empty(), "train: the model's projections are 4-bit (a quantized "
                "checkpoint), which do not train: give --lora to train adapters on them (QLoRA)");
   if (options.qlora) {
+    // A model loaded with its projections quantized as they were read (llama::LoadOptions) has
+    // nothing left to quantize here.
     const int64_t quantized = nn::quantize_base_weights(*model);
-    if (options.progress)
+    if (options.progress && quantized > 0)
       std::fprintf(stderr, "qlora: %lld projection weights quantized to NF4 (double-quantized scales)\n", (long long)quantized);
   }
   if (const std::optional<nn::LoraConfig> lora = lora_config(options)) {

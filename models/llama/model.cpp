@@ -131,18 +131,19 @@ void KvCache::set_row_length(int64_t row, int64_t length) {
 // ---- layers
 
 namespace {
-std::shared_ptr<nn::Linear> linear(int64_t in, int64_t out, DType dtype, nn::ParameterInit init) {
-  return std::make_shared<nn::Linear>(in, out, nn::LinearOptions{false, dtype, init});
+std::shared_ptr<nn::Linear> linear(int64_t in, int64_t out, DType dtype, nn::ParameterInit init,
+                                   bool four_bit_base = false) {
+  return std::make_shared<nn::Linear>(in, out, nn::LinearOptions{false, dtype, init, four_bit_base});
 }
 }  // namespace
 
-LlamaAttention::LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init)
+LlamaAttention::LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections)
     : heads_(config.num_attention_heads), kv_heads_(config.num_key_value_heads), head_dim_(config.head_dim),
       rope_(config.rope()) {
-  q_proj = register_module("q_proj", linear(config.hidden_size, config.q_dim(), dtype, init));
-  k_proj = register_module("k_proj", linear(config.hidden_size, config.kv_dim(), dtype, init));
-  v_proj = register_module("v_proj", linear(config.hidden_size, config.kv_dim(), dtype, init));
-  o_proj = register_module("o_proj", linear(config.q_dim(), config.hidden_size, dtype, init));
+  q_proj = register_module("q_proj", linear(config.hidden_size, config.q_dim(), dtype, init, four_bit_projections));
+  k_proj = register_module("k_proj", linear(config.hidden_size, config.kv_dim(), dtype, init, four_bit_projections));
+  v_proj = register_module("v_proj", linear(config.hidden_size, config.kv_dim(), dtype, init, four_bit_projections));
+  o_proj = register_module("o_proj", linear(config.q_dim(), config.hidden_size, dtype, init, four_bit_projections));
 }
 
 Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer,
@@ -160,19 +161,20 @@ Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, KvCache
   return o_proj->forward(out.transpose(1, 2).reshape({batch, tokens, heads_ * head_dim_}));
 }
 
-LlamaMLP::LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
-  gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, dtype, init));
-  up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, dtype, init));
-  down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, dtype, init));
+LlamaMLP::LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections) {
+  gate_proj = register_module("gate_proj", linear(config.hidden_size, config.intermediate_size, dtype, init, four_bit_projections));
+  up_proj = register_module("up_proj", linear(config.hidden_size, config.intermediate_size, dtype, init, four_bit_projections));
+  down_proj = register_module("down_proj", linear(config.intermediate_size, config.hidden_size, dtype, init, four_bit_projections));
 }
 
 Tensor LlamaMLP::forward(const Tensor& x) const {
   return down_proj->forward(swiglu(gate_proj->forward(x), up_proj->forward(x)));
 }
 
-LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
-  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(config, dtype, init));
-  mlp = register_module("mlp", std::make_shared<LlamaMLP>(config, dtype, init));
+LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init,
+                                     bool four_bit_projections) {
+  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(config, dtype, init, four_bit_projections));
+  mlp = register_module("mlp", std::make_shared<LlamaMLP>(config, dtype, init, four_bit_projections));
   input_layernorm = register_module("input_layernorm",
                                     std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
   post_attention_layernorm = register_module(
@@ -185,12 +187,12 @@ Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, KvCa
   return attended + mlp->forward(post_attention_layernorm->forward(attended));
 }
 
-LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init) {
+LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections) {
   embed_tokens = register_module("embed_tokens",
                                  std::make_shared<nn::Embedding>(config.vocab_size, config.hidden_size, dtype, init));
   layers = register_module("layers", std::make_shared<nn::ModuleList>());
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
-    layers->push_back(std::make_shared<LlamaDecoderLayer>(config, dtype, init));
+    layers->push_back(std::make_shared<LlamaDecoderLayer>(config, dtype, init, four_bit_projections));
   norm = register_module("norm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
 }
 
@@ -220,7 +222,7 @@ Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, KvCache* 
 
 // ---- the causal LM
 
-LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::ParameterInit init)
+LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::ParameterInit init, bool four_bit_projections)
     : config_(std::move(config)), dtype_(dtype) {
   config_.validate();
   LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM: parameters must be floating, got ", dtype_name(dtype));
@@ -234,14 +236,20 @@ LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::Paramete
   constexpr uint64_t kTensorsPerLayer = 9;  // q, k, v, o, gate, up, down and the two norms
   const uint64_t tensors = uint64_t(config_.num_hidden_layers) * kTensorsPerLayer + (config_.tie_word_embeddings ? 2 : 3);
   const int64_t parameters = config_.parameter_count();
+  // 4-bit projections: NF4 codes (4 bits) and double-quantized scales (8 bits per 64 weights,
+  // plus an f32 per 256 scales), rounded up to whole bytes per weight and a bit over.
+  const uint64_t four_bit = four_bit_projections ? uint64_t(config_.linear_parameter_count()) : 0;
+  const uint64_t four_bit_bytes = four_bit / 2 + four_bit / 64 + four_bit / 4096 + 1;
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(uint64_t(parameters), uint64_t(dtype_size(dtype)), &bytes) ||
+  if (__builtin_mul_overflow(uint64_t(parameters) - four_bit, uint64_t(dtype_size(dtype)), &bytes) ||
+      __builtin_add_overflow(bytes, four_bit_bytes, &bytes) ||
       __builtin_add_overflow(bytes, tensors * kBookkeepingBytesPerTensor, &bytes))
     bytes = UINT64_MAX;
-  check_host_memory(bytes, str_cat("a Llama model of ", parameters, " parameters in ", dtype_name(dtype), " (",
+  check_host_memory(bytes, str_cat("a Llama model of ", parameters, " parameters in ", dtype_name(dtype),
+                                   four_bit_projections ? " (its projections in 4 bits)" : "", " (",
                                    config_.num_hidden_layers, " layers, hidden size ", config_.hidden_size,
                                    ", vocabulary ", config_.vocab_size, ")"));
-  model = register_module("model", std::make_shared<LlamaModel>(config_, dtype, init));
+  model = register_module("model", std::make_shared<LlamaModel>(config_, dtype, init, four_bit_projections));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size, dtype, init));
 }
@@ -402,7 +410,14 @@ void check_tied_head(const safetensors::Checkpoint& checkpoint, const std::strin
 }  // namespace
 
 std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& directory, DType dtype) {
+  LoadOptions options;
+  options.dtype = dtype;
+  return load(directory, options);
+}
+
+std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& directory, const LoadOptions& options) {
   namespace fs = std::filesystem;
+  const DType dtype = options.dtype;
   const std::string config_path = (fs::path(directory) / "config.json").string();
   const LlamaConfig config = LlamaConfig::load(config_path);
   const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(directory);
@@ -417,14 +432,26 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
   }
   check_checkpoint(config, checkpoint, directory, four_bit);
   if (config.tie_word_embeddings) check_tied_head(checkpoint, directory);
-  auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
+  // Every projection 4-bit (read as such or quantized now): none gets a full-precision weight.
+  const int64_t projections = 7 * config.num_hidden_layers;
+  const int64_t four_bit_projections = int64_t(four_bit.size() - four_bit.count("lm_head.weight"));
+  const bool all_four_bit = options.quantize_projections || four_bit_projections == projections;
+  auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized, all_four_bit);
+  int64_t quantized = 0;
   for (const auto& [path, linear] : nn::named_linears(*model)) {
     const std::string name = path + ".weight";
-    if (four_bit.count(name) == 0) continue;
-    try {
-      linear->set_base_4bit(bnb4bit::read_quantized_weight(checkpoint, name));
-    } catch (const Error& error) {
-      throw Error(str_cat("load: ", directory, ": 4-bit weight '", name, "': ", error.what()));
+    if (four_bit.count(name) != 0) {
+      try {
+        linear->set_base_4bit(bnb4bit::read_quantized_weight(checkpoint, name));
+      } catch (const Error& error) {
+        throw Error(str_cat("load: ", directory, ": 4-bit weight '", name, "': ", error.what()));
+      }
+    } else if (options.quantize_projections && path != "lm_head") {
+      // Quantized from the weight in the model's dtype, as quantizing the loaded model would.
+      const Tensor stored = checkpoint.read(name);
+      linear->set_base_4bit(ops::quantize_4bit(stored.dtype() == dtype ? stored : ops::cast(stored, dtype),
+                                               options.format, options.blocksize, options.double_quant));
+      if (options.on_quantized) options.on_quantized(++quantized, projections - four_bit_projections);
     }
   }
   for (const auto& [name, parameter] : model->named_parameters()) {

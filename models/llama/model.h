@@ -76,7 +76,7 @@ class KvCache {
 
 class LlamaAttention : public nn::Module {
  public:
-  LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
   // x [B, T, d], positions [B, T] or [T]; mask: optional additive, broadcastable to [B, H, T, S].
   Tensor forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
 
@@ -89,7 +89,7 @@ class LlamaAttention : public nn::Module {
 
 class LlamaMLP : public nn::Module {
  public:
-  LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
   Tensor forward(const Tensor& x) const;  // down_proj(silu(gate_proj(x)) * up_proj(x))
 
   std::shared_ptr<nn::Linear> gate_proj, up_proj, down_proj;
@@ -97,7 +97,7 @@ class LlamaMLP : public nn::Module {
 
 class LlamaDecoderLayer : public nn::Module {
  public:
-  LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
   Tensor forward(const Tensor& h, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
 
   std::shared_ptr<LlamaAttention> self_attn;
@@ -107,7 +107,7 @@ class LlamaDecoderLayer : public nn::Module {
 
 class LlamaModel : public nn::Module {
  public:
-  LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init);
+  LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
   // ids [B, T] -> final hidden states [B, T, d] (after the final norm).
   Tensor forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const;
 
@@ -124,11 +124,29 @@ struct ForwardOptions {
   bool last_position_only = false;   // logits of the last position only (generation)
 };
 
+// How LlamaForCausalLM::load stores the weights it reads.
+struct LoadOptions {
+  DType dtype = DType::f32;
+  // Quantize every projection (each Linear but lm_head) to 4 bits as it is read, QLoRA's base:
+  // one projection at a time exists in full precision, never the whole model, so a model whose
+  // f32 (or bf16) weights do not fit in memory still loads. Projections a 4-bit checkpoint
+  // stores quantized stay as stored.
+  bool quantize_projections = false;
+  ops::Quant4Format format = ops::Quant4Format::nf4;
+  int64_t blocksize = 64;
+  bool double_quant = true;
+  // Called after each projection is quantized (done of total), for a progress line.
+  std::function<void(int64_t done, int64_t total)> on_quantized;
+};
+
 class LlamaForCausalLM : public nn::Module {
  public:
   // Throws before allocating when the parameters cannot fit in the host's memory.
+  // four_bit_projections: the projections get no full-precision weight (nn::LinearOptions::
+  // four_bit_base) and are counted at 4.13 bits each; the caller gives each of them its 4-bit
+  // weight (set_base_4bit) before the first forward, as load() does.
   explicit LlamaForCausalLM(LlamaConfig config, DType dtype = DType::f32,
-                            nn::ParameterInit init = nn::ParameterInit::zeros);
+                            nn::ParameterInit init = nn::ParameterInit::zeros, bool four_bit_projections = false);
 
   // ids [B, T] (i32/i64) -> logits [B, T, V] (or [B, 1, V]); f32 for f32/bf16/f16 models, f64 for f64.
   Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) const;
@@ -141,6 +159,7 @@ class LlamaForCausalLM : public nn::Module {
   // A bitsandbytes 4-bit folder (config.json's quantization_config, `lamina quantize`) loads its
   // projections as 4-bit bases (nn::Linear::base_4bit), never as full-precision weights.
   static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, DType dtype = DType::f32);
+  static std::shared_ptr<LlamaForCausalLM> load(const std::string& directory, const LoadOptions& options);
   // Calls visit(name, shape) for every parameter a model of `config` has, in named_parameters()
   // order, without building it: how load checks a checkpoint before allocating anything.
   static void for_each_parameter_shape(const LlamaConfig& config,

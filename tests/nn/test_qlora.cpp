@@ -10,6 +10,7 @@
 #include "nn/lora.h"
 #include "ops/quant4.h"
 #include "scratch_dir.h"
+#include "tensor/host_memory.h"
 
 using namespace lamina;
 
@@ -96,4 +97,70 @@ TEST_CASE("qlora: a Llama's projections go to 4 bits, lm_head and norms stay, an
   CHECK(max_abs_difference(model->forward(ids), reference->forward(ids)) < 1e-4);
   testing::ScratchDir dir("qlora-save");
   CHECK_THROWS_WITH_AS(model->save(dir / "model"), doctest::Contains("4-bit base weight"), Error);
+}
+
+TEST_CASE("qlora: loading with the projections quantized as they are read equals quantizing the loaded model") {
+  autograd::NoGradGuard no_grad;
+  const llama::LlamaConfig config = testing::tiny_llama_config(40);
+  testing::ScratchDir dir("qlora-load");
+  testing::random_llama(config, 9)->save(dir / "model", DType::bf16);  // as most checkpoints are stored
+  auto quantized_after = llama::LlamaForCausalLM::load(dir / "model");
+  nn::quantize_base_weights(*quantized_after);
+  llama::LoadOptions options;
+  options.quantize_projections = true;
+  std::vector<int64_t> progress;
+  options.on_quantized = [&](int64_t done, int64_t total) {
+    CHECK(total == 7 * config.num_hidden_layers);
+    progress.push_back(done);
+  };
+  auto quantized_on_load = llama::LlamaForCausalLM::load(dir / "model", options);
+  CHECK(progress.size() == size_t(7 * config.num_hidden_layers));
+  CHECK(progress.back() == 7 * config.num_hidden_layers);
+  const auto after = nn::named_linears(*quantized_after), on_load = nn::named_linears(*quantized_on_load);
+  REQUIRE(after.size() == on_load.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    INFO(after[i].first);
+    const ops::Quantized4Bit* a = after[i].second->base_4bit();
+    const ops::Quantized4Bit* b = on_load[i].second->base_4bit();
+    REQUIRE((a == nullptr) == (b == nullptr));
+    if (a == nullptr) {
+      CHECK(after[i].first == "lm_head");
+      CHECK(max_abs_difference(after[i].second->weight(), on_load[i].second->weight()) == 0);
+      continue;
+    }
+    CHECK(a->double_quant);
+    CHECK(b->double_quant);
+    CHECK(a->codes.to_vector<uint8_t>() == b->codes.to_vector<uint8_t>());
+    CHECK(a->absmax.to_vector<uint8_t>() == b->absmax.to_vector<uint8_t>());
+    CHECK(a->nested_absmax.to_vector<float>() == b->nested_absmax.to_vector<float>());
+    CHECK(a->nested_offset == b->nested_offset);
+  }
+  // The projections never had a full-precision weight: they are not parameters at all.
+  CHECK(quantized_on_load->parameter_count() == config.parameter_count() - config.linear_parameter_count());
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 7, 3, 22, 9}, {1, 5});
+  CHECK(max_abs_difference(quantized_after->forward(ids), quantized_on_load->forward(ids)) == 0);
+}
+
+TEST_CASE("qlora: a model too large for memory in f32 is built when its projections are 4-bit") {
+  // Llama-3-8B's layer shapes with as many layers as make the f32 model larger than this
+  // machine's memory (physical plus swap): refused dense, built with 4-bit projections (at 4.13
+  // bits they need an eighth of that, and nothing is allocated for them until they are set).
+  llama::LlamaConfig config = testing::tiny_llama_config(256);
+  config.hidden_size = 4096;
+  config.intermediate_size = 14336;
+  config.num_attention_heads = 32;
+  config.num_key_value_heads = 8;
+  config.head_dim = 128;
+  const uint64_t total = host_memory().total_bytes;
+  const uint64_t layer_bytes = uint64_t(config.linear_parameter_count() / config.num_hidden_layers) * 4;
+  config.num_hidden_layers = int64_t(total / layer_bytes) + 2;
+  INFO("layers: " << config.num_hidden_layers << ", host memory " << format_bytes(total));
+  CHECK_THROWS_WITH_AS(llama::LlamaForCausalLM(config, DType::f32, nn::ParameterInit::uninitialized),
+                       doctest::Contains("out of host memory"), Error);
+  llama::LlamaForCausalLM four_bit(config, DType::f32, nn::ParameterInit::uninitialized, true);
+  CHECK(four_bit.parameter_count() == config.parameter_count() - config.linear_parameter_count());
+  const auto linears = nn::named_linears(four_bit);
+  REQUIRE(!linears.empty());
+  CHECK_THROWS_WITH_AS(linears.front().second->forward(full({1, 4096}, 0.0)),
+                       doctest::Contains("never given (set_base_4bit)"), Error);
 }
