@@ -2,6 +2,7 @@
 // `lamina generate --prompts` is in tools/generate_batch.cpp.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "models/generate/generate.h"
@@ -33,18 +34,49 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
-  parser.add_option("adapter", "DIR", "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with");
+  parser.add_option("adapter", "DIR",
+                    "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with; or "
+                    "several as NAME=DIR,NAME=DIR,... on one base, which --prompts lines choose from with "
+                    "\"adapter\": NAME (the first is the default; null: the base alone)");
+}
+
+std::vector<AdapterSpec> adapter_specs(const FlagParser& parser) {
+  const std::optional<std::string> value = parser.value("adapter");
+  if (!value) return {};
+  // One folder, whatever characters its path holds; otherwise a NAME=DIR list.
+  std::error_code error;
+  if (std::filesystem::is_directory(*value, error) || value->find('=') == std::string::npos) return {{"default", *value}};
+  std::vector<AdapterSpec> specs;
+  size_t start = 0;
+  while (start <= value->size()) {
+    const size_t comma = std::min(value->find(',', start), value->size());
+    const std::string item = value->substr(start, comma - start);
+    const size_t equals = item.find('=');
+    if (equals == std::string::npos || equals == 0 || equals + 1 == item.size())
+      throw UsageError(str_cat("lamina: --adapter: '", item, "' is not NAME=DIR"),
+                       "--adapter DIR, or --adapter math=runs/math/model,chat=runs/chat/model");
+    AdapterSpec spec{item.substr(0, equals), item.substr(equals + 1)};
+    for (const AdapterSpec& earlier : specs)
+      if (earlier.name == spec.name)
+        throw UsageError(str_cat("lamina: --adapter names '", spec.name, "' twice"), "give each adapter its own name");
+    specs.push_back(std::move(spec));
+    start = comma + 1;
+  }
+  return specs;
 }
 
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
+  const std::vector<AdapterSpec> adapters = adapter_specs(parser);
   auto model = load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
-  if (const std::optional<std::string> adapter = parser.value("adapter")) {
-    const nn::LoraConfig config = peft::load_adapter(*adapter, *model);
+  for (const AdapterSpec& adapter : adapters) {
+    const nn::LoraConfig config = peft::load_adapter(adapter.directory, *model, adapter.name);
     std::string targets;
     for (const std::string& name : config.target_modules) targets += (targets.empty() ? "" : "+") + name;
-    std::fprintf(stderr, "adapter %s: rank %lld, targets %s\n", adapter->c_str(), (long long)config.options.rank,
+    std::fprintf(stderr, "adapter %s%s%s: rank %lld, targets %s\n", adapters.size() > 1 ? adapter.name.c_str() : "",
+                 adapters.size() > 1 ? " = " : "", adapter.directory.c_str(), (long long)config.options.rank,
                  targets.empty() ? config.target_regex.c_str() : targets.c_str());
   }
+  if (!adapters.empty()) nn::set_active_adapter(*model, adapters.front().name);
   model->eval();  // generation never drops out (LoRA dropout)
   return model;
 }
@@ -205,8 +237,9 @@ int run_generate(const Arguments& args) {
   parser.add_option("prompts", "FILE.jsonl",
                     "many prompts, one JSON object a line: {\"prompt\": TEXT}, {\"messages\": [{\"role\", "
                     "\"content\"}, ...]} (rendered in the model's chat format, which also adds its end-of-turn stop "
-                    "tokens) or {\"prompt_ids\": [1, 2, 3]}, each with an optional \"id\" (string or integer); blank "
-                    "lines are skipped");
+                    "tokens) or {\"prompt_ids\": [1, 2, 3]}, each with an optional \"id\" (string or integer) and "
+                    "\"adapter\" (a name from --adapter NAME=DIR,..., or null for the base alone); blank lines are "
+                    "skipped");
   parser.add_option("batch", "N", "with --prompts: sequences generated together", "8");
   parser.add_switch("chat", "wrap --prompt in the model's chat format as a user message");
   parser.add_option("system", "TEXT", "with --chat: a system message");

@@ -14,6 +14,7 @@
 #include "models/generate/batch.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/unicode.h"
+#include "nn/lora.h"
 #include "tensor/io/json.h"
 #include "tools/generate_support.h"
 
@@ -30,6 +31,7 @@ struct BatchPrompt {
   bool text_from_ids = false;          // "prompt_ids": the text is the ids decoded
   std::vector<int64_t> ids;
   std::vector<int64_t> stop_tokens;    // a chat's end-of-turn ids, for "messages"
+  std::optional<json::Value> adapter;  // the line's "adapter": a name, or null for the base alone
 };
 
 // Everything a --prompts run needs to turn lines into ids.
@@ -70,6 +72,11 @@ BatchPrompt parse_prompt_line(const std::string& text, const std::string& where,
       if (!member.is_string() && !(member.is_number() && member.as_number().is_integer))
         throw Error(str_cat("lamina generate: ", where, ": \"id\" must be a string or an integer"));
       prompt.id = member;
+    } else if (key == "adapter") {
+      if (!member.is_string() && !member.is_null())
+        throw Error(str_cat("lamina generate: ", where, ": \"adapter\" must be an adapter's name (a string) or null "
+                            "(the base alone)"));
+      prompt.adapter = member;
     } else if (key == "prompt") {
       ++kinds;
       prompt.text = member.as_string(where + ": prompt");
@@ -91,7 +98,7 @@ BatchPrompt parse_prompt_line(const std::string& text, const std::string& where,
       prompt.text_from_ids = true;  // decoded when written: the ids are checked against the model first
     } else {
       throw Error(str_cat("lamina generate: ", where, ": unknown key \"", key,
-                          "\" (a line holds one of \"prompt\", \"messages\", \"prompt_ids\", and optionally \"id\")"));
+                          "\" (a line holds one of \"prompt\", \"messages\", \"prompt_ids\", and optionally \"id\" and \"adapter\")"));
     }
   }
   if (kinds != 1)
@@ -129,7 +136,7 @@ std::vector<BatchPrompt> read_prompts(const std::string& path, PromptSource& sou
 // The options that decide a prompt's output, written on every output line: a resumed run must
 // use the same ones, or its file would mix answers of two settings. (--batch is not among them:
 // it does not change what a prompt produces.)
-json::Value output_options(const generate::GenerateOptions& options, bool no_stop) {
+json::Value output_options(const generate::GenerateOptions& options, bool no_stop, const std::vector<AdapterSpec>& adapters) {
   json::Value object{json::Object{}};
   object.set("max_new_tokens", options.max_new_tokens);
   object.set("temperature", options.sampling.temperature);
@@ -139,6 +146,11 @@ json::Value output_options(const generate::GenerateOptions& options, bool no_sto
   object.set("repetition_penalty", options.sampling.repetition_penalty);
   object.set("seed", std::to_string(options.sampling.seed));  // all 64 bits, as text
   object.set("no_stop", no_stop);
+  if (!adapters.empty()) {
+    json::Value folders{json::Object{}};
+    for (const AdapterSpec& adapter : adapters) folders.set(adapter.name, adapter.directory);
+    object.set("adapters", std::move(folders));
+  }
   return object;
 }
 
@@ -201,12 +213,14 @@ std::set<int64_t> resume_output(const std::string& path, const std::vector<Batch
   return done;
 }
 
+// `adapter`: the adapter's name or null, when the run has adapters.
 std::string output_line(const BatchPrompt& prompt, int64_t index, const std::vector<int64_t>& tokens,
                         const std::string& finish_reason, const tokenizer::Tokenizer& text_tokenizer,
-                        const json::Value& options) {
+                        const json::Value& options, const std::optional<json::Value>& adapter) {
   json::Value object{json::Object{}};
   object.set("index", index);
   if (prompt.id) object.set("id", *prompt.id);
+  if (adapter) object.set("adapter", *adapter);
   // Decoded text may end inside a character (or hold bytes that are no UTF-8 at all): JSON
   // needs valid UTF-8, so those bytes are written as U+FFFD; the ids stay exact.
   const std::string prompt_text =
@@ -241,7 +255,8 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
   const bool no_stop = parser.is_set("no-stop");
   generate::GenerateOptions options = sampling_options(parser, 64);
   options.use_config_stop_tokens = !no_stop;
-  const json::Value written_options = output_options(options, no_stop);
+  const std::vector<AdapterSpec> adapters = adapter_specs(parser);
+  const json::Value written_options = output_options(options, no_stop, adapters);
 
   const tokenizer::Tokenizer text_tokenizer = load_tokenizer(parser, model_path);
   PromptSource source{text_tokenizer, parser.value("tokenizer").value_or(model_path), !no_stop, std::nullopt};
@@ -255,6 +270,31 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
       throw Error(str_cat("lamina generate: ", where, ": the prompt has ", prompt.ids.size(),
                           " tokens, more than the model's context of ", config.max_position_embeddings, " tokens"));
   }
+  // Each prompt's adapter: the one its line names, the base for null, the first --adapter when it names none.
+  std::vector<int64_t> prompt_adapters(prompts.size(), adapters.empty() ? -1 : 0);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (!prompts[i].adapter) continue;
+    const std::string where = str_cat(prompts_path, ":", prompts[i].line);
+    if (prompts[i].adapter->is_null()) {
+      prompt_adapters[i] = -1;
+      continue;
+    }
+    const std::string& name = prompts[i].adapter->as_string();
+    std::string known;
+    for (size_t a = 0; a < adapters.size(); ++a) {
+      if (adapters[a].name == name) prompt_adapters[i] = nn::adapter_index(*model, name);
+      known += (a == 0 ? "" : ", ") + adapters[a].name;
+    }
+    if (adapters.empty())
+      throw Error(str_cat("lamina generate: ", where, ": the line asks for adapter '", name,
+                          "' but no --adapter was given (--adapter NAME=DIR,...)"));
+    if (std::none_of(adapters.begin(), adapters.end(), [&](const AdapterSpec& a) { return a.name == name; }))
+      throw Error(str_cat("lamina generate: ", where, ": no adapter named '", name, "' (--adapter gave: ", known, ")"));
+  }
+  const auto adapter_of = [&](size_t i) -> std::optional<json::Value> {
+    if (adapters.empty()) return std::nullopt;
+    return prompt_adapters[i] < 0 ? json::Value() : json::Value(nn::lora_selection(*model)->adapters[size_t(prompt_adapters[i])]);
+  };
   const std::set<int64_t> done = resume_output(output_path, prompts, written_options);
   if (!done.empty())
     std::fprintf(stderr, "resuming: %zu of %zu prompts are already in %s\n", done.size(), prompts.size(), output_path.c_str());
@@ -268,6 +308,7 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
     todo_index.push_back(int64_t(i));
     batch.seed_indices.push_back(uint64_t(i));
     batch.prompt_stop_tokens.push_back(prompts[i].stop_tokens);
+    batch.prompt_adapters.push_back(prompt_adapters[i]);
   }
   if (todo.empty()) {
     std::fprintf(stderr, "all %zu prompts are already in %s\n", prompts.size(), output_path.c_str());
@@ -294,7 +335,9 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
   // at most one unfinished line, which the next run drops.
   batch.on_finish = [&](size_t position, const std::vector<int64_t>& tokens, const std::string& reason) {
     const int64_t index = todo_index[position];
-    const std::string line = output_line(prompts[size_t(index)], index, tokens, reason, text_tokenizer, written_options) + "\n";
+    const std::string line = output_line(prompts[size_t(index)], index, tokens, reason, text_tokenizer, written_options,
+                                         adapter_of(size_t(index))) +
+                             "\n";
     if (std::fwrite(line.data(), 1, line.size(), output) != line.size() || std::fflush(output) != 0)
       throw Error(str_cat("lamina generate: writing ", output_path, " failed"));  // closed below
     ++finished;

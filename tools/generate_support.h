@@ -18,7 +18,15 @@ namespace lamina::cli {
 void add_generation_flags(FlagParser& parser);
 generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens);
 
-// The model of `path` on the --device; its tokenizer (--tokenizer, else the model's own).
+// --adapter's value: one PEFT folder (named "default"), or NAME=DIR,NAME=DIR,... (several, which
+// --prompts lines choose from). Names are unique and non-empty; the first one is active.
+struct AdapterSpec {
+  std::string name, directory;
+};
+std::vector<AdapterSpec> adapter_specs(const FlagParser& parser);
+
+// The model of `path` on the --device, with the --adapter folders loaded (the first active), in
+// eval mode; its tokenizer (--tokenizer, else the model's own).
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path);
 tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_path);
 

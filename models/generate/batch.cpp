@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "autograd/autograd.h"
+#include "nn/lora.h"
 
 namespace lamina::generate {
 namespace {
@@ -97,6 +98,7 @@ class BatchRun {
       llama::ForwardOptions forward;
       forward.cache = &row;
       forward.last_position_only = true;
+      if (!batch_.prompt_adapters.empty()) nn::set_row_adapters(model_, {batch_.prompt_adapters[i]});
       const int64_t length = int64_t(prompts_[i].size());
       const Tensor ids = Tensor::from_vector(prompts_[i], {1, length});
       Tensor logits;
@@ -123,6 +125,12 @@ class BatchRun {
     llama::ForwardOptions forward;
     forward.cache = &cache;
     forward.last_position_only = true;
+    if (!batch_.prompt_adapters.empty()) {
+      std::vector<int64_t> row_adapters(slots.size(), -1);  // a free slot's dummy row: the base, cheapest
+      for (size_t b = 0; b < slots.size(); ++b)
+        if (slots[b].prompt >= 0) row_adapters[b] = batch_.prompt_adapters[size_t(slots[b].prompt)];
+      nn::set_row_adapters(model_, row_adapters);
+    }
     const Tensor logits = model_.forward(
         ops::to_device(Tensor::from_vector(ids, {int64_t(slots.size()), 1}), model_.device()), forward);
     result_.decode_steps += 1;
@@ -202,6 +210,26 @@ BatchResult generate_batch(const llama::LlamaForCausalLM& model, const std::vect
   LAMINA_CHECK(batch.prompt_stop_tokens.empty() || batch.prompt_stop_tokens.size() == prompts.size(), "generate: ",
                batch.prompt_stop_tokens.size(), " lists of stop tokens for ", prompts.size(), " prompts");
   check_prompts(model.config(), prompts);
+  if (batch.prompt_adapters.empty()) return BatchRun(model, prompts, options, batch).run();
+  LAMINA_CHECK(batch.prompt_adapters.size() == prompts.size(), "generate: ", batch.prompt_adapters.size(),
+               " adapter choices for ", prompts.size(), " prompts");
+  const std::shared_ptr<nn::LoraSelection> selection = nn::lora_selection(model);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const int64_t index = batch.prompt_adapters[i];
+    LAMINA_CHECK(index >= -1 && index < int64_t(selection->adapters.size()), "generate: prompt ", i, " asks for adapter ",
+                 index, " but the model has ", selection->adapters.size(), " (-1 = the base alone)");
+  }
+  if (selection->adapters.empty()) {  // no adapters: every prompt asked for the base, which is all there is
+    BatchOptions plain = batch;
+    plain.prompt_adapters.clear();
+    return BatchRun(model, prompts, options, plain).run();
+  }
+  // The per-row choices are the model's state while generating: put the caller's back whatever happens.
+  struct RestoreRows {
+    const llama::LlamaForCausalLM& model;
+    std::vector<int64_t> rows;
+    ~RestoreRows() { nn::lora_selection(model)->row_adapters = rows; }
+  } restore{model, selection->row_adapters};
   return BatchRun(model, prompts, options, batch).run();
 }
 

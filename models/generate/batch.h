@@ -28,6 +28,11 @@ struct BatchOptions {
   // Per prompt (empty: none): stop tokens added to options.stop_tokens for that prompt alone,
   // e.g. a chat format's end-of-turn ids for the prompts that are conversations.
   std::vector<std::vector<int64_t>> prompt_stop_tokens;
+  // Per prompt (empty: every prompt runs with the model's current adapter choice): the LoRA
+  // adapter it runs with, an index into nn::lora_selection(model)->adapters, -1 for the base
+  // alone. A decode step runs each row with its own adapter (nn::set_row_adapters), so one
+  // batch serves prompts of different tasks; the model's choice is restored afterwards.
+  std::vector<int64_t> prompt_adapters;
   // Called once per prompt as soon as it finishes, in the order they finish.
   std::function<void(size_t prompt, const std::vector<int64_t>& tokens, const std::string& finish_reason)> on_finish;
 };

@@ -12,6 +12,7 @@
 #include "models/generate/generate.h"
 #include "models/io/gguf_llama.h"
 #include "models/llama/model.h"
+#include "nn/lora.h"
 
 using namespace lamina;
 namespace fs = std::filesystem;
@@ -173,6 +174,55 @@ TEST_CASE("generate_batch: each prompt of a mixed batch equals the prompt genera
   const generate::BatchResult none = generate::generate_batch(*model, prompts, options, {});
   CHECK(none.prefills == 0);
   CHECK(none.finish_reasons[3] == "length");
+}
+
+TEST_CASE("generate_batch: each prompt runs with its own LoRA adapter, as if generated alone with it") {
+  autograd::NoGradGuard no_grad;
+  const auto model = testing::random_llama(small_config(64), 23);
+  for (const char* name : {"math", "poetry"}) {
+    nn::LoraConfig config;
+    config.options.rank = 4;
+    config.options.init = nn::LoraInit::random;  // non-zero B: each adapter changes the output
+    config.target_modules = {"q_proj", "v_proj", "down_proj"};
+    config.seed = name[0];
+    nn::apply_lora(*model, config, name);
+  }
+  model->eval();
+  nn::set_active_adapter(*model, "poetry");
+  generate::GenerateOptions options;
+  options.use_config_stop_tokens = false;
+  options.max_new_tokens = 10;
+  const std::vector<std::vector<int64_t>> prompts = mixed_prompts(30);
+  generate::BatchOptions batch;
+  batch.slots = 3;
+  batch.prompt_adapters = {0, 1, -1, 1, 0, -1, 0};  // math, poetry, the base, ...
+  const generate::BatchResult result = generate::generate_batch(*model, prompts, options, batch);
+  CHECK(nn::lora_selection(*model)->row_adapters.empty());  // the caller's choice is back
+  CHECK(nn::lora_selection(*model)->active == "poetry");
+  int differing = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(i);
+    const int64_t chosen = batch.prompt_adapters[i];
+    if (chosen < 0)
+      nn::disable_adapters(*model);
+    else
+      nn::set_active_adapter(*model, chosen == 0 ? "math" : "poetry");
+    const generate::GenerateResult alone = generate::generate(*model, {prompts[i]}, options);
+    CHECK(result.tokens[i] == alone.tokens[0]);
+    // The same prompt with another adapter (or none) generates something else: the choice matters.
+    if (chosen == 0)
+      nn::set_active_adapter(*model, "poetry");
+    else
+      nn::set_active_adapter(*model, "math");
+    differing += generate::generate(*model, {prompts[i]}, options).tokens[0] != alone.tokens[0] ? 1 : 0;
+  }
+  CHECK(differing >= 4);
+  batch.prompt_adapters = {0, 1, 2, 0, 0, 0, 0};
+  CHECK_THROWS_WITH_AS(generate::generate_batch(*model, prompts, options, batch),
+                       doctest::Contains("asks for adapter 2 but the model has 2"), Error);
+  batch.prompt_adapters = {0, 1};
+  CHECK_THROWS_WITH_AS(generate::generate_batch(*model, prompts, options, batch),
+                       doctest::Contains("2 adapter choices for 7 prompts"), Error);
 }
 
 TEST_CASE("generate_batch: sampling seeds are per prompt, independent of the batch size and slot") {

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "helpers.h"
 #include "model_presets.h"
+#include "models/io/peft.h"
 #include "models/tokenizer/builder.h"
+#include "nn/lora.h"
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
 #include "tools/cli_runner.h"
@@ -187,4 +190,69 @@ TEST_CASE("lamina generate --prompts names the file and line of a malformed prom
   CHECK(help.status == 0);
   CHECK(help.output.find("--prompts") != std::string::npos);
   CHECK(help.output.find("--batch") != std::string::npos);
+}
+
+TEST_CASE("lamina generate --prompts runs each line with the adapter it names, as --adapter alone would") {
+  ScratchDir dir("cli-generate-batch-adapters");
+  const std::string model = tiny_model(dir);
+  // Two adapters with non-zero B on the same base, saved as PEFT folders.
+  for (const char* name : {"math", "poetry"}) {
+    const auto base = llama::LlamaForCausalLM::load(model);
+    nn::LoraConfig config;
+    config.target_modules = {"all-linear"};
+    config.options.rank = 2;
+    config.options.init = nn::LoraInit::random;
+    config.seed = uint64_t(name[0]);
+    nn::apply_lora(*base, config);
+    peft::save_adapter(dir / name, *base, config);
+  }
+  write_file(dir / "prompts.jsonl",
+             "{\"prompt\": \"Once upon a time\", \"adapter\": \"poetry\"}\n"
+             "{\"prompt\": \"Once upon a time\", \"adapter\": \"math\"}\n"
+             "{\"prompt\": \"Once upon a time\", \"adapter\": null}\n"
+             "{\"prompt\": \"Once upon a time\"}\n");
+  const std::string adapters = " --adapter math=" + (dir / "math") + ",poetry=" + (dir / "poetry");
+  const std::string common = "generate --model " + model + " --max-new-tokens 10 --no-stop";
+  const Run run = run_lamina(common + adapters + " --prompts " + (dir / "prompts.jsonl") + " --batch 4 --output " +
+                             (dir / "out.jsonl"));
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  const std::vector<std::string> lines = by_index(read_file(dir / "out.jsonl"));
+  REQUIRE(lines.size() == 4);
+  // Each line's completion is what a single-prompt run with that adapter alone (or none) gives.
+  const auto single = [&](const std::string& flags) {
+    const Run alone = run_lamina(common + " --prompt \"Once upon a time\" --output ids" + flags);
+    REQUIRE_MESSAGE(alone.status == 0, alone.output);
+    return alone.output;
+  };
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"poetry", single(" --adapter " + (dir / "poetry"))},
+      {"math", single(" --adapter " + (dir / "math"))},
+      {"", single("")},
+      {"math", single(" --adapter " + (dir / "math"))}};  // no "adapter": the first of --adapter
+  std::set<std::string> completions;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    CAPTURE(lines[i]);
+    const json::Value line = json::parse(lines[i]);
+    if (expected[i].first.empty())
+      CHECK(line.at("adapter").is_null());
+    else
+      CHECK(line.at("adapter").as_string() == expected[i].first);
+    std::string ids;
+    for (const json::Value& id : line.at("completion_ids").as_array()) ids += " " + std::to_string(id.as_int64());
+    CHECK(expected[i].second.find(ids + "\n") != std::string::npos);
+    completions.insert(ids);
+  }
+  CHECK(completions.size() == 3);  // the three choices answer differently
+  CHECK(json::parse(lines[0]).at("options").at("adapters").at("poetry").as_string() == dir / "poetry");
+  // A line naming an adapter that was not given is an error naming the line.
+  write_file(dir / "bad.jsonl", "{\"prompt\": \"a\"}\n{\"prompt\": \"b\", \"adapter\": \"chemistry\"}\n");
+  const Run bad = run_lamina(common + adapters + " --prompts " + (dir / "bad.jsonl") + " --output " + (dir / "bad-out.jsonl"));
+  CHECK(bad.status == 1);
+  CHECK(bad.output.find("bad.jsonl:2: no adapter named 'chemistry' (--adapter gave: math, poetry)") != std::string::npos);
+  const Run none = run_lamina(common + " --prompts " + (dir / "bad.jsonl") + " --output " + (dir / "bad-out.jsonl"));
+  CHECK(none.status == 1);
+  CHECK(none.output.find("bad.jsonl:2: the line asks for adapter 'chemistry' but no --adapter was given") != std::string::npos);
+  const Run twice = run_lamina(common + " --adapter a=" + (dir / "math") + ",a=" + (dir / "poetry") + " --prompt x");
+  CHECK(twice.status == 2);
+  CHECK(twice.output.find("--adapter names 'a' twice") != std::string::npos);
 }
