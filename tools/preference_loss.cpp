@@ -101,8 +101,11 @@ void print_listing(const LossDefinition& definition) {
   std::printf("  inputs:\n");
   std::set<std::string> masks;
   for (const train::InputSpec& spec : definition.inputs) {
-    std::printf("    %-34s %-6s %-6s %s%s\n", spec.name.c_str(), train::shape_name(spec.shape), train::role_name(spec.role),
-                spec.required ? "" : "(optional) ", spec.help.c_str());
+    std::string aliases;
+    for (const std::string& alias : spec.aliases) aliases += (aliases.empty() ? " (TRL 1.x name: " : ", ") + alias;
+    if (!aliases.empty()) aliases += ")";
+    std::printf("    %-34s %-6s %-6s %s%s%s\n", spec.name.c_str(), train::shape_name(spec.shape), train::role_name(spec.role),
+                spec.required ? "" : "(optional) ", spec.help.c_str(), aliases.c_str());
     if (!spec.mask.empty()) masks.insert(spec.mask);
   }
   for (const std::string& mask : masks)
@@ -112,8 +115,11 @@ void print_listing(const LossDefinition& definition) {
   for (const train::ParamSpec& spec : definition.params) {
     std::string type = spec.type_name();
     if (spec.type == train::ParamType::real || spec.type == train::ParamType::integer) type += " in " + spec.range.describe();
-    std::printf("    --%-32s %s, default %s: %s\n", spec.name.c_str(), type.c_str(), spec.default_text().c_str(),
-                spec.help.c_str());
+    // Where the default comes from (TRL's config, the spec, or lamina), so that a TRL user sees
+    // which defaults differ from TRL's and why.
+    const std::string source = spec.source.empty() ? "" : " [from " + spec.source + "]";
+    std::printf("    --%-32s %s, default %s%s: %s\n", spec.name.c_str(), type.c_str(), spec.default_text().c_str(),
+                source.c_str(), spec.help.c_str());
   }
   std::printf("\n");
 }

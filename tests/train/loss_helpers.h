@@ -37,17 +37,16 @@ inline Tensor bools(const std::vector<std::vector<int>>& rows) {
 
 using Overrides = std::vector<std::pair<std::string, std::string>>;
 
-// The entries of `inputs` that loss `name` takes (its specs and their masks): one input set can
-// then serve several losses, as the spec's examples do.
+// The entries of `inputs` that loss `name` takes (its specs under any of their names, and their
+// masks): one input set can then serve several losses, as the spec's examples do.
 inline train::LossInputs taken_by(const std::string& name, const train::LossInputs& inputs) {
   const train::LossDefinition& definition = train::find_loss(name);
   train::LossInputs taken;
-  for (const std::string& key : inputs.names())
-    for (const train::InputSpec& spec : definition.inputs)
-      if (spec.name == key || spec.mask == key) {
-        taken.set(key, inputs.get(key));
-        break;
-      }
+  for (const std::string& key : inputs.names()) {
+    bool takes = train::find_input_spec(definition, key) != nullptr;
+    for (const train::InputSpec& spec : definition.inputs) takes = takes || spec.mask == key;
+    if (takes) taken.set(key, inputs.get(key));
+  }
   return taken;
 }
 

@@ -169,7 +169,9 @@ TEST_CASE("§7.1 PPO-clip worked example (whitening off)") {
 
 TEST_CASE("§7.2 GRPO worked example in every aggregation, and §7.3 Dr. GRPO / DAPO") {
   const train::LossInputs inputs = grpo_example();
-  const Overrides base{{"num_generations", "2"}, {"beta", "0.04"}};
+  // The spec's example is TRL's KL term before use_bias_correction_kl (TRL 1.16's default, which
+  // test_trl_compatibility.cpp checks against TRL's own code).
+  const Overrides base{{"num_generations", "2"}, {"beta", "0.04"}, {"use_bias_correction_kl", "false"}};
   const auto with = [&](const char* loss_type) {
     Overrides overrides = base;
     overrides.push_back({"loss_type", loss_type});
@@ -182,7 +184,9 @@ TEST_CASE("§7.2 GRPO worked example in every aggregation, and §7.3 Dr. GRPO / 
   dr.push_back({"max_completion_length", "4"});
   CHECK(std::abs(loss_value("grpo", inputs, dr) - 0.054688) < kSpecTolerance);
   check_close(train::group_advantages({1, 0}, 2, "group", 1e-4), {0.707007, -0.707007}, kSpecTolerance);
-  CHECK(std::abs(loss_value("dr_grpo", inputs, {{"num_generations", "2"}, {"beta", "0.04"}, {"max_completion_length", "4"}}) -
+  CHECK(std::abs(loss_value("dr_grpo", inputs,
+                            {{"num_generations", "2"}, {"beta", "0.04"}, {"max_completion_length", "4"},
+                             {"use_bias_correction_kl", "false"}}) -
                  0.038937) < kSpecTolerance);
   CHECK(std::abs(loss_value("dapo", inputs, {{"num_generations", "2"}}) - 0.086074) < kSpecTolerance);
   // dapo with the global token count given: the same sum over a larger divisor.
@@ -214,7 +218,8 @@ TEST_CASE("§7.2 GRPO invariances") {
     on_policy = train::LossInputs();
     on_policy.set("policy_token_logps", policy).set("completion_mask", grpo_example().get("completion_mask"))
         .set("rewards", f64s({1.0, 0.0}));
-    const std::vector<double> grad = gradient_of("grpo", on_policy, "policy_token_logps", {{"num_generations", "2"}});
+    const std::vector<double> grad =
+        gradient_of("grpo", on_policy, "policy_token_logps", {{"num_generations", "2"}, {"loss_type", "grpo"}});
     const double a = 0.5 / (std::sqrt(0.5) + 1e-4);
     check_close(grad, {-a / 2 / 2, -a / 2 / 2, 0, a / 3 / 2, a / 3 / 2, a / 3 / 2}, 1e-12);
   }

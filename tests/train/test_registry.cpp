@@ -248,7 +248,10 @@ TEST_CASE("inputs and results as JSON") {
   CHECK(parsed.inputs.get("completion_mask").to_vector<bool>() == std::vector<bool>{1, 1, 0, 1, 1, 1});
   const Tensor leaf = parsed.inputs.get("policy_token_logps");
   leaf.set_requires_grad(true);
-  const train::LossResult result = train::compute_loss(grpo, parsed.inputs, params_for("grpo", {{"num_generations", "2"}, {"beta", "0.04"}}));
+  // The spec's §7.2 example: the paper's aggregation, TRL's KL term before the bias correction.
+  const Overrides spec_example{
+      {"num_generations", "2"}, {"beta", "0.04"}, {"loss_type", "grpo"}, {"use_bias_correction_kl", "false"}};
+  const train::LossResult result = train::compute_loss(grpo, parsed.inputs, params_for("grpo", spec_example));
   result.loss.backward();
   const json::Value out = train::result_to_json(result, grpo, parsed.inputs);
   CHECK(out.at("loss").as_double() == doctest::Approx(-0.045440).epsilon(1e-5));

@@ -58,6 +58,7 @@ std::string ParamSpec::type_name() const {
     case ParamType::integer: return "integer";
     case ParamType::flag: return "flag";
     case ParamType::choice: return "one of " + join(choices, "|");
+    case ParamType::interval: return "interval low,high";
   }
   return "?";
 }
@@ -66,7 +67,8 @@ std::string ParamSpec::default_text() const {
   if (optional()) return "unset (" + unset_means + ")";
   switch (type) {
     case ParamType::flag: return number != 0 ? "true" : "false";
-    case ParamType::choice: return text;
+    case ParamType::choice:
+    case ParamType::interval: return text;
     default: return format_number(number);
   }
 }
@@ -123,8 +125,28 @@ ParamSpec choice_param(std::string name, std::string default_value, std::vector<
   return spec;
 }
 
+ParamSpec optional_interval_param(std::string name, std::string unset_means, std::string help) {
+  ParamSpec spec;
+  spec.name = std::move(name);
+  spec.type = ParamType::interval;
+  spec.help = std::move(help);
+  spec.unset_means = std::move(unset_means);
+  return spec;
+}
+
+ParamSpec sourced(ParamSpec spec, std::string source) {
+  if (spec.source.empty()) spec.source = std::move(source);
+  return spec;
+}
+
+std::vector<ParamSpec> all_sourced(std::vector<ParamSpec> specs, const std::string& source) {
+  for (ParamSpec& spec : specs) spec = sourced(std::move(spec), source);
+  return specs;
+}
+
 std::vector<ParamSpec> with_defaults(std::vector<ParamSpec> specs,
-                                     const std::vector<std::pair<std::string, std::string>>& defaults) {
+                                     const std::vector<std::pair<std::string, std::string>>& defaults,
+                                     const std::string& source) {
   // Validate each new default through a Hyperparameters object, then copy it into the spec.
   Hyperparameters check("defaults", specs);
   for (const auto& [name, text] : defaults) {
@@ -132,8 +154,9 @@ std::vector<ParamSpec> with_defaults(std::vector<ParamSpec> specs,
     for (ParamSpec& spec : specs) {
       if (spec.name != name) continue;
       spec.unset_means.clear();
-      if (spec.type == ParamType::choice) {
-        spec.text = text;
+      spec.source = source;
+      if (spec.type == ParamType::choice || spec.type == ParamType::interval) {
+        spec.text = check.value_text(name);
       } else if (spec.type == ParamType::flag) {
         spec.number = check.flag(name) ? 1 : 0;
       } else {
@@ -149,7 +172,7 @@ Hyperparameters::Hyperparameters(std::string owner, std::vector<ParamSpec> specs
   for (const ParamSpec& spec : specs_) {
     if (spec.optional()) {
       values_.emplace_back(std::monostate{});
-    } else if (spec.type == ParamType::choice) {
+    } else if (spec.type == ParamType::choice || spec.type == ParamType::interval) {
       values_.emplace_back(spec.text);
     } else {
       values_.emplace_back(spec.number);
@@ -181,7 +204,8 @@ void Hyperparameters::check_type(size_t index, ParamType type, std::string_view 
 void Hyperparameters::set(std::string_view name, double value) {
   const size_t index = index_of(name);
   const ParamSpec& spec = specs_[index];
-  if (spec.type == ParamType::choice) fail(index, str_cat("is ", spec.type_name(), ", not a number"));
+  if (spec.type == ParamType::choice || spec.type == ParamType::interval)
+    fail(index, str_cat("is ", spec.type_name(), ", not a single number"));
   if (spec.type == ParamType::flag) {
     if (value != 0 && value != 1) fail(index, str_cat("is a flag (true/false or 1/0), got ", format_number(value)));
   } else {
@@ -205,6 +229,20 @@ void Hyperparameters::set(std::string_view name, std::string_view text) {
       return;
     }
     fail(index, str_cat("must be ", spec.type_name(), ", got '", text, "'"));
+  }
+  if (spec.type == ParamType::interval) {
+    // "low,high" (brackets and spaces allowed, as TRL prints its tuples: "(-1.0, 1.0)").
+    std::string cleaned;
+    for (char c : text)
+      if (c != ' ' && c != '(' && c != ')' && c != '[' && c != ']') cleaned += c;
+    const size_t comma = cleaned.find(',');
+    const std::optional<double> low = comma == std::string::npos ? std::nullopt : parse_number(cleaned.substr(0, comma));
+    const std::optional<double> high = comma == std::string::npos ? std::nullopt : parse_number(cleaned.substr(comma + 1));
+    if (!low || !high) fail(index, str_cat("needs two finite numbers low,high, got '", text, "'"));
+    if (*low > *high) fail(index, str_cat("needs low <= high, got '", text, "'"));
+    values_[index] = format_number(*low) + "," + format_number(*high);
+    overridden_[index] = true;
+    return;
   }
   if (spec.type == ParamType::flag) {
     if (text == "true" || text == "1") return set_flag(name, true);
@@ -247,6 +285,14 @@ const std::string& Hyperparameters::choice(std::string_view name) const {
   return std::get<std::string>(values_[index]);
 }
 
+std::pair<double, double> Hyperparameters::interval(std::string_view name) const {
+  const size_t index = index_of(name);
+  check_type(index, ParamType::interval, "interval()");
+  const std::string& text = std::get<std::string>(values_[index]);  // normalised by set(): "low,high"
+  const size_t comma = text.find(',');
+  return {*parse_number(std::string_view(text).substr(0, comma)), *parse_number(std::string_view(text).substr(comma + 1))};
+}
+
 bool Hyperparameters::is_set(std::string_view name) const {
   return !std::holds_alternative<std::monostate>(values_[index_of(name)]);
 }
@@ -264,7 +310,8 @@ std::string Hyperparameters::value_text(std::string_view name) const {
   const ParamSpec& spec = specs_[index];
   if (!is_set(name)) return "unset";
   switch (spec.type) {
-    case ParamType::choice: return std::get<std::string>(values_[index]);
+    case ParamType::choice:
+    case ParamType::interval: return std::get<std::string>(values_[index]);
     case ParamType::flag: return flag(name) ? "true" : "false";
     default: return format_number(std::get<double>(values_[index]));
   }

@@ -1,7 +1,9 @@
 // Typed, validated hyperparameters of the preference losses.
 //
-// Every loss declares its hyperparameters as ParamSpecs (name, type, default from
-// preference-losses.md, valid range or choices, one line of help). A Hyperparameters object
+// Every loss declares its hyperparameters as ParamSpecs (name, type, default, where that default
+// comes from, valid range or choices, one line of help). Where a loss carries TRL's name its
+// defaults are TRL's config defaults unless preference-losses.md fixes another; `source` says
+// which, and `lamina preference-loss --list` prints it. A Hyperparameters object
 // starts at those defaults and accepts overrides by name, from C++ values or from text (the
 // CLI); an unknown name or a bad value throws a lamina::Error naming the loss, the
 // hyperparameter and what it accepts.
@@ -11,12 +13,15 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
 namespace lamina::train {
 
-enum class ParamType { real, integer, flag, choice };
+// interval: a pair "low,high" with low <= high (TRL's tuple-valued options such as RLOO's
+// reward_clip_range); always optional.
+enum class ParamType { real, integer, flag, choice, interval };
 
 // A closed or open interval of reals (also used for integers).
 struct Range {
@@ -42,9 +47,11 @@ struct ParamSpec {
   std::string unset_means;
   Range range;
   std::vector<std::string> choices;
+  // Where the default comes from: "TRL 1.16 GRPOConfig", "spec §2.2", "lamina: ..." (printed by --list).
+  std::string source;
 
   bool optional() const { return !unset_means.empty(); }
-  std::string type_name() const;      // "real", "integer", "flag", "one of a|b"
+  std::string type_name() const;      // "real", "integer", "flag", "one of a|b", "interval low,high"
   std::string default_text() const;   // "0.1", "true", "average", "unset (= epsilon)"
 };
 
@@ -55,11 +62,18 @@ ParamSpec optional_integer_param(std::string name, Range range, std::string unse
 ParamSpec flag_param(std::string name, bool default_value, std::string help);
 ParamSpec choice_param(std::string name, std::string default_value, std::vector<std::string> choices,
                        std::string help);
+ParamSpec optional_interval_param(std::string name, std::string unset_means, std::string help);
+
+// The same spec(s) with `source` recorded as the origin of every default that has none yet.
+ParamSpec sourced(ParamSpec spec, std::string source);
+std::vector<ParamSpec> all_sourced(std::vector<ParamSpec> specs, const std::string& source);
 
 // Copies of `specs` with some defaults replaced: how one loss function serves several
-// registry entries (dapo is grpo with other defaults). Values are given as text.
+// registry entries (dapo is grpo with other defaults). Values are given as text; `source` is
+// recorded as the origin of the replaced defaults.
 std::vector<ParamSpec> with_defaults(std::vector<ParamSpec> specs,
-                                     const std::vector<std::pair<std::string, std::string>>& defaults);
+                                     const std::vector<std::pair<std::string, std::string>>& defaults,
+                                     const std::string& source);
 
 class Hyperparameters {
  public:
@@ -68,13 +82,14 @@ class Hyperparameters {
 
   // Overrides; throw on an unknown name, a wrong type or a value out of range.
   void set(std::string_view name, double value);
-  void set(std::string_view name, std::string_view text);  // parsed according to the type
+  void set(std::string_view name, std::string_view text);  // parsed according to the type ("low,high" for intervals)
   void set_flag(std::string_view name, bool value);
 
   double real(std::string_view name) const;
   int64_t integer(std::string_view name) const;
   bool flag(std::string_view name) const;
   const std::string& choice(std::string_view name) const;
+  std::pair<double, double> interval(std::string_view name) const;  // {low, high}
   bool is_set(std::string_view name) const;  // false only for an optional parameter left unset
   bool has(std::string_view name) const;     // whether the loss declares this parameter
   bool is_default(std::string_view name) const;

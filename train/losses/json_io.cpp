@@ -10,10 +10,26 @@
 namespace lamina::train {
 namespace {
 
+// By name or alias (TRL 1.x's names).
 const InputSpec* spec_named(const LossDefinition& definition, const std::string& name) {
-  for (const InputSpec& spec : definition.inputs)
-    if (spec.name == name) return &spec;
-  return nullptr;
+  return find_input_spec(definition, name);
+}
+
+// The value of `spec` in the document under its name or one of its aliases; two of them
+// present is an error naming both.
+const json::Value* find_value(const json::Value& document, const InputSpec& spec, const std::string& source,
+                              std::string& key) {
+  const json::Value* found = document.find(spec.name);
+  key = spec.name;
+  for (const std::string& alias : spec.aliases) {
+    const json::Value* value = document.find(alias);
+    if (value == nullptr) continue;
+    LAMINA_CHECK(found == nullptr, source, ": input ", spec.name, " is given twice, as '", key, "' and as '", alias,
+                 "'; keep one of them");
+    found = value;
+    key = alias;
+  }
+  return found;
 }
 
 bool is_mask_of(const LossDefinition& definition, const std::string& name) {
@@ -66,13 +82,14 @@ JsonInputs inputs_from_json(const json::Value& document, const LossDefinition& d
   std::string batch_key;
   std::map<std::string, std::pair<std::vector<int64_t>, std::string>> mask_lengths;  // mask -> row lengths, key
   for (const InputSpec& spec : definition.inputs) {
-    const json::Value* value = document.find(spec.name);
+    std::string key;
+    const json::Value* value = find_value(document, spec, source, key);
     if (value == nullptr) {
       LAMINA_CHECK(!spec.required, source, ": missing key '", spec.name, "' (", spec.help, "), needed by loss '",
                    definition.name, "'");
       continue;
     }
-    const std::string where = str_cat(source, ": ", spec.name);
+    const std::string where = str_cat(source, ": ", key);
     if (spec.shape == InputShape::scalar) {
       out.inputs.set(spec.name, Tensor::scalar(read_number(*value, spec, where), dtype));
       continue;
@@ -80,7 +97,7 @@ JsonInputs inputs_from_json(const json::Value& document, const LossDefinition& d
     const json::Array& rows = value->as_array(where);
     if (batch < 0) {
       batch = int64_t(rows.size());
-      batch_key = spec.name;
+      batch_key = key;
     }
     LAMINA_CHECK(int64_t(rows.size()) == batch, where, " has ", rows.size(), rows.size() == 1 ? " entry" : " entries",
                  ", but '", batch_key, "' has ", batch, " (one per example)");
@@ -101,7 +118,7 @@ JsonInputs inputs_from_json(const json::Value& document, const LossDefinition& d
     // that into a loss of 0 with zero gradients): no result to report.
     LAMINA_CHECK(rows.empty() || width > 0, where, ": every row is empty, so the loss has no token to average over ",
                  "(each example needs its completion's tokens)");
-    auto [known, inserted] = mask_lengths.emplace(spec.mask, std::make_pair(lengths, spec.name));
+    auto [known, inserted] = mask_lengths.emplace(spec.mask, std::make_pair(lengths, key));
     for (size_t i = 0; !inserted && i < lengths.size(); ++i)
       LAMINA_CHECK(lengths[i] == known->second.first[i], where, "[", i, "] has ", lengths[i], " tokens, but '",
                    known->second.second, "[", i, "]' has ", known->second.first[i], " (they share ", spec.mask, ")");

@@ -110,8 +110,38 @@ bool Metrics::has(std::string_view name) const {
   return false;
 }
 
-LossInputs prepare_inputs(const LossDefinition& definition, const LossInputs& raw) {
+InputSpec also_named(InputSpec spec, std::vector<std::string> aliases) {
+  spec.aliases.insert(spec.aliases.end(), aliases.begin(), aliases.end());
+  return spec;
+}
+
+const InputSpec* find_input_spec(const LossDefinition& definition, std::string_view name) {
+  for (const InputSpec& spec : definition.inputs) {
+    if (spec.name == name) return &spec;
+    for (const std::string& alias : spec.aliases)
+      if (alias == name) return &spec;
+  }
+  return nullptr;
+}
+
+LossInputs resolve_input_aliases(const LossDefinition& definition, const LossInputs& raw) {
+  LossInputs resolved;
+  std::vector<std::pair<std::string, std::string>> given;  // canonical name -> the name it came under
+  for (const std::string& name : raw.names()) {
+    const InputSpec* spec = find_input_spec(definition, name);
+    const std::string canonical = spec != nullptr ? spec->name : name;  // unknown names are reported later
+    for (const auto& [known, source] : given)
+      LAMINA_CHECK(known != canonical, "loss '", definition.name, "': input ", canonical, " is given twice, as '",
+                   source, "' and as '", name, "'; pass one of them");
+    given.emplace_back(canonical, name);
+    resolved.set(canonical, raw.get(name));
+  }
+  return resolved;
+}
+
+LossInputs prepare_inputs(const LossDefinition& definition, const LossInputs& given) {
   const std::string& loss = definition.name;
+  const LossInputs raw = resolve_input_aliases(definition, given);
   // Every accepted name: the specs and the masks they name.
   std::vector<std::string> accepted;
   std::set<std::string> masks;
@@ -119,11 +149,15 @@ LossInputs prepare_inputs(const LossDefinition& definition, const LossInputs& ra
     accepted.push_back(spec.name);
     if (!spec.mask.empty() && masks.insert(spec.mask).second) accepted.push_back(spec.mask);
   }
+  // The error lists the aliases too, after the names.
+  std::vector<std::string> listed = accepted;
+  for (const InputSpec& spec : definition.inputs)
+    for (const std::string& alias : spec.aliases) listed.push_back(alias + " (= " + spec.name + ")");
   for (const std::string& name : raw.names()) {
     bool known = false;
     for (const std::string& candidate : accepted) known = known || candidate == name;
     LAMINA_CHECK(known, "loss '", loss, "' does not take an input named '", name, "'; it takes: ",
-                 join_names(accepted));
+                 join_names(listed));
   }
 
   // One float dtype for the policy inputs; the others follow it.

@@ -3,7 +3,9 @@
 // steps (LossState), and the registry row that ties these together (LossDefinition).
 //
 // Inputs are named tensors, keyed as in TRL where TRL has the quantity
-// (`policy_chosen_logps`, `reference_rejected_logps`, `chosen_lengths`, `labels`, `rewards`):
+// (`policy_chosen_logps`, `reference_rejected_logps`, `chosen_lengths`, `labels`, `rewards`);
+// TRL 1.x's newer names (`chosen_logps`, `ref_chosen_logps`, KTO's `label`, GRPO's
+// `old_per_token_logps`, ...) are accepted as aliases of the same inputs:
 //   sequence inputs  [B]      one value per example (summed log-probs, lengths, labels, ...)
 //   token inputs     [B, T]   one value per token, with a bool mask [B, T] named by the spec
 //   scalar inputs    []       one value per batch
@@ -35,7 +37,11 @@ struct InputSpec {
   bool required = true;
   std::string help;
   std::string mask;  // token inputs: the name of their bool mask input ([B, T])
+  std::vector<std::string> aliases = {};  // other accepted names (TRL 1.x's), resolved by prepare_inputs
 };
+
+// `spec` also accepting `aliases` as its name.
+InputSpec also_named(InputSpec spec, std::vector<std::string> aliases);
 
 const char* shape_name(InputShape shape);  // "[B]", "[B, T]", "[]"
 const char* role_name(InputRole role);     // "policy", "frozen", "data"
@@ -104,7 +110,14 @@ struct LossDefinition {
   std::vector<std::string> aliases;
 };
 
-// Checks `raw` against the definition (unknown or missing names, shapes, one batch size, one
+// The spec named `name` (its name or an alias), nullptr when the loss has none.
+const InputSpec* find_input_spec(const LossDefinition& definition, std::string_view name);
+
+// `raw` with every alias renamed to its input's name. Giving one input under two of its names
+// (`policy_chosen_logps` and `chosen_logps`) is an error naming both.
+LossInputs resolve_input_aliases(const LossDefinition& definition, const LossInputs& raw);
+
+// Resolves aliases, then checks `raw` against the definition (unknown or missing names, shapes, one batch size, one
 // float dtype for the policy inputs, value ranges: lengths are non-negative integers, labels
 // 0/1, probabilities in [0, 1], everything finite) and returns the inputs normalised: masks
 // and labels as bool, other frozen and data inputs cast to the policy dtype. Policy tensors

@@ -189,6 +189,8 @@ ParamSpec label_smoothing(double default_value, Range range, const std::string& 
   return real_param("label_smoothing", default_value, range, help);
 }
 
+const char* const kTrlDpo = "TRL 1.16 DPOConfig";
+
 // A §2 registry row: the four log-prob inputs plus `extra_inputs`; β, reference_free and,
 // for losses of h alone, the f-divergence hyperparameters, plus `extra_params`.
 LossDefinition row(std::string name, std::string section, std::string summary, LossFunction compute,
@@ -203,7 +205,9 @@ LossDefinition row(std::string name, std::string section, std::string summary, L
     for (ParamSpec& spec : f_divergence_params()) params.push_back(std::move(spec));
   }
   params.insert(params.end(), extra_params.begin(), extra_params.end());
-  return {std::move(name), std::move(section), std::move(summary), std::move(inputs), std::move(params), compute};
+  // Every default not marked otherwise is TRL's DPOConfig default (§2 losses are its loss types).
+  return {std::move(name), std::move(section), std::move(summary), std::move(inputs),
+          all_sourced(std::move(params), kTrlDpo), compute};
 }
 
 }  // namespace
@@ -213,21 +217,26 @@ std::vector<LossDefinition> paired_reference_losses() {
   rows.push_back(row("sigmoid", "2.1", "DPO: sp(-β h)", sigmoid_loss, true));
   rows.back().aliases = {"dpo"};
   rows.push_back(row("cdpo", "2.2", "conservative DPO: (1-ε) sp(-β h) + ε sp(β h)", cdpo_loss, true,
-                     {label_smoothing(0.1, between(0, 0.5, false, true), "ε: assumed label-flip probability")}));
+                     {sourced(label_smoothing(0.1, between(0, 0.5, false, true), "ε: assumed label-flip probability"),
+                              "spec §2.2 (cdpo is not a TRL 1.x loss type)")}));
   rows.push_back(row("robust", "2.3", "robust DPO: [(1-ε) sp(-β h) - ε sp(β h)] / (1-2ε)", robust_loss, true,
-                     {label_smoothing(0.1, between(0, 0.5, false, true), "ε: label-flip rate the loss corrects for")}));
+                     {label_smoothing(0.0, between(0, 0.5, false, true),
+                                      "ε: label-flip rate the loss corrects for (0 = DPO; the paper suggests 0.1)")}));
   rows.push_back(row("hinge", "2.4", "RSO hinge: max(0, 1 - β h)", hinge_loss, true));
   rows.push_back(row("ipo", "2.5", "IPO: (h - 1/(2β))², h length-averaged (TRL) or summed (paper)", ipo_loss, false,
-                     {choice_param("ipo_normalization", "average", {"average", "sum"},
-                                   "average: h = r_w/|y_w| - r_l/|y_l| (TRL); sum: h = r_w - r_l (paper Eq. 17)")},
+                     {sourced(choice_param("ipo_normalization", "average", {"average", "sum"},
+                                           "average: h = r_w/|y_w| - r_l/|y_l| (TRL); sum: h = r_w - r_l (paper Eq. 17)"),
+                              "lamina: TRL's behaviour")},
                      {lengths_for_average(chosen_lengths(/*required=*/false)),
                       lengths_for_average(rejected_lengths(/*required=*/false))}));
   rows.push_back(row("exo_pair", "2.6", "EXO: KL((σ(βh), σ(-βh)) || (1-ε, ε))", exo_pair_loss, true,
-                     {label_smoothing(1e-3, between(0, 1, true, true), "ε of the label distribution (must be > 0)")}));
+                     {sourced(label_smoothing(1e-3, between(0, 1, true, true), "ε of the label distribution (must be > 0)"),
+                              "spec §2.6 (TRL's 0 is an error for exo_pair; the paper's 1e-3)")}));
   rows.push_back(row("nca_pair", "2.7", "NCA: sp(-β r_w) + ½ sp(β r_w) + ½ sp(β r_l)", nca_pair_loss, false));
   rows.push_back(row("bco_pair", "2.8", "paired BCO: sp(-(β r_w - δ)) + sp(β r_l - δ)", bco_pair_loss, false,
-                     {flag_param("running_baseline", false,
-                                 "subtract TRL <= 0.28's running reward baseline δ (stateful); off: δ = 0 (TRL >= 0.29)")}));
+                     {sourced(flag_param("running_baseline", false,
+                                         "subtract TRL <= 0.28's running reward baseline δ (stateful); off: δ = 0 (TRL >= 0.29)"),
+                              "lamina: TRL 1.x's behaviour")}));
   rows.back().make_state = make_running_baseline;
   rows.push_back(row("sppo_hard", "2.9", "SPPO hard: (r_w - 1/(2β))² + (r_l + 1/(2β))²", sppo_hard_loss, false));
   rows.push_back(row("sppo", "2.9, 6.3", "SPPO soft: ½[(r_w - (P_w-½)/β)² + (r_l - (P_l-½)/β)²], π_ref = π_t", sppo_loss,
@@ -235,6 +244,8 @@ std::vector<LossDefinition> paired_reference_losses() {
                      {data_sequence("chosen_win_rates", ValueKind::probability, "P_w: estimated win rate of y_w against π_t"),
                       data_sequence("rejected_win_rates", ValueKind::probability, "P_l: estimated win rate of y_l against π_t")},
                      0.001));
+  for (ParamSpec& spec : rows.back().params)
+    if (spec.name == "beta") spec.source = "spec §2.9 (the authors' β; soft SPPO is not a TRL loss)";
   rows.push_back(row("aot", "2.10", "AOT: DPO on rank-matched sorted policy vs reference margins (batch-level)", aot_loss,
                      false, {label_smoothing(0, between(0, 0.5, false, true), "ε: cDPO-style smoothing of the sorted terms")}));
   rows.push_back(row("aot_unpaired", "2.10", "AOT unpaired: DPO on rank-matched sorted r_w vs r_l (batch-level)",

@@ -114,10 +114,13 @@ InputSpec rejected_tokens(const char* name, bool policy, const char* help) {
   return policy ? policy_tokens(name, "rejected_mask", help) : frozen_tokens(name, "rejected_mask", help);
 }
 
+const char* const kTrlDpo = "TRL 1.16 DPOConfig";
+
+// β, reference_free and the f-divergence: TRL DPOConfig's options wherever they appear.
 std::vector<ParamSpec> margin_params() {
   std::vector<ParamSpec> params{beta_param(), reference_free_param()};
   for (ParamSpec& spec : f_divergence_params()) params.push_back(std::move(spec));
-  return params;
+  return all_sourced(std::move(params), kTrlDpo);
 }
 
 std::vector<ParamSpec> plus(std::vector<ParamSpec> params, const std::vector<ParamSpec>& extra) {
@@ -136,25 +139,30 @@ std::vector<LossDefinition> paired_variant_losses() {
   const std::vector<InputSpec> paired = paired_inputs(/*reference_optional=*/true);
   std::vector<LossDefinition> rows;
   rows.push_back({"sigmoid_norm", "2.13", "length-normalised DPO: sp(-β (r_w/|y_w| - r_l/|y_l|))",
-                  plus(paired, {chosen_lengths(), rejected_lengths()}), {beta_param(), reference_free_param()},
-                  sigmoid_norm_loss});
+                  plus(paired, {chosen_lengths(), rejected_lengths()}),
+                  all_sourced({beta_param(), reference_free_param()}, kTrlDpo), sigmoid_norm_loss});
   rows.push_back({"sft", "2.14", "token-mean NLL of the chosen responses: Σ -S_θ(y_w) / Σ |y_w|",
                   {policy_chosen_logps(), chosen_lengths()}, {}, sft_loss});
   rows.push_back({"rpo", "2.15", "RPO: sp(-β h) + α NLL(chosen)", plus(paired, {chosen_lengths()}),
                   plus(margin_params(),
-                       {real_param("rpo_alpha", 1.0, at_least(0), "α: weight of the chosen NLL"),
-                        choice_param("rpo_nll", "batch_tokens", {"batch_tokens", "per_sequence"},
-                                     "batch_tokens: Σ -S_θ(y_w) / Σ |y_w| (TRL); per_sequence: mean -S_θ(y_w)/|y_w| (paper)")}),
+                       {sourced(real_param("rpo_alpha", 1.0, at_least(0), "α: weight of the chosen NLL"),
+                                "spec §2.15 (the paper's α; TRL <= 0.28's rpo_alpha was unset = off)"),
+                        sourced(choice_param("rpo_nll", "batch_tokens", {"batch_tokens", "per_sequence"},
+                                             "batch_tokens: Σ -S_θ(y_w) / Σ |y_w| (TRL); per_sequence: mean -S_θ(y_w)/|y_w| (paper)"),
+                                "lamina: TRL's behaviour")}),
                   rpo_loss});
   rows.push_back({"dpop", "2.16", "DPO-Positive: sp(-β [h - λ max(0, S_ref(y_w) - S_θ(y_w))])",
                   paired_inputs(/*reference_optional=*/false),
-                  {beta_param(), real_param("dpop_lambda", 50.0, at_least(0), "λ: weight of the chosen-likelihood penalty")},
+                  all_sourced({beta_param(), real_param("dpop_lambda", 50.0, at_least(0),
+                                                        "λ: weight of the chosen-likelihood penalty")},
+                              "spec §2.16 (DPOP is not in TRL)"),
                   dpop_loss});
   rows.push_back({"rdpo", "2.17", "R-DPO: sp(-[β h + α (|y_w| - |y_l|)])",
                   plus(paired, {chosen_lengths(), rejected_lengths()}),
                   plus(margin_params(),
-                       {real_param("rdpo_alpha", 0.01, any_real(),
-                                   "α of the length term (outside β); negative α flips the sign convention")}),
+                       {sourced(real_param("rdpo_alpha", 0.01, any_real(),
+                                           "α of the length term (outside β); negative α flips the sign convention"),
+                                "lamina: the paper's HH range (R-DPO is not in TRL)")}),
                   rdpo_loss});
   rows.push_back({"ld_dpo", "2.18", "LD-DPO: DPO on Σ_{t<=ℓ} lp_t + α Σ_{t>ℓ} lp_t, ℓ = min(|y_w|, |y_l|)",
                   {chosen_tokens("policy_chosen_token_logps", true, "per-token policy log-probs of y_w"),
@@ -162,14 +170,17 @@ std::vector<LossDefinition> paired_variant_losses() {
                    chosen_tokens("reference_chosen_token_logps", false, "per-token reference log-probs of y_w"),
                    rejected_tokens("reference_rejected_token_logps", false, "per-token reference log-probs of y_l"),
                    pair_weights()},
-                  {beta_param(), real_param("ld_alpha", 0.5, between(0, 1), "α: weight of the tokens past ℓ (1 = DPO)")},
+                  {sourced(beta_param(), kTrlDpo),
+                   sourced(real_param("ld_alpha", 0.5, between(0, 1), "α: weight of the tokens past ℓ (1 = DPO)"),
+                           "spec §2.18's example (TRL's ld_alpha is unset = off, i.e. plain DPO)")},
                   ld_dpo_loss});
   rows.push_back({"slic", "2.4", "SLiC-HF calibration: max(0, δ - S_θ(y_w) + S_θ(y_l)) + λ_reg (-S_θ(y_sft))",
                   {policy_chosen_logps(), policy_rejected_logps(),
                    {"policy_sft_logps", InputShape::sequence, InputRole::policy, ValueKind::log_prob, false,
                     "S_θ(y_sft): summed log-prob of the SFT target (for regularization > 0)", ""}},
-                  {real_param("margin", 1.0, at_least(0), "δ: the margin on S_θ(y_w) - S_θ(y_l)"),
-                   real_param("regularization", 0.0, at_least(0), "λ_reg: weight of the SFT NLL term")},
+                  all_sourced({real_param("margin", 1.0, at_least(0), "δ: the margin on S_θ(y_w) - S_θ(y_l)"),
+                               real_param("regularization", 0.0, at_least(0), "λ_reg: weight of the SFT NLL term")},
+                              "lamina (the SLiC-HF calibration loss is not in TRL)"),
                   slic_loss});
   return rows;
 }

@@ -2,12 +2,17 @@
 
 namespace lamina::train {
 
+// The aliases are TRL 1.x's names (DPOTrainer's chosen_logps, ref_chosen_logps, ...).
 InputSpec policy_chosen_logps() {
-  return policy_sequence("policy_chosen_logps", "S_θ(y_w): summed log-prob of each chosen response under the policy");
+  return also_named(
+      policy_sequence("policy_chosen_logps", "S_θ(y_w): summed log-prob of each chosen response under the policy"),
+      {"chosen_logps"});
 }
 
 InputSpec policy_rejected_logps() {
-  return policy_sequence("policy_rejected_logps", "S_θ(y_l): summed log-prob of each rejected response under the policy");
+  return also_named(
+      policy_sequence("policy_rejected_logps", "S_θ(y_l): summed log-prob of each rejected response under the policy"),
+      {"rejected_logps"});
 }
 
 namespace {
@@ -18,15 +23,19 @@ std::string reference_note(bool required) { return required ? "" : " (needed unl
 }  // namespace
 
 InputSpec reference_chosen_logps(bool required) {
-  return frozen_sequence("reference_chosen_logps",
-                         "S_ref(y_w): summed log-prob of each chosen response under π_ref" + reference_note(required),
-                         required);
+  return also_named(frozen_sequence("reference_chosen_logps",
+                                    "S_ref(y_w): summed log-prob of each chosen response under π_ref" +
+                                        reference_note(required),
+                                    required),
+                    {"ref_chosen_logps"});
 }
 
 InputSpec reference_rejected_logps(bool required) {
-  return frozen_sequence("reference_rejected_logps",
-                         "S_ref(y_l): summed log-prob of each rejected response under π_ref" + reference_note(required),
-                         required);
+  return also_named(frozen_sequence("reference_rejected_logps",
+                                    "S_ref(y_l): summed log-prob of each rejected response under π_ref" +
+                                        reference_note(required),
+                                    required),
+                    {"ref_rejected_logps"});
 }
 
 InputSpec chosen_lengths(bool required) {
@@ -54,7 +63,8 @@ ParamSpec beta_param(double default_value, const std::string& help) {
 }
 
 ParamSpec reference_free_param() {
-  return flag_param("reference_free", false, "treat S_ref as 0 (no reference model): h = S_θ(y_w) - S_θ(y_l)");
+  return sourced(flag_param("reference_free", false, "treat S_ref as 0 (no reference model): h = S_θ(y_w) - S_θ(y_l)"),
+                 "TRL 0.19 DPOConfig");
 }
 
 std::vector<ParamSpec> f_divergence_params() {

@@ -5,6 +5,7 @@
 // ρ = exp(lp - lo), ℓ_t = -min(ρ A, clip(ρ, 1-ε_low, 1+ε_high) A).
 #include "train/losses/policy_gradient.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "train/losses/advantages.h"
@@ -150,7 +151,15 @@ LossResult ppo_clip_loss(const LossInputs& inputs, const Hyperparameters& params
 }
 
 // ---- §7.2 GRPO (and its Dr. GRPO / DAPO / SimpleRL-Zoo settings): group-normalised advantage
-// per completion, per-token ℓ_t + β k3_t, aggregated by loss_type.
+// per completion, a per-token policy term chosen by loss_type, + β k3_t (times ρ with TRL's
+// use_bias_correction_kl), aggregated by loss_type. Follows TRL 1.16 GRPOTrainer._compute_loss:
+//   clipped (grpo, bnpo, dapo, dr_grpo): ℓ_t = -min(ρ_cap A, clip(ρ, 1-ε_low, 1+ε_high) A)
+//   cispo: ℓ_t = -sg(min(ρ, ε_high)) A lp_t        (ε_high unset = ε, as TRL)
+//   sapo:  ℓ_t = -(4/τ) σ(τ (ρ - 1)) A,  τ = sapo_temperature_pos if A > 0 else _neg
+// Aggregation: grpo, sapo: mean over sequences of the per-sequence token mean; bnpo: token mean;
+// dapo, cispo: token sum / token_normalizer; dr_grpo: token sum / (B x max_completion_length).
+// All but dapo and cispo divide by gradient_accumulation_steps; the entropy bonus, a token mean,
+// is divided by it for every loss_type (so that it sums to one mean over an accumulated step).
 LossResult grpo_loss(const LossInputs& inputs, const Hyperparameters& params, LossState*) {
   const Rollout rollout = read_rollout(inputs);
   std::vector<double> rewards = values_of(inputs.get("rewards"));
@@ -164,8 +173,9 @@ LossResult grpo_loss(const LossInputs& inputs, const Hyperparameters& params, Lo
   require(rollout.rows % group_size == 0, params,
           str_cat("the batch of ", rollout.rows, " completions is not a whole number of groups of num_generations = ",
                   group_size));
+  const std::string& scale = params.choice("scale_rewards");
   const std::vector<double> advantages =
-      group_advantages(rewards, group_size, params.choice("scale_rewards"), params.real("advantage_std_epsilon"));
+      group_advantages(rewards, group_size, scale, params.real("advantage_std_epsilon"));
   const Tensor advantage = per_row(advantages, rollout.policy);
 
   Tensor log_ratio = rollout.policy - rollout.old;
@@ -173,69 +183,112 @@ LossResult grpo_loss(const LossInputs& inputs, const Hyperparameters& params, Lo
     const Tensor lengths = per_row(rollout.lengths, rollout.policy);
     log_ratio = sum(log_ratio, {1}, true) / clamp(lengths, 1.0, std::nullopt);
   }
-  const Tensor ratio = exp(log_ratio);
+  const Tensor ratio = exp(log_ratio);  // TRL's coef_1, on the graph
   const double low = params.real("epsilon");
   const double high = params.is_set("epsilon_high") ? params.real("epsilon_high") : low;
-  Tensor capped = ratio;
-  if (params.is_set("delta")) {
-    require(params.real("delta") > 1 + high, params, "delta (the cap on ρ) must exceed 1 + epsilon_high");
-    capped = clamp(ratio, std::nullopt, params.real("delta"));
+  const std::string& aggregation = params.choice("loss_type");
+  Tensor per_token;
+  if (aggregation == "cispo") {
+    // The clipped ratio is only a weight: the gradient flows through lp (REINFORCE with IS weights).
+    const Tensor weight = clamp(ratio, std::nullopt, high).detach();
+    per_token = -(weight * advantage * rollout.policy);
+  } else if (aggregation == "sapo") {
+    std::vector<double> temperatures(advantages.size()), scales(advantages.size());
+    for (size_t i = 0; i < advantages.size(); ++i) {
+      temperatures[i] = advantages[i] > 0 ? params.real("sapo_temperature_pos") : params.real("sapo_temperature_neg");
+      scales[i] = 4.0 / temperatures[i];
+    }
+    const Tensor gate = sigmoid((ratio - 1.0) * per_row(temperatures, rollout.policy)) * per_row(scales, rollout.policy);
+    per_token = -(gate * advantage);
+  } else {
+    Tensor capped = ratio;
+    if (params.is_set("delta")) {
+      require(params.real("delta") > 1 + high, params, "delta (the cap on ρ) must exceed 1 + epsilon_high");
+      capped = clamp(ratio, std::nullopt, params.real("delta"));
+    }
+    per_token = clipped_surrogate(ratio, capped, advantage, low, high);
   }
-  Tensor per_token = clipped_surrogate(ratio, capped, advantage, low, high);
   const double beta = params.real("beta");
   Metrics metrics;
   if (beta > 0) {
     require(rollout.reference.defined(), params, "beta > 0 needs reference_token_logps");
     const Tensor u = rollout.reference - rollout.policy;
-    Tensor k3 = exp(u) - u - 1.0;
-    if (params.is_set("kl_clamp")) k3 = clamp(k3, -params.real("kl_clamp"), params.real("kl_clamp"));
-    per_token = per_token + k3 * beta;
-    metrics.add("kl", kept_mean(values_of(k3), rollout.kept));
+    Tensor kl = exp(u) - u - 1.0;
+    if (params.is_set("kl_clamp")) kl = clamp(kl, -params.real("kl_clamp"), params.real("kl_clamp"));
+    // DeepSeek-V3.2's unbiased KL gradient: k3 weighted by the (differentiable) importance ratio,
+    // which changes the gradient even on-policy where ρ = 1.
+    if (params.flag("use_bias_correction_kl")) kl = kl * ratio;
+    per_token = per_token + kl * beta;
+    metrics.add("kl", kept_mean(values_of(kl), rollout.kept));  // TRL logs the corrected term
   }
 
-  const std::string& aggregation = params.choice("loss_type");
   const Tensor token_sum = masked(per_token, rollout.mask);
+  const bool token_normalized = aggregation == "dapo" || aggregation == "cispo";
   Tensor loss;
-  if (aggregation == "grpo") {
+  if (aggregation == "grpo" || aggregation == "sapo") {
     loss = mean(sum(token_sum, {1}) / clamp(tensor_like(rollout.lengths, rollout.policy), 1.0, std::nullopt));
   } else if (aggregation == "bnpo") {
     loss = sum(token_sum) / std::max(1.0, rollout.tokens);
-  } else if (aggregation == "dapo") {
+  } else if (token_normalized) {
     const Tensor* normalizer = inputs.find("token_normalizer");
     const double divisor = normalizer != nullptr ? normalizer->item<double>() : rollout.tokens;
-    require(divisor > 0, params, "the dapo token_normalizer must be > 0");
+    require(divisor > 0, params, "the token_normalizer must be > 0");
     loss = sum(token_sum) / divisor;
   } else {  // dr_grpo
     loss = sum(token_sum) / (double(rollout.rows) * double(params.integer("max_completion_length")));
   }
-  if (aggregation != "dapo") loss = loss / double(params.integer("gradient_accumulation_steps"));
+  const double policy_loss = loss.item<double>();  // TRL's policy_loss metric: before the accumulation division
+  const double accumulation = double(params.integer("gradient_accumulation_steps"));
+  if (!token_normalized) loss = loss / accumulation;
 
   const double entropy_coef = params.real("entropy_coef");
   if (const Tensor* entropies = inputs.find("token_entropies")) {
     const Tensor entropy = token_mean(*entropies, rollout);
     metrics.add("entropy", entropy.item<double>());
-    loss = loss - entropy * entropy_coef;
+    if (entropy_coef != 0) {
+      metrics.add("policy_loss", policy_loss);
+      loss = loss - entropy * (entropy_coef / accumulation);
+    }
   } else {
     require(entropy_coef == 0, params, "entropy_coef > 0 needs token_entropies");
   }
 
-  const std::vector<double> stds = group_stds(rewards, group_size);
+  // TRL's reward statistics: reward_std over the whole batch; a completion counts towards
+  // frac_reward_zero_std when the std its advantage was scaled by (group, or batch) is ~0.
   std::vector<double> zero_std;
-  for (double std : stds) zero_std.push_back(std == 0 ? 1.0 : 0.0);
+  if (scale == "batch") {
+    zero_std.push_back(sample_std(rewards) <= 1e-8 ? 1.0 : 0.0);
+  } else {
+    for (double std : group_stds(rewards, group_size)) zero_std.push_back(std <= 1e-8 ? 1.0 : 0.0);
+  }
   metrics.add("reward", mean_of(rewards));
-  metrics.add("reward_std", mean_of(stds));
+  metrics.add("reward_std", sample_std(rewards));
   metrics.add("frac_reward_zero_std", mean_of(zero_std));
   metrics.add("completions/mean_length", mean_of(rollout.lengths));
-  add_clip_metrics(metrics, ratio, broadcast_rows(advantages, rollout), rollout, low, high);
+  if (aggregation == "cispo") {
+    const std::vector<double> rho = values_of(ratio.expand(rollout.mask.shape()));
+    const std::vector<double> token_advantages = broadcast_rows(advantages, rollout);
+    std::vector<double> clipped(rho.size());
+    for (size_t i = 0; i < rho.size(); ++i) clipped[i] = rho[i] > high && token_advantages[i] > 0 ? 1.0 : 0.0;
+    metrics.add("cispo_clip_ratio", kept_mean(clipped, rollout.kept));
+  } else if (aggregation != "sapo") {
+    add_clip_metrics(metrics, ratio, broadcast_rows(advantages, rollout), rollout, low, high);
+  }
   return batch_result(loss, std::move(metrics));
 }
 
-// ---- §7.4 RLOO on sequence sums: R_i - β (S_old - S_ref) (KL in the reward), leave-one-out
-// advantages, then REINFORCE -A S_θ (paper) or the sequence-level PPO clip (TRL).
+// ---- §7.4 RLOO on sequence sums, as TRL 1.16's RLOOTrainer: rewards clipped to
+// reward_clip_range, then R_i - β (S_old - S_ref) (KL in the reward), leave-one-out advantages,
+// then REINFORCE -A S_θ (paper) or the sequence-level PPO clip with ε_low, ε_high (TRL).
 LossResult rloo_loss(const LossInputs& inputs, const Hyperparameters& params, LossState*) {
   const Tensor& policy = inputs.get("policy_logps");
   const Tensor old = inputs.has("old_logps") ? inputs.get("old_logps") : policy.detach();
-  std::vector<double> rewards = values_of(inputs.get("rewards"));
+  const std::vector<double> given_rewards = values_of(inputs.get("rewards"));
+  std::vector<double> rewards = given_rewards;
+  if (params.is_set("reward_clip_range")) {
+    const auto [low, high] = params.interval("reward_clip_range");
+    for (double& reward : rewards) reward = std::clamp(reward, low, high);
+  }
   const double beta = params.real("beta");
   std::vector<double> kl(rewards.size(), 0.0);
   if (beta > 0) {
@@ -243,25 +296,47 @@ LossResult rloo_loss(const LossInputs& inputs, const Hyperparameters& params, Lo
     kl = values_of(old - inputs.get("reference_logps"));  // Σ_t k1 of the behaviour policy
     for (size_t i = 0; i < rewards.size(); ++i) rewards[i] -= beta * kl[i];
   }
-  std::vector<double> advantages = leave_one_out_advantages(rewards, params.integer("num_generations"));
+  const int64_t group_size = params.integer("num_generations");
+  std::vector<double> advantages = leave_one_out_advantages(rewards, group_size);
   if (params.flag("normalize_advantages")) {
     const double mean = mean_of(advantages), std = sample_std(advantages);
     for (double& a : advantages) a = (a - mean) / (std + 1e-4);
   }
   const Tensor advantage = tensor_like(advantages, policy);
-  const double epsilon = params.real("epsilon");
+  const double low = params.real("epsilon");
+  const double high = params.is_set("epsilon_high") ? params.real("epsilon_high") : low;
   const Tensor ratio = exp(policy - old);
   const Tensor losses = params.choice("objective") == "reinforce"
                             ? -(advantage * policy)
-                            : clipped_surrogate(ratio, ratio, advantage, epsilon, epsilon);
+                            : clipped_surrogate(ratio, ratio, advantage, low, high);
+  // TRL's metrics: reward and reward_std of the rewards as given (before clipping and the KL
+  // penalty); frac_reward_zero_std of the groups of final rewards; kl the token mean of k1.
   Metrics metrics;
-  metrics.add("reward", mean_of(rewards));
-  metrics.add("reward_std", sample_std(rewards));
-  metrics.add("kl", mean_of(kl));
+  metrics.add("reward", mean_of(given_rewards));
+  metrics.add("reward_std", sample_std(given_rewards));
+  std::vector<double> zero_std;
+  for (double std : group_stds(rewards, group_size)) zero_std.push_back(std <= 1e-8 ? 1.0 : 0.0);
+  metrics.add("frac_reward_zero_std", mean_of(zero_std));
+  if (beta > 0) {
+    metrics.add("kl_per_sequence", mean_of(kl));
+    if (const Tensor* lengths = inputs.find("completion_lengths")) {
+      double tokens = 0;
+      for (double length : values_of(*lengths)) tokens += length;
+      double total = 0;
+      for (double value : kl) total += value;
+      metrics.add("kl", total / std::max(1.0, tokens));
+    }
+  }
   const std::vector<double> rho = values_of(ratio);
-  std::vector<double> clipped(rho.size());
-  for (size_t i = 0; i < rho.size(); ++i) clipped[i] = std::abs(rho[i] - 1) > epsilon ? 1.0 : 0.0;
-  metrics.add("clip_ratio", mean_of(clipped));
+  std::vector<double> low_clipped(rho.size()), high_clipped(rho.size()), region(rho.size());
+  for (size_t i = 0; i < rho.size(); ++i) {
+    low_clipped[i] = rho[i] < 1 - low && advantages[i] < 0 ? 1.0 : 0.0;
+    high_clipped[i] = rho[i] > 1 + high && advantages[i] > 0 ? 1.0 : 0.0;
+    region[i] = std::max(low_clipped[i], high_clipped[i]);
+  }
+  metrics.add("clip_ratio/low_mean", mean_of(low_clipped));
+  metrics.add("clip_ratio/high_mean", mean_of(high_clipped));
+  metrics.add("clip_ratio/region_mean", mean_of(region));
   return mean_result(losses, std::move(metrics));
 }
 

@@ -24,8 +24,11 @@ LossResult cpo_family(const LossInputs& inputs, const Hyperparameters& params, c
   const Tensor& chosen_lengths = inputs.get("chosen_lengths");
   const bool averaged = variant == "ipo" || variant == "simpo";
   if (averaged) require(inputs.has("rejected_lengths"), params, "the averaged forms need rejected_lengths");
-  Tensor chosen = averaged ? length_averaged(policy_chosen, chosen_lengths) : policy_chosen;
-  Tensor rejected = averaged ? length_averaged(policy_rejected, inputs.get("rejected_lengths")) : policy_rejected;
+  // TRL's logps of these forms: averages for ipo/simpo (what logps/* report), sums otherwise.
+  const Tensor chosen_logps = averaged ? length_averaged(policy_chosen, chosen_lengths) : policy_chosen;
+  const Tensor rejected_logps =
+      averaged ? length_averaged(policy_rejected, inputs.get("rejected_lengths")) : policy_rejected;
+  Tensor chosen = chosen_logps, rejected = rejected_logps;
   const double alpha = params.real("alpha");
   if (alpha != 0) {
     chosen = (1.0 - capped_exp(chosen * -alpha)) / alpha;
@@ -45,7 +48,7 @@ LossResult cpo_family(const LossInputs& inputs, const Hyperparameters& params, c
   }
   const Tensor nll = chosen_token_nll(policy_chosen, chosen_lengths);
   Metrics metrics;
-  add_reward_metrics(metrics, chosen * beta, rejected * beta, policy_chosen, policy_rejected);
+  add_reward_metrics(metrics, chosen * beta, rejected * beta, chosen_logps, rejected_logps);
   metrics.add("nll_loss", nll.item<double>());
   LossResult result = batch_result(mean(losses) + nll * params.real("cpo_alpha"), std::move(metrics));
   result.losses = losses + nll * params.real("cpo_alpha");  // the NLL is one batch scalar, added to each
@@ -81,7 +84,7 @@ LossResult orpo_loss(const LossInputs& inputs, const Hyperparameters& params, Lo
   const double lambda = params.real("beta");
   const Tensor odds_losses = softplus(-log_odds) * lambda;
   Metrics metrics;
-  add_reward_metrics(metrics, chosen * lambda, rejected * lambda, policy_chosen, policy_rejected);
+  add_reward_metrics(metrics, chosen * lambda, rejected * lambda, chosen, rejected);  // TRL: averages
   metrics.add("log_odds_ratio", mean_of(values_of(log_sigmoid(log_odds))));
   metrics.add("log_odds_chosen", mean_of(values_of(log_odds)));
   metrics.add("nll_loss", nll.item<double>());
@@ -111,20 +114,26 @@ ParamSpec smoothing() {
 }  // namespace
 
 std::vector<LossDefinition> reference_free_losses() {
+  const std::string kTrlCpo = "TRL 1.16 CPOConfig";
   std::vector<LossDefinition> rows;
   rows.push_back({"cpo", "4.1", "CPO: sp(-β (S_θ(y_w) - S_θ(y_l))) + α NLL; hinge/ipo/simpo forms via loss_type",
                   cpo_inputs(),
-                  {beta_param(), cpo_alpha(1.0),
-                   choice_param("loss_type", "sigmoid", {"sigmoid", "hinge", "ipo", "simpo"},
-                                "sigmoid, hinge (sums) or ipo, simpo (per-token averages)"),
-                   smoothing(), real_param("simpo_gamma", 0.5, at_least(0), "γ: target margin of loss_type=simpo"),
-                   alphapo_alpha()},
+                  all_sourced({beta_param(), cpo_alpha(1.0),
+                               choice_param("loss_type", "sigmoid", {"sigmoid", "hinge", "ipo", "simpo"},
+                                            "sigmoid, hinge (sums) or ipo, simpo (per-token averages)"),
+                               smoothing(), real_param("simpo_gamma", 0.5, at_least(0), "γ: target margin of loss_type=simpo"),
+                               alphapo_alpha()},
+                              kTrlCpo),
                   cpo_loss});
   rows.push_back({"simpo", "4.2", "SimPO: sp(-[β (A_θ(y_w) - A_θ(y_l)) - γ]) (+ cpo_alpha NLL: CPO-SimPO)",
                   {policy_chosen_logps(), policy_rejected_logps(), chosen_lengths(), rejected_lengths()},
-                  {beta_param(0.1, "β: scale of the average log-prob margin (authors use 2-10; TRL default 0.1)"),
-                   real_param("simpo_gamma", 0.5, at_least(0), "γ: target reward margin (authors: γ/β 0.3-0.55)"),
-                   smoothing(), cpo_alpha(0.0), alphapo_alpha()},
+                  all_sourced({beta_param(0.1, "β: scale of the average log-prob margin (authors use 2-10; TRL default 0.1)"),
+                               real_param("simpo_gamma", 0.5, at_least(0), "γ: target reward margin (authors: γ/β 0.3-0.55)"),
+                               smoothing(),
+                               sourced(cpo_alpha(0.0), "spec §4.2: SimPO is CPOConfig(loss_type=simpo, cpo_alpha=0); "
+                                                       "CPOConfig's 1.0 is CPO-SimPO (cpo --loss_type simpo)"),
+                               alphapo_alpha()},
+                              kTrlCpo),
                   simpo_loss});
   rows.push_back({"orpo", "4.3", "ORPO: NLL + λ sp(-log odds ratio) on average log-probs",
                   {policy_chosen_logps(), policy_rejected_logps(), chosen_lengths(), rejected_lengths(),
@@ -132,7 +141,7 @@ std::vector<LossDefinition> reference_free_losses() {
                     "summed log-prob of every non-pad token of the chosen row, prompt included (TRL's NLL)", ""},
                    data_sequence("chosen_nll_lengths", ValueKind::length,
                                  "token counts of policy_chosen_nll_logps (prompt included)", false)},
-                  {beta_param(0.1, "λ: weight of the odds-ratio term (TRL calls it beta)")},
+                  {sourced(beta_param(0.1, "λ: weight of the odds-ratio term (TRL calls it beta)"), "TRL 1.16 ORPOConfig")},
                   orpo_loss});
   return rows;
 }

@@ -75,15 +75,14 @@ LossResult compute_weighted_losses(const std::vector<WeightedLoss>& terms, const
     LAMINA_CHECK(term.definition != nullptr, "compute_weighted_losses: a term has no loss definition");
     LAMINA_CHECK(std::isfinite(term.weight), "compute_weighted_losses: weight of '", term.definition->name,
                  "' must be finite, got ", term.weight);
-    // Each term reads the inputs it takes (its specs and their masks).
+    // Each term reads the inputs it takes (its specs under any of their names, and their masks).
     LossInputs own;
     for (const std::string& name : inputs.names()) {
-      for (const InputSpec& spec : term.definition->inputs) {
-        if (spec.name != name && spec.mask != name) continue;
-        own.set(name, inputs.get(name));
-        used.insert(name);
-        break;
-      }
+      bool takes = find_input_spec(*term.definition, name) != nullptr;
+      for (const InputSpec& spec : term.definition->inputs) takes = takes || spec.mask == name;
+      if (!takes) continue;
+      own.set(name, inputs.get(name));
+      used.insert(name);
     }
     LossResult result = compute_loss(*term.definition, own, term.params, term.state);
     const Tensor weighted = result.loss * term.weight;

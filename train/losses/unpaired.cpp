@@ -131,10 +131,15 @@ LossResult bco_loss(const LossInputs& inputs, const Hyperparameters& params, Los
   return mean_result(losses, std::move(metrics));
 }
 
+// The aliases are TRL 1.x KTOTrainer's batch keys (label, ref_logps, KL_logps, ref_KL_logps).
 std::vector<InputSpec> unpaired_inputs() {
-  return {policy_sequence("policy_logps", "S_θ(y): summed log-prob of each completion under the policy"),
-          frozen_sequence("reference_logps", "S_ref(y): summed log-prob of each completion under π_ref"),
-          data_sequence("labels", ValueKind::label, "true/1 for a desirable completion, false/0 for an undesirable one")};
+  return {also_named(policy_sequence("policy_logps", "S_θ(y): summed log-prob of each completion under the policy"),
+                     {"logps"}),
+          also_named(frozen_sequence("reference_logps", "S_ref(y): summed log-prob of each completion under π_ref"),
+                     {"ref_logps"}),
+          also_named(data_sequence("labels", ValueKind::label,
+                                   "true/1 for a desirable completion, false/0 for an undesirable one"),
+                     {"label"})};
 }
 
 std::unique_ptr<LossState> make_kl_estimate() { return std::make_unique<KtoKlEstimate>(); }
@@ -143,12 +148,17 @@ std::unique_ptr<LossState> make_running_baseline() { return std::make_unique<Run
 }  // namespace
 
 std::vector<LossDefinition> unpaired_losses() {
+  const std::string kTrlKto = "TRL 1.16 KTOConfig";
   std::vector<InputSpec> kto_inputs = unpaired_inputs();
   // The KL completions' policy log-probs carry no gradient (TRL computes them under no_grad):
   // to the loss they are frozen values.
-  kto_inputs.push_back(frozen_sequence("policy_kl_logps",
-                                       "S_θ(y'|x): policy log-prob of the mismatched (KL) completion, no gradient", false));
-  kto_inputs.push_back(frozen_sequence("reference_kl_logps", "S_ref(y'|x): reference log-prob of the KL completion", false));
+  kto_inputs.push_back(also_named(
+      frozen_sequence("policy_kl_logps", "S_θ(y'|x): policy log-prob of the mismatched (KL) completion, no gradient",
+                      false),
+      {"KL_logps"}));
+  kto_inputs.push_back(also_named(
+      frozen_sequence("reference_kl_logps", "S_ref(y'|x): reference log-prob of the KL completion", false),
+      {"ref_KL_logps"}));
   std::vector<InputSpec> bco_inputs = unpaired_inputs();
   bco_inputs.push_back(data_sequence("desirable_probabilities", ValueKind::probability,
                                      "UDM: P(desirable | prompt) from the prompt classifier", false));
@@ -156,17 +166,23 @@ std::vector<LossDefinition> unpaired_losses() {
   std::vector<LossDefinition> rows;
   rows.push_back({"kto", "5.1", "KTO: λ_D [1 - σ(β (r - z))] or λ_U [1 - σ(β (z - r))], z the batch KL estimate",
                   kto_inputs,
-                  {beta_param(), real_param("desirable_weight", 1.0, above(0), "λ_D: weight of desirable examples"),
-                   real_param("undesirable_weight", 1.0, above(0), "λ_U: weight of undesirable examples"),
-                   choice_param("kl_source", "batch", {"batch", "last", "none"},
-                                "z from this batch's KL pairs, the state's last estimate, or none (z = 0)")},
+                  all_sourced({beta_param(), real_param("desirable_weight", 1.0, above(0), "λ_D: weight of desirable examples"),
+                           real_param("undesirable_weight", 1.0, above(0), "λ_U: weight of undesirable examples"),
+                           sourced(choice_param("kl_source", "batch", {"batch", "last", "none"},
+                                                "z from this batch's KL pairs, the state's last estimate, or none (z = 0)"),
+                                   "lamina: TRL's behaviour")},
+                          kTrlKto),
                   kto_loss, make_kl_estimate});
   rows.push_back({"apo_zero_unpaired", "5.2", "unpaired APO-zero: 1 - σ(β r) (desirable) or σ(β r) (undesirable)",
-                  unpaired_inputs(), {beta_param()}, apo_zero_unpaired_loss});
+                  unpaired_inputs(), all_sourced({beta_param()}, kTrlKto), apo_zero_unpaired_loss});
   rows.push_back({"bco", "5.3", "BCO: sp(δ - β r) (desirable) or sp(β r - δ) (undesirable), δ a running reward mean",
                   bco_inputs,
-                  {beta_param(), real_param("udm_min_weight", 0.5, above(0), "UDM: lower clamp of the density ratio"),
-                   real_param("udm_max_weight", 10.0, above(0), "UDM: upper clamp of the density ratio")},
+                  all_sourced({beta_param(),
+                               real_param("udm_min_weight", 0.5, above(0),
+                                          "UDM: lower clamp of the density ratio (TRL min_density_ratio)"),
+                               real_param("udm_max_weight", 10.0, above(0),
+                                          "UDM: upper clamp of the density ratio (TRL max_density_ratio)")},
+                              "TRL 1.0 BCOConfig"),
                   bco_loss, make_running_baseline});
   return rows;
 }
