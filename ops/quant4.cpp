@@ -166,7 +166,8 @@ const std::array<float, 16>& fp4_code_values() {
     std::array<float, 16> values{};
     for (size_t i = 0; i < 8; ++i) {
       values[i] = raw[i] / 12.0f;
-      values[i + 8] = -(raw[i] / 12.0f);
+      // Code 8 is +0 as in bitsandbytes' table (built from the integer -0), not -0.
+      values[i + 8] = i == 0 ? 0.0f : -(raw[i] / 12.0f);
     }
     return values;
   }();
