@@ -1,4 +1,4 @@
-// `lamina train pretrain|sft` and `lamina plot`.
+// `lamina train pretrain|sft|preference` (and the preference aliases dpo, kto, ...) and `lamina plot`.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +15,7 @@
 #include "tools/commands.h"
 #include "tools/model_files.h"
 #include "train/loss_curve.h"
+#include "train/preference_trainer.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
@@ -27,8 +28,10 @@ namespace fs = std::filesystem;
 // the loss (the standard error of a mean over them is a fraction of a percent of it).
 constexpr int64_t kDefaultValidationTokens = 65536;
 
-// The training knobs shared by both subcommands; defaults come from TrainOptions.
-void add_training_flags(FlagParser& parser) {
+// The training knobs shared by every subcommand; defaults come from TrainOptions. The data
+// flags of the language-model trainers (pretrain, sft: packing, --seq-len, --format, the
+// validation split) only with `language_model`.
+void add_training_flags(FlagParser& parser, bool language_model = true) {
   const train::TrainOptions d;
   auto text = [](auto value) { return str_cat(value); };
   parser.add_option("output", "DIR", "where metrics.jsonl, checkpoints/ and the final model/ go (required)");
@@ -40,8 +43,10 @@ void add_training_flags(FlagParser& parser) {
   parser.add_option("steps", "N", "optimizer steps", text(d.steps));
   parser.add_option("batch-size", "N", "sequences per optimizer step", text(d.batch_size));
   parser.add_option("micro-batch-size", "N", "sequences per forward/backward (gradient accumulation)", "batch-size");
-  parser.add_option("seq-len", "N", "tokens per sequence (at most the model's max_position_embeddings)", text(d.seq_len));
-  parser.add_switch("no-pack", "one example per sequence instead of packing several");
+  if (language_model) {
+    parser.add_option("seq-len", "N", "tokens per sequence (at most the model's max_position_embeddings)", text(d.seq_len));
+    parser.add_switch("no-pack", "one example per sequence instead of packing several");
+  }
   parser.add_option("lr", "LR", "peak learning rate, in [1e-12, 10]", text(d.lr));
   parser.add_option("min-lr-ratio", "R", "final learning rate as a fraction of the peak", text(d.min_lr_ratio));
   parser.add_option("warmup-steps", "N", "linear warmup steps", text(d.warmup_steps));
@@ -69,16 +74,20 @@ void add_training_flags(FlagParser& parser) {
                     "checkpoint on)",
                     text(d.keep_checkpoints));
   parser.add_option("seed", "S", "seed for shuffling (and for fresh weights), 0 to 2^64-1", text(d.seed));
-  parser.add_option("validation", "FILE", "validation data (default: a split of --data)");
-  parser.add_option("validation-fraction", "F", "fraction of --data held out when no --validation", "0.05");
-  parser.add_option("validation-tokens", "N",
-                    "evaluate at most the first N tokens of validation examples (0 = all); split-off examples "
-                    "beyond it train instead",
-                    text(kDefaultValidationTokens));
-  parser.add_option("format", "NAME",
-                    "JSONL format: auto (each line's layout by its keys; a line with the keys of two is an error, "
-                    "and a file that mixes layouts says so), text, prompt-completion, chat or sharegpt",
-                    "auto");
+  if (!language_model) {
+    parser.add_option("validation", "FILE", "validation data (none by default)");
+  } else {
+    parser.add_option("validation", "FILE", "validation data (default: a split of --data)");
+    parser.add_option("validation-fraction", "F", "fraction of --data held out when no --validation", "0.05");
+    parser.add_option("validation-tokens", "N",
+                      "evaluate at most the first N tokens of validation examples (0 = all); split-off examples "
+                      "beyond it train instead",
+                      text(kDefaultValidationTokens));
+    parser.add_option("format", "NAME",
+                      "JSONL format: auto (each line's layout by its keys; a line with the keys of two is an error, "
+                      "and a file that mixes layouts says so), text, prompt-completion, chat or sharegpt",
+                      "auto");
+  }
   parser.add_switch("skip-malformed", "skip bad JSONL lines (counted) instead of stopping at the first");
   parser.add_switch("resume",
                     "continue the run in --output from its newest complete checkpoint (exactly: options that "
@@ -398,21 +407,156 @@ int run_sft(const Arguments& args) {
   return 0;
 }
 
+// `lamina train preference --loss NAME` and its aliases (`train dpo`, `train kto`, ...): an
+// offline preference loss over a JSONL file of pairs (or labelled completions), from a model.
+struct PreferenceCommand {
+  const char* name;  // the subcommand
+  const char* loss;  // the loss it trains with; empty: --loss decides
+};
+constexpr PreferenceCommand kPreferenceCommands[] = {
+    {"preference", ""}, {"dpo", "sigmoid"}, {"ipo", "ipo"}, {"kto", "kto"},
+    {"orpo", "orpo"},   {"simpo", "simpo"}, {"cpo", "cpo"},
+};
+
+int run_preference(const Arguments& args, const PreferenceCommand& command) {
+  const std::string name = str_cat("lamina train ", command.name);
+  FlagParser parser(name,
+                    str_cat("Aligns a Llama model with ", *command.loss ? str_cat("the ", command.loss, " loss") :
+                            std::string("an offline preference loss (--loss)"),
+                            " on preference data in TRL's formats, one JSON object a line: {\"prompt\", \"chosen\", "
+                            "\"rejected\"} (text, or message lists rendered in the model's chat format), {\"chosen\", "
+                            "\"rejected\"} with the prompt their shared beginning, or {\"prompt\", \"completion\", "
+                            "\"label\"} for KTO/BCO. Each step puts a batch of pairs through the policy (chosen and "
+                            "rejected in one forward pass) and the reference, and logs TRL's metrics (rewards/chosen, "
+                            "rewards/accuracies, logps/chosen, ...). `lamina preference-loss --list` shows every loss "
+                            "and its hyperparameters."));
+  parser.add_option("model", "PATH", "the model to align (usually an SFT model): an HF folder or a Llama GGUF file (required)");
+  parser.add_option("data", "FILE.jsonl", "the preference data (required)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
+  if (!*command.loss) parser.add_option("loss", "NAME", "the loss: sigmoid (dpo), ipo, kto, orpo, simpo, cpo, ... (see lamina preference-loss --list)", "sigmoid");
+  parser.add_option("beta", "B", "the loss's beta (its default otherwise, usually 0.1)");
+  parser.add_option("loss-params", "K=V,...", "other hyperparameters of the loss, e.g. label_smoothing=0.1,rpo_alpha=1");
+  parser.add_option("reference", "KIND",
+                    "the reference model: copy (a frozen copy of --model), adapters-off (with --lora: the base "
+                    "without the adapters, no second copy), precomputed (its log-probs computed once before the "
+                    "first step and kept with the checkpoints), none (reference-free losses); auto picks none for "
+                    "a loss without a reference, adapters-off with --lora, copy otherwise",
+                    "auto");
+  parser.add_option("max-length", "N", "tokens of prompt + completion per row at most (0 = the model's context)", "1024");
+  parser.add_option("truncation-mode", "MODE", "keep_start or keep_end of a row longer than --max-length", "keep_start");
+  parser.add_option("max-prompt-length", "N", "cut prompts to their last N tokens first (0 = off; TRL <= 0.28)", "0");
+  parser.add_option("max-completion-length", "N", "cut completions to their first N tokens first (0 = off)", "0");
+  add_training_flags(parser, false);
+  if (!parser.parse(args)) return 0;
+  const std::string model_path = parser.required("model");
+  const std::string data_path = parser.required("data");
+  train::PreferenceOptions preference;
+  preference.loss = *command.loss ? command.loss : parser.value("loss").value_or("sigmoid");
+  if (const std::optional<std::string> beta = parser.value("beta")) preference.params.emplace_back("beta", *beta);
+  if (const std::optional<std::string> list = parser.value("loss-params")) {
+    size_t start = 0;
+    while (start < list->size()) {
+      const size_t comma = std::min(list->find(',', start), list->size());
+      const std::string item = list->substr(start, comma - start);
+      const size_t equals = item.find('=');
+      if (equals == std::string::npos || equals == 0)
+        throw UsageError(str_cat(name, ": --loss-params: '", item, "' is not NAME=VALUE"), "e.g. --loss-params label_smoothing=0.1");
+      preference.params.emplace_back(item.substr(0, equals), item.substr(equals + 1));
+      start = comma + 1;
+    }
+  }
+  try {
+    preference.reference = train::reference_kind_from_name(parser.value("reference").value_or("auto"));
+    preference.truncation.mode = train::truncation_mode_from_name(parser.value("truncation-mode").value_or("keep_start"));
+  } catch (const Error& error) {
+    throw UsageError(str_cat(name, ": ", error.what()), str_cat("run '", name, " --help'"));
+  }
+  preference.truncation.prompt_mode = train::TruncationMode::keep_end;
+  preference.truncation.max_prompt_length = parser.int_value("max-prompt-length", 0, 0, 1 << 30);
+  preference.truncation.max_completion_length = parser.int_value("max-completion-length", 0, 0, 1 << 30);
+
+  train::TrainOptions options = training_options(parser);
+  const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
+  const bool from_gguf = is_gguf_file(model_path);
+  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
+  const llama::LlamaConfig config =
+      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
+  const int64_t max_length = parser.int_value("max-length", 1024, 0, 1 << 30);
+  preference.truncation.max_length = max_length == 0 ? config.max_position_embeddings : max_length;
+  LAMINA_CHECK(preference.truncation.max_length <= config.max_position_embeddings, name, ": --max-length ",
+               preference.truncation.max_length, " is longer than the model's context (max_position_embeddings ",
+               config.max_position_embeddings, "): give --max-length ", config.max_position_embeddings, " or less");
+  options.seq_len = preference.truncation.max_length;  // the longest row, for the memory estimate
+  options.pack = false;
+  // Rows per forward: a pair's chosen and rejected (the reference adds its own forwards).
+  train::TrainOptions memory_options = options;
+  memory_options.batch_size *= 2;
+  memory_options.micro_batch_size *= 2;
+  train::check_model_fits(config, memory_options);
+  const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
+  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
+  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(model_path)
+                                                                                  : read_tokenizer_files(tokenizer_path);
+  check_vocabulary(tok, tokenizer_path, config, config_path);
+  train::PreferenceDataOptions data_options;
+  data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
+  data_options.truncation = preference.truncation;
+  data_options.skip_malformed = parser.is_set("skip-malformed");
+  const auto read = [&](const std::string& path) {
+    train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
+    if (const std::string summary = data.stats.summary(); !summary.empty())
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
+    return data;
+  };
+  train::PreferenceData data = read(data_path);
+  train::PreferenceData validation;
+  if (const std::optional<std::string> path = parser.value("validation")) validation = read(*path);
+  std::fprintf(stderr, "data: %s, %zu pairs, %zu labelled completions%s\n", train::preference_layout_name(data.layout).c_str(),
+               data.pairs.size(), data.unpaired.size(),
+               parser.is_set("validation") ? str_cat("; validation ", validation.pairs.size() + validation.unpaired.size(),
+                                                     " examples").c_str()
+                                           : "");
+  auto objective = std::make_unique<train::PreferenceObjective>(preference, options, std::move(data), std::move(validation));
+  const train::PreferenceObjective& objective_view = *objective;
+  auto model = from_gguf ? gguf::load_llama_gguf(model_path) : load_sft_base(model_path, options);
+  train::Trainer trainer(model, options, std::move(objective));
+  std::fprintf(stderr, "loss %s, reference %s\n", objective_view.loss().name.c_str(),
+               train::reference_kind_name(objective_view.reference()));
+  trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
+  json::Value last;
+  trainer.on_metrics = [&](const json::Value& line) { last = line; };
+  trainer.run(start);
+  std::string summary;
+  if (last.is_object())
+    for (const char* key : {"rewards/accuracies", "rewards/margins", "val_rewards/accuracies"})
+      if (const json::Value* value = last.find(key)) summary += str_cat(", ", key, " ", value->as_double());
+  std::printf("aligned %lld steps%s; model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
+              summary.c_str(), options.output_dir.c_str(), options.output_dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int run_train(const Arguments& args) {
-  const std::string usage = "usage: lamina train <pretrain|sft> [flags]   ('lamina train <kind> --help' for the flags)";
-  if (args.empty()) throw UsageError("lamina train: say what to train: pretrain or sft", usage);
+  const std::string usage =
+      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo> [flags]   ('lamina train <kind> --help' "
+      "for the flags)";
+  if (args.empty()) throw UsageError("lamina train: say what to train: pretrain, sft or preference", usage);
   if (args[0] == "--help" || args[0] == "help") {
-    std::printf("%s\n\n  pretrain   a model from scratch, from an HF config.json\n  sft        fine-tune a model folder on "
-                "prompt/completion or chat data\n",
+    std::printf("%s\n\n  pretrain     a model from scratch, from an HF config.json\n  sft          fine-tune a model "
+                "folder on prompt/completion or chat data\n  preference   align a model with an offline preference loss "
+                "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n",
                 usage.c_str());
     return 0;
   }
   const Arguments rest(args.begin() + 1, args.end());
   if (args[0] == "pretrain") return run_pretrain(rest);
   if (args[0] == "sft") return run_sft(rest);
-  const std::string suggestion = closest_match(args[0], {"pretrain", "sft"});
+  for (const PreferenceCommand& command : kPreferenceCommands)
+    if (args[0] == command.name) return run_preference(rest, command);
+  const std::string suggestion =
+      closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo"});
   throw UsageError("lamina train: unknown kind '" + args[0] + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    usage);
 }

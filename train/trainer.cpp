@@ -223,6 +223,81 @@ CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& ba
   return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
 }
 
+// Pretraining and SFT: the mean token cross-entropy of a step's rows, packed or padded
+// (train/data.h). Every micro-batch is divided by the step's total target count, so k
+// micro-batches of b rows compute exactly one batch of k*b rows.
+class LanguageModelObjective : public Objective {
+ public:
+  LanguageModelObjective(const TrainOptions& options, std::vector<Example> train, std::vector<Example> validation)
+      : micro_batches_(options.micro_batch_size == 0 ? 1 : options.batch_size / options.micro_batch_size),
+        seq_len_(options.seq_len),
+        progress_(options.progress),
+        fingerprint_(train::fingerprint(train)) {
+    const int64_t micro = options.micro_batch_size == 0 ? options.batch_size : options.micro_batch_size;
+    loader_ = std::make_unique<DataLoader>(std::move(train), loader_options(options, micro, true));
+    if (!validation.empty())
+      validation_ = std::make_unique<DataLoader>(std::move(validation), loader_options(options, micro, false));
+  }
+
+  StepResult step(llama::LlamaForCausalLM& model, int64_t step) override {
+    std::vector<Batch> batches;
+    int64_t target_tokens = 0;
+    for (int64_t i = 0; i < micro_batches_; ++i) {
+      batches.push_back(loader_->next());
+      target_tokens += batches.back().target_tokens;
+    }
+    LAMINA_CHECK(target_tokens > 0, "train: step ", step, " has no target token: none of its ",
+                 micro_batches_ * loader_->options().batch_size,
+                 " rows holds a token to learn. The data's examples have no completion or assistant tokens "
+                 "(for chats: no message whose role is \"assistant\"), so there is nothing to train on");
+    double loss_sum = 0;
+    for (const Batch& batch : batches) {
+      const CrossEntropySum loss = batch_loss(model, batch);
+      loss_sum += loss.loss_sum.item<double>();
+      div(loss.loss_sum, double(target_tokens)).backward();
+    }
+    StepResult result;
+    result.loss = loss_sum / double(target_tokens);
+    result.tokens = int64_t(batches.size()) * seq_len_ * loader_->options().batch_size;
+    result.metrics.set("target_tokens", target_tokens);
+    return result;
+  }
+
+  bool has_validation() const override { return validation_ != nullptr; }
+
+  // Mean token loss over the validation examples; an error when they hold no target token.
+  json::Value validate(llama::LlamaForCausalLM& model) override {
+    const std::vector<Batch> batches = validation_->all_batches();
+    TaskProgress progress(progress_, "validation batch", int64_t(batches.size()));
+    double total = 0;
+    int64_t count = 0;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const CrossEntropySum loss = batch_loss(model, batches[i]);
+      total += loss.loss_sum.item<double>();
+      count += loss.target_count;
+      progress.update(int64_t(i + 1));
+    }
+    progress.finish();
+    LAMINA_CHECK(count > 0, "train: the validation data holds no target token (no completion or assistant tokens): "
+                            "there is no loss to measure");
+    json::Value metrics = json::Object{};
+    metrics.set("val_loss", total / double(count));
+    return metrics;
+  }
+
+  json::Value cursor() const override { return loader_->cursor(); }
+  void restore(const json::Value& cursor) override { loader_->restore(cursor); }
+  DataFingerprint fingerprint() const override { return fingerprint_; }
+
+ private:
+  int64_t micro_batches_;
+  int64_t seq_len_;
+  bool progress_;
+  DataFingerprint fingerprint_;
+  std::unique_ptr<DataLoader> loader_;
+  std::unique_ptr<DataLoader> validation_;
+};
+
 // A loss or gradient norm that is NaN or infinite ends the run at the step it appears in: the
 // update would spread it into every weight, and every later step (and checkpoint) would be
 // garbage. The weights of the last checkpoint are from before it.
@@ -445,13 +520,15 @@ std::vector<OptionChange> model_config_changes(const llama::LlamaConfig& saved, 
 
 Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
                  std::vector<Example> validation)
+    : Trainer(std::move(model), options,
+              std::make_unique<LanguageModelObjective>(options, std::move(train), std::move(validation))) {}
+
+Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::unique_ptr<Objective> objective)
     : model_(placed(std::move(model), options)),
       options_(std::move(options)),
-      fingerprint_(fingerprint(train)),
+      objective_(std::move(objective)),
+      fingerprint_(objective_->fingerprint()),
       optimizer_(trainable(*model_), adamw_options(options_)) {
-  const int64_t micro = options_.micro_batch_size == 0 ? options_.batch_size : options_.micro_batch_size;
-  loader_ = std::make_unique<DataLoader>(std::move(train), loader_options(options_, micro, true));
-  if (!validation.empty()) validation_ = std::make_unique<DataLoader>(std::move(validation), loader_options(options_, micro, false));
   schedule_.kind = schedule_from_name(options_.schedule);
   schedule_.peak_lr = options_.lr;
   schedule_.warmup_steps = options_.warmup_steps;
@@ -459,10 +536,10 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions op
   schedule_.min_lr_ratio = options_.min_lr_ratio;
   model_->set_gradient_checkpointing(options_.gradient_checkpointing);
   lora_ = lora_config(options_);
+  objective_->prepare(*model_, options_);
 }
 
-double Trainer::validation_loss() const {
-  LAMINA_CHECK(validation_ != nullptr, "train: no validation data");
+json::Value Trainer::validate() {
   autograd::NoGradGuard no_grad;
   // Evaluation mode for the pass (LoRA dropout off), training mode again however it ends.
   struct EvalMode {
@@ -470,25 +547,15 @@ double Trainer::validation_loss() const {
     explicit EvalMode(llama::LlamaForCausalLM& m) : model(m) { model.eval(); }
     ~EvalMode() { model.train(); }
   } eval_mode(*model_);
-  const std::vector<Batch> batches = validation_->all_batches();
-  TaskProgress progress(options_.progress, "validation batch", int64_t(batches.size()));
-  double total = 0;
-  int64_t count = 0;
-  for (size_t i = 0; i < batches.size(); ++i) {
-    const CrossEntropySum loss = batch_loss(*model_, batches[i]);
-    total += loss.loss_sum.item<double>();
-    count += loss.target_count;
-    progress.update(int64_t(i + 1));
-  }
-  progress.finish();
-  LAMINA_CHECK(count > 0, "train: the validation data holds no target token (no completion or assistant tokens): "
-                          "there is no loss to measure");
-  return total / double(count);
+  return objective_->validate(*model_);
 }
 
 json::Value Trainer::trainer_state() const {
   json::Value state = json::Object{};
-  state.set("data_cursor", loader_->cursor());
+  state.set("data_cursor", objective_->cursor());
+  if (const json::Value settings = objective_->settings(); !settings.is_null()) state.set("objective", settings);
+  if (const json::Value objective_state = objective_->state(); !objective_state.is_null())
+    state.set("objective_state", objective_state);
   state.set("tokens_seen", tokens_seen_);
   state.set("options", options_.to_json());
   state.set("data", fingerprint_.to_json());
@@ -540,6 +607,11 @@ void Trainer::resume(bool allow_option_changes) {
       const DataFingerprint saved = DataFingerprint::from_json(*data);
       if (saved != fingerprint_) changes.push_back({"training data", saved.describe(), fingerprint_.describe()});
     }
+    const json::Value* saved_settings = state.find("objective");
+    const std::string saved_text = saved_settings != nullptr ? saved_settings->dump() : "none";
+    const json::Value settings = objective_->settings();
+    const std::string settings_text = settings.is_null() ? "none" : settings.dump();
+    if (saved_text != settings_text) changes.push_back({"objective", saved_text, settings_text});
     listing.clear();
     for (const OptionChange& change : changes) listing += str_cat("\n  ", change.key, ": ", change.saved, " -> ", change.now);
     LAMINA_CHECK(changes.empty() || allow_option_changes, "cannot resume from ", candidate,
@@ -563,7 +635,8 @@ void Trainer::resume(bool allow_option_changes) {
     std::fprintf(stderr, "resume: continuing with changes that break exactness (--allow-option-changes):%s\n",
                  listing.c_str());
   const json::Value& state = contents->trainer_state;
-  loader_->restore(state.at("data_cursor"));
+  objective_->restore(state.at("data_cursor"));
+  if (const json::Value* objective_state = state.find("objective_state")) objective_->restore_state(*objective_state);
   step_ = contents->step;
   tokens_seen_ = state.at("tokens_seen").as_int64("trainer.json: tokens_seen");
   if (const json::Value* offset = state.find("lora_dropout_offset"); lora_ && offset != nullptr) {
@@ -637,7 +710,6 @@ void Trainer::run(RunStart start) {
 }
 
 void Trainer::train(MetricsLog* log) {
-  const int64_t micro_batches = options_.micro_batch_size == 0 ? 1 : options_.batch_size / options_.micro_batch_size;
   const std::vector<Tensor> parameters = [&] {
     std::vector<Tensor> out;
     for (const auto& named : trainable(*model_)) out.push_back(named.second);
@@ -650,23 +722,8 @@ void Trainer::train(MetricsLog* log) {
   ProgressLine progress(options_.progress);
   while (step_ < options_.steps) {
     const auto start = std::chrono::steady_clock::now();
-    std::vector<Batch> batches;
-    int64_t target_tokens = 0;
-    for (int64_t i = 0; i < micro_batches; ++i) {
-      batches.push_back(loader_->next());
-      target_tokens += batches.back().target_tokens;
-    }
-    LAMINA_CHECK(target_tokens > 0, "train: step ", step_ + 1, " has no target token: none of its ",
-                 micro_batches * loader_->options().batch_size,
-                 " rows holds a token to learn. The data's examples have no completion or assistant tokens "
-                 "(for chats: no message whose role is \"assistant\"), so there is nothing to train on");
-    double loss_sum = 0;
-    for (const Batch& batch : batches) {
-      const CrossEntropySum loss = batch_loss(*model_, batch);
-      loss_sum += loss.loss_sum.item<double>();
-      div(loss.loss_sum, double(target_tokens)).backward();
-    }
-    check_finite("loss", loss_sum / double(target_tokens), step_ + 1);
+    const StepResult result = objective_->step(*model_, step_ + 1);
+    check_finite("loss", result.loss, step_ + 1);
     const double grad_norm = clip_grad_norm(parameters, options_.clip);
     check_finite("gradient norm", grad_norm, step_ + 1);
     const double lr = schedule_.lr(step_);
@@ -675,14 +732,14 @@ void Trainer::train(MetricsLog* log) {
     ++step_;
     failpoint("train.after-step", step_, log != nullptr ? log->path() : "");
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const int64_t tokens = int64_t(batches.size()) * options_.seq_len * loader_->options().batch_size;
+    const int64_t tokens = result.tokens;
     tokens_seen_ += tokens;
     json::Value line = json::Object{};
     line.set("step", step_);
-    line.set("loss", loss_sum / double(target_tokens));
+    line.set("loss", result.loss);
     line.set("lr", lr);
     line.set("grad_norm", grad_norm);
-    line.set("target_tokens", target_tokens);
+    for (const auto& [key, value] : result.metrics.as_object()) line.set(key, value);
     line.set("tokens", tokens_seen_);
     line.set("tokens_per_s", double(tokens) / seconds);
     // Model FLOPs per token ~ 6 x parameters (forward + backward); MFU where the device's
@@ -692,14 +749,16 @@ void Trainer::train(MetricsLog* log) {
     if (peak_flops) line.set("mfu", flops_per_s / *peak_flops);
     line.set("peak_rss_bytes", peak_rss_bytes());
     line.set("peak_tensor_bytes", memory_stats(device).peak_bytes);  // on the training device
-    const bool evaluate = validation_ != nullptr &&
+    const bool evaluate = objective_->has_validation() &&
                           ((options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps);
     if (evaluate) {
-      const double loss = validation_loss();
-      check_finite("validation loss", loss, step_);
-      line.set("val_loss", loss);
+      const json::Value metrics = validate();
+      for (const auto& [key, value] : metrics.as_object()) {
+        if (value.is_number()) check_finite(key == "val_loss" ? "validation loss" : key.c_str(), value.as_double(), step_);
+        line.set(key, value);
+      }
     }
-    progress.update(step_, options_.steps, line.at("loss").as_double(), lr, double(tokens) / seconds);
+    progress.update(step_, options_.steps, result.loss, lr, double(tokens) / seconds);
     if (log != nullptr) {
       failpoint("metrics.write", step_, log->path());
       log->write(line);

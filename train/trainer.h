@@ -22,6 +22,7 @@
 #include "nn/lora.h"
 #include "train/data.h"
 #include "train/metrics.h"
+#include "train/objective.h"
 #include "train/optimizer.h"
 #include "train/run_folder.h"
 #include "train/schedule.h"
@@ -77,17 +78,7 @@ struct TrainOptions {
   static const std::vector<std::string>& json_keys();
 };
 
-// What a data set was, for telling on resume whether it is the one the run trained on: the
-// example count, token count and a hash of every example's ids and loss mask, in order.
-struct DataFingerprint {
-  int64_t examples = 0;
-  int64_t tokens = 0;
-  uint64_t hash = 0;
-  json::Value to_json() const;  // {"examples", "tokens", "hash": 16 hex digits}
-  static DataFingerprint from_json(const json::Value& value);
-  bool operator==(const DataFingerprint&) const = default;
-  std::string describe() const;  // "120 examples, 3456 tokens, hash 0123abcd..."
-};
+// The fingerprint (train/objective.h) of a list of examples.
 DataFingerprint fingerprint(const std::vector<Example>& examples);
 
 // A changed option that keeps a resumed run from computing what the uninterrupted run would.
@@ -159,8 +150,11 @@ struct RunStart {
 
 class Trainer {
  public:
+  // The causal-LM objective: mean token cross-entropy over (packed) examples.
   Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
           std::vector<Example> validation = {});
+  // Any objective (train/objective.h), e.g. a preference loss over pairs.
+  Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::unique_ptr<Objective> objective);
 
   // Trains up to options.steps. With an output folder: takes its lock, treats what is there as
   // `start` says, removes what killed runs left, and resumes (ExistingRun::resume) from the
@@ -173,12 +167,14 @@ class Trainer {
   // before pruning them; a smaller --keep-checkpoints than the saved run's applies from this
   // run's next checkpoint on, never to what is there before it has written one.
   void run(RunStart start = {});
-  // Mean token loss over the validation examples (no gradients); an error when they hold no
-  // target token.
-  double validation_loss() const;
+  // The objective's validation metrics ("val_loss", ...), in eval mode, without gradients; the
+  // causal-LM objective's is the mean token loss, an error when the data holds no target token.
+  json::Value validate();
+  double validation_loss() { return validate().at("val_loss").as_double(); }
   int64_t step() const { return step_; }
-  bool has_validation() const { return validation_ != nullptr; }
+  bool has_validation() const { return objective_->has_validation(); }
   const DataFingerprint& data_fingerprint() const { return fingerprint_; }
+  llama::LlamaForCausalLM& model() const { return *model_; }
 
   // Called with every metrics line as it is written (the demo and tests read them here).
   std::function<void(const json::Value& line)> on_metrics;
@@ -200,9 +196,8 @@ class Trainer {
   std::shared_ptr<llama::LlamaForCausalLM> model_;
   TrainOptions options_;
   std::optional<nn::LoraConfig> lora_;  // a LoRA run's adapter settings (options_.lora)
+  std::unique_ptr<Objective> objective_;
   DataFingerprint fingerprint_;
-  std::unique_ptr<DataLoader> loader_;
-  std::unique_ptr<DataLoader> validation_;
   AdamW optimizer_;
   Schedule schedule_;
   int64_t step_ = 0;

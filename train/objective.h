@@ -1,0 +1,69 @@
+// What a training run learns from: its data and the loss of a step (train/trainer.h runs the
+// loop around it: the optimizer, clipping, the schedule, metrics, checkpoints and resuming).
+//
+// The causal-LM objective (pretraining and SFT: token cross-entropy over packed examples) is
+// built into the Trainer; train/preference_trainer.h is the objective of the offline preference
+// losses (DPO and the rest, over chosen/rejected pairs or labelled completions).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "models/llama/model.h"
+#include "tensor/io/json.h"
+
+namespace lamina::train {
+
+struct TrainOptions;
+
+// What a data set was, for telling on resume whether it is the one the run trained on: the
+// example count, token count and a hash of every example's ids and loss mask, in order.
+struct DataFingerprint {
+  int64_t examples = 0;
+  int64_t tokens = 0;
+  uint64_t hash = 0;
+  json::Value to_json() const;  // {"examples", "tokens", "hash": 16 hex digits}
+  static DataFingerprint from_json(const json::Value& value);
+  bool operator==(const DataFingerprint&) const = default;
+  std::string describe() const;  // "120 examples, 3456 tokens, hash 0123abcd..."
+};
+
+// One optimizer step's measurements.
+struct StepResult {
+  double loss = 0;      // the step's loss: the progress line's and the metrics' "loss"
+  int64_t tokens = 0;   // tokens the step's forward passes processed (for tokens/s)
+  // Further metrics for the step's line, an object written after "grad_norm" in its order
+  // ("target_tokens"; "rewards/chosen", "rewards/accuracies", ...).
+  json::Value metrics = json::Object{};
+};
+
+class Objective {
+ public:
+  virtual ~Objective() = default;
+
+  // Called once, after the Trainer has put the model on its device and dtype and added its
+  // adapters, before the first step (a reference model is made here, for example).
+  virtual void prepare(llama::LlamaForCausalLM& /*model*/, const TrainOptions& /*options*/) {}
+  // Draws step `step`'s data (1-based), and runs forward and backward over it so that the
+  // trainable parameters' gradients add up to the gradient of the step's loss.
+  virtual StepResult step(llama::LlamaForCausalLM& model, int64_t step) = 0;
+
+  virtual bool has_validation() const { return false; }
+  // Metrics over the validation data, keyed with a "val_" prefix (at least "val_loss"); called
+  // in eval mode, without gradients.
+  virtual json::Value validate(llama::LlamaForCausalLM& /*model*/) { return json::Object{}; }
+
+  // Where the data stands (saved with each checkpoint) and what it is (compared on resume).
+  virtual json::Value cursor() const = 0;
+  virtual void restore(const json::Value& cursor) = 0;
+  virtual DataFingerprint fingerprint() const = 0;
+  // What else a resumed run must share with the run it continues (a loss and its
+  // hyperparameters): compared as text on resume. Null when there is nothing.
+  virtual json::Value settings() const { return json::Value(); }
+  // State carried between steps beyond the data cursor (a loss's running baseline), saved with
+  // each checkpoint and given back on resume. Null when there is none.
+  virtual json::Value state() const { return json::Value(); }
+  virtual void restore_state(const json::Value& /*state*/) {}
+};
+
+}  // namespace lamina::train
