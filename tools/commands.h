@@ -22,6 +22,8 @@ int run_plot(const Arguments& args);   // tools/train.cpp
 int run_preference_loss(const Arguments& args);  // tools/preference_loss.cpp
 int run_eval(const Arguments& args);   // tools/eval.cpp: eval ppl, ...
 int run_score(const Arguments& args);  // tools/eval.cpp
+class FlagParser;
+int run_reward_score(const FlagParser& parser);  // tools/score_reward.cpp: score --reward-model
 int run_convert(const Arguments& args);  // tools/convert.cpp: HF folder <-> GGUF
 int run_quantize(const Arguments& args);  // tools/quantize.cpp: NF4 / FP4 checkpoints
 int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, ...

@@ -242,14 +242,28 @@ int run_score(const Arguments& args) {
                     "{\"tokens\":[ids], \"logprobs\":[null, ...], \"sum\":..., \"mean\":...}. The first token has "
                     "no log-probability (null); sum and mean are over the others (mean is null for one token). "
                     "Text (--text, or standard input when neither --text nor --ids is given) is encoded with the "
-                    "model's tokenizer, with BOS first when the tokenizer adds one.");
+                    "model's tokenizer, with BOS first when the tokenizer adds one. With --reward-model: the "
+                    "reward of the text, {\"tokens\": N, \"reward\": r}, or with --data FILE.jsonl of "
+                    "preference pairs one line per pair, {\"line\", \"chosen_reward\", \"rejected_reward\"}, "
+                    "and the accuracy (chosen above rejected) on stderr.");
   parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
+  parser.add_option("reward-model", "DIR", "a reward model (HF LlamaForSequenceClassification folder) instead of --model");
+  parser.add_option("data", "FILE.jsonl",
+                    "with --reward-model: preference pairs in TRL's format ({\"prompt\", \"chosen\", \"rejected\"}, "
+                    "text or chats) to score");
   parser.add_option("text", "TEXT", "the text to score");
   parser.add_option("ids", "\"1 2 3\"", "the token ids to score, as they are (no BOS added)");
   parser.add_option("tokenizer", "PATH",
                     "tokenizer.json for text (default: the model folder's, or the GGUF file's own)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
   if (!parser.parse(args)) return 0;
+  if (parser.is_set("reward-model")) {
+    for (const char* flag : {"model", "ids"})
+      if (parser.is_set(flag))
+        throw UsageError(str_cat(command, ": --", flag, " does not go with --reward-model"), "run '" + command + " --help'");
+    return run_reward_score(parser);
+  }
+  if (parser.is_set("data")) throw UsageError(command + ": --data goes with --reward-model", "run '" + command + " --help'");
   const std::string model_path = parser.required("model");
   if (parser.is_set("text") && parser.is_set("ids"))
     throw UsageError(command + ": give at most one of --text and --ids", "run '" + command + " --help'");
