@@ -15,7 +15,9 @@
 #include "tools/commands.h"
 #include "tools/model_files.h"
 #include "train/loss_curve.h"
+#include "models/llama/reward_model.h"
 #include "train/preference_trainer.h"
+#include "train/reward_trainer.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
@@ -536,27 +538,139 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   return 0;
 }
 
+// Whether `path` is a reward-model folder (config.json's architectures name
+// LlamaForSequenceClassification) rather than a causal LM to start one from.
+bool is_reward_model_folder(const std::string& path) {
+  const fs::path config = fs::path(path) / "config.json";
+  if (!fs::is_regular_file(config)) return false;
+  const json::Value value = json::parse_file(config.string());
+  const json::Value* architectures = value.find("architectures");
+  if (architectures == nullptr || !architectures->is_array()) return false;
+  for (const json::Value& name : architectures->as_array())
+    if (name.is_string() && name.as_string() == "LlamaForSequenceClassification") return true;
+  return false;
+}
+
+// `lamina train reward`: a reward model (a Llama with a score head) on preference pairs with the
+// Bradley-Terry loss, from a causal LM (a fresh head) or a reward model (continued).
+int run_train_reward(const Arguments& args) {
+  const std::string name = "lamina train reward";
+  FlagParser parser(name,
+                    "Trains a reward model - a Llama with a scalar score head, saved as Hugging Face's "
+                    "LlamaForSequenceClassification - on preference pairs in TRL's format ({\"prompt\", \"chosen\", "
+                    "\"rejected\"}, text or chats) with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected), "
+                    "as TRL's RewardTrainer. From a causal LM (its trunk and a fresh head drawn from --seed) or a "
+                    "reward-model folder. Logs accuracy, margin and min/mean/max reward; score with "
+                    "`lamina score --reward-model`.");
+  parser.add_option("model", "PATH", "a causal LM (HF folder or GGUF) or a reward-model folder (required)");
+  parser.add_option("data", "FILE.jsonl", "the preference pairs (required)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
+  parser.add_option("center-rewards", "C", "TRL's center_rewards_coefficient: + C * mean((r_c + r_r)^2)", "0");
+  parser.add_option("max-length", "N", "tokens of prompt + completion per row at most (0 = the model's context)", "1024");
+  parser.add_option("truncation-mode", "MODE", "keep_start or keep_end of a row longer than --max-length", "keep_start");
+  add_training_flags(parser, false);
+  if (!parser.parse(args)) return 0;
+  const std::string model_path = parser.required("model");
+  const std::string data_path = parser.required("data");
+  train::TrainOptions options = training_options(parser);
+  if (!options.lora.empty() || options.qlora)
+    throw UsageError(name + ": --lora and --qlora do not apply to reward models yet (the score head trains whole)",
+                     "drop --lora / --qlora");
+  const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
+  train::RewardOptions reward;
+  reward.center_coefficient = parser.double_value("center-rewards", 0.0, 0.0, 1e6);
+  try {
+    reward.truncation.mode = train::truncation_mode_from_name(parser.value("truncation-mode").value_or("keep_start"));
+  } catch (const Error& error) {
+    throw UsageError(str_cat(name, ": ", error.what()), str_cat("run '", name, " --help'"));
+  }
+  const bool from_gguf = is_gguf_file(model_path);
+  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
+  const llama::LlamaConfig config =
+      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
+  const int64_t max_length = parser.int_value("max-length", 1024, 0, 1 << 30);
+  reward.truncation.max_length = max_length == 0 ? config.max_position_embeddings : max_length;
+  LAMINA_CHECK(reward.truncation.max_length <= config.max_position_embeddings, name, ": --max-length ",
+               reward.truncation.max_length, " is longer than the model's context (max_position_embeddings ",
+               config.max_position_embeddings, ")");
+  options.seq_len = reward.truncation.max_length;
+  options.pack = false;
+  train::TrainOptions memory_options = options;  // a pair is two rows
+  memory_options.batch_size *= 2;
+  memory_options.micro_batch_size *= 2;
+  train::check_model_fits(config, memory_options);
+  const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
+  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
+  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(model_path)
+                                                                                  : read_tokenizer_files(tokenizer_path);
+  check_vocabulary(tok, tokenizer_path, config, config_path);
+  train::PreferenceDataOptions data_options;
+  data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
+  data_options.truncation = reward.truncation;
+  data_options.skip_malformed = parser.is_set("skip-malformed");
+  const auto read = [&](const std::string& path) {
+    train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
+    if (const std::string summary = data.stats.summary(); !summary.empty())
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
+    return data;
+  };
+  train::PreferenceData data = read(data_path);
+  train::PreferenceData validation;
+  if (const std::optional<std::string> path = parser.value("validation")) validation = read(*path);
+  std::fprintf(stderr, "data: %zu pairs%s\n", data.pairs.size(),
+               parser.is_set("validation") ? str_cat("; validation ", validation.pairs.size(), " pairs").c_str() : "");
+  auto objective = std::make_unique<train::RewardObjective>(reward, options, std::move(data), std::move(validation));
+  std::shared_ptr<llama::LlamaForSequenceClassification> model;
+  if (!from_gguf && is_reward_model_folder(model_path)) {
+    model = llama::LlamaForSequenceClassification::load(model_path);
+    std::fprintf(stderr, "model: the reward model %s\n", model_path.c_str());
+  } else {
+    // A fresh head on the causal LM's trunk; the padding id is the tokenizer's pad token where it
+    // has one (as TRL sets it), so that the saved model pools as transformers will.
+    llama::ScoreHeadOptions head;
+    if (const std::optional<int32_t> pad = tok.added_token_id("<|finetune_right_pad_id|>")) head.pad_token_id = *pad;
+    Generator generator(options.seed);
+    const auto causal = from_gguf ? gguf::load_llama_gguf(model_path) : llama::LlamaForCausalLM::load(model_path);
+    model = llama::LlamaForSequenceClassification::from_causal_lm(*causal, head, generator);
+    std::fprintf(stderr, "model: %s's trunk with a new score head\n", model_path.c_str());
+  }
+  train::Trainer trainer(model, options, std::move(objective));
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
+  json::Value last;
+  trainer.on_metrics = [&](const json::Value& line) { last = line; };
+  trainer.run(start);
+  std::string summary;
+  if (last.is_object())
+    for (const char* key : {"accuracy", "val_accuracy"})
+      if (const json::Value* value = last.find(key)) summary += str_cat(", ", key, " ", value->as_double());
+  std::printf("trained %lld steps%s; reward model in %s/model, metrics in %s/metrics.jsonl\n", (long long)trainer.step(),
+              summary.c_str(), options.output_dir.c_str(), options.output_dir.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int run_train(const Arguments& args) {
   const std::string usage =
-      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo> [flags]   ('lamina train <kind> --help' "
+      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward> [flags]   ('lamina train <kind> --help' "
       "for the flags)";
   if (args.empty()) throw UsageError("lamina train: say what to train: pretrain, sft or preference", usage);
   if (args[0] == "--help" || args[0] == "help") {
     std::printf("%s\n\n  pretrain     a model from scratch, from an HF config.json\n  sft          fine-tune a model "
                 "folder on prompt/completion or chat data\n  preference   align a model with an offline preference loss "
-                "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n",
+                "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n  reward       a reward "
+                "model (score head) on chosen/rejected pairs, Bradley-Terry\n",
                 usage.c_str());
     return 0;
   }
   const Arguments rest(args.begin() + 1, args.end());
   if (args[0] == "pretrain") return run_pretrain(rest);
   if (args[0] == "sft") return run_sft(rest);
+  if (args[0] == "reward") return run_train_reward(rest);
   for (const PreferenceCommand& command : kPreferenceCommands)
     if (args[0] == command.name) return run_preference(rest, command);
   const std::string suggestion =
-      closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo"});
+      closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward"});
   throw UsageError("lamina train: unknown kind '" + args[0] + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    usage);
 }

@@ -98,7 +98,7 @@ bool is_checkpoint_folder_name(const std::string& name) {
 }
 
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
-                                     const llama::LlamaForCausalLM& model, const AdamW& optimizer,
+                                     const llama::LlamaWithHead& model, const AdamW& optimizer,
                                      const json::Value& trainer_state, int64_t keep,
                                      const std::function<void(const std::string&)>& fault,
                                      const nn::LoraConfig* adapter) {
@@ -216,7 +216,7 @@ CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory)
   return header;
 }
 
-void save_model_files(const llama::LlamaForCausalLM& model, const std::string& directory, const nn::LoraConfig* adapter) {
+void save_model_files(const llama::LlamaWithHead& model, const std::string& directory, const nn::LoraConfig* adapter) {
   if (adapter == nullptr) return model.save(directory);
   fs::create_directories(directory);
   llama::LlamaConfig config = model.config();
@@ -250,7 +250,7 @@ void load_adapter_values(const std::string& path, const nn::Module& model) {
 
 }  // namespace
 
-CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
+CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
                                             AdamW& optimizer, const nn::LoraConfig* adapter) {
   const fs::path dir(checkpoint_directory);
   const CheckpointHeader header = read_checkpoint_header(checkpoint_directory);
@@ -266,7 +266,7 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
   }
   // f32 weights are read as they are, so that none of their bits is lost to a lower precision.
   const DType read_dtype = header.config.dtype == DType::f32 ? DType::f32 : model.dtype();
-  const auto saved_model = llama::LlamaForCausalLM::load(dir.string(), read_dtype);
+  const auto saved_model = model.load_like(dir.string(), read_dtype);
   const auto saved_tensor = [&](const std::string& name) {
     for (const auto& [key, tensor] : optimizer_tensors)
       if (key == name) return tensor;

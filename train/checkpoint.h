@@ -46,7 +46,7 @@ struct CheckpointContents {
 // (adapter_config.json, adapter_model.safetensors) beside the base's config.json: the frozen
 // base is the run's --model, read again on resume.
 std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
-                                     const llama::LlamaForCausalLM& model, const AdamW& optimizer,
+                                     const llama::LlamaWithHead& model, const AdamW& optimizer,
                                      const json::Value& trainer_state, int64_t keep,
                                      const std::function<void(const std::string& stage)>& fault = {},
                                      const nn::LoraConfig* adapter = nullptr);
@@ -88,12 +88,12 @@ CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory)
 // values an f32 model continues from.
 // With `adapter`, the checkpoint's adapter is loaded into the model's adapter "default" (made
 // by the run's --lora), and the base is left as it is.
-CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaForCausalLM& model,
+CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
                                             AdamW& optimizer, const nn::LoraConfig* adapter = nullptr);
 
 // The model's files in `directory`: config.json and the weights (HF layout), or with `adapter`
 // config.json and the adapter as a PEFT folder.
-void save_model_files(const llama::LlamaForCausalLM& model, const std::string& directory,
+void save_model_files(const llama::LlamaWithHead& model, const std::string& directory,
                       const nn::LoraConfig* adapter = nullptr);
 
 }  // namespace lamina::train

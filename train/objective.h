@@ -3,7 +3,9 @@
 //
 // The causal-LM objective (pretraining and SFT: token cross-entropy over packed examples) is
 // built into the Trainer; train/preference_trainer.h is the objective of the offline preference
-// losses (DPO and the rest, over chosen/rejected pairs or labelled completions).
+// losses (DPO and the rest, over chosen/rejected pairs or labelled completions), and
+// train/reward_trainer.h trains a reward model (a Llama with a score head) on pairs. The model is
+// a llama::LlamaWithHead: a causal LM or a reward model.
 #pragma once
 
 #include <cstdint>
@@ -37,21 +39,30 @@ struct StepResult {
   json::Value metrics = json::Object{};
 };
 
+// The model as a causal LM, for objectives that need its logits; a clear error when it is a
+// model with another head (a reward model given to a language-model objective).
+inline llama::LlamaForCausalLM& causal_lm(llama::LlamaWithHead& model, const char* objective) {
+  auto* lm = dynamic_cast<llama::LlamaForCausalLM*>(&model);
+  LAMINA_CHECK(lm != nullptr, objective, ": trains a causal language model (LlamaForCausalLM), not a model with "
+               "another head");
+  return *lm;
+}
+
 class Objective {
  public:
   virtual ~Objective() = default;
 
   // Called once, after the Trainer has put the model on its device and dtype and added its
   // adapters, before the first step (a reference model is made here, for example).
-  virtual void prepare(llama::LlamaForCausalLM& /*model*/, const TrainOptions& /*options*/) {}
+  virtual void prepare(llama::LlamaWithHead& /*model*/, const TrainOptions& /*options*/) {}
   // Draws step `step`'s data (1-based), and runs forward and backward over it so that the
   // trainable parameters' gradients add up to the gradient of the step's loss.
-  virtual StepResult step(llama::LlamaForCausalLM& model, int64_t step) = 0;
+  virtual StepResult step(llama::LlamaWithHead& model, int64_t step) = 0;
 
   virtual bool has_validation() const { return false; }
   // Metrics over the validation data, keyed with a "val_" prefix (at least "val_loss"); called
   // in eval mode, without gradients.
-  virtual json::Value validate(llama::LlamaForCausalLM& /*model*/) { return json::Object{}; }
+  virtual json::Value validate(llama::LlamaWithHead& /*model*/) { return json::Object{}; }
 
   // Where the data stands (saved with each checkpoint) and what it is (compared on resume).
   virtual json::Value cursor() const = 0;

@@ -8,6 +8,7 @@
 #include "nn/lora.h"
 #include "train/losses/common.h"
 #include "train/losses/logprobs.h"
+#include "train/sampler.h"
 #include "train/trainer.h"
 
 namespace lamina::train {
@@ -18,28 +19,12 @@ bool has_input(const LossDefinition& definition, const char* name) {
                      [&](const InputSpec& spec) { return spec.name == name; });
 }
 
-// SplitMix64's finaliser: the permutation of each epoch from the seed and the epoch number.
-uint64_t mix(uint64_t value) {
-  value += 0x9E3779B97F4A7C15ull;
-  value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9ull;
-  value = (value ^ (value >> 27)) * 0x94D049BB133111EBull;
-  return value ^ (value >> 31);
-}
-
-std::vector<int64_t> epoch_order(int64_t count, uint64_t seed, int64_t epoch) {
-  std::vector<int64_t> order(static_cast<size_t>(count));
-  std::iota(order.begin(), order.end(), 0);
-  uint64_t state = mix(seed ^ mix(uint64_t(epoch) + 1));
-  for (int64_t i = count - 1; i > 0; --i) {  // Fisher-Yates
-    state = mix(state);
-    std::swap(order[size_t(i)], order[size_t(state % uint64_t(i + 1))]);
-  }
-  return order;
-}
-
 // The examples as the causal-LM fingerprint sees them (ids and a completion mask), so that a
 // resumed run can tell whether its data changed.
-DataFingerprint fingerprint_of(const std::vector<PreferencePair>& pairs, const std::vector<UnpairedExample>& unpaired) {
+}  // namespace
+
+DataFingerprint preference_fingerprint(const std::vector<PreferencePair>& pairs,
+                                       const std::vector<UnpairedExample>& unpaired) {
   std::vector<Example> examples;
   const auto add = [&](const std::vector<int32_t>& prompt, const std::vector<int32_t>& completion, uint8_t flag) {
     Example example;
@@ -56,6 +41,8 @@ DataFingerprint fingerprint_of(const std::vector<PreferencePair>& pairs, const s
   for (const UnpairedExample& example : unpaired) add(example.prompt, example.completion, example.label ? 1 : 0);
   return fingerprint(examples);
 }
+
+namespace {
 
 // 1 on every real (non-padding) token of each row: TRL's NLL term reads the prompt too.
 Tensor real_token_mask(const std::vector<int64_t>& lengths, int64_t tokens) {
@@ -145,9 +132,7 @@ struct PreferenceObjective::Impl {
   uint64_t seed = 0;
   bool progress = false;
   DataFingerprint data_fingerprint;
-  // The sampler: a permutation per epoch.
-  int64_t epoch = 0, position = 0;
-  std::vector<int64_t> order;
+  std::unique_ptr<EpochSampler> sampler;
   // The reference.
   std::shared_ptr<llama::LlamaForCausalLM> reference_model;  // copy
   llama::LlamaForCausalLM* policy = nullptr;                  // adapters-off
@@ -166,19 +151,6 @@ struct PreferenceObjective::Impl {
 
   bool reference_free() const {
     return reference == ReferenceKind::none;
-  }
-
-  std::vector<int64_t> next_indices(int64_t count) {
-    std::vector<int64_t> out;
-    while (int64_t(out.size()) < count) {
-      if (order.empty() || position >= int64_t(order.size())) {
-        if (!order.empty()) ++epoch;
-        order = epoch_order(examples(), seed, epoch);
-        position = 0;
-      }
-      out.push_back(order[size_t(position++)]);
-    }
-    return out;
   }
 
   // KTO's mismatched completion for example k: the completion of the example before it in the
@@ -447,14 +419,16 @@ PreferenceObjective::PreferenceObjective(PreferenceOptions options, const TrainO
   take(train, impl.pairs, impl.unpaired, "training");
   take(validation, impl.validation_pairs, impl.validation_unpaired, "validation");
   LAMINA_CHECK(impl.examples() > 0, "preference: no training examples");
-  impl.data_fingerprint = fingerprint_of(impl.pairs, impl.unpaired);
+  impl.data_fingerprint = preference_fingerprint(impl.pairs, impl.unpaired);
+  impl.sampler = std::make_unique<EpochSampler>(impl.examples(), impl.seed);
 }
 
 PreferenceObjective::~PreferenceObjective() = default;
 
-void PreferenceObjective::prepare(llama::LlamaForCausalLM& model, const TrainOptions& options) {
+void PreferenceObjective::prepare(llama::LlamaWithHead& trained, const TrainOptions& options) {
   (void)options;
   Impl& impl = *impl_;
+  llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
   impl.policy = &model;
   if (impl.reference == ReferenceKind::copy) {
     // A frozen copy of the starting weights (the optimizer changes the policy's in place).
@@ -471,18 +445,20 @@ void PreferenceObjective::prepare(llama::LlamaForCausalLM& model, const TrainOpt
   }
 }
 
-StepResult PreferenceObjective::step(llama::LlamaForCausalLM& model, int64_t step) {
+StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step) {
   (void)step;
   Impl& impl = *impl_;
+  llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   if (impl.loss_state) impl.loss_state->training = true;
-  return impl.run(model, impl.next_indices(impl.batch_size), false, true);
+  return impl.run(model, impl.sampler->next(impl.batch_size), false, true);
 }
 
 bool PreferenceObjective::has_validation() const { return impl_->validation_examples() > 0; }
 
-json::Value PreferenceObjective::validate(llama::LlamaForCausalLM& model) {
+json::Value PreferenceObjective::validate(llama::LlamaWithHead& trained) {
   Impl& impl = *impl_;
+  llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   if (impl.loss_state) impl.loss_state->training = false;
   struct Training {
@@ -500,24 +476,9 @@ json::Value PreferenceObjective::validate(llama::LlamaForCausalLM& model) {
   return out;
 }
 
-json::Value PreferenceObjective::cursor() const {
-  json::Value out = json::Object{};
-  out.set("epoch", impl_->epoch);
-  out.set("position", impl_->position);
-  out.set("started", !impl_->order.empty());
-  return out;
-}
+json::Value PreferenceObjective::cursor() const { return impl_->sampler->cursor(); }
 
-void PreferenceObjective::restore(const json::Value& cursor) {
-  Impl& impl = *impl_;
-  impl.epoch = cursor.at("epoch").as_int64("trainer.json: data_cursor.epoch");
-  impl.position = cursor.at("position").as_int64("trainer.json: data_cursor.position");
-  impl.order.clear();
-  if (cursor.at("started").as_bool("trainer.json: data_cursor.started"))
-    impl.order = epoch_order(impl.examples(), impl.seed, impl.epoch);
-  LAMINA_CHECK(impl.position >= 0 && impl.position <= impl.examples(), "trainer.json: data_cursor.position ",
-               impl.position, " is outside the data's ", impl.examples(), " examples");
-}
+void PreferenceObjective::restore(const json::Value& cursor) { impl_->sampler->restore(cursor); }
 
 DataFingerprint PreferenceObjective::fingerprint() const { return impl_->data_fingerprint; }
 
@@ -569,8 +530,9 @@ void PreferenceObjective::restore_state(const json::Value& state) {
 ReferenceKind PreferenceObjective::reference() const { return impl_->reference; }
 const LossDefinition& PreferenceObjective::loss() const { return *impl_->definition; }
 
-std::pair<double, double> PreferenceObjective::reference_logps(llama::LlamaForCausalLM& model, size_t example) {
+std::pair<double, double> PreferenceObjective::reference_logps(llama::LlamaWithHead& trained, size_t example) {
   Impl& impl = *impl_;
+  llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
   if (impl.policy == nullptr) impl.policy = &model;
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   return impl.reference_of(false, int64_t(example));

@@ -57,6 +57,11 @@ enum class PreferenceInputLayout { pairs, unpaired };
 PreferenceInputLayout input_layout(const LossDefinition& definition);
 bool takes_reference(const LossDefinition& definition);
 
+// The fingerprint (train/objective.h) of preference examples: each pair as its chosen and its
+// rejected row, each labelled completion as its row.
+DataFingerprint preference_fingerprint(const std::vector<PreferencePair>& pairs,
+                                       const std::vector<UnpairedExample>& unpaired = {});
+
 class PreferenceObjective : public Objective {
  public:
   // `train` and `validation` hold pairs (or, for a loss on labelled completions, labelled
@@ -67,10 +72,10 @@ class PreferenceObjective : public Objective {
                       PreferenceData validation = {});
   ~PreferenceObjective() override;
 
-  void prepare(llama::LlamaForCausalLM& model, const TrainOptions& options) override;
-  StepResult step(llama::LlamaForCausalLM& model, int64_t step) override;
+  void prepare(llama::LlamaWithHead& model, const TrainOptions& options) override;
+  StepResult step(llama::LlamaWithHead& model, int64_t step) override;
   bool has_validation() const override;
-  json::Value validate(llama::LlamaForCausalLM& model) override;
+  json::Value validate(llama::LlamaWithHead& model) override;
   json::Value cursor() const override;
   void restore(const json::Value& cursor) override;
   DataFingerprint fingerprint() const override;
@@ -82,7 +87,7 @@ class PreferenceObjective : public Objective {
   const LossDefinition& loss() const;
   // The reference's summed log-probs of training example i ({chosen, rejected}; unpaired:
   // {completion, KL completion}), computed now with the reference (precomputed: the stored ones).
-  std::pair<double, double> reference_logps(llama::LlamaForCausalLM& model, size_t example);
+  std::pair<double, double> reference_logps(llama::LlamaWithHead& model, size_t example);
 
  private:
   struct Impl;

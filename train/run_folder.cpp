@@ -253,7 +253,7 @@ OutputFolderLock::~OutputFolderLock() {
   if (descriptor_ >= 0) ::close(descriptor_);  // closing drops the lock
 }
 
-void save_final_model(const llama::LlamaForCausalLM& model, const std::string& directory, int64_t step,
+void save_final_model(const llama::LlamaWithHead& model, const std::string& directory, int64_t step,
                       const std::function<void(const std::string& folder)>& add_files, const nn::LoraConfig* adapter) {
   const fs::path root(directory), target = root / "model";
   const std::string pid = std::to_string(::getpid());

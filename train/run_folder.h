@@ -79,7 +79,7 @@ class OutputFolderLock {
 // model.partial-PID, which replaces model/ only when complete, so model/ is always one whole
 // model, the old or the new. `step` names the place for failpoints.
 // With `adapter` (a LoRA run) model/ is the adapter as a PEFT folder (see save_model_files).
-void save_final_model(const llama::LlamaForCausalLM& model, const std::string& directory, int64_t step,
+void save_final_model(const llama::LlamaWithHead& model, const std::string& directory, int64_t step,
                       const std::function<void(const std::string& folder)>& add_files = {},
                       const nn::LoraConfig* adapter = nullptr);
 

@@ -239,7 +239,8 @@ class LanguageModelObjective : public Objective {
       validation_ = std::make_unique<DataLoader>(std::move(validation), loader_options(options, micro, false));
   }
 
-  StepResult step(llama::LlamaForCausalLM& model, int64_t step) override {
+  StepResult step(llama::LlamaWithHead& trained, int64_t step) override {
+    llama::LlamaForCausalLM& model = causal_lm(trained, "train");
     std::vector<Batch> batches;
     int64_t target_tokens = 0;
     for (int64_t i = 0; i < micro_batches_; ++i) {
@@ -266,7 +267,8 @@ class LanguageModelObjective : public Objective {
   bool has_validation() const override { return validation_ != nullptr; }
 
   // Mean token loss over the validation examples; an error when they hold no target token.
-  json::Value validate(llama::LlamaForCausalLM& model) override {
+  json::Value validate(llama::LlamaWithHead& trained) override {
+    const llama::LlamaForCausalLM& model = causal_lm(trained, "train");
     const std::vector<Batch> batches = validation_->all_batches();
     TaskProgress progress(progress_, "validation batch", int64_t(batches.size()));
     double total = 0;
@@ -320,7 +322,7 @@ std::optional<nn::LoraConfig> lora_config(const TrainOptions& options) {
 
 // The model, validated options applied: on the training device in the training dtype (before
 // the optimizer takes its parameters, so that its state is made there too).
-std::shared_ptr<llama::LlamaForCausalLM> placed(std::shared_ptr<llama::LlamaForCausalLM> model,
+std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHead> model,
                                                 const TrainOptions& options) {
   LAMINA_CHECK(model != nullptr, "train: no model");
   options.validate();
@@ -518,12 +520,12 @@ std::vector<OptionChange> model_config_changes(const llama::LlamaConfig& saved, 
   return changes;
 }
 
-Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
+Trainer::Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions options, std::vector<Example> train,
                  std::vector<Example> validation)
     : Trainer(std::move(model), options,
               std::make_unique<LanguageModelObjective>(options, std::move(train), std::move(validation))) {}
 
-Trainer::Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::unique_ptr<Objective> objective)
+Trainer::Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions options, std::unique_ptr<Objective> objective)
     : model_(placed(std::move(model), options)),
       options_(std::move(options)),
       objective_(std::move(objective)),
@@ -543,8 +545,8 @@ json::Value Trainer::validate() {
   autograd::NoGradGuard no_grad;
   // Evaluation mode for the pass (LoRA dropout off), training mode again however it ends.
   struct EvalMode {
-    llama::LlamaForCausalLM& model;
-    explicit EvalMode(llama::LlamaForCausalLM& m) : model(m) { model.eval(); }
+    llama::LlamaWithHead& model;
+    explicit EvalMode(llama::LlamaWithHead& m) : model(m) { model.eval(); }
     ~EvalMode() { model.train(); }
   } eval_mode(*model_);
   return objective_->validate(*model_);

@@ -151,10 +151,10 @@ struct RunStart {
 class Trainer {
  public:
   // The causal-LM objective: mean token cross-entropy over (packed) examples.
-  Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::vector<Example> train,
+  Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions options, std::vector<Example> train,
           std::vector<Example> validation = {});
   // Any objective (train/objective.h), e.g. a preference loss over pairs.
-  Trainer(std::shared_ptr<llama::LlamaForCausalLM> model, TrainOptions options, std::unique_ptr<Objective> objective);
+  Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions options, std::unique_ptr<Objective> objective);
 
   // Trains up to options.steps. With an output folder: takes its lock, treats what is there as
   // `start` says, removes what killed runs left, and resumes (ExistingRun::resume) from the
@@ -174,7 +174,7 @@ class Trainer {
   int64_t step() const { return step_; }
   bool has_validation() const { return objective_->has_validation(); }
   const DataFingerprint& data_fingerprint() const { return fingerprint_; }
-  llama::LlamaForCausalLM& model() const { return *model_; }
+  llama::LlamaWithHead& model() const { return *model_; }
 
   // Called with every metrics line as it is written (the demo and tests read them here).
   std::function<void(const json::Value& line)> on_metrics;
@@ -193,7 +193,7 @@ class Trainer {
   void prune_stopped_run();
   void train(MetricsLog* log);
 
-  std::shared_ptr<llama::LlamaForCausalLM> model_;
+  std::shared_ptr<llama::LlamaWithHead> model_;
   TrainOptions options_;
   std::optional<nn::LoraConfig> lora_;  // a LoRA run's adapter settings (options_.lora)
   std::unique_ptr<Objective> objective_;

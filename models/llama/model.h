@@ -139,7 +139,26 @@ struct LoadOptions {
   std::function<void(int64_t done, int64_t total)> on_quantized;
 };
 
-class LlamaForCausalLM : public nn::Module {
+// A Llama trunk with a head, whichever the head (LlamaForCausalLM's lm_head,
+// LlamaForSequenceClassification's score): what training, checkpoints and adapters need of a
+// model, so that one Trainer trains either.
+class LlamaWithHead : public nn::Module {
+ public:
+  virtual const LlamaConfig& config() const = 0;
+  virtual DType dtype() const = 0;
+  virtual Device device() const = 0;
+  // Every weight converted to `dtype` on `device`, in place: parameter handles stay valid.
+  virtual void to(Device device, DType dtype) = 0;
+  virtual void set_gradient_checkpointing(bool on) = 0;
+  // The folder transformers reads for this class: config.json (with its architecture) and the
+  // weights in `dtype` (default: the model's own), sharded above max_shard_bytes.
+  virtual void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,
+                    uint64_t max_shard_bytes = uint64_t(5) << 30) const = 0;
+  // A folder this class saved, loaded as this class (how a checkpoint is read back).
+  virtual std::shared_ptr<LlamaWithHead> load_like(const std::string& directory, DType dtype) const = 0;
+};
+
+class LlamaForCausalLM : public LlamaWithHead {
  public:
   // Throws before allocating when the parameters cannot fit in the host's memory.
   // four_bit_projections: the projections get no full-precision weight (nn::LinearOptions::
@@ -167,17 +186,20 @@ class LlamaForCausalLM : public nn::Module {
   // Writes config.json and model.safetensors (sharded above max_shard_bytes) in HF layout,
   // saving the weights in `dtype` (default: the model's own).
   void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,
-            uint64_t max_shard_bytes = uint64_t(5) << 30) const;
+            uint64_t max_shard_bytes = uint64_t(5) << 30) const override;
+  std::shared_ptr<LlamaWithHead> load_like(const std::string& directory, DType dtype) const override {
+    return load(directory, dtype);
+  }
   // Fresh weights as Hugging Face initialises them: normal(0, initializer_range), norms at 1.
   void init_parameters(Generator& generator);
-  void set_gradient_checkpointing(bool on) { model->gradient_checkpointing = on; }
+  void set_gradient_checkpointing(bool on) override { model->gradient_checkpointing = on; }
   // Converts every weight to `dtype` and moves it to `device`, in place: the parameter handles
   // (and whatever holds them) stay valid. Before training starts: gradients are not converted.
-  void to(Device device, DType dtype);
-  Device device() const { return output_weight().device(); }
+  void to(Device device, DType dtype) override;
+  Device device() const override { return output_weight().device(); }
 
-  const LlamaConfig& config() const { return config_; }
-  DType dtype() const { return dtype_; }
+  const LlamaConfig& config() const override { return config_; }
+  DType dtype() const override { return dtype_; }
   const Tensor& output_weight() const;  // lm_head's weight, or the embedding when tied
 
   std::shared_ptr<LlamaModel> model;

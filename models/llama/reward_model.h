@@ -33,7 +33,7 @@ struct ScoreHeadOptions {
   std::optional<int64_t> pad_token_id;  // replaces the config's when given (TRL sets the tokenizer's)
 };
 
-class LlamaForSequenceClassification : public nn::Module {
+class LlamaForSequenceClassification : public LlamaWithHead {
  public:
   // A new model: trunk and head as `init` says (zeros, or uninitialised for loading).
   explicit LlamaForSequenceClassification(LlamaConfig config, int64_t num_labels = 1, DType dtype = DType::f32,
@@ -72,20 +72,23 @@ class LlamaForSequenceClassification : public nn::Module {
   // as transformers writes them, pad_token_id when set) and model.safetensors (sharded above
   // max_shard_bytes), the weights in `dtype` (default: the model's own).
   void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,
-            uint64_t max_shard_bytes = uint64_t(5) << 30) const;
+            uint64_t max_shard_bytes = uint64_t(5) << 30) const override;
+  std::shared_ptr<LlamaWithHead> load_like(const std::string& directory, DType dtype) const override {
+    return load(directory, dtype);
+  }
 
   // Fresh weights as transformers initialises them: normal(0, initializer_range), norms at 1.
   void init_parameters(Generator& generator);
   // The head alone, normal(0, initializer_range): a new head on a pretrained trunk.
   void init_score(Generator& generator);
-  void set_gradient_checkpointing(bool on) { model->gradient_checkpointing = on; }
+  void set_gradient_checkpointing(bool on) override { model->gradient_checkpointing = on; }
   // Every weight converted to `dtype` on `device`, in place (handles stay valid), as LlamaForCausalLM::to.
-  void to(Device device, DType dtype);
-  Device device() const { return score->weight().device(); }
+  void to(Device device, DType dtype) override;
+  Device device() const override { return score->weight().device(); }
 
-  const LlamaConfig& config() const { return config_; }
+  const LlamaConfig& config() const override { return config_; }
   int64_t num_labels() const { return num_labels_; }
-  DType dtype() const { return dtype_; }
+  DType dtype() const override { return dtype_; }
 
   std::shared_ptr<LlamaModel> model;
   std::shared_ptr<nn::Linear> score;
