@@ -44,6 +44,11 @@ class File {
   // The named tensor: a view of the mapping when the dtype is stored as is and the bytes are
   // aligned for it, otherwise a converted copy. Writes to a view never reach the file.
   Tensor read(const std::string& name) const;
+  // Gives the memory pages that lie wholly inside the named tensor's bytes back to the system
+  // (they read again from the file if touched): for a tensor consumed once, e.g. quantized as
+  // it loads, so that the file's pages do not stay resident. Only for a tensor whose views
+  // nobody holds any more: data written to such a view would be lost.
+  void release(const std::string& name) const;
 
  private:
   std::string path_;
@@ -67,6 +72,7 @@ class Checkpoint {
   bool contains(const std::string& name) const { return location_.count(name) != 0; }
   const TensorInfo& info(const std::string& name) const;
   Tensor read(const std::string& name) const;
+  void release(const std::string& name) const;  // File::release on the tensor's shard
   const std::string& directory() const { return directory_; }
 
  private:

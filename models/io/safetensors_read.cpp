@@ -153,6 +153,17 @@ const TensorInfo* File::find(const std::string& name) const {
   return nullptr;
 }
 
+void File::release(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  LAMINA_CHECK(info != nullptr, "safetensors: ", path_, " has no tensor '", name, "'");
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(mapping_->bytes() + data_start_ + info->begin);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(mapping_->bytes() + data_start_ + info->end);
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;  // whole pages only
+  // Advice: a failure leaves the pages resident, which costs memory, not correctness.
+  if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 Tensor File::read(const std::string& name) const {
   const TensorInfo* info = find(name);
   LAMINA_CHECK(info != nullptr, "safetensors: ", path_, " has no tensor '", name, "'");
@@ -238,6 +249,12 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
   const auto found = location_.find(name);
   LAMINA_CHECK(found != location_.end(), "checkpoint: ", directory_, " has no tensor '", name, "'");
   return *files_[found->second].find(name);
+}
+
+void Checkpoint::release(const std::string& name) const {
+  const auto found = location_.find(name);
+  LAMINA_CHECK(found != location_.end(), "checkpoint: ", directory_, " has no tensor '", name, "'");
+  files_[found->second].release(name);
 }
 
 Tensor Checkpoint::read(const std::string& name) const {

@@ -448,9 +448,12 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
       }
     } else if (options.quantize_projections && path != "lm_head") {
       // Quantized from the weight in the model's dtype, as quantizing the loaded model would.
-      const Tensor stored = checkpoint.read(name);
-      linear->set_base_4bit(ops::quantize_4bit(stored.dtype() == dtype ? stored : ops::cast(stored, dtype),
-                                               options.format, options.blocksize, options.double_quant));
+      {
+        const Tensor stored = checkpoint.read(name);
+        linear->set_base_4bit(ops::quantize_4bit(stored.dtype() == dtype ? stored : ops::cast(stored, dtype),
+                                                 options.format, options.blocksize, options.double_quant));
+      }
+      checkpoint.release(name);  // the file's pages of this weight need not stay in memory
       if (options.on_quantized) options.on_quantized(++quantized, projections - four_bit_projections);
     }
   }

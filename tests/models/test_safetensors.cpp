@@ -3,6 +3,7 @@
 
 #include "helpers.h"
 #include "models/io/safetensors.h"
+#include "ops/ops.h"
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
 #include <sys/stat.h>
@@ -230,4 +231,24 @@ TEST_CASE("the stories260k checkpoint reads and validates" * doctest::test_suite
   CHECK(embed.shape() == Shape{512, 64});
   CHECK(embed.dtype() == DType::f32);
   CHECK_FALSE(embed.storage()->owns_memory());  // mapped, not copied
+}
+
+TEST_CASE("release gives a consumed tensor's pages back; its values read again from the file") {
+  const ScratchDir dir("safetensors-release");
+  Generator generator(3);
+  // Large enough to span many pages, between two small tensors that share pages with it.
+  const Tensor big = randn({512, 1024}, generator);
+  const Tensor before = randn({3}, generator), after = randn({5}, generator);
+  safetensors::save(dir / "model.safetensors", {{"a", before}, {"big", big}, {"z", after}});
+  const safetensors::File file = safetensors::File::open(dir / "model.safetensors");
+  Tensor neighbour = file.read("a");
+  CHECK(neighbour.to_vector<float>() == before.to_vector<float>());
+  // A write to the neighbour's view (a private copy of its page) survives the release of "big".
+  ops::fill_(neighbour, 7.0);
+  CHECK(file.read("big").to_vector<float>() == big.to_vector<float>());
+  file.release("big");
+  CHECK(file.read("big").to_vector<float>() == big.to_vector<float>());
+  CHECK(neighbour.to_vector<float>() == std::vector<float>(3, 7.0f));
+  CHECK(file.read("z").to_vector<float>() == after.to_vector<float>());
+  CHECK_THROWS_WITH_AS(file.release("missing"), doctest::Contains("has no tensor 'missing'"), Error);
 }
