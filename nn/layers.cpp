@@ -67,7 +67,9 @@ void Linear::set_base_4bit(ops::Quantized4Bit q) {
 int64_t quantize_base_weights(Module& model, ops::Quant4Format format, int64_t blocksize, bool double_quant) {
   int64_t count = 0, linears = 0;
   for (const auto& [path, linear] : named_linears(model)) {
-    if (path == "lm_head" || path.ends_with(".lm_head")) continue;
+    // The output heads (a causal LM's lm_head, a reward model's score) stay in full precision,
+    // as transformers' 4-bit loading leaves the last module.
+    if (path == "lm_head" || path.ends_with(".lm_head") || path == "score" || path.ends_with(".score")) continue;
     ++linears;
     if (linear->base_4bit() != nullptr) continue;  // 4-bit already (a 4-bit checkpoint)
     linear->quantize_base(format, blocksize, double_quant);

@@ -105,8 +105,9 @@ class Linear : public Module {
   std::shared_ptr<const ops::Quantized4Bit> base_4bit_;  // set by quantize_base: weight_ is then undefined
 };
 
-// Quantizes the base weight of every Linear of `model` but the output head (lm_head), as
-// QLoRA and transformers' bitsandbytes loading do; those 4-bit already stay as they are.
+// Quantizes the base weight of every Linear of `model` but the output head (lm_head, or a reward
+// model's score), as QLoRA and transformers' bitsandbytes loading do; those 4-bit already stay as
+// they are.
 // Returns how many were quantized now.
 int64_t quantize_base_weights(Module& model, ops::Quant4Format format = ops::Quant4Format::nf4, int64_t blocksize = 64,
                               bool double_quant = true);

@@ -139,7 +139,8 @@ std::vector<std::string> apply_lora(Module& model, const LoraConfig& config, con
   selection->adapters.push_back(adapter_name);
   selection->active = adapter_name;
   selection->row_adapters.clear();
-  // Only the new adapter trains: the base and any earlier adapter are frozen.
+  const std::vector<NamedTensor> saved_whole = modules_to_save_parameters(model, config);
+  // Only the new adapter (and the modules saved whole) trains: the base and any earlier adapter are frozen.
   const std::string marker_a = ".lora_A." + adapter_name + ".", marker_b = ".lora_B." + adapter_name + ".",
                     marker_m = ".lora_magnitude_vector." + adapter_name + ".";
   for (const auto& [name, parameter] : model.named_parameters()) {
@@ -147,7 +148,25 @@ std::vector<std::string> apply_lora(Module& model, const LoraConfig& config, con
                            name.find(marker_m) != std::string::npos;
     parameter.set_requires_grad(trainable);
   }
+  for (const auto& [name, parameter] : saved_whole) parameter.set_requires_grad(true);
   return paths;
+}
+
+std::vector<NamedTensor> modules_to_save_parameters(const Module& model, const LoraConfig& config) {
+  std::vector<NamedTensor> out;
+  for (const std::string& entry : config.modules_to_save) {
+    bool found = false;
+    for (const auto& [name, parameter] : model.named_parameters()) {
+      if (name.find(".lora_") != std::string::npos) continue;  // adapters are not the module's own weights
+      const size_t dot = name.rfind('.');
+      const std::string module = dot == std::string::npos ? "" : name.substr(0, dot);
+      if (module != entry && !module.ends_with("." + entry)) continue;
+      out.emplace_back(name, parameter);
+      found = true;
+    }
+    LAMINA_CHECK(found, "modules_to_save: no module of the model is named \"", entry, "\"");
+  }
+  return out;
 }
 
 std::shared_ptr<LoraSelection> lora_selection(const Module& model) {

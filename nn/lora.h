@@ -57,6 +57,10 @@ struct LoraConfig {
   // Per-module overrides: a pattern P matches a module path when ^(.*\.)?(P)$ does; first wins.
   std::vector<std::pair<std::string, int64_t>> rank_pattern;
   std::vector<std::pair<std::string, double>> alpha_pattern;
+  // Modules trained whole beside the adapters and saved in the adapter file (PEFT's
+  // modules_to_save: a reward model's "score" head). Same matching as target_modules.
+  std::vector<std::string> modules_to_save;
+  std::string task_type = "CAUSAL_LM";  // PEFT's task_type: CAUSAL_LM, or SEQ_CLS for a reward model
   std::string base_model_name_or_path;
   uint64_t seed = 0;  // initial A (and B) values; the dropout masks too, for a model's first adapter
 };
@@ -99,9 +103,13 @@ bool lora_targets(const LoraConfig& config, const std::string& path);
 // The rank and alpha for the module at `path`, after rank_pattern / alpha_pattern.
 LoraOptions lora_options_for(const LoraConfig& config, const std::string& path);
 
+// The parameters of the modules config.modules_to_save names, by full name (a module matches an
+// entry as for target_modules); throws naming an entry that matches no module.
+std::vector<NamedTensor> modules_to_save_parameters(const Module& model, const LoraConfig& config);
+
 // Adds adapter `adapter_name` to every targeted Linear, freezes every parameter but the new
-// adapter's (the base and any earlier adapter: no gradients, no optimizer state), and makes the
-// new adapter the active one. Returns the targeted module paths; throws when nothing matched or
+// adapter's and those of config.modules_to_save (the base and any earlier adapter: no gradients,
+// no optimizer state), and makes the new adapter the active one. Returns the targeted module paths; throws when nothing matched or
 // the name is taken. Call it after LlamaForCausalLM::to(), which would convert adapters too.
 std::vector<std::string> apply_lora(Module& model, const LoraConfig& config, const std::string& adapter_name = "default");
 

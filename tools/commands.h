@@ -24,6 +24,8 @@ int run_eval(const Arguments& args);   // tools/eval.cpp: eval ppl, ...
 int run_score(const Arguments& args);  // tools/eval.cpp
 class FlagParser;
 int run_reward_score(const FlagParser& parser);  // tools/score_reward.cpp: score --reward-model
+// Whether `path` is a reward-model folder: config.json's architectures name LlamaForSequenceClassification.
+bool is_reward_model_folder(const std::string& path);  // tools/score_reward.cpp
 int run_convert(const Arguments& args);  // tools/convert.cpp: HF folder <-> GGUF
 int run_quantize(const Arguments& args);  // tools/quantize.cpp: NF4 / FP4 checkpoints
 int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, ...

@@ -248,6 +248,9 @@ int run_score(const Arguments& args) {
                     "and the accuracy (chosen above rejected) on stderr.");
   parser.add_option("model", "PATH", "a model folder (config.json + safetensors) or a .gguf file");
   parser.add_option("reward-model", "DIR", "a reward model (HF LlamaForSequenceClassification folder) instead of --model");
+  parser.add_option("adapter", "DIR",
+                    "with --reward-model: a PEFT adapter trained by `train reward --lora` (its score head saved "
+                    "whole); --reward-model may then be the causal LM it started from");
   parser.add_option("data", "FILE.jsonl",
                     "with --reward-model: preference pairs in TRL's format ({\"prompt\", \"chosen\", \"rejected\"}, "
                     "text or chats) to score");
@@ -263,7 +266,9 @@ int run_score(const Arguments& args) {
         throw UsageError(str_cat(command, ": --", flag, " does not go with --reward-model"), "run '" + command + " --help'");
     return run_reward_score(parser);
   }
-  if (parser.is_set("data")) throw UsageError(command + ": --data goes with --reward-model", "run '" + command + " --help'");
+  for (const char* flag : {"data", "adapter"})
+    if (parser.is_set(flag))
+      throw UsageError(str_cat(command, ": --", flag, " goes with --reward-model"), "run '" + command + " --help'");
   const std::string model_path = parser.required("model");
   if (parser.is_set("text") && parser.is_set("ids"))
     throw UsageError(command + ": give at most one of --text and --ids", "run '" + command + " --help'");

@@ -1,8 +1,11 @@
 // `lamina score --reward-model DIR`: rewards from a LlamaForSequenceClassification folder, for a
 // text or for every pair of a preference file (how well a reward model ranks held-out pairs).
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 
 #include "autograd/autograd.h"
+#include "models/io/peft.h"
 #include "models/llama/reward_model.h"
 #include "models/tokenizer/chat.h"
 #include "tools/args.h"
@@ -44,11 +47,38 @@ void check_row(const std::vector<int32_t>& ids, const llama::LlamaConfig& config
 
 }  // namespace
 
+bool is_reward_model_folder(const std::string& path) {
+  const std::filesystem::path config = std::filesystem::path(path) / "config.json";
+  if (!std::filesystem::is_regular_file(config)) return false;
+  const json::Value value = json::parse_file(config.string());
+  const json::Value* architectures = value.find("architectures");
+  if (architectures == nullptr || !architectures->is_array()) return false;
+  for (const json::Value& name : architectures->as_array())
+    if (name.is_string() && name.as_string() == "LlamaForSequenceClassification") return true;
+  return false;
+}
+
 int run_reward_score(const FlagParser& parser) {
   const std::string command = "lamina score --reward-model";
   const std::string path = parser.required("reward-model");
   const tokenizer::Tokenizer tok = load_model_tokenizer(path, parser.value("tokenizer"));
-  const auto model = llama::LlamaForSequenceClassification::load(path);
+  std::shared_ptr<llama::LlamaForSequenceClassification> model;
+  const std::optional<std::string> adapter = parser.value("adapter");
+  if (adapter && !is_reward_model_folder(path)) {
+    // A reward model trained with LoRA from a causal LM: the causal LM's trunk, and the adapter
+    // file's score head (saved whole, PEFT's modules_to_save) over a placeholder one.
+    Generator generator(0);
+    model = llama::LlamaForSequenceClassification::from_causal_lm(path, {}, generator);
+  } else {
+    model = llama::LlamaForSequenceClassification::load(path);
+  }
+  if (adapter) {
+    const nn::LoraConfig config = peft::load_adapter(*adapter, *model);
+    LAMINA_CHECK(std::find(config.modules_to_save.begin(), config.modules_to_save.end(), "score") !=
+                         config.modules_to_save.end() || is_reward_model_folder(path),
+                 command, ": ", *adapter, " is an adapter without a score head (modules_to_save); over the causal LM ",
+                 path, " it would score with an untrained head");
+  }
   model->eval();
   if (const std::optional<std::string> data = parser.value("data")) {
     if (parser.is_set("text")) throw UsageError(command + ": give --text or --data, not both", "run 'lamina score --help'");

@@ -538,19 +538,6 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   return 0;
 }
 
-// Whether `path` is a reward-model folder (config.json's architectures name
-// LlamaForSequenceClassification) rather than a causal LM to start one from.
-bool is_reward_model_folder(const std::string& path) {
-  const fs::path config = fs::path(path) / "config.json";
-  if (!fs::is_regular_file(config)) return false;
-  const json::Value value = json::parse_file(config.string());
-  const json::Value* architectures = value.find("architectures");
-  if (architectures == nullptr || !architectures->is_array()) return false;
-  for (const json::Value& name : architectures->as_array())
-    if (name.is_string() && name.as_string() == "LlamaForSequenceClassification") return true;
-  return false;
-}
-
 // `lamina train reward`: a reward model (a Llama with a score head) on preference pairs with the
 // Bradley-Terry loss, from a causal LM (a fresh head) or a reward model (continued).
 int run_train_reward(const Arguments& args) {
@@ -573,9 +560,7 @@ int run_train_reward(const Arguments& args) {
   const std::string model_path = parser.required("model");
   const std::string data_path = parser.required("data");
   train::TrainOptions options = training_options(parser);
-  if (!options.lora.empty() || options.qlora)
-    throw UsageError(name + ": --lora and --qlora do not apply to reward models yet (the score head trains whole)",
-                     "drop --lora / --qlora");
+
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   train::RewardOptions reward;
   reward.center_coefficient = parser.double_value("center-rewards", 0.0, 0.0, 1e6);
@@ -623,6 +608,8 @@ int run_train_reward(const Arguments& args) {
   std::shared_ptr<llama::LlamaForSequenceClassification> model;
   if (!from_gguf && is_reward_model_folder(model_path)) {
     model = llama::LlamaForSequenceClassification::load(model_path);
+    LAMINA_CHECK(!options.qlora, name, ": --qlora quantizes a causal LM as it loads; a reward-model folder loads whole "
+                 "(quantize it after loading is not supported yet): drop --qlora");
     std::fprintf(stderr, "model: the reward model %s\n", model_path.c_str());
   } else {
     // A fresh head on the causal LM's trunk; the padding id is the tokenizer's pad token where it
@@ -630,7 +617,7 @@ int run_train_reward(const Arguments& args) {
     llama::ScoreHeadOptions head;
     if (const std::optional<int32_t> pad = tok.added_token_id("<|finetune_right_pad_id|>")) head.pad_token_id = *pad;
     Generator generator(options.seed);
-    const auto causal = from_gguf ? gguf::load_llama_gguf(model_path) : llama::LlamaForCausalLM::load(model_path);
+    const auto causal = from_gguf ? gguf::load_llama_gguf(model_path) : load_sft_base(model_path, options);
     model = llama::LlamaForSequenceClassification::from_causal_lm(*causal, head, generator);
     std::fprintf(stderr, "model: %s's trunk with a new score head\n", model_path.c_str());
   }

@@ -227,9 +227,10 @@ void save_model_files(const llama::LlamaWithHead& model, const std::string& dire
 
 namespace {
 
-// The adapter "default" of every Linear that has one, from a PEFT adapter file, with the keys
-// peft::save_adapter wrote (the adapter the run made with its --lora; the base stays as it is).
-void load_adapter_values(const std::string& path, const nn::Module& model) {
+// The adapter "default" of every Linear that has one, and the modules `config` saves whole, from
+// a PEFT adapter file, with the keys peft::save_adapter wrote (the adapter the run made with its
+// --lora; the base stays as it is).
+void load_adapter_values(const std::string& path, const nn::Module& model, const nn::LoraConfig& config) {
   const safetensors::File file = safetensors::File::open(path);
   autograd::NoGradGuard no_grad;
   for (const auto& [module, linear] : nn::named_linears(model)) {
@@ -246,6 +247,14 @@ void load_adapter_values(const std::string& path, const nn::Module& model) {
       ops::copy_(parameter, ops::to_device(ops::cast(value, parameter.dtype()), parameter.device()));
     }
   }
+  for (const auto& [name, parameter] : nn::modules_to_save_parameters(model, config)) {
+    const std::string key = peft::saved_module_key(name);
+    LAMINA_CHECK(file.find(key) != nullptr, path, ": no tensor '", key, "' for the module trained whole");
+    const Tensor value = file.read(key);
+    LAMINA_CHECK(value.shape() == parameter.shape(), path, ": tensor '", key, "' has shape ", value.shape(),
+                 ", the model's ", parameter.shape());
+    ops::copy_(parameter, ops::to_device(ops::cast(value, parameter.dtype()), parameter.device()));
+  }
 }
 
 }  // namespace
@@ -260,7 +269,7 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
   for (const safetensors::TensorInfo& info : optimizer_file.tensors())
     optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
   if (adapter != nullptr) {
-    load_adapter_values((dir / "adapter_model.safetensors").string(), model);
+    load_adapter_values((dir / "adapter_model.safetensors").string(), model, *adapter);
     optimizer.load_state(state.at("optimizer"), optimizer_tensors);
     return {header.step, header.trainer_state};
   }

@@ -8,6 +8,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
+#include "models/llama/reward_model.h"
 #include "nn/lora.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/host_memory.h"
@@ -313,10 +314,16 @@ void check_finite(const char* what, double value, int64_t step) {
 
 // A LoRA run's adapter settings: --lora, its initial values and dropout masks drawn from the
 // run's seed; nothing for a run that trains every weight.
-std::optional<nn::LoraConfig> lora_config(const TrainOptions& options) {
+// A reward model's adapter is PEFT's SEQ_CLS kind: its score head is new, so it trains whole
+// beside the adapters and is saved with them (modules_to_save), as PEFT does for that task.
+std::optional<nn::LoraConfig> lora_config(const TrainOptions& options, const llama::LlamaWithHead& model) {
   if (options.lora.empty()) return std::nullopt;
   nn::LoraConfig config = parse_lora_spec(options.lora);
   config.seed = options.seed;
+  if (dynamic_cast<const llama::LlamaForSequenceClassification*>(&model) != nullptr) {
+    config.task_type = "SEQ_CLS";
+    config.modules_to_save = {"score"};
+  }
   return config;
 }
 
@@ -342,7 +349,7 @@ std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHea
     if (options.progress && quantized > 0)
       std::fprintf(stderr, "qlora: %lld projection weights quantized to NF4 (double-quantized scales)\n", (long long)quantized);
   }
-  if (const std::optional<nn::LoraConfig> lora = lora_config(options)) {
+  if (const std::optional<nn::LoraConfig> lora = lora_config(options, *model)) {
     const std::vector<std::string> targeted = nn::apply_lora(*model, *lora);
     if (options.progress)
       std::fprintf(stderr, "lora: rank %lld on %zu projections, %.2fM trainable parameters of %.1fM\n",
@@ -537,7 +544,7 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions optio
   schedule_.total_steps = std::max<int64_t>(1, options_.steps);
   schedule_.min_lr_ratio = options_.min_lr_ratio;
   model_->set_gradient_checkpointing(options_.gradient_checkpointing);
-  lora_ = lora_config(options_);
+  lora_ = lora_config(options_, *model_);
   objective_->prepare(*model_, options_);
 }
 

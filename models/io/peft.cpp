@@ -68,10 +68,12 @@ std::string file_key(const std::string& module_path, const std::string& part) {
   return kPrefix + module_path + "." + part + (part == "lora_magnitude_vector" ? "" : ".weight");
 }
 
+std::string saved_module_key(const std::string& parameter_name) { return kPrefix + parameter_name; }
+
 json::Value adapter_config_json(const nn::LoraConfig& config) {
   json::Value out = json::Object{};
   out.set("peft_type", "LORA");
-  out.set("task_type", "CAUSAL_LM");
+  out.set("task_type", config.task_type);
   out.set("base_model_name_or_path", config.base_model_name_or_path.empty() ? json::Value() : json::Value(config.base_model_name_or_path));
   out.set("r", config.options.rank);
   out.set("lora_alpha", number(config.options.alpha));
@@ -87,7 +89,7 @@ json::Value adapter_config_json(const nn::LoraConfig& config) {
   out.set("use_dora", config.options.use_dora);
   if (config.options.init == nn::LoraInit::gaussian) out.set("init_lora_weights", "gaussian");
   else out.set("init_lora_weights", config.options.init == nn::LoraInit::kaiming);
-  out.set("modules_to_save", json::Value());
+  out.set("modules_to_save", config.modules_to_save.empty() ? json::Value() : string_list(config.modules_to_save));
   json::Value ranks = json::Object{}, alphas = json::Object{};
   for (const auto& [pattern, rank] : config.rank_pattern) ranks.set(pattern, rank);
   for (const auto& [pattern, alpha] : config.alpha_pattern) alphas.set(pattern, number(alpha));
@@ -142,7 +144,10 @@ nn::LoraConfig parse_adapter_config(const json::Value& value, const std::string&
     LAMINA_CHECK(v->as_string(source + ": bias") == "none", source, ": bias = \"", v->as_string(),
                  "\" is not supported (only \"none\": lamina's Linear layers have no bias to train)");
   require_unset(value, "fan_in_fan_out", source, "it is for GPT-2's Conv1D layers; Llama's are Linear");
-  require_unset(value, "modules_to_save", source, "full trainable copies of modules are not loaded");
+  if (const json::Value* v = value.find("modules_to_save"); v && !v->is_null())
+    for (const json::Value& name : v->as_array(source + ": modules_to_save"))
+      config.modules_to_save.push_back(name.as_string(source + ": modules_to_save"));
+  if (const json::Value* v = value.find("task_type"); v && !v->is_null()) config.task_type = v->as_string(source + ": task_type");
   require_unset(value, "layers_to_transform", source, "adapters on a subset of layers are not loaded");
   require_unset(value, "lora_bias", source, "lora_B has no bias in lamina");
   return config;
@@ -167,6 +172,9 @@ void save_adapter(const std::string& directory, const nn::Module& model, const n
     if (adapter.options.use_dora) tensors.emplace_back(file_key(path, "lora_magnitude_vector"), as_f32(adapter.magnitude));
   }
   LAMINA_CHECK(!tensors.empty(), "save_adapter: the model has no adapter named '", adapter_name, "'");
+  // Modules trained whole (PEFT's modules_to_save), under their own names.
+  for (const auto& [name, parameter] : nn::modules_to_save_parameters(model, config))
+    tensors.emplace_back(saved_module_key(name), parameter.dtype() == DType::f32 ? parameter.detach() : ops::cast(parameter.detach(), DType::f32));
   fs::create_directories(directory);
   safetensors::save((fs::path(directory) / "adapter_model.safetensors").string(), tensors);
   io::write_file_atomically((fs::path(directory) / "adapter_config.json").string(),
@@ -219,6 +227,9 @@ nn::LoraConfig load_adapter(const std::string& directory, nn::Module& model, con
     loads.emplace_back(linear, path, a, b, m);
     config.rank_pattern.insert(config.rank_pattern.begin(), {escape_regex(path), rank});
   }
+  std::vector<std::pair<Tensor, Tensor>> whole;  // (the model's parameter, the file's values)
+  for (const auto& [name, parameter] : nn::modules_to_save_parameters(model, config))
+    whole.emplace_back(parameter, read_checked(saved_module_key(name), parameter.shape()));
   for (const safetensors::TensorInfo& info : file.tensors())
     LAMINA_CHECK(used.count(info.name) != 0, weights_path, ": key ", info.name,
                  " belongs to no target module of ", config_path,
@@ -236,6 +247,8 @@ nn::LoraConfig load_adapter(const std::string& directory, nn::Module& model, con
     adapter.lora_B.set_data(converted(b, adapter.lora_B));
     if (m.defined()) adapter.magnitude.set_data(converted(m, adapter.magnitude));
   }
+  for (const auto& [parameter, values] : whole)
+    ops::copy_(parameter, ops::to_device(ops::cast(values, parameter.dtype()), parameter.device()));
   // The config as the file says it, without the per-module ranks added above.
   config.rank_pattern.erase(config.rank_pattern.begin(), config.rank_pattern.begin() + int64_t(loads.size()));
   return config;

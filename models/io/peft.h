@@ -2,8 +2,10 @@
 // adapter_model.safetensors, read into and written from the adapters of a model's Linear layers.
 //
 // File keys are PEFT's: "base_model.model." + module path + ".lora_A.weight" (A: [r, in]),
-// ".lora_B.weight" (B: [out, r]) and ".lora_magnitude_vector" (DoRA's m: [out], no ".weight").
-// The adapter's name, part of the in-memory parameter names, is not in the file.
+// ".lora_B.weight" (B: [out, r]) and ".lora_magnitude_vector" (DoRA's m: [out], no ".weight");
+// the modules trained whole (modules_to_save, e.g. a reward model's score head) as
+// "base_model.model." + parameter name. The adapter's name, part of the in-memory parameter
+// names, is not in the file.
 #pragma once
 
 #include <string>
@@ -16,12 +18,14 @@ namespace lamina::peft {
 // The PEFT key of an adapter tensor of the Linear at `module_path`; part is "lora_A", "lora_B"
 // or "lora_magnitude_vector".
 std::string file_key(const std::string& module_path, const std::string& part);
+// The PEFT key of a parameter of a module saved whole (modules_to_save): "base_model.model." + name.
+std::string saved_module_key(const std::string& parameter_name);
 
 // adapter_config.json as PEFT writes it (peft_type LORA, task_type CAUSAL_LM, inference_mode true).
 json::Value adapter_config_json(const nn::LoraConfig& config);
 // The LoraConfig a parsed adapter_config.json describes; `source` names the file in errors.
-// Settings lamina cannot honour (bias other than "none", fan_in_fan_out, modules_to_save,
-// layers_to_transform, lora_bias) are errors rather than silently ignored.
+// Settings lamina cannot honour (bias other than "none", fan_in_fan_out, layers_to_transform,
+// lora_bias) are errors rather than silently ignored.
 nn::LoraConfig parse_adapter_config(const json::Value& value, const std::string& source);
 nn::LoraConfig read_adapter_config(const std::string& directory);
 

@@ -5,10 +5,12 @@
 #include <fstream>
 #include <set>
 
+#include "autograd/autograd.h"
 #include "helpers.h"
 #include "model_presets.h"
 #include "models/io/peft.h"
 #include "models/io/safetensors.h"
+#include "models/llama/reward_model.h"
 #include "nn/layers.h"
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
@@ -280,4 +282,40 @@ TEST_CASE("a broken adapter folder is an error naming the file and key, and leav
     write_text(folder + "/adapter_config.json", R"({"r":2})");
     expect_error(folder + "/adapter_config.json", "peft_type");
   }
+}
+
+TEST_CASE("a reward model's adapter saves its score head whole (modules_to_save) and loads it back") {
+  autograd::NoGradGuard no_grad;
+  const testing::ScratchDir dir("peft-modules-to-save");
+  const llama::LlamaConfig config = testing::tiny_llama_config(40);
+  const auto causal = testing::random_llama(config, 2);
+  Generator generator(3);
+  const auto trained = llama::LlamaForSequenceClassification::from_causal_lm(*causal, {}, generator);
+  nn::LoraConfig lora;
+  lora.options.rank = 2;
+  lora.options.init = nn::LoraInit::random;
+  lora.target_modules = {"q_proj", "v_proj"};
+  lora.modules_to_save = {"score"};
+  lora.task_type = "SEQ_CLS";
+  nn::apply_lora(*trained, lora);
+  CHECK(trained->score->weight().requires_grad());  // trained whole, beside the adapters
+  CHECK_FALSE(trained->model->norm->weight().requires_grad());
+  trained->score->weight().set_data(testing::random_tensor({1, config.hidden_size}, DType::f32, generator, -1, 1));
+  peft::save_adapter(dir / "adapter", *trained, lora);
+  const json::Value saved = json::parse_file(dir / "adapter/adapter_config.json");
+  CHECK(saved.at("task_type").as_string() == "SEQ_CLS");
+  CHECK(saved.at("modules_to_save").as_array()[0].as_string() == "score");
+  const safetensors::File file = safetensors::File::open(dir / "adapter/adapter_model.safetensors");
+  REQUIRE(file.find("base_model.model.score.weight") != nullptr);
+  // Loaded over a fresh head on the same trunk: the same rewards.
+  Generator other(9);
+  const auto loaded = llama::LlamaForSequenceClassification::from_causal_lm(*testing::random_llama(config, 2), {}, other);
+  const nn::LoraConfig read = peft::load_adapter(dir / "adapter", *loaded);
+  CHECK(read.modules_to_save == std::vector<std::string>{"score"});
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 5, 9, 13}, {1, 4});
+  const Tensor lengths = Tensor::from_vector(std::vector<int64_t>{4}, {1});
+  CHECK(loaded->forward(ids, lengths).to_vector<float>() == trained->forward(ids, lengths).to_vector<float>());
+  // An entry naming no module is an error.
+  lora.modules_to_save = {"classifier"};
+  CHECK_THROWS_WITH_AS(peft::save_adapter(dir / "bad", *trained, lora), doctest::Contains("no module of the model is named \"classifier\""), Error);
 }

@@ -95,3 +95,28 @@ TEST_CASE("lamina train reward resumes a killed run to the numbers of an uninter
   for (size_t i = 0; i < a.size(); ++i) CHECK(a[i].at("loss").as_double() == b[i].at("loss").as_double());
   CHECK(file_bytes(dir / "straight/model/model.safetensors") == file_bytes(dir / "killed/model/model.safetensors"));
 }
+
+TEST_CASE("lamina train reward --lora trains the adapters and the score head, saved as PEFT's SEQ_CLS adapter") {
+  const RewardWorkspace dir;
+  Run run = run_lamina(dir.command("lora") + " --steps 24 --lora r=4,targets=all-linear");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  const json::Value config = json::parse_file(dir / "lora/model/adapter_config.json");
+  CHECK(config.at("task_type").as_string() == "SEQ_CLS");
+  REQUIRE(config.at("modules_to_save").is_array());
+  CHECK(config.at("modules_to_save").as_array()[0].as_string() == "score");
+  // The adapter over the causal LM it started from ranks the held-out pairs.
+  run = run_lamina("score --reward-model " + (dir / "model") + " --adapter " + (dir / "lora/model") + " --data " +
+                   (dir / "held_out.jsonl"));
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  CHECK(run.output.find("6 pairs: accuracy 1.0000") != std::string::npos);
+  // Resumed from a checkpoint, a LoRA reward run ends where an uninterrupted one does.
+  const std::string flags = " --steps 4 --save-every 2 --lora r=4,targets=all-linear";
+  run = run_lamina(dir.command("lora-straight") + flags);
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  run = run_lamina(dir.command("lora-killed") + flags, {.environment = "LAMINA_FAILPOINT=train.after-step@3:kill"});
+  CHECK(run.status != 0);
+  run = run_lamina(dir.command("lora-killed") + flags + " --resume");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  CHECK(file_bytes(dir / "lora-straight/model/adapter_model.safetensors") ==
+        file_bytes(dir / "lora-killed/model/adapter_model.safetensors"));
+}
