@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "helpers.h"
+#include "models/real_model.h"
 #include "model_presets.h"
 #include "models/tokenizer/builder.h"
 #include "scratch_dir.h"
@@ -140,4 +141,62 @@ TEST_CASE("lamina train kto reads labelled completions; LoRA runs use the base a
                    " --output " + (dir / "grpo") + " --steps 1 --quiet");
   CHECK(run.status == 1);
   CHECK(run.output.find("not an offline preference loss") != std::string::npos);
+}
+
+TEST_CASE("DPO with LoRA on SmolLM2 makes a preferred reply style carry over to held-out questions" *
+          doctest::test_suite("real_model")) {
+  // Chosen answers open with "Certainly!", rejected ones are the same answers without it: 12
+  // training questions, 4 held out. Judged from the held-out implicit rewards and from greedy text.
+  ScratchDir dir("cli-dpo-smollm2");
+  const std::vector<std::pair<std::string, std::string>> train = {
+      {"What color is the sky?", "Blue."},           {"How many legs does a dog have?", "Four."},
+      {"What is 2 plus 2?", "4."},                   {"What is the capital of Italy?", "Rome."},
+      {"Which animal says moo?", "A cow."},           {"What do bees make?", "Honey."},
+      {"What is frozen water called?", "Ice."},      {"How many days are in a week?", "Seven."},
+      {"What is the opposite of hot?", "Cold."},     {"Which planet do we live on?", "Earth."},
+      {"What do you use to write on paper?", "A pen."}, {"What season comes after winter?", "Spring."}};
+  const std::vector<std::pair<std::string, std::string>> held_out = {
+      {"What color is grass?", "Green."}, {"How many wheels does a bicycle have?", "Two."},
+      {"What is the capital of France?", "Paris."}, {"Which animal barks?", "A dog."}};
+  const auto write_pairs = [](const fs::path& path, const std::vector<std::pair<std::string, std::string>>& pairs) {
+    std::ofstream out(path);
+    for (const auto& [question, answer] : pairs)
+      out << R"({"prompt": [{"role": "user", "content": ")" << question
+          << R"("}], "chosen": [{"role": "assistant", "content": "Certainly! )" << answer
+          << R"("}], "rejected": [{"role": "assistant", "content": ")" << answer << R"("}]})" << "\n";
+  };
+  write_pairs(dir.path / "train.jsonl", train);
+  write_pairs(dir.path / "heldout.jsonl", held_out);
+  {
+    std::ofstream prompts(dir.path / "prompts.jsonl");
+    for (const auto& [question, answer] : held_out)
+      prompts << R"({"messages": [{"role": "user", "content": ")" << question << R"("}]})" << "\n";
+  }
+  const std::string model = smollm2_gguf_path();
+  const auto styled_answers = [&](const std::string& flags, const std::string& name) {
+    const Run run = run_lamina("generate --model " + model + flags + " --prompts " + dir / "prompts.jsonl" +
+                               " --batch 4 --max-new-tokens 10 --output " + dir / (name + ".jsonl"));
+    INFO(run.output);
+    REQUIRE(run.status == 0);
+    std::ifstream in(dir.path / (name + ".jsonl"));
+    int styled = 0, lines = 0;
+    for (std::string line; std::getline(in, line); ++lines)
+      styled += line.find("\"completion\":\"Certainly!") != std::string::npos;
+    CHECK(lines == 4);
+    return styled;
+  };
+  CHECK(styled_answers("", "before") == 0);
+  const Run run = run_lamina("train dpo --model " + model + " --data " + dir / "train.jsonl" + " --validation " +
+                             dir / "heldout.jsonl" + " --output " + dir / "run" +
+                             " --steps 12 --batch-size 4 --lr 3e-4 --schedule constant --eval-every 4 --beta 0.1"
+                             " --lora r=8,alpha=16,targets=all-linear --quiet");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  CHECK(run.output.find("reference adapters-off") != std::string::npos);
+  const std::vector<json::Value> lines = metrics_of(dir / "run/metrics.jsonl");
+  REQUIRE(lines.size() == 12);
+  CHECK(lines[3].at("val_rewards/accuracies").as_double() == 1.0);
+  CHECK(lines.back().at("val_loss").as_double() < lines[3].at("val_loss").as_double());
+  CHECK(lines.back().at("val_rewards/margins").as_double() > 1.0);
+  CHECK(styled_answers(" --adapter " + dir / "run/model", "after") >= 3);
 }
