@@ -14,8 +14,10 @@
 #include "tools/args.h"
 #include "tools/commands.h"
 #include "tools/model_files.h"
+#include "tools/train_support.h"
 #include "train/loss_curve.h"
 #include "models/llama/reward_model.h"
+#include "tools/train_online.h"
 #include "train/preference_trainer.h"
 #include "train/reward_trainer.h"
 #include "train/trainer.h"
@@ -24,149 +26,6 @@ namespace lamina::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Validation is capped by tokens by default: a 5% split of a large corpus is hundreds of
-// thousands of examples and took minutes per evaluation, while 64Ki tokens are plenty to follow
-// the loss (the standard error of a mean over them is a fraction of a percent of it).
-constexpr int64_t kDefaultValidationTokens = 65536;
-
-// The training knobs shared by every subcommand; defaults come from TrainOptions. The data
-// flags of the language-model trainers (pretrain, sft: packing, --seq-len, --format, the
-// validation split) only with `language_model`.
-void add_training_flags(FlagParser& parser, bool language_model = true) {
-  const train::TrainOptions d;
-  auto text = [](auto value) { return str_cat(value); };
-  parser.add_option("output", "DIR", "where metrics.jsonl, checkpoints/ and the final model/ go (required)");
-  std::string keys;
-  for (const std::string& key : train::TrainOptions::json_keys()) keys += (keys.empty() ? "" : ", ") + key;
-  parser.add_option("options", "FILE.json",
-                    "training options as a JSON object, keyed like their flags (switches true or false): " + keys +
-                        "; flags override it. The other flags (data, model, tokenizer, format, run mode) are flags only");
-  parser.add_option("steps", "N", "optimizer steps", text(d.steps));
-  parser.add_option("batch-size", "N", "sequences per optimizer step", text(d.batch_size));
-  parser.add_option("micro-batch-size", "N", "sequences per forward/backward (gradient accumulation)", "batch-size");
-  if (language_model) {
-    parser.add_option("seq-len", "N", "tokens per sequence (at most the model's max_position_embeddings)", text(d.seq_len));
-    parser.add_switch("no-pack", "one example per sequence instead of packing several");
-  }
-  parser.add_option("lr", "LR", "peak learning rate, in [1e-12, 10]", text(d.lr));
-  parser.add_option("min-lr-ratio", "R", "final learning rate as a fraction of the peak", text(d.min_lr_ratio));
-  parser.add_option("warmup-steps", "N", "linear warmup steps", text(d.warmup_steps));
-  parser.add_option("schedule", "NAME", "constant, linear or cosine", d.schedule);
-  parser.add_option("weight-decay", "W", "AdamW decoupled weight decay (not on norms), in [0, 10]", text(d.weight_decay));
-  parser.add_option("beta1", "B", "AdamW beta1, in [0, 0.999999]", text(d.beta1));
-  parser.add_option("beta2", "B", "AdamW beta2, in [0, 0.999999]", text(d.beta2));
-  parser.add_option("eps", "E", "AdamW epsilon, in [1e-30, 1]", text(d.eps));
-  parser.add_option("clip", "C", "global gradient-norm limit (0 = off)", text(d.clip));
-  parser.add_switch("gradient-checkpointing", "recompute each layer's activations in backward (less memory)");
-  parser.add_option("lora", "SPEC",
-                    "train LoRA adapters instead of every weight, e.g. r=16,alpha=32,dropout=0.05,targets=all-linear "
-                    "(settings: r (8), alpha (r), dropout (0), targets (PEFT module names joined by '+', or "
-                    "all-linear; q_proj+v_proj), init (true or gaussian), rslora, dora); checkpoints and model/ then "
-                    "hold the adapter alone, as a PEFT folder");
-  parser.add_switch("qlora", "with --lora: quantize the base's projection weights to NF4 (blocks of 64, double-quantized "
-                             "scales, as bitsandbytes) and train the adapters on that frozen 4-bit base");
-  parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
-  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU",
-                    d.precision);
-  parser.add_option("eval-every", "N", "validation loss every N steps (0 = at the end)", text(d.eval_every));
-  parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));
-  parser.add_option("keep-checkpoints", "N",
-                    "how many checkpoints to keep (on --resume, a count below the run's applies from the next "
-                    "checkpoint on)",
-                    text(d.keep_checkpoints));
-  parser.add_option("seed", "S", "seed for shuffling (and for fresh weights), 0 to 2^64-1", text(d.seed));
-  if (!language_model) {
-    parser.add_option("validation", "FILE", "validation data (none by default)");
-  } else {
-    parser.add_option("validation", "FILE", "validation data (default: a split of --data)");
-    parser.add_option("validation-fraction", "F", "fraction of --data held out when no --validation", "0.05");
-    parser.add_option("validation-tokens", "N",
-                      "evaluate at most the first N tokens of validation examples (0 = all); split-off examples "
-                      "beyond it train instead",
-                      text(kDefaultValidationTokens));
-    parser.add_option("format", "NAME",
-                      "JSONL format: auto (each line's layout by its keys; a line with the keys of two is an error, "
-                      "and a file that mixes layouts says so), text, prompt-completion, chat or sharegpt",
-                      "auto");
-  }
-  parser.add_switch("skip-malformed", "skip bad JSONL lines (counted) instead of stopping at the first");
-  parser.add_switch("resume",
-                    "continue the run in --output from its newest complete checkpoint (exactly: options that "
-                    "would change its numbers are refused)");
-  parser.add_switch("allow-option-changes",
-                    "with --resume: continue even when such options, the model's config (rope_theta, rms_norm_eps, "
-                    "...) or the training data changed (listed on stderr)");
-  parser.add_switch("overwrite",
-                    "replace the run in --output (removes only lamina's own files there; refused when an input, "
-                    "--model say, is among them)");
-  parser.add_switch("quiet", "no progress output (training steps, long evaluations)");
-}
-
-// Ranges are checked by TrainOptions::validate, so that flags and --options files get the same checks.
-train::TrainOptions training_options(const FlagParser& parser) {
-  train::TrainOptions options;
-  if (const std::optional<std::string> file = parser.value("options")) {
-    const json::Value object = json::parse_file(*file);
-    try {
-      options = train::TrainOptions::from_json(object, options);
-    } catch (const Error& error) {
-      throw Error(str_cat(*file, ": ", error.what()));
-    }
-  }
-  const auto integer = [&](const char* name, int64_t fallback) {
-    return parser.int_value(name, fallback, INT64_MIN, INT64_MAX);
-  };
-  // Any number, NaN included: validate() names the range and the key.
-  const auto real = [&](const char* name, double fallback) { return parser.number_value(name, fallback); };
-  options.steps = integer("steps", options.steps);
-  options.batch_size = integer("batch-size", options.batch_size);
-  options.micro_batch_size = integer("micro-batch-size", options.micro_batch_size);
-  options.seq_len = integer("seq-len", options.seq_len);
-  if (parser.is_set("no-pack")) options.pack = false;
-  options.lr = real("lr", options.lr);
-  options.min_lr_ratio = real("min-lr-ratio", options.min_lr_ratio);
-  options.warmup_steps = integer("warmup-steps", options.warmup_steps);
-  options.schedule = parser.value("schedule").value_or(options.schedule);
-  options.weight_decay = real("weight-decay", options.weight_decay);
-  options.beta1 = real("beta1", options.beta1);
-  options.beta2 = real("beta2", options.beta2);
-  options.eps = real("eps", options.eps);
-  options.clip = real("clip", options.clip);
-  if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
-  options.lora = parser.value("lora").value_or(options.lora);
-  if (parser.is_set("qlora")) options.qlora = true;
-  options.device = parser.value("device").value_or(options.device);
-  options.precision = parser.value("precision").value_or(options.precision);
-  options.eval_every = integer("eval-every", options.eval_every);
-  options.save_every = integer("save-every", options.save_every);
-  options.keep_checkpoints = integer("keep-checkpoints", options.keep_checkpoints);
-  options.seed = parser.unsigned_value("seed", options.seed);
-  options.output_dir = parser.value("output").value_or(options.output_dir);
-  if (options.output_dir.empty()) throw UsageError("lamina train: --output is required", "run 'lamina train <kind> --help'");
-  if (parser.is_set("quiet")) options.progress = false;
-  options.validate();
-  return options;
-}
-
-// How the run treats its output folder; checked before any data is read. `input_flags` name the
-// flags whose paths the run reads: none may lie in what the run removes or replaces.
-train::RunStart run_start(const FlagParser& parser, const train::TrainOptions& options,
-                          const std::vector<std::string>& input_flags) {
-  train::RunStart start;
-  if (parser.is_set("resume") && parser.is_set("overwrite"))
-    throw UsageError("lamina train: --resume and --overwrite contradict each other", "pass one of them");
-  if (parser.is_set("allow-option-changes") && !parser.is_set("resume"))
-    throw UsageError("lamina train: --allow-option-changes only applies with --resume", "add --resume, or drop it");
-  if (parser.is_set("resume")) start.existing = train::ExistingRun::resume;
-  if (parser.is_set("overwrite")) start.existing = train::ExistingRun::overwrite;
-  start.allow_option_changes = parser.is_set("allow-option-changes");
-  for (const std::string& flag : input_flags)
-    if (const std::optional<std::string> path = parser.value(flag)) start.inputs.push_back({"--" + flag, *path});
-  train::check_output_folder(options.output_dir, start.existing);
-  train::check_inputs_outside_run(options.output_dir, start.inputs, start.existing);
-  return start;
-}
 
 // Keeps the first validation examples that hold at most `max_tokens` tokens (always at least
 // one) and returns the others.
@@ -282,41 +141,6 @@ std::pair<std::vector<train::Example>, std::vector<train::Example>> load_data(
   return {std::move(train_examples), std::move(validation)};
 }
 
-// The tokenizer files that a trained model's folder gets, so that it is self-contained
-// (`lamina generate --prompt` and `lamina chat` find the tokenizer there). Read when the run
-// starts, not when the model is written at its end: by then the source may be gone.
-struct TokenizerFiles {
-  std::string tokenizer;                // tokenizer.json
-  std::optional<std::string> settings;  // tokenizer_config.json, when there is one beside it
-};
-
-TokenizerFiles read_tokenizer_files(const std::string& source) {
-  const fs::path file = fs::is_directory(source) ? fs::path(source) / "tokenizer.json" : fs::path(source);
-  TokenizerFiles files;
-  files.tokenizer = io::read_regular_file(file.string(), "tokenizer");
-  const fs::path settings = file.parent_path() / "tokenizer_config.json";
-  if (fs::exists(settings)) files.settings = io::read_regular_file(settings.string(), "tokenizer");
-  return files;
-}
-
-// A GGUF model's tokenizer, as the HF files a trained model folder carries.
-TokenizerFiles gguf_tokenizer_files(const std::string& path) {
-  const gguf::File file = gguf::File::open(path);
-  return {tokenizer::tokenizer_json_from_gguf(file).dump(), tokenizer::tokenizer_config_from_gguf(file).dump(2)};
-}
-
-void write_tokenizer_files(const TokenizerFiles& files, const std::string& model_folder) {
-  io::write_file_atomically((fs::path(model_folder) / "tokenizer.json").string(), files.tokenizer);
-  if (files.settings) io::write_file_atomically((fs::path(model_folder) / "tokenizer_config.json").string(), *files.settings);
-}
-
-void check_vocabulary(const tokenizer::Tokenizer& tok, const std::string& tokenizer_path, const llama::LlamaConfig& config,
-                      const std::string& config_path) {
-  if (tok.vocab_size() > config.vocab_size)
-    throw Error(str_cat("the tokenizer ", tokenizer_path, " has ", tok.vocab_size(), " ids but the model's vocab_size is ",
-                        config.vocab_size, " (", config_path, ")"));
-}
-
 int run_pretrain(const Arguments& args) {
   FlagParser parser("lamina train pretrain", "Trains a Llama model from scratch (architecture from an HF config.json).");
   parser.add_option("config", "CONFIG.json", "the model architecture (HF config.json) (required)");
@@ -324,7 +148,7 @@ int run_pretrain(const Arguments& args) {
                     "training data: JSONL ({\"text\": ...} per line) or a token shard (known by its LMTOKENS header; "
                     "usually .bin)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (or a folder with one), for JSONL data");
-  add_training_flags(parser);
+  add_training_flags(parser, TrainerKind::language_model);
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> config_path = parser.value("config");
   if (!config_path) throw UsageError("lamina train pretrain: --config is required", "run 'lamina train pretrain --help'");
@@ -354,24 +178,6 @@ int run_pretrain(const Arguments& args) {
   return 0;
 }
 
-// The model SFT starts from. With --qlora its projections are quantized to NF4 as they are
-// read, one at a time, so that a model whose full-precision weights would not fit in memory
-// (an 8B model on a 24 GB machine) still trains; in the dtype training computes in, as
-// quantizing the loaded model would.
-std::shared_ptr<llama::LlamaForCausalLM> load_sft_base(const std::string& path, const train::TrainOptions& options) {
-  if (!options.qlora) return llama::LlamaForCausalLM::load(path);
-  llama::LoadOptions load;
-  load.dtype = options.compute_dtype();
-  load.quantize_projections = true;
-  if (options.progress)
-    load.on_quantized = [](int64_t done, int64_t total) {
-      std::fprintf(stderr, "\rqlora: quantizing the projections to NF4 as they are read: %lld/%lld", (long long)done,
-                   (long long)total);
-      if (done == total) std::fprintf(stderr, "\n");
-    };
-  return llama::LlamaForCausalLM::load(path, load);
-}
-
 int run_sft(const Arguments& args) {
   FlagParser parser("lamina train sft",
                     "Fine-tunes a Llama model on JSONL: {\"prompt\", \"completion\"} (loss on the completion) or "
@@ -380,7 +186,7 @@ int run_sft(const Arguments& args) {
   parser.add_option("model", "PATH", "the model to fine-tune: an HF folder or a Llama GGUF file (dequantized to f32) (required)");
   parser.add_option("data", "FILE.jsonl", "training data");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
-  add_training_flags(parser);
+  add_training_flags(parser, TrainerKind::language_model);
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> model_path = parser.value("model");
   if (!model_path) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
@@ -395,11 +201,10 @@ int run_sft(const Arguments& args) {
   train::check_model_fits(config, options);
   const std::string tokenizer_path = parser.value("tokenizer").value_or(*model_path);
   std::optional<tokenizer::Tokenizer> tok(load_model_tokenizer(*model_path, parser.value("tokenizer")));
-  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(*model_path)
-                                                                                  : read_tokenizer_files(tokenizer_path);
+  const TokenizerFiles tokenizer_files = model_tokenizer_files(*model_path, parser.value("tokenizer"));
   check_vocabulary(*tok, tokenizer_path, config, config_path);
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
-  auto model = from_gguf ? gguf::load_llama_gguf(*model_path) : load_sft_base(*model_path, options);
+  auto model = load_start_model(*model_path, options);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
   trainer.base_model_path = fs::absolute(*model_path).lexically_normal().string();
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
@@ -448,25 +253,15 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   parser.add_option("truncation-mode", "MODE", "keep_start or keep_end of a row longer than --max-length", "keep_start");
   parser.add_option("max-prompt-length", "N", "cut prompts to their last N tokens first (0 = off; TRL <= 0.28)", "0");
   parser.add_option("max-completion-length", "N", "cut completions to their first N tokens first (0 = off)", "0");
-  add_training_flags(parser, false);
+  add_training_flags(parser, TrainerKind::pairs);
   if (!parser.parse(args)) return 0;
   const std::string model_path = parser.required("model");
   const std::string data_path = parser.required("data");
   train::PreferenceOptions preference;
   preference.loss = *command.loss ? command.loss : parser.value("loss").value_or("sigmoid");
   if (const std::optional<std::string> beta = parser.value("beta")) preference.params.emplace_back("beta", *beta);
-  if (const std::optional<std::string> list = parser.value("loss-params")) {
-    size_t start = 0;
-    while (start < list->size()) {
-      const size_t comma = std::min(list->find(',', start), list->size());
-      const std::string item = list->substr(start, comma - start);
-      const size_t equals = item.find('=');
-      if (equals == std::string::npos || equals == 0)
-        throw UsageError(str_cat(name, ": --loss-params: '", item, "' is not NAME=VALUE"), "e.g. --loss-params label_smoothing=0.1");
-      preference.params.emplace_back(item.substr(0, equals), item.substr(equals + 1));
-      start = comma + 1;
-    }
-  }
+  if (const std::optional<std::string> list = parser.value("loss-params"))
+    for (auto& param : key_value_list(*list, name, "loss-params")) preference.params.push_back(std::move(param));
   try {
     preference.reference = train::reference_kind_from_name(parser.value("reference").value_or("auto"));
     preference.truncation.mode = train::truncation_mode_from_name(parser.value("truncation-mode").value_or("keep_start"));
@@ -497,8 +292,7 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   train::check_model_fits(config, memory_options);
   const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
   const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
-  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(model_path)
-                                                                                  : read_tokenizer_files(tokenizer_path);
+  const TokenizerFiles tokenizer_files = model_tokenizer_files(model_path, parser.value("tokenizer"));
   check_vocabulary(tok, tokenizer_path, config, config_path);
   train::PreferenceDataOptions data_options;
   data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
@@ -520,7 +314,7 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
                                            : "");
   auto objective = std::make_unique<train::PreferenceObjective>(preference, options, std::move(data), std::move(validation));
   const train::PreferenceObjective& objective_view = *objective;
-  auto model = from_gguf ? gguf::load_llama_gguf(model_path) : load_sft_base(model_path, options);
+  auto model = load_start_model(model_path, options);
   train::Trainer trainer(model, options, std::move(objective));
   std::fprintf(stderr, "loss %s, reference %s\n", objective_view.loss().name.c_str(),
                train::reference_kind_name(objective_view.reference()));
@@ -555,7 +349,7 @@ int run_train_reward(const Arguments& args) {
   parser.add_option("center-rewards", "C", "TRL's center_rewards_coefficient: + C * mean((r_c + r_r)^2)", "0");
   parser.add_option("max-length", "N", "tokens of prompt + completion per row at most (0 = the model's context)", "1024");
   parser.add_option("truncation-mode", "MODE", "keep_start or keep_end of a row longer than --max-length", "keep_start");
-  add_training_flags(parser, false);
+  add_training_flags(parser, TrainerKind::pairs);
   if (!parser.parse(args)) return 0;
   const std::string model_path = parser.required("model");
   const std::string data_path = parser.required("data");
@@ -586,8 +380,7 @@ int run_train_reward(const Arguments& args) {
   train::check_model_fits(config, memory_options);
   const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
   const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
-  const TokenizerFiles tokenizer_files = from_gguf && !parser.is_set("tokenizer") ? gguf_tokenizer_files(model_path)
-                                                                                  : read_tokenizer_files(tokenizer_path);
+  const TokenizerFiles tokenizer_files = model_tokenizer_files(model_path, parser.value("tokenizer"));
   check_vocabulary(tok, tokenizer_path, config, config_path);
   train::PreferenceDataOptions data_options;
   data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
@@ -617,7 +410,7 @@ int run_train_reward(const Arguments& args) {
     llama::ScoreHeadOptions head;
     if (const std::optional<int32_t> pad = tok.added_token_id("<|finetune_right_pad_id|>")) head.pad_token_id = *pad;
     Generator generator(options.seed);
-    const auto causal = from_gguf ? gguf::load_llama_gguf(model_path) : load_sft_base(model_path, options);
+    const auto causal = load_start_model(model_path, options);
     model = llama::LlamaForSequenceClassification::from_causal_lm(*causal, head, generator);
     std::fprintf(stderr, "model: %s's trunk with a new score head\n", model_path.c_str());
   }
@@ -639,14 +432,15 @@ int run_train_reward(const Arguments& args) {
 
 int run_train(const Arguments& args) {
   const std::string usage =
-      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward> [flags]   ('lamina train <kind> --help' "
+      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward|grpo|rloo|online-dpo|inpo|rebel> [flags]   ('lamina train <kind> --help' "
       "for the flags)";
   if (args.empty()) throw UsageError("lamina train: say what to train: pretrain, sft or preference", usage);
   if (args[0] == "--help" || args[0] == "help") {
     std::printf("%s\n\n  pretrain     a model from scratch, from an HF config.json\n  sft          fine-tune a model "
                 "folder on prompt/completion or chat data\n  preference   align a model with an offline preference loss "
                 "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n  reward       a reward "
-                "model (score head) on chosen/rejected pairs, Bradley-Terry\n",
+                "model (score head) on chosen/rejected pairs, Bradley-Terry\n  grpo, rloo, online-dpo, inpo, rebel   online: sample "
+                "completions of prompts, score them (--reward), train on them\n",
                 usage.c_str());
     return 0;
   }
@@ -654,10 +448,12 @@ int run_train(const Arguments& args) {
   if (args[0] == "pretrain") return run_pretrain(rest);
   if (args[0] == "sft") return run_sft(rest);
   if (args[0] == "reward") return run_train_reward(rest);
+  if (is_online_train_kind(args[0])) return run_train_online(rest, args[0]);
   for (const PreferenceCommand& command : kPreferenceCommands)
     if (args[0] == command.name) return run_preference(rest, command);
   const std::string suggestion =
-      closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward"});
+      closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward",
+                              "grpo", "rloo", "online-dpo", "inpo", "rebel"});
   throw UsageError("lamina train: unknown kind '" + args[0] + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    usage);
 }

@@ -5,7 +5,6 @@
 #include <optional>
 
 #include "autograd/autograd.h"
-#include "nn/lora.h"
 #include "train/losses/common.h"
 #include "train/losses/logprobs.h"
 #include "train/sampler.h"
@@ -73,24 +72,6 @@ RowLogps row_logps(const Tensor& logits, const Tensor& ids, const Tensor& mask) 
 
 }  // namespace
 
-const char* reference_kind_name(ReferenceKind kind) {
-  switch (kind) {
-    case ReferenceKind::automatic: return "auto";
-    case ReferenceKind::copy: return "copy";
-    case ReferenceKind::adapters_off: return "adapters-off";
-    case ReferenceKind::precomputed: return "precomputed";
-    case ReferenceKind::none: return "none";
-  }
-  return "?";
-}
-
-ReferenceKind reference_kind_from_name(const std::string& name) {
-  for (ReferenceKind kind : {ReferenceKind::automatic, ReferenceKind::copy, ReferenceKind::adapters_off,
-                             ReferenceKind::precomputed, ReferenceKind::none})
-    if (name == reference_kind_name(kind)) return kind;
-  throw Error(str_cat("unknown reference '", name, "' (auto, copy, adapters-off, precomputed or none)"));
-}
-
 json::Value PreferenceOptions::to_json() const {
   json::Value out = json::Object{};
   out.set("loss", loss);
@@ -133,9 +114,7 @@ struct PreferenceObjective::Impl {
   bool progress = false;
   DataFingerprint data_fingerprint;
   std::unique_ptr<EpochSampler> sampler;
-  // The reference.
-  std::shared_ptr<llama::LlamaForCausalLM> reference_model;  // copy
-  llama::LlamaForCausalLM* policy = nullptr;                  // adapters-off
+  ReferenceModel reference_model;
   std::vector<std::pair<double, double>> precomputed, precomputed_validation;
 
   Impl(PreferenceOptions o, const std::string& loss_name)
@@ -163,23 +142,7 @@ struct PreferenceObjective::Impl {
     return out;
   }
 
-  // The reference model's forward: the copy, or the policy with its adapters off.
-  Tensor reference_logits(const Tensor& ids) {
-    autograd::NoGradGuard no_grad;
-    if (reference == ReferenceKind::copy) return reference_model->forward(on(ids, reference_model->device()));
-    // adapters-off, or precomputed (before the first step): the policy without its adapters.
-    LAMINA_CHECK(policy != nullptr, "preference: the reference needs the policy model");
-    const std::shared_ptr<nn::LoraSelection> selection = nn::lora_selection(*policy);
-    if (selection->adapters.empty()) return policy->forward(on(ids, policy->device()));
-    const std::string active = selection->active;
-    nn::disable_adapters(*policy);
-    struct Restore {
-      llama::LlamaForCausalLM& model;
-      std::string active;
-      ~Restore() { nn::set_active_adapter(model, active); }
-    } restore{*policy, active};
-    return policy->forward(on(ids, policy->device()));
-  }
+  Tensor reference_logits(const Tensor& ids) { return reference_model.logits(ids); }
 
   // The reference's summed log-probs of one example's two rows, alone: {chosen, rejected} of a
   // pair, {completion, KL completion} of a labelled example.
@@ -402,6 +365,8 @@ PreferenceObjective::PreferenceObjective(PreferenceOptions options, const TrainO
                "preference: with --lora the base is frozen and is the reference already: use --reference adapters-off "
                "(or precomputed) instead of a second copy");
   impl.reference = reference;
+  // A precomputed reference is the policy before its first step, through the same forward.
+  impl.reference_model = ReferenceModel(reference == ReferenceKind::precomputed ? ReferenceKind::adapters_off : reference);
   // Pairs for a loss on labelled completions: every chosen desirable, every rejected not.
   const auto take = [&](PreferenceData& data, std::vector<PreferencePair>& to_pairs,
                         std::vector<UnpairedExample>& to_unpaired, const char* what) {
@@ -427,22 +392,7 @@ PreferenceObjective::~PreferenceObjective() = default;
 
 void PreferenceObjective::prepare(llama::LlamaWithHead& trained, const TrainOptions& options) {
   (void)options;
-  Impl& impl = *impl_;
-  llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
-  impl.policy = &model;
-  if (impl.reference == ReferenceKind::copy) {
-    // A frozen copy of the starting weights (the optimizer changes the policy's in place).
-    autograd::NoGradGuard no_grad;
-    impl.reference_model = std::make_shared<llama::LlamaForCausalLM>(model.config(), model.dtype(),
-                                                                     nn::ParameterInit::uninitialized);
-    const auto source = model.named_parameters();
-    const auto target = impl.reference_model->named_parameters();
-    LAMINA_CHECK(source.size() == target.size(), "preference: cannot copy the model for the reference");
-    for (size_t i = 0; i < source.size(); ++i) target[i].second.set_data(ops::clone(source[i].second));
-    impl.reference_model->to(model.device(), model.dtype());
-    for (const auto& [name, parameter] : impl.reference_model->named_parameters()) parameter.set_requires_grad(false);
-    impl.reference_model->eval();
-  }
+  impl_->reference_model.prepare(causal_lm(trained, "train preference"));
 }
 
 StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step) {
@@ -533,7 +483,6 @@ const LossDefinition& PreferenceObjective::loss() const { return *impl_->definit
 std::pair<double, double> PreferenceObjective::reference_logps(llama::LlamaWithHead& trained, size_t example) {
   Impl& impl = *impl_;
   llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
-  if (impl.policy == nullptr) impl.policy = &model;
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   return impl.reference_of(false, int64_t(example));
 }

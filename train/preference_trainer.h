@@ -32,12 +32,10 @@
 #include "train/losses/registry.h"
 #include "train/objective.h"
 #include "train/preference_data.h"
+#include "train/reference_model.h"
 
 namespace lamina::train {
 
-enum class ReferenceKind { automatic, copy, adapters_off, precomputed, none };
-const char* reference_kind_name(ReferenceKind kind);  // "auto", "copy", "adapters-off", "precomputed", "none"
-ReferenceKind reference_kind_from_name(const std::string& name);  // throws listing the names
 
 struct PreferenceOptions {
   std::string loss = "sigmoid";  // a registry name or alias (train/losses/registry.h)

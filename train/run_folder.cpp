@@ -76,8 +76,8 @@ std::string foreign_part(const fs::directory_entry& entry) {
   const std::string name = entry.path().filename().string();
   const std::string relative = name + (entry.is_directory() ? "/" : "");
   if (entry.is_regular_file() &&
-      (name == "metrics.jsonl" || name == "metrics.svg" || name == "loss.svg" ||
-       is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
+      (name == "metrics.jsonl" || name == "metrics.svg" || name == "loss.svg" || name == "samples.jsonl" ||
+       is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg", "samples.jsonl"})))
     return "";
   if (!entry.is_directory() || entry.is_symlink()) return relative;
   if (name == "checkpoints") {
@@ -216,7 +216,7 @@ std::vector<std::string> remove_interrupted_writes(const std::string& directory)
   for (const auto& entry : sorted_entries(directory)) {
     const std::string name = entry.path().filename().string();
     if (!(has_pid_suffix(name, "model", ".partial-") || has_pid_suffix(name, "model", ".deleting-") ||
-          is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg"})))
+          is_temporary_of(name, {"metrics.jsonl", "metrics.svg", "loss.svg", "samples.jsonl"})))
       continue;
     const std::string foreign = foreign_part(entry);
     LAMINA_CHECK(foreign.empty(), (fs::path(directory) / name).string(),

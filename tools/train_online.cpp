@@ -1,0 +1,278 @@
+// `lamina train grpo|rloo|online-dpo|inpo|rebel`: samples completions of a prompt file with the
+// policy, scores them with a rule, an external command or a weighted sum (train/rewards.h), and trains
+// on them (train/online_trainer.h). The training flags are every trainer's (tools/train_support.h),
+// with TRL's GRPOConfig defaults for the optimizer (lr 1e-6 decaying linearly to 0, no weight
+// decay, AdamW beta2 0.999); prompts per step replace --batch-size.
+#include "tools/train_online.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "models/io/gguf.h"
+#include "models/io/gguf_llama.h"
+#include "models/tokenizer/chat.h"
+#include "models/tokenizer/tokenizer_export.h"
+#include "tensor/io/atomic_file.h"
+#include "tensor/io/regular_file.h"
+#include "tools/args.h"
+#include "tools/model_files.h"
+#include "tools/train_support.h"
+#include "train/online_trainer.h"
+#include "train/preference_data.h"
+#include "train/trainer.h"
+
+namespace lamina::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct OnlineKind {
+  const char* name;           // the subcommand
+  const char* default_loss;   // the loss without --loss
+  int64_t num_generations;    // G by default (TRL's defaults)
+  bool loss_choice;           // whether --loss picks among the GRPO-style losses
+};
+constexpr OnlineKind kOnlineKinds[] = {
+    {"grpo", "grpo", 8, true},
+    {"rloo", "rloo", 2, false},
+    {"online-dpo", "online_dpo", 2, false},
+    {"inpo", "inpo", 2, false},
+    {"rebel", "rebel", 2, false},
+};
+
+const OnlineKind& online_kind(const std::string& name) {
+  for (const OnlineKind& kind : kOnlineKinds)
+    if (name == kind.name) return kind;
+  throw Error(str_cat("lamina train: '", name, "' is not an online kind"));
+}
+
+// TRL's GRPOConfig defaults for the optimizer.
+train::TrainOptions online_defaults() {
+  train::TrainOptions d;
+  d.lr = 1e-6;
+  d.min_lr_ratio = 0;
+  d.schedule = "linear";
+  d.weight_decay = 0;
+  d.beta2 = 0.999;
+  return d;
+}
+
+// An online run's own flags, and every trainer's.
+void add_flags(FlagParser& parser, const OnlineKind& kind) {
+  parser.add_option("model", "PATH", "the policy to train (usually an SFT model): an HF folder or a Llama GGUF file (required)");
+  parser.add_option("prompts", "FILE.jsonl",
+                    "prompt-only lines {\"prompt\": text or messages, ...}; other fields (\"answer\") go to the reward "
+                    "(required)");
+  parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
+  parser.add_option("reward", "SPEC",
+                    "exact_match (the final \\boxed{}, #### or 'the answer is' against the line's \"answer\"), "
+                    "format[=REGEX], length=N, max_length=N, command=\"CMD\" (JSONL in, one {\"reward\": x} a line out), "
+                    "or weighted sums such as exact_match:1,format:0.2",
+                    "exact_match");
+  if (kind.loss_choice)
+    parser.add_option("loss", "NAME", "grpo, dr_grpo, dapo, simplerl_zoo, reinforce_pp or reinforce_pp_baseline", "grpo");
+  parser.add_option("num-generations", "G", "completions sampled per prompt (a group)", str_cat(kind.num_generations));
+  parser.add_option("prompts-per-step", "P", "prompts per optimizer step (P x G completions)", "4");
+  parser.add_option("prompts-per-forward", "N", "prompts (whole groups) per forward/backward", "prompts-per-step");
+  parser.add_option("temperature", "T", "sampling temperature (0 = greedy: a group's completions are then equal)", "1");
+  parser.add_option("top-p", "P", "nucleus sampling (1 = off)", "1");
+  parser.add_option("top-k", "K", "top-k sampling (0 = off)", "0");
+  parser.add_option("max-new-tokens", "N", "tokens per completion at most", "64");
+  parser.add_option("max-prompt-length", "N", "cut prompts to their last N tokens (0 = off)", "0");
+  parser.add_option("beta", "B", "the loss's KL weight (beta; REINFORCE++: kl_coef; INPO and REBEL: use --loss-params eta=...)");
+  parser.add_option("loss-params", "K=V,...", "other hyperparameters of the loss (lamina preference-loss --list)");
+  parser.add_option("reference", "KIND",
+                    "copy (a frozen copy of --model), adapters-off (with --lora), none; auto: none when the loss's KL "
+                    "weight is 0, adapters-off with --lora, copy otherwise",
+                    "auto");
+  add_training_flags(parser, TrainerKind::online, online_defaults());
+}
+
+// Each line's fields other than "prompt", by line number (the prompts' own reader keeps only
+// the prompt).
+std::map<int64_t, json::Value> line_fields(const std::string& path) {
+  std::map<int64_t, json::Value> out;
+  std::ifstream in(path, std::ios::binary);
+  LAMINA_CHECK(in.good(), "cannot open ", path);
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    json::Value record;
+    try {
+      record = json::parse(line, str_cat(path, ":", number));
+    } catch (const Error&) {
+      continue;  // the prompt reader has reported it (or skipped it with --skip-malformed)
+    }
+    if (!record.is_object()) continue;
+    json::Value fields = json::Object{};
+    for (const auto& [key, value] : record.as_object())
+      if (key != "prompt") fields.set(key, value);
+    json::Value prompt = record.find("prompt") ? *record.find("prompt") : json::Value();
+    json::Value entry = json::Object{};
+    entry.set("prompt", std::move(prompt));
+    entry.set("fields", std::move(fields));
+    out[number] = std::move(entry);
+  }
+  return out;
+}
+
+// The prompt-only lines of `path` as prompts to sample from; `longest` grows to the longest.
+std::vector<train::OnlinePrompt> load_prompts(const std::string& path, const tokenizer::Tokenizer& tok,
+                                              const train::PreferenceDataOptions& data_options,
+                                              const llama::LlamaConfig& config, const std::string& command,
+                                              int64_t& longest) {
+  train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
+  if (const std::string summary = data.stats.summary(); !summary.empty())
+    std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
+  LAMINA_CHECK(data.layout == train::PreferenceLayout::prompt_only, path, ": ", command,
+               " samples its own completions: it needs prompt-only lines {\"prompt\", ...}, not ",
+               train::preference_layout_name(data.layout), " lines");
+  const std::map<int64_t, json::Value> fields = line_fields(path);
+  std::vector<int64_t> chat_stops;
+  for (int32_t id : tokenizer::stop_token_ids(tok, data_options.chat.format)) chat_stops.push_back(id);
+  std::vector<train::OnlinePrompt> prompts;
+  for (const train::PromptOnly& line : data.prompts) {
+    train::OnlinePrompt prompt;
+    prompt.ids = line.prompt;
+    prompt.line = line.line;
+    if (const auto found = fields.find(line.line); found != fields.end()) {
+      prompt.prompt = found->second.at("prompt");
+      prompt.fields = found->second.at("fields");
+    }
+    if (!line.messages.empty()) prompt.stop_tokens = chat_stops;
+    LAMINA_CHECK(int64_t(prompt.ids.size()) < config.max_position_embeddings, path, ":", line.line, ": the prompt's ",
+                 prompt.ids.size(), " tokens fill the model's context (", config.max_position_embeddings,
+                 "): nothing can be sampled; use --max-prompt-length");
+    longest = std::max<int64_t>(longest, int64_t(prompt.ids.size()));
+    prompts.push_back(std::move(prompt));
+  }
+  return prompts;
+}
+
+}  // namespace
+
+bool is_online_train_kind(const std::string& kind) {
+  for (const OnlineKind& known : kOnlineKinds)
+    if (kind == known.name) return true;
+  return false;
+}
+
+int run_train_online(const Arguments& args, const std::string& kind_name) {
+  const OnlineKind& kind = online_kind(kind_name);
+  const std::string command = str_cat("lamina train ", kind.name);
+  FlagParser parser(command,
+                    str_cat("Trains a Llama model online with ", kind.loss_choice ? "GRPO (or --loss)" : kind.default_loss,
+                            ": each step samples --num-generations completions of --prompts-per-step prompts with the "
+                            "model itself, scores them with --reward, and updates on them. Writes metrics.jsonl (TRL's "
+                            "names: reward, reward_std, kl, ...) and samples.jsonl (every completion, its reward and "
+                            "advantage) to --output."));
+  add_flags(parser, kind);
+  if (!parser.parse(args)) return 0;
+  const std::string model_path = parser.required("model");
+  const std::string prompts_path = parser.required("prompts");
+
+  train::OnlineOptions online;
+  online.loss = kind.loss_choice ? parser.value("loss").value_or(kind.default_loss) : kind.default_loss;
+  if (!train::is_online_loss(online.loss))
+    throw UsageError(str_cat(command, ": --loss ", online.loss, " is not an online loss"),
+                     "grpo, dr_grpo, dapo, simplerl_zoo, reinforce_pp or reinforce_pp_baseline");
+  const std::string resolved_loss = train::find_loss(online.loss).name;
+  if (kind.loss_choice && (resolved_loss == "rloo" || resolved_loss == "online_dpo" || resolved_loss == "inpo" ||
+                           resolved_loss == "rebel")) {
+    std::string own = resolved_loss;
+    std::replace(own.begin(), own.end(), '_', '-');
+    throw UsageError(str_cat(command, ": --loss ", online.loss, " has its own command"), "lamina train " + own);
+  }
+  if (const std::optional<std::string> beta = parser.value("beta"))
+    online.params.emplace_back(resolved_loss.rfind("reinforce_pp", 0) == 0 ? "kl_coef" : "beta", *beta);
+  if (const std::optional<std::string> list = parser.value("loss-params"))
+    for (auto& param : key_value_list(*list, command, "loss-params")) online.params.push_back(std::move(param));
+  online.num_generations = parser.int_value("num-generations", kind.num_generations, 2, 1 << 16);
+  online.temperature = parser.double_value("temperature", 1.0, 0.0, 1e6);
+  online.top_p = parser.double_value("top-p", 1.0, 0.0, 1.0);
+  online.top_k = parser.int_value("top-k", 0, 0, 1 << 30);
+  online.max_new_tokens = parser.int_value("max-new-tokens", 64, 1, 1 << 20);
+  try {
+    online.reference = train::reference_kind_from_name(parser.value("reference").value_or("auto"));
+  } catch (const Error& error) {
+    throw UsageError(str_cat(command, ": ", error.what()), str_cat("run '", command, " --help'"));
+  }
+  // The reward spec is checked before anything is loaded.
+  const std::string reward_spec = parser.value("reward").value_or("exact_match");
+  const std::string reward_name = train::make_reward(reward_spec)->spec();
+
+  train::TrainOptions options = training_options(parser, online_defaults());
+  options.batch_size = parser.int_value("prompts-per-step", 4, 1, 1 << 20);
+  options.micro_batch_size = parser.int_value("prompts-per-forward", 0, 1, 1 << 20);
+  if (options.micro_batch_size >= options.batch_size) options.micro_batch_size = 0;
+  options.pack = false;
+  options.validate();
+  // The output folder, before anything is read.
+  const train::RunStart start = run_start(parser, options, {"model", "prompts", "tokenizer", "validation", "options"});
+
+  const bool from_gguf = is_gguf_file(model_path);
+  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
+  const llama::LlamaConfig config =
+      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
+  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
+  check_vocabulary(tok, parser.value("tokenizer").value_or(model_path), config, config_path);
+  const TokenizerFiles files = model_tokenizer_files(model_path, parser.value("tokenizer"));
+
+  // The prompts, rendered as generation starts from them, and each line's other fields.
+  train::PreferenceDataOptions data_options;
+  data_options.chat = tokenizer::detect_chat_options(parser.value("tokenizer").value_or(model_path), tok);
+  data_options.skip_malformed = parser.is_set("skip-malformed");
+  data_options.truncation.max_length = 0;
+  data_options.truncation.max_prompt_length = parser.int_value("max-prompt-length", 0, 0, 1 << 30);
+  int64_t longest = 0;
+  std::vector<train::OnlinePrompt> prompts = load_prompts(prompts_path, tok, data_options, config, command, longest);
+  std::vector<train::OnlinePrompt> validation;
+  if (const std::optional<std::string> path = parser.value("validation"))
+    validation = load_prompts(*path, tok, data_options, config, command, longest);
+  std::fprintf(stderr, "prompts: %zu from %s%s\n", prompts.size(), prompts_path.c_str(),
+               validation.empty() ? "" : str_cat("; ", validation.size(), " validation prompts").c_str());
+
+  // Memory: every completion of a step is a row of at most the longest prompt + max-new-tokens.
+  train::TrainOptions memory_options = options;
+  memory_options.seq_len = std::min(config.max_position_embeddings, longest + online.max_new_tokens);
+  memory_options.batch_size = options.batch_size * online.num_generations;
+  memory_options.micro_batch_size = options.micro_batch_size * online.num_generations;
+  train::check_model_fits(config, memory_options);
+
+  const tokenizer::Tokenizer* decoder_tokenizer = &tok;
+  train::CompletionDecoder decode = [decoder_tokenizer](const std::vector<int32_t>& ids) {
+    tokenizer::DecodeOptions decode_options;
+    decode_options.skip_special = true;
+    return decoder_tokenizer->decode(ids, decode_options);
+  };
+  auto objective = std::make_unique<train::OnlineObjective>(online, options, std::move(prompts),
+                                                            train::make_reward(reward_spec), decode,
+                                                            std::move(validation));
+  const train::OnlineObjective& view = *objective;
+  auto model = load_start_model(model_path, options);
+  train::Trainer trainer(model, options, std::move(objective));
+  std::fprintf(stderr, "loss %s, reference %s, reward %s, %lld prompts x %lld completions a step\n",
+               view.loss().name.c_str(), train::reference_kind_name(view.reference()), reward_name.c_str(),
+               (long long)options.batch_size, (long long)online.num_generations);
+  trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(files, folder); };
+  std::vector<double> rewards;
+  trainer.on_metrics = [&](const json::Value& line) {
+    if (const json::Value* value = line.find("reward")) rewards.push_back(value->as_double());
+  };
+  trainer.run(start);
+  std::string summary;
+  if (!rewards.empty()) summary = str_cat("; reward ", rewards.front(), " at the first step, ", rewards.back(), " at the last");
+  std::printf("trained %lld steps%s; model in %s/model, metrics in %s/metrics.jsonl, samples in %s/samples.jsonl\n",
+              (long long)trainer.step(), summary.c_str(), options.output_dir.c_str(), options.output_dir.c_str(),
+              options.output_dir.c_str());
+  return 0;
+}
+
+}  // namespace lamina::cli
