@@ -432,7 +432,7 @@ int run_train_reward(const Arguments& args) {
 
 int run_train(const Arguments& args) {
   const std::string usage =
-      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward|grpo|rloo|online-dpo|inpo|rebel> [flags]   ('lamina train <kind> --help' "
+      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward|grpo|rloo|online-dpo|inpo|rebel|spin> [flags]   ('lamina train <kind> --help' "
       "for the flags)";
   if (args.empty()) throw UsageError("lamina train: say what to train: pretrain, sft or preference", usage);
   if (args[0] == "--help" || args[0] == "help") {
@@ -440,7 +440,8 @@ int run_train(const Arguments& args) {
                 "folder on prompt/completion or chat data\n  preference   align a model with an offline preference loss "
                 "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n  reward       a reward "
                 "model (score head) on chosen/rejected pairs, Bradley-Terry\n  grpo, rloo, online-dpo, inpo, rebel   online: sample "
-                "completions of prompts, score them (--reward), train on them\n",
+                "completions of prompts, score them (--reward), train on them\n  spin         self-play on SFT data: "
+                "the data's answers against the model's own\n",
                 usage.c_str());
     return 0;
   }
@@ -453,7 +454,7 @@ int run_train(const Arguments& args) {
     if (args[0] == command.name) return run_preference(rest, command);
   const std::string suggestion =
       closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward",
-                              "grpo", "rloo", "online-dpo", "inpo", "rebel"});
+                              "grpo", "rloo", "online-dpo", "inpo", "rebel", "spin"});
   throw UsageError("lamina train: unknown kind '" + args[0] + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    usage);
 }

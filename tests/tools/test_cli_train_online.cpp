@@ -1,6 +1,7 @@
-// `lamina train grpo|rloo|online-dpo|inpo|rebel` end to end on a tiny byte-level model: TRL's metric names,
-// samples.jsonl, an external judge that sees each prompt line's fields, a run killed mid-way
-// resuming to the same metrics and samples, and clear errors for bad prompts, specs and judges.
+// `lamina train grpo|rloo|online-dpo|inpo|rebel|spin` end to end on a tiny byte-level model: TRL's
+// metric names, samples.jsonl, an external judge that sees each prompt line's fields, a run killed
+// mid-way (also in the middle of an iteration) resuming to the same metrics and samples, SPIN on
+// SFT lines, and clear errors for bad prompts, specs, judges and data without answers.
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -32,6 +33,14 @@ struct OnlineWorkspace : ScratchDir {
     std::ofstream(path / "judge.sh") << "while IFS= read -r line; do\n  printf '%s\\n' \"$line\" >> '" << (*this / "seen.jsonl")
                                      << "'\n  echo $(( $(printf '%s' \"$line\" | wc -c) % 7 ))\ndone\n";
     std::ofstream(path / "pairs.jsonl") << R"({"prompt": "a", "chosen": "b", "rejected": "c"})" << "\n";
+    std::ofstream sft(path / "sft.jsonl");
+    for (int i = 0; i < 4; ++i)
+      sft << R"({"prompt": "add one to )" << i << R"(:", "completion": " )" << i + 1 << R"("})" << "\n";
+    std::ofstream chat(path / "chat.jsonl");
+    for (int i = 0; i < 2; ++i)
+      chat << R"({"messages": [{"role": "user", "content": "add one to )" << i
+           << R"("}, {"role": "assistant", "content": ")" << i + 1 << R"("}]})" << "\n";
+    std::ofstream(path / "chat_no_answer.jsonl") << R"({"messages": [{"role": "user", "content": "hi"}]})" << "\n";
   }
   std::string command(const std::string& kind, const std::string& output, const std::string& reward) const {
     return "train " + kind + " --model " + (*this / "model") + " --prompts " + (*this / "prompts.jsonl") + " --output " +
@@ -39,6 +48,10 @@ struct OnlineWorkspace : ScratchDir {
            "--lr 1e-2 --schedule constant --seed 5 --quiet";
   }
   std::string judge() const { return "command=\"sh " + (*this / "judge.sh") + "\""; }
+  std::string spin(const std::string& output, const std::string& data = "sft.jsonl") const {
+    return "train spin --model " + (*this / "model") + " --data " + (*this / data) + " --output " + (*this / output) +
+           " --prompts-per-step 2 --iteration-steps 2 --max-new-tokens 4 --lr 1e-2 --schedule constant --seed 5 --quiet";
+  }
 };
 
 std::vector<json::Value> lines_of(const std::string& path) {
@@ -170,4 +183,75 @@ TEST_CASE("lamina train grpo: bad prompts, reward specs, losses and judges are c
   CHECK(run.status == 1);
   CHECK(run.output.find("reward command 'exit 4' exited with status 4") != std::string::npos);
   CHECK_FALSE(fs::exists(dir.path / "bad/samples.jsonl"));
+}
+
+TEST_CASE("lamina train inpo --iteration-steps samples once per iteration and resumes mid-iteration exactly") {
+  const OnlineWorkspace dir;
+  const std::string flags = " --steps 4 --save-every 2 --iteration-steps 3 --loss-params eta=0.01,tau=0.002";
+  Run run = run_lamina(dir.command("inpo", "whole", "length=3") + flags);
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  CHECK(run.output.find("iterations of 3 steps") != std::string::npos);
+  // Iterations start at steps 1 and 4, each with 2 x 3 prompts of 3 completions.
+  const std::vector<json::Value> samples = lines_of(dir / "whole/samples.jsonl");
+  REQUIRE(samples.size() == 2 * 6 * 3);
+  for (size_t i = 0; i < samples.size(); ++i) CHECK(samples[i].at("step").as_int64() == (i < 18 ? 1 : 4));
+  CHECK(lines_of(dir / "whole/metrics.jsonl").size() == 4);
+  // Killed after step 3: the checkpoint (step 2) is in the middle of the first iteration.
+  run = run_lamina(dir.command("inpo", "cut", "length=3") + flags, {"LAMINA_FAILPOINT=train.after-step@3:kill"});
+  CHECK(run.status == 128 + 9);
+  run = run_lamina(dir.command("inpo", "cut", "length=3") + flags + " --resume");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  CHECK(file_bytes(dir.path / "cut/samples.jsonl") == file_bytes(dir.path / "whole/samples.jsonl"));
+  CHECK(comparable(lines_of(dir / "cut/metrics.jsonl")) == comparable(lines_of(dir / "whole/metrics.jsonl")));
+  CHECK(file_bytes(dir.path / "cut/model/model.safetensors") == file_bytes(dir.path / "whole/model/model.safetensors"));
+  // Another iteration length is another run.
+  run = run_lamina(dir.command("inpo", "cut", "length=3") + " --steps 6 --save-every 2 --iteration-steps 2 "
+                   "--loss-params eta=0.01,tau=0.002 --resume");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("iteration_steps") != std::string::npos);
+  run = run_lamina(dir.command("grpo", "bad", "length=3") + " --steps 1 --iteration-steps 2");
+  CHECK(run.status == 2);
+  run = run_lamina(dir.command("inpo", "bad", "length=3") + " --steps 1 --iteration-steps 0");
+  CHECK(run.status == 2);
+  CHECK(run.output.find("--iteration-steps") != std::string::npos);
+}
+
+TEST_CASE("lamina train spin pairs the data's answers with the model's responses, and needs answers") {
+  const OnlineWorkspace dir;
+  Run run = run_lamina(dir.spin("spin") + " --steps 4");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  CHECK(run.output.find("loss spin, reference none, reward none") != std::string::npos);
+  const std::vector<json::Value> metrics = lines_of(dir / "spin/metrics.jsonl");
+  REQUIRE(metrics.size() == 4);
+  for (const char* key : {"rewards/real", "rewards/generated", "rewards/margins", "logps/real", "completions/mean_length"})
+    CHECK_MESSAGE(metrics.back().find(key) != nullptr, key);
+  // The policy is its opponent at an iteration's first step, and has moved toward the answers by its second.
+  CHECK(metrics[0].at("rewards/margins").as_double() == 0.0);
+  CHECK(metrics[1].at("rewards/margins").as_double() > 0.0);
+  // Iterations at steps 1 and 3, each generating one (greedy) response to each of its 4 prompts.
+  const std::vector<json::Value> samples = lines_of(dir / "spin/samples.jsonl");
+  REQUIRE(samples.size() == 2 * 4);
+  for (size_t i = 0; i < samples.size(); ++i) {
+    CHECK(samples[i].at("step").as_int64() == (i < 4 ? 1 : 3));
+    CHECK(samples[i].at("chosen").as_bool() == false);
+  }
+  // A prompt-only file has no answers to learn.
+  run = run_lamina(dir.spin("bad", "prompts.jsonl") + " --steps 1");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("prompts.jsonl:1") != std::string::npos);
+  CHECK(run.output.find("trains on the data's own answers") != std::string::npos);
+  // Chat lines: the last message is the answer.
+  run = run_lamina(dir.spin("chat", "chat.jsonl") + " --steps 2");
+  REQUIRE_MESSAGE(run.status == 0, run.output);
+  // The pool of P x K = 4 prompts draws the 2 lines of two epochs.
+  const std::vector<json::Value> chat_samples = lines_of(dir / "chat/samples.jsonl");
+  REQUIRE(chat_samples.size() == 4);
+  CHECK(chat_samples[0].at("line").as_int64() + chat_samples[1].at("line").as_int64() == 3);
+  run = run_lamina(dir.spin("bad", "chat_no_answer.jsonl") + " --steps 1");
+  CHECK(run.status == 1);
+  CHECK(run.output.find("chat_no_answer.jsonl:1") != std::string::npos);
+  CHECK(run.output.find("the assistant") != std::string::npos);
+  run = run_lamina(dir.spin("bad") + " --steps 1 --validation " + (dir / "sft.jsonl"));
+  CHECK(run.status == 2);
+  CHECK(run.output.find("--validation") != std::string::npos);
 }

@@ -1,7 +1,10 @@
 // The online objective (train/online_trainer.h) on a tiny model: the advantages a hand-made
 // group gets and the direction they move the policy; the seeded sampler; a GRPO run that learns
 // a toy task (repeat the prompt's digit) measurably; an interrupted run that resumes to the same
-// metrics and the same samples.jsonl; Online DPO's ranked pairs; the settings it refuses.
+// metrics and the same samples.jsonl; Online DPO's ranked pairs; iterations of several steps on
+// one pool (sampled once, log-probs fixed at the iteration's start, K = 1 the one-step path bit
+// for bit, resumed mid-iteration exactly); SPIN raising the data answers' margin; the settings
+// it refuses.
 #include <cmath>
 #include <fstream>
 #include <numeric>
@@ -9,6 +12,7 @@
 
 #include "autograd/autograd.h"
 #include "helpers.h"
+#include "ops/ops.h"
 #include "scratch_dir.h"
 #include "train/losses/advantages.h"
 #include "train/losses/logprobs.h"
@@ -106,6 +110,31 @@ std::string file_bytes(const std::filesystem::path& path) {
   std::ostringstream bytes;
   bytes << in.rdbuf();
   return bytes.str();
+}
+
+// Digit prompts whose answer (SPIN's real response) repeats the digit twice.
+std::vector<train::OnlinePrompt> answered_prompts(int count) {
+  std::vector<train::OnlinePrompt> prompts = digit_prompts(count);
+  for (train::OnlinePrompt& prompt : prompts) prompt.answer = {prompt.ids[1], prompt.ids[1]};
+  return prompts;
+}
+
+// A model with `model`'s weights now (the policy at some step, to look at later).
+std::shared_ptr<llama::LlamaForCausalLM> snapshot(llama::LlamaForCausalLM& model) {
+  auto copy = tiny_model(0);
+  const auto source = model.named_parameters();
+  const auto target = copy->named_parameters();
+  REQUIRE(source.size() == target.size());
+  for (size_t i = 0; i < source.size(); ++i) target[i].second.set_data(ops::clone(source[i].second));
+  return copy;
+}
+
+// Every parameter of a model, in order, for comparing two runs' weights bit for bit.
+std::vector<double> weights_of(llama::LlamaForCausalLM& model) {
+  std::vector<double> out;
+  for (const auto& [name, parameter] : model.named_parameters())
+    for (double value : parameter.to_vector<double>()) out.push_back(value);
+  return out;
 }
 
 // Summed log-prob of `completion` after `prompt` under `model`.
@@ -479,4 +508,278 @@ TEST_CASE("online: REINFORCE++ and SimpleRL-Zoo's settings run, the entropy bonu
     if (entropy_coef > 0) CHECK(line.at("grad_norm").as_double() > 1e-6);
     else CHECK(line.at("grad_norm").as_double() == 0.0);
   }
+}
+
+TEST_CASE("online: an INPO iteration samples its pool once and trains K steps against the policy's log-probs at its start") {
+  ScratchDir dir("online-inpo-iterations");
+  train::OnlineOptions online;
+  online.loss = "inpo";
+  online.num_generations = 2;
+  online.max_new_tokens = 3;
+  online.iteration_steps = 3;
+  online.params = {{"eta", "0.5"}, {"tau", "0.1"}};
+  const train::TrainOptions options = run_options(6, 2, (dir.path / "run").string());
+  auto model = tiny_model(5);
+  std::unique_ptr<train::OnlineObjective> o =
+      objective(online, options, std::make_unique<FixedReward>(std::vector<double>{0, 1, 1, 0}));
+  const train::OnlineObjective* view = o.get();
+  CHECK(view->state().is_null());  // no pool before the first step
+  train::Trainer trainer(model, options, std::move(o));
+  std::vector<json::Value> pools;
+  std::vector<std::shared_ptr<llama::LlamaForCausalLM>> after;  // the policy after each step
+  std::vector<json::Value> lines;
+  trainer.on_metrics = [&](const json::Value& line) {
+    pools.push_back(view->state().at("pool"));
+    after.push_back(snapshot(*model));
+    lines.push_back(line);
+  };
+  trainer.run();
+  REQUIRE(pools.size() == 6);
+
+  // Sampled at steps 1 and 4 only: M = P x K = 6 prompts of G = 2 completions each time.
+  const std::vector<json::Value> samples = read_lines(dir / "run/samples.jsonl");
+  REQUIRE(samples.size() == 2 * 6 * 2);
+  for (size_t i = 0; i < samples.size(); ++i) CHECK(samples[i].at("step").as_int64() == (i < 12 ? 1 : 4));
+
+  // One pool per iteration, the same (log-probs included) on each of its steps.
+  CHECK(pools[0].at("start_step").as_int64() == 1);
+  CHECK(pools[3].at("start_step").as_int64() == 4);
+  CHECK(pools[1].dump() == pools[0].dump());
+  CHECK(pools[2].dump() == pools[0].dump());
+  CHECK(pools[4].dump() == pools[3].dump());
+  CHECK(pools[5].dump() == pools[3].dump());
+  CHECK(pools[3].dump() != pools[0].dump());
+  for (const json::Value& pool : {pools[0], pools[3]}) {
+    REQUIRE(pool.at("pairs").as_array().size() == 6);
+    std::vector<int64_t> order;
+    for (const json::Value& index : pool.at("order").as_array()) order.push_back(index.as_int64());
+    std::sort(order.begin(), order.end());
+    CHECK(order == std::vector<int64_t>{0, 1, 2, 3, 4, 5});
+  }
+  // The reward statistics of a step are its pool's.
+  CHECK(lines[1].at("reward").as_double() == lines[0].at("reward").as_double());
+
+  // The fixed log-probs are the policy's at the iteration's start (iteration 1: the starting
+  // model, also the reference; iteration 2: the policy after step 3), while the policy moved on.
+  const auto check_pool = [&](const json::Value& pool, llama::LlamaForCausalLM& start, llama::LlamaForCausalLM& end,
+                              bool reference_is_start) {
+    double moved = 0;
+    for (const json::Value& pair : pool.at("pairs").as_array()) {
+      const std::vector<int32_t> prompt = {1, int32_t(3 + pair.at("prompt_index").as_int64())};
+      for (const char* side : {"chosen", "rejected"}) {
+        CAPTURE(side);
+        std::vector<int32_t> completion;
+        for (const json::Value& id : pair.at(side).as_array()) completion.push_back(int32_t(id.as_int64()));
+        const double fixed = pair.at(str_cat("iterate_", side, "_logp")).as_double();
+        CHECK(fixed == doctest::Approx(completion_logp(start, prompt, completion)).epsilon(1e-5));
+        if (reference_is_start)
+          CHECK(pair.at(str_cat("reference_", side, "_logp")).as_double() == doctest::Approx(fixed).epsilon(1e-5));
+        moved += std::fabs(completion_logp(end, prompt, completion) - fixed);
+      }
+    }
+    CHECK(moved > 1e-2);
+  };
+  auto start = tiny_model(5);
+  check_pool(pools[0], *start, *after[2], true);
+  check_pool(pools[3], *after[2], *after[5], false);
+
+  // What each step trained on: the next P = 2 pairs of its pool's order, with INPO's
+  // h = Δ_θ - (τ/η) Δ_ref - ((η-τ)/η) Δ_t computed from the fixed Δ_t of the iteration's start
+  // (a live iterate would give (τ/η) (Δ_θ - Δ_ref) instead).
+  for (int64_t step = 1; step <= 6; ++step) {
+    CAPTURE(step);
+    const int64_t offset = (step - 1) % 3, first = step - offset;
+    const json::Value& pool = pools[size_t(step - 1)];
+    llama::LlamaForCausalLM& policy = step == 1 ? *start : *after[size_t(step - 2)];
+    llama::LlamaForCausalLM& iterate = first == 1 ? *start : *after[size_t(first - 2)];
+    double expected = 0;
+    for (int64_t i = 0; i < 2; ++i) {
+      const json::Value& pair = pool.at("pairs").as_array()[size_t(pool.at("order").as_array()[size_t(offset * 2 + i)].as_int64())];
+      const std::vector<int32_t> prompt = {1, int32_t(3 + pair.at("prompt_index").as_int64())};
+      std::vector<int32_t> chosen, rejected;
+      for (const json::Value& id : pair.at("chosen").as_array()) chosen.push_back(int32_t(id.as_int64()));
+      for (const json::Value& id : pair.at("rejected").as_array()) rejected.push_back(int32_t(id.as_int64()));
+      const auto delta = [&](llama::LlamaForCausalLM& m) {
+        return completion_logp(m, prompt, chosen) - completion_logp(m, prompt, rejected);
+      };
+      expected += (delta(policy) - 0.2 * delta(*start) - 0.8 * delta(iterate)) / 2;
+    }
+    CHECK(lines[size_t(step - 1)].at("inpo/h").as_double() == doctest::Approx(expected).epsilon(1e-4));
+  }
+  CHECK(std::fabs(lines[0].at("inpo/h").as_double()) < 1e-6);
+  CHECK(std::fabs(lines[1].at("inpo/h").as_double()) > 1e-3);
+}
+
+TEST_CASE("online: iterations of one step on a pool of one step's prompts are the one-step path, bit for bit") {
+  for (const char* loss : {"online_dpo", "inpo", "rebel"})
+    for (const int64_t micro : {0, 1}) {
+      CAPTURE(loss);
+      CAPTURE(micro);
+      const auto run = [&](bool pool, const std::string& output) {
+        train::OnlineOptions online;
+        online.loss = loss;
+        online.num_generations = 2;
+        online.max_new_tokens = 3;
+        if (pool) online.iteration_prompts = 2;  // forces the pool with K = 1, M = P
+        train::TrainOptions options = run_options(3, 2, output);
+        options.micro_batch_size = micro;
+        auto model = tiny_model(5);
+        train::Trainer trainer(model, options,
+                               objective(online, options, std::make_unique<FixedReward>(std::vector<double>{0, 1, 1, 0})));
+        trainer.run();
+        return std::make_pair(comparable(read_lines(output + "/metrics.jsonl")), weights_of(*model));
+      };
+      ScratchDir dir(str_cat("online-one-step-", loss, "-", micro));
+      const auto [one_step_metrics, one_step_weights] = run(false, dir / "one-step");
+      const auto [pool_metrics, pool_weights] = run(true, dir / "pool");
+      CHECK(pool_metrics == one_step_metrics);
+      CHECK(pool_weights == one_step_weights);
+      CHECK(file_bytes(dir.path / "pool/samples.jsonl") == file_bytes(dir.path / "one-step/samples.jsonl"));
+      CHECK(read_lines(dir / "pool/samples.jsonl").size() == 3 * 2 * 2);
+    }
+}
+
+TEST_CASE("online: a run resumed in the middle of an iteration continues on the same pool, exactly") {
+  for (const char* loss : {"inpo", "spin"}) {
+    CAPTURE(loss);
+    ScratchDir dir(str_cat("online-iteration-resume-", loss));
+    const bool spin = std::string(loss) == "spin";
+    train::OnlineOptions online;
+    online.loss = loss;
+    online.num_generations = spin ? 1 : 2;
+    online.max_new_tokens = 3;
+    online.iteration_steps = 3;
+    if (spin) online.temperature = 0.7;
+    std::vector<std::shared_ptr<llama::LlamaForCausalLM>> models;
+    const auto make_trainer = [&](const std::string& output) {
+      train::TrainOptions options = run_options(6, 2, output);
+      options.save_every = 2;
+      models.push_back(tiny_model(5));
+      std::unique_ptr<train::Reward> reward;
+      if (!spin) reward = std::make_unique<FixedReward>(std::vector<double>{0, 1, 1, 0});
+      return std::make_unique<train::Trainer>(
+          models.back(), options,
+          std::make_unique<train::OnlineObjective>(online, options, spin ? answered_prompts(4) : digit_prompts(4),
+                                                   std::move(reward), ids_text));
+    };
+    make_trainer(dir / "whole")->run();
+    const std::vector<double> whole_weights = weights_of(*models.back());
+    {
+      // Stopped after step 3's update: the checkpoint is step 2's, in the middle of iteration 1.
+      std::unique_ptr<train::Trainer> trainer = make_trainer(dir / "cut");
+      trainer->on_metrics = [](const json::Value& line) {
+        if (line.at("step").as_int64() == 3) throw Error("interrupted");
+      };
+      CHECK_THROWS_WITH(trainer->run(), "interrupted");
+    }
+    {
+      std::unique_ptr<train::Trainer> trainer = make_trainer(dir / "cut");
+      train::RunStart start;
+      start.existing = train::ExistingRun::resume;
+      trainer->run(start);
+    }
+    CHECK(weights_of(*models.back()) == whole_weights);
+    CHECK(comparable(read_lines(dir / "cut/metrics.jsonl")) == comparable(read_lines(dir / "whole/metrics.jsonl")));
+    CHECK(file_bytes(dir.path / "cut/samples.jsonl") == file_bytes(dir.path / "whole/samples.jsonl"));
+    CHECK(read_lines(dir / "whole/samples.jsonl").size() == 2 * 6 * (spin ? 1 : 2));
+  }
+}
+
+TEST_CASE("online: SPIN raises the data answers' log-prob margin over the policy's own responses") {
+  ScratchDir dir("online-spin");
+  const std::vector<train::OnlinePrompt> prompts = answered_prompts(4);
+  auto model = tiny_model(3);
+  train::OnlineOptions online;
+  online.loss = "spin";
+  online.num_generations = 1;
+  online.max_new_tokens = 2;
+  online.temperature = 0;  // greedy responses
+  online.iteration_steps = 2;
+  online.iteration_prompts = 4;
+  train::TrainOptions options = run_options(8, 2, (dir.path / "run").string());
+  std::unique_ptr<train::OnlineObjective> o =
+      std::make_unique<train::OnlineObjective>(online, options, prompts, nullptr, ids_text);
+  CHECK(o->reference() == train::ReferenceKind::none);
+  CHECK_FALSE(o->has_validation());
+  train::Trainer trainer(model, options, std::move(o));
+  std::vector<json::Value> lines;
+  trainer.on_metrics = [&](const json::Value& line) { lines.push_back(line); };
+  // The starting model's greedy responses: what SPIN's first iteration rejects.
+  std::vector<std::vector<int32_t>> generated;
+  const auto margin = [&](llama::LlamaForCausalLM& m) {
+    double total = 0;
+    for (size_t i = 0; i < prompts.size(); ++i)
+      total += completion_logp(m, prompts[i].ids, prompts[i].answer) - completion_logp(m, prompts[i].ids, generated[i]);
+    return total / double(prompts.size());
+  };
+  auto start = tiny_model(3);
+  trainer.run();
+  const std::vector<json::Value> samples = read_lines(dir / "run/samples.jsonl");
+  REQUIRE(samples.size() == 4 * 4);  // iterations at steps 1, 3, 5, 7; one response per prompt
+  generated.resize(prompts.size());
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(samples[i].at("step").as_int64() == 1);
+    CHECK(samples[i + 4].at("step").as_int64() == 3);
+    CHECK(samples[i].at("chosen").as_bool() == false);
+    CHECK(samples[i].find("reward") == nullptr);
+    generated[size_t(samples[i].at("prompt_index").as_int64())] = text_ids(samples[i].at("completion").as_string());
+  }
+  for (const std::vector<int32_t>& response : generated) REQUIRE_FALSE(response.empty());
+  const double before = margin(*start), after = margin(*model);
+  MESSAGE("log p(answer) - log p(first generated response): ", before, " -> ", after);
+  CHECK(after > before + 1.0);
+  REQUIRE(lines.size() == 8);
+  for (const char* key : {"rewards/real", "rewards/generated", "rewards/margins", "rewards/accuracies", "logps/real",
+                          "completions/mean_length"})
+    CHECK_MESSAGE(lines.back().find(key) != nullptr, key);
+  CHECK(lines.back().find("reward") == nullptr);
+  // An iteration's first step sees the policy equal to its opponent (margin 0); its second step
+  // has moved toward the answers. By the last iteration the greedy responses are the answers.
+  CHECK(lines[0].at("rewards/margins").as_double() == 0.0);
+  CHECK(lines[1].at("rewards/margins").as_double() > 0.0);
+  int answered = 0;
+  for (size_t i = 12; i < 16; ++i)
+    answered += text_ids(samples[i].at("completion").as_string()) ==
+                        prompts[size_t(samples[i].at("prompt_index").as_int64())].answer
+                    ? 1
+                    : 0;
+  MESSAGE("greedy responses equal to the answer in the last iteration: ", answered, " of 4");
+  CHECK(answered >= 2);
+}
+
+TEST_CASE("online: iteration and SPIN settings that cannot run are refused with the reason") {
+  const train::TrainOptions options = run_options(1, 2);
+  const auto error_of = [&](const train::OnlineOptions& online, std::vector<train::OnlinePrompt> prompts,
+                            bool with_reward = true) {
+    try {
+      const train::OnlineObjective refused(online, options, std::move(prompts),
+                                           with_reward ? std::make_unique<RepeatReward>() : nullptr, ids_text);
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  train::OnlineOptions online;
+  online.loss = "inpo";
+  online.num_generations = 2;
+  online.iteration_steps = 0;
+  CHECK(error_of(online, digit_prompts(4)).find("iteration_steps (--iteration-steps) must be at least 1") !=
+        std::string::npos);
+  online.iteration_steps = 2;
+  online.iteration_prompts = 1;
+  CHECK(error_of(online, digit_prompts(4)).find("is smaller than a step's 2") != std::string::npos);
+  online.iteration_prompts = 0;
+  CHECK(error_of(online, digit_prompts(4)).empty());
+  online.loss = "grpo";
+  CHECK(error_of(online, digit_prompts(4)).find("iterations of several steps") != std::string::npos);
+  online = {};
+  online.loss = "spin";
+  online.num_generations = 1;
+  CHECK(error_of(online, digit_prompts(4), false).find("spin trains on the data's own answers, and prompt line 1 has none") !=
+        std::string::npos);
+  CHECK(error_of(online, answered_prompts(4), false).empty());
+  online.num_generations = 2;
+  CHECK(error_of(online, answered_prompts(4), false).find("one response per prompt") != std::string::npos);
+  online.loss = "inpo";
+  CHECK(error_of(online, digit_prompts(4), false).find("no reward") != std::string::npos);
 }
