@@ -111,3 +111,12 @@ Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& 
 Tensor log1mexp(const Tensor& x);
 
 }  // namespace lamina
+
+namespace lamina {
+
+// Fused attention under an AttentionPattern (ops::flash_attention); the node saves q, k, v, out
+// and the lse, never the probabilities, and its backward is ops::flash_attention_backward.
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionPattern& pattern = {},
+                       std::optional<double> scale = std::nullopt);
+
+}  // namespace lamina

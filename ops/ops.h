@@ -263,3 +263,24 @@ Tensor log1mexp(const Tensor& x);
 Tensor log1mexp_backward(const Tensor& grad_out, const Tensor& x);  // grad_out * -1 / expm1(-x)
 
 }  // namespace lamina::ops
+
+// ---- fused attention (FlashAttention-2 style) with one mask semantics: ops/attention_pattern.h
+#include "ops/attention_pattern.h"
+
+namespace lamina::ops {
+
+// q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D] (Hq a multiple of Hkv: GQA/MQA) -> out [B, Hq, Tq, D]
+// and lse [B, Hq, Tq] (f32; f64 for f64 input), the keys each query sees given by `pattern`;
+// scale defaults to 1 / sqrt(D). Tiled with an online softmax: no Tq x Tk buffer is ever
+// allocated (the largest is a transposed copy of k, or of k and v in the backward), tiles the
+// pattern leaves empty are skipped, and a query that sees no key gets out 0 and lse -inf.
+// bf16/f16 are computed in f32. CPU only for now.
+AttentionResult flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionPattern& pattern,
+                                std::optional<double> scale = std::nullopt);
+// dq, dk, dv (dk/dv summed over each kv head's query heads), recomputing the scores tile by tile
+// from q, k and the saved lse.
+AttentionGrads flash_attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const Tensor& out, const Tensor& lse, const AttentionPattern& pattern,
+                                        std::optional<double> scale = std::nullopt);
+
+}  // namespace lamina::ops

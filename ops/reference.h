@@ -51,3 +51,15 @@ std::vector<Tensor> token_distribution_stats(const Tensor& logits, const Tensor&
 Tensor log1mexp(const Tensor& x);  // log(1 - exp(x)) in long double
 
 }  // namespace lamina::ops::reference
+
+namespace lamina::ops::reference {
+
+// Attention under an AttentionPattern, evaluating its `allowed` predicate per element with
+// plain loops in f64: {out [B, Hq, Tq, D], lse [B, Hq, Tq]} (0 and -inf for a row that sees
+// no key), and the backward {dq, dk, dv} from grad_out, all f64 (ops/reference_attention.cpp).
+std::vector<Tensor> flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionPattern& pattern,
+                                    std::optional<double> scale = std::nullopt);
+std::vector<Tensor> flash_attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                                             const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
+
+}  // namespace lamina::ops::reference
