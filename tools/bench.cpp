@@ -6,6 +6,8 @@
 #include "tools/commands.h"
 
 namespace lamina::cli {
+
+
 namespace {
 
 struct BenchSuite {
@@ -19,11 +21,14 @@ constexpr BenchSuite kSuites[] = {
     {"generate", "Llama prefill/decode tokens/s vs the memory-bandwidth bound", run_bench_generate},
     {"train", "training-step tokens/s of a ~30M Llama, with and without activation checkpointing", run_bench_train},
     {"tokenizer", "Llama-3 tokenizer encode/decode MB/s on one thread (--tokenizer PATH)", run_bench_tokenizer},
+    {"preference", "DPO-step tokens/s on the bench train model; the policy vs reference time split", run_bench_preference},
+    {"attention", "fused vs materialising attention fwd+bwd: time, GFLOP/s, peak memory; sparse at 50/25/10% density",
+     run_bench_attention},
 };
 
 void print_bench_help() {
   std::printf("usage: lamina bench <suite> [flags]\n\nsuites:\n");
-  for (const BenchSuite& suite : kSuites) std::printf("  %-6s %s\n", suite.name, suite.summary);
+  for (const BenchSuite& suite : kSuites) std::printf("  %-10s %s\n", suite.name, suite.summary);
   std::printf("\nRun 'lamina bench <suite> --help' for a suite's flags.\n");
 }
 

@@ -37,6 +37,22 @@ std::string json_escape(const std::string& text) {
 
 }  // namespace
 
+llama::LlamaConfig bench_train_config() {
+  llama::LlamaConfig config;
+  config.vocab_size = 8192;
+  config.hidden_size = 512;
+  config.intermediate_size = 1536;
+  config.num_hidden_layers = 8;
+  config.num_attention_heads = 8;
+  config.num_key_value_heads = 4;
+  config.head_dim = 64;
+  config.max_position_embeddings = 1024;
+  config.bos_token_id = 1;
+  config.eos_token_ids = {2};
+  config.dtype = DType::f32;
+  return config;
+}
+
 Timing measure_after(const std::function<void()>& setup, const std::function<void()>& body, double min_seconds) {
   setup();
   body();

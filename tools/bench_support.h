@@ -5,7 +5,14 @@
 #include <functional>
 #include <string>
 
+#include "models/llama/config.h"
+
 namespace lamina::cli {
+
+// The model of `lamina bench train` (and of the suites that measure other training steps on
+// it, `bench preference`): a ~30M-parameter Llama-3 shape, dim 512, 8 layers, 8 heads / 4 kv
+// heads, ffn 1536, vocab 8192, f32.
+llama::LlamaConfig bench_train_config();
 
 struct Timing {
   double median_seconds = 0;

@@ -35,5 +35,7 @@ int run_bench_ops(const Arguments& args);
 int run_bench_generate(const Arguments& args);
 int run_bench_train(const Arguments& args);  // tools/bench_train.cpp
 int run_bench_tokenizer(const Arguments& args);  // tools/bench_tokenizer.cpp
+int run_bench_preference(const Arguments& args);  // tools/bench_preference.cpp
+int run_bench_attention(const Arguments& args);  // tools/bench_attention.cpp
 
 }  // namespace lamina::cli

@@ -5,6 +5,7 @@
 #include "helpers.h"
 #include "model_presets.h"
 #include "scratch_dir.h"
+#include "tensor/io/json.h"
 #include "tools/cli_runner.h"
 
 using namespace lamina;
@@ -137,4 +138,52 @@ TEST_CASE("lamina chat holds a conversation from stdin" * doctest::test_suite("a
   CHECK(run.output.find("lamina chat (llama3 format)") != std::string::npos);
   const Run no_tokenizer = run_lamina("chat --model /no/such/dir");
   CHECK(no_tokenizer.status == 1);
+}
+
+TEST_CASE("lamina bench preference: --help, a tiny run of every case as JSON lines, a filter matching nothing") {
+  const Run help = run_lamina("bench preference --help");
+  CHECK(help.status == 0);
+  for (const char* flag : {"--pairs", "--seq-len", "--filter", "--quick", "--device"}) {
+    CAPTURE(flag);
+    CHECK(help.output.find(flag) != std::string::npos);
+  }
+  CHECK(run_lamina("bench --help").output.find("  preference ") != std::string::npos);
+
+  const Run run = run_lamina("bench preference --quick --pairs 1 --seq-len 16 --threads 1");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  std::vector<json::Value> lines;
+  std::istringstream output(run.output);
+  for (std::string line; std::getline(output, line);) {
+    if (line.empty() || line[0] != '{') continue;
+    lines.push_back(json::parse(line, "bench output"));
+  }
+  REQUIRE(lines.size() == 2);
+  const char* expected_cases[] = {"llama_30m_dpo_step", "llama_30m_dpo_lora_step"};
+  const char* expected_references[] = {"copy", "adapters-off"};
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const json::Value& line = lines[i];
+    CAPTURE(i);
+    CHECK(line.at("bench").as_string() == "preference");
+    CHECK(line.at("case").as_string() == expected_cases[i]);
+    CHECK(line.at("reference").as_string() == expected_references[i]);
+    CHECK(line.at("pairs").as_int64() == 1);
+    CHECK(line.at("seq_len").as_int64() == 16);
+    const double step = line.at("step_seconds").as_double(), reference = line.at("reference_seconds").as_double();
+    CHECK(step > 0);
+    // One pair: chosen + rejected rows of 16 tokens each.
+    CHECK(line.at("tokens_per_s").as_double() == doctest::Approx(32 / step).epsilon(2e-3));
+    CHECK(reference > 0);
+    CHECK(reference < step);  // the step runs the reference forward and the policy's forward and backward
+    CHECK(line.at("policy_seconds").as_double() == doctest::Approx(step - reference).epsilon(2e-3));
+    CHECK(line.at("reference_share").as_double() > 0);
+    CHECK(line.at("reference_share").as_double() < 1);
+  }
+  // LoRA trains the adapters only; full fine-tuning every weight.
+  CHECK(lines[0].at("trained_parameters").as_int64() == lines[0].at("parameters").as_int64());
+  CHECK(lines[1].at("trained_parameters").as_int64() < lines[1].at("parameters").as_int64() / 10);
+
+  const Run nothing = run_lamina("bench preference --quick --filter no-such-case");
+  CHECK(nothing.status == 2);
+  CHECK(nothing.output.find("--filter 'no-such-case' matches no case") != std::string::npos);
 }

@@ -284,7 +284,7 @@ static std::pair<double, double> demo_losses(const std::string& output, const st
   return {statement, chat};
 }
 
-TEST_CASE("lamina demo --quick: each stage improves what it trains for") {
+TEST_CASE("lamina demo --quick: each stage improves what it trains for (DPO: its loss on its own pairs)") {
   const fs::path output = fs::temp_directory_path() / ("lamina-demo-test-" + std::to_string(::getpid()));
   const Run run = run_lamina("demo --quick --output " + output.string());
   INFO(run.output);
@@ -302,5 +302,36 @@ TEST_CASE("lamina demo --quick: each stage improves what it trains for") {
   for (const char* file : {"model/model.safetensors", "model/tokenizer.json", "pretrain/metrics.jsonl", "pretrain/loss.svg",
                            "sft/metrics.jsonl", "sft/loss.svg"})
     CHECK(fs::exists(output / file));
+  // Stage 3, DPO on the fine-tuned model's own answers: it lowers its loss on its own pairs and
+  // has its row in the table.
+  // "stage 3: ... give N pairs", then "DPO loss on its pairs 0.693 -> X".
+  const size_t stage = run.output.find("stage 3: DPO on the fine-tuned model's own answers");
+  REQUIRE(stage != std::string::npos);
+  const size_t pairs_at = run.output.find(" pairs (", stage);
+  REQUIRE(pairs_at != std::string::npos);
+  const size_t count_start = run.output.rfind(' ', pairs_at - 1) + 1;
+  CHECK(std::stoll(run.output.substr(count_start, pairs_at - count_start)) > 0);
+  const std::string loss_text = "DPO loss on its pairs 0.693 -> ";
+  const size_t loss_at = run.output.find(loss_text, stage);
+  REQUIRE(loss_at != std::string::npos);
+  CHECK(std::stod(run.output.substr(loss_at + loss_text.size())) < 0.69);
+  // The closing table has the stage's row after fine-tuning's: losses, accuracy and time.
+  const size_t tuned_row = run.output.find("| after fine-tuning |");
+  const size_t dpo_row = run.output.find("| after DPO |");
+  REQUIRE(tuned_row != std::string::npos);
+  REQUIRE(dpo_row != std::string::npos);
+  CHECK(dpo_row > tuned_row);
+  std::istringstream cells(run.output.substr(dpo_row + std::string("| after DPO |").size()));
+  double statement_loss = -1, chat_loss = -1, accuracy = -1;
+  char bar = 0;
+  cells >> statement_loss >> bar >> chat_loss >> bar >> accuracy;
+  CHECK(statement_loss > 0);
+  CHECK(chat_loss > 0);
+  CHECK(accuracy >= 0);
+  CHECK(accuracy <= 100);
+  for (const char* file : {"dpo/metrics.jsonl", "dpo/loss.svg", "model/model.safetensors"}) {
+    CAPTURE(file);
+    CHECK(fs::exists(output / file));
+  }
   fs::remove_all(output);
 }
