@@ -1,7 +1,8 @@
 // 4-bit NF4/FP4 quantization (ops/quant4.h) against ../shared/docs/formats-and-quantization.md §4:
 // the worked example byte for byte, the code tables bit for bit, nearest-code rounding (ties
-// down), partial blocks, double quantization, and the fused products and linear_4bit's gradient
-// against ops::matmul on the dequantized weight.
+// down), partial blocks, double quantization, and the fused products (every path: matrix-vector,
+// Eigen tiles, AVX-512 panels) and linear_4bit's gradient against ops::matmul on the dequantized
+// weight.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -298,6 +299,77 @@ TEST_CASE("matmul_4bit and matmul_4bit_input_grad equal ops::matmul with the deq
   CHECK_THROWS_WITH_AS(ops::matmul_4bit(randn({2, 519}, generator), q), doctest::Contains("520"), Error);
   CHECK_THROWS_WITH_AS(ops::matmul_4bit_input_grad(randn({2, 520}, generator), q), doctest::Contains("257"),
                        Error);
+}
+
+// With more than 16 input rows (and for every input gradient) the AVX-512 build multiplies in
+// register panels of 14 rows x 32 columns, decoding the weight 32 columns by 256 reduced elements
+// at a time (ops/cpu/quant4_panels.cpp). These shapes cut every one of those pieces short.
+TEST_CASE("many rows: the panel products equal the dense product on the dequantized weight") {
+  struct Case {
+    int64_t rows, out, in, blocksize;
+    Quant4Format format;
+    bool double_quant;
+  };
+  const Case cases[] = {
+      {29, 45, 71, 32, Quant4Format::nf4, true},     // 2 row blocks + 1; rows start mid-byte and mid-block
+      {17, 33, 300, 64, Quant4Format::fp4, false},   // a 1-column last panel; 300 = 256 + 44 (two depth pieces)
+      {14, 520, 40, 32, Quant4Format::nf4, true},    // one full row block; input grad: depth 520, 8-column panel
+      {70, 64, 512, 64, Quant4Format::nf4, true},    // exact blocks, panels and pieces
+      {45, 257, 130, 128, Quant4Format::fp4, true},  // 257 outputs: a 1-column panel; K = 130 rows mid-block
+      {3, 96, 33, 32, Quant4Format::nf4, false},     // few rows: the input gradient's panels, 3-row block
+  };
+  Generator generator(31);
+  for (const Case& c : cases) {
+    CAPTURE(c.rows);
+    CAPTURE(c.out);
+    CAPTURE(c.in);
+    const ops::Quantized4Bit q = ops::quantize_4bit(randn({c.out, c.in}, generator), c.format, c.blocksize,
+                                                    c.double_quant);
+    const Tensor w64 = ops::cast(ops::dequantize_4bit(q), DType::f64);
+    const Tensor x = randn({c.rows, c.in}, generator);
+    const Tensor g = randn({c.rows, c.out}, generator);
+    const Tensor y = ops::matmul_4bit(x, q), dx = ops::matmul_4bit_input_grad(g, q);
+    CHECK_CLOSE(y, reference_product(x, q), (Tolerance{2e-4, 2e-5}));
+    CHECK_CLOSE(dx, reference_input_grad(g, q), (Tolerance{2e-4, 2e-5}));
+    // Against the exact product (f64 on the same dequantized weight): f32 rounding only.
+    CHECK_CLOSE(ops::cast(y, DType::f64), ops::matmul(ops::cast(x, DType::f64), w64, false, true),
+                (Tolerance{1e-4, 1e-5}));
+    CHECK_CLOSE(ops::cast(dx, DType::f64), ops::matmul(ops::cast(g, DType::f64), w64), (Tolerance{1e-4, 1e-5}));
+
+    // f64 inputs are computed in f64, bf16 ones in f32 on their exact values.
+    const Tensor x64 = ops::cast(x, DType::f64), g64 = ops::cast(g, DType::f64);
+    CHECK_CLOSE(ops::matmul_4bit(x64, q), reference_product(x64, q), (Tolerance{1e-10, 1e-10}));
+    CHECK_CLOSE(ops::matmul_4bit_input_grad(g64, q), ops::matmul(g64, w64), (Tolerance{1e-10, 1e-10}));
+    const Tensor x16 = ops::cast(x, DType::bf16), g16 = ops::cast(g, DType::bf16);
+    const Tensor y16 = ops::matmul_4bit(x16, q), dx16 = ops::matmul_4bit_input_grad(g16, q);
+    CHECK(y16.dtype() == DType::bf16);
+    CHECK(dx16.dtype() == DType::bf16);
+    CHECK_CLOSE(ops::cast(y16, DType::f32), ops::cast(ops::cast(reference_product(ops::cast(x16, DType::f32), q),
+                                                                DType::bf16), DType::f32),
+                (Tolerance{2e-2, 1e-2}));
+    CHECK_CLOSE(ops::cast(dx16, DType::f32),
+                ops::cast(ops::cast(reference_input_grad(ops::cast(g16, DType::f32), q), DType::bf16), DType::f32),
+                (Tolerance{2e-2, 1e-2}));
+  }
+
+  // The threads split panels and row chunks (their number follows the thread count), never the
+  // sums: the result is the same bits on 1, 2 and 3 threads.
+  const ops::Quantized4Bit q = ops::quantize_4bit(randn({100, 600}, generator), Quant4Format::nf4, 64, true);
+  const Tensor x = randn({150, 600}, generator);
+  const Tensor g = randn({150, 100}, generator);
+  Tensor one_thread_y, one_thread_dx;
+  {
+    ThreadCountGuard guard(1);
+    one_thread_y = ops::matmul_4bit(x, q);
+    one_thread_dx = ops::matmul_4bit_input_grad(g, q);
+  }
+  for (int threads : {2, 3}) {
+    CAPTURE(threads);
+    ThreadCountGuard guard(threads);
+    CHECK_CLOSE(ops::matmul_4bit(x, q), one_thread_y, (Tolerance{0, 0}));
+    CHECK_CLOSE(ops::matmul_4bit_input_grad(g, q), one_thread_dx, (Tolerance{0, 0}));
+  }
+  CHECK_CLOSE(one_thread_y, reference_product(x, q), (Tolerance{2e-4, 2e-5}));
 }
 
 TEST_CASE("linear_4bit: x's gradient passes gradcheck, and the frozen base gets none") {
