@@ -214,6 +214,64 @@ int run_sft(const Arguments& args) {
   return 0;
 }
 
+// What the pair trainers (preference, reward) read before their model: its config, with
+// --max-length resolved into `truncation` (0: the model's context) and the memory checked for a
+// step of pairs (two rows each); the tokenizer's files for the trained model's folder; the pair
+// data (--data, --validation) tokenised in the model's chat format.
+struct PairInputs {
+  llama::LlamaConfig config;
+  TokenizerFiles tokenizer_files;
+  std::optional<int32_t> pad_token_id;  // the tokenizer's Llama-3.1 pad token, where it has one
+  train::PreferenceData data, validation;
+};
+
+PairInputs read_pair_inputs(const FlagParser& parser, const std::string& name, const std::string& model_path,
+                            const std::string& data_path, train::PreferenceTruncation& truncation,
+                            train::TrainOptions& options) {
+  PairInputs inputs;
+  const bool from_gguf = is_gguf_file(model_path);
+  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
+  inputs.config =
+      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
+  const llama::LlamaConfig& config = inputs.config;
+  const int64_t max_length = parser.int_value("max-length", 1024, 0, 1 << 30);
+  truncation.max_length = max_length == 0 ? config.max_position_embeddings : max_length;
+  LAMINA_CHECK(truncation.max_length <= config.max_position_embeddings, name, ": --max-length ",
+               truncation.max_length, " is longer than the model's context (max_position_embeddings ",
+               config.max_position_embeddings, "): give --max-length ", config.max_position_embeddings, " or less");
+  options.seq_len = truncation.max_length;  // the longest row, for the memory estimate
+  options.pack = false;
+  // Rows per forward: a pair's chosen and rejected (a reference adds its own forwards).
+  train::TrainOptions memory_options = options;
+  memory_options.batch_size *= 2;
+  memory_options.micro_batch_size *= 2;
+  train::check_model_fits(config, memory_options);
+  const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
+  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
+  inputs.tokenizer_files = model_tokenizer_files(model_path, parser.value("tokenizer"));
+  check_vocabulary(tok, tokenizer_path, config, config_path);
+  inputs.pad_token_id = tok.added_token_id("<|finetune_right_pad_id|>");
+  train::PreferenceDataOptions data_options;
+  data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
+  data_options.truncation = truncation;
+  data_options.skip_malformed = parser.is_set("skip-malformed");
+  const auto read = [&](const std::string& path) {
+    train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
+    if (const std::string summary = data.stats.summary(); !summary.empty())
+      std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
+    return data;
+  };
+  inputs.data = read(data_path);
+  if (const std::optional<std::string> path = parser.value("validation")) inputs.validation = read(*path);
+  const auto count = [](const train::PreferenceData& data) {
+    return data.pairs.empty() ? str_cat(data.unpaired.size(), " labelled completions") : str_cat(data.pairs.size(), " pairs");
+  };
+  std::fprintf(stderr, "data: %s lines, %s%s\n", train::preference_layout_name(inputs.data.layout).c_str(),
+               count(inputs.data).c_str(),
+               parser.is_set("validation") ? str_cat("; validation ", count(inputs.validation)).c_str() : "");
+  return inputs;
+}
+
 // `lamina train preference --loss NAME` and its aliases (`train dpo`, `train kto`, ...): an
 // offline preference loss over a JSONL file of pairs (or labelled completions), from a model.
 struct PreferenceCommand {
@@ -274,52 +332,16 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
 
   train::TrainOptions options = training_options(parser);
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
-  const bool from_gguf = is_gguf_file(model_path);
-  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
-  const llama::LlamaConfig config =
-      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
-  const int64_t max_length = parser.int_value("max-length", 1024, 0, 1 << 30);
-  preference.truncation.max_length = max_length == 0 ? config.max_position_embeddings : max_length;
-  LAMINA_CHECK(preference.truncation.max_length <= config.max_position_embeddings, name, ": --max-length ",
-               preference.truncation.max_length, " is longer than the model's context (max_position_embeddings ",
-               config.max_position_embeddings, "): give --max-length ", config.max_position_embeddings, " or less");
-  options.seq_len = preference.truncation.max_length;  // the longest row, for the memory estimate
-  options.pack = false;
-  // Rows per forward: a pair's chosen and rejected (the reference adds its own forwards).
-  train::TrainOptions memory_options = options;
-  memory_options.batch_size *= 2;
-  memory_options.micro_batch_size *= 2;
-  train::check_model_fits(config, memory_options);
-  const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
-  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
-  const TokenizerFiles tokenizer_files = model_tokenizer_files(model_path, parser.value("tokenizer"));
-  check_vocabulary(tok, tokenizer_path, config, config_path);
-  train::PreferenceDataOptions data_options;
-  data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
-  data_options.truncation = preference.truncation;
-  data_options.skip_malformed = parser.is_set("skip-malformed");
-  const auto read = [&](const std::string& path) {
-    train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
-    if (const std::string summary = data.stats.summary(); !summary.empty())
-      std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
-    return data;
-  };
-  train::PreferenceData data = read(data_path);
-  train::PreferenceData validation;
-  if (const std::optional<std::string> path = parser.value("validation")) validation = read(*path);
-  std::fprintf(stderr, "data: %s, %zu pairs, %zu labelled completions%s\n", train::preference_layout_name(data.layout).c_str(),
-               data.pairs.size(), data.unpaired.size(),
-               parser.is_set("validation") ? str_cat("; validation ", validation.pairs.size() + validation.unpaired.size(),
-                                                     " examples").c_str()
-                                           : "");
-  auto objective = std::make_unique<train::PreferenceObjective>(preference, options, std::move(data), std::move(validation));
+  PairInputs inputs = read_pair_inputs(parser, name, model_path, data_path, preference.truncation, options);
+  auto objective = std::make_unique<train::PreferenceObjective>(preference, options, std::move(inputs.data),
+                                                                std::move(inputs.validation));
   const train::PreferenceObjective& objective_view = *objective;
   auto model = load_start_model(model_path, options);
   train::Trainer trainer(model, options, std::move(objective));
   std::fprintf(stderr, "loss %s, reference %s\n", objective_view.loss().name.c_str(),
                train::reference_kind_name(objective_view.reference()));
   trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();
-  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(inputs.tokenizer_files, folder); };
   json::Value last;
   trainer.on_metrics = [&](const json::Value& line) { last = line; };
   trainer.run(start);
@@ -363,43 +385,11 @@ int run_train_reward(const Arguments& args) {
   } catch (const Error& error) {
     throw UsageError(str_cat(name, ": ", error.what()), str_cat("run '", name, " --help'"));
   }
-  const bool from_gguf = is_gguf_file(model_path);
-  const std::string config_path = from_gguf ? model_path : (fs::path(model_path) / "config.json").string();
-  const llama::LlamaConfig config =
-      from_gguf ? gguf::llama_config_from_gguf(gguf::File::open(model_path)) : llama::LlamaConfig::load(config_path);
-  const int64_t max_length = parser.int_value("max-length", 1024, 0, 1 << 30);
-  reward.truncation.max_length = max_length == 0 ? config.max_position_embeddings : max_length;
-  LAMINA_CHECK(reward.truncation.max_length <= config.max_position_embeddings, name, ": --max-length ",
-               reward.truncation.max_length, " is longer than the model's context (max_position_embeddings ",
-               config.max_position_embeddings, ")");
-  options.seq_len = reward.truncation.max_length;
-  options.pack = false;
-  train::TrainOptions memory_options = options;  // a pair is two rows
-  memory_options.batch_size *= 2;
-  memory_options.micro_batch_size *= 2;
-  train::check_model_fits(config, memory_options);
-  const std::string tokenizer_path = parser.value("tokenizer").value_or(model_path);
-  const tokenizer::Tokenizer tok = load_model_tokenizer(model_path, parser.value("tokenizer"));
-  const TokenizerFiles tokenizer_files = model_tokenizer_files(model_path, parser.value("tokenizer"));
-  check_vocabulary(tok, tokenizer_path, config, config_path);
-  train::PreferenceDataOptions data_options;
-  data_options.chat = tokenizer::detect_chat_options(tokenizer_path, tok);
-  data_options.truncation = reward.truncation;
-  data_options.skip_malformed = parser.is_set("skip-malformed");
-  const auto read = [&](const std::string& path) {
-    train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
-    if (const std::string summary = data.stats.summary(); !summary.empty())
-      std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
-    return data;
-  };
-  train::PreferenceData data = read(data_path);
-  train::PreferenceData validation;
-  if (const std::optional<std::string> path = parser.value("validation")) validation = read(*path);
-  std::fprintf(stderr, "data: %zu pairs%s\n", data.pairs.size(),
-               parser.is_set("validation") ? str_cat("; validation ", validation.pairs.size(), " pairs").c_str() : "");
-  auto objective = std::make_unique<train::RewardObjective>(reward, options, std::move(data), std::move(validation));
+  PairInputs inputs = read_pair_inputs(parser, name, model_path, data_path, reward.truncation, options);
+  auto objective = std::make_unique<train::RewardObjective>(reward, options, std::move(inputs.data),
+                                                            std::move(inputs.validation));
   std::shared_ptr<llama::LlamaForSequenceClassification> model;
-  if (!from_gguf && is_reward_model_folder(model_path)) {
+  if (!is_gguf_file(model_path) && is_reward_model_folder(model_path)) {
     model = llama::LlamaForSequenceClassification::load(model_path);
     LAMINA_CHECK(!options.qlora, name, ": --qlora quantizes a causal LM as it loads; a reward-model folder loads whole "
                  "(quantize it after loading is not supported yet): drop --qlora");
@@ -408,14 +398,14 @@ int run_train_reward(const Arguments& args) {
     // A fresh head on the causal LM's trunk; the padding id is the tokenizer's pad token where it
     // has one (as TRL sets it), so that the saved model pools as transformers will.
     llama::ScoreHeadOptions head;
-    if (const std::optional<int32_t> pad = tok.added_token_id("<|finetune_right_pad_id|>")) head.pad_token_id = *pad;
+    if (inputs.pad_token_id) head.pad_token_id = *inputs.pad_token_id;
     Generator generator(options.seed);
     const auto causal = load_start_model(model_path, options);
     model = llama::LlamaForSequenceClassification::from_causal_lm(*causal, head, generator);
     std::fprintf(stderr, "model: %s's trunk with a new score head\n", model_path.c_str());
   }
   train::Trainer trainer(model, options, std::move(objective));
-  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
+  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(inputs.tokenizer_files, folder); };
   json::Value last;
   trainer.on_metrics = [&](const json::Value& line) { last = line; };
   trainer.run(start);

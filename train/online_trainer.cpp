@@ -471,7 +471,7 @@ struct OnlineObjective::Impl {
         family == Family::pairs ? ranked_pairs(scores.total, group) : std::pair<std::vector<int64_t>, std::vector<int64_t>>{};
 
     StepResult result;
-    std::vector<std::pair<std::string, double>> loss_metrics;
+    MetricsAverage loss_metrics;
     std::vector<double> sequence_kl;  // rloo: S_old - S_ref per row
     const int64_t rows_per_forward = prompts_per_forward * group;
     const Device device = model.device();
@@ -550,17 +550,9 @@ struct OnlineObjective::Impl {
       result.loss += weight * loss.loss.item<double>();
       mul(loss.loss, weight).backward();
       // The loss's own metrics, averaged over the micro-batches by their share of the rows.
-      const double share = double(end - begin) / double(total_rows);
-      for (const auto& [name, value] : loss.metrics.entries()) {
-        auto found = std::find_if(loss_metrics.begin(), loss_metrics.end(), [&](const auto& e) { return e.first == name; });
-        if (found == loss_metrics.end()) {
-          loss_metrics.emplace_back(name, 0.0);
-          found = loss_metrics.end() - 1;
-        }
-        found->second += share * value;
-      }
+      loss_metrics.add(loss.metrics, double(end - begin) / double(total_rows));
     }
-    for (const auto& [name, value] : loss_metrics) result.metrics.set(name, value);
+    for (const auto& [name, value] : loss_metrics.entries()) result.metrics.set(name, value);
     // The reward statistics over the whole step replace the micro-batches' averages.
     add_reward_metrics(result.metrics, scores, lengths, rollout.finish_reasons, group);
     const std::vector<double> advantages = completion_advantages(*definition, params, scores.total, lengths, sequence_kl);
@@ -691,7 +683,7 @@ struct OnlineObjective::Impl {
     std::sort(selected.begin(), selected.end());  // the pool's order within a step
 
     StepResult result;
-    std::vector<std::pair<std::string, double>> loss_metrics;
+    MetricsAverage loss_metrics;
     const int64_t total_rows = 2 * int64_t(selected.size());
     const Device device = model.device();
     const double temperature = options.temperature > 0 ? options.temperature : 1.0;
@@ -726,16 +718,9 @@ struct OnlineObjective::Impl {
       const double weight = double(rows) / double(total_rows);
       result.loss += weight * loss.loss.item<double>();
       mul(loss.loss, weight).backward();
-      for (const auto& [name, value] : loss.metrics.entries()) {
-        auto found = std::find_if(loss_metrics.begin(), loss_metrics.end(), [&](const auto& e) { return e.first == name; });
-        if (found == loss_metrics.end()) {
-          loss_metrics.emplace_back(name, 0.0);
-          found = loss_metrics.end() - 1;
-        }
-        found->second += weight * value;
-      }
+      loss_metrics.add(loss.metrics, weight);
     }
-    for (const auto& [name, value] : loss_metrics) result.metrics.set(name, value);
+    for (const auto& [name, value] : loss_metrics.entries()) result.metrics.set(name, value);
     for (const auto& [name, value] : pool.metrics.as_object()) result.metrics.set(name, value);
     steps_done = step;
     return result;

@@ -277,7 +277,7 @@ struct PreferenceObjective::Impl {
   // `backward`, each micro-batch's weighted loss is back-propagated as it is computed.
   StepResult run(llama::LlamaForCausalLM& model, const std::vector<int64_t>& indices, bool validation, bool backward) {
     StepResult result;
-    std::vector<std::pair<std::string, double>> sums;
+    MetricsAverage sums;
     const double total = double(indices.size());
     for (size_t start = 0; start < indices.size(); start += size_t(micro_batch_size)) {
       const std::vector<int64_t> micro(indices.begin() + int64_t(start),
@@ -286,16 +286,9 @@ struct PreferenceObjective::Impl {
       const LossResult loss = micro_batch_loss(model, micro, validation, result.tokens);
       result.loss += weight * loss.loss.item<double>();
       if (backward) mul(loss.loss, weight).backward();
-      for (const auto& [name, value] : loss.metrics.entries()) {
-        auto found = std::find_if(sums.begin(), sums.end(), [&](const auto& entry) { return entry.first == name; });
-        if (found == sums.end()) {
-          sums.emplace_back(name, 0.0);
-          found = sums.end() - 1;
-        }
-        found->second += weight * value;
-      }
+      sums.add(loss.metrics, weight);
     }
-    for (const auto& [name, value] : sums) result.metrics.set(name, value);
+    for (const auto& [name, value] : sums.entries()) result.metrics.set(name, value);
     return result;
   }
 

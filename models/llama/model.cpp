@@ -464,24 +464,29 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
   return model;
 }
 
-void LlamaForCausalLM::save(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes) const {
-  namespace fs = std::filesystem;
+LlamaConfig LlamaWithHead::save_weights(const std::string& directory, std::optional<DType> dtype,
+                                        uint64_t max_shard_bytes, const char* who) const {
   // A plain HF folder has no adapter tensors (and no 4-bit weights): those are saved as a PEFT
   // folder (models/io/peft.h) or merged first (nn::merge_and_unload).
   for (const auto& [path, linear] : nn::named_linears(*this)) {
-    LAMINA_CHECK(linear->adapter_names().empty(), "LlamaForCausalLM::save: ", path,
+    LAMINA_CHECK(linear->adapter_names().empty(), who, "::save: ", path,
                  " carries LoRA adapters; save them as a PEFT folder or merge them into the weights first");
-    LAMINA_CHECK(linear->base_4bit() == nullptr, "LlamaForCausalLM::save: ", path,
+    LAMINA_CHECK(linear->base_4bit() == nullptr, who, "::save: ", path,
                  " holds a 4-bit base weight, which a Hugging Face folder of full-precision weights cannot hold");
   }
-  fs::create_directories(directory);
-  LlamaConfig config = config_;
-  config.dtype = dtype.value_or(dtype_);
+  std::filesystem::create_directories(directory);
+  LlamaConfig saved = config();
+  saved.dtype = dtype.value_or(this->dtype());
   safetensors::NamedTensors tensors;
   for (const auto& [name, parameter] : named_parameters())
-    tensors.emplace_back(name, parameter.dtype() == config.dtype ? parameter : ops::cast(parameter, config.dtype));
+    tensors.emplace_back(name, parameter.dtype() == saved.dtype ? parameter : ops::cast(parameter, saved.dtype));
   safetensors::save_checkpoint(directory, tensors, max_shard_bytes);
-  io::write_file_atomically((fs::path(directory) / "config.json").string(), config.to_json().dump(2) + "\n");
+  return saved;
+}
+
+void LlamaForCausalLM::save(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes) const {
+  const LlamaConfig saved = save_weights(directory, dtype, max_shard_bytes, "LlamaForCausalLM");
+  io::write_file_atomically((std::filesystem::path(directory) / "config.json").string(), saved.to_json().dump(2) + "\n");
 }
 
 }  // namespace lamina::llama

@@ -156,6 +156,14 @@ class LlamaWithHead : public nn::Module {
                     uint64_t max_shard_bytes = uint64_t(5) << 30) const = 0;
   // A folder this class saved, loaded as this class (how a checkpoint is read back).
   virtual std::shared_ptr<LlamaWithHead> load_like(const std::string& directory, DType dtype) const = 0;
+
+ protected:
+  // What every save() does but config.json: refuses LoRA adapters and 4-bit bases (a plain HF
+  // folder holds neither: save a PEFT folder, or merge, first), writes the weights in `dtype`
+  // (default: the model's own) and returns the config to write beside them, its dtype set.
+  // `who` names the class in errors.
+  LlamaConfig save_weights(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes,
+                           const char* who) const;
 };
 
 class LlamaForCausalLM : public LlamaWithHead {

@@ -353,20 +353,7 @@ std::shared_ptr<LlamaForSequenceClassification> LlamaForSequenceClassification::
 
 void LlamaForSequenceClassification::save(const std::string& directory, std::optional<DType> dtype,
                                           uint64_t max_shard_bytes) const {
-  // As LlamaForCausalLM::save: adapters and 4-bit bases have no place in a plain HF folder.
-  for (const auto& [path, linear] : nn::named_linears(*this)) {
-    LAMINA_CHECK(linear->adapter_names().empty(), "LlamaForSequenceClassification::save: ", path,
-                 " carries LoRA adapters; save them as a PEFT folder or merge them into the weights first");
-    LAMINA_CHECK(linear->base_4bit() == nullptr, "LlamaForSequenceClassification::save: ", path,
-                 " holds a 4-bit base weight, which a Hugging Face folder of full-precision weights cannot hold");
-  }
-  fs::create_directories(directory);
-  LlamaConfig config = config_;
-  config.dtype = dtype.value_or(dtype_);
-  safetensors::NamedTensors tensors;
-  for (const auto& [name, parameter] : named_parameters())
-    tensors.emplace_back(name, parameter.dtype() == config.dtype ? parameter : ops::cast(parameter, config.dtype));
-  safetensors::save_checkpoint(directory, tensors, max_shard_bytes);
+  const LlamaConfig config = save_weights(directory, dtype, max_shard_bytes, "LlamaForSequenceClassification");
   json::Value config_json = config.to_json();
   config_json.set("architectures", json::Array{kArchitecture});
   // transformers keeps the label count as the size of these maps (LABEL_i is its default name).

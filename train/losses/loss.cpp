@@ -1,5 +1,6 @@
 #include "train/losses/loss.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -243,6 +244,17 @@ InputSpec frozen_tokens(std::string name, std::string mask, std::string help, bo
 
 InputSpec data_scalar(std::string name, ValueKind kind, std::string help, bool required) {
   return {std::move(name), InputShape::scalar, InputRole::data, kind, required, std::move(help), ""};
+}
+
+void MetricsAverage::add(const Metrics& metrics, double weight) {
+  for (const auto& [name, value] : metrics.entries()) {
+    auto found = std::find_if(sums_.begin(), sums_.end(), [&](const auto& entry) { return entry.first == name; });
+    if (found == sums_.end()) {
+      sums_.emplace_back(name, 0.0);
+      found = sums_.end() - 1;
+    }
+    found->second += weight * value;
+  }
 }
 
 }  // namespace lamina::train

@@ -71,6 +71,17 @@ class Metrics {
   std::vector<std::pair<std::string, double>> entries_;
 };
 
+// Metrics of several micro-batches averaged with their weights (their shares of a step), in the
+// order the names first appear.
+class MetricsAverage {
+ public:
+  void add(const Metrics& metrics, double weight);
+  const std::vector<std::pair<std::string, double>>& entries() const { return sums_; }
+
+ private:
+  std::vector<std::pair<std::string, double>> sums_;
+};
+
 struct LossResult {
   Tensor loss;    // scalar, on the autograd graph: loss.backward() fills the policy inputs' grads
   Tensor losses;  // [B] per-example losses whose mean is `loss` (undefined for batch-level losses)
