@@ -281,7 +281,12 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
 }
 
 void LlamaForCausalLM::to(Device device, DType dtype) {
-  LAMINA_CHECK(is_floating(dtype), "LlamaForCausalLM::to: parameters must be floating, got ", dtype_name(dtype));
+  move_weights(device, dtype, "LlamaForCausalLM");
+  dtype_ = dtype;
+}
+
+void LlamaWithHead::move_weights(Device device, DType dtype, const char* who) {
+  LAMINA_CHECK(is_floating(dtype), who, "::to: parameters must be floating, got ", dtype_name(dtype));
   autograd::NoGradGuard no_grad;
   for (const auto& [name, parameter] : named_parameters()) {
     // Cast where the weights are, then move: a CPU-to-GPU move of bf16 carries half the bytes.
@@ -292,7 +297,6 @@ void LlamaForCausalLM::to(Device device, DType dtype) {
   for (const auto& [path, linear] : nn::named_linears(*this))
     if (const ops::Quantized4Bit* q = linear->base_4bit(); q != nullptr && q->device() != device)
       linear->set_base_4bit(q->to(device));
-  dtype_ = dtype;
 }
 
 void LlamaForCausalLM::init_parameters(Generator& generator) {

@@ -164,6 +164,9 @@ class LlamaWithHead : public nn::Module {
   // `who` names the class in errors.
   LlamaConfig save_weights(const std::string& directory, std::optional<DType> dtype, uint64_t max_shard_bytes,
                            const char* who) const;
+  // What every to() does but record the new dtype: each parameter cast (where it is) and moved,
+  // 4-bit bases moved with their codes. `who` names the class in errors.
+  void move_weights(Device device, DType dtype, const char* who);
 };
 
 class LlamaForCausalLM : public LlamaWithHead {

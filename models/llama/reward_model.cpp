@@ -287,16 +287,7 @@ void LlamaForSequenceClassification::init_score(Generator& generator) {
 }
 
 void LlamaForSequenceClassification::to(Device device, DType dtype) {
-  LAMINA_CHECK(is_floating(dtype), "LlamaForSequenceClassification::to: parameters must be floating, got ",
-               dtype_name(dtype));
-  autograd::NoGradGuard no_grad;
-  for (const auto& [name, parameter] : named_parameters()) {
-    const Tensor converted = parameter.dtype() == dtype ? parameter : ops::cast(parameter, dtype);
-    parameter.set_data(ops::to_device(converted, device));
-  }
-  for (const auto& [path, linear] : nn::named_linears(*this))
-    if (const ops::Quantized4Bit* q = linear->base_4bit(); q != nullptr && q->device() != device)
-      linear->set_base_4bit(q->to(device));
+  move_weights(device, dtype, "LlamaForSequenceClassification");
   dtype_ = dtype;
 }
 

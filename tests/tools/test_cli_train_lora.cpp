@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "models/real_model.h"
+#include "tools/smollm2_questions.h"
 #include "tools/train_workspace.h"
 
 using namespace lamina;
@@ -173,16 +174,8 @@ TEST_CASE("LoRA SFT of SmolLM2 learns a reply style that carries over to held-ou
   // from 12 questions and must apply it to 4 others it never trained on, judged from generated
   // text (accuracy) and from the held-out loss.
   ScratchDir dir("cli-lora-heldout");
-  const std::vector<std::pair<std::string, std::string>> train = {
-      {"What color is the sky?", "Blue."},           {"How many legs does a dog have?", "Four."},
-      {"What is 2 plus 2?", "4."},                   {"What is the capital of Italy?", "Rome."},
-      {"Which animal says moo?", "A cow."},           {"What do bees make?", "Honey."},
-      {"What is frozen water called?", "Ice."},      {"How many days are in a week?", "Seven."},
-      {"What is the opposite of hot?", "Cold."},     {"Which planet do we live on?", "Earth."},
-      {"What do you use to write on paper?", "A pen."}, {"What season comes after winter?", "Spring."}};
-  const std::vector<std::pair<std::string, std::string>> held_out = {
-      {"What color is grass?", "Green."}, {"How many wheels does a bicycle have?", "Two."},
-      {"What is the capital of France?", "Paris."}, {"Which animal barks?", "A dog."}};
+  const QuestionAnswers& train = style_training_questions();
+  const QuestionAnswers& held_out = style_held_out_questions();
   const auto write_chats = [](const fs::path& path, const std::vector<std::pair<std::string, std::string>>& pairs) {
     std::ofstream out(path);
     for (const auto& [question, answer] : pairs)

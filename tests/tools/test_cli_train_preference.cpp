@@ -13,6 +13,8 @@
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
 #include "tools/cli_runner.h"
+#include "tools/smollm2_questions.h"
+#include "tools/train_workspace.h"
 
 using namespace lamina;
 using namespace lamina::testing;
@@ -24,11 +26,7 @@ namespace {
 // number and whose rejected one is another.
 struct PreferenceWorkspace : ScratchDir {
   PreferenceWorkspace() : ScratchDir("cli-train-preference") {
-    llama::LlamaConfig config = byte_level_llama_config();
-    config.initializer_range = 0.3;  // logits that depend visibly on the input
-    const auto model = random_llama(config, 3);
-    model->save(*this / "model");
-    std::ofstream(path / "model" / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+    save_byte_level_model(*this / "model", 3, 0.3);  // logits that depend visibly on the input
     std::ofstream pairs(path / "pairs.jsonl");
     for (int i = 0; i < 8; ++i)
       pairs << R"({"prompt": "after )" << i << R"( comes", "chosen": " )" << i + 1 << R"(", "rejected": " )" << (i + 5) % 10
@@ -148,16 +146,8 @@ TEST_CASE("DPO with LoRA on SmolLM2 makes a preferred reply style carry over to 
   // Chosen answers open with "Certainly!", rejected ones are the same answers without it: 12
   // training questions, 4 held out. Judged from the held-out implicit rewards and from greedy text.
   ScratchDir dir("cli-dpo-smollm2");
-  const std::vector<std::pair<std::string, std::string>> train = {
-      {"What color is the sky?", "Blue."},           {"How many legs does a dog have?", "Four."},
-      {"What is 2 plus 2?", "4."},                   {"What is the capital of Italy?", "Rome."},
-      {"Which animal says moo?", "A cow."},           {"What do bees make?", "Honey."},
-      {"What is frozen water called?", "Ice."},      {"How many days are in a week?", "Seven."},
-      {"What is the opposite of hot?", "Cold."},     {"Which planet do we live on?", "Earth."},
-      {"What do you use to write on paper?", "A pen."}, {"What season comes after winter?", "Spring."}};
-  const std::vector<std::pair<std::string, std::string>> held_out = {
-      {"What color is grass?", "Green."}, {"How many wheels does a bicycle have?", "Two."},
-      {"What is the capital of France?", "Paris."}, {"Which animal barks?", "A dog."}};
+  const QuestionAnswers& train = style_training_questions();
+  const QuestionAnswers& held_out = style_held_out_questions();
   const auto write_pairs = [](const fs::path& path, const std::vector<std::pair<std::string, std::string>>& pairs) {
     std::ofstream out(path);
     for (const auto& [question, answer] : pairs)

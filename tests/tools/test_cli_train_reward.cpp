@@ -10,6 +10,7 @@
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
 #include "tools/cli_runner.h"
+#include "tools/train_workspace.h"
 
 using namespace lamina;
 using namespace lamina::testing;
@@ -21,10 +22,7 @@ namespace {
 // curt, after varied prompts: 12 to train on.
 struct RewardWorkspace : ScratchDir {
   RewardWorkspace() : ScratchDir("cli-train-reward") {
-    llama::LlamaConfig config = byte_level_llama_config();
-    config.initializer_range = 0.3;
-    random_llama(config, 5)->save(*this / "model");
-    std::ofstream(path / "model" / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+    save_byte_level_model(*this / "model", 5, 0.3);
     std::ofstream train(path / "train.jsonl"), held_out(path / "held_out.jsonl");
     for (int i = 0; i < 18; ++i)
       (i < 12 ? train : held_out) << R"({"prompt": "request )" << i << R"(:", "chosen": " yes, gladly", "rejected": " )"

@@ -3,6 +3,7 @@
 // on it (cli_runner.h).
 #pragma once
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -12,6 +13,15 @@
 #include "tools/cli_runner.h"
 
 namespace lamina::testing {
+
+// A random byte-level model (seed, weights drawn with `initializer_range`) saved with its
+// tokenizer.json in `folder`: the starting model of the CLI tests that fine-tune or align one.
+inline void save_byte_level_model(const std::string& folder, uint64_t seed, double initializer_range) {
+  llama::LlamaConfig config = byte_level_llama_config();
+  config.initializer_range = initializer_range;
+  random_llama(config, seed)->save(folder);
+  std::ofstream(std::filesystem::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+}
 
 // config.json (the byte-level preset), tokenizer.json, text.jsonl (30 lines) and chat.jsonl
 // (12 one-turn conversations).
