@@ -18,6 +18,7 @@
 #include "train/loss_curve.h"
 #include "models/llama/reward_model.h"
 #include "tools/train_online.h"
+#include "tools/train_refuel.h"
 #include "train/preference_trainer.h"
 #include "train/reward_trainer.h"
 #include "train/trainer.h"
@@ -422,7 +423,7 @@ int run_train_reward(const Arguments& args) {
 
 int run_train(const Arguments& args) {
   const std::string usage =
-      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward|grpo|rloo|online-dpo|inpo|rebel|spin> [flags]   ('lamina train <kind> --help' "
+      "usage: lamina train <pretrain|sft|preference|dpo|ipo|kto|orpo|simpo|cpo|reward|grpo|rloo|online-dpo|inpo|rebel|refuel|spin> [flags]   ('lamina train <kind> --help' "
       "for the flags)";
   if (args.empty()) throw UsageError("lamina train: say what to train: pretrain, sft or preference", usage);
   if (args[0] == "--help" || args[0] == "help") {
@@ -430,7 +431,8 @@ int run_train(const Arguments& args) {
                 "folder on prompt/completion or chat data\n  preference   align a model with an offline preference loss "
                 "(--loss) on chosen/rejected pairs\n  dpo, ipo, kto, orpo, simpo, cpo   the same with that loss\n  reward       a reward "
                 "model (score head) on chosen/rejected pairs, Bradley-Terry\n  grpo, rloo, online-dpo, inpo, rebel   online: sample "
-                "completions of prompts, score them (--reward), train on them\n  spin         self-play on SFT data: "
+                "completions of prompts, score them (--reward), train on them\n  refuel       online, multi-turn: dialogues with a simulated user, forked at a turn h, REBEL's "
+                "regression on the final rewards\n  spin         self-play on SFT data: "
                 "the data's answers against the model's own\n",
                 usage.c_str());
     return 0;
@@ -440,11 +442,12 @@ int run_train(const Arguments& args) {
   if (args[0] == "sft") return run_sft(rest);
   if (args[0] == "reward") return run_train_reward(rest);
   if (is_online_train_kind(args[0])) return run_train_online(rest, args[0]);
+  if (args[0] == "refuel") return run_train_refuel(rest);
   for (const PreferenceCommand& command : kPreferenceCommands)
     if (args[0] == command.name) return run_preference(rest, command);
   const std::string suggestion =
       closest_match(args[0], {"pretrain", "sft", "preference", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "reward",
-                              "grpo", "rloo", "online-dpo", "inpo", "rebel", "spin"});
+                              "grpo", "rloo", "online-dpo", "inpo", "rebel", "refuel", "spin"});
   throw UsageError("lamina train: unknown kind '" + args[0] + "'" + (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    usage);
 }
