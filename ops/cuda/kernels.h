@@ -104,6 +104,20 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& mask,
                         bool causal, double scale);
 
+// flash_attention.cu: the fused attention (ops/cpu/flash_attention.h's contract) for bf16, f16
+// and f32: q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D] contiguous of one dtype, D <= 128; out in
+// that dtype, lse (and the backward's lse) f32 [B, Hq, Tq]; mask undefined or an f32 view on the
+// device broadcast to [B, Hq, Tq, Tk]. `pattern` is the one `resolved` was made from (its
+// document ids and layout are copied to the device); tiles are classified on the host by
+// resolved.classify. dq, dk, dv contiguous in the input dtype; deterministic (no atomics).
+void flash_attention(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const AttentionPattern& pattern, const ResolvedAttentionPattern& resolved, const Tensor& mask,
+                     double scale);
+void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                              const AttentionPattern& pattern, const ResolvedAttentionPattern& resolved,
+                              const Tensor& mask, double scale);
+
 // index.cu: indices already range-checked; index_select/index_add take contiguous data.
 void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index);
 void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
