@@ -274,7 +274,8 @@ namespace lamina::ops {
 // scale defaults to 1 / sqrt(D). Tiled with an online softmax: no Tq x Tk buffer is ever
 // allocated (the largest is a transposed copy of k, or of k and v in the backward), tiles the
 // pattern leaves empty are skipped, and a query that sees no key gets out 0 and lse -inf.
-// bf16/f16 are computed in f32. CPU and CUDA kernels (the CUDA one written and compiled, not yet run on a GPU: docs/gpu-status.md).
+// bf16/f16 are computed in f32. CPU and CUDA kernels (the CUDA one written and compiled, not yet
+// run on a GPU: docs/gpu-status.md).
 AttentionResult flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionPattern& pattern,
                                 std::optional<double> scale = std::nullopt);
 // dq, dk, dv (dk/dv summed over each kv head's query heads), recomputing the scores tile by tile
