@@ -3,7 +3,8 @@
 // and trains on them (train/online_trainer.h). `spin` reads SFT data instead ({"prompt",
 // "completion"} or chat lines ending with the assistant's answer) and pairs each answer with a
 // response of the policy, without a reward. The pair kinds and spin train in iterations of
-// --iteration-steps steps on a pool sampled at each iteration's start. The training flags are
+// --iteration-steps steps on a pool sampled at each iteration's start. online-dpo and inpo may
+// take a pairwise judge (--judge, train/judges.h) instead of a reward. The training flags are
 // every trainer's (tools/train_support.h), with TRL's GRPOConfig defaults for the optimizer (lr
 // 1e-6 decaying linearly to 0, no weight decay, AdamW beta2 0.999); prompts per step replace
 // --batch-size.
@@ -14,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 #include "models/io/gguf.h"
 #include "models/io/gguf_llama.h"
@@ -24,6 +26,7 @@
 #include "tools/args.h"
 #include "tools/model_files.h"
 #include "tools/train_support.h"
+#include "train/judges.h"
 #include "train/online_trainer.h"
 #include "train/preference_data.h"
 #include "train/trainer.h"
@@ -40,14 +43,15 @@ struct OnlineKind {
   bool loss_choice;           // whether --loss picks among the GRPO-style losses
   bool iterations;            // whether it trains in iterations (--iteration-steps)
   bool spin;                  // SFT data (--data) and no reward: SPIN
+  bool judge;                 // whether a pairwise judge (--judge) may make the pairs
 };
 constexpr OnlineKind kOnlineKinds[] = {
-    {"grpo", "grpo", 8, true, false, false},
-    {"rloo", "rloo", 2, false, false, false},
-    {"online-dpo", "online_dpo", 2, false, true, false},
-    {"inpo", "inpo", 2, false, true, false},
-    {"rebel", "rebel", 2, false, true, false},
-    {"spin", "spin", 1, false, true, true},
+    {"grpo", "grpo", 8, true, false, false, false},
+    {"rloo", "rloo", 2, false, false, false, false},
+    {"online-dpo", "online_dpo", 2, false, true, false, true},
+    {"inpo", "inpo", 2, false, true, false, true},
+    {"rebel", "rebel", 2, false, true, false, false},
+    {"spin", "spin", 1, false, true, true, false},
 };
 
 const OnlineKind& online_kind(const std::string& name) {
@@ -84,8 +88,16 @@ void add_flags(FlagParser& parser, const OnlineKind& kind) {
     parser.add_option("reward", "SPEC",
                       "exact_match (the final \\boxed{}, #### or 'the answer is' against the line's \"answer\"), "
                       "format[=REGEX], length=N, max_length=N, command=\"CMD\" (JSONL in, one {\"reward\": x} a line "
-                      "out), or weighted sums such as exact_match:1,format:0.2",
-                      "exact_match");
+                      "out), server=\"CMD\" (the same, one process for the run), reward_model=DIR (a lamina reward "
+                      "model's score; reward_model=\"DIR|adapter=ADAPTER_DIR\" with a LoRA adapter), or weighted sums "
+                      "such as exact_match:1,format:0.2",
+                      kind.judge ? "exact_match; none with --judge" : "exact_match");
+  if (kind.judge)
+    parser.add_option("judge", "SPEC",
+                      "a pairwise judge that picks the better of each prompt's two completions (then "
+                      "--num-generations is 2 and --reward optional): command=\"CMD\" (JSONL in, {\"prompt\", "
+                      "\"completions\": [a, b], ...} a line; one line out, 0 or 1 or {\"choice\": 0|1}), "
+                      "server=\"CMD\", or reward_model=DIR (the higher of the two scores)");
   if (kind.loss_choice)
     parser.add_option("loss", "NAME", "grpo, dr_grpo, dapo, simplerl_zoo, reinforce_pp or reinforce_pp_baseline", "grpo");
   if (!kind.spin) {
@@ -120,12 +132,11 @@ void add_flags(FlagParser& parser, const OnlineKind& kind) {
   add_training_flags(parser, TrainerKind::online, online_defaults());
 }
 
-// Each line's fields other than "prompt", by line number (the prompts' own reader keeps only
-// the prompt).
-std::map<int64_t, json::Value> line_fields(const std::string& path) {
+// Each line's "prompt" and its other fields, by line number, from the file's contents (read once,
+// with the prompts themselves: the preference reader keeps only the prompt).
+std::map<int64_t, json::Value> line_fields(const std::string& contents, const std::string& path) {
   std::map<int64_t, json::Value> out;
-  std::ifstream in(path, std::ios::binary);
-  LAMINA_CHECK(in.good(), "cannot open ", path);
+  std::istringstream in(contents);
   std::string line;
   int64_t number = 0;
   while (std::getline(in, line)) {
@@ -156,13 +167,16 @@ std::vector<train::OnlinePrompt> load_prompts(const std::string& path, const tok
                                               const train::PreferenceDataOptions& data_options,
                                               const llama::LlamaConfig& config, const std::string& command,
                                               int64_t& longest) {
-  train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
+  // Read once: the prompts and their fields come from the same bytes.
+  const std::string contents = io::read_regular_file(path, "prompt file");
+  std::istringstream stream(contents);
+  train::PreferenceData data = train::read_preference_jsonl(stream, path, tok, data_options);
   if (const std::string summary = data.stats.summary(); !summary.empty())
     std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
   LAMINA_CHECK(data.layout == train::PreferenceLayout::prompt_only, path, ": ", command,
                " samples its own completions: it needs prompt-only lines {\"prompt\", ...}, not ",
                train::preference_layout_name(data.layout), " lines");
-  const std::map<int64_t, json::Value> fields = line_fields(path);
+  const std::map<int64_t, json::Value> fields = line_fields(contents, path);
   std::vector<int64_t> chat_stops;
   for (int32_t id : tokenizer::stop_token_ids(tok, data_options.chat.format)) chat_stops.push_back(id);
   std::vector<train::OnlinePrompt> prompts;
@@ -280,7 +294,9 @@ int run_train_online(const Arguments& args, const std::string& kind_name) {
                         : str_cat("Trains a Llama model online with ",
                                   kind.loss_choice ? "GRPO (or --loss)" : kind.default_loss,
                                   ": each step samples --num-generations completions of --prompts-per-step prompts with "
-                                  "the model itself, scores them with --reward, and updates on them",
+                                  "the model itself, scores them with --reward",
+                                  kind.judge ? " (or has --judge pick the better of each prompt's two)" : "",
+                                  ", and updates on them",
                                   kind.iterations ? " (with --iteration-steps K: each iteration samples a pool once and "
                                                     "trains K steps on it)"
                                                   : "",
@@ -322,12 +338,25 @@ int run_train_online(const Arguments& args, const std::string& kind_name) {
   } catch (const Error& error) {
     throw UsageError(str_cat(command, ": ", error.what()), str_cat("run '", command, " --help'"));
   }
-  // The reward spec is checked before anything is loaded (SPIN has none).
-  const std::string reward_spec = kind.spin ? "" : parser.value("reward").value_or("exact_match");
-  const std::string reward_name = kind.spin ? "none" : train::make_reward(reward_spec)->spec();
-  if (kind.spin && parser.value("validation"))
-    throw UsageError(str_cat(command, ": --validation scores held-out completions with a reward, which SPIN has not"),
-                     str_cat("run '", command, "' without --validation"));
+  // The reward and the judge are made (a reward model loaded) once, before the policy is loaded.
+  // SPIN has no reward; with a judge the reward is optional.
+  const std::optional<std::string> judge_spec = kind.judge ? parser.value("judge") : std::nullopt;
+  const std::optional<std::string> reward_spec =
+      kind.spin ? std::nullopt : judge_spec ? parser.value("reward") : parser.value("reward").value_or("exact_match");
+  if (judge_spec && parser.is_set("num-generations") && parser.int_value("num-generations", 2, 2, 1 << 16) != 2)
+    throw UsageError(str_cat(command, ": a --judge compares two completions of each prompt: --num-generations must "
+                             "be 2 with it"),
+                     str_cat("drop --num-generations, or --judge to rank ", parser.value("num-generations").value_or(""),
+                             " completions by --reward"));
+  if (!reward_spec && parser.value("validation"))
+    throw UsageError(str_cat(command, ": --validation scores held-out completions with a reward, which ",
+                             kind.spin ? "SPIN has not" : "this run has not (--judge without --reward)"),
+                     kind.spin ? str_cat("run '", command, "' without --validation")
+                               : std::string("give --reward too, or drop --validation"));
+  std::unique_ptr<train::Reward> reward = reward_spec ? train::make_reward(*reward_spec) : nullptr;
+  std::unique_ptr<train::PairwiseJudge> judge = judge_spec ? train::make_judge(*judge_spec) : nullptr;
+  const std::string reward_name = reward ? reward->spec() : "none";
+  const std::string judge_name = judge ? str_cat(", judge ", judge->spec()) : "";
 
   train::TrainOptions options = training_options(parser, online_defaults());
   options.batch_size = parser.int_value("prompts-per-step", 4, 1, 1 << 20);
@@ -379,13 +408,13 @@ int run_train_online(const Arguments& args, const std::string& kind_name) {
     return decoder_tokenizer->decode(ids, decode_options);
   };
   auto objective = std::make_unique<train::OnlineObjective>(
-      online, options, std::move(prompts), kind.spin ? nullptr : train::make_reward(reward_spec), decode,
-      std::move(validation));
+      online, options, std::move(prompts), std::move(reward), decode, std::move(validation), std::move(judge));
   const train::OnlineObjective& view = *objective;
   auto model = load_start_model(model_path, options);
   train::Trainer trainer(model, options, std::move(objective));
-  std::fprintf(stderr, "loss %s, reference %s, reward %s, %lld prompts x %lld completions a step%s\n",
+  std::fprintf(stderr, "loss %s, reference %s, reward %s%s, %lld prompts x %lld completions a step%s\n",
                view.loss().name.c_str(), train::reference_kind_name(view.reference()), reward_name.c_str(),
+               judge_name.c_str(),
                (long long)options.batch_size, (long long)online.num_generations,
                online.iterates() ? str_cat(", iterations of ", online.iteration_steps, " steps").c_str() : "");
   trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();

@@ -72,7 +72,7 @@ LossInputs pair_loss_inputs(const std::string& loss, const Tensor& policy_chosen
     inputs.set("first_rewards", tensor_like(chosen_scores, policy_chosen));
     inputs.set("second_rewards", tensor_like(rejected_scores, policy_chosen));
   }
-  if (loss == "online_dpo") {
+  if (loss == "online_dpo" && !chosen_scores.empty()) {  // for its metrics; none with a judge alone
     inputs.set("chosen_scores", tensor_like(chosen_scores, policy_chosen));
     inputs.set("rejected_scores", tensor_like(rejected_scores, policy_chosen));
   }
@@ -265,7 +265,8 @@ struct OnlineObjective::Impl {
   Hyperparameters params;
   ReferenceKind reference = ReferenceKind::none;
   std::vector<OnlinePrompt> prompts, validation;
-  std::unique_ptr<Reward> reward;
+  std::unique_ptr<Reward> reward;    // null: SPIN, or a judge alone
+  std::unique_ptr<PairwiseJudge> judge;  // decides the pairs when set
   CompletionDecoder decode;
   int64_t prompts_per_step = 0, prompts_per_forward = 0;
   uint64_t seed = 0;
@@ -409,7 +410,7 @@ struct OnlineObjective::Impl {
       line.set("completion", valid_utf8_text(texts[row]));
       line.set("tokens", int64_t(rollout.completions[row].size()));
       line.set("finish_reason", rollout.finish_reasons[row]);
-      if (family != Family::spin) line.set("reward", scores.total[row]);
+      if (!scores.total.empty()) line.set("reward", scores.total[row]);
       if (!scores.parts.empty()) {
         json::Value parts = json::Object{};
         for (const auto& [name, values] : scores.parts) parts.set(name, values[row]);
@@ -447,7 +448,8 @@ struct OnlineObjective::Impl {
       out.lengths.push_back(double(rollout.completions[size_t(r)].size()));
       out.total_tokens += out.lengths.back();
     }
-    if (family == Family::spin) return out;  // no reward: the data's answer is the preferred response
+    // No reward: SPIN (the data's answer is the preferred response), or a judge alone.
+    if (reward == nullptr) return out;
     out.scores = reward->score(reward_inputs);
     LAMINA_CHECK(out.scores.total.size() == size_t(total_rows), "online: the reward gave ", out.scores.total.size(),
                  " scores for ", total_rows, " completions");
@@ -455,6 +457,34 @@ struct OnlineObjective::Impl {
       LAMINA_CHECK(std::isfinite(out.scores.total[i]), "online: the reward of completion ", i, " of step ", step,
                    " is not finite (", out.scores.total[i], ")");
     return out;
+  }
+
+  // The chosen and rejected row of each group: the judge's choice of its two completions, else
+  // the best and worst by reward.
+  std::pair<std::vector<int64_t>, std::vector<int64_t>> choose_pairs(const Rollout& rollout, const Scored& scored) const {
+    if (!judge) return ranked_pairs(scored.scores.total, options.num_generations);
+    std::vector<JudgeInput> pairs;
+    for (size_t row = 0; row + 1 < rollout.completions.size(); row += 2) {
+      const OnlinePrompt& prompt = prompts[size_t(rollout.prompt_of_row[row])];
+      pairs.push_back({prompt.prompt, scored.texts[row], scored.texts[row + 1], prompt.fields});
+    }
+    const std::vector<int> choices = judge->judge(pairs);
+    LAMINA_CHECK(choices.size() == pairs.size(), "online: the judge gave ", choices.size(), " choices for ",
+                 pairs.size(), " pairs");
+    std::vector<int64_t> chosen, rejected;
+    for (size_t k = 0; k < choices.size(); ++k) {
+      chosen.push_back(int64_t(2 * k) + choices[k]);
+      rejected.push_back(int64_t(2 * k) + 1 - choices[k]);
+    }
+    return {chosen, rejected};
+  }
+
+  // The reward statistics (with a reward) and the completions' (always) of a sampled batch.
+  void add_sample_metrics(json::Value& metrics, const Rollout& rollout, const Scored& scored) const {
+    if (scored.scores.total.empty())
+      add_completion_metrics(metrics, scored.lengths, rollout.finish_reasons);
+    else
+      add_reward_metrics(metrics, scored.scores, scored.lengths, rollout.finish_reasons, options.num_generations);
   }
 
   StepResult run_step(llama::LlamaForCausalLM& model, int64_t step) {
@@ -468,7 +498,7 @@ struct OnlineObjective::Impl {
     const double total_tokens = scored.total_tokens;
     const RewardScores& scores = scored.scores;
     const auto [chosen, rejected] =
-        family == Family::pairs ? ranked_pairs(scores.total, group) : std::pair<std::vector<int64_t>, std::vector<int64_t>>{};
+        family == Family::pairs ? choose_pairs(rollout, scored) : std::pair<std::vector<int64_t>, std::vector<int64_t>>{};
 
     StepResult result;
     MetricsAverage loss_metrics;
@@ -490,7 +520,10 @@ struct OnlineObjective::Impl {
         reference = completion_logprobs(reference_output, on(ids, where), on(mask, where), temperature).logps;
         reference = on(reference, policy.logps.device());
       }
-      const std::vector<double> micro_rewards(scores.total.begin() + begin, scores.total.begin() + end);
+      // (None with a judge alone, whose pairs need no rewards.)
+      const std::vector<double> micro_rewards =
+          scores.total.empty() ? std::vector<double>{}
+                               : std::vector<double>(scores.total.begin() + begin, scores.total.begin() + end);
       double micro_tokens = 0;
       for (int64_t r = begin; r < end; ++r) micro_tokens += lengths[size_t(r)];
       LossInputs inputs;
@@ -523,8 +556,10 @@ struct OnlineObjective::Impl {
             if (chosen[k] >= begin && chosen[k] < end) {
               local_chosen.push_back(chosen[k] - begin);
               local_rejected.push_back(rejected[k] - begin);
-              chosen_scores.push_back(scores.total[size_t(chosen[k])]);
-              rejected_scores.push_back(scores.total[size_t(rejected[k])]);
+              if (!scores.total.empty()) {
+                chosen_scores.push_back(scores.total[size_t(chosen[k])]);
+                rejected_scores.push_back(scores.total[size_t(rejected[k])]);
+              }
             }
           const Tensor chosen_index = on(Tensor::from_vector(local_chosen, {int64_t(local_chosen.size())}, DType::i64), sums.device());
           const Tensor rejected_index =
@@ -554,7 +589,7 @@ struct OnlineObjective::Impl {
     }
     for (const auto& [name, value] : loss_metrics.entries()) result.metrics.set(name, value);
     // The reward statistics over the whole step replace the micro-batches' averages.
-    add_reward_metrics(result.metrics, scores, lengths, rollout.finish_reasons, group);
+    add_sample_metrics(result.metrics, rollout, scored);
     const std::vector<double> advantages = completion_advantages(*definition, params, scores.total, lengths, sequence_kl);
     write_samples(step, rollout, scores, advantages, chosen, rejected, texts);
     steps_done = step;
@@ -606,18 +641,19 @@ struct OnlineObjective::Impl {
       add_completion_metrics(built.metrics, scored.lengths, rollout.finish_reasons);
       write_samples(step, rollout, scored.scores, {}, {}, {}, scored.texts);
     } else {
-      const auto [chosen, rejected] = ranked_pairs(scored.scores.total, options.num_generations);
+      const auto [chosen, rejected] = choose_pairs(rollout, scored);
+      const bool rewarded = !scored.scores.total.empty();
       for (size_t k = 0; k < chosen.size(); ++k) {
         PoolPair pair;
         pair.prompt = rollout.prompt_of_row[size_t(chosen[k])];
         pair.chosen = rollout.completions[size_t(chosen[k])];
         pair.rejected = rollout.completions[size_t(rejected[k])];
         pair.chosen_first = chosen[k] < rejected[k];
-        pair.chosen_reward = scored.scores.total[size_t(chosen[k])];
-        pair.rejected_reward = scored.scores.total[size_t(rejected[k])];
+        pair.chosen_reward = rewarded ? scored.scores.total[size_t(chosen[k])] : 0.0;
+        pair.rejected_reward = rewarded ? scored.scores.total[size_t(rejected[k])] : 0.0;
         built.pairs.push_back(std::move(pair));
       }
-      add_reward_metrics(built.metrics, scored.scores, scored.lengths, rollout.finish_reasons, options.num_generations);
+      add_sample_metrics(built.metrics, rollout, scored);
       write_samples(step, rollout, scored.scores, {}, chosen, rejected, scored.texts);
     }
     built.order = epoch_permutation(int64_t(built.pairs.size()), mix(seed ^ kPoolOrderSalt), step);
@@ -703,8 +739,10 @@ struct OnlineObjective::Impl {
         iterate_rejected.push_back(pair.iterate_rejected);
         reference_chosen.push_back(pair.reference_chosen);
         reference_rejected.push_back(pair.reference_rejected);
-        chosen_scores.push_back(pair.chosen_reward);
-        rejected_scores.push_back(pair.rejected_reward);
+        if (reward != nullptr) {
+          chosen_scores.push_back(pair.chosen_reward);
+          rejected_scores.push_back(pair.rejected_reward);
+        }
       }
       const auto fixed = [&](const std::vector<double>& values) { return on(tensor_like(values, sums), sums.device()); };
       const Tensor policy_chosen = index_select(sums, 0, chosen_index);
@@ -807,13 +845,22 @@ struct OnlineObjective::Impl {
 
 OnlineObjective::OnlineObjective(OnlineOptions options, const TrainOptions& train_options,
                                  std::vector<OnlinePrompt> prompts, std::unique_ptr<Reward> reward,
-                                 CompletionDecoder decode, std::vector<OnlinePrompt> validation) {
+                                 CompletionDecoder decode, std::vector<OnlinePrompt> validation,
+                                 std::unique_ptr<PairwiseJudge> judge) {
   const std::string loss_name = options.loss;
   impl_ = std::make_unique<Impl>(std::move(options), loss_name);
   Impl& impl = *impl_;
   impl.family = family_of(*impl.definition);
   const bool spin = impl.family == Family::spin;
-  LAMINA_CHECK(reward != nullptr || spin, "online: no reward");
+  if (judge != nullptr) {
+    LAMINA_CHECK(impl.definition->name == "online_dpo" || impl.definition->name == "inpo", "online: loss '",
+                 impl.definition->name, "' trains on rewards, not on a judge's choices: a pairwise judge is for "
+                 "online_dpo and inpo");
+    LAMINA_CHECK(impl.options.num_generations == 2, "online: a pairwise judge compares two completions: "
+                 "num_generations (--num-generations) must be 2 with a judge, not ", impl.options.num_generations);
+  }
+  LAMINA_CHECK(reward != nullptr || spin || judge != nullptr, "online: no reward (and no judge)");
+  impl.judge = std::move(judge);
   LAMINA_CHECK(decode != nullptr, "online: no completion decoder");
   impl.reward = std::move(reward);
   impl.decode = std::move(decode);
@@ -999,6 +1046,8 @@ json::Value OnlineObjective::settings() const {
   out.set("loss", impl_->definition->name);
   out.set("reference", reference_kind_name(impl_->reference));
   out.set("reward", impl_->reward ? impl_->reward->spec() : std::string("none"));
+  // Only with a judge, so that the settings of a run without one are what they were before judges.
+  if (impl_->judge) out.set("judge", impl_->judge->spec());
   return out;
 }
 

@@ -20,6 +20,9 @@
 //      (G consecutive rows form a group; num_generations is set to G), the completion mask;
 //      Online DPO, INPO and REBEL take each group's best and worst completion by reward as
 //      chosen/rejected (first/second for REBEL; the first of equal rewards; G = 2 is TRL's);
+//      with a pairwise judge (train/judges.h; online_dpo and inpo, G = 2) the judge's choice
+//      of each group's two completions is the chosen one instead, and the reward is optional
+//      (scored when given, for the metrics, samples and validation, but not deciding the pairs);
 //      with one step per iteration (the default), INPO's and REBEL's iterate π_t is the policy
 //      that sampled the batch;
 //   5. backpropagates each micro-batch's loss weighted by its share of the step (rows; tokens
@@ -56,7 +59,8 @@
 //   {"step", "prompt_index" (0-based, in the prompt file), "line" (1-based), "completion",
 //    "tokens", "finish_reason", "reward", "rewards" (a weighted reward's terms), "advantage"}
 // "advantage" is the one the loss uses for that completion (completion_advantages below);
-// the pair losses write "chosen": true / false (null: neither) instead; SPIN writes its
+// the pair losses write "chosen": true / false (null: neither) instead (with a judge: its
+// choice; "reward" only when there is a reward besides the judge); SPIN writes its
 // generated completions, without reward, with "chosen": false (the data's answer is the chosen).
 // A resumed run first drops the lines of steps after its checkpoint (the killed run wrote them;
 // the resumed run writes them again, identically), so the file always holds each step once.
@@ -80,6 +84,7 @@
 
 #include "train/losses/registry.h"
 #include "train/objective.h"
+#include "train/judges.h"
 #include "train/preference_trainer.h"
 #include "train/rewards.h"
 
@@ -142,9 +147,11 @@ class OnlineObjective : public Objective {
   // reference kind does not fit the loss or the model (the same rules as PreferenceObjective;
   // precomputed is refused: the completions are new each step), the iteration settings do not
   // fit (K < 1, M < P, K > 1 with a GRPO-style loss), or SPIN's prompts lack answers. SPIN
-  // needs no reward (null); every other loss does.
+  // needs no reward (null), nor does a run with a judge; every other loss does. A judge is for
+  // online_dpo and inpo with G = 2 only.
   OnlineObjective(OnlineOptions options, const TrainOptions& train_options, std::vector<OnlinePrompt> prompts,
-                  std::unique_ptr<Reward> reward, CompletionDecoder decode, std::vector<OnlinePrompt> validation = {});
+                  std::unique_ptr<Reward> reward, CompletionDecoder decode, std::vector<OnlinePrompt> validation = {},
+                  std::unique_ptr<PairwiseJudge> judge = nullptr);
   ~OnlineObjective() override;
 
   void prepare(llama::LlamaWithHead& model, const TrainOptions& options) override;

@@ -2,25 +2,16 @@
 // train/rewards.h).
 #include "train/rewards.h"
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <regex>
 
 #include "tensor/error.h"
-
-extern char** environ;
+#include "train/line_command.h"
+#include "train/model_reward.h"
 
 namespace lamina::train {
 namespace {
@@ -261,201 +252,25 @@ class RuleReward : public Reward {
   std::function<double(const RewardInput&)> rule_;
 };
 
-// ---- the external command
+// ---- the external command (train/line_command.h runs it)
 
-// A pipe's two ends, closed when it goes out of scope.
-struct Pipe {
-  int read = -1, write = -1;
-  Pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw Error(str_cat("reward command: cannot make a pipe: ", std::strerror(errno)));
-    read = fds[0];
-    write = fds[1];
-  }
-  ~Pipe() {
-    close_read();
-    close_write();
-  }
-  void close_read() {
-    if (read >= 0) ::close(read);
-    read = -1;
-  }
-  void close_write() {
-    if (write >= 0) ::close(write);
-    write = -1;
-  }
-};
-
-// SIGPIPE blocked in this thread while a judge's stdin is written (a judge that exits early
-// must give EPIPE, an error to report, not end lamina), and any SIGPIPE it raised consumed.
-struct SigpipeBlocked {
-  sigset_t pipe_set{}, previous{};
-  SigpipeBlocked() {
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &previous);
-  }
-  ~SigpipeBlocked() {
-    const timespec zero{0, 0};
-    while (sigtimedwait(&pipe_set, nullptr, &zero) > 0) {
-    }
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-  }
-};
-
-// A judge: /bin/sh -c COMMAND, its stdin and stdout piped to lamina, its stderr lamina's.
-class JudgeProcess {
- public:
-  explicit JudgeProcess(const std::string& command) : command_(command) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, to_child_.read, 0);
-    posix_spawn_file_actions_adddup2(&actions, from_child_.write, 1);
-    const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
-    const int spawned = posix_spawn(&pid_, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) throw Error(str_cat("reward command '", command, "' does not start: ", std::strerror(spawned)));
-    to_child_.close_read();
-    from_child_.close_write();
-    fcntl(to_child_.write, F_SETFL, fcntl(to_child_.write, F_GETFL) | O_NONBLOCK);
-  }
-  // Still running (an error path, or a server at the end of the run): its stdin is closed, which
-  // ends a well-behaved judge; one still running a few seconds later is killed.
-  ~JudgeProcess() {
-    to_child_.close_write();
-    from_child_.close_read();
-    if (pid_ <= 0 || exited_) return;
-    for (int tries = 0; tries < 300; ++tries) {
-      if (::waitpid(pid_, &status_, WNOHANG) == pid_) return;
-      ::usleep(10000);
-    }
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status_, 0);
-  }
-  JudgeProcess(const JudgeProcess&) = delete;
-  JudgeProcess& operator=(const JudgeProcess&) = delete;
-
-  // Writes `input` while reading what the judge writes into `output` (so that a judge that
-  // answers as it reads never blocks on a full pipe), until all of it is written and
-  // `answered(output)` holds, or the judge closes its stdout. With `then_close`, its stdin is
-  // closed once the input is written. Returns what went wrong writing, or "".
-  std::string exchange(const std::string& input, bool then_close, std::string& output,
-                       const std::function<bool(const std::string&)>& answered) {
-    LAMINA_CHECK(to_child_.write >= 0, "reward command '", command_, "': its input is closed already");
-    std::string write_error;
-    SigpipeBlocked blocked;
-    size_t written = 0;
-    bool writing = true;
-    const auto finish_writing = [&] {
-      writing = false;
-      if (then_close) to_child_.close_write();
-    };
-    if (input.empty()) finish_writing();
-    while ((writing || !answered(output)) && from_child_.read >= 0) {
-      pollfd fds[2];
-      int count = 0;
-      if (writing) fds[count++] = {to_child_.write, POLLOUT, 0};
-      fds[count++] = {from_child_.read, POLLIN, 0};
-      if (::poll(fds, nfds_t(count), -1) < 0) {
-        if (errno == EINTR) continue;
-        throw Error(str_cat("reward command '", command_, "': poll failed: ", std::strerror(errno)));
-      }
-      for (int k = 0; k < count; ++k) {
-        if (fds[k].revents == 0) continue;
-        if (writing && fds[k].fd == to_child_.write) {
-          const ssize_t n = ::write(to_child_.write, input.data() + written, input.size() - written);
-          if (n > 0) written += size_t(n);
-          if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            // It closed its stdin before reading everything: it exited, or stopped reading.
-            write_error = str_cat("it stopped reading its input after ", written, " of ", input.size(), " bytes (",
-                                  std::strerror(errno), ")");
-            to_child_.close_write();
-            writing = false;
-          } else if (written == input.size()) {
-            finish_writing();
-          }
-        } else if (fds[k].fd == from_child_.read) {
-          char buffer[4096];
-          const ssize_t n = ::read(from_child_.read, buffer, sizeof buffer);
-          if (n > 0) output.append(buffer, size_t(n));
-          else if (n == 0 || (errno != EAGAIN && errno != EINTR)) from_child_.close_read();
-        }
-      }
-    }
-    return write_error;
-  }
-
-  bool output_open() const { return from_child_.read >= 0; }
-
-  // Waits for it to exit; "" when it exited with status 0, else how it ended.
-  std::string wait() {
-    to_child_.close_write();
-    if (!exited_) {
-      while (::waitpid(pid_, &status_, 0) < 0 && errno == EINTR) {
-      }
-      exited_ = true;
-    }
-    if (WIFEXITED(status_) && WEXITSTATUS(status_) == 0) return "";
-    if (WIFEXITED(status_))
-      return str_cat("exited with status ", WEXITSTATUS(status_),
-                     WEXITSTATUS(status_) == 127 ? " (the shell could not run it)" : "");
-    if (WIFSIGNALED(status_)) return str_cat("was killed by signal ", WTERMSIG(status_));
-    return "ended abnormally";
-  }
-
- private:
-  std::string command_;
-  Pipe to_child_, from_child_;
-  pid_t pid_ = 0;
-  int status_ = 0;
-  bool exited_ = false;
-};
-
-size_t count_lines(const std::string& text) { return size_t(std::count(text.begin(), text.end(), '\n')); }
-
-// A JSON line's reward: a number, or an object's "reward".
-double reward_of_line(const std::string& command, const std::string& line, int64_t number) {
-  const auto fail = [&](const std::string& why) -> double {
-    throw Error(str_cat("reward command '", command, "': output line ", number, " ", why, ": ", line.substr(0, 200)));
-  };
+// A JSON answer line's reward: a number, or an object's "reward" (an Error says what is wrong;
+// LineCommand adds which command and line).
+double reward_of_line(const std::string& line) {
   json::Value value;
   try {
     value = json::parse(line, "reward command output");
   } catch (const Error& error) {
-    return fail(str_cat("is not JSON (", error.what(), ")"));
+    throw Error(str_cat("is not JSON (", error.what(), ")"));
   }
   const json::Value* reward = &value;
   if (value.is_object()) {
     reward = value.find("reward");
-    if (reward == nullptr) return fail("has no \"reward\" key");
+    if (reward == nullptr) throw Error("has no \"reward\" key");
   }
-  if (!reward->is_number()) return fail("is not a number or {\"reward\": number}");
-  if (!std::isfinite(reward->as_double())) return fail("is not a finite number");
+  if (!reward->is_number()) throw Error("is not a number or {\"reward\": number}");
+  if (!std::isfinite(reward->as_double())) throw Error("is not a finite number");
   return reward->as_double();
-}
-
-// The judge's lines as rewards: exactly one per completion.
-std::vector<double> rewards_of_output(const std::string& command, const std::string& output, size_t expected,
-                                      int64_t first_line) {
-  std::vector<double> rewards;
-  size_t start = 0;
-  int64_t number = first_line - 1;
-  while (start < output.size()) {
-    size_t end = output.find('\n', start);
-    if (end == std::string::npos) end = output.size();
-    std::string line = output.substr(start, end - start);
-    start = end + 1;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    ++number;
-    if (rewards.size() == expected)
-      throw Error(str_cat("reward command '", command, "' wrote more than one line per completion: line ", number,
-                          " is beyond the ", expected, " completions it was given: ", line.substr(0, 200)));
-    rewards.push_back(reward_of_line(command, line, number));
-  }
-  if (rewards.size() != expected)
-    throw Error(str_cat("reward command '", command, "' wrote ", rewards.size(), " lines for the ", expected,
-                        " completions it was given (one line per input line, in order)"));
-  return rewards;
 }
 
 std::string judge_input(const std::vector<RewardInput>& batch) {
@@ -471,78 +286,24 @@ std::string judge_input(const std::vector<RewardInput>& batch) {
   return input;
 }
 
-// command=CMD: started for each batch, which it reads to the end before it must exit.
+// command=CMD (started for each batch, which it reads to the end before it must exit) and
+// server=CMD (started once, at the first batch, and kept for the run; answers each line as it
+// reads it, its output flushed line by line).
 class CommandReward : public Reward {
  public:
-  explicit CommandReward(std::string command) : command_(std::move(command)) {}
+  CommandReward(std::string command, bool server) : process_(std::move(command), server) {}
   RewardScores score(const std::vector<RewardInput>& batch) override {
-    std::string output;
-    std::string failure;
-    {
-      JudgeProcess judge(command_);
-      const std::string write_error = judge.exchange(judge_input(batch), true, output, [](const std::string&) { return false; });
-      failure = judge.wait();
-      if (!failure.empty() || !write_error.empty())
-        throw Error(str_cat("reward command '", command_, "' ", failure.empty() ? "failed" : failure, " while scoring ",
-                            batch.size(), " completions", write_error.empty() ? "" : "; " + write_error));
-    }
     RewardScores scores;
-    scores.total = rewards_of_output(command_, output, batch.size(), 1);
+    process_.exchange(judge_input(batch), batch.size(),
+                      [&](const std::string& line, int64_t) { scores.total.push_back(reward_of_line(line)); });
     return scores;
   }
-  std::string spec() const override { return str_cat("command=", json::quote(command_)); }
-
- private:
-  std::string command_;
-};
-
-// server=CMD: started once, at the first batch, and kept for the run; answers each line as it
-// reads it (its output flushed line by line).
-class ServerReward : public Reward {
- public:
-  explicit ServerReward(std::string command) : command_(std::move(command)) {}
-  RewardScores score(const std::vector<RewardInput>& batch) override {
-    if (!judge_) judge_ = std::make_unique<JudgeProcess>(command_);
-    std::string output = std::move(leftover_);
-    leftover_.clear();
-    // What it wrote beyond the last batch's answers, or after: more lines than it was given.
-    if (!output.empty())
-      throw Error(str_cat("reward command '", command_, "' wrote more than one line per completion: line ",
-                          lines_answered_ + 1, " came after the ", lines_answered_, " completions it was given: ",
-                          output.substr(0, 200)));
-    const size_t expected = batch.size();
-    const std::string write_error =
-        judge_->exchange(judge_input(batch), false, output, [&](const std::string& text) { return count_lines(text) >= expected; });
-    if (!write_error.empty() || count_lines(output) < expected) {
-      // Its stdout closed: it exited (or closed it and will); otherwise it stopped reading.
-      std::string ended = "stopped reading";
-      if (!judge_->output_open()) {
-        ended = judge_->wait();
-        if (ended.empty()) ended = "exited";
-      }
-      const int64_t answered = int64_t(count_lines(output));
-      judge_.reset();
-      throw Error(str_cat("reward command '", command_, "' ", ended, " after answering ",
-                          lines_answered_ + answered, " lines (", answered, " of the ", expected,
-                          " completions of this batch)", write_error.empty() ? "" : "; " + write_error));
-    }
-    // Exactly `expected` lines are this batch's; anything after them is kept to be reported.
-    size_t end = 0;
-    for (size_t k = 0; k < expected; ++k) end = output.find('\n', end) + 1;
-    leftover_ = output.substr(end);
-    output.resize(end);
-    RewardScores scores;
-    scores.total = rewards_of_output(command_, output, expected, lines_answered_ + 1);
-    lines_answered_ += int64_t(expected);
-    return scores;
+  std::string spec() const override {
+    return str_cat(process_.persistent() ? "server=" : "command=", json::quote(process_.command()));
   }
-  std::string spec() const override { return str_cat("server=", json::quote(command_)); }
 
  private:
-  std::string command_;
-  std::unique_ptr<JudgeProcess> judge_;
-  std::string leftover_;
-  int64_t lines_answered_ = 0;
+  LineCommand process_;
 };
 
 // ---- a weighted sum
@@ -619,11 +380,15 @@ std::unique_ptr<Reward> make_term(const RewardTerm& term) {
   if (term.name == "command" || term.name == "server") {
     LAMINA_CHECK(term.value && !term.value->empty(), "reward '", term.name, "' needs the command: ", term.name,
                  "=\"CMD ARGS\"");
-    if (term.name == "server") return std::make_unique<ServerReward>(*term.value);
-    return std::make_unique<CommandReward>(*term.value);
+    return std::make_unique<CommandReward>(*term.value, term.name == "server");
+  }
+  if (term.name == "reward_model") {
+    LAMINA_CHECK(term.value && !term.value->empty(), "reward 'reward_model' needs the reward model's folder: "
+                 "reward_model=DIR or reward_model=\"DIR|adapter=ADAPTER_DIR\"");
+    return make_model_reward(*term.value);
   }
   throw Error(str_cat("unknown reward '", term.name, "' (exact_match, format[=REGEX], length=N, max_length=N, "
-                      "command=CMD, server=CMD; weighted sums like exact_match:1,format:0.2)"));
+                      "command=CMD, server=CMD, reward_model=DIR; weighted sums like exact_match:1,format:0.2)"));
 }
 
 }  // namespace

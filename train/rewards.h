@@ -1,6 +1,7 @@
 // Rewards of the online loops (train/online_trainer.h): a score per sampled completion, from
 // rules (a final answer matched against the line's "answer", a format regex, the length), from
-// an external command, or a weighted sum of those.
+// an external command, from a lamina reward model, or a weighted sum of those. The pairwise
+// judges of the pair losses (train/judges.h) speak the protocol below too.
 //
 // A reward spec, as `lamina train grpo --reward SPEC` takes it, is a comma-separated list of
 // terms NAME[=VALUE][:WEIGHT] (weight 1 when absent), summed:
@@ -12,6 +13,12 @@
 //   max_length=N         0 up to N completion tokens, then -(tokens - N) / N
 //   command=CMD          the score an external command gives, started for each batch (below)
 //   server=CMD           the same from a command started once and kept for the run (below)
+//   reward_model=DIR     the score of a lamina reward model (a LlamaForSequenceClassification
+//                        folder with its tokenizer.json, as `lamina train reward` saves it) of
+//                        the prompt + completion, rendered with its chat template as `lamina score
+//                        --reward-model` renders a pair (train/model_reward.h); loaded once per
+//                        run, scored in batches without gradient. With a LoRA reward adapter:
+//                        reward_model=DIR|adapter=ADAPTER_DIR (quoted when a path holds , or :)
 // e.g. "exact_match:1,format:0.2". A VALUE holding ',' or ':' (a regex, a command line) is
 // written in double quotes, with \" and \\ inside: command="python3 judge.py --strict".
 //
@@ -42,6 +49,16 @@
 // flush=True)). It must not exit before the run ends; its stdin is closed at the end of the
 // run, and it is killed if it is still running a few seconds later. Lines beyond its answers
 // are noticed at the next batch.
+//
+// The pairwise judge protocol (`--judge command=CMD` or `server=CMD` of online-dpo and inpo,
+// train/judges.h): the same processes and rules, but each input line is a pair,
+//   {"prompt": <the line's prompt>, "completions": ["<first>", "<second>"], <every other field of
+//    the prompt line>}
+// and each answer line the index of the better completion: 0 or 1, or an object {"choice": 0 or
+// 1, ...}. Any other answer (2, 0.5, "1", text, a missing "choice"), a failure, or more or fewer
+// lines than pairs is an error naming the judge command and the line. Example (prefers the
+// longer completion):
+//   jq -c 'if (.completions[1] | length) > (.completions[0] | length) then 1 else 0 end'
 #pragma once
 
 #include <memory>

@@ -3,8 +3,8 @@
 // a toy task (repeat the prompt's digit) measurably; an interrupted run that resumes to the same
 // metrics and the same samples.jsonl; Online DPO's ranked pairs; iterations of several steps on
 // one pool (sampled once, log-probs fixed at the iteration's start, K = 1 the one-step path bit
-// for bit, resumed mid-iteration exactly); SPIN raising the data answers' margin; the settings
-// it refuses.
+// for bit, resumed mid-iteration exactly); SPIN raising the data answers' margin; a pairwise
+// judge making the pairs; the settings it refuses.
 #include <cmath>
 #include <fstream>
 #include <numeric>
@@ -782,4 +782,112 @@ TEST_CASE("online: iteration and SPIN settings that cannot run are refused with 
   CHECK(error_of(online, answered_prompts(4), false).find("one response per prompt") != std::string::npos);
   online.loss = "inpo";
   CHECK(error_of(online, digit_prompts(4), false).find("no reward") != std::string::npos);
+}
+
+namespace {
+
+// A judge that always answers `choice` and keeps what it was asked.
+class FixedJudge : public train::PairwiseJudge {
+ public:
+  FixedJudge(int choice, std::vector<train::JudgeInput>* seen) : choice_(choice), seen_(seen) {}
+  std::vector<int> judge(const std::vector<train::JudgeInput>& pairs) override {
+    if (seen_ != nullptr) seen_->insert(seen_->end(), pairs.begin(), pairs.end());
+    return std::vector<int>(pairs.size(), choice_);
+  }
+  std::string spec() const override { return str_cat("fixed=", choice_); }
+
+ private:
+  int choice_;
+  std::vector<train::JudgeInput>* seen_;
+};
+
+}  // namespace
+
+TEST_CASE("online: with a pairwise judge, its choice makes each pair, whatever the reward says") {
+  for (const int64_t iteration_steps : {1, 2}) {
+    for (const char* loss : {"online_dpo", "inpo"}) {
+      CAPTURE(loss);
+      CAPTURE(iteration_steps);
+      ScratchDir dir(str_cat("online-judge-", loss, "-", iteration_steps));
+      // judge: picks 1, against a reward that prefers the first; ranked: no judge, a reward that
+      // prefers the second; other: picks 0.
+      const auto run = [&](const std::string& name, std::unique_ptr<train::PairwiseJudge> judge,
+                           std::vector<double> rewards) {
+        train::OnlineOptions online;
+        online.loss = loss;
+        online.num_generations = 2;
+        online.max_new_tokens = 3;
+        online.iteration_steps = iteration_steps;
+        const train::TrainOptions options = run_options(2, 2, dir / name);
+        auto model = tiny_model(5);
+        train::Trainer trainer(model, options,
+                               std::make_unique<train::OnlineObjective>(
+                                   online, options, digit_prompts(4),
+                                   rewards.empty() ? nullptr : std::make_unique<FixedReward>(std::move(rewards)),
+                                   ids_text, std::vector<train::OnlinePrompt>{}, std::move(judge)));
+        trainer.run();
+        return weights_of(*model);
+      };
+      std::vector<train::JudgeInput> seen;
+      const std::vector<double> judged = run("judge", std::make_unique<FixedJudge>(1, &seen), {1, 0});
+      const std::vector<double> ranked = run("ranked", nullptr, {0, 1});
+      const std::vector<double> other = run("other", std::make_unique<FixedJudge>(0, nullptr), {1, 0});
+      const std::vector<double> alone = run("alone", std::make_unique<FixedJudge>(1, nullptr), {});
+      // Trained on exactly the pairs the judge made: the weights of the ranked run, bit for bit.
+      CHECK(judged == ranked);
+      CHECK(alone == ranked);
+      CHECK(other != judged);
+      const std::vector<json::Value> samples = read_lines(dir / "judge/samples.jsonl");
+      REQUIRE(samples.size() == 8);  // 2 steps of 2 prompts, or one pool of 4 prompts, x 2
+      REQUIRE(seen.size() == samples.size() / 2);
+      for (size_t i = 0; i < samples.size(); i += 2) {
+        CHECK(samples[i].at("chosen").as_bool() == false);
+        CHECK(samples[i + 1].at("chosen").as_bool() == true);
+        CHECK(samples[i].at("reward").as_double() == 1.0);  // scored as well: the reward is kept
+        // The judge saw the pair's prompt, fields and both completions, in order.
+        const train::JudgeInput& pair = seen[i / 2];
+        CHECK(pair.first == samples[i].at("completion").as_string());
+        CHECK(pair.second == samples[i + 1].at("completion").as_string());
+        CHECK(pair.prompt.as_string() == str_cat("repeat ", 3 + samples[i].at("prompt_index").as_int64()));
+        CHECK(pair.fields.at("digit").as_int64() == 3 + samples[i].at("prompt_index").as_int64());
+      }
+      // Without a reward: no reward in the samples or the metrics, the completions' statistics kept.
+      const std::vector<json::Value> unrewarded = read_lines(dir / "alone/samples.jsonl");
+      REQUIRE(!unrewarded.empty());
+      CHECK(unrewarded[0].find("reward") == nullptr);
+      CHECK(unrewarded[1].at("chosen").as_bool() == true);
+      const std::vector<json::Value> metrics = read_lines(dir / "alone/metrics.jsonl");
+      CHECK(metrics.back().find("reward") == nullptr);
+      CHECK(metrics.back().find("completions/mean_length") != nullptr);
+    }
+  }
+}
+
+TEST_CASE("online: a judge needs online_dpo or inpo and two completions a prompt") {
+  const train::TrainOptions options = run_options(1, 2);
+  const auto error_of = [&](const std::string& loss, int64_t generations) {
+    train::OnlineOptions online;
+    online.loss = loss;
+    online.num_generations = generations;
+    try {
+      train::OnlineObjective(online, options, digit_prompts(4), nullptr, ids_text, {},
+                             std::make_unique<FixedJudge>(1, nullptr));
+    } catch (const Error& error) {
+      return std::string(error.what());
+    }
+    return std::string();
+  };
+  CHECK(error_of("online_dpo", 2).empty());
+  // The judge is part of the settings a resumed run must share.
+  train::OnlineOptions online;
+  online.loss = "inpo";
+  online.num_generations = 2;
+  const train::OnlineObjective judged(online, options, digit_prompts(4), nullptr, ids_text, {},
+                                      std::make_unique<FixedJudge>(1, nullptr));
+  CHECK(judged.settings().at("judge").as_string() == "fixed=1");
+  CHECK(judged.settings().at("reward").as_string() == "none");
+  CHECK(error_of("online_dpo", 3).find("num_generations (--num-generations) must be 2 with a judge, not 3") !=
+        std::string::npos);
+  CHECK(error_of("rebel", 2).find("a pairwise judge is for online_dpo and inpo") != std::string::npos);
+  CHECK(error_of("grpo", 2).find("a pairwise judge is for online_dpo and inpo") != std::string::npos);
 }
