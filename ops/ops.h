@@ -284,4 +284,23 @@ AttentionGrads flash_attention_backward(const Tensor& grad_out, const Tensor& q,
                                         const Tensor& out, const Tensor& lse, const AttentionPattern& pattern,
                                         std::optional<double> scale = std::nullopt);
 
+// One run of keys along the key axis for cached_attention: keys and values [B, Hkv, S, D] (rows
+// of D contiguous values; other strides free), positions integers [S] or [Hkv, S]: each key's
+// absolute position, -1 for an empty slot (never attended; the cache keeps such slots finite).
+struct PositionedKeys {
+  Tensor keys, values, positions;
+};
+// Attention over keys that carry their own positions (the ring-buffer KV caches of sparse plans,
+// models/llama/sparse_kv_cache.h): q [B, Hq, T, D], query row t at absolute position
+// pattern.query_offset + t (which must be set), attends over the keys of every run (taken end to
+// end, in any order of positions) with ops/attention_pattern.h's predicate on the positions:
+// causality, per-head sinks and windows (no documents, layout or additive mask); query head h
+// reads KV head h / (Hq / Hkv). -> out [B, Hq, T, D] in q's dtype, lse [B, Hq, T] (f32; f64 for
+// f64). A query that sees no key gets out 0 and lse -inf. Forward only (inference); q, keys and
+// values of one dtype, bf16/f16 computed in f32. The keys are split into chunks run on different
+// threads whose partial results are merged (flash-decoding), and a KV group's query heads share
+// each key row read. CPU only so far.
+AttentionResult cached_attention(const Tensor& q, const std::vector<PositionedKeys>& runs,
+                                 const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
+
 }  // namespace lamina::ops

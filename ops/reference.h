@@ -61,5 +61,9 @@ std::vector<Tensor> flash_attention(const Tensor& q, const Tensor& k, const Tens
                                     std::optional<double> scale = std::nullopt);
 std::vector<Tensor> flash_attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
                                              const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
+// ops::cached_attention's oracle: every (query, key) pair in plain loops, the predicate written
+// out again from the spec -> {out, lse}, f64.
+std::vector<Tensor> cached_attention(const Tensor& q, const std::vector<PositionedKeys>& runs,
+                                     const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
 
 }  // namespace lamina::ops::reference

@@ -1,7 +1,7 @@
-// The f64 oracle of ops::flash_attention and its backward: the definition as plain loops over
-// every (query, key) pair. The mask predicate is written out again here from the spec's
-// formula (sparse-attention.md §2.4), reading the pattern's tensors directly, so that it shares
-// nothing with ResolvedAttentionPattern, which the kernels use.
+// The f64 oracles of ops::flash_attention and its backward, and of ops::cached_attention: the
+// definitions as plain loops over every (query, key) pair. The mask predicate is written out
+// again here from the spec's formula (sparse-attention.md §2.4), reading the pattern's tensors
+// directly, so that it shares nothing with ResolvedAttentionPattern, which the kernels use.
 #include <cmath>
 #include <limits>
 
@@ -146,6 +146,61 @@ std::vector<Tensor> flash_attention_backward(const Tensor& grad_out, const Tenso
     }
   return {Tensor::from_vector(dq, q.shape(), DType::f64), Tensor::from_vector(dk, k.shape(), DType::f64),
           Tensor::from_vector(dv, v.shape(), DType::f64)};
+}
+
+// The oracle of ops::cached_attention: the keys of every run with their given positions, the
+// spec's predicate (causal, sink, window) on those positions, empty slots (-1) never seen.
+std::vector<Tensor> cached_attention(const Tensor& q_in, const std::vector<PositionedKeys>& runs,
+                                     const AttentionPattern& pattern, std::optional<double> scale_in) {
+  const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), D = q_in.size(3);
+  const int64_t Hkv = runs.empty() ? 1 : runs[0].keys.size(1);
+  const int64_t offset = pattern.query_offset.value_or(0);
+  const double scale = scale_in.value_or(1.0 / std::sqrt(double(D)));
+  const std::vector<double> q = q_in.to_vector<double>();
+  struct Run {
+    std::vector<double> k, v;
+    std::vector<int64_t> positions;
+    int64_t length;
+    bool per_head;
+  };
+  std::vector<Run> loaded;
+  for (const PositionedKeys& run : runs)
+    loaded.push_back({run.keys.to_vector<double>(), run.values.to_vector<double>(), run.positions.to_vector<int64_t>(),
+                      run.keys.size(2), run.positions.dim() == 2});
+  const auto per_head = [](const std::vector<int64_t>& values, int64_t h) {
+    return values.size() == 1 ? values[0] : values[size_t(h)];
+  };
+  std::vector<double> out(size_t(B * H * T * D), 0.0), lse(size_t(B * H * T), kMinusInfinity);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / (H / Hkv);
+      const int64_t sink = per_head(pattern.sinks, h), window = per_head(pattern.windows, h);
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t i = offset + t, row = (b * H + h) * T + t;
+        // (score, value row) of every visible key.
+        std::vector<std::pair<double, const double*>> visible;
+        for (const Run& run : loaded)
+          for (int64_t s = 0; s < run.length; ++s) {
+            const int64_t j = run.positions[size_t(run.per_head ? g * run.length + s : s)];
+            if (j < 0 || (pattern.causal && j > i)) continue;
+            if (!(j < sink || (window > 0 && (window == kAllKeys || i - j < window)))) continue;
+            const int64_t key = ((b * Hkv + g) * run.length + s) * D;
+            double dot = 0;
+            for (int64_t d = 0; d < D; ++d) dot += q[size_t(row * D + d)] * run.k[size_t(key + d)];
+            visible.emplace_back(dot * scale, run.v.data() + key);
+          }
+        if (visible.empty()) continue;
+        double peak = kMinusInfinity, total = 0;
+        for (const auto& [score, value] : visible) peak = std::max(peak, score);
+        for (const auto& [score, value] : visible) total += std::exp(score - peak);
+        lse[size_t(row)] = peak + std::log(total);
+        for (const auto& [score, value] : visible) {
+          const double p = std::exp(score - lse[size_t(row)]);
+          for (int64_t d = 0; d < D; ++d) out[size_t(row * D + d)] += p * value[d];
+        }
+      }
+    }
+  return {Tensor::from_vector(out, q_in.shape(), DType::f64), Tensor::from_vector(lse, {B, H, T}, DType::f64)};
 }
 
 }  // namespace lamina::ops::reference
