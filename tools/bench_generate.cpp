@@ -10,6 +10,10 @@
 // generate_batch with 8 slots and up to 32 new tokens each (no stop tokens), as new tokens/s of
 // the whole job, prefills included, against the same prompts generated one at a time. One timed
 // run each (after a warm-up on a small model only): the job is long enough to time on its own.
+// Long context (`<model>_long<N>_b<B>_<cache>`, a random KV-heavy model and --model; --context
+// N, 0 skips them): a prefill of N tokens, then decode steps with the dense KV cache and with the ring
+// caches of sparse plans (uniform sink + window at 50% and 25% of the cache, --attention-plan),
+// decode tokens/s and the cache's bytes side by side.
 #include <chrono>
 #include <filesystem>
 #include <optional>
@@ -17,6 +21,8 @@
 #include "autograd/autograd.h"
 #include "models/generate/batch.h"
 #include "models/generate/generate.h"
+#include "models/llama/sparse_kv_cache.h"
+#include "models/sparse/moa_plan.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
@@ -47,6 +53,22 @@ llama::LlamaConfig config_125m() {
   config.bos_token_id = 1;
   config.eos_token_ids = {2};
   config.dtype = DType::f32;
+  return config;
+}
+
+// A model whose decode step reads more KV cache than weights at a few thousand tokens (24M
+// parameters, 96 MB; 32 KB of keys and values per token): the long-context cases, where what a
+// sparse plan saves is the cache. Dim 512, 8 layers, 8 heads each with its own KV head, ffn 1024,
+// vocab 4096.
+llama::LlamaConfig config_kv_heavy(int64_t context) {
+  llama::LlamaConfig config = config_125m();
+  config.vocab_size = 4096;
+  config.hidden_size = 512;
+  config.intermediate_size = 1024;
+  config.num_hidden_layers = 8;
+  config.num_attention_heads = 8;
+  config.num_key_value_heads = 8;
+  config.max_position_embeddings = std::max<int64_t>(2048, context);
   return config;
 }
 
@@ -165,6 +187,78 @@ void bench_slot_reuse(const std::string& name, const llama::LlamaForCausalLM& mo
       .print();
 }
 
+// Long-context decoding: a prefill of `context` tokens at batch `batch`, then decode steps, with
+// the dense KV cache and with the per-head ring caches of sparse plans (llama::SparseKvCache):
+// uniform sink 64 + window plans keeping 50% and 25% of the cache, and the --attention-plan
+// file's plan when given. One timed run each (a long prefill is its own warm-up); the decode
+// steps are timed alone. kv_cache_bytes is what each cache allocates.
+void bench_long_context(const std::string& name, llama::LlamaForCausalLM& model, int64_t context, int64_t batch,
+                        const std::optional<sparse::MoaPlan>& own_plan, const Settings& settings) {
+  autograd::NoGradGuard no_grad;
+  const llama::LlamaConfig& config = model.config();
+  const int64_t steps = settings.decode_tokens;
+  LAMINA_CHECK(context + steps <= config.max_position_embeddings, "lamina bench generate: --context ", context,
+               " and ", steps, " new tokens do not fit ", name, "'s context of ", config.max_position_embeddings);
+  Generator generator(3);
+  const Tensor ids = randint(3, config.vocab_size, {batch, context}, generator);
+  const Tensor step_ids = randint(3, config.vocab_size, {batch, 1}, generator);
+  struct Variant {
+    std::string label;
+    std::optional<llama::SparseAttention> plan;
+    double density = 1.0;  // of the KV cache at context + steps
+  };
+  std::vector<Variant> variants{{"dense", std::nullopt, 1.0}};
+  const int64_t length = context + steps;
+  for (const double keep : {0.5, 0.25}) {
+    const int64_t window = std::max<int64_t>(0, int64_t(keep * double(length)) - sparse::kMoaSink);
+    variants.push_back({str_cat("uniform_kv", int(keep * 100)), llama::SparseAttention::uniform(config, sparse::kMoaSink, window),
+                        double(std::min(length, sparse::kMoaSink + window)) / double(length)});
+  }
+  if (own_plan)
+    variants.push_back({"attention_plan", own_plan->resolve(length), own_plan->density(length, sparse::DensityMeasure::kv_cache)});
+  std::optional<double> dense_rate;
+  for (const Variant& variant : variants) {
+    std::optional<llama::KvCache> cache;
+    std::optional<llama::SparseKvCache> rings;
+    llama::ForwardOptions options;
+    options.last_position_only = true;
+    model.model->sparse_attention = variant.plan.value_or(llama::SparseAttention{});
+    const auto start = std::chrono::steady_clock::now();
+    if (variant.plan) {
+      rings.emplace(config, *variant.plan, batch, length, model.dtype());
+      options.sparse_cache = &*rings;
+    } else {
+      cache.emplace(config, batch, length, model.dtype());
+      options.cache = &*cache;
+    }
+    for (int64_t begin = 0; begin < context; begin += 512)
+      model.forward(ids.slice(1, begin, std::min(context, begin + 512)), options);
+    const double prefill_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const auto decode_start = std::chrono::steady_clock::now();
+    for (int64_t step = 0; step < steps; ++step) model.forward(step_ids, options);
+    const double decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decode_start).count();
+    const double rate = double(batch * steps) / decode_seconds;
+    if (!dense_rate) dense_rate = rate;
+    const int64_t kv_bytes = rings ? rings->bytes() : kv_cache_bytes(config, batch, length);
+    JsonLine()
+        .add("bench", "generate")
+        .add("case", str_cat(name, "_long", context, "_b", batch, "_", variant.label))
+        .add("threads", settings.threads)
+        .add("batch", batch)
+        .add("prompt_tokens", context)
+        .add("decode_tokens", steps)
+        .add("kv_density", variant.density)
+        .add("stat", "single run")
+        .add("prefill_tokens_per_s", double(batch * context) / prefill_seconds)
+        .add("decode_tokens_per_s", rate)
+        .add("decode_speedup_vs_dense", rate / *dense_rate)
+        .add("kv_cache_bytes", kv_bytes)
+        .add("peak_rss_bytes", train::peak_rss_bytes())
+        .print();
+  }
+  model.model->sparse_attention = {};
+}
+
 }  // namespace
 
 int run_bench_generate(const Arguments& args) {
@@ -174,6 +268,12 @@ int run_bench_generate(const Arguments& args) {
   parser.add_option("threads", "N", "CPU threads", "all");
   parser.add_option("filter", "TEXT", "only cases whose name contains TEXT");
   parser.add_switch("quick", "shorter timing runs (noisier)");
+  parser.add_option("context", "N",
+                    "long-context cases (random_kv_heavy_long*, and the --model's): prefill N tokens, then decode with the "
+                    "dense cache and with sparse plans' ring caches (0 = skip them)",
+                    "2048");
+  parser.add_option("context-batch", "B", "sequences decoded together in the long-context cases", "4");
+  parser.add_option("attention-plan", "FILE", "a MoA plan (lamina sparse plan) also run in the --model's long-context cases");
   if (!parser.parse(args)) return 0;
   Settings settings;
   settings.threads = int(parser.int_value("threads", num_threads(), 1, 1024));
@@ -182,12 +282,16 @@ int run_bench_generate(const Arguments& args) {
     settings.min_seconds = 0.05;
     settings.decode_tokens = 16;
   }
+  const int64_t context = parser.int_value("context", 2048, 0, int64_t(1) << 20);
+  const int64_t context_batch = parser.int_value("context-batch", 4, 1, 1024);
   const std::string filter = parser.value("filter").value_or("");
   auto selected = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
   const std::optional<std::string> own_model = parser.value("model");
   const std::string own_name = own_model ? std::filesystem::path(*own_model).stem().string() : "";
-  if (!selected("stories260k") && !selected("random_125m") && !(own_model && selected(own_name)))
-    throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m and the --model file's name)",
+  if (!selected("stories260k") && !selected("random_125m") && !selected("random_kv_heavy") &&
+      !(own_model && selected(own_name)))
+    throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m, "
+                     "random_kv_heavy and the --model file's name)",
                      "run 'lamina bench generate --help'");
   const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
   // Only the default folder may be absent (a checkout without the assets); a folder named on
@@ -210,14 +314,26 @@ int run_bench_generate(const Arguments& args) {
   }
   if (own_model && selected(own_name)) {
     const auto model = load_model_on(*own_model, Device::cpu());
+    std::optional<sparse::MoaPlan> plan;
+    if (const std::optional<std::string> path = parser.value("attention-plan")) {
+      plan = sparse::MoaPlan::read(*path);
+      plan->check_fits(model->config(), "--attention-plan " + *path);
+    }
     for (int64_t batch : {1, 8, 32}) bench_model(own_name, *model, batch, memcpy_gbps, settings);
     bench_slot_reuse(own_name, *model, settings);
+    if (context > 0) bench_long_context(own_name, *model, context, context_batch, plan, settings);
   }
   if (selected("random_125m")) {
     auto model = std::make_shared<llama::LlamaForCausalLM>(config_125m(), DType::f32);
     Generator generator(0);
     model->init_parameters(generator);
     for (int64_t batch : {1, 8}) bench_model("random_125m", *model, batch, memcpy_gbps, settings);
+  }
+  if (context > 0 && selected("random_kv_heavy")) {
+    auto model = std::make_shared<llama::LlamaForCausalLM>(config_kv_heavy(context + settings.decode_tokens), DType::f32);
+    Generator generator(0);
+    model->init_parameters(generator);
+    bench_long_context("random_kv_heavy", *model, context, context_batch, std::nullopt, settings);
   }
   JsonLine().add("bench", "generate").add("case", "machine").add("threads", settings.threads)
       .add("memcpy_gbps", memcpy_gbps).add("peak_rss_bytes", train::peak_rss_bytes()).print();

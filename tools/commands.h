@@ -29,6 +29,7 @@ bool is_reward_model_folder(const std::string& path);  // tools/score_reward.cpp
 int run_convert(const Arguments& args);  // tools/convert.cpp: HF folder <-> GGUF
 int run_quantize(const Arguments& args);  // tools/quantize.cpp: NF4 / FP4 checkpoints
 int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, ...
+int run_sparse(const Arguments& args);    // tools/sparse.cpp: sparse profile|plan|uniform (MoA)
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);

@@ -12,13 +12,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "autograd/autograd.h"
 #include "models/llama/model.h"
+#include "models/llama/sparse_kv_cache.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/io/json.h"
 #include "tools/args.h"
+#include "tools/attention_plan_option.h"
 #include "tools/commands.h"
 #include "tools/model_files.h"
 #include "train/data.h"
@@ -40,28 +43,48 @@ void check_ids_in_vocabulary(const std::vector<int32_t>& ids, const llama::Llama
                           " tokens (ids 0 to ", config.vocab_size - 1, ")"));
 }
 
-// log p(ids[t] | ids[0..t]) for t in [first_target, ids.size()), from one forward pass over
-// `ids` (at positions 0..), each the f32 logit of the target minus the row's logsumexp, in f64.
+// log p(ids[t] | ids[0..t]) for t in [first_target, ids.size()), each the f32 logit of the
+// target minus the row's logsumexp, in f64. The window goes through the model in chunks of
+// `chunk` tokens over a KV cache (a dense one, or the per-head rings of the model's sparse plan),
+// so that memory holds one chunk's activations and logits, not the window's: an 8K-32K window
+// fits where its [T, vocabulary] logits would not. One chunk when the window fits in it.
 std::vector<double> target_log_probs(const llama::LlamaForCausalLM& model, const std::vector<int32_t>& ids,
-                                     int64_t first_target) {
+                                     int64_t first_target, int64_t chunk) {
   const int64_t length = int64_t(ids.size());
   LAMINA_CHECK(first_target >= 1 && first_target < length, "target_log_probs: no target in [", first_target, ", ", length, ")");
   autograd::NoGradGuard no_grad;
   Tensor input = Tensor::from_vector(std::vector<int64_t>(ids.begin(), ids.end()), {1, length});
   if (!model.device().is_cpu()) input = input.to(model.device());
-  const Tensor logits = model.forward(input);  // [1, T, V]
-  const int64_t vocab = logits.shape()[2];
-  // Position t - 1 predicts token t: only the rows of the targets come back to the host.
-  const std::vector<float> rows = logits.select(0, 0).slice(0, first_target - 1, length - 1).to_vector<float>();
+  std::optional<llama::KvCache> cache;
+  std::optional<llama::SparseKvCache> rings;
+  llama::ForwardOptions options;
+  if (length > chunk) {
+    if (model.model->sparse_attention.dense()) {
+      cache.emplace(model.config(), 1, length, model.dtype(), std::vector<int64_t>{}, model.device());
+      options.cache = &*cache;
+    } else {
+      rings.emplace(model.config(), model.model->sparse_attention, 1, length, model.dtype(), model.device());
+      options.sparse_cache = &*rings;
+    }
+  }
   std::vector<double> log_probs;
   log_probs.reserve(size_t(length - first_target));
-  for (int64_t t = first_target; t < length; ++t) {
-    const float* row = rows.data() + (t - first_target) * vocab;
-    double largest = -INFINITY;
-    for (int64_t v = 0; v < vocab; ++v) largest = std::max(largest, double(row[v]));
-    double sum = 0;
-    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - largest);
-    log_probs.push_back(double(row[ids[size_t(t)]]) - largest - std::log(sum));
+  for (int64_t begin = 0; begin < length - 1; begin += chunk) {
+    const int64_t end = std::min(length, begin + chunk);
+    const Tensor logits = model.forward(input.slice(1, begin, end), options);  // [1, end - begin, V]
+    // Position t - 1 predicts token t: only the rows of this chunk's targets come back to the host.
+    const int64_t first_row = std::max(begin, first_target - 1), last_row = std::min(end, length - 1);
+    if (first_row >= last_row) continue;
+    const int64_t vocab = logits.shape()[2];
+    const std::vector<float> rows = logits.select(0, 0).slice(0, first_row - begin, last_row - begin).to_vector<float>();
+    for (int64_t t = first_row + 1; t <= last_row; ++t) {
+      const float* row = rows.data() + (t - 1 - first_row) * vocab;
+      double largest = -INFINITY;
+      for (int64_t v = 0; v < vocab; ++v) largest = std::max(largest, double(row[v]));
+      double sum = 0;
+      for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - largest);
+      log_probs.push_back(double(row[ids[size_t(t)]]) - largest - std::log(sum));
+    }
   }
   return log_probs;
 }
@@ -134,6 +157,11 @@ int run_eval_ppl(const Arguments& args) {
   parser.add_option("seq-len", "N", "tokens per window", "min(model context, 1024)");
   parser.add_option("stride", "S", "tokens between window starts, 1 to seq-len", "seq-len / 2");
   parser.add_option("max-tokens", "N", "read at most N tokens of the data (BOS included), in file order", "all");
+  parser.add_option("chunk", "N",
+                    "tokens per forward call: a longer window goes through a KV cache chunk by chunk, so memory "
+                    "holds one chunk's logits (long contexts)",
+                    "1024");
+  add_attention_plan_option(parser, "the window length (--seq-len)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
   if (!parser.parse(args)) return 0;
 
@@ -144,6 +172,7 @@ int run_eval_ppl(const Arguments& args) {
   const int64_t requested_seq_len = parser.int_value("seq-len", 0, 2, int64_t(1) << 30);
   const int64_t requested_stride = parser.int_value("stride", 0, 1, int64_t(1) << 30);
   const int64_t max_tokens = parser.int_value("max-tokens", 0, 2, int64_t(1) << 50);
+  const int64_t chunk = parser.int_value("chunk", 1024, 1, int64_t(1) << 30);
   if (parser.is_set("seq-len") && parser.is_set("stride") && requested_stride > requested_seq_len)
     throw UsageError(str_cat(command, ": --stride ", requested_stride, " is more than --seq-len ", requested_seq_len,
                              " (tokens between windows would never be scored)"),
@@ -173,6 +202,9 @@ int run_eval_ppl(const Arguments& args) {
   if (stride > seq_len)
     throw UsageError(str_cat(command, ": --stride ", stride, " is more than the window length ", seq_len),
                      "pass a stride from 1 to the window length");
+  const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config());
+  std::optional<double> density;
+  if (plan) density = apply_attention_plan(*model->model, model->config(), *plan, seq_len);
   for (size_t d = 0; d < documents.size(); ++d)
     check_ids_in_vocabulary(documents[d], model->config(),
                             str_cat(command, ": document ", d + 1, " of ", data_path, " (does the tokenizer fit the model?)"));
@@ -192,7 +224,7 @@ int run_eval_ppl(const Arguments& args) {
   for (size_t w = 0; w < windows.size(); ++w) {
     const auto& [document, window] = windows[w];
     const std::vector<int32_t> ids(documents[document].begin() + window.begin, documents[document].begin() + window.end);
-    for (double log_prob : target_log_probs(*model, ids, window.first_target - window.begin)) nll_sum -= log_prob;
+    for (double log_prob : target_log_probs(*model, ids, window.first_target - window.begin, chunk)) nll_sum -= log_prob;
     scored += window.end - window.first_target;
     const Clock::time_point now = Clock::now();
     if (now - last_report >= std::chrono::seconds(2) && w + 1 < windows.size()) {
@@ -210,6 +242,8 @@ int run_eval_ppl(const Arguments& args) {
               static_cast<long long>(tokens_read), documents.size(), documents.size() == 1 ? "" : "s");
   std::printf("windows: %zu (seq-len %lld, stride %lld)\n", windows.size(), static_cast<long long>(seq_len),
               static_cast<long long>(stride));
+  if (density) std::printf("attention plan: %s, density %.4f at %lld tokens\n", parser.value("attention-plan")->c_str(),
+                           *density, static_cast<long long>(seq_len));
   json::Value line(json::Object{});
   line.set("eval", "ppl");
   line.set("model", model_path);
@@ -222,6 +256,10 @@ int run_eval_ppl(const Arguments& args) {
   line.set("windows", int64_t(windows.size()));
   line.set("seq_len", seq_len);
   line.set("stride", stride);
+  if (density) {
+    line.set("attention_plan", *parser.value("attention-plan"));
+    line.set("attention_density", *density);
+  }
   line.set("seconds", seconds);
   std::printf("%s\n", line.dump().c_str());
   return 0;
@@ -291,7 +329,7 @@ int run_score(const Arguments& args) {
     throw Error(str_cat(command, ": ", ids.size(), " tokens are more than the model's context of ", context_length,
                         " tokens"));
 
-  const std::vector<double> log_probs = ids.size() > 1 ? target_log_probs(*model, ids, 1) : std::vector<double>{};
+  const std::vector<double> log_probs = ids.size() > 1 ? target_log_probs(*model, ids, 1, int64_t(ids.size())) : std::vector<double>{};
   json::Array tokens, values{json::Value(nullptr)};
   for (int32_t id : ids) tokens.push_back(int64_t(id));
   double sum = 0;

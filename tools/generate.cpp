@@ -10,6 +10,7 @@
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
 #include "tools/args.h"
+#include "tools/attention_plan_option.h"
 #include "tools/commands.h"
 #include "tools/generate_support.h"
 #include "tools/model_files.h"
@@ -34,6 +35,7 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  add_attention_plan_option(parser, "each answer's prompt + --max-new-tokens tokens (not with --prompts)");
   parser.add_option("adapter", "DIR",
                     "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with; or "
                     "several as NAME=DIR,NAME=DIR,... on one base, which --prompts lines choose from with "
@@ -294,6 +296,8 @@ int run_generate(const Arguments& args) {
   check_prompt_ids(prompt, model->config(),
                    parser.is_set("prompt-ids") ? "--prompt-ids" : "the encoded prompt (does the tokenizer fit the model?)");
   options.max_new_tokens = new_tokens_within_context(int64_t(prompt.size()), options.max_new_tokens, model->config());
+  if (const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config()))
+    apply_attention_plan(*model->model, model->config(), *plan, int64_t(prompt.size()) + options.max_new_tokens);
   if (output == "text") {
     TextStream stream{tokenizer::StreamDecoder(*text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
@@ -330,6 +334,7 @@ int run_chat(const Arguments& args) {
   const int64_t max_new_tokens = options.max_new_tokens;
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
   const auto model = load_model(parser, directory);
+  const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config());
   const int64_t context_length = model->config().max_position_embeddings;
   tokenizer::Conversation history(text_tokenizer, chat, context_length);
   // A system message must leave room for a message and an answer.
@@ -393,6 +398,7 @@ int run_chat(const Arguments& args) {
       std::fprintf(stderr, "(this answer can have at most %lld tokens: the conversation fills the rest of the context)\n",
                    static_cast<long long>(fit.new_tokens));
     options.max_new_tokens = fit.new_tokens;
+    if (plan) apply_attention_plan(*model->model, model->config(), *plan, int64_t(fit.prompt.size()) + fit.new_tokens);
     TextStream stream{tokenizer::StreamDecoder(text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
     generate_streamed(*model, widen(fit.prompt), options);

@@ -247,6 +247,10 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
                        "run 'lamina generate --help'");
   if (!parser.is_set("output"))
     throw UsageError("lamina generate: --prompts needs --output FILE.jsonl (where the answers go)", "run 'lamina generate --help'");
+  if (parser.is_set("attention-plan"))
+    throw UsageError("lamina generate: --attention-plan does not go with --prompts yet: batched decoding keeps one dense "
+                     "cache for every row; a sparse plan decodes one prompt at a time (--prompt)",
+                     "run each prompt with --prompt, or drop --attention-plan");
   const std::string prompts_path = *parser.value("prompts"), output_path = *parser.value("output");
   if (output_path == "text" || output_path == "ids")
     throw UsageError("lamina generate: with --prompts, --output is the JSONL file to write, not '" + output_path + "'",

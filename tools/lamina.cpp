@@ -37,6 +37,7 @@ constexpr Subcommand kSubcommands[] = {
     {"convert", "convert a Llama model between a Hugging Face folder and a GGUF file (f32/f16/bf16/q8_0/q4_0)", run_convert},
     {"quantize", "quantize a model folder's linear weights to 4 bits (NF4/FP4, bitsandbytes layout)", run_quantize},
     {"lora", "LoRA adapters (PEFT folders): merge into a model", run_lora},
+    {"sparse", "MoA sparse attention: profile heads, search a plan at a density, uniform baseline", run_sparse},
     {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer, preference, attention)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
     {"version", "print the version", run_version},

@@ -34,6 +34,10 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
   if (language_model) {
     parser.add_option("seq-len", "N", "tokens per sequence (at most the model's max_position_embeddings)", text(d.seq_len));
     parser.add_switch("no-pack", "one example per sequence instead of packing several");
+    parser.add_option("attention-plan", "FILE",
+                      "sparse attention: a MoA plan (lamina sparse plan|uniform) resolved at --seq-len; each head "
+                      "trains under its sink and window (sinks need --no-pack)",
+                      "dense attention");
   }
   parser.add_option("lr", "LR", "peak learning rate, in [1e-12, 10]", text(d.lr));
   parser.add_option("min-lr-ratio", "R", "final learning rate as a fraction of the peak", text(d.min_lr_ratio));
@@ -124,6 +128,7 @@ train::TrainOptions training_options(const FlagParser& parser, const train::Trai
   if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
   options.lora = parser.value("lora").value_or(options.lora);
   if (parser.is_set("qlora")) options.qlora = true;
+  if (parser.is_set("attention-plan")) options.attention_plan = *parser.value("attention-plan");
   options.device = parser.value("device").value_or(options.device);
   options.precision = parser.value("precision").value_or(options.precision);
   options.eval_every = integer("eval-every", options.eval_every);

@@ -211,16 +211,8 @@ Batch make_batch(const std::vector<std::vector<const Example*>>& rows, int64_t s
   out.ids = Tensor::from_vector(ids, {batch, seq_len});
   out.targets = Tensor::from_vector(targets, {batch, seq_len});
   out.positions = Tensor::from_vector(positions, {batch, seq_len});
-  if (packed) {
-    // Each token sees only the tokens of its own example (and padding only padding).
-    std::vector<float> mask(size_t(batch * seq_len * seq_len), 0.0f);
-    for (int64_t r = 0; r < batch; ++r)
-      for (int64_t q = 0; q < seq_len; ++q)
-        for (int64_t k = 0; k <= q; ++k)
-          if (document[size_t(r * seq_len + q)] != document[size_t(r * seq_len + k)])
-            mask[size_t((r * seq_len + q) * seq_len + k)] = -std::numeric_limits<float>::infinity();
-    out.mask = Tensor::from_vector(mask, {batch, 1, seq_len, seq_len});
-  }
+  // Each token sees only the tokens of its own example (and padding only padding).
+  if (packed) out.document_ids = Tensor::from_vector(document, {batch, seq_len});
   return out;
 }
 

@@ -124,10 +124,10 @@ std::vector<Example> fit_examples(std::vector<Example> examples, int64_t max_tok
 std::vector<Example> split_validation(std::vector<Example>& examples, double fraction, uint64_t seed);
 
 struct Batch {
-  Tensor ids;        // [B, T] i64
-  Tensor targets;    // [B, T] i64, -100 where nothing is predicted
-  Tensor positions;  // [B, T] i64, restarting at each packed example
-  Tensor mask;       // [B, 1, T, T] additive (packed rows), else undefined (plain causal)
+  Tensor ids;           // [B, T] i64
+  Tensor targets;       // [B, T] i64, -100 where nothing is predicted
+  Tensor positions;     // [B, T] i64, restarting at each packed example
+  Tensor document_ids;  // [B, T] i64: each slot's example in its row (packed rows; -1 padding), else undefined
   int64_t target_tokens = 0;
 };
 

@@ -9,6 +9,7 @@
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
 #include "models/llama/reward_model.h"
+#include "models/sparse/moa_plan.h"
 #include "nn/lora.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/host_memory.h"
@@ -89,6 +90,7 @@ json::Value TrainOptions::to_json() const {
   out.set("gradient-checkpointing", gradient_checkpointing);
   out.set("lora", lora);
   out.set("qlora", qlora);
+  out.set("attention-plan", attention_plan);
   out.set("device", device);
   out.set("precision", precision);
   out.set("eval-every", eval_every);
@@ -158,6 +160,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "gradient-checkpointing") o.gradient_checkpointing = value.as_bool(what);
     else if (key == "lora") o.lora = value.as_string(what);
     else if (key == "qlora") o.qlora = value.as_bool(what);
+    else if (key == "attention-plan") o.attention_plan = value.as_string(what);
     else if (key == "device") o.device = value.as_string(what);
     else if (key == "precision") o.precision = value.as_string(what);
     else if (key == "eval-every") o.eval_every = value.as_int64(what);
@@ -178,8 +181,8 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
 const std::vector<std::string>& TrainOptions::json_keys() {
   static const std::vector<std::string> keys = {
       "steps", "batch-size", "micro-batch-size", "seq-len", "no-pack", "lr", "min-lr-ratio", "warmup-steps",
-      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "device", "precision",
-      "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
+      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "attention-plan", "device",
+      "precision", "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
   return keys;
 }
 
@@ -220,7 +223,7 @@ CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& ba
   const auto moved = [&](const Tensor& t) { return t.defined() ? ops::to_device(t, device) : t; };
   llama::ForwardOptions forward;
   forward.positions = moved(batch.positions);
-  forward.mask = moved(batch.mask);
+  forward.document_ids = moved(batch.document_ids);
   return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
 }
 
@@ -349,6 +352,22 @@ std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHea
     if (options.progress && quantized > 0)
       std::fprintf(stderr, "qlora: %lld projection weights quantized to NF4 (double-quantized scales)\n", (long long)quantized);
   }
+  if (!options.attention_plan.empty()) {
+    const sparse::MoaPlan plan = sparse::MoaPlan::read(options.attention_plan);
+    plan.check_fits(model->config(), "attention-plan " + options.attention_plan);
+    llama::SparseAttention resolved = plan.resolve(options.seq_len);
+    // A sink is a row's first positions: packed rows would give every later document the first
+    // document's opening tokens as its sink.
+    for (const std::vector<int64_t>& sinks : resolved.sinks)
+      for (const int64_t sink : sinks)
+        LAMINA_CHECK(!options.pack || sink == 0, "train: the attention plan ", options.attention_plan,
+                     " keeps sink tokens, which are a row's first positions, not each packed document's: train it "
+                     "with one example per row (--no-pack)");
+    model->trunk().sparse_attention = std::move(resolved);
+    if (options.progress)
+      std::fprintf(stderr, "attention plan: %s, density %.3f at %lld tokens\n", options.attention_plan.c_str(),
+                   plan.density(options.seq_len), (long long)options.seq_len);
+  }
   if (const std::optional<nn::LoraConfig> lora = lora_config(options, *model)) {
     const std::vector<std::string> targeted = nn::apply_lora(*model, *lora);
     if (options.progress)
@@ -417,7 +436,7 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
   compare("batch-size");
   if (micro(saved) != micro(now)) changes.push_back({"micro-batch-size", str_cat(micro(saved)), str_cat(micro(now))});
   for (const char* key : {"seq-len", "pack", "seed", "lr", "min-lr-ratio", "warmup-steps", "schedule", "weight-decay",
-                          "beta1", "beta2", "eps", "clip", "lora", "qlora"})
+                          "beta1", "beta2", "eps", "clip", "lora", "qlora", "attention-plan"})
     compare(key);
   if (saved.compute_dtype() != now.compute_dtype())
     changes.push_back({"precision", str_cat(saved.precision, " (", dtype_name(saved.compute_dtype()), ")"),
@@ -436,7 +455,9 @@ TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const 
   memory.parameters = config.parameter_count();
   const double parameters = double(memory.parameters);
   const bool on_cpu = !options.resolved_device().is_cuda();
-  memory.mask = options.pack ? rows * tokens * tokens * 4 : 0;  // [B, 1, T, T] f32, built on the host
+  // The fused CPU attention reads packed rows' document ids; CUDA's reference path builds the
+  // [B, 1, T, T] f32 mask from them on the host.
+  memory.mask = options.pack && !on_cpu ? rows * tokens * tokens * 4 : 0;
   if (!on_cpu) {
     memory.weights = parameters * 4;  // the f32 model on the host, before it moves to the GPU
     return memory;
@@ -453,10 +474,10 @@ TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const 
   memory.moments = 2 * trained * 4;
   memory.master = memory.dtype == DType::f32 || !options.lora.empty() ? 0 : parameters * 4;
   memory.logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
-  // The CPU attention holds, per concurrent (row, kv head) task of its backward, two [T, T]
-  // f32 matrices (probabilities and their gradient).
+  // The fused CPU attention keeps no [T, T] matrix: per concurrent (row, kv head) task of its
+  // backward, the f32 gradients of that head's keys and values and a tile of scores.
   const double tasks = std::min(double(num_threads()), rows * double(config.num_key_value_heads));
-  memory.attention = tasks * 2 * tokens * tokens * 4;
+  memory.attention = tasks * (2 * tokens * double(config.head_dim) + 2 * 64.0 * 64.0) * 4;
   return memory;
 }
 

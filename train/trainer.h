@@ -53,6 +53,9 @@ struct TrainOptions {
   // scales) before the adapters are added, and every product with them is the fused 4-bit one.
   // Needs `lora`.
   bool qlora = false;
+  // A MoA plan file (models/sparse/moa_plan.h) resolved at seq_len: every head trains under its
+  // own sink + window, as it will run. Empty: dense attention.
+  std::string attention_plan;
   std::string device = "cpu";      // cpu, cuda or cuda:N: the model is moved there before training
   std::string precision = "auto";  // f32, or bf16 (bf16 weights and activations, f32 master weights
                                    // and optimizer state); auto = bf16 on CUDA, f32 on the CPU

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "autograd/autograd.h"
+#include "models/llama/sparse_kv_cache.h"
 
 namespace lamina::generate {
 
@@ -25,6 +27,119 @@ void check_prompts(const llama::LlamaConfig& config, const std::vector<std::vect
   }
 }
 
+namespace {
+
+// What every sequence has produced so far and whether it is done: the sampling step that the
+// batched path and the sparse path (one cache per prompt) share, so that both draw from the
+// generator in the same order (sequence by sequence within a step) and stop for the same reasons.
+class Sequences {
+ public:
+  Sequences(const std::vector<std::vector<int64_t>>& prompts, std::vector<int64_t> room, const GenerateOptions& options,
+            std::vector<int64_t> stop)
+      : context(prompts.begin(), prompts.end()),
+        room_(std::move(room)),
+        options_(options),
+        stop_(std::move(stop)),
+        finished_(prompts.size(), false) {
+    result.tokens.resize(prompts.size());
+    result.finish_reasons.resize(prompts.size());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      result.finish_reasons[b] = room_[b] < options.max_new_tokens ? "context" : "length";
+      finished_[b] = room_[b] == 0;
+    }
+  }
+
+  bool finished(size_t b) const { return finished_[b]; }
+  int64_t room(size_t b) const { return room_[b]; }
+
+  // Draws sequence b's next token from its logits `row` (f32, vocabulary long) at `step`,
+  // records it, and marks b finished at a stop token, a refusing callback or its length limit.
+  int64_t take(size_t b, const float* row, int64_t vocab, int64_t step, Generator& generator) {
+    const int64_t bad = first_non_finite_logit(row, vocab);
+    LAMINA_CHECK(bad < 0, "generate: the model produced a non-finite logit (",
+                 std::isnan(row[std::max<int64_t>(bad, 0)]) ? "NaN" : "+inf", " for token ", bad, ") at step ", step,
+                 " (new token ", step + 1, ") of sequence ", b, "; check the model's weights for NaN or Inf values");
+    const int64_t token = sample_next_token(row, vocab, context[b], options_.sampling, generator);
+    context[b].push_back(token);
+    const bool keep_going = !options_.on_token || options_.on_token(b, token);
+    if (std::find(stop_.begin(), stop_.end(), token) != stop_.end()) {
+      finished_[b] = true;
+      result.finish_reasons[b] = "stop";
+    } else {
+      result.tokens[b].push_back(token);
+      if (!keep_going) {
+        finished_[b] = true;
+        result.finish_reasons[b] = "callback";
+      } else if (int64_t(result.tokens[b].size()) == room_[b]) {
+        finished_[b] = true;  // keeps the "length" or "context" set above
+      }
+    }
+    return token;
+  }
+
+  GenerateResult result;
+  std::vector<std::vector<int64_t>> context;  // prompt and new tokens of each sequence
+
+ private:
+  std::vector<int64_t> room_;
+  const GenerateOptions& options_;
+  std::vector<int64_t> stop_;
+  std::vector<bool> finished_;
+};
+
+// Logits [B, 1, V] on the host in f32 (an f64 model's logits are rounded once here).
+Tensor host_logits(const Tensor& logits) {
+  const Tensor on_host = ops::to_device(logits, Device::cpu());
+  return ops::contiguous(on_host.dtype() == DType::f32 ? on_host : ops::cast(on_host, DType::f32));
+}
+
+// Generation under the model's sparse-attention plan: a SparseKvCache per prompt (the rings
+// advance every row together and have no padding), sized to its prompt and new tokens, so its
+// memory follows the plan; the prompts step together, one token each per step, in order.
+void generate_sparse(const llama::LlamaForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                     const GenerateOptions& options, Sequences& sequences, int64_t most_new_tokens) {
+  const llama::LlamaConfig& config = model.config();
+  const Device device = model.device();
+  std::vector<std::unique_ptr<llama::SparseKvCache>> caches(prompts.size());
+  std::vector<Tensor> logits(prompts.size());
+  for (size_t b = 0; b < prompts.size(); ++b) {
+    if (sequences.finished(b)) continue;
+    const int64_t prompt_length = int64_t(prompts[b].size());
+    caches[b] = std::make_unique<llama::SparseKvCache>(config, model.model->sparse_attention, 1,
+                                                       prompt_length + sequences.room(b), model.dtype(), device);
+    llama::ForwardOptions forward;
+    forward.sparse_cache = caches[b].get();
+    forward.last_position_only = true;
+    const Tensor ids = Tensor::from_vector(prompts[b], {1, prompt_length});
+    for (int64_t start = 0; start < prompt_length; start += options.prefill_chunk_tokens) {
+      const int64_t end = std::min(prompt_length, start + options.prefill_chunk_tokens);
+      logits[b] = model.forward(ops::to_device(ops::contiguous(ids.slice(1, start, end)), device), forward);
+    }
+  }
+  Generator generator(options.sampling.seed);
+  for (int64_t step = 0; step < most_new_tokens; ++step) {
+    size_t running = 0;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      if (sequences.finished(b)) continue;
+      const Tensor row = host_logits(logits[b]);
+      sequences.take(b, row.data<float>(), config.vocab_size, step, generator);
+      if (sequences.finished(b)) caches[b].reset();  // its memory goes back at once
+      running += !sequences.finished(b);
+    }
+    if (running == 0 || step + 1 == most_new_tokens) break;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      if (sequences.finished(b)) continue;
+      llama::ForwardOptions forward;
+      forward.sparse_cache = caches[b].get();
+      forward.last_position_only = true;
+      const Tensor next = Tensor::from_vector(std::vector<int64_t>{sequences.context[b].back()}, {1, 1});
+      logits[b] = model.forward(ops::to_device(next, device), forward);
+    }
+  }
+}
+
+}  // namespace
+
 GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& options) {
   options.sampling.validate();
@@ -42,20 +157,15 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
     longest = std::max(longest, prompts[i].size());
     room[i] = std::min(options.max_new_tokens, context_length - int64_t(prompts[i].size()));
   }
-  const std::vector<int64_t> stop = stop_tokens(config, options);
-
-  GenerateResult result;
-  result.tokens.resize(prompts.size());
-  result.finish_reasons.resize(prompts.size());
-  std::vector<bool> finished(prompts.size(), false);
-  for (size_t b = 0; b < prompts.size(); ++b) {
-    result.finish_reasons[b] = room[b] < options.max_new_tokens ? "context" : "length";
-    finished[b] = room[b] == 0;
-  }
+  Sequences sequences(prompts, room, options, stop_tokens(config, options));
   const int64_t most_new_tokens = *std::max_element(room.begin(), room.end());
-  if (most_new_tokens == 0) return result;  // nothing to generate: no forward pass at all
+  if (most_new_tokens == 0) return sequences.result;  // nothing to generate: no forward pass at all
 
   autograd::NoGradGuard no_grad;
+  if (!model.model->sparse_attention.dense()) {
+    generate_sparse(model, prompts, options, sequences, most_new_tokens);
+    return sequences.result;
+  }
   const int64_t batch = int64_t(prompts.size()), prompt_length = int64_t(longest);
   std::vector<int64_t> padding, ids;
   for (const auto& prompt : prompts) {
@@ -70,7 +180,6 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   // so the cache holds the prompt and most_new_tokens - 1 more: no row's real tokens pass the
   // context (left padding adds at most the spread of the prompt lengths).
   llama::KvCache cache(config, batch, prompt_length + most_new_tokens - 1, model.dtype(), padding, device);
-  std::vector<std::vector<int64_t>> context(prompts.begin(), prompts.end());
   Generator generator(options.sampling.seed);
 
   llama::ForwardOptions forward;
@@ -85,43 +194,20 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
     logits = model.forward(ops::to_device(ops::contiguous(all_ids.slice(1, start, end)), device), forward);
   }
   for (int64_t step = 0; step < most_new_tokens; ++step) {
-    // Sampling runs on the host, in f32 (an f64 model's logits are rounded once here).
-    const Tensor on_host = ops::to_device(logits, Device::cpu());
-    const Tensor rows = ops::contiguous(on_host.dtype() == DType::f32 ? on_host : ops::cast(on_host, DType::f32));
+    const Tensor rows = host_logits(logits);
     const float* data = rows.data<float>();
     std::vector<int64_t> next(size_t(batch), 0);
     size_t running = 0;
     for (size_t b = 0; b < prompts.size(); ++b) {
-      next[b] = context[b].back();
-      if (finished[b]) continue;
-      const float* row = data + int64_t(b) * config.vocab_size;
-      const int64_t bad = first_non_finite_logit(row, config.vocab_size);
-      LAMINA_CHECK(bad < 0, "generate: the model produced a non-finite logit (",
-                   std::isnan(row[std::max<int64_t>(bad, 0)]) ? "NaN" : "+inf",
-                   " for token ", bad, ") at step ", step, " (new token ", step + 1, ") of sequence ", b,
-                   "; check the model's weights for NaN or Inf values");
-      const int64_t token = sample_next_token(row, config.vocab_size, context[b], options.sampling, generator);
-      next[b] = token;
-      context[b].push_back(token);
-      const bool keep_going = !options.on_token || options.on_token(b, token);
-      if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
-        finished[b] = true;
-        result.finish_reasons[b] = "stop";
-      } else {
-        result.tokens[b].push_back(token);
-        if (!keep_going) {
-          finished[b] = true;
-          result.finish_reasons[b] = "callback";
-        } else if (int64_t(result.tokens[b].size()) == room[b]) {
-          finished[b] = true;  // keeps the "length" or "context" set above
-        }
-      }
-      running += !finished[b];
+      if (!sequences.finished(b))
+        sequences.take(b, data + int64_t(b) * config.vocab_size, config.vocab_size, step, generator);
+      next[b] = sequences.context[b].back();
+      running += !sequences.finished(b);
     }
     if (running == 0 || step + 1 == most_new_tokens) break;
     logits = model.forward(ops::to_device(Tensor::from_vector(next, {batch, 1}), device), forward);
   }
-  return result;
+  return sequences.result;
 }
 
 }  // namespace lamina::generate

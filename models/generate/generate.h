@@ -5,6 +5,11 @@
 // than the context is an error, and a sequence stops (finish reason "context") when prompt and
 // new tokens fill it, so no position past the context is ever computed. The prefill runs in
 // chunks of `prefill_chunk_tokens`, which bounds its attention scores to chunk x context.
+//
+// A model with a sparse-attention plan (model.model->sparse_attention not dense) generates with
+// one ring-buffer cache per prompt (llama::SparseKvCache, sized to that prompt plus its new
+// tokens, so its memory follows the plan): the prompts are prefilled one at a time, then step
+// together, one token each, sampled in the same order as the batched path.
 #pragma once
 
 #include <functional>

@@ -12,6 +12,7 @@
 #include "autograd/checkpoint.h"
 #include "models/io/bnb4bit.h"
 #include "models/io/safetensors.h"
+#include "models/llama/sparse_kv_cache.h"
 #include "nn/lora.h"
 #include "tensor/host_memory.h"
 #include "tensor/io/atomic_file.h"
@@ -128,6 +129,33 @@ void KvCache::set_row_length(int64_t row, int64_t length) {
   lengths_[size_t(row)] = length;
 }
 
+// ---- sparse attention plans
+
+void SparseAttention::check(const LlamaConfig& config) const {
+  if (dense()) return;
+  const auto check_table = [&](const std::vector<std::vector<int64_t>>& table, const char* what) {
+    LAMINA_CHECK(int64_t(table.size()) == config.num_hidden_layers, "sparse attention: ", table.size(), " layers of ",
+                 what, " for a model of ", config.num_hidden_layers, " layers");
+    for (size_t layer = 0; layer < table.size(); ++layer) {
+      LAMINA_CHECK(int64_t(table[layer].size()) == config.num_attention_heads, "sparse attention: layer ", layer,
+                   " has ", table[layer].size(), " ", what, " for ", config.num_attention_heads, " query heads");
+      for (size_t head = 0; head < table[layer].size(); ++head)
+        LAMINA_CHECK(table[layer][head] >= 0, "sparse attention: layer ", layer, " head ", head, " has ", what, " ",
+                     table[layer][head], "; it must be >= 0");
+    }
+  };
+  check_table(sinks, "sinks");
+  check_table(windows, "windows");
+}
+
+SparseAttention SparseAttention::uniform(const LlamaConfig& config, int64_t sink, int64_t window) {
+  SparseAttention plan;
+  plan.sinks.assign(size_t(config.num_hidden_layers), std::vector<int64_t>(size_t(config.num_attention_heads), sink));
+  plan.windows.assign(size_t(config.num_hidden_layers), std::vector<int64_t>(size_t(config.num_attention_heads), window));
+  plan.check(config);
+  return plan;
+}
+
 // ---- layers
 
 namespace {
@@ -146,18 +174,61 @@ LlamaAttention::LlamaAttention(const LlamaConfig& config, DType dtype, nn::Param
   o_proj = register_module("o_proj", linear(config.q_dim(), config.hidden_size, dtype, init, four_bit_projections));
 }
 
-Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer,
-                               const Tensor& mask) const {
+namespace {
+
+// Packed documents as the additive mask the reference path takes: [B, 1, T, T], -inf between
+// positions of different documents (causality is the op's own).
+Tensor document_mask(const Tensor& document_ids) {
+  const Tensor ids = ops::cast(ops::to_device(document_ids, Device::cpu()), DType::i64);
+  const int64_t batch = ids.size(0), tokens = ids.size(1);
+  const std::vector<int64_t> document = ids.contiguous().to_vector<int64_t>();
+  std::vector<float> mask(size_t(batch * tokens * tokens), 0.0f);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t q = 0; q < tokens; ++q)
+      for (int64_t k = 0; k < tokens; ++k)
+        if (document[size_t(b * tokens + q)] != document[size_t(b * tokens + k)])
+          mask[size_t((b * tokens + q) * tokens + k)] = -std::numeric_limits<float>::infinity();
+  return ops::to_device(Tensor::from_vector(mask, {batch, 1, tokens, tokens}), document_ids.device());
+}
+
+}  // namespace
+
+Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, int64_t layer,
+                               const AttentionContext& context) const {
   const int64_t batch = x.size(0), tokens = x.size(1);
-  const Tensor q = rope(q_proj->forward(x).view({batch, tokens, heads_, head_dim_}), positions, rope_);
+  const Tensor q = rope(q_proj->forward(x).view({batch, tokens, heads_, head_dim_}), positions, rope_).transpose(1, 2);
   const Tensor k = rope(k_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_}), positions, rope_);
   const Tensor v = v_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_});
   Tensor keys = k.transpose(1, 2), values = v.transpose(1, 2);  // [B, Hkv, T, hd]
-  if (cache != nullptr) std::tie(keys, values) = cache->store(layer, keys, values);
-  AttentionOptions options;
-  options.causal = true;
-  options.mask = mask;
-  const Tensor out = attention(q.transpose(1, 2), keys, values, options);  // [B, H, T, hd]
+  Tensor out;                                                   // [B, H, T, hd]
+  if (context.sparse_cache != nullptr) {
+    out = context.sparse_cache->attend(layer, q, keys, values);
+  } else {
+    if (context.cache != nullptr) std::tie(keys, values) = context.cache->store(layer, keys, values);
+    AttentionPattern pattern;
+    if (context.sparse != nullptr) {
+      pattern.sinks = context.sparse->sinks[size_t(layer)];
+      pattern.windows = context.sparse->windows[size_t(layer)];
+    }
+    pattern.document_ids = context.document_ids;
+    pattern.additive_mask = context.mask;
+    if (context.probe != nullptr) {
+      out = context.probe->attend(layer, q, keys, values, pattern);
+    } else if (context.reference || !x.device().is_cpu()) {
+      // The fused kernel is CPU-only so far: CUDA runs the materialising path, which has no sinks
+      // or windows (LlamaModel::forward refuses a sparse plan there).
+      AttentionOptions options;
+      options.causal = true;
+      options.mask = context.mask;
+      if (context.document_ids.defined()) {
+        const Tensor documents = document_mask(context.document_ids);
+        options.mask = options.mask.defined() ? ops::add(ops::cast(options.mask, DType::f32), documents) : documents;
+      }
+      out = attention(q, keys, values, options);
+    } else {
+      out = flash_attention(q, keys, values, pattern);
+    }
+  }
   return o_proj->forward(out.transpose(1, 2).reshape({batch, tokens, heads_ * head_dim_}));
 }
 
@@ -181,9 +252,9 @@ LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn:
       "post_attention_layernorm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
 }
 
-Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, KvCache* cache, int64_t layer,
-                                  const Tensor& mask) const {
-  const Tensor attended = h + self_attn->forward(input_layernorm->forward(h), positions, cache, layer, mask);
+Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, int64_t layer,
+                                  const AttentionContext& context) const {
+  const Tensor attended = h + self_attn->forward(input_layernorm->forward(h), positions, layer, context);
   return attended + mlp->forward(post_attention_layernorm->forward(attended));
 }
 
@@ -196,27 +267,50 @@ LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit
   norm = register_module("norm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
 }
 
-Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const {
+Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, AttentionContext context) const {
+  const bool cached = context.cache != nullptr || context.sparse_cache != nullptr;
+  LAMINA_CHECK(!(context.cache != nullptr && context.sparse_cache != nullptr),
+               "LlamaModel: a KV cache and a sparse KV cache given together; use one");
+  LAMINA_CHECK(!context.document_ids.defined() || !cached,
+               "LlamaModel: packed documents are a training input; they do not go with a KV cache");
+  if (!sparse_attention.dense() && context.sparse == nullptr) context.sparse = &sparse_attention;
+  if (context.sparse != nullptr) {
+    LAMINA_CHECK(context.sparse->sinks.size() == layers->size(), "LlamaModel: the sparse attention plan has ",
+                 context.sparse->sinks.size(), " layers, the model ", layers->size());
+    LAMINA_CHECK(!context.reference, "LlamaModel: the reference attention path has no sparse plan; use the fused one");
+    LAMINA_CHECK(ids.device().is_cpu() || context.probe != nullptr,
+                 "LlamaModel: sparse attention runs on the CPU only so far (the fused kernel has no CUDA twin yet)");
+    LAMINA_CHECK(context.cache == nullptr, "LlamaModel: a sparse attention plan decodes with its own cache "
+                 "(llama::SparseKvCache, as generate() does), not with a dense KvCache");
+    if (context.document_ids.defined())
+      for (const std::vector<int64_t>& sinks : context.sparse->sinks)
+        for (const int64_t sink : sinks)
+          LAMINA_CHECK(sink == 0, "LlamaModel: attention sinks are the first positions of a row, not of each packed "
+                       "document: train a plan with sinks without packing (--no-pack)");
+  }
   Tensor h = embed_tokens->forward(ids);
   // LoRA dropout draws its masks from the model's one stream: a checkpointed layer's re-run
   // must draw the same ones, so the stream goes to autograd::checkpoint to rewind.
+  const bool checkpointed = gradient_checkpointing && !cached && autograd::grad_enabled();
   std::shared_ptr<nn::LoraSelection> lora;
-  if (gradient_checkpointing && cache == nullptr && autograd::grad_enabled()) {
+  if (checkpointed) {
     lora = nn::lora_selection(*this);
     if (lora->adapters.empty()) lora.reset();
   }
   for (size_t i = 0; i < layers->size(); ++i) {
     const auto layer = std::static_pointer_cast<LlamaDecoderLayer>((*layers)[i]);
-    if (gradient_checkpointing && cache == nullptr && autograd::grad_enabled()) {
-      const auto run_layer = [layer, positions, mask, i, lora](const std::vector<Tensor>& in) {
-        return std::vector<Tensor>{layer->forward(in[0], positions, nullptr, int64_t(i), mask)};
+    if (checkpointed) {
+      // The re-run reads the same context: the plan is the model's (it outlives the backward).
+      const auto run_layer = [layer, positions, context, i, lora](const std::vector<Tensor>& in) {
+        return std::vector<Tensor>{layer->forward(in[0], positions, int64_t(i), context)};
       };
       h = autograd::checkpoint(run_layer, {h}, layer->parameters(), lora ? &lora->dropout_generator : nullptr)[0];
     } else {
-      h = layer->forward(h, positions, cache, int64_t(i), mask);
+      h = layer->forward(h, positions, int64_t(i), context);
     }
   }
-  if (cache != nullptr) cache->advance(ids.size(1));
+  if (context.cache != nullptr) context.cache->advance(ids.size(1));
+  if (context.sparse_cache != nullptr) context.sparse_cache->advance(ids.size(1));
   return norm->forward(h);
 }
 
@@ -265,14 +359,27 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
   if (cache != nullptr)
     LAMINA_CHECK(cache->batch() == ids.size(0), "LlamaForCausalLM: a cache for batch ", cache->batch(),
                  " used with a batch of ", ids.size(0));
+  if (options.sparse_cache != nullptr)
+    LAMINA_CHECK(options.sparse_cache->batch() == ids.size(0), "LlamaForCausalLM: a sparse cache for batch ",
+                 options.sparse_cache->batch(), " used with a batch of ", ids.size(0));
   Tensor positions = options.positions;
-  if (!positions.defined()) positions = cache != nullptr ? cache->next_positions(tokens) : arange(0, tokens, 1, DType::i64, ids.device());
-  Tensor mask = options.mask;
+  if (!positions.defined()) {
+    const int64_t start = options.sparse_cache != nullptr ? options.sparse_cache->length() : 0;
+    positions = cache != nullptr ? cache->next_positions(tokens) : arange(start, start + tokens, 1, DType::i64, ids.device());
+  }
+  AttentionContext context;
+  context.cache = cache;
+  context.sparse_cache = options.sparse_cache;
+  context.mask = options.mask;
   if (cache != nullptr) {
     const Tensor cache_mask = cache->padding_mask(tokens);
-    if (cache_mask.defined()) mask = mask.defined() ? ops::add(ops::cast(mask, DType::f32), cache_mask) : cache_mask;
+    if (cache_mask.defined())
+      context.mask = context.mask.defined() ? ops::add(ops::cast(context.mask, DType::f32), cache_mask) : cache_mask;
   }
-  Tensor h = model->forward(ids, positions, cache, mask);
+  context.document_ids = options.document_ids;
+  context.probe = options.probe;
+  context.reference = options.reference_attention;
+  Tensor h = model->forward(ids, positions, context);
   if (options.last_position_only) h = h.slice(1, tokens - 1, tokens);
   const Tensor logits = matmul(h, output_weight(), false, true);
   // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.

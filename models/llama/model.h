@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "models/llama/config.h"
+#include "ops/attention_pattern.h"
 #include "nn/layers.h"
 
 namespace lamina::llama {
@@ -74,11 +75,53 @@ class KvCache {
   std::vector<Tensor> keys_, values_;
 };
 
+class SparseKvCache;
+
+// Which keys each attention head of each layer sees beyond causality: its sink (the first
+// `sink` positions) and its sliding window (the last `window` keys up to the query; kAllKeys =
+// every earlier key), as ops/attention_pattern.h defines them. A MoA plan (models/sparse)
+// resolves to one of these for a given length; empty (the default) is dense attention.
+struct SparseAttention {
+  std::vector<std::vector<int64_t>> sinks;    // [layers][query heads]
+  std::vector<std::vector<int64_t>> windows;  // [layers][query heads]
+
+  bool dense() const { return sinks.empty() && windows.empty(); }
+  // Throws unless both are [layers][query heads] of `config` with sink >= 0 and window >= 0.
+  void check(const LlamaConfig& config) const;
+  // Every head of every layer with one sink and window (StreamingLLM's uniform plan).
+  static SparseAttention uniform(const LlamaConfig& config, int64_t sink, int64_t window);
+};
+
+// Replaces the fused attention of every layer, for MoA's profiling (models/sparse): `attend` gets
+// q [B, Hq, T, D] and k, v [B, Hkv, S, D] (after RoPE, with the cache's keys) and the pattern the
+// fused kernel would have used, and returns the output [B, Hq, T, D] with whatever autograd node
+// it needs (a materialising one that reports A and dS in its backward).
+class AttentionProbe {
+ public:
+  virtual ~AttentionProbe() = default;
+  virtual Tensor attend(int64_t layer, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const AttentionPattern& pattern) = 0;
+};
+
+// What every layer's attention reads besides its input, made once per model forward.
+struct AttentionContext {
+  KvCache* cache = nullptr;
+  SparseKvCache* sparse_cache = nullptr;
+  Tensor mask;          // additive, broadcastable to [B, H, T, S]
+  Tensor document_ids;  // [B, T] (packed documents), without a cache
+  const SparseAttention* sparse = nullptr;  // per-layer, per-head sinks and windows; null = dense
+  AttentionProbe* probe = nullptr;
+  bool reference = false;  // ops::attention instead of the fused kernel
+};
+
 class LlamaAttention : public nn::Module {
  public:
   LlamaAttention(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
-  // x [B, T, d], positions [B, T] or [T]; mask: optional additive, broadcastable to [B, H, T, S].
-  Tensor forward(const Tensor& x, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
+  // x [B, T, d], positions [B, T] or [T]. Attention is the fused kernel (ops::flash_attention)
+  // under the layer's pattern: causal, the plan's sink and window per head, the packed
+  // documents, the additive mask; ops::attention (the materialising reference) where the fused
+  // kernel has no CUDA twin yet or `context.reference` asks for it.
+  Tensor forward(const Tensor& x, const Tensor& positions, int64_t layer, const AttentionContext& context) const;
 
   std::shared_ptr<nn::Linear> q_proj, k_proj, v_proj, o_proj;
 
@@ -98,7 +141,7 @@ class LlamaMLP : public nn::Module {
 class LlamaDecoderLayer : public nn::Module {
  public:
   LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
-  Tensor forward(const Tensor& h, const Tensor& positions, KvCache* cache, int64_t layer, const Tensor& mask) const;
+  Tensor forward(const Tensor& h, const Tensor& positions, int64_t layer, const AttentionContext& context) const;
 
   std::shared_ptr<LlamaAttention> self_attn;
   std::shared_ptr<LlamaMLP> mlp;
@@ -108,20 +151,34 @@ class LlamaDecoderLayer : public nn::Module {
 class LlamaModel : public nn::Module {
  public:
   LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
-  // ids [B, T] -> final hidden states [B, T, d] (after the final norm).
-  Tensor forward(const Tensor& ids, const Tensor& positions, KvCache* cache, const Tensor& mask) const;
+  // ids [B, T] -> final hidden states [B, T, d] (after the final norm). The context's `sparse`
+  // is taken from sparse_attention when it is not dense.
+  Tensor forward(const Tensor& ids, const Tensor& positions, AttentionContext context) const;
 
   std::shared_ptr<nn::Embedding> embed_tokens;
   std::shared_ptr<nn::ModuleList> layers;
   std::shared_ptr<nn::RMSNorm> norm;
   bool gradient_checkpointing = false;  // recompute each layer's activations in backward
+  // Per-head sinks and windows of every layer (a MoA plan resolved for a length); empty = dense.
+  // Checked against the config at each forward.
+  SparseAttention sparse_attention;
 };
 
 struct ForwardOptions {
   Tensor positions;                  // [B, T] or [T]; default: 0.. (after the cache's slots)
   KvCache* cache = nullptr;          // inference: read and extend the cache
-  Tensor mask;                       // additive, broadcastable to [B, H, T, S] (e.g. packing)
+  // Inference under a sparse plan: the per-head ring buffers (models/llama/sparse_kv_cache.h)
+  // instead of `cache`; positions default to the cache's length onwards.
+  SparseKvCache* sparse_cache = nullptr;
+  Tensor mask;                       // additive, broadcastable to [B, H, T, S] (e.g. padding)
+  // Packed documents: [B, T] integer ids (i32/i64) of each position's document; attention stays
+  // inside each document (ops/attention_pattern.h). Without a cache only.
+  Tensor document_ids;
   bool last_position_only = false;   // logits of the last position only (generation)
+  AttentionProbe* probe = nullptr;   // profiling: every layer's attention goes through it
+  // The materialising reference path (ops::attention, the T x T scores kept) instead of the fused
+  // kernel: the oracle of tests and benchmarks. Not with a sparse plan or document ids.
+  bool reference_attention = false;
 };
 
 // How LlamaForCausalLM::load stores the weights it reads.
@@ -150,6 +207,7 @@ class LlamaWithHead : public nn::Module {
   // Every weight converted to `dtype` on `device`, in place: parameter handles stay valid.
   virtual void to(Device device, DType dtype) = 0;
   virtual void set_gradient_checkpointing(bool on) = 0;
+  virtual LlamaModel& trunk() = 0;  // the decoder stack under the head
   // The folder transformers reads for this class: config.json (with its architecture) and the
   // weights in `dtype` (default: the model's own), sharded above max_shard_bytes.
   virtual void save(const std::string& directory, std::optional<DType> dtype = std::nullopt,
@@ -204,6 +262,7 @@ class LlamaForCausalLM : public LlamaWithHead {
   // Fresh weights as Hugging Face initialises them: normal(0, initializer_range), norms at 1.
   void init_parameters(Generator& generator);
   void set_gradient_checkpointing(bool on) override { model->gradient_checkpointing = on; }
+  LlamaModel& trunk() override { return *model; }
   // Converts every weight to `dtype` and moves it to `device`, in place: the parameter handles
   // (and whatever holds them) stay valid. Before training starts: gradients are not converted.
   void to(Device device, DType dtype) override;

@@ -200,7 +200,9 @@ LlamaForSequenceClassification::LlamaForSequenceClassification(LlamaConfig confi
 
 Tensor LlamaForSequenceClassification::pooled_scores(const Tensor& ids, const Tensor& positions, const Tensor& mask,
                                                      const std::vector<int64_t>& pooled) const {
-  const Tensor hidden = model->forward(ids.contiguous(), positions, nullptr, mask);  // [B, T, d]
+  AttentionContext context;
+  context.mask = mask;
+  const Tensor hidden = model->forward(ids.contiguous(), positions, context);  // [B, T, d]
   const int64_t batch = hidden.size(0), tokens = hidden.size(1), width = hidden.size(2);
   std::vector<int64_t> rows(pooled.size());
   for (size_t b = 0; b < pooled.size(); ++b) rows[b] = int64_t(b) * tokens + pooled[b];

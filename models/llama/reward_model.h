@@ -82,6 +82,7 @@ class LlamaForSequenceClassification : public LlamaWithHead {
   // The head alone, normal(0, initializer_range): a new head on a pretrained trunk.
   void init_score(Generator& generator);
   void set_gradient_checkpointing(bool on) override { model->gradient_checkpointing = on; }
+  LlamaModel& trunk() override { return *model; }
   // Every weight converted to `dtype` on `device`, in place (handles stay valid), as LlamaForCausalLM::to.
   void to(Device device, DType dtype) override;
   Device device() const override { return score->weight().device(); }

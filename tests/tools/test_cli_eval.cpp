@@ -14,6 +14,7 @@
 #include "models/tokenizer/builder.h"
 #include "scratch_dir.h"
 #include "tensor/io/json.h"
+#include "tools/attention_plan_file.h"
 #include "tools/cli_runner.h"
 
 using namespace lamina;
@@ -288,4 +289,45 @@ TEST_CASE("lamina eval ppl on SmolLM2's GGUF: its own tokenizer, transformers' p
   const Run answer = run_lamina("generate --model " + testing::smollm2_gguf_path() +
                                 " --prompt 'The capital of France is' --max-new-tokens 2");
   CHECK(answer.output.rfind(" Paris.", 0) == 0);
+}
+
+TEST_CASE("lamina eval ppl: windows in chunks through a KV cache, and under an attention plan") {
+  ScratchDir dir("cli-eval-ppl-chunks");
+  const auto model = save_model(dir);
+  std::ofstream(dir / "text.txt") << kFirst;
+  const std::vector<std::vector<int32_t>> one_document = {encode_with_bos(kFirst)};
+  const Expected dense = expected_perplexity(*model, one_document, 16, 5);
+  // Chunks of 3 tokens (and 7: not a divisor of the window) score what one forward scores.
+  for (const int64_t chunk : {3, 7}) {
+    const Run run = run_lamina(str_cat("eval ppl --model ", dir.path.string(), " --data ", dir / "text.txt",
+                                       " --seq-len 16 --stride 5 --chunk ", chunk));
+    INFO(run.output);
+    REQUIRE(run.status == 0);
+    const json::Value line = json_line(run.output, "{\"eval\":\"ppl\"");
+    CHECK(line.at("mean_nll").as_double() == doctest::Approx(dense.mean_nll).epsilon(1e-6));
+    CHECK(line.at("tokens_scored").as_int64() == dense.scored);
+  }
+
+  // A plan of sink 2 + span 6 (window 4): the CLI's perplexity is the model's under that mask.
+  write_fixed_span_plan(dir / "plan.json", model->config(), 2, 6);
+  const Run run = run_lamina(str_cat("eval ppl --model ", dir.path.string(), " --data ", dir / "text.txt",
+                                     " --seq-len 16 --stride 5 --attention-plan ", dir / "plan.json"));
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  model->model->sparse_attention = llama::SparseAttention::uniform(model->config(), 2, 4);
+  const Expected sparse = expected_perplexity(*model, one_document, 16, 5);
+  const json::Value line = json_line(run.output, "{\"eval\":\"ppl\"");
+  CHECK(line.at("mean_nll").as_double() == doctest::Approx(sparse.mean_nll).epsilon(1e-6));
+  CHECK(std::abs(sparse.mean_nll - dense.mean_nll) > 1e-3);  // the plan hides keys that matter
+  // Density at 16 tokens: query i sees min(i + 1, 6) keys: (1+2+...+6 + 10 x 6) / (16 x 17 / 2).
+  CHECK(line.at("attention_density").as_double() == doctest::Approx((21.0 + 60.0) / 136.0).epsilon(1e-12));
+
+  // A plan for another model shape is refused, naming the file.
+  llama::LlamaConfig other = model->config();
+  other.num_hidden_layers += 1;
+  write_fixed_span_plan(dir / "wrong.json", other, 2, 6);
+  const Run wrong = run_lamina(str_cat("eval ppl --model ", dir.path.string(), " --data ", dir / "text.txt",
+                                       " --attention-plan ", dir / "wrong.json"));
+  CHECK(wrong.status == 1);
+  CHECK(wrong.output.find("wrong.json") != std::string::npos);
 }

@@ -116,7 +116,7 @@ TEST_CASE("a packed row gives the per-example losses and gradients of running th
       const train::Batch batch = train::make_batch({row}, 32, 0);
       llama::ForwardOptions forward;
       forward.positions = batch.positions;
-      forward.mask = batch.mask;
+      forward.document_ids = batch.document_ids;
       const CrossEntropySum loss = cross_entropy_sum(model->forward(batch.ids, forward), batch.targets);
       loss.loss_sum.backward();
       total += loss.loss_sum.item<double>();

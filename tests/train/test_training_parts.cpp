@@ -122,10 +122,8 @@ TEST_CASE("packing: positions restart and each example sees only itself") {
   CHECK(batch.targets.to_vector<int64_t>() == std::vector<int64_t>{5, 6, 7, 8, 9, -100, -100, -100});
   CHECK(batch.positions.to_vector<int64_t>() == std::vector<int64_t>{0, 1, 0, 1, 2, 0, 0, 0});
   CHECK(batch.target_tokens == 5);
-  const std::vector<double> mask = batch.mask.to_vector<double>();
-  CHECK(mask[3 * 8 + 2] == 0.0);             // b's token attends to b
-  CHECK(std::isinf(mask[3 * 8 + 1]));        // but not to a
-  CHECK(mask[1 * 8 + 0] == 0.0);
+  // a fills slots 0-1, b slots 2-4, padding the rest: attention stays inside each.
+  CHECK(batch.document_ids.to_vector<int64_t>() == std::vector<int64_t>{0, 0, 1, 1, 1, -1, -1, -1});
   // The loader fills rows greedily and cycles epochs with a reshuffle from the seed.
   std::vector<train::Example> data(5, a);
   train::DataLoader loader(data, {2, 4, true, true, 7, 0});
