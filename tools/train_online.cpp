@@ -132,51 +132,17 @@ void add_flags(FlagParser& parser, const OnlineKind& kind) {
   add_training_flags(parser, TrainerKind::online, online_defaults());
 }
 
-// Each line's "prompt" and its other fields, by line number, from the file's contents (read once,
-// with the prompts themselves: the preference reader keeps only the prompt).
-std::map<int64_t, json::Value> line_fields(const std::string& contents, const std::string& path) {
-  std::map<int64_t, json::Value> out;
-  std::istringstream in(contents);
-  std::string line;
-  int64_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json::Value record;
-    try {
-      record = json::parse(line, str_cat(path, ":", number));
-    } catch (const Error&) {
-      continue;  // the prompt reader has reported it (or skipped it with --skip-malformed)
-    }
-    if (!record.is_object()) continue;
-    json::Value fields = json::Object{};
-    for (const auto& [key, value] : record.as_object())
-      if (key != "prompt") fields.set(key, value);
-    json::Value prompt = record.find("prompt") ? *record.find("prompt") : json::Value();
-    json::Value entry = json::Object{};
-    entry.set("prompt", std::move(prompt));
-    entry.set("fields", std::move(fields));
-    out[number] = std::move(entry);
-  }
-  return out;
-}
-
 // The prompt-only lines of `path` as prompts to sample from; `longest` grows to the longest.
 std::vector<train::OnlinePrompt> load_prompts(const std::string& path, const tokenizer::Tokenizer& tok,
                                               const train::PreferenceDataOptions& data_options,
                                               const llama::LlamaConfig& config, const std::string& command,
                                               int64_t& longest) {
-  // Read once: the prompts and their fields come from the same bytes.
-  const std::string contents = io::read_regular_file(path, "prompt file");
-  std::istringstream stream(contents);
-  train::PreferenceData data = train::read_preference_jsonl(stream, path, tok, data_options);
+  train::PreferenceData data = train::read_preference_jsonl(path, tok, data_options);
   if (const std::string summary = data.stats.summary(); !summary.empty())
     std::fprintf(stderr, "%s: %s\n", path.c_str(), summary.c_str());
   LAMINA_CHECK(data.layout == train::PreferenceLayout::prompt_only, path, ": ", command,
                " samples its own completions: it needs prompt-only lines {\"prompt\", ...}, not ",
                train::preference_layout_name(data.layout), " lines");
-  const std::map<int64_t, json::Value> fields = line_fields(contents, path);
   std::vector<int64_t> chat_stops;
   for (int32_t id : tokenizer::stop_token_ids(tok, data_options.chat.format)) chat_stops.push_back(id);
   std::vector<train::OnlinePrompt> prompts;
@@ -184,10 +150,8 @@ std::vector<train::OnlinePrompt> load_prompts(const std::string& path, const tok
     train::OnlinePrompt prompt;
     prompt.ids = line.prompt;
     prompt.line = line.line;
-    if (const auto found = fields.find(line.line); found != fields.end()) {
-      prompt.prompt = found->second.at("prompt");
-      prompt.fields = found->second.at("fields");
-    }
+    prompt.prompt = line.prompt_value;
+    prompt.fields = line.fields;
     if (!line.messages.empty()) prompt.stop_tokens = chat_stops;
     LAMINA_CHECK(int64_t(prompt.ids.size()) < config.max_position_embeddings, path, ":", line.line, ": the prompt's ",
                  prompt.ids.size(), " tokens fill the model's context (", config.max_position_embeddings,

@@ -94,8 +94,8 @@ Family family_of(const LossDefinition& definition) {
     std::string names;
     for (const std::string& known : online_loss_names()) names += (names.empty() ? "" : ", ") + known;
     return names;
-  }(), "; ppo_clip needs a value head, refuel multi-turn rollouts, nash_md and xpo "
-         "samples of a mixture or of the reference: not written yet)"));
+  }(), "; refuel's multi-turn rollouts are `lamina train refuel` (train/refuel_trainer.h); ppo_clip needs a value "
+         "head, nash_md and xpo samples of a mixture or of the reference: not written yet)"));
 }
 
 // Whether the loss, with these hyperparameters, reads reference log-probs.

@@ -428,6 +428,10 @@ PreferenceData read_preference_jsonl(std::istream& in, const std::string& name, 
           stats.prompts_truncated += truncated;
           prompt.messages = record.prompt.messages;
           prompt.text = record.prompt.text;
+          for (const auto& [key, field] : value.as_object()) {
+            if (key == "prompt") prompt.prompt_value = field;
+            else prompt.fields.set(key, field);
+          }
           prompt.line = line_number;
           data.prompts.push_back(std::move(prompt));
           break;

@@ -140,6 +140,8 @@ struct PromptOnly {
   std::vector<int32_t> prompt;                // ready to generate from (max_prompt_length applied)
   std::vector<tokenizer::Message> messages;  // conversational lines, whole (empty for text lines)
   std::string text;                           // text lines, whole
+  json::Value prompt_value;                   // the line's "prompt" as written (text or messages)
+  json::Value fields = json::Object{};        // the line's other fields ("answer", ...), for rewards
   int64_t line = 0;
 };
 

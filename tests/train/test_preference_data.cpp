@@ -93,7 +93,8 @@ TEST_CASE("preference data: the layout is detected from the keys, and text and c
   CHECK(!unpaired.unpaired[1].label);
   CHECK(unpaired.pairs.empty());
 
-  const PreferenceData prompts = read(R"({"prompt": [{"role": "user", "content": "hi"}]})" "\n\n" R"({"prompt": "ab"})");
+  const PreferenceData prompts =
+      read(R"({"prompt": [{"role": "user", "content": "hi"}]})" "\n\n" R"({"prompt": "ab", "answer": 72, "id": "q"})");
   CHECK(prompts.layout == PreferenceLayout::prompt_only);
   REQUIRE(prompts.prompts.size() == 2);
   CHECK(prompts.prompts[0].messages.size() == 1);
@@ -102,6 +103,11 @@ TEST_CASE("preference data: the layout is detected from the keys, and text and c
   CHECK(prompts.prompts[1].text == "ab");
   CHECK(prompts.prompts[1].prompt == Ids{kBos, 256});
   CHECK(prompts.prompts[1].line == 3);  // the empty line counts
+  // The line's prompt as written and its other fields, for the online rewards (exact_match's "answer").
+  CHECK(prompts.prompts[0].prompt_value.dump() == R"([{"role":"user","content":"hi"}])");
+  CHECK(prompts.prompts[0].fields.dump() == "{}");
+  CHECK(prompts.prompts[1].prompt_value.as_string() == "ab");
+  CHECK(prompts.prompts[1].fields.dump() == R"({"answer":72,"id":"q"})");
 }
 
 TEST_CASE("preference data: text lines are BOS + prompt, completions + EOS, encoded together as TRL does") {
