@@ -14,14 +14,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <sstream>
 
 #include "models/io/gguf.h"
 #include "models/io/gguf_llama.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/tokenizer_export.h"
-#include "tensor/io/atomic_file.h"
 #include "tensor/io/regular_file.h"
 #include "tools/args.h"
 #include "tools/model_files.h"
