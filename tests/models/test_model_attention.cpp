@@ -93,6 +93,35 @@ TEST_CASE("packed documents: the fused path's document ids equal the reference's
   CHECK(max_difference(fused.logits, run(*model, ids, {}).logits) > 1e-3);
 }
 
+TEST_CASE("packed documents over several 64-key tiles: the fused path equals the reference") {
+  llama::LlamaConfig config = testing::tiny_llama_config(32);
+  config.initializer_range = 0.5;
+  config.max_position_embeddings = 256;
+  auto model = std::make_shared<llama::LlamaForCausalLM>(config, DType::f64);
+  Generator generator(9);
+  model->init_parameters(generator);
+  const int64_t tokens = 200;
+  const Tensor ids = random_ids(2, tokens, 10);
+  std::vector<int64_t> documents(size_t(2 * tokens)), positions(size_t(2 * tokens));
+  // Row 1: documents of 37, 1, 90 and 72 tokens; row 2: 150 tokens then padding (-1).
+  const std::vector<int64_t> lengths{37, 1, 90, 72};
+  for (int64_t t = 0, document = 0, start = 0; t < tokens; ++t) {
+    if (t - start == lengths[size_t(document)]) start = t, ++document;
+    documents[size_t(t)] = document;
+    positions[size_t(t)] = t - start;
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    documents[size_t(tokens + t)] = t < 150 ? 0 : -1;
+    positions[size_t(tokens + t)] = t < 150 ? t : 0;
+  }
+  llama::ForwardOptions packed;
+  packed.document_ids = Tensor::from_vector(documents, {2, tokens});
+  packed.positions = Tensor::from_vector(positions, {2, tokens});
+  llama::ForwardOptions reference = packed;
+  reference.reference_attention = true;
+  check_same(run(*model, ids, packed), run(*model, ids, reference));
+}
+
 TEST_CASE("KV-cache decoding on the fused path equals the full forward") {
   const auto model = f64_model(5);
   const Tensor ids = random_ids(1, 12, 7);
