@@ -143,13 +143,13 @@ TEST_CASE("lamina chat holds a conversation from stdin" * doctest::test_suite("a
 TEST_CASE("lamina bench preference: --help, a tiny run of every case as JSON lines, a filter matching nothing") {
   const Run help = run_lamina("bench preference --help");
   CHECK(help.status == 0);
-  for (const char* flag : {"--pairs", "--seq-len", "--filter", "--quick", "--device"}) {
+  for (const char* flag : {"--pairs", "--prompts", "--generations", "--seq-len", "--filter", "--quick", "--device"}) {
     CAPTURE(flag);
     CHECK(help.output.find(flag) != std::string::npos);
   }
   CHECK(run_lamina("bench --help").output.find("  preference ") != std::string::npos);
 
-  const Run run = run_lamina("bench preference --quick --pairs 1 --seq-len 16 --threads 1");
+  const Run run = run_lamina("bench preference --quick --pairs 1 --prompts 1 --generations 3 --seq-len 16 --threads 1");
   INFO(run.output);
   REQUIRE(run.status == 0);
   std::vector<json::Value> lines;
@@ -158,32 +158,61 @@ TEST_CASE("lamina bench preference: --help, a tiny run of every case as JSON lin
     if (line.empty() || line[0] != '{') continue;
     lines.push_back(json::parse(line, "bench output"));
   }
-  REQUIRE(lines.size() == 2);
-  const char* expected_cases[] = {"llama_30m_dpo_step", "llama_30m_dpo_lora_step"};
-  const char* expected_references[] = {"copy", "adapters-off"};
+  REQUIRE(lines.size() == 4);
+  const char* expected_cases[] = {"llama_30m_dpo_step", "llama_30m_dpo_lora_step", "llama_30m_grpo_step",
+                                  "llama_30m_grpo_lora_step"};
+  const char* expected_references[] = {"copy", "adapters-off", "none", "none"};  // GRPO's beta is 0 by default
   for (size_t i = 0; i < lines.size(); ++i) {
     const json::Value& line = lines[i];
     CAPTURE(i);
     CHECK(line.at("bench").as_string() == "preference");
     CHECK(line.at("case").as_string() == expected_cases[i]);
     CHECK(line.at("reference").as_string() == expected_references[i]);
-    CHECK(line.at("pairs").as_int64() == 1);
     CHECK(line.at("seq_len").as_int64() == 16);
-    const double step = line.at("step_seconds").as_double(), reference = line.at("reference_seconds").as_double();
+    const double step = line.at("step_seconds").as_double();
     CHECK(step > 0);
-    // One pair: chosen + rejected rows of 16 tokens each.
-    CHECK(line.at("tokens_per_s").as_double() == doctest::Approx(32 / step).epsilon(2e-3));
-    CHECK(reference > 0);
-    CHECK(reference < step);  // the step runs the reference forward and the policy's forward and backward
-    CHECK(line.at("policy_seconds").as_double() == doctest::Approx(step - reference).epsilon(2e-3));
-    CHECK(line.at("reference_share").as_double() > 0);
-    CHECK(line.at("reference_share").as_double() < 1);
+    if (i < 2) {
+      CHECK(line.at("loss").as_string() == "sigmoid");
+      CHECK(line.at("pairs").as_int64() == 1);
+      const double reference = line.at("reference_seconds").as_double();
+      // One pair: chosen + rejected rows of 16 tokens each.
+      CHECK(line.at("tokens_per_s").as_double() == doctest::Approx(32 / step).epsilon(2e-3));
+      CHECK(reference > 0);
+      CHECK(reference < step);  // the step runs the reference forward and the policy's forward and backward
+      CHECK(line.at("policy_seconds").as_double() == doctest::Approx(step - reference).epsilon(2e-3));
+      CHECK(line.at("reference_share").as_double() > 0);
+      CHECK(line.at("reference_share").as_double() < 1);
+    } else {
+      CHECK(line.at("loss").as_string() == "grpo");
+      CHECK(line.at("prompts").as_int64() == 1);
+      CHECK(line.at("generations").as_int64() == 3);
+      CHECK(line.at("max_new_tokens").as_int64() == 8);  // the completion half of the row
+      // Three rows of the 8-token prompt and a completion of 1 to 8 tokens (a random model
+      // seldom meets its EOS early: most are full).
+      const double tokens = line.at("step_tokens").as_double();
+      CHECK(tokens > 3 * 8);
+      CHECK(tokens <= 3 * 16);
+      CHECK(line.at("tokens_per_s").as_double() == doctest::Approx(tokens / step).epsilon(2e-3));
+      const double sampling = line.at("sampling_seconds").as_double();
+      CHECK(sampling > 0);
+      CHECK(sampling < step);  // the step samples, then runs the policy's forward and backward
+      CHECK(line.at("update_seconds").as_double() == doctest::Approx(step - sampling).epsilon(2e-3));
+      CHECK(line.at("sampling_share").as_double() == doctest::Approx(sampling / step).epsilon(2e-3));
+      CHECK(line.at("sampling_share").as_double() < 1);
+      CHECK(line.at("sampled_tokens_per_s").as_double() > 0);
+    }
   }
   // LoRA trains the adapters only; full fine-tuning every weight.
-  CHECK(lines[0].at("trained_parameters").as_int64() == lines[0].at("parameters").as_int64());
-  CHECK(lines[1].at("trained_parameters").as_int64() < lines[1].at("parameters").as_int64() / 10);
+  for (size_t full : {0, 2}) CHECK(lines[full].at("trained_parameters").as_int64() == lines[full].at("parameters").as_int64());
+  for (size_t lora : {1, 3}) CHECK(lines[lora].at("trained_parameters").as_int64() < lines[lora].at("parameters").as_int64() / 10);
+
+  const Run grpo_only = run_lamina("bench preference --quick --seq-len 16 --threads 1 --filter grpo_step");
+  REQUIRE(grpo_only.status == 0);
+  CHECK(grpo_only.output.find("\"case\":\"llama_30m_grpo_step\"") != std::string::npos);
+  CHECK(grpo_only.output.find("dpo") == std::string::npos);
 
   const Run nothing = run_lamina("bench preference --quick --filter no-such-case");
   CHECK(nothing.status == 2);
   CHECK(nothing.output.find("--filter 'no-such-case' matches no case") != std::string::npos);
+  CHECK(nothing.output.find("llama_30m_grpo_lora_step") != std::string::npos);  // the message lists the cases
 }

@@ -333,5 +333,37 @@ TEST_CASE("lamina demo --quick: each stage improves what it trains for (DPO: its
     CAPTURE(file);
     CHECK(fs::exists(output / file));
   }
+  // Stage 4, GRPO rewarded by exact_match: it ran its steps, wrote its samples, and has its row
+  // after DPO's, with the greedy and the sampled held-out accuracy.
+  CHECK(run.output.find("stage 4: GRPO on the ", stage) != std::string::npos);
+  CHECK(run.output.find("rewarded by exact_match") != std::string::npos);
+  CHECK(run.output.find("reward (the share of a step's sampled answers that are right)") != std::string::npos);
+  const size_t grpo_row = run.output.find("| after GRPO |");
+  REQUIRE(grpo_row != std::string::npos);
+  CHECK(grpo_row > dpo_row);
+  std::istringstream grpo_cells(run.output.substr(grpo_row + std::string("| after GRPO |").size()));
+  double greedy = -1, sampled = -1;
+  char percent = 0;
+  grpo_cells >> statement_loss >> bar >> chat_loss >> bar >> greedy >> percent >> bar >> sampled;
+  CHECK(chat_loss > 0);
+  CHECK(greedy >= 0);
+  CHECK(greedy <= 100);
+  CHECK(sampled >= 0);
+  CHECK(sampled <= 100);
+  CHECK(run.output.find("GRPO: held-out answers ") != std::string::npos);
+  for (const char* file : {"grpo/metrics.jsonl", "grpo/loss.svg", "grpo/samples.jsonl"}) {
+    CAPTURE(file);
+    CHECK(fs::exists(output / file));
+  }
+  // 3 steps of 8 questions x 4 answers, each rewarded 0 or 1 by the rule.
+  std::ifstream samples(output / "grpo/samples.jsonl");
+  int64_t sample_lines = 0;
+  for (std::string line; std::getline(samples, line); ++sample_lines) {
+    const json::Value sample = json::parse(line, "samples.jsonl");
+    const double reward = sample.at("reward").as_double();
+    CHECK((reward == 0 || reward == 1));
+    CHECK(sample.find("advantage") != nullptr);
+  }
+  CHECK(sample_lines == 3 * 8 * 4);
   fs::remove_all(output);
 }
