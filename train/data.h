@@ -6,7 +6,7 @@
 // target (or -100 where the mask is 0).
 //
 // Packing puts several examples back to back in one row; each keeps its own positions
-// (restarting at 0) and attends only to itself (an additive block-diagonal mask), so a packed
+// (restarting at 0) and attends only to itself (Batch::document_ids), so a packed
 // batch computes exactly the per-example losses of running them one by one.
 #pragma once
 

@@ -104,10 +104,10 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
 // The host memory that training a model of `config` with `options` holds at once, estimated
 // from the config alone (bytes). On the CPU that is the whole training state: the weights and
 // their gradients in the training dtype, AdamW's two f32 moments and, for bf16 training, f32
-// master weights; plus a step's largest buffers (the host-built packing mask, the f32 logits
-// and their gradient, the CPU attention's score matrices). On CUDA the state lives in device
-// memory, which lamina cannot query yet: there the host holds the f32 weights while the model
-// is built or loaded, and the packing mask.
+// master weights; plus a step's largest buffers (the f32 logits and their gradient, the fused
+// attention's per-thread tiles). On CUDA the state lives in device memory, which lamina cannot
+// query yet: there the host holds the f32 weights while the model is built or loaded, and the
+// packing mask the materialising attention takes from the document ids.
 struct TrainingMemory {
   int64_t parameters = 0;
   DType dtype = DType::f32;  // the weights' dtype
