@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 
 namespace lamina::cli {
@@ -209,6 +210,34 @@ std::string FlagParser::help_text() const {
   }
   out << "  --help                " << "show this help\n";
   return out.str();
+}
+
+int run_command_action(const std::string& command, const std::string& about, const std::vector<CommandAction>& actions,
+                       const std::vector<std::string>& args) {
+  size_t width = 0;
+  for (const CommandAction& action : actions) width = std::max(width, std::strlen(action.name));
+  const auto print_help = [&](std::FILE* out) {
+    std::fprintf(out, "usage: %s <action> [flags]\n\n%s\n\nactions:\n", command.c_str(), about.c_str());
+    for (const CommandAction& action : actions) std::fprintf(out, "  %-*s %s\n", int(width + 2), action.name, action.summary);
+    std::fprintf(out, "\nRun '%s <action> --help' for its flags.\n", command.c_str());
+  };
+  if (args.empty()) {
+    print_help(stderr);
+    throw UsageError(command + ": no action given", str_cat("try '", command, " ", actions.front().name, " --help'"));
+  }
+  if (args[0] == "--help" || args[0] == "help") {
+    print_help(stdout);
+    return 0;
+  }
+  std::vector<std::string> names;
+  for (const CommandAction& action : actions) {
+    if (args[0] == action.name) return action.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    names.push_back(action.name);
+  }
+  const std::string suggestion = closest_match(args[0], names);
+  throw UsageError(command + ": unknown action '" + args[0] + "'" +
+                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
+                   "run '" + command + " --help' to list the actions");
 }
 
 }  // namespace lamina::cli

@@ -40,6 +40,19 @@ std::string read_standard_input();
 // The closest of `candidates` to `word` when it is a plausible typo of it, else "".
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
+// A command made of actions (`lamina eval ppl`, `lamina sparse plan`): each action's name, one
+// line about it, and what runs it with the arguments after its name.
+struct CommandAction {
+  const char* name;
+  const char* summary;
+  int (*run)(const std::vector<std::string>& args);
+};
+// Runs the action args[0] names. `--help` (or `help`) lists the actions; no action, or an unknown
+// one (with the closest name suggested), is a UsageError. `command` is "lamina eval", `about`
+// one line about the command.
+int run_command_action(const std::string& command, const std::string& about, const std::vector<CommandAction>& actions,
+                       const std::vector<std::string>& args);
+
 class FlagParser {
  public:
   // `command` is the full invocation ("lamina bench ops"); `summary` one line about it.

@@ -348,36 +348,9 @@ int run_score(const Arguments& args) {
 
 // `lamina eval ACTION`: the evaluations, each its own action (more can follow ppl).
 int run_eval(const Arguments& args) {
-  struct Action {
-    const char* name;
-    const char* summary;
-    int (*run)(const Arguments& args);
-  };
-  static constexpr Action kActions[] = {
-      {"ppl", "perplexity of a model on a text or JSONL file (sliding windows with a stride)", run_eval_ppl},
-  };
-  const auto print_help = [&](std::FILE* out) {
-    std::fprintf(out, "usage: lamina eval <action> [flags]\n\nEvaluates a model.\n\nactions:\n");
-    for (const Action& action : kActions) std::fprintf(out, "  %-6s %s\n", action.name, action.summary);
-    std::fprintf(out, "\nRun 'lamina eval <action> --help' for its flags.\n");
-  };
-  if (args.empty()) {
-    print_help(stderr);
-    throw UsageError("lamina eval: no action given", "try 'lamina eval ppl --help'");
-  }
-  if (args[0] == "--help" || args[0] == "help") {
-    print_help(stdout);
-    return 0;
-  }
-  std::vector<std::string> names;
-  for (const Action& action : kActions) {
-    if (args[0] == action.name) return action.run(Arguments(args.begin() + 1, args.end()));
-    names.push_back(action.name);
-  }
-  const std::string suggestion = closest_match(args[0], names);
-  throw UsageError("lamina eval: unknown action '" + args[0] + "'" +
-                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
-                   "run 'lamina eval --help' to list the actions");
+  return run_command_action(
+      "lamina eval", "Evaluates a model.",
+      {{"ppl", "perplexity of a model on a text or JSONL file (sliding windows with a stride)", run_eval_ppl}}, args);
 }
 
 }  // namespace lamina::cli

@@ -373,39 +373,13 @@ int run_sparse_uniform(const Arguments& args) {
 }  // namespace
 
 int run_sparse(const Arguments& args) {
-  struct Action {
-    const char* name;
-    const char* summary;
-    int (*run)(const Arguments& args);
-  };
-  static constexpr Action kActions[] = {
-      {"profile", "measure each attention head's influence on the loss (MoA profiling) into a profile JSON",
-       run_sparse_profile},
-      {"plan", "search per-head elastic sink + window rules under a density budget into a plan JSON", run_sparse_plan},
-      {"uniform", "write the uniform StreamingLLM sink + window plan of a density (the baseline)", run_sparse_uniform},
-  };
-  const auto print_help = [&](std::FILE* out) {
-    std::fprintf(out, "usage: lamina sparse <action> [flags]\n\nMoA sparse attention plans.\n\nactions:\n");
-    for (const Action& action : kActions) std::fprintf(out, "  %-8s %s\n", action.name, action.summary);
-    std::fprintf(out, "\nRun 'lamina sparse <action> --help' for its flags.\n");
-  };
-  if (args.empty()) {
-    print_help(stderr);
-    throw UsageError("lamina sparse: no action given", "try 'lamina sparse profile --help'");
-  }
-  if (args[0] == "--help" || args[0] == "help") {
-    print_help(stdout);
-    return 0;
-  }
-  std::vector<std::string> names;
-  for (const Action& action : kActions) {
-    if (args[0] == action.name) return action.run(Arguments(args.begin() + 1, args.end()));
-    names.push_back(action.name);
-  }
-  const std::string suggestion = closest_match(args[0], names);
-  throw UsageError("lamina sparse: unknown action '" + args[0] + "'" +
-                       (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
-                   "run 'lamina sparse --help' to list the actions");
+  return run_command_action(
+      "lamina sparse", "MoA sparse attention plans.",
+      {{"profile", "measure each attention head's influence on the loss (MoA profiling) into a profile JSON",
+        run_sparse_profile},
+       {"plan", "search per-head elastic sink + window rules under a density budget into a plan JSON", run_sparse_plan},
+       {"uniform", "write the uniform StreamingLLM sink + window plan of a density (the baseline)", run_sparse_uniform}},
+      args);
 }
 
 }  // namespace lamina::cli

@@ -208,18 +208,7 @@ int run_train_refuel(const Arguments& args) {
   std::fprintf(stderr, "loss refuel (eta %g), reward %s, user simulator %s, %lld starts x 2 dialogues of %lld turns a step\n",
                view.params().real("eta"), reward_name.c_str(), user_spec.c_str(), (long long)options.batch_size,
                (long long)refuel.turns);
-  trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();
-  trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(files, folder); };
-  std::vector<double> rewards;
-  trainer.on_metrics = [&](const json::Value& line) {
-    if (const json::Value* value = line.find("reward")) rewards.push_back(value->as_double());
-  };
-  trainer.run(start);
-  std::string summary;
-  if (!rewards.empty()) summary = str_cat("; reward ", rewards.front(), " at the first step, ", rewards.back(), " at the last");
-  std::printf("trained %lld steps%s; model in %s/model, metrics in %s/metrics.jsonl, samples in %s/samples.jsonl\n",
-              (long long)trainer.step(), summary.c_str(), options.output_dir.c_str(), options.output_dir.c_str(),
-              options.output_dir.c_str());
+  run_sampling_trainer(trainer, start, model_path, files, options);
   return 0;
 }
 

@@ -219,4 +219,20 @@ std::vector<std::pair<std::string, std::string>> key_value_list(const std::strin
   return out;
 }
 
+void run_sampling_trainer(train::Trainer& trainer, const train::RunStart& start, const std::string& model_path,
+                          const TokenizerFiles& files, const train::TrainOptions& options) {
+  trainer.base_model_path = std::filesystem::absolute(model_path).lexically_normal().string();
+  trainer.add_model_files = [&files](const std::string& folder) { write_tokenizer_files(files, folder); };
+  std::vector<double> rewards;
+  trainer.on_metrics = [&rewards](const json::Value& line) {
+    if (const json::Value* value = line.find("reward")) rewards.push_back(value->as_double());
+  };
+  trainer.run(start);
+  std::string summary;
+  if (!rewards.empty()) summary = str_cat("; reward ", rewards.front(), " at the first step, ", rewards.back(), " at the last");
+  std::printf("trained %lld steps%s; model in %s/model, metrics in %s/metrics.jsonl, samples in %s/samples.jsonl\n",
+              (long long)trainer.step(), summary.c_str(), options.output_dir.c_str(), options.output_dir.c_str(),
+              options.output_dir.c_str());
+}
+
 }  // namespace lamina::cli

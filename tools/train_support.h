@@ -55,6 +55,12 @@ TokenizerFiles model_tokenizer_files(const std::string& model_path, const std::o
 TokenizerFiles read_tokenizer_files(const std::string& source);
 void write_tokenizer_files(const TokenizerFiles& files, const std::string& model_folder);
 
+// The end of an online run (train grpo|..., train refuel): runs `trainer` from `start`, the
+// tokenizer files written into every saved model folder, and prints one line: the steps, the
+// reward at the first and last step, where the model, metrics and samples went.
+void run_sampling_trainer(train::Trainer& trainer, const train::RunStart& start, const std::string& model_path,
+                          const TokenizerFiles& files, const train::TrainOptions& options);
+
 // A tokenizer with more ids than the model's vocabulary is an error naming both files.
 void check_vocabulary(const tokenizer::Tokenizer& tok, const std::string& tokenizer_path, const llama::LlamaConfig& config,
                       const std::string& config_path);

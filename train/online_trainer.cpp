@@ -1015,12 +1015,7 @@ json::Value OnlineObjective::validate(llama::LlamaWithHead& trained) {
   const RewardScores scores = impl.reward->score(reward_inputs);
   LAMINA_CHECK(scores.total.size() == inputs.size(), "online: the reward gave ", scores.total.size(), " scores for ",
                inputs.size(), " validation completions");
-  json::Value out = json::Object{};
-  out.set("val_reward", mean_of(scores.total));
-  out.set("val_reward_std", sample_std(scores.total));
-  for (const auto& [name, values] : scores.parts) out.set(str_cat("val_rewards/", name, "/mean"), mean_of(values));
-  out.set("val_completions/mean_length", mean_of(lengths));
-  return out;
+  return validation_reward_metrics(scores, lengths);
 }
 
 json::Value OnlineObjective::cursor() const {

@@ -768,12 +768,7 @@ json::Value RefuelObjective::validate(llama::LlamaWithHead& trained) {
   const RewardScores scores = impl.score(dialogues, of);
   std::vector<double> lengths;
   for (const Dialogue& dialogue : dialogues) lengths.push_back(double(dialogue.turns.back().second - dialogue.turns.back().first));
-  json::Value out = json::Object{};
-  out.set("val_reward", mean_of(scores.total));
-  out.set("val_reward_std", sample_std(scores.total));
-  for (const auto& [name, values] : scores.parts) out.set(str_cat("val_rewards/", name, "/mean"), mean_of(values));
-  out.set("val_completions/mean_length", mean_of(lengths));
-  return out;
+  return validation_reward_metrics(scores, lengths);
 }
 
 json::Value RefuelObjective::cursor() const {

@@ -11,6 +11,8 @@
 
 #include "tensor/error.h"
 #include "train/line_command.h"
+#include "train/losses/advantages.h"
+#include "train/losses/common.h"
 #include "train/model_reward.h"
 
 namespace lamina::train {
@@ -425,6 +427,15 @@ std::unique_ptr<Reward> make_reward(const std::string& spec) {
     parts.push_back({name, term.weight, std::move(reward)});
   }
   return std::make_unique<WeightedReward>(canonical, std::move(parts));
+}
+
+json::Value validation_reward_metrics(const RewardScores& scores, const std::vector<double>& lengths) {
+  json::Value out = json::Object{};
+  out.set("val_reward", mean_of(scores.total));
+  out.set("val_reward_std", sample_std(scores.total));
+  for (const auto& [name, values] : scores.parts) out.set(str_cat("val_rewards/", name, "/mean"), mean_of(values));
+  out.set("val_completions/mean_length", mean_of(lengths));
+  return out;
 }
 
 }  // namespace lamina::train

@@ -96,6 +96,11 @@ class Reward {
   virtual std::string spec() const = 0;
 };
 
+// The metrics of a validation pass under TRL's names: val_reward (the mean of `scores.total`),
+// val_reward_std (sample std), val_rewards/<term>/mean per term of a weighted reward, and
+// val_completions/mean_length (the mean of `lengths`, the scored completions' tokens).
+json::Value validation_reward_metrics(const RewardScores& scores, const std::vector<double>& lengths);
+
 // The reward of a spec (above); an error names the bad term.
 std::unique_ptr<Reward> make_reward(const std::string& spec);
 
