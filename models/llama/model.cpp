@@ -214,9 +214,11 @@ Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, int64_t
     pattern.additive_mask = context.mask;
     if (context.probe != nullptr) {
       out = context.probe->attend(layer, q, keys, values, pattern);
-    } else if (context.reference || !x.device().is_cpu()) {
+    } else if (context.reference || !x.device().is_cpu() || (context.cache != nullptr && tokens == 1)) {
       // The fused kernel is CPU-only so far: CUDA runs the materialising path, which has no sinks
-      // or windows (LlamaModel::forward refuses a sparse plan there).
+      // or windows (LlamaModel::forward refuses a sparse plan there). A decode step over a dense
+      // cache runs it too: one query row's scores are small, and it reads the cache's strided
+      // view in place where the fused kernel would first copy every layer's whole cache.
       AttentionOptions options;
       options.causal = true;
       options.mask = context.mask;
