@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "models/io/gguf.h"
 #include "models/io/gguf_llama.h"
@@ -24,6 +23,7 @@
 #include "tools/model_files.h"
 #include "tools/train_support.h"
 #include "train/judges.h"
+#include "train/json_lines.h"
 #include "train/online_trainer.h"
 #include "train/preference_data.h"
 #include "train/trainer.h"
@@ -167,70 +167,53 @@ std::vector<train::OnlinePrompt> load_answers(const std::string& path, const tok
                                               const train::PreferenceDataOptions& data_options,
                                               const llama::LlamaConfig& config, const std::string& command,
                                               int64_t& longest) {
-  std::ifstream in(path, std::ios::binary);
-  LAMINA_CHECK(in.good(), "cannot open ", path);
   std::vector<int64_t> chat_stops;
   for (int32_t id : tokenizer::stop_token_ids(tok, data_options.chat.format)) chat_stops.push_back(id);
   std::vector<train::OnlinePrompt> prompts;
-  int64_t number = 0, skipped = 0;
-  std::string line;
-  while (std::getline(in, line)) {
-    ++number;
-    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = str_cat(path, ":", number);
-    try {
-      const json::Value record = json::parse(line, where);
-      LAMINA_CHECK(record.is_object(), where, ": expected a JSON object");
-      // As an unpaired line {"prompt", "completion", "label": true}, which the preference reader checks.
-      json::Value unpaired = json::Object{};
-      if (const json::Value* messages = record.find("messages"); messages != nullptr && !record.find("prompt")) {
-        LAMINA_CHECK(messages->is_array() && messages->as_array().size() >= 2, where,
-                     ": \"messages\" needs the conversation and the assistant's answer as its last message");
-        const json::Array& list = messages->as_array();
-        const json::Value* role = list.back().is_object() ? list.back().find("role") : nullptr;
-        LAMINA_CHECK(role != nullptr && role->is_string() && role->as_string() == "assistant", where,
-                     ": the last message is not the assistant's: ", command, " learns the data's own answers");
-        unpaired.set("prompt", json::Array(list.begin(), list.end() - 1));
-        unpaired.set("completion", json::Array{list.back()});
-      } else {
-        const json::Value* prompt = record.find("prompt");
-        const json::Value* completion = record.find("completion");
-        LAMINA_CHECK(prompt != nullptr && completion != nullptr, where, ": ", command,
-                     " trains on the data's own answers: a line needs {\"prompt\", \"completion\"} or {\"messages\": "
-                     "[..., {\"role\": \"assistant\", ...}]}, not only ",
-                     prompt != nullptr ? "a prompt" : "other keys");
-        unpaired.set("prompt", *prompt);
-        unpaired.set("completion", *completion);
-      }
-      unpaired.set("label", true);
-      const train::PreferenceRecord parsed = train::parse_preference_record(unpaired, data_options.chat.format);
-      const train::PromptCompletionIds ids =
-          train::tokenize_prompt_completion(tok, parsed.prompt, parsed.completion, data_options);
-      LAMINA_CHECK(!ids.completion.empty(), where, ": the answer is empty");
-      train::OnlinePrompt prompt;
-      prompt.ids = ids.prompt;
-      prompt.answer = ids.completion;
-      prompt.line = number;
-      prompt.prompt = unpaired.at("prompt");
-      if (parsed.conversational) prompt.stop_tokens = chat_stops;
-      LAMINA_CHECK(int64_t(prompt.ids.size()) < config.max_position_embeddings, where, ": the prompt's ",
-                   prompt.ids.size(), " tokens fill the model's context (", config.max_position_embeddings,
-                   "): nothing can be generated; use --max-prompt-length");
-      // A row is the prompt and the answer, or the prompt and a generated response.
-      longest = std::max<int64_t>(longest, int64_t(prompt.ids.size() + prompt.answer.size()));
-      prompts.push_back(std::move(prompt));
-    } catch (const Error& error) {
-      if (!data_options.skip_malformed) {
-        const std::string message = error.what();
-        // The preference reader's messages name the line's keys, not the file: add where.
-        throw Error(message.rfind(path, 0) == 0 ? message : str_cat(where, ": ", message));
-      }
-      if (skipped++ == 0) std::fprintf(stderr, "%s: skipping malformed lines, the first: %s\n", path.c_str(), error.what());
+  // The preference reader's messages name the line's keys, not the file: read_json_lines adds where.
+  train::read_json_lines(path, data_options.skip_malformed,
+                         [&](const json::Value& record, int64_t number, const std::string& where) {
+    LAMINA_CHECK(record.is_object(), where, ": expected a JSON object");
+    // As an unpaired line {"prompt", "completion", "label": true}, which the preference reader checks.
+    json::Value unpaired = json::Object{};
+    if (const json::Value* messages = record.find("messages"); messages != nullptr && !record.find("prompt")) {
+      LAMINA_CHECK(messages->is_array() && messages->as_array().size() >= 2, where,
+                   ": \"messages\" needs the conversation and the assistant's answer as its last message");
+      const json::Array& list = messages->as_array();
+      const json::Value* role = list.back().is_object() ? list.back().find("role") : nullptr;
+      LAMINA_CHECK(role != nullptr && role->is_string() && role->as_string() == "assistant", where,
+                   ": the last message is not the assistant's: ", command, " learns the data's own answers");
+      unpaired.set("prompt", json::Array(list.begin(), list.end() - 1));
+      unpaired.set("completion", json::Array{list.back()});
+    } else {
+      const json::Value* prompt = record.find("prompt");
+      const json::Value* completion = record.find("completion");
+      LAMINA_CHECK(prompt != nullptr && completion != nullptr, where, ": ", command,
+                   " trains on the data's own answers: a line needs {\"prompt\", \"completion\"} or {\"messages\": "
+                   "[..., {\"role\": \"assistant\", ...}]}, not only ",
+                   prompt != nullptr ? "a prompt" : "other keys");
+      unpaired.set("prompt", *prompt);
+      unpaired.set("completion", *completion);
     }
-  }
+    unpaired.set("label", true);
+    const train::PreferenceRecord parsed = train::parse_preference_record(unpaired, data_options.chat.format);
+    const train::PromptCompletionIds ids =
+        train::tokenize_prompt_completion(tok, parsed.prompt, parsed.completion, data_options);
+    LAMINA_CHECK(!ids.completion.empty(), where, ": the answer is empty");
+    train::OnlinePrompt prompt;
+    prompt.ids = ids.prompt;
+    prompt.answer = ids.completion;
+    prompt.line = number;
+    prompt.prompt = unpaired.at("prompt");
+    if (parsed.conversational) prompt.stop_tokens = chat_stops;
+    LAMINA_CHECK(int64_t(prompt.ids.size()) < config.max_position_embeddings, where, ": the prompt's ",
+                 prompt.ids.size(), " tokens fill the model's context (", config.max_position_embeddings,
+                 "): nothing can be generated; use --max-prompt-length");
+    // A row is the prompt and the answer, or the prompt and a generated response.
+    longest = std::max<int64_t>(longest, int64_t(prompt.ids.size() + prompt.answer.size()));
+    prompts.push_back(std::move(prompt));
+  });
   LAMINA_CHECK(!prompts.empty(), path, ": no line to train on");
-  if (skipped > 0) std::fprintf(stderr, "%s: %lld malformed lines skipped\n", path.c_str(), (long long)skipped);
   return prompts;
 }
 

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "models/io/gguf.h"
 #include "models/io/gguf_llama.h"
@@ -17,6 +16,7 @@
 #include "tools/args.h"
 #include "tools/model_files.h"
 #include "tools/train_support.h"
+#include "train/json_lines.h"
 #include "train/refuel_trainer.h"
 #include "train/trainer.h"
 
@@ -72,27 +72,13 @@ void add_flags(FlagParser& parser) {
 // The starts of `path`; an error names the file and line (or, with --skip-malformed, the line is
 // skipped and counted).
 std::vector<train::DialogueStart> read_starts(const std::string& path, tokenizer::ChatFormat format, bool skip_malformed) {
-  std::ifstream in(path, std::ios::binary);
-  LAMINA_CHECK(in.good(), "cannot open ", path);
   std::vector<train::DialogueStart> starts;
-  int64_t number = 0, skipped = 0;
-  std::string line;
-  while (std::getline(in, line)) {
-    ++number;
-    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = str_cat(path, ":", number);
-    try {
-      train::DialogueStart start = train::parse_dialogue_start(json::parse(line, where), format, where);
-      start.line = number;
-      starts.push_back(std::move(start));
-    } catch (const Error& error) {
-      if (!skip_malformed) throw;
-      if (skipped++ == 0) std::fprintf(stderr, "%s: skipping malformed lines, the first: %s\n", path.c_str(), error.what());
-    }
-  }
+  train::read_json_lines(path, skip_malformed, [&](const json::Value& record, int64_t line, const std::string& where) {
+    train::DialogueStart start = train::parse_dialogue_start(record, format, where);
+    start.line = line;
+    starts.push_back(std::move(start));
+  });
   LAMINA_CHECK(!starts.empty(), path, ": no dialogue start to train on");
-  if (skipped > 0) std::fprintf(stderr, "%s: %lld malformed lines skipped\n", path.c_str(), (long long)skipped);
   return starts;
 }
 
