@@ -42,7 +42,7 @@ class CommandJudge : public PairwiseJudge {
 
 class RewardModelJudge : public PairwiseJudge {
  public:
-  explicit RewardModelJudge(const std::string& value) : value_(value), scorer_(make_scorer(value)) {
+  explicit RewardModelJudge(const std::string& value) : value_(value), scorer_(RewardModelScorer::from_value(value)) {
     LAMINA_CHECK(scorer_.model().num_labels() == 1, "judge: reward model ", scorer_.directory(), " has ",
                  scorer_.model().num_labels(), " labels: a judge compares one score (num_labels 1)");
   }
@@ -60,10 +60,6 @@ class RewardModelJudge : public PairwiseJudge {
   std::string spec() const override { return str_cat("reward_model=", json::quote(value_)); }
 
  private:
-  static RewardModelScorer make_scorer(const std::string& value) {
-    const RewardModelSpec spec = parse_reward_model_value(value);
-    return RewardModelScorer(spec.directory, spec.adapter);
-  }
   std::string value_;
   RewardModelScorer scorer_;
 };

@@ -145,6 +145,11 @@ std::vector<double> RewardModelScorer::score_texts(const std::vector<std::pair<j
   return out;
 }
 
+RewardModelScorer RewardModelScorer::from_value(const std::string& value) {
+  const RewardModelSpec spec = parse_reward_model_value(value);
+  return RewardModelScorer(spec.directory, spec.adapter);
+}
+
 RewardModelSpec parse_reward_model_value(const std::string& value) {
   RewardModelSpec spec;
   const size_t bar = value.find('|');
@@ -165,7 +170,7 @@ namespace {
 
 class ModelReward : public Reward {
  public:
-  explicit ModelReward(const std::string& value) : value_(value), scorer_(make_scorer(value)) {
+  explicit ModelReward(const std::string& value) : value_(value), scorer_(RewardModelScorer::from_value(value)) {
     LAMINA_CHECK(scorer_.model().num_labels() == 1, "reward model ", scorer_.directory(), " has ",
                  scorer_.model().num_labels(), " labels: a reward is one score (num_labels 1)");
   }
@@ -181,10 +186,6 @@ class ModelReward : public Reward {
   std::string spec() const override { return str_cat("reward_model=", json::quote(value_)); }
 
  private:
-  static RewardModelScorer make_scorer(const std::string& value) {
-    const RewardModelSpec spec = parse_reward_model_value(value);
-    return RewardModelScorer(spec.directory, spec.adapter);
-  }
   std::string value_;
   RewardModelScorer scorer_;
 };

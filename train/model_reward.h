@@ -41,6 +41,9 @@ class RewardModelScorer {
   // head, a file, nothing), it has no tokenizer (and none is given), the adapter does not fit.
   explicit RewardModelScorer(const std::string& directory, const std::optional<std::string>& adapter = std::nullopt,
                              const std::optional<std::string>& tokenizer_path = std::nullopt);
+  // The scorer of a reward_model= value, "DIR" or "DIR|adapter=ADAPTER_DIR" (the reward term's and
+  // the pairwise judge's spelling; parse_reward_model_value below).
+  static RewardModelScorer from_value(const std::string& value);
 
   // prompt + completion ids as the reward model reads them (rendering, above).
   std::vector<int32_t> render(const json::Value& prompt, const std::string& completion) const;

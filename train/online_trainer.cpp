@@ -1022,15 +1022,12 @@ json::Value OnlineObjective::cursor() const {
   const Impl& impl = *impl_;
   // A checkpoint is being written: the samples of the steps it covers are made as durable as it.
   if (impl.samples) impl.samples->sync();
-  json::Value out = impl.sampler->cursor();
-  out.set("step", impl.steps_done);
-  return out;
+  return step_cursor(*impl.sampler, impl.steps_done);
 }
 
 void OnlineObjective::restore(const json::Value& cursor) {
   Impl& impl = *impl_;
-  impl.sampler->restore(cursor);
-  impl.steps_done = cursor.at("step").as_int64("trainer.json: data_cursor.step");
+  impl.steps_done = restore_step_cursor(*impl.sampler, cursor);
   impl.restored = true;
 }
 

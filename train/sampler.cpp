@@ -63,4 +63,15 @@ void EpochSampler::restore(const json::Value& cursor) {
   if (cursor.at("started").as_bool("trainer.json: data_cursor.started")) order_ = epoch_permutation(count_, seed_, epoch_);
 }
 
+json::Value step_cursor(const EpochSampler& sampler, int64_t steps_done) {
+  json::Value out = sampler.cursor();
+  out.set("step", steps_done);
+  return out;
+}
+
+int64_t restore_step_cursor(EpochSampler& sampler, const json::Value& cursor) {
+  sampler.restore(cursor);
+  return cursor.at("step").as_int64("trainer.json: data_cursor.step");
+}
+
 }  // namespace lamina::train

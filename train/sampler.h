@@ -27,6 +27,12 @@ class EpochSampler {
   std::vector<int64_t> order_;  // empty before the first draw
 };
 
+// The data cursor of an online objective (train/online_trainer.h, train/refuel_trainer.h): the
+// sampler's cursor and "step", the steps taken. restore_step_cursor restores the sampler and
+// returns the step.
+json::Value step_cursor(const EpochSampler& sampler, int64_t steps_done);
+int64_t restore_step_cursor(EpochSampler& sampler, const json::Value& cursor);
+
 // The permutation of epoch `epoch`: Fisher-Yates driven by SplitMix64 of the seed and the epoch.
 std::vector<int64_t> epoch_permutation(int64_t count, uint64_t seed, int64_t epoch);
 
