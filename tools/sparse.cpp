@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -223,6 +224,68 @@ int run_sparse_profile(const Arguments& args) {
 
 // ---- plan
 
+// The density measure and charge of `sparse plan`, each defaulting from the other: the kv-group
+// charge is a budget on the KV cache, so it goes with the kv-cache measure, and a kv-cache budget
+// is charged per KV group unless asked otherwise (a GQA ring holds its widest query head's keys:
+// charging each query head its own keys would promise memory the cache does not save).
+struct PlanBudget {
+  sparse::DensityMeasure measure = sparse::DensityMeasure::attention_pairs;
+  sparse::DensityCharge charge = sparse::DensityCharge::query_head;
+  std::string reason;  // why this charge, for the plan file's reader
+};
+
+PlanBudget plan_budget(const FlagParser& parser, const std::string& command) {
+  PlanBudget budget;
+  const std::optional<std::string> charge = parser.value("charge");
+  if (charge && *charge != "query-head" && *charge != "kv-group")
+    throw UsageError(command + ": --charge '" + *charge + "' is not query-head or kv-group",
+                     "run '" + command + " --help'");
+  if (parser.is_set("measure")) budget.measure = measure_flag(parser, command);
+  else if (charge == "kv-group") budget.measure = sparse::DensityMeasure::kv_cache;
+  if (charge) budget.charge = sparse::density_charge_from_name(*charge, command);
+  else if (budget.measure == sparse::DensityMeasure::kv_cache) budget.charge = sparse::DensityCharge::kv_group;
+  if (budget.charge == sparse::DensityCharge::kv_group && budget.measure != sparse::DensityMeasure::kv_cache)
+    throw UsageError(command + ": --charge kv-group budgets the KV cache; it does not go with --measure pairs",
+                     "drop --measure or pass --measure kv-cache");
+  budget.reason = budget.charge == sparse::DensityCharge::kv_group
+                      ? "kv-group: each KV head's ring is as wide as the widest of its query heads, so the budget "
+                        "is the KV cache the plan really allocates (the default with the kv-cache measure)"
+                      : "query-head: each query head pays its own density, the attention work it computes (the "
+                        "default with the pairs measure; under GQA the KV cache can be larger, see "
+                        "kv_cache_fraction)";
+  return budget;
+}
+
+// KV heads per layer of the profiled model: --kv-heads, else the config of the model the profile
+// was made from (its "model" member), else 0: unknown.
+int64_t planned_kv_heads(const FlagParser& parser, const sparse::InfluenceProfile& profile,
+                         const std::string& command) {
+  if (parser.is_set("kv-heads")) {
+    const int64_t kv_heads = parser.int_value("kv-heads", 0, 1, profile.heads);
+    if (profile.heads % kv_heads != 0)
+      throw UsageError(str_cat(command, ": --kv-heads ", kv_heads, " does not divide the profile's ", profile.heads,
+                               " query heads"),
+                       "pass the model's num_key_value_heads");
+    return kv_heads;
+  }
+  for (const auto& [key, value] : profile.extra) {
+    if (key != "model" || !value.is_string()) continue;
+    const std::string& model_path = value.as_string();
+    llama::LlamaConfig config;
+    try {
+      config = model_config(model_path);
+    } catch (const Error&) {
+      return 0;  // moved or gone: the caller says what to pass
+    }
+    if (config.num_hidden_layers != profile.layers || config.num_attention_heads != profile.heads)
+      throw Error(str_cat(command, ": the profile's model ", model_path, " now has ", config.num_hidden_layers,
+                          " layers of ", config.num_attention_heads, " query heads, the profile ", profile.layers,
+                          " of ", profile.heads, " (pass --kv-heads)"));
+    return config.num_key_value_heads;
+  }
+  return 0;
+}
+
 int run_sparse_plan(const Arguments& args) {
   const std::string command = "lamina sparse plan";
   FlagParser parser(command,
@@ -231,15 +294,25 @@ int run_sparse_plan(const Arguments& args) {
                     "predicts, with the average density at most --density at every length and at most two "
                     "distinct rules per layer (an exact knapsack over layers at the longest length; the other "
                     "lengths' budgets are enforced by a multiplier). Writes the plan JSON; prints per length the "
-                    "density and predicted loss increase of the plan and of the uniform sink + window plan of "
-                    "the same density, then one JSON line.");
+                    "density (averaged over query heads), the KV-cache fraction (the ring-buffer cache's size "
+                    "over a dense cache's: under GQA a KV head's ring holds its widest query head) and predicted "
+                    "loss increase of the plan and of the uniform sink + window plan of the same density, then "
+                    "one JSON line.");
   parser.add_option("profile", "FILE", "a profile written by 'lamina sparse profile'");
   parser.add_option("density", "D", "the budget: average density over every head, in (0, 1]");
   parser.add_option("lengths", "N,N,...", "the profiled lengths to plan for", "every level of the profile");
   parser.add_option("measure", "NAME",
                     "density as attention pairs (allowed / causal query-key pairs: prefill work) or kv-cache "
                     "(keys kept at the end / N: decode memory, MoA's definition)",
-                    "pairs");
+                    "pairs, or kv-cache with --charge kv-group");
+  parser.add_option("charge", "NAME",
+                    "what a head's rule costs against the budget: query-head (its own density: attention work is "
+                    "done per query head) or kv-group (for the kv-cache measure: each KV head pays its ring, as "
+                    "wide as its widest query head, for each of its query heads, so the budget is the memory "
+                    "the cache allocates)",
+                    "kv-group with --measure kv-cache (the budget then means real memory), else query-head");
+  parser.add_option("kv-heads", "N", "KV heads per layer of the model (GQA groups)",
+                    "the config of the model the profile names");
   parser.add_option("alpha-scale", "X",
                     "scales the alpha grid {-2048, 0, ..., 8192}, made for 2k-8k inputs, for other lengths",
                     "longest length / 8192");
@@ -254,10 +327,20 @@ int run_sparse_plan(const Arguments& args) {
   const std::string profile_path = parser.required("profile");
   const double density = density_flag(parser, command);
   const std::string out_path = parser.required("out");
-  const sparse::DensityMeasure measure = measure_flag(parser, command);
+  const PlanBudget budget = plan_budget(parser, command);
+  const sparse::DensityMeasure measure = budget.measure;
   const int64_t sink = parser.int_value("sink", sparse::kMoaSink, 0, int64_t(1) << 20);
   check_output_path(command, out_path);
   const sparse::InfluenceProfile profile = sparse::InfluenceProfile::read(profile_path);
+  const int64_t kv_heads = planned_kv_heads(parser, profile, command);
+  if (kv_heads == 0 && budget.charge == sparse::DensityCharge::kv_group)
+    throw UsageError(command + ": the kv-group charge" +
+                         (parser.is_set("charge") ? "" : " (the default with --measure kv-cache)") +
+                         " needs the model's KV heads, and the profile's model is not at hand",
+                     "pass --kv-heads (the model's num_key_value_heads), or --charge query-head");
+  if (kv_heads == 0)
+    std::fprintf(stderr, "%s: the model's KV heads are unknown (the profile's model is not at hand): no KV-cache "
+                         "fraction is reported; pass --kv-heads\n", command.c_str());
   std::vector<int64_t> lengths;
   if (parser.is_set("lengths")) {
     lengths = parse_lengths(*parser.value("lengths"), command + ": --lengths");
@@ -271,6 +354,8 @@ int run_sparse_plan(const Arguments& args) {
   sparse::SearchOptions options;
   options.density = density;
   options.measure = measure;
+  options.charge = budget.charge;
+  options.kv_heads = kv_heads;
   const Clock::time_point start = Clock::now();
   const int64_t min_window = parser.int_value("min-window", 0, 0, int64_t(1) << 20);
   std::vector<sparse::ElasticRule> candidates;
@@ -284,31 +369,44 @@ int run_sparse_plan(const Arguments& args) {
   const sparse::SearchProblem problem = sparse::problem_from_profile(profile, lengths, candidates);
   const sparse::SearchResult result = sparse::search_plan(problem, options);
 
-  json::Array uniform_losses, plan_losses, plan_densities;
-  std::printf("plan: %lld layers x %lld heads, density budget %g (%s), alpha scale %g\n",
-              static_cast<long long>(profile.layers), static_cast<long long>(profile.heads), density,
-              sparse::density_measure_name(measure), alpha_scale);
+  json::Array uniform_losses, plan_losses, plan_densities, kv_fractions;
+  std::printf("plan: %lld layers x %lld heads (%s KV heads), density budget %g (%s, charged per %s), alpha scale %g\n",
+              static_cast<long long>(profile.layers), static_cast<long long>(profile.heads),
+              kv_heads > 0 ? std::to_string(kv_heads).c_str() : "unknown", density,
+              sparse::density_measure_name(measure), sparse::density_charge_name(budget.charge), alpha_scale);
+  // "0.5123", or "unknown" without the KV heads.
+  const auto kv_text = [&](const sparse::MoaPlan& plan, int64_t length) {
+    if (kv_heads == 0) return std::string("unknown");
+    char text[32];
+    std::snprintf(text, sizeof text, "%.4f", plan.kv_cache_fraction(length, kv_heads));
+    return std::string(text);
+  };
   for (size_t n = 0; n < lengths.size(); ++n) {
     const sparse::MoaPlan uniform =
         sparse::uniform_plan(profile.layers, profile.heads, density, lengths[n], sink, measure);
     const double uniform_loss = sparse::plan_loss(profile, {lengths[n]}, uniform)[0];
-    std::printf("length %lld: moa density %.4f, predicted loss increase %.6g; uniform sink+window (window %lld) "
-                "density %.4f, predicted loss increase %.6g\n",
-                static_cast<long long>(lengths[n]), result.density[n], result.loss[n],
-                static_cast<long long>(uniform.rule(0, 0).window(lengths[n])), uniform.density(lengths[n], measure),
-                uniform_loss);
+    std::printf("length %lld: moa density %.4f, kv-cache fraction %s, predicted loss increase %.6g; uniform "
+                "sink+window (window %lld) density %.4f, kv-cache fraction %s, predicted loss increase %.6g\n",
+                static_cast<long long>(lengths[n]), result.density[n], kv_text(result.plan, lengths[n]).c_str(),
+                result.loss[n], static_cast<long long>(uniform.rule(0, 0).window(lengths[n])),
+                uniform.density(lengths[n], measure), kv_text(uniform, lengths[n]).c_str(), uniform_loss);
     uniform_losses.push_back(uniform_loss);
     plan_losses.push_back(result.loss[n]);
     plan_densities.push_back(result.density[n]);
+    if (kv_heads > 0) kv_fractions.push_back(result.kv_fraction[n]);
   }
   json::Object extra{{"method", json::Value("moa")},
                      {"profile", json::Value(profile_path)},
                      {"min_window", json::Value(min_window)},
                      {"density", json::Value(density)},
                      {"measure", json::Value(sparse::density_measure_name(measure))},
+                     {"charge", json::Value(sparse::density_charge_name(budget.charge))},
+                     {"charge_reason", json::Value(budget.reason)},
+                     {"kv_heads", kv_heads > 0 ? json::Value(kv_heads) : json::Value(nullptr)},
                      {"lengths", lengths_json(lengths)},
                      {"alpha_scale", json::Value(alpha_scale)},
                      {"plan_density", json::Value(plan_densities)},
+                     {"kv_cache_fraction", kv_heads > 0 ? json::Value(kv_fractions) : json::Value(nullptr)},
                      {"predicted_loss_increase", json::Value(plan_losses)},
                      {"uniform_predicted_loss_increase", json::Value(uniform_losses)}};
   result.plan.write(out_path, extra);
@@ -317,7 +415,7 @@ int run_sparse_plan(const Arguments& args) {
   line.set("sparse", "plan");
   line.set("out", out_path);
   for (const auto& [key, value] : extra)
-    if (key != "profile") line.set(key, value);
+    if (key != "profile" && key != "charge_reason") line.set(key, value);
   line.set("seconds", seconds_since(start));
   std::printf("%s\n", line.dump().c_str());
   return 0;
@@ -357,7 +455,10 @@ int run_sparse_uniform(const Arguments& args) {
                      {"density", json::Value(density)},
                      {"measure", json::Value(sparse::density_measure_name(measure))},
                      {"lengths", lengths_json({length})},
-                     {"plan_density", json::Value(json::Array{json::Value(plan.density(length, measure))})}};
+                     {"plan_density", json::Value(json::Array{json::Value(plan.density(length, measure))})},
+                     {"kv_heads", json::Value(config.num_key_value_heads)},
+                     {"kv_cache_fraction", json::Value(json::Array{json::Value(
+                                               plan.kv_cache_fraction(length, config.num_key_value_heads))})}};
   plan.write(out_path, extra);
   json::Value line(json::Object{});
   line.set("sparse", "uniform");

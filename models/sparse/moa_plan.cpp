@@ -48,6 +48,19 @@ int64_t dense_count(int64_t length, DensityMeasure measure) {
   return measure == DensityMeasure::kv_cache ? length : length * (length + 1) / 2;
 }
 
+int64_t kv_group_slots(std::span<const ElasticRule> rules, int64_t length) {
+  LAMINA_CHECK(!rules.empty() && length >= 1, "kv_group_slots: ", rules.size(), " rules at length ", length);
+  // The cache's own sizing (sparse_kv_cache.cpp): widest sink and widest window taken apart,
+  // so two heads of different sinks can need more slots than either alone.
+  int64_t widest_sink = 0, widest_window = 0;
+  for (const ElasticRule& rule : rules) {
+    widest_sink = std::max(widest_sink, rule.sink);
+    widest_window = std::max(widest_window, rule.window(length));
+  }
+  const int64_t sink = std::min(widest_sink, length);
+  return sink + std::min(widest_window, length - sink);
+}
+
 MoaPlan::MoaPlan(std::vector<std::vector<ElasticRule>> rules) : rules_(std::move(rules)) {
   LAMINA_CHECK(!rules_.empty(), "MoaPlan: a plan needs at least one layer");
   for (size_t layer = 0; layer < rules_.size(); ++layer) {
@@ -87,6 +100,24 @@ double MoaPlan::density(int64_t length, DensityMeasure measure) const {
     for (const ElasticRule& rule : layer)
       allowed += head_allowed_count(rule.sink, rule.window(length), length, measure);
   return double(allowed) / (double(dense_count(length, measure)) * double(layers() * heads()));
+}
+
+int64_t MoaPlan::kv_cache_slots(int64_t length, int64_t kv_heads) const {
+  LAMINA_CHECK(length >= 1 && !rules_.empty(), "MoaPlan::kv_cache_slots: length ", length, " of a plan of ",
+               layers(), " layers");
+  if (kv_heads < 1 || heads() % kv_heads != 0)
+    throw Error(str_cat("MoA plan: ", heads(), " query heads per layer do not split into ", kv_heads, " KV heads"));
+  const size_t group = size_t(heads() / kv_heads);
+  int64_t slots = 0;
+  for (const auto& layer : rules_)
+    for (size_t first = 0; first < layer.size(); first += group)
+      slots += kv_group_slots(std::span<const ElasticRule>(layer.data() + first, group), length);
+  return slots;
+}
+
+double MoaPlan::kv_cache_fraction(int64_t length, int64_t kv_heads) const {
+  const int64_t slots = kv_cache_slots(length, kv_heads);
+  return double(slots) / (double(length) * double(layers() * kv_heads));
 }
 
 void MoaPlan::check_fits(const llama::LlamaConfig& config, const std::string& what) const {

@@ -16,8 +16,9 @@
 //       [ {"alpha": 2048, "beta": 0.25, "sink": 64}, ... ],
 //       ...
 //     ],
-//     ... any other members (what made the plan: "density", "lengths", "method") are kept
-//         for the reader and ignored here.
+//     ... any other members (what made the plan: "density", "lengths", "method", "charge";
+//         what it costs: "plan_density", "kv_cache_fraction") are kept for the reader and
+//         ignored here.
 //   }
 // "sink" may be left out (64). alpha is any finite number, beta in [0, 1], sink >= 0.
 //
@@ -26,9 +27,14 @@
 //   sequence, divided by the causal pairs N (N + 1) / 2: what prefill computes;
 // - KV cache: keys kept once the sequence is N long, min(S', N) / N with S' = sink + window:
 //   what decoding stores (MoA's definition of density).
+// Both average over query heads. Under GQA the memory is not that average: llama::SparseKvCache
+// gives each KV head one ring for all the query heads sharing it, sized by their widest sink and
+// widest window (sparse-attention.md §4.3), so kv_cache_fraction() reports what the cache really
+// allocates against a dense one, and the plan search can budget that instead (plan_search.h).
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -64,6 +70,11 @@ int64_t head_allowed_count(int64_t sink, int64_t window, int64_t length, Density
 // The denominator: N (N + 1) / 2 causal pairs, or N cache slots.
 int64_t dense_count(int64_t length, DensityMeasure measure);
 
+// Slots of the ring that llama::SparseKvCache gives one KV head whose query heads run `rules`,
+// for inputs of `length` tokens: the widest sink and the widest window among them, each cut to
+// what `length` positions can fill (a dense head keeps all `length`). At most `length`.
+int64_t kv_group_slots(std::span<const ElasticRule> rules, int64_t length);
+
 class MoaPlan {
  public:
   MoaPlan() = default;
@@ -80,6 +91,14 @@ class MoaPlan {
   // Allowed over dense, averaged over every head, exact: the sum of every head's allowed count
   // divided by heads x dense_count.
   double density(int64_t length, DensityMeasure measure = DensityMeasure::attention_pairs) const;
+  // The KV cache of this plan against a dense one, for inputs of `length` tokens on a model of
+  // `kv_heads` KV heads per layer (heads() a multiple of it): the slots of every ring
+  // (kv_group_slots of each KV head's query heads) over layers x kv_heads x length. It is
+  // SparseKvCache::bytes() of resolve(length) at max_length = length over the dense cache's
+  // bytes, exactly, and at least density(length, kv_cache): a ring is as wide as its widest head.
+  double kv_cache_fraction(int64_t length, int64_t kv_heads) const;
+  // Its numerator: the ring slots of every layer and KV head.
+  int64_t kv_cache_slots(int64_t length, int64_t kv_heads) const;
   // Throws unless the plan has config's layers and query heads.
   void check_fits(const llama::LlamaConfig& config, const std::string& what) const;
 

@@ -41,9 +41,20 @@ SearchProblem problem_from_profile(const InfluenceProfile& profile, const std::v
   return problem;
 }
 
+DensityCharge density_charge_from_name(const std::string& name, const std::string& what) {
+  if (name == "query-head") return DensityCharge::query_head;
+  if (name == "kv-group") return DensityCharge::kv_group;
+  throw Error(str_cat(what, ": unknown density charge '", name, "' (expected query-head or kv-group)"));
+}
+
+const char* density_charge_name(DensityCharge charge) {
+  return charge == DensityCharge::query_head ? "query-head" : "kv-group";
+}
+
 namespace {
 
-// One way to fill a layer: heads on rule `sparse`, the `moved` heads that gain most on `dense`.
+// One way to fill a layer: heads on rule `sparse`, the `moved` heads that gain most on `dense`
+// (with the kv-group charge: the `moved` KV groups that gain most opened to `dense`).
 struct LayerOption {
   int64_t units = 0;
   double cost = 0;
@@ -60,6 +71,8 @@ class Solver {
   Solver(const SearchProblem& problem, const SearchOptions& options) : problem_(problem), options_(options) {
     const size_t lengths = problem.lengths.size(), rules = problem.candidates.size();
     primary_ = size_t(std::max_element(problem.lengths.begin(), problem.lengths.end()) - problem.lengths.begin());
+    by_group_ = options.charge == DensityCharge::kv_group;
+    group_ = by_group_ ? problem.heads / options.kv_heads : 1;
     allowed_.assign(lengths * rules, 0);
     budget_.assign(lengths, 0);
     const double heads_total = double(problem.layers * problem.heads);
@@ -91,7 +104,7 @@ class Solver {
   int64_t budget(size_t length_index) const { return budget_[length_index]; }
 
   // The least-cost assignment within the primary budget for costs ΔL + mu x (density at the
-  // other lengths).
+  // other lengths; with the kv-group charge, of the rings).
   Solution solve(double mu) const {
     const int64_t layers = problem_.layers, heads = problem_.heads;
     const size_t rules = problem_.candidates.size();
@@ -103,12 +116,13 @@ class Solver {
           double cost = 0;
           for (size_t n = 0; n < problem_.lengths.size(); ++n) {
             cost += problem_.at(n, layer, head, r);
-            if (n != primary_ && mu > 0)
+            if (n != primary_ && mu > 0 && !by_group_)
               cost += mu * double(allowed(n, r)) / double(dense_count(problem_.lengths[n], options_.measure));
           }
           costs[size_t(layer * heads + head) * rules + r] = cost;
         }
-    for (int64_t layer = 0; layer < layers; ++layer) options[size_t(layer)] = layer_front(costs, layer);
+    for (int64_t layer = 0; layer < layers; ++layer)
+      options[size_t(layer)] = by_group_ ? group_front(costs, layer, mu) : layer_front(costs, layer);
 
     // Knapsack over layers: best[u] = least cost of the layers so far within u units.
     const size_t width = size_t(budget_units_) + 1;
@@ -139,9 +153,13 @@ class Solver {
     size_t u = width - 1;
     for (int64_t layer = layers - 1; layer >= 0; --layer) {
       const LayerOption& option = options[size_t(layer)][size_t(choice[size_t(layer)][u])];
-      const std::vector<int64_t> moved = moved_heads(costs, layer, option);
       for (int64_t head = 0; head < heads; ++head) solution.assignment[size_t(layer * heads + head)] = option.sparse;
-      for (int64_t head : moved) solution.assignment[size_t(layer * heads + head)] = option.dense;
+      if (by_group_) {
+        open_groups(costs, layer, option, mu, solution.assignment);
+      } else {
+        for (int64_t head : moved_heads(costs, layer, option))
+          solution.assignment[size_t(layer * heads + head)] = option.dense;
+      }
       u -= size_t(option.units);
     }
     return solution;
@@ -151,7 +169,17 @@ class Solver {
     if (!solution.found) return false;
     for (size_t n = 0; n < problem_.lengths.size(); ++n) {
       int64_t total = 0;
-      for (uint32_t rule : solution.assignment) total += allowed(n, rule);
+      if (by_group_) {
+        // Every query head of a group pays its ring: group x slots, on the budget's scale.
+        const size_t group = static_cast<size_t>(group_);
+        std::vector<ElasticRule> rules(group);
+        for (size_t first = 0; first < solution.assignment.size(); first += group) {
+          for (size_t h = 0; h < group; ++h) rules[h] = problem_.candidates[solution.assignment[first + h]];
+          total += group_ * kv_group_slots(rules, problem_.lengths[n]);
+        }
+      } else {
+        for (uint32_t rule : solution.assignment) total += allowed(n, rule);
+      }
       if (total > budget_[n]) return false;
     }
     return true;
@@ -221,9 +249,122 @@ class Solver {
     return front;
   }
 
+  // ---- the kv-group charge
+
+  // The ring of one group running rules a and b at length `length_index`.
+  int64_t pair_slots(size_t length_index, uint32_t a, uint32_t b) const {
+    const ElasticRule pair[2] = {problem_.candidates[a], problem_.candidates[b]};
+    return kv_group_slots(pair, problem_.lengths[length_index]);
+  }
+
+  // The multiplier's term of one group whose ring is `slots(n)` at each non-primary length n.
+  template <typename Slots>
+  double ring_penalty(double mu, Slots slots) const {
+    double penalty = 0;
+    if (mu > 0)
+      for (size_t n = 0; n < problem_.lengths.size(); ++n)
+        if (n != primary_)
+          penalty += mu * double(group_ * slots(n)) / double(dense_count(problem_.lengths[n], options_.measure));
+    return penalty;
+  }
+
+  // What opening a group to the pair (sparse, dense) saves against keeping it closed (all on
+  // `sparse`), and how: its heads each on the rule that loses less (ties: sparse), or all on
+  // `dense` where that is cheaper (its ring can be narrower at the other lengths).
+  struct GroupGain {
+    double gain = 0;
+    bool all_dense = false;
+  };
+  std::vector<GroupGain> group_gains(const std::vector<double>& costs, int64_t layer, uint32_t sparse, uint32_t dense,
+                                     double mu) const {
+    const size_t rules = problem_.candidates.size();
+    const double closed_penalty = ring_penalty(mu, [&](size_t n) { return allowed(n, sparse); });
+    const double mixed_penalty = ring_penalty(mu, [&](size_t n) { return pair_slots(n, sparse, dense); });
+    const double dense_penalty = ring_penalty(mu, [&](size_t n) { return allowed(n, dense); });
+    std::vector<GroupGain> gains(size_t(problem_.heads / group_));
+    for (size_t g = 0; g < gains.size(); ++g) {
+      double closed = closed_penalty, mixed = mixed_penalty, all_dense = dense_penalty;
+      for (int64_t h = 0; h < group_; ++h) {
+        const double* row = costs.data() + size_t(layer * problem_.heads + int64_t(g) * group_ + h) * rules;
+        closed += row[sparse];
+        mixed += std::min(row[sparse], row[dense]);
+        all_dense += row[dense];
+      }
+      gains[g] = {closed - std::min(mixed, all_dense), all_dense < mixed};
+    }
+    return gains;
+  }
+
+  // Group indices best first by gain (ties: lower group).
+  static std::vector<int64_t> ranked_groups(const std::vector<GroupGain>& gains) {
+    std::vector<int64_t> groups(gains.size());
+    std::iota(groups.begin(), groups.end(), int64_t(0));
+    std::stable_sort(groups.begin(), groups.end(),
+                     [&](int64_t a, int64_t b) { return gains[size_t(a)].gain > gains[size_t(b)].gain; });
+    return groups;
+  }
+
+  // Every (sparser rule, denser rule, groups opened) option of a layer under the kv-group charge,
+  // reduced to its Pareto front like layer_front. An open group is charged the pair's ring at
+  // the primary length whatever its heads end up on: never less than it holds (the same when
+  // the two rules share a sink, as the grid's do), so the budget can only be left unused.
+  std::vector<LayerOption> group_front(const std::vector<double>& costs, int64_t layer, double mu) const {
+    const size_t rules = problem_.candidates.size();
+    const int64_t heads = problem_.heads, groups = heads / group_;
+    std::vector<LayerOption> all;
+    for (size_t ia = 0; ia < rules; ++ia) {
+      const uint32_t sparse = order_[ia];
+      double closed = double(groups) * ring_penalty(mu, [&](size_t n) { return allowed(n, sparse); });
+      for (int64_t head = 0; head < heads; ++head) closed += costs[size_t(layer * heads + head) * rules + sparse];
+      const int64_t sparse_keys = group_ * allowed(primary_, sparse);
+      const auto add = [&](int64_t keys, double cost, uint32_t dense, int64_t opened) {
+        const int64_t units = (keys + unit_ - 1) / unit_;  // rounded up: never under-counts
+        if (units <= budget_units_) all.push_back({units, cost, sparse, dense, uint32_t(opened)});
+      };
+      add(groups * sparse_keys, closed, sparse, 0);
+      for (size_t ib = ia + 1; ib < rules; ++ib) {
+        const uint32_t dense = order_[ib];
+        const std::vector<GroupGain> gains = group_gains(costs, layer, sparse, dense, mu);
+        const std::vector<int64_t> ranked = ranked_groups(gains);
+        const int64_t open_keys = group_ * pair_slots(primary_, sparse, dense);
+        double cost = closed;
+        for (int64_t opened = 1; opened <= groups; ++opened) {
+          cost -= gains[size_t(ranked[size_t(opened - 1)])].gain;
+          add((groups - opened) * sparse_keys + opened * open_keys, cost, dense, opened);
+        }
+      }
+    }
+    std::stable_sort(all.begin(), all.end(), [](const LayerOption& a, const LayerOption& b) {
+      return a.units != b.units ? a.units < b.units : a.cost < b.cost;
+    });
+    std::vector<LayerOption> front;
+    for (const LayerOption& option : all)
+      if (front.empty() || option.cost < front.back().cost) front.push_back(option);
+    return front;
+  }
+
+  // Opens the option's groups in `assignment` (whose heads of `layer` are all on option.sparse).
+  void open_groups(const std::vector<double>& costs, int64_t layer, const LayerOption& option, double mu,
+                   std::vector<uint32_t>& assignment) const {
+    if (option.moved == 0) return;
+    const size_t rules = problem_.candidates.size();
+    const std::vector<GroupGain> gains = group_gains(costs, layer, option.sparse, option.dense, mu);
+    const std::vector<int64_t> ranked = ranked_groups(gains);
+    for (size_t k = 0; k < option.moved; ++k) {
+      const int64_t g = ranked[k];
+      for (int64_t h = 0; h < group_; ++h) {
+        const size_t head = size_t(layer * problem_.heads + g * group_ + h);
+        const double* row = costs.data() + head * rules;
+        if (gains[size_t(g)].all_dense || row[option.dense] < row[option.sparse]) assignment[head] = option.dense;
+      }
+    }
+  }
+
   const SearchProblem& problem_;
   const SearchOptions& options_;
   size_t primary_ = 0;
+  bool by_group_ = false;  // the kv-group charge
+  int64_t group_ = 1;      // query heads per KV head (1 with the query-head charge)
   std::vector<int64_t> allowed_;  // [lengths][rules]
   std::vector<int64_t> budget_;   // [lengths]
   std::vector<uint32_t> order_;
@@ -247,6 +388,17 @@ void check_problem(const SearchProblem& problem, const SearchOptions& options) {
   if (!(options.density > 0 && options.density <= 1))
     throw Error(str_cat("plan search: density ", options.density, " is not in (0, 1]"));
   LAMINA_CHECK(options.resolution >= 1, "search_plan: resolution ", options.resolution);
+  if (options.kv_heads != 0 && (options.kv_heads < 0 || problem.heads % options.kv_heads != 0))
+    throw Error(str_cat("plan search: ", problem.heads, " query heads per layer do not split into ", options.kv_heads,
+                        " KV heads"));
+  if (options.charge == DensityCharge::kv_group) {
+    if (options.kv_heads == 0)
+      throw Error("plan search: the kv-group charge needs the model's KV heads per layer");
+    if (options.measure != DensityMeasure::kv_cache)
+      throw Error(str_cat("plan search: the kv-group charge budgets the KV cache; the density measure must be "
+                          "kv-cache, not ",
+                          density_measure_name(options.measure)));
+  }
   // The candidate grid has its sink-only rule; a layer may go down to it, so a budget below it
   // is the one thing no search can meet.
 }
@@ -307,6 +459,8 @@ SearchResult search_plan(const SearchProblem& problem, const SearchOptions& opti
   for (size_t n = 0; n < problem.lengths.size(); ++n) {
     result.loss.push_back(solver.loss(best, n));
     result.density.push_back(result.plan.density(problem.lengths[n], options.measure));
+    if (options.kv_heads > 0)
+      result.kv_fraction.push_back(result.plan.kv_cache_fraction(problem.lengths[n], options.kv_heads));
   }
   result.total_loss = total_loss(best);
   result.multiplier = multiplier;
