@@ -25,4 +25,28 @@ double apply_attention_plan(llama::LlamaModel& trunk, const llama::LlamaConfig& 
   return plan.density(length);
 }
 
+void add_rope_positions_option(FlagParser& parser) {
+  parser.add_option("rope-positions", "original|cache-slot",
+                    "with --attention-plan: the RoPE positions of the ring caches' keys. original (MoA): each key "
+                    "keeps its position in the text; cache-slot (StreamingLLM): keys are cached before RoPE and "
+                    "rotated at every step by their place in the cache (sinks first, then the window oldest first, "
+                    "the new token last), so every query-key distance stays within the cache's size and, when "
+                    "every head's sink + window fits the model's context, generation runs past that context (the "
+                    "prompt must still fit it)",
+                    "original");
+}
+
+llama::RopePositions read_rope_positions(const FlagParser& parser, const std::string& command) {
+  const std::optional<std::string> value = parser.value("rope-positions");
+  if (!value) return llama::RopePositions::original;
+  if (!parser.is_set("attention-plan"))
+    throw UsageError(command + ": --rope-positions only applies with --attention-plan (dense attention keeps every "
+                     "key at its own position)",
+                     "add --attention-plan FILE, or drop --rope-positions");
+  if (*value == "original") return llama::RopePositions::original;
+  if (*value == "cache-slot") return llama::RopePositions::cache_slot;
+  throw UsageError(command + ": --rope-positions must be 'original' or 'cache-slot', got '" + *value + "'",
+                   "run '" + command + " --help'");
+}
+
 }  // namespace lamina::cli

@@ -27,7 +27,8 @@ std::vector<int64_t> parse_ids(const std::string& text) {
 }  // namespace
 
 void add_generation_flags(FlagParser& parser) {
-  parser.add_option("max-new-tokens", "N", "tokens to generate at most (fewer where the model's context ends)", "64");
+  parser.add_option("max-new-tokens", "N", "tokens to generate at most (fewer where the model's context ends, unless "
+                    "--rope-positions cache-slot streams past it)", "64");
   parser.add_option("temperature", "T", "0 = greedy; otherwise sample from logits / T", "0");
   parser.add_option("top-k", "K", "keep the K most likely tokens (0 = off)", "0");
   parser.add_option("top-p", "P", "keep the smallest set of tokens with probability >= P", "1");
@@ -35,7 +36,9 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
-  add_attention_plan_option(parser, "each answer's prompt + --max-new-tokens tokens (not with --prompts)");
+  add_attention_plan_option(parser, "each answer's prompt + --max-new-tokens tokens (with --prompts: once, for the "
+                                    "file's longest prompt + --max-new-tokens)");
+  add_rope_positions_option(parser);
   parser.add_option("adapter", "DIR",
                     "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with; or "
                     "several as NAME=DIR,NAME=DIR,... on one base, which --prompts lines choose from with "
@@ -270,6 +273,7 @@ int run_generate(const Arguments& args) {
     throw UsageError("lamina generate: --output must be 'text' or 'ids', got '" + output + "'", "run 'lamina generate --help'");
   generate::GenerateOptions options = sampling_options(parser, 64);
   options.use_config_stop_tokens = !parser.is_set("no-stop");
+  options.rope_positions = read_rope_positions(parser, "lamina generate");
   const std::vector<int64_t> prompt_ids = parser.is_set("prompt-ids") ? parse_ids(*parser.value("prompt-ids")) : std::vector<int64_t>{};
 
   // The tokenizer is needed for text in or out; load it before the (larger) model.
@@ -295,9 +299,17 @@ int run_generate(const Arguments& args) {
   const auto model = load_model(parser, directory);
   check_prompt_ids(prompt, model->config(),
                    parser.is_set("prompt-ids") ? "--prompt-ids" : "the encoded prompt (does the tokenizer fit the model?)");
-  options.max_new_tokens = new_tokens_within_context(int64_t(prompt.size()), options.max_new_tokens, model->config());
-  if (const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config()))
-    apply_attention_plan(*model->model, model->config(), *plan, int64_t(prompt.size()) + options.max_new_tokens);
+  const int64_t prompt_tokens = int64_t(prompt.size()), wanted = options.max_new_tokens;
+  const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config());
+  if (plan) apply_attention_plan(*model->model, model->config(), *plan, prompt_tokens + wanted);
+  if (generate::streams_past_context(*model, options)) {
+    new_tokens_within_context(prompt_tokens, 0, model->config());  // the prompt must still fit
+  } else {
+    // The plan is resolved for the length generated: again when the context shortens it.
+    options.max_new_tokens = new_tokens_within_context(prompt_tokens, wanted, model->config());
+    if (plan && options.max_new_tokens != wanted)
+      apply_attention_plan(*model->model, model->config(), *plan, prompt_tokens + options.max_new_tokens);
+  }
   if (output == "text") {
     TextStream stream{tokenizer::StreamDecoder(*text_tokenizer), {}};
     options.on_token = [&stream](size_t sequence, int64_t token) { return stream(sequence, token); };
@@ -331,6 +343,7 @@ int run_chat(const Arguments& args) {
   const tokenizer::ChatOptions chat =
       tokenizer::detect_chat_options(parser.value("tokenizer").value_or(directory), text_tokenizer);
   generate::GenerateOptions options = sampling_options(parser, 512);
+  options.rope_positions = read_rope_positions(parser, "lamina chat");
   const int64_t max_new_tokens = options.max_new_tokens;
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
   const auto model = load_model(parser, directory);

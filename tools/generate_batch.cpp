@@ -2,7 +2,8 @@
 // batched generation with slot reuse (models/generate/batch.h). Each prompt's line is written
 // whole and flushed as it finishes (finish order; "index" gives the prompt's place), so an
 // interrupted run leaves at most one unfinished line, which the next run drops before it
-// continues with the prompts the file does not hold yet.
+// continues with the prompts the file does not hold yet. Under --attention-plan the slots are
+// ring caches (llama::SparseKvCache), the plan resolved once for the file's longest sequence.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "models/tokenizer/unicode.h"
 #include "nn/lora.h"
 #include "tensor/io/json.h"
+#include "tools/attention_plan_option.h"
 #include "tools/generate_support.h"
 
 namespace lamina::cli {
@@ -247,10 +249,6 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
                        "run 'lamina generate --help'");
   if (!parser.is_set("output"))
     throw UsageError("lamina generate: --prompts needs --output FILE.jsonl (where the answers go)", "run 'lamina generate --help'");
-  if (parser.is_set("attention-plan"))
-    throw UsageError("lamina generate: --attention-plan does not go with --prompts yet: batched decoding keeps one dense "
-                     "cache for every row; a sparse plan decodes one prompt at a time (--prompt)",
-                     "run each prompt with --prompt, or drop --attention-plan");
   const std::string prompts_path = *parser.value("prompts"), output_path = *parser.value("output");
   if (output_path == "text" || output_path == "ids")
     throw UsageError("lamina generate: with --prompts, --output is the JSONL file to write, not '" + output_path + "'",
@@ -259,8 +257,14 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
   const bool no_stop = parser.is_set("no-stop");
   generate::GenerateOptions options = sampling_options(parser, 64);
   options.use_config_stop_tokens = !no_stop;
+  options.rope_positions = read_rope_positions(parser, "lamina generate");
   const std::vector<AdapterSpec> adapters = adapter_specs(parser);
-  const json::Value written_options = output_options(options, no_stop, adapters);
+  json::Value written_options = output_options(options, no_stop, adapters);
+  if (const std::optional<std::string> plan_path = parser.value("attention-plan")) {
+    // The plan decides the answers: a resumed run must use the same one (and the same RoPE mode).
+    written_options.set("attention_plan", *plan_path);
+    written_options.set("rope_positions", llama::rope_positions_name(options.rope_positions));
+  }
 
   const tokenizer::Tokenizer text_tokenizer = load_tokenizer(parser, model_path);
   PromptSource source{text_tokenizer, parser.value("tokenizer").value_or(model_path), !no_stop, std::nullopt};
@@ -273,6 +277,17 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
     if (int64_t(prompt.ids.size()) > config.max_position_embeddings)
       throw Error(str_cat("lamina generate: ", where, ": the prompt has ", prompt.ids.size(),
                           " tokens, more than the model's context of ", config.max_position_embeddings, " tokens"));
+  }
+  // One plan for the whole file, resolved for its longest sequence (prompt + new tokens, within
+  // the context unless the plan streams past it), whichever prompts this run still has to do: a
+  // resumed run resolves the same.
+  if (const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, config)) {
+    int64_t longest = 0;
+    for (const BatchPrompt& prompt : prompts) longest = std::max(longest, int64_t(prompt.ids.size()));
+    apply_attention_plan(*model->model, config, *plan, longest + options.max_new_tokens);
+    if (!generate::streams_past_context(*model, options))
+      apply_attention_plan(*model->model, config, *plan,
+                           std::min(config.max_position_embeddings, longest + options.max_new_tokens));
   }
   // Each prompt's adapter: the one its line names, the base for null, the first --adapter when it names none.
   std::vector<int64_t> prompt_adapters(prompts.size(), adapters.empty() ? -1 : 0);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "autograd/autograd.h"
+#include "models/llama/sparse_kv_cache.h"
 #include "nn/lora.h"
 
 namespace lamina::generate {
@@ -38,11 +39,10 @@ class BatchRun {
            const GenerateOptions& options, const BatchOptions& batch)
       : model_(model), prompts_(prompts), options_(options), batch_(batch),
         stop_(stop_tokens(model.config(), options)), room_(prompts.size()) {
-    const int64_t context_length = model.config().max_position_embeddings;
     result_.tokens.resize(prompts.size());
     result_.finish_reasons.resize(prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) {
-      room_[i] = std::min(options.max_new_tokens, context_length - int64_t(prompts[i].size()));
+      room_[i] = new_token_room(model, options, int64_t(prompts[i].size()));
       result_.finish_reasons[i] = room_[i] < options.max_new_tokens ? "context" : "length";
     }
   }
@@ -61,8 +61,28 @@ class BatchRun {
     }
     autograd::NoGradGuard no_grad;
     result_.slots_used = std::min(batch_.slots, generating);
-    // Keys and values in the model's own dtype, as generate() keeps them.
-    llama::KvCache cache(model_.config(), result_.slots_used, capacity, model_.dtype(), {}, model_.device());
+    // Keys and values in the model's own dtype, as generate() keeps them. Under a sparse plan the
+    // slots are ring caches (each row its own length and slot positions), so memory follows the plan.
+    const llama::SparseAttention& plan = model_.model->sparse_attention;
+    if (plan.dense()) {
+      llama::KvCache cache(model_.config(), result_.slots_used, capacity, model_.dtype(), {}, model_.device());
+      generate_all(cache);
+    } else {
+      llama::SparseKvCache cache(model_.config(), plan, result_.slots_used, capacity, model_.dtype(), model_.device(),
+                                 options_.rope_positions);
+      generate_all(cache);
+    }
+    return std::move(result_);
+  }
+
+ private:
+  static void attach(llama::ForwardOptions& forward, llama::KvCache* cache) { forward.cache = cache; }
+  static void attach(llama::ForwardOptions& forward, llama::SparseKvCache* cache) { forward.sparse_cache = cache; }
+
+  // Fills free slots and decodes until every prompt is done. Cache: llama::KvCache or
+  // llama::SparseKvCache (both have row_view, set_row_length and per-row lengths).
+  template <typename Cache>
+  void generate_all(Cache& cache) {
     std::vector<Slot> slots(size_t(result_.slots_used));
     size_t next_prompt = 0;
     while (true) {
@@ -72,13 +92,12 @@ class BatchRun {
       if (!any_busy) break;
       decode_step(cache, slots);
     }
-    return std::move(result_);
   }
 
- private:
   // Starts prompts in free slot `b` until one is still running after its first token, or the
   // queue is empty. Prompts with no room finish without a forward pass.
-  void fill(llama::KvCache& cache, std::vector<Slot>& slots, size_t b, size_t& next_prompt) {
+  template <typename Cache>
+  void fill(Cache& cache, std::vector<Slot>& slots, size_t b, size_t& next_prompt) {
     Slot& slot = slots[b];
     while (slot.prompt < 0 && next_prompt < prompts_.size()) {
       const size_t i = next_prompt++;
@@ -94,9 +113,9 @@ class BatchRun {
       const uint64_t seed_index = batch_.seed_indices.empty() ? uint64_t(i) : batch_.seed_indices[i];
       slot.generator = Generator(prompt_seed(options_.sampling.seed, seed_index));
       // The prompt alone through a one-row view of the slot's storage, chunk by chunk.
-      llama::KvCache row = cache.row_view(int64_t(b));
+      Cache row = cache.row_view(int64_t(b));
       llama::ForwardOptions forward;
-      forward.cache = &row;
+      attach(forward, &row);
       forward.last_position_only = true;
       if (!batch_.prompt_adapters.empty()) nn::set_row_adapters(model_, {batch_.prompt_adapters[i]});
       const int64_t length = int64_t(prompts_[i].size());
@@ -114,7 +133,8 @@ class BatchRun {
 
   // One token for every busy slot. Free slots take a dummy token at slot 0 (their length is
   // reset before and after), which keeps the batch's shape; their logits are ignored.
-  void decode_step(llama::KvCache& cache, std::vector<Slot>& slots) {
+  template <typename Cache>
+  void decode_step(Cache& cache, std::vector<Slot>& slots) {
     std::vector<int64_t> ids(slots.size(), 0);
     for (size_t b = 0; b < slots.size(); ++b) {
       if (slots[b].prompt >= 0)
@@ -123,7 +143,7 @@ class BatchRun {
         cache.set_row_length(int64_t(b), 0);
     }
     llama::ForwardOptions forward;
-    forward.cache = &cache;
+    attach(forward, &cache);
     forward.last_position_only = true;
     if (!batch_.prompt_adapters.empty()) {
       std::vector<int64_t> row_adapters(slots.size(), -1);  // a free slot's dummy row: the base, cheapest

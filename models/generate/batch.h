@@ -1,11 +1,15 @@
 // Generation over a queue of prompts with a fixed number of slots (continuous batching): each
 // slot holds one sequence at its own length in the KV cache; a new prompt is prefilled alone into
 // a free slot, then every busy slot advances by one token per decode step, and a sequence that
-// finishes frees its slot for the next prompt at once.
+// finishes frees its slot for the next prompt at once. A model with a sparse-attention plan
+// (model.model->sparse_attention not dense) does the same over a llama::SparseKvCache: each slot
+// is a row of ring buffers with its own length and slot positions, in the RoPE mode of
+// GenerateOptions::rope_positions, so a prompt generates what it generates alone under the plan.
 //
 // Limits and finish reasons are generate()'s (generate.h): a prompt longer than the context is
 // an error, and a sequence stops at a stop token ("stop"), after max_new_tokens ("length"), when
-// it fills the context ("context") or when on_token returns false ("callback").
+// it fills the context ("context", never when streams_past_context) or when on_token returns
+// false ("callback").
 //
 // Sampling is per prompt: prompt i draws from its own generator, seeded with
 // prompt_seed(sampling.seed, seed index of i), so what a prompt produces does not depend on the

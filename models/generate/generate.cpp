@@ -27,6 +27,29 @@ void check_prompts(const llama::LlamaConfig& config, const std::vector<std::vect
   }
 }
 
+bool streams_past_context(const llama::LlamaForCausalLM& model, const GenerateOptions& options) {
+  const llama::SparseAttention& plan = model.model->sparse_attention;
+  if (options.rope_positions != llama::RopePositions::cache_slot || plan.dense()) return false;
+  const llama::LlamaConfig& config = model.config();
+  const int64_t group = config.num_attention_heads / config.num_key_value_heads;
+  for (size_t layer = 0; layer < plan.sinks.size(); ++layer)
+    for (int64_t first = 0; first < config.num_attention_heads; first += group) {
+      int64_t sink = 0, window = 0;
+      for (int64_t h = first; h < first + group; ++h) {
+        sink = std::max(sink, plan.sinks[layer][size_t(h)]);
+        window = std::max(window, plan.windows[layer][size_t(h)]);
+      }
+      // A ring of sink + window slots gives cache positions below sink + window.
+      if (window == kAllKeys || sink > config.max_position_embeddings - window) return false;
+    }
+  return true;
+}
+
+int64_t new_token_room(const llama::LlamaForCausalLM& model, const GenerateOptions& options, int64_t prompt_length) {
+  if (streams_past_context(model, options)) return options.max_new_tokens;
+  return std::max<int64_t>(0, std::min(options.max_new_tokens, model.config().max_position_embeddings - prompt_length));
+}
+
 namespace {
 
 // What every sequence has produced so far and whether it is done: the sampling step that the
@@ -106,7 +129,8 @@ void generate_sparse(const llama::LlamaForCausalLM& model, const std::vector<std
     if (sequences.finished(b)) continue;
     const int64_t prompt_length = int64_t(prompts[b].size());
     caches[b] = std::make_unique<llama::SparseKvCache>(config, model.model->sparse_attention, 1,
-                                                       prompt_length + sequences.room(b), model.dtype(), device);
+                                                       prompt_length + sequences.room(b), model.dtype(), device,
+                                                       options.rope_positions);
     llama::ForwardOptions forward;
     forward.sparse_cache = caches[b].get();
     forward.last_position_only = true;
@@ -148,14 +172,13 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   LAMINA_CHECK(options.prefill_chunk_tokens > 0, "generate: prefill_chunk_tokens must be > 0, got ",
                options.prefill_chunk_tokens);
   const llama::LlamaConfig& config = model.config();
-  const int64_t context_length = config.max_position_embeddings;
   size_t longest = 0;
   // New tokens each sequence may have: max_new_tokens, or fewer where the context ends first.
   std::vector<int64_t> room(prompts.size());
   check_prompts(config, prompts);
   for (size_t i = 0; i < prompts.size(); ++i) {
     longest = std::max(longest, prompts[i].size());
-    room[i] = std::min(options.max_new_tokens, context_length - int64_t(prompts[i].size()));
+    room[i] = new_token_room(model, options, int64_t(prompts[i].size()));
   }
   Sequences sequences(prompts, room, options, stop_tokens(config, options));
   const int64_t most_new_tokens = *std::max_element(room.begin(), room.end());

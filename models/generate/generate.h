@@ -3,13 +3,16 @@
 //
 // Lengths are held to the model's context (config max_position_embeddings): a prompt longer
 // than the context is an error, and a sequence stops (finish reason "context") when prompt and
-// new tokens fill it, so no position past the context is ever computed. The prefill runs in
+// new tokens fill it, so no position past the context is ever computed; except under a sparse
+// plan in the cache_slot RoPE mode (streams_past_context), where every RoPE position stays below
+// the ring's size and a sequence runs to max_new_tokens. The prefill runs in
 // chunks of `prefill_chunk_tokens`, which bounds its attention scores to chunk x context.
 //
 // A model with a sparse-attention plan (model.model->sparse_attention not dense) generates with
 // one ring-buffer cache per prompt (llama::SparseKvCache, sized to that prompt plus its new
-// tokens, so its memory follows the plan): the prompts are prefilled one at a time, then step
-// together, one token each, sampled in the same order as the batched path.
+// tokens, so its memory follows the plan, in the RoPE mode of `rope_positions`): the prompts are
+// prefilled one at a time, then step together, one token each, sampled in the same order as the
+// batched path.
 #pragma once
 
 #include <functional>
@@ -18,6 +21,7 @@
 
 #include "models/generate/sampling.h"
 #include "models/llama/model.h"
+#include "models/llama/sparse_kv_cache.h"
 
 namespace lamina::generate {
 
@@ -30,6 +34,11 @@ struct GenerateOptions {
   // return false to stop that sequence.
   std::function<bool(size_t sequence, int64_t token)> on_token;
   int64_t prefill_chunk_tokens = 512;  // prompt tokens per prefill call
+  // Under a sparse plan: the ring caches' RoPE positions (original: MoA's, each key at its true
+  // position; cache_slot: StreamingLLM's, keys rotated by their place in the cache at every step).
+  // Ignored by a dense model. In the cache_slot mode a prefill chunk's tokens take the cache
+  // positions after the live entries, so prefill_chunk_tokens is part of what is computed.
+  llama::RopePositions rope_positions = llama::RopePositions::original;
 };
 
 struct GenerateResult {
@@ -42,6 +51,15 @@ struct GenerateResult {
 // The tokens that end a sequence under `options`: its stop_tokens, plus the config's
 // eos_token_ids when use_config_stop_tokens.
 std::vector<int64_t> stop_tokens(const llama::LlamaConfig& config, const GenerateOptions& options);
+
+// Whether a sequence may run past the model's context (max_position_embeddings): StreamingLLM's
+// case, the cache_slot RoPE mode under a sparse plan whose rings each hold at most the context's
+// number of keys (per layer and KV group, the widest sink + the widest window; no dense head), so
+// that no cache position reaches the context. The prompt itself must still fit the context.
+bool streams_past_context(const llama::LlamaForCausalLM& model, const GenerateOptions& options);
+// New tokens a prompt of `prompt_length` may have: max_new_tokens, or fewer where the context
+// ends first (unless streams_past_context).
+int64_t new_token_room(const llama::LlamaForCausalLM& model, const GenerateOptions& options, int64_t prompt_length);
 
 // Refuses an empty prompt, one longer than the model's context and ids outside its vocabulary,
 // naming the prompt by its index.

@@ -196,8 +196,13 @@ Tensor document_mask(const Tensor& document_ids) {
 Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, int64_t layer,
                                const AttentionContext& context) const {
   const int64_t batch = x.size(0), tokens = x.size(1);
-  const Tensor q = rope(q_proj->forward(x).view({batch, tokens, heads_, head_dim_}), positions, rope_).transpose(1, 2);
-  const Tensor k = rope(k_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_}), positions, rope_);
+  // A cache-slot ring cache (StreamingLLM's positions) takes q and k before RoPE: it rotates them
+  // by their places in the cache, which only it knows.
+  const bool cache_rotates = context.sparse_cache != nullptr &&
+                             context.sparse_cache->rope_positions() == RopePositions::cache_slot;
+  const auto rotate = [&](const Tensor& t) { return cache_rotates ? t : rope(t, positions, rope_); };
+  const Tensor q = rotate(q_proj->forward(x).view({batch, tokens, heads_, head_dim_})).transpose(1, 2);
+  const Tensor k = rotate(k_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_}));
   const Tensor v = v_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_});
   Tensor keys = k.transpose(1, 2), values = v.transpose(1, 2);  // [B, Hkv, T, hd]
   Tensor out;                                                   // [B, H, T, hd]
@@ -284,6 +289,15 @@ Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, Attention
                  "LlamaModel: sparse attention runs on the CPU only so far (the fused kernel has no CUDA twin yet)");
     LAMINA_CHECK(context.cache == nullptr, "LlamaModel: a sparse attention plan decodes with its own cache "
                  "(llama::SparseKvCache, as generate() does), not with a dense KvCache");
+    // The ring cache attends under its own plan: one that differs from the model's would decode
+    // under another mask than the model's forward without a cache.
+    if (context.sparse_cache != nullptr) {
+      const SparseAttention& cache_plan = context.sparse_cache->plan();
+      LAMINA_CHECK(cache_plan.sinks == context.sparse->sinks && cache_plan.windows == context.sparse->windows,
+                   "LlamaModel: the sparse KV cache was made for another attention plan than the model's (",
+                   cache_plan.dense() ? "a dense one" : "other sinks or windows",
+                   "); make the cache from model.sparse_attention");
+    }
     if (context.document_ids.defined())
       for (const std::vector<int64_t>& sinks : context.sparse->sinks)
         for (const int64_t sink : sinks)
@@ -355,6 +369,13 @@ const Tensor& LlamaForCausalLM::output_weight() const {
 }
 
 Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& options) const {
+  const Tensor logits = matmul(hidden_states(ids, options), output_weight(), false, true);
+  // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
+  const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
+  return low_precision ? logits.to(DType::f32) : logits;
+}
+
+Tensor LlamaForCausalLM::hidden_states(const Tensor& ids, const ForwardOptions& options) const {
   LAMINA_CHECK(ids.dim() == 2, "LlamaForCausalLM: ids must be [batch, tokens], got shape ", ids.shape());
   const int64_t tokens = ids.size(1);
   KvCache* cache = options.cache;
@@ -366,8 +387,12 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
                  options.sparse_cache->batch(), " used with a batch of ", ids.size(0));
   Tensor positions = options.positions;
   if (!positions.defined()) {
-    const int64_t start = options.sparse_cache != nullptr ? options.sparse_cache->length() : 0;
-    positions = cache != nullptr ? cache->next_positions(tokens) : arange(start, start + tokens, 1, DType::i64, ids.device());
+    if (cache != nullptr)
+      positions = cache->next_positions(tokens);
+    else if (options.sparse_cache != nullptr)
+      positions = options.sparse_cache->next_positions(tokens);  // each row from its own length
+    else
+      positions = arange(0, tokens, 1, DType::i64, ids.device());
   }
   AttentionContext context;
   context.cache = cache;
@@ -383,10 +408,7 @@ Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& option
   context.reference = options.reference_attention;
   Tensor h = model->forward(ids, positions, context);
   if (options.last_position_only) h = h.slice(1, tokens - 1, tokens);
-  const Tensor logits = matmul(h, output_weight(), false, true);
-  // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
-  const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
-  return low_precision ? logits.to(DType::f32) : logits;
+  return h;
 }
 
 void LlamaForCausalLM::to(Device device, DType dtype) {

@@ -168,7 +168,9 @@ struct ForwardOptions {
   Tensor positions;                  // [B, T] or [T]; default: 0.. (after the cache's slots)
   KvCache* cache = nullptr;          // inference: read and extend the cache
   // Inference under a sparse plan: the per-head ring buffers (models/llama/sparse_kv_cache.h)
-  // instead of `cache`; positions default to the cache's length onwards.
+  // instead of `cache`; positions default to each row's length onwards. When the model has a
+  // plan (LlamaModel::sparse_attention), the cache must have been made for that plan. A cache in
+  // the cache_slot RoPE mode rotates q and k itself, by cache position (`positions` are unused).
   SparseKvCache* sparse_cache = nullptr;
   Tensor mask;                       // additive, broadcastable to [B, H, T, S] (e.g. padding)
   // Packed documents: [B, T] integer ids (i32/i64) of each position's document; attention stays
@@ -238,6 +240,10 @@ class LlamaForCausalLM : public LlamaWithHead {
 
   // ids [B, T] (i32/i64) -> logits [B, T, V] (or [B, 1, V]); f32 for f32/bf16/f16 models, f64 for f64.
   Tensor forward(const Tensor& ids, const ForwardOptions& options = {}) const;
+  // What forward() multiplies by the head: the final-norm hidden states [B, T, d] (or [B, 1, d]
+  // with last_position_only) in the model's dtype, e.g. for the fused head + loss
+  // (linear_cross_entropy_sum with output_weight()).
+  Tensor hidden_states(const Tensor& ids, const ForwardOptions& options = {}) const;
 
   // Loads config.json and the weights of a Hugging Face folder, converting to `dtype`; weights
   // already in `dtype` stay mapped from the file. Missing, extra or misshapen tensors are errors,

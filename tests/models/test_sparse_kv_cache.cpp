@@ -3,8 +3,13 @@
 // (spec §4.1), decoding far past the ring's capacity equals the rows of full masked attention
 // (ops::flash_attention with the same per-head pattern over every position), with windows that
 // differ inside a GQA group and with chunked prefill whose chunks overwrite slots their own
-// queries still read; bytes() follows the plan; misuse is a clear error.
+// queries still read; bytes() follows the plan; misuse is a clear error. Rows of their own
+// lengths (slot reuse, as continuous batching fills them): a decode step over rows of different
+// lengths equals each row decoded alone, and a freed row refilled through row_view starts clean.
+// StreamingLLM's cache-slot RoPE mode against a reference written here that keeps pre-RoPE keys,
+// assigns the cache positions explicitly and applies RoPE and softmax by hand in f64.
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "autograd/autograd.h"
@@ -239,4 +244,273 @@ TEST_CASE("sparse kv cache: misuse is a clear error") {
                        doctest::Contains("must be [1, 2, 1, 8]"), Error);
   CHECK_THROWS_WITH_AS(cache.attend(2, part(s.q[0], 4, 5), part(s.k[0], 4, 5), part(s.v[0], 4, 5)),
                        doctest::Contains("layer 2 out of range"), Error);
+}
+
+namespace {
+
+// Feeds rows [from, to) of `s` (per layer [B, H, N, D]) for positions [start, end) of row `row`
+// through a batch-1 cache, one chunk: the outputs per layer [1, Hq, end - start, D].
+std::vector<Tensor> attend_rows(llama::SparseKvCache& cache, const Sequence& s, int64_t row, int64_t start,
+                                int64_t end) {
+  std::vector<Tensor> out;
+  for (size_t layer = 0; layer < s.q.size(); ++layer) {
+    const auto part = [&](const Tensor& t) { return t.slice(0, row, row + 1).slice(2, start, end); };
+    out.push_back(cache.attend(int64_t(layer), part(s.q[layer]), part(s.k[layer]), part(s.v[layer])));
+  }
+  cache.advance(end - start);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sparse kv cache: rows of different lengths in one decode step equal each row decoded alone") {
+  autograd::NoGradGuard no_grad;
+  // Windows and sinks that differ inside a GQA group, and a second layer of another rule.
+  const llama::LlamaConfig config = cache_config(2, 4, 2, 16);
+  const llama::SparseAttention plan = plan_of({{2, 0, 1, 1}, {3, 3, 3, 3}}, {{5, 7, 4, 4}, {6, 6, 6, 6}});
+  const int64_t rows = 3, max_length = 60, steps = 30;
+  const std::vector<int64_t> prompts = {4, 17, 9};  // each row's prompt length (17 is past the rings)
+  const Sequence s = random_sequence(config, rows, max_length, 31);
+
+  llama::SparseKvCache batched(config, plan, rows, max_length);
+  // A stale sequence in row 1 first: freed, then refilled through row_view, it must leave nothing.
+  {
+    llama::SparseKvCache view = batched.row_view(1);
+    attend_rows(view, random_sequence(config, 1, 11, 99), 0, 0, 11);
+    batched.set_row_length(1, view.row_length(0));
+    CHECK(batched.row_length(1) == 11);
+    batched.set_row_length(1, 0);
+    for (int64_t position : batched.slot_positions(0, 0, 1)) CHECK(position == -1);
+  }
+  for (int64_t b = 0; b < rows; ++b) {
+    llama::SparseKvCache view = batched.row_view(b);
+    for (int64_t start = 0; start < prompts[size_t(b)]; start += 5)  // chunked prefill
+      attend_rows(view, s, b, start, std::min(prompts[size_t(b)], start + 5));
+    batched.set_row_length(b, view.row_length(0));
+  }
+  CHECK(batched.row_length(0) == 4);
+  CHECK(batched.row_length(1) == 17);
+  CHECK(batched.length() == 17);
+  const std::vector<int64_t> expected_positions = {4, 17, 9};
+  const std::vector<int64_t> next = batched.next_positions(1).to_vector<int64_t>();
+  CHECK(next == expected_positions);
+
+  // Each row alone, from position 0 to the end: the oracle.
+  std::vector<std::vector<Tensor>> alone(static_cast<size_t>(rows));
+  for (int64_t b = 0; b < rows; ++b) {
+    llama::SparseKvCache single(config, plan, 1, max_length);
+    attend_rows(single, s, b, 0, prompts[size_t(b)]);
+    for (int64_t step = 0; step < steps; ++step) {
+      const int64_t p = prompts[size_t(b)] + step;
+      alone[size_t(b)].push_back(attend_rows(single, s, b, p, p + 1)[1]);  // layer 1's output
+    }
+  }
+  for (int64_t step = 0; step < steps; ++step) {
+    std::vector<Tensor> q, k, v;
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t p = prompts[size_t(b)] + step;
+      q.push_back(s.q[1].slice(0, b, b + 1).slice(2, p, p + 1));
+      k.push_back(s.k[1].slice(0, b, b + 1).slice(2, p, p + 1));
+      v.push_back(s.v[1].slice(0, b, b + 1).slice(2, p, p + 1));
+    }
+    // Layer 0 takes the same step (every layer attends before advance); layer 1 is compared.
+    std::vector<Tensor> q0, k0, v0;
+    for (int64_t b = 0; b < rows; ++b) {
+      const int64_t p = prompts[size_t(b)] + step;
+      q0.push_back(s.q[0].slice(0, b, b + 1).slice(2, p, p + 1));
+      k0.push_back(s.k[0].slice(0, b, b + 1).slice(2, p, p + 1));
+      v0.push_back(s.v[0].slice(0, b, b + 1).slice(2, p, p + 1));
+    }
+    batched.attend(0, ops::cat(q0, 0), ops::cat(k0, 0), ops::cat(v0, 0));
+    const Tensor out = batched.attend(1, ops::cat(q, 0), ops::cat(k, 0), ops::cat(v, 0));
+    batched.advance(1);
+    for (int64_t b = 0; b < rows; ++b) {
+      INFO("step " << step << ", row " << b);
+      CHECK_CLOSE(out.slice(0, b, b + 1), alone[size_t(b)][size_t(step)], kTolerance);
+    }
+  }
+  // Each row's slots hold its own positions: what its window keeps at its own length.
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t last = prompts[size_t(b)] + steps - 1;
+    std::multiset<int64_t> live, expected;
+    for (int64_t position : batched.slot_positions(1, 0, b))
+      if (position >= 0) live.insert(position);
+    for (int64_t j = 0; j <= last; ++j)
+      if (visible(last, j, 3, 6)) expected.insert(j);
+    INFO("row " << b);
+    CHECK(live == expected);
+  }
+}
+
+TEST_CASE("sparse kv cache: per-row misuse is a clear error") {
+  autograd::NoGradGuard no_grad;
+  const llama::LlamaConfig config = cache_config(1, 2, 1, 8);
+  llama::SparseKvCache cache(config, plan_of({{1, 1}}, {{3, 3}}), 2, 20);
+  const Sequence s = random_sequence(config, 2, 20, 5);
+  {
+    llama::SparseKvCache view = cache.row_view(0);
+    attend_rows(view, s, 0, 0, 6);
+  }
+  // The row holds 6 positions: another length would make stale or empty slots count.
+  CHECK_THROWS_WITH_AS(cache.set_row_length(0, 5), doctest::Contains("does not hold the positions of a length of 5"),
+                       Error);
+  CHECK_THROWS_WITH_AS(cache.set_row_length(2, 0), doctest::Contains("no row 2 in a batch of 2"), Error);
+  CHECK_THROWS_WITH_AS(cache.set_row_length(0, 21), doctest::Contains("outside [0, 20]"), Error);
+  cache.set_row_length(0, 6);
+  CHECK_THROWS_WITH_AS(cache.attend(0, s.q[0].slice(2, 0, 2), s.k[0].slice(2, 0, 2), s.v[0].slice(2, 0, 2)),
+                       doctest::Contains("rows of different lengths take one token at a time"), Error);
+  CHECK_THROWS_WITH_AS((void)cache.row_view(3), doctest::Contains("no row 3"), Error);
+}
+
+namespace {
+
+// RoPE by hand in f64 on one head vector (rotate-half pairs (i, i + D/2)) at `position`, with the
+// model's frequency table.
+std::vector<double> rotated(const std::vector<double>& x, int64_t position, const std::vector<float>& frequencies) {
+  const size_t half = x.size() / 2;
+  std::vector<double> out(x.size());
+  for (size_t i = 0; i < half; ++i) {
+    const double angle = double(position) * double(frequencies[i]);
+    out[i] = x[i] * std::cos(angle) - x[i + half] * std::sin(angle);
+    out[i + half] = x[i + half] * std::cos(angle) + x[i] * std::sin(angle);
+  }
+  return out;
+}
+
+// StreamingLLM's attention for pre-RoPE q, k, v of one layer ([1, H, N, D] as host vectors),
+// chunk by chunk, with every head of KV group g under the rule (sinks[g], windows[g]): before a
+// chunk starting at `start`, the cache holds the sinks [0, min(s, start)) and the window's keys
+// [max(s, start - W + 1), start), which take cache positions 0, 1, ... in that order; the chunk's
+// tokens take the positions after them. With `absolute`, every token keeps its own position
+// instead (MoA's mode). Returns [H][N][D].
+std::vector<std::vector<std::vector<double>>> streaming_reference(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                                  const std::vector<int64_t>& sinks,
+                                                                  const std::vector<int64_t>& windows,
+                                                                  const std::vector<int64_t>& chunks,
+                                                                  const std::vector<float>& frequencies, bool absolute) {
+  const int64_t heads = q.size(1), kv_heads = k.size(1), length = q.size(2), dim = q.size(3);
+  const std::vector<float> qv = ops::contiguous(q).to_vector<float>(), kv = ops::contiguous(k).to_vector<float>();
+  const std::vector<float> vv = ops::contiguous(v).to_vector<float>();
+  const auto row = [&](const std::vector<float>& data, int64_t head, int64_t n) {
+    const float* first = data.data() + (head * length + n) * dim;
+    return std::vector<double>(first, first + dim);
+  };
+  std::vector<std::vector<std::vector<double>>> out(static_cast<size_t>(heads),
+                                                    std::vector<std::vector<double>>(static_cast<size_t>(length)));
+  int64_t start = 0;
+  for (int64_t chunk : chunks) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t g = h / (heads / kv_heads), sink = sinks[size_t(g)], window = windows[size_t(g)];
+      // The cache's keys before the chunk, in cache order, then the chunk's.
+      std::vector<int64_t> keys;
+      for (int64_t j = 0; j < std::min(sink, start); ++j) keys.push_back(j);
+      for (int64_t j = std::max(sink, start - window + 1); j < start; ++j) keys.push_back(j);
+      const int64_t cached = int64_t(keys.size());
+      for (int64_t t = 0; t < chunk; ++t) keys.push_back(start + t);
+      for (int64_t t = 0; t < chunk; ++t) {
+        const int64_t i = start + t;
+        const std::vector<double> query = rotated(row(qv, h, i), absolute ? i : cached + t, frequencies);
+        std::vector<double> scores, weights;
+        std::vector<int64_t> seen;
+        for (size_t place = 0; place < keys.size(); ++place) {
+          const int64_t j = keys[place];
+          if (j > i || !(j < sink || i - j < window)) continue;  // causal sink + window, by true position
+          const std::vector<double> key = rotated(row(kv, g, j), absolute ? j : int64_t(place), frequencies);
+          double dot = 0;
+          for (int64_t d = 0; d < dim; ++d) dot += query[size_t(d)] * key[size_t(d)];
+          scores.push_back(dot / std::sqrt(double(dim)));
+          seen.push_back(j);
+        }
+        const double top = *std::max_element(scores.begin(), scores.end());
+        double total = 0;
+        for (double score : scores) {
+          weights.push_back(std::exp(score - top));
+          total += weights.back();
+        }
+        std::vector<double> o(static_cast<size_t>(dim), 0.0);
+        for (size_t n = 0; n < seen.size(); ++n) {
+          const std::vector<double> value = row(vv, g, seen[n]);
+          for (int64_t d = 0; d < dim; ++d) o[size_t(d)] += weights[n] / total * value[size_t(d)];
+        }
+        out[size_t(h)][size_t(i)] = o;
+      }
+    }
+    start += chunk;
+  }
+  return out;
+}
+
+double max_difference(const Tensor& actual, const std::vector<std::vector<std::vector<double>>>& expected) {
+  const std::vector<float> values = ops::contiguous(actual).to_vector<float>();
+  const int64_t length = actual.size(2), dim = actual.size(3);
+  double worst = 0;
+  for (size_t h = 0; h < expected.size(); ++h)
+    for (int64_t n = 0; n < length; ++n)
+      for (int64_t d = 0; d < dim; ++d)
+        worst = std::max(worst, std::abs(double(values[size_t((int64_t(h) * length + n) * dim + d)]) -
+                                         expected[h][size_t(n)][size_t(d)]));
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("sparse kv cache: cache-slot RoPE equals a hand reference that re-assigns cache positions (GQA)") {
+  autograd::NoGradGuard no_grad;
+  llama::LlamaConfig config = cache_config(1, 6, 2, 16);
+  config.rope_theta = 100.0;  // every frequency turns within a few positions: a wrong position shows
+  const std::vector<float> frequencies = ops::rope_frequencies(config.rope());
+  // KV group 0: sink 4 + window 6 (capacity 10); group 1: sink 1 + window 9 (capacity 10), so one
+  // layer has two rings and each rotates the query by its own count.
+  const llama::SparseAttention plan = plan_of({{4, 4, 4, 1, 1, 1}}, {{6, 6, 6, 9, 9, 9}});
+  const std::vector<int64_t> sinks = {4, 1}, windows = {6, 9};
+  const int64_t prompt = 13, max_length = 60;  // 47 decode steps: past 2 x capacity (20)
+  for (const std::vector<int64_t>& prefill : {std::vector<int64_t>{13}, std::vector<int64_t>{5, 5, 3}}) {
+    INFO("prefill chunks: " << prefill.size());
+    const Sequence s = random_sequence(config, 1, max_length, 41);
+    std::vector<int64_t> chunks = prefill;
+    chunks.insert(chunks.end(), size_t(max_length - prompt), 1);
+
+    llama::SparseKvCache streaming(config, plan, 1, max_length, DType::f32, Device::cpu(),
+                                   llama::RopePositions::cache_slot);
+    CHECK(streaming.rope_positions() == llama::RopePositions::cache_slot);
+    const Tensor cache_slot_out = run_through_cache(streaming, s, chunks)[0];
+    const auto expected = streaming_reference(s.q[0], s.k[0], s.v[0], sinks, windows, chunks, frequencies, false);
+    CHECK(max_difference(cache_slot_out, expected) < 2e-5);
+
+    // The original mode, fed keys rotated at their true positions, is MoA's: the same reference
+    // with every position its own. The two modes differ once the rings wrap.
+    llama::SparseKvCache moa(config, plan, 1, max_length);
+    Sequence rotated_sequence = s;
+    const Tensor positions = arange(0, max_length, 1, DType::i64, Device::cpu());
+    const auto rope_all = [&](const Tensor& t) {
+      return ops::contiguous(ops::rope(t.transpose(1, 2), positions, config.rope()).transpose(1, 2));
+    };
+    rotated_sequence.q[0] = rope_all(s.q[0]);
+    rotated_sequence.k[0] = rope_all(s.k[0]);
+    const Tensor original_out = run_through_cache(moa, rotated_sequence, chunks)[0];
+    const auto expected_original = streaming_reference(s.q[0], s.k[0], s.v[0], sinks, windows, chunks, frequencies, true);
+    CHECK(max_difference(original_out, expected_original) < 2e-5);
+    CHECK(max_difference(cache_slot_out, expected_original) > 1e-2);
+  }
+}
+
+TEST_CASE("sparse kv cache: cache-slot RoPE with nothing evicted is the original mode") {
+  autograd::NoGradGuard no_grad;
+  llama::LlamaConfig config = cache_config(2, 4, 2, 16);
+  config.rope_theta = 100.0;
+  const int64_t length = 30;
+  // A sink and a window covering all 30 positions: every cache position is the true one.
+  const llama::SparseAttention plan = llama::SparseAttention::uniform(config, 2, 40);
+  const Sequence s = random_sequence(config, 2, length, 43);
+  llama::SparseKvCache streaming(config, plan, 2, length, DType::f32, Device::cpu(), llama::RopePositions::cache_slot);
+  const std::vector<Tensor> out = run_through_cache(streaming, s, chunk_sizes(7, 12, 18));
+  const Tensor positions = arange(0, length, 1, DType::i64, Device::cpu());
+  for (size_t layer = 0; layer < 2; ++layer) {
+    const auto rope_all = [&](const Tensor& t) {
+      return ops::contiguous(ops::rope(t.transpose(1, 2), positions, config.rope()).transpose(1, 2));
+    };
+    const Tensor dense = ops::flash_attention(rope_all(s.q[layer]), rope_all(s.k[layer]), s.v[layer],
+                                              AttentionPattern::dense()).out;
+    CHECK_CLOSE(out[layer], dense, kTolerance);
+  }
 }

@@ -109,10 +109,4 @@ TEST_CASE("lamina generate --attention-plan: ring-cache decoding equals recomput
   CHECK(printed_ids(narrow.output) == expected);
   CHECK(printed_ids(narrow.output) != printed_ids(dense.output));  // the plan hides keys that matter
 
-  // Batched generation keeps one dense cache for every row: refused with the way out.
-  std::ofstream(dir / "prompts.jsonl") << R"({"prompt": "hello"})" << "\n";
-  const Run batch = run_lamina(str_cat("generate --model ", dir.path.string(), " --prompts ", dir / "prompts.jsonl",
-                                       " --output ", dir / "out.jsonl", " --attention-plan ", dir / "narrow.json"));
-  CHECK(batch.status == 2);
-  CHECK(batch.output.find("one prompt at a time") != std::string::npos);
 }
