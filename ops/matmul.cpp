@@ -1,6 +1,10 @@
 // matmul and its backward: shape checks, then cuBLASLt on a CUDA device (ops/cuda/matmul.cpp) or,
-// on the CPU, batch broadcasting and transposes folded into strides for Eigen (ops/cpu/matmul.cpp).
+// on the CPU, batch broadcasting and transposes folded into strides for Eigen (ops/cpu/matmul.cpp;
+// f32, f64, and f16 widened to f32) or for the bf16 GEMM (ops/cpu/gemm_bf16.cpp: bf16 operands as
+// they are, f32 accumulation, the f32 result rounded once to bf16; on a CPU without AMX or
+// AVX-512 BF16, bf16 is widened for Eigen like f16 unless $LAMINA_CPU_GEMM asks for a path).
 #include "ops/checks.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cuda/kernels.h"
 #include "ops/ops.h"
@@ -76,11 +80,20 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
   }
 #endif
   const DType dtype = a_in.dtype();
-  const bool low_precision = dtype == DType::bf16 || dtype == DType::f16;
-  Tensor a = low_precision ? cast(a_in, DType::f32) : a_in;
-  Tensor b = low_precision ? cast(b_in, DType::f32) : b_in;
-  const DType compute = a.dtype();
+  const bool bf16_kernels = dtype == DType::bf16 && cpu::gemm_bf16_has_fast_path();
+  const bool widen = (dtype == DType::bf16 && !bf16_kernels) || dtype == DType::f16;
+  Tensor a = widen ? cast(a_in, DType::f32) : a_in;
+  Tensor b = widen ? cast(b_in, DType::f32) : b_in;
+  const DType compute = bf16_kernels || widen ? DType::f32 : dtype;
   Tensor out = Tensor::empty(out_shape, compute, device);
+  const auto run = [&](const std::vector<cpu::GemmTask>& tasks) {
+    if (bf16_kernels) {
+      cpu::gemm_bf16_batch(tasks);
+    } else {
+      cpu::gemm_batch(compute, tasks);
+    }
+  };
+  const auto finish = [&]() { return compute != dtype ? cast(out, dtype) : out; };
 
   // [..., M, K] x [K, N]: fold the batch into M when a's rows line up as one matrix.
   if (batch_b.empty() && !batch_a.empty() && !transpose_a) {
@@ -89,8 +102,8 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
       const Tensor a2 = views::as_strided(a, {shape_numel(batch_a) * m, k}, rows_strides, a.offset());
       const Tensor b2 = mappable(b);
       const Tensor out2 = views::view(out, {shape_numel(batch_a) * m, n});
-      cpu::gemm_batch(compute, {{span_of(mappable(a2), false), span_of(b2, transpose_b), span_of(out2, false)}});
-      return low_precision ? cast(out, dtype) : out;
+      run({{span_of(mappable(a2), false), span_of(b2, transpose_b), span_of(out2, false)}});
+      return finish();
     }
   }
 
@@ -108,8 +121,8 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
       index[d] = 0;
     }
   }
-  cpu::gemm_batch(compute, tasks);
-  return low_precision ? cast(out, dtype) : out;
+  run(tasks);
+  return finish();
 }
 
 // out = A B with A = op(a), B = op(b), g = dL/dout:  dA = g B^T, dB = A^T g, then undo op()

@@ -1,6 +1,7 @@
 // `lamina bench ops`: throughput of the CPU op catalogue against two baselines measured in
-// the same run on the same threads: Eigen's GEMM for matmul (compute-bound), and memcpy for
-// everything else (memory-bound). Prints one JSON line per case to stdout, progress to stderr.
+// the same run on the same threads: Eigen's GEMM for matmul (compute-bound; the bf16 GEMM paths
+// too, and the CPU's measured peaks), and memcpy for everything else (memory-bound). Prints one
+// JSON line per case to stdout, progress to stderr.
 // `--device cuda` times the CUDA ops instead (see "CUDA cases" below).
 //
 // GB/s counts the bytes an op must read plus the bytes it must write (each once, 1e9 bytes
@@ -15,10 +16,15 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <memory>
 #include <thread>
 
+#include "ops/cpu/cpu_features.h"
+#include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/kernels.h"
+#include "ops/cpu/peak_throughput.h"
 #include "ops/ops.h"
 #include "ops/quant4.h"
 #include "tensor/cuda_runtime.h"
@@ -342,6 +348,181 @@ void run_quant4_case(const Quant4Case& spec, double memcpy_rate, const BenchSett
       .add("dense_seconds", dense.median_seconds)
       .add("dense_gflops", flops / dense.median_seconds / 1e9)
       .add("speedup_vs_dense", dense.median_seconds / fused.median_seconds)
+      .print();
+}
+
+// ---- bf16 GEMM cases: the three products of a Linear layer at the `lamina bench train` shapes
+// (1024 tokens, width 512, outputs 512 / 256 / 1536, and the 8192-token vocabulary), each timed
+// on every bf16 GEMM path this CPU has (ops/cpu/gemm_bf16.cpp, f32 result) and on lamina's
+// Eigen f32 GEMM with the same layouts, plus ops::matmul in bf16 (the auto path, result rounded
+// to bf16) against what it cost before the bf16 kernels: widen both operands to f32, Eigen,
+// round back. A last line gives the CPU's measured peaks (ops/cpu/peak_throughput.h).
+
+constexpr int64_t kTrainTokens = 1024, kTrainWidth = 512, kTrainVocab = 8192;
+
+enum class LinearProduct { forward, input_grad, weight_grad };
+
+struct GemmCase {
+  std::string name;
+  LinearProduct product;
+  int64_t outputs;  // the Linear layer's output width
+
+  // The logical product C [M, N] = A [M, K] B [K, N] and how A and B are stored.
+  int64_t m() const { return product == LinearProduct::weight_grad ? outputs : kTrainTokens; }
+  int64_t n() const { return product == LinearProduct::forward ? outputs : kTrainWidth; }
+  int64_t k() const {
+    if (product == LinearProduct::forward) return kTrainWidth;
+    return product == LinearProduct::input_grad ? outputs : kTrainTokens;
+  }
+  std::string label() const {
+    const std::string x = str_cat("x[", kTrainTokens, ",", kTrainWidth, "]");
+    const std::string w = str_cat("w[", outputs, ",", kTrainWidth, "]");
+    const std::string g = str_cat("g[", kTrainTokens, ",", outputs, "]");
+    switch (product) {
+      case LinearProduct::forward: return x + "@" + w + "^T";
+      case LinearProduct::input_grad: return g + "@" + w;
+      case LinearProduct::weight_grad: return g + "^T@" + x;
+    }
+    return "";
+  }
+};
+
+std::vector<GemmCase> gemm_cases() {
+  std::vector<GemmCase> cases;
+  const std::pair<const char*, int64_t> widths[] = {{"attn", 512}, {"kv", 256}, {"mlp", 1536}, {"vocab", kTrainVocab}};
+  for (const auto& [width_name, outputs] : widths) {
+    cases.push_back({str_cat("gemm_bf16_forward_", width_name), LinearProduct::forward, outputs});
+    cases.push_back({str_cat("gemm_bf16_input_grad_", width_name), LinearProduct::input_grad, outputs});
+    cases.push_back({str_cat("gemm_bf16_weight_grad_", width_name), LinearProduct::weight_grad, outputs});
+  }
+  return cases;
+}
+
+// The operands of a case as the layer stores them (x [T, D], w [O, D], g [T, O]) and the
+// logical A and B as views of them, in bf16 and in f32.
+struct GemmOperands {
+  Tensor a_stored, b_stored;
+  bool transpose_a = false, transpose_b = false;
+};
+
+GemmOperands gemm_operands(const GemmCase& spec, DType dtype, Generator& generator) {
+  const Tensor x = randn({kTrainTokens, kTrainWidth}, generator, dtype);
+  const Tensor w = randn({spec.outputs, kTrainWidth}, generator, dtype);
+  const Tensor g = randn({kTrainTokens, spec.outputs}, generator, dtype);
+  switch (spec.product) {
+    case LinearProduct::forward: return {x, w, false, true};
+    case LinearProduct::input_grad: return {g, w, false, false};
+    case LinearProduct::weight_grad: return {g, x, true, false};
+  }
+  return {};
+}
+
+double process_cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return double(now.tv_sec) + 1e-9 * double(now.tv_nsec);
+}
+
+ops::cpu::MatrixSpan span_of_stored(const Tensor& stored, bool transpose) {
+  ops::cpu::MatrixSpan span;
+  span.data = stored.raw_data();
+  span.rows = stored.size(transpose ? 1 : 0);
+  span.cols = stored.size(transpose ? 0 : 1);
+  span.row_stride = stored.stride(transpose ? 1 : 0);
+  span.col_stride = stored.stride(transpose ? 0 : 1);
+  return span;
+}
+
+void run_gemm_case(const GemmCase& spec, const BenchSettings& settings) {
+  Generator generator(7);
+  const GemmOperands low = gemm_operands(spec, DType::bf16, generator);
+  const GemmOperands wide = gemm_operands(spec, DType::f32, generator);
+  Tensor c = Tensor::empty({spec.m(), spec.n()}, DType::f32);
+  const ops::cpu::GemmTask low_task{span_of_stored(low.a_stored, low.transpose_a),
+                                    span_of_stored(low.b_stored, low.transpose_b), span_of_stored(c, false)};
+  const ops::cpu::GemmTask wide_task{span_of_stored(wide.a_stored, wide.transpose_a),
+                                     span_of_stored(wide.b_stored, wide.transpose_b), span_of_stored(c, false)};
+  const double flops = 2.0 * double(spec.m()) * double(spec.n()) * double(spec.k());
+  const auto gflops = [&](const Timing& timing) { return flops / timing.median_seconds / 1e9; };
+
+  const double eigen_gflops =
+      gflops(measure([&] { ops::cpu::gemm_batch(DType::f32, {wide_task}); }, settings.min_seconds));
+  const Timing op_timing = measure(
+      [&] { ops::matmul(low.a_stored, low.b_stored, low.transpose_a, low.transpose_b); }, settings.min_seconds);
+  const Timing widened_timing = measure(
+      [&] {
+        const Tensor product = ops::matmul(ops::cast(low.a_stored, DType::f32), ops::cast(low.b_stored, DType::f32),
+                                           low.transpose_a, low.transpose_b);
+        ops::cast(product, DType::bf16);
+      },
+      settings.min_seconds);
+  for (ops::cpu::GemmBf16Path path :
+       {ops::cpu::GemmBf16Path::amx, ops::cpu::GemmBf16Path::avx512bf16, ops::cpu::GemmBf16Path::reference}) {
+    JsonLine line;
+    line.add("bench", "ops")
+        .add("case", spec.name)
+        .add("threads", settings.threads)
+        .add("shape", spec.label())
+        .add("m", spec.m())
+        .add("n", spec.n())
+        .add("k", spec.k())
+        .add("path", ops::cpu::gemm_bf16_path_name(path));
+    if (!ops::cpu::gemm_bf16_path_available(path)) {
+      line.add("available", false).print();
+      continue;
+    }
+    // CPU seconds of the whole process per call as well: on a loaded machine the wall time of
+    // a long product includes the time other processes held the core, its CPU time does not.
+    int64_t calls = 0;
+    const double cpu_start = process_cpu_seconds();
+    const Timing timing = measure(
+        [&] {
+          ops::cpu::gemm_bf16_batch({low_task}, path);
+          ++calls;
+        },
+        settings.min_seconds);
+    const double cpu_seconds_per_call = (process_cpu_seconds() - cpu_start) / double(calls);
+    line.add("available", true)
+        .add("stat", "median")
+        .add("runs", timing.runs)
+        .add("seconds", timing.median_seconds)
+        .add("gflops", gflops(timing))
+        .add("best_gflops", flops / timing.best_seconds / 1e9)
+        .add("cpu_seconds", cpu_seconds_per_call)
+        .add("gflops_per_cpu_second", flops / cpu_seconds_per_call / 1e9)
+        .add("eigen_f32_gflops", eigen_gflops)
+        .add("ratio_vs_eigen_f32", gflops(timing) / eigen_gflops)
+        .print();
+  }
+  JsonLine()
+      .add("bench", "ops")
+      .add("case", spec.name)
+      .add("threads", settings.threads)
+      .add("shape", spec.label())
+      .add("path", ops::cpu::gemm_bf16_has_fast_path()
+                       ? str_cat("matmul_op_", ops::cpu::gemm_bf16_path_name(ops::cpu::gemm_bf16_resolve()))
+                       : std::string("matmul_op_widened_eigen"))
+      .add("dtype", "bf16")
+      .add("gflops", gflops(op_timing))
+      .add("widened_eigen_gflops", gflops(widened_timing))
+      .add("speedup_vs_widened_eigen", widened_timing.median_seconds / op_timing.median_seconds)
+      .print();
+}
+
+// The CPU's arithmetic peaks on the bench's threads, for reading the GEMM rates against.
+void print_peak_line(const BenchSettings& settings) {
+  const ops::cpu::CpuFeatures& features = ops::cpu::cpu_features();
+  const ops::cpu::PeakThroughput peak = ops::cpu::measure_peak_throughput(settings.threads);
+  JsonLine()
+      .add("bench", "ops")
+      .add("case", "cpu_peak")
+      .add("threads", settings.threads)
+      .add("avx512f", features.avx512f)
+      .add("avx512bf16", features.avx512bf16)
+      .add("amx_bf16", features.amx_bf16)
+      .add("f32_fma_gflops", peak.f32_fma_gflops)
+      .add("bf16_dot_gflops", peak.bf16_dot_gflops)
+      .add("amx_bf16_gflops", peak.amx_bf16_gflops)
       .print();
 }
 
@@ -728,6 +909,9 @@ int run_bench_ops(const Arguments& args) {
   for (const MemoryBoundCase& c : memory_bound) case_list += "\n  " + c.name;
   const std::vector<Quant4Case> quant4 = quant4_cases();
   for (const Quant4Case& c : quant4) case_list += "\n  " + c.name;
+  const std::vector<GemmCase> gemms = gemm_cases();
+  for (const GemmCase& c : gemms) case_list += "\n  " + c.name;
+  case_list += "\n  cpu_peak";
 #if LAMINA_WITH_CUDA
   case_list += "\n\ncases with --device cuda (bf16 GEMM vs bare cuBLASLt, target >= 0.9; memory-bound ops vs a\n"
                "device-to-device copy, target >= 0.7; allocator cost per allocate/free pair):";
@@ -740,7 +924,10 @@ int run_bench_ops(const Arguments& args) {
                     "Times the CPU ops and prints one JSON line per case to stdout (median of repeated runs\n"
                     "after a warm-up), then one line describing the machine. Matmul is compared with plain\n"
                     "Eigen (target: ratio >= 0.9), memory-bound ops with memcpy (target: ratio >= 0.5), both\n"
-                    "measured in the same run on the same number of threads. --device cuda[:N] times the\n"
+                    "measured in the same run on the same number of threads. The gemm_bf16 cases time each\n"
+                    "bf16 GEMM path the CPU has (amx, avx512bf16, reference; one line each, and one for\n"
+                    "ops::matmul in bf16 against widening to f32 for Eigen) beside Eigen in f32; cpu_peak\n"
+                    "measures the f32 FMA, bf16 dot and AMX peaks. --device cuda[:N] times the\n"
                     "CUDA ops on that GPU instead.\n\ncases:" +
                         case_list);
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N (needs the CUDA backend and a GPU)", "cpu");
@@ -772,7 +959,12 @@ int run_bench_ops(const Arguments& args) {
   std::vector<const Quant4Case*> chosen_quant4;
   for (const Quant4Case& c : quant4)
     if (selected(c.name)) chosen_quant4.push_back(&c);
-  if (chosen_matmuls.empty() && chosen_memory_bound.empty() && chosen_quant4.empty()) {
+  std::vector<const GemmCase*> chosen_gemms;
+  for (const GemmCase& c : gemms)
+    if (selected(c.name)) chosen_gemms.push_back(&c);
+  const bool peak_chosen = selected("cpu_peak");
+  if (chosen_matmuls.empty() && chosen_memory_bound.empty() && chosen_quant4.empty() && chosen_gemms.empty() &&
+      !peak_chosen) {
     throw UsageError("lamina bench ops: --filter '" + filter + "' matches no case",
                      "run 'lamina bench ops --help' to list the cases");
   }
@@ -796,13 +988,23 @@ int run_bench_ops(const Arguments& args) {
     run_quant4_case(*c, memcpy_rate, settings);
   }
 
+  for (const GemmCase* c : chosen_gemms) {
+    std::fprintf(stderr, "bench ops: %s\n", c->name.c_str());
+    run_gemm_case(*c, settings);
+  }
+  if (peak_chosen) {
+    std::fprintf(stderr, "bench ops: cpu_peak\n");
+    print_peak_line(settings);
+  }
+
   JsonLine machine;
   machine.add("bench", "ops")
       .add("case", "machine")
       .add("threads", settings.threads)
       .add("hardware_threads", int64_t(std::thread::hardware_concurrency()))
       .add("quick", parser.is_set("quick"))
-      .add("cases", int64_t(chosen_matmuls.size() + chosen_memory_bound.size() + chosen_quant4.size()));
+      .add("cases", int64_t(chosen_matmuls.size() + chosen_memory_bound.size() + chosen_quant4.size() +
+                            chosen_gemms.size() + (peak_chosen ? 1 : 0)));
   if (memcpy_rate > 0) machine.add("memcpy_gbps", memcpy_rate).add("memcpy_bytes", int64_t(kMemcpyBytes));
   machine.print();
   return 0;

@@ -53,7 +53,7 @@ struct GemmTask {
 };
 // Whether Eigen can map the matrix in place (one of its strides is 1).
 bool gemm_compatible(const MatrixSpan& m);
-// f32 or f64 products, spread over the threads.
+// f32 or f64 products, spread over the threads (bf16 operands: gemm_bf16.h).
 void gemm_batch(DType dtype, const std::vector<GemmTask>& tasks);
 
 }  // namespace lamina::ops::cpu
