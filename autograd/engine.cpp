@@ -4,6 +4,7 @@
 
 #include "autograd/autograd.h"
 #include "ops/ops.h"
+#include "tensor/profiler.h"
 #include "tensor/view.h"
 
 namespace lamina::autograd {
@@ -128,6 +129,9 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
   LAMINA_CHECK(grads.empty() || grads.size() == roots.size(), "backward: ", roots.size(), " roots but ", grads.size(),
                " gradients");
   NoGradGuard no_grad;
+  // Its self time is the engine's own work (the graph walk, the queues, zero gradients); each
+  // node's rule is timed as backward:<node name>.
+  profiler::Scope engine_scope("backward:engine");
 
   // Gradients waiting at each node, one slot per node output.
   std::unordered_map<Node*, std::vector<Tensor>> pending;
@@ -139,8 +143,18 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     std::vector<Tensor>& slots = pending[edge.node.get()];
     if (slots.empty()) slots.resize(edge.node->outputs.size());
     Tensor& slot = slots[size_t(edge.input_nr)];
-    Tensor incoming = grad.dtype() == info.dtype ? grad : ops::cast(grad, info.dtype);
-    slot = slot.defined() ? ops::add(slot, incoming) : incoming;
+    Tensor incoming = grad;
+    if (grad.dtype() != info.dtype) {
+      profiler::Scope scope("backward:cast_gradient");
+      incoming = ops::cast(grad, info.dtype);
+    }
+    if (slot.defined()) {
+      // A tensor used more than once (a residual stream, a shared weight) sums its gradients here.
+      profiler::Scope scope("backward:sum_gradients");
+      slot = ops::add(slot, incoming);
+    } else {
+      slot = incoming;
+    }
   };
 
   std::vector<Edge> root_edges;
@@ -195,19 +209,26 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     }
     std::vector<Tensor> grad_outputs = std::move(arrived->second);
     pending.erase(arrived);
-    grad_outputs.resize(node->outputs.size());
-    for (size_t i = 0; i < grad_outputs.size(); ++i) {
-      const OutputInfo& info = node->outputs[i];
-      if (!grad_outputs[i].defined()) grad_outputs[i] = zeros(info.shape, info.dtype, info.device);
-      for (const GradHook& hook : node->output_hooks[i]) {
-        Tensor replaced = hook(grad_outputs[i]);
-        if (replaced.defined()) grad_outputs[i] = replaced;
+    std::vector<Tensor> grad_inputs;
+    {
+      // Timed: the node's hooks, its rule, and freeing what it saved (not the delivery below,
+      // which is the engine's).
+      profiler::Scope node_scope("backward:", node->name());
+      grad_outputs.resize(node->outputs.size());
+      for (size_t i = 0; i < grad_outputs.size(); ++i) {
+        const OutputInfo& info = node->outputs[i];
+        if (!grad_outputs[i].defined()) grad_outputs[i] = zeros(info.shape, info.dtype, info.device);
+        for (const GradHook& hook : node->output_hooks[i]) {
+          Tensor replaced = hook(grad_outputs[i]);
+          if (replaced.defined()) grad_outputs[i] = replaced;
+        }
       }
+      LAMINA_CHECK(!node->released(), "backward: '", node->name(), "' was already run and its saved tensors freed; "
+                   "pass retain_graph=true to the first backward to run it again");
+      grad_inputs = node->apply(grad_outputs);
+      grad_outputs.clear();
+      if (!retain_graph) node->release();
     }
-    LAMINA_CHECK(!node->released(), "backward: '", node->name(), "' was already run and its saved tensors freed; "
-                 "pass retain_graph=true to the first backward to run it again");
-    std::vector<Tensor> grad_inputs = node->apply(grad_outputs);
-    if (!retain_graph) node->release();
     LAMINA_CHECK(grad_inputs.empty() || grad_inputs.size() == node->next_edges.size(), "backward: '", node->name(),
                  "' returned ", grad_inputs.size(), " gradients for ", node->next_edges.size(), " inputs");
     for (size_t i = 0; i < node->next_edges.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/autograd.h"
+#include "tensor/profiler.h"
 
 namespace lamina::nn {
 namespace {
@@ -126,6 +127,9 @@ Tensor Linear::forward(const Tensor& x) const {
 // g * s * ... through the lora term only, m receives (x W^T + s x A^T B^T) / N.
 Tensor Linear::add_adapter_branch(const Tensor& x, const Tensor& base_output, const Tensor& product,
                                   const LoraAdapter& adapter) const {
+  // The branch's ops are timed as forward:<op>; this scope's self time is what is left, mostly
+  // the casts between the base's and the adapter's dtypes (Tensor::to).
+  const profiler::Scope scope("forward:lora_branch");
   const LoraOptions& options = adapter.options;
   const DType adapter_dtype = adapter.lora_A.dtype();
   const bool dropping = is_training() && options.dropout > 0;

@@ -11,6 +11,12 @@
 // (tokens/s, target >= 0.7x), the same ratios for QLoRA without checkpointing, and checkpointed
 // QLoRA against checkpointed LoRA (the same recomputation on both sides: what the 4-bit base
 // itself costs in speed).
+//
+// --profile (CPU) then runs each case's step again with the op profiler on (tensor/profiler.h)
+// and prints, after the case's line, one line per profiled scope, largest self time first, and
+// a line with the step's GFLOP/s against this CPU's measured peak (ops/cpu/peak_throughput.h).
+// --case runs one case (the whole suite takes minutes).
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <string>
@@ -20,9 +26,11 @@
 #include "models/llama/model.h"
 #include "nn/layers.h"
 #include "nn/lora.h"
+#include "ops/cpu/peak_throughput.h"
 #include "ops/quant4.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/parallel.h"
+#include "tensor/profiler.h"
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
@@ -32,6 +40,73 @@
 #include "train/trainer.h"
 
 namespace lamina::cli {
+namespace {
+
+struct Mode {
+  const char* name;
+  bool checkpointing, lora, qlora;
+};
+constexpr Mode modes[] = {{"llama_30m_step", false, false, false},
+                          {"llama_30m_step_checkpointed", true, false, false},
+                          {"llama_30m_lora_step", false, true, false},
+                          {"llama_30m_lora_step_checkpointed", true, true, false},
+                          {"llama_30m_qlora_step", false, true, true},
+                          {"llama_30m_qlora_step_checkpointed", true, true, true}};
+
+// The arithmetic ceiling a step's GFLOP/s is compared with: f32 FMA for f32 steps, the faster
+// of the AVX-512 BF16 dot and the AMX tiles for bf16 steps (f32 FMA where the CPU has neither).
+struct CpuPeak {
+  double gflops = 0;
+  const char* path = "";
+};
+
+CpuPeak cpu_peak(const ops::cpu::PeakThroughput& measured, DType dtype) {
+  if (dtype == DType::bf16) {
+    if (measured.amx_bf16_gflops > 0 && measured.amx_bf16_gflops >= measured.bf16_dot_gflops)
+      return {measured.amx_bf16_gflops, "amx_bf16"};
+    if (measured.bf16_dot_gflops > 0) return {measured.bf16_dot_gflops, "avx512_bf16_dot"};
+  }
+  return {measured.f32_fma_gflops, "f32_fma"};
+}
+
+// Runs `step` with the profiler on, at least three times and for at least `min_seconds`, each
+// run inside a scope "step:other" (whose self time is then what no other scope covers), and
+// prints one line per scope, largest self time first: seconds and share of the step, inclusive
+// seconds (the outermost scope of the name), calls per step. Returns the profiled step's
+// seconds (the wall time per step, profiler overhead included).
+double print_step_profile(const std::function<void()>& step, double min_seconds, const char* case_name) {
+  profiler::reset();
+  profiler::set_enabled(true);
+  int64_t steps = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  while (steps < 3 || elapsed < min_seconds) {
+    {
+      const profiler::Scope scope("step:other");
+      step();
+    }
+    ++steps;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  profiler::set_enabled(false);
+  const std::vector<profiler::ScopeStats> scopes = profiler::snapshot();
+  profiler::reset();
+  const double per_step = elapsed / double(steps);
+  for (const profiler::ScopeStats& scope : scopes) {
+    JsonLine line;
+    line.add("bench", "train")
+        .add("case", case_name)
+        .add("op", scope.name)
+        .add("seconds_per_step", scope.self_seconds / double(steps))
+        .add("share", scope.self_seconds / elapsed)
+        .add("inclusive_seconds_per_step", scope.total_seconds / double(steps))
+        .add("calls_per_step", double(scope.calls) / double(steps))
+        .print();
+  }
+  return per_step;
+}
+
+}  // namespace
 
 int run_bench_train(const Arguments& args) {
   FlagParser parser("lamina bench train", "Training-step throughput of a ~30M-parameter Llama (JSON lines).");
@@ -41,6 +116,15 @@ int run_bench_train(const Arguments& args) {
   parser.add_option("batch-size", "N", "sequences per step", "4");
   parser.add_option("seq-len", "N", "tokens per sequence", "256");
   parser.add_switch("quick", "shorter timing runs (noisier)");
+  std::vector<std::string> case_names;
+  for (const Mode& mode : modes) case_names.push_back(mode.name);
+  std::string case_list;
+  for (const std::string& name : case_names) case_list += (case_list.empty() ? "" : ", ") + name;
+  parser.add_option("case", "NAME", "run only this case, one of: " + case_list + " (no comparison line then)", "all");
+  parser.add_switch("profile",
+                    "CPU only: after each case's line, profile its step and print one line per op, largest first "
+                    "(seconds_per_step and share: self time, without the ops timed inside it; step:other is the "
+                    "time outside every op), then the step's GFLOP/s against this CPU's measured peak");
   if (!parser.parse(args)) return 0;
   const int threads = int(parser.int_value("threads", num_threads(), 1, 1024));
   set_num_threads(threads);
@@ -52,23 +136,35 @@ int run_bench_train(const Arguments& args) {
   const Device device = placement.resolved_device();
   const DType dtype = placement.compute_dtype();
   const std::optional<double> peak_flops = train::peak_flops_per_s(device_name(device), dtype);
+  const bool profile = parser.is_set("profile");
+  if (profile && !device.is_cpu())
+    throw UsageError("lamina bench train: --profile times ops on the CPU (GPU kernels run asynchronously, so a "
+                     "scope there would time their launch), not on " + device.str(),
+                     "run 'lamina bench train --profile' without --device, or --device cpu");
+  const std::string only_case = parser.value("case").value_or("all");
 
-  struct Mode {
-    const char* name;
-    bool checkpointing, lora, qlora;
-  };
-  const Mode modes[] = {{"llama_30m_step", false, false, false},
-                        {"llama_30m_step_checkpointed", true, false, false},
-                        {"llama_30m_lora_step", false, true, false},
-                        {"llama_30m_lora_step_checkpointed", true, true, false},
-                        {"llama_30m_qlora_step", false, true, true},
-                        {"llama_30m_qlora_step_checkpointed", true, true, true}};
   struct Result {
     double tokens_per_s = 0;
     int64_t peak_bytes = 0;
   };
+  if (only_case != "all") {
+    if (std::find(case_names.begin(), case_names.end(), only_case) == case_names.end()) {
+      const std::string guess = closest_match(only_case, case_names);
+      throw UsageError("lamina bench train: no case '" + only_case + "'" +
+                           (guess.empty() ? std::string() : "; did you mean '" + guess + "'?"),
+                       "run 'lamina bench train --help' to list the cases");
+    }
+  }
+  // Measured before the cases, on the threads the steps use; the best of three runs, since other
+  // work on the machine can only slow a run down.
+  CpuPeak peak;
+  for (int run = 0; profile && run < 3; ++run) {
+    const CpuPeak measured = cpu_peak(ops::cpu::measure_peak_throughput(threads), dtype);
+    if (measured.gflops > peak.gflops) peak = measured;
+  }
   std::map<std::string, Result> results;
   for (const Mode& mode : modes) {
+    if (only_case != "all" && only_case != mode.name) continue;
     auto model = std::make_shared<llama::LlamaForCausalLM>(bench_train_config());
     Generator generator(0);
     model->init_parameters(generator);
@@ -90,14 +186,20 @@ int run_bench_train(const Arguments& args) {
     const Tensor ids = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     const Tensor targets = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     reset_peak_memory(device);
-    const Timing timing = measure(
-        [&] {
-          cross_entropy(model->forward(ids), targets).backward();
-          optimizer.step(1e-4);
-          optimizer.zero_grad();
-          synchronize(device);  // a GPU step counts until its last kernel ends
-        },
-        min_seconds);
+    const auto step = [&] {
+      Tensor loss;
+      {
+        // Free while the profiler is off; on, its self time is what the forward runs outside
+        // the timed ops.
+        const profiler::Scope scope("step:forward");
+        loss = cross_entropy(model->forward(ids), targets);
+      }
+      loss.backward();
+      optimizer.step(1e-4);
+      optimizer.zero_grad();
+      synchronize(device);  // a GPU step counts until its last kernel ends
+    };
+    const Timing timing = measure(step, min_seconds);
     const double tokens = double(batch * seq_len);
     // The FLOP estimate of the whole model: LoRA still runs every base product forward and back.
     const double flops_per_s = 6.0 * double(bench_train_config().parameter_count()) * tokens / timing.median_seconds;
@@ -123,7 +225,25 @@ int run_bench_train(const Arguments& args) {
     line.add("peak_tensor_bytes", peak_bytes)                    // this case's tensors at their peak
         .add("peak_rss_bytes", train::peak_rss_bytes())          // the process so far
         .print();
+    if (profile) {
+      const double profiled_seconds = print_step_profile(step, min_seconds, mode.name);
+      JsonLine summary;
+      summary.add("bench", "train")
+          .add("case", mode.name)
+          .add("op", "step_summary")
+          .add("dtype", dtype_name(dtype))
+          .add("threads", threads)
+          .add("step_seconds", timing.median_seconds)
+          .add("profiled_step_seconds", profiled_seconds)
+          .add("profiled_over_timed_step", profiled_seconds / timing.median_seconds)  // the profiler's cost, and noise
+          .add("gflops", flops_per_s / 1e9)
+          .add("peak_path", peak.path)
+          .add("peak_gflops", peak.gflops);
+      if (peak.gflops > 0) summary.add("fraction_of_peak", flops_per_s / 1e9 / peak.gflops);
+      summary.print();
+    }
   }
+  if (results.size() != std::size(modes)) return 0;  // --case: the comparison needs every case
   const Result& full = results["llama_30m_step"];
   const Result& lora = results["llama_30m_lora_step"];
   const Result& qlora = results["llama_30m_qlora_step_checkpointed"];

@@ -4,6 +4,7 @@
 
 #include "autograd/autograd.h"
 #include "ops/ops.h"
+#include "tensor/profiler.h"
 
 namespace lamina::train {
 namespace {
@@ -38,6 +39,7 @@ AdamW::AdamW(std::vector<nn::NamedTensor> parameters, AdamWOptions options) : op
 
 void AdamW::step(double lr) {
   autograd::NoGradGuard no_grad;
+  const profiler::Scope scope("optimizer:adamw_step");
   ++steps_;
   for (Slot& slot : slots_) {
     const Tensor grad = slot.parameter.grad();
@@ -51,11 +53,15 @@ void AdamW::step(double lr) {
     hyper.step = steps_;
     const Tensor& target = slot.master.defined() ? slot.master : slot.parameter;
     ops::adamw_step_(target, ops::contiguous(grad), slot.exp_avg, slot.exp_avg_sq, hyper);
-    if (slot.master.defined()) ops::copy_(slot.parameter, slot.master);  // round the master into the weights
+    if (slot.master.defined()) {
+      const profiler::Scope copy_scope("optimizer:round_master_to_weights");
+      ops::copy_(slot.parameter, slot.master);  // round the master into the weights
+    }
   }
 }
 
 void AdamW::zero_grad() {
+  const profiler::Scope scope("optimizer:zero_grad");  // frees the gradients
   for (Slot& slot : slots_) slot.parameter.set_grad(Tensor());
 }
 
@@ -113,6 +119,7 @@ Sgd::Sgd(std::vector<nn::NamedTensor> parameters, double momentum, double weight
 
 void Sgd::step(double lr) {
   autograd::NoGradGuard no_grad;
+  const profiler::Scope scope("optimizer:sgd_step");
   for (size_t i = 0; i < parameters_.size(); ++i) {
     const Tensor& parameter = parameters_[i].second;
     Tensor grad = parameter.grad();
@@ -135,6 +142,7 @@ void Sgd::zero_grad() {
 
 double clip_grad_norm(const std::vector<Tensor>& parameters, double max_norm) {
   autograd::NoGradGuard no_grad;
+  const profiler::Scope scope("optimizer:clip_grad_norm");
   // Per-parameter sums of squares stay where the gradients are; one value is read at the end
   // (on a GPU: one wait per step, not one per parameter).
   Tensor squares;

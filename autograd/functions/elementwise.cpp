@@ -9,6 +9,7 @@ using autograd::Grads;
 using autograd::saved;
 
 Tensor unary_function(ops::UnaryOp op, const Tensor& x) {
+  const profiler::Scope scope("forward:", ops::unary_op_name(op));
   Tensor out = ops::unary(op, x);
   autograd::record(ops::unary_op_name(op), {&out}, {x}, [op, x = saved(x), y = saved(out)](const Grads& g) {
     return Grads{ops::unary_backward(op, g[0], x, y)};
@@ -21,6 +22,7 @@ Tensor unary_function(ops::UnaryOp op, const Tensor& x) {
 // A saved tensor lives until backward: a sum that kept both addends and the result held three
 // activations alive for nothing (on every residual and every LoRA branch).
 Tensor binary_function(ops::BinaryOp op, const Tensor& a, const Tensor& b) {
+  const profiler::Scope scope("forward:", ops::binary_op_name(op));
   Tensor out = ops::binary(op, a, b);
   if (op == ops::BinaryOp::add || op == ops::BinaryOp::sub) {
     autograd::record(ops::binary_op_name(op), {&out}, {a, b},
@@ -44,10 +46,12 @@ Tensor binary_function(ops::BinaryOp op, const Tensor& a, const Tensor& b) {
 // activations per projection alive for nothing (a third of a LoRA step's memory).
 enum class Saves { nothing, input, input_and_output };
 
-// out = op(a, s) for a scalar s; `rule` maps (g, a, out) to the gradient of a, where a and out
-// are undefined unless `saves` keeps them.
-template <typename Rule>
-Tensor scalar_function(const char* name, Tensor out, const Tensor& a, Saves saves, Rule rule) {
+// out = forward() = op(a, s) for a scalar s; `rule` maps (g, a, out) to the gradient of a, where
+// a and out are undefined unless `saves` keeps them.
+template <typename Forward, typename Rule>
+Tensor scalar_function(const char* name, Forward forward, const Tensor& a, Saves saves, Rule rule) {
+  const profiler::Scope scope("forward:", name);
+  Tensor out = forward();
   const Tensor kept_input = saves == Saves::nothing ? Tensor() : saved(a);
   const Tensor kept_output = saves == Saves::input_and_output ? saved(out) : Tensor();
   autograd::record(name, {&out}, {a}, [rule, a = kept_input, y = kept_output](const Grads& g) {
@@ -83,30 +87,31 @@ Tensor maximum(const Tensor& a, const Tensor& b) { return binary_function(ops::B
 Tensor minimum(const Tensor& a, const Tensor& b) { return binary_function(ops::BinaryOp::minimum, a, b); }
 
 Tensor add(const Tensor& a, double b) {
-  return scalar_function("add_scalar", ops::binary(ops::BinaryOp::add, a, b), a, Saves::nothing,
+  return scalar_function("add_scalar", [&] { return ops::binary(ops::BinaryOp::add, a, b); }, a, Saves::nothing,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return g; });
 }
 
 Tensor sub(const Tensor& a, double b) { return add(a, -b); }
 
 Tensor sub(double a, const Tensor& b) {
-  return scalar_function("rsub_scalar", ops::binary(ops::BinaryOp::sub, a, b), b, Saves::nothing,
+  return scalar_function("rsub_scalar", [&] { return ops::binary(ops::BinaryOp::sub, a, b); }, b, Saves::nothing,
                          [](const Tensor& g, const Tensor&, const Tensor&) { return ops::neg(g); });
 }
 
 Tensor mul(const Tensor& a, double b) {
-  return scalar_function("mul_scalar", ops::binary(ops::BinaryOp::mul, a, b), a, Saves::nothing,
+  return scalar_function("mul_scalar", [&] { return ops::binary(ops::BinaryOp::mul, a, b); }, a, Saves::nothing,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::mul, g, b); });
 }
 
 Tensor div(const Tensor& a, double b) {
-  return scalar_function("div_scalar", ops::binary(ops::BinaryOp::div, a, b), a, Saves::nothing,
+  return scalar_function("div_scalar", [&] { return ops::binary(ops::BinaryOp::div, a, b); }, a, Saves::nothing,
                          [b](const Tensor& g, const Tensor&, const Tensor&) { return ops::binary(ops::BinaryOp::div, g, b); });
 }
 
 // d(s / b)/db = -s / b^2 = -out / b
 Tensor div(double a, const Tensor& b) {
-  return scalar_function("rdiv_scalar", ops::binary(ops::BinaryOp::div, a, b), b, Saves::input_and_output,
+  return scalar_function("rdiv_scalar", [&] { return ops::binary(ops::BinaryOp::div, a, b); }, b,
+                         Saves::input_and_output,
                          [](const Tensor& g, const Tensor& x, const Tensor& y) {
                            return ops::neg(ops::div(ops::mul(g, y), x));
                          });
@@ -114,7 +119,8 @@ Tensor div(double a, const Tensor& b) {
 
 // d(a^e)/da = e a^(e-1)
 Tensor pow(const Tensor& a, double exponent) {
-  return scalar_function("pow_scalar", ops::binary(ops::BinaryOp::pow, a, exponent), a, Saves::input,
+  return scalar_function("pow_scalar", [&] { return ops::binary(ops::BinaryOp::pow, a, exponent); }, a,
+                         Saves::input,
                          [exponent](const Tensor& g, const Tensor& x, const Tensor&) {
                            const Tensor slope = ops::binary(ops::BinaryOp::mul,
                                                             ops::binary(ops::BinaryOp::pow, x, exponent - 1.0), exponent);
@@ -123,6 +129,7 @@ Tensor pow(const Tensor& a, double exponent) {
 }
 
 Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
+  const profiler::Scope scope("forward:", "where");
   Tensor out = ops::where(condition, a, b);
   autograd::record("where", {&out}, {a, b},
                    [condition = saved(condition), a_shape = a.shape(), b_shape = b.shape()](const Grads& g) {
@@ -134,6 +141,7 @@ Tensor where(const Tensor& condition, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  const profiler::Scope scope("forward:", "masked_fill");
   Tensor out = ops::masked_fill(x, mask, value);
   autograd::record("masked_fill", {&out}, {x},
                    [mask = saved(mask)](const Grads& g) { return Grads{ops::masked_fill(g[0], mask, 0.0)}; });
@@ -141,6 +149,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor clamp(const Tensor& x, std::optional<double> low, std::optional<double> high) {
+  const profiler::Scope scope("forward:", "clamp");
   Tensor out = ops::clamp(x, low, high);
   autograd::record("clamp", {&out}, {x}, [x = saved(x), low, high](const Grads& g) {
     return Grads{ops::clamp_backward(g[0], x, low, high)};

@@ -10,6 +10,7 @@ using autograd::saved;
 
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionPattern& pattern,
                        std::optional<double> scale) {
+  const profiler::Scope scope("forward:", "flash_attention");
   ops::AttentionResult result = ops::flash_attention(q, k, v, pattern, scale);
   AttentionPattern kept = pattern;
   kept.additive_mask = saved(pattern.additive_mask);

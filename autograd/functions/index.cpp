@@ -8,6 +8,7 @@ using autograd::Grads;
 using autograd::saved;
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
+  const profiler::Scope scope("forward:", "cat");
   Tensor out = ops::cat(tensors, dim);
   Shape sizes;
   const int64_t d = normalize_dim(dim, out.dim(), "cat");
@@ -17,6 +18,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
 }
 
 std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
+  const profiler::Scope scope("forward:", "split");
   std::vector<Tensor> parts = ops::split(x, sizes, dim);
   std::vector<Tensor*> outputs;
   for (Tensor& part : parts) outputs.push_back(&part);
@@ -26,6 +28,7 @@ std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim) {
 }
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
+  const profiler::Scope scope("forward:", "index_select");
   Tensor out = ops::index_select(x, dim, index);
   autograd::record("index_select", {&out}, {x}, [shape = x.shape(), dim, index = saved(index)](const Grads& g) {
     return Grads{ops::index_add(shape, dim, index, g[0])};
@@ -34,6 +37,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
+  const profiler::Scope scope("forward:", "gather");
   Tensor out = ops::gather(x, dim, index);
   autograd::record("gather", {&out}, {x}, [shape = x.shape(), dim, index = saved(index)](const Grads& g) {
     return Grads{ops::scatter_add(zeros(shape, g[0].dtype(), g[0].device()), dim, index, g[0])};

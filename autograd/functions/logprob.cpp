@@ -8,6 +8,7 @@ using autograd::Grads;
 using autograd::saved;
 
 Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& mask, double temperature) {
+  const profiler::Scope scope("forward:", "token_logprobs");
   ops::TokenLogprobsResult result = ops::token_logprobs(logits, labels, mask, temperature);
   autograd::record("token_logprobs", {&result.logprobs}, {logits},
                    [logits = saved(logits), labels = saved(labels), mask = saved(mask), lse = result.lse,
@@ -18,6 +19,7 @@ Tensor token_logprobs(const Tensor& logits, const Tensor& labels, const Tensor& 
 }
 
 Tensor log1mexp(const Tensor& x) {
+  const profiler::Scope scope("forward:", "log1mexp");
   Tensor out = ops::log1mexp(x);
   autograd::record("log1mexp", {&out}, {x}, [x = saved(x)](const Grads& g) {
     return Grads{ops::log1mexp_backward(g[0], x)};

@@ -8,6 +8,7 @@ using autograd::Grads;
 using autograd::saved;
 
 Tensor softmax(const Tensor& x, int64_t dim) {
+  const profiler::Scope scope("forward:", "softmax");
   Tensor out = ops::softmax(x, dim);
   autograd::record("softmax", {&out}, {x}, [y = saved(out), dim](const Grads& g) {
     return Grads{ops::softmax_backward(g[0], y, dim)};
@@ -16,6 +17,7 @@ Tensor softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
+  const profiler::Scope scope("forward:", "log_softmax");
   Tensor out = ops::log_softmax(x, dim);
   autograd::record("log_softmax", {&out}, {x}, [y = saved(out), dim](const Grads& g) {
     return Grads{ops::log_softmax_backward(g[0], y, dim)};
@@ -24,6 +26,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
+  const profiler::Scope scope("forward:", "embedding");
   Tensor out = ops::embedding(weight, ids);
   autograd::record("embedding", {&out}, {weight}, [ids = saved(ids), rows = weight.size(0)](const Grads& g) {
     return Grads{ops::embedding_backward(g[0], ids, rows)};
@@ -32,6 +35,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  const profiler::Scope scope("forward:", "rms_norm");
   ops::RmsNormResult result = ops::rms_norm(x, weight, eps);
   autograd::record("rms_norm", {&result.y}, {x, weight},
                    [x = saved(x), weight = saved(weight), rstd = result.rstd](const Grads& g) {
@@ -42,6 +46,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 }
 
 Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) {
+  const profiler::Scope scope("forward:", "rope");
   Tensor out = ops::rope(x, positions, config);
   autograd::record("rope", {&out}, {x}, [positions = saved(positions), config](const Grads& g) {
     return Grads{ops::rope_backward(g[0], positions, config)};
@@ -50,6 +55,7 @@ Tensor rope(const Tensor& x, const Tensor& positions, const RopeConfig& config) 
 }
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  const profiler::Scope scope("forward:", "swiglu");
   Tensor out = ops::swiglu(gate, up);
   autograd::record("swiglu", {&out}, {gate, up}, [gate = saved(gate), up = saved(up)](const Grads& g) {
     auto [grad_gate, grad_up] = ops::swiglu_backward(g[0], gate, up);
@@ -59,6 +65,7 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 }
 
 Tensor dropout(const Tensor& x, double p, Generator& generator) {
+  const profiler::Scope scope("forward:", "dropout");
   LAMINA_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got ", p);
   if (p == 0.0) return x;
   const Tensor mask = ops::dropout_mask(x.shape(), 1.0 - p, generator, x.dtype(), x.device());
@@ -68,6 +75,7 @@ Tensor dropout(const Tensor& x, double p, Generator& generator) {
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
+  const profiler::Scope scope("forward:", "attention");
   ops::AttentionResult result = ops::attention(q, k, v, options);
   AttentionOptions kept = options;
   kept.mask = saved(options.mask);
@@ -85,6 +93,7 @@ namespace {
 // Per-token losses -> reduced loss; `scale` turns the reduced gradient into per-token ones.
 Tensor reduced_cross_entropy(const Tensor& logits, const Tensor& targets, Reduction reduction, int64_t ignore_index,
                              int64_t* target_count) {
+  const profiler::Scope scope("forward:", "cross_entropy");
   ops::CrossEntropyResult result = ops::cross_entropy(logits, targets, ignore_index);
   if (target_count != nullptr) *target_count = result.target_count;
   const double scale = reduction == Reduction::mean && result.target_count > 0 ? 1.0 / double(result.target_count)

@@ -8,6 +8,7 @@ namespace lamina {
 using autograd::Grads;
 
 Tensor linear_4bit(const Tensor& x, const ops::Quantized4Bit& q) {
+  const profiler::Scope scope("forward:", "linear_4bit");
   Tensor out = ops::matmul_4bit(x, q);
   // The rule keeps the 4-bit weight (codes and scales share their storage with q; nothing is
   // dequantized until backward runs, and then only a tile at a time).

@@ -16,6 +16,7 @@ Tensor broadcast_back(const Tensor& grad, const Shape& input_shape, const Shape&
 }  // namespace
 
 Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
+  const profiler::Scope scope("forward:", "sum");
   Tensor out = ops::sum(x, dims, keepdim);
   autograd::record("sum", {&out}, {x}, [shape = x.shape(), dims, keepdim](const Grads& g) {
     return Grads{broadcast_back(g[0], shape, dims, keepdim)};
@@ -24,6 +25,7 @@ Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
+  const profiler::Scope scope("forward:", "mean");
   Tensor out = ops::mean(x, dims, keepdim);
   const double count = out.numel() == 0 ? 1.0 : double(x.numel()) / double(out.numel());
   autograd::record("mean", {&out}, {x}, [shape = x.shape(), dims, keepdim, count](const Grads& g) {
@@ -34,6 +36,7 @@ Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) {
 
 namespace {
 Tensor extremum(bool is_max, const Tensor& x, const Shape& dims, bool keepdim) {
+  const profiler::Scope scope("forward:", is_max ? "max" : "min");
   Tensor out = is_max ? ops::max(x, dims, keepdim) : ops::min(x, dims, keepdim);
   autograd::record(is_max ? "max" : "min", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
     return Grads{ops::extremum_backward(g[0], x, y, dims, keepdim)};
@@ -46,6 +49,7 @@ Tensor max(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(t
 Tensor min(const Tensor& x, const Shape& dims, bool keepdim) { return extremum(false, x, dims, keepdim); }
 
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
+  const profiler::Scope scope("forward:", "logsumexp");
   Tensor out = ops::logsumexp(x, dims, keepdim);
   autograd::record("logsumexp", {&out}, {x}, [x = saved(x), y = saved(out), dims, keepdim](const Grads& g) {
     return Grads{ops::logsumexp_backward(g[0], x, y, dims, keepdim)};
@@ -54,6 +58,7 @@ Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim) {
 }
 
 Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim) {
+  const profiler::Scope scope("forward:", "var");
   Tensor out = ops::var(x, dims, correction, keepdim);
   autograd::record("var", {&out}, {x}, [x = saved(x), dims, correction, keepdim](const Grads& g) {
     return Grads{ops::var_backward(g[0], x, dims, correction, keepdim)};
@@ -64,6 +69,7 @@ Tensor var(const Tensor& x, const Shape& dims, int64_t correction, bool keepdim)
 // Only the gradients some input wants are computed, and only what they read is kept: with a
 // frozen weight (LoRA's base, a reference model) there is no dW product and x is not saved for it.
 Tensor matmul(const Tensor& a, const Tensor& b, bool transpose_a, bool transpose_b) {
+  const profiler::Scope scope("forward:", "matmul");
   Tensor out = ops::matmul(a, b, transpose_a, transpose_b);
   const bool want_a = autograd::needs_grad({&a}), want_b = autograd::needs_grad({&b});
   autograd::record("matmul", {&out}, {a, b},
