@@ -227,8 +227,11 @@ struct AdamWStep {
   double weight_decay = 0.0;
   int64_t step = 1;  // 1-based, after incrementing
 };
+// `rounded` (optional; bf16/f16, contiguous, param's shape): also receives the updated param
+// rounded to its dtype, in the same pass (mixed precision: the weights a step's products read are
+// written where the f32 master is, instead of a second pass over the master).
 void adamw_step_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
-                 const AdamWStep& hyper);
+                 const AdamWStep& hyper, const Tensor& rounded = Tensor());
 
 }  // namespace lamina::ops
 

@@ -52,8 +52,11 @@ void AdamW::step(double lr) {
     hyper.weight_decay = slot.decay ? options_.weight_decay : 0.0;
     hyper.step = steps_;
     const Tensor& target = slot.master.defined() ? slot.master : slot.parameter;
-    ops::adamw_step_(target, ops::contiguous(grad), slot.exp_avg, slot.exp_avg_sq, hyper);
-    if (slot.master.defined()) {
+    // With a master copy, the weights are the master rounded, written in the same pass.
+    const bool round_in_step = slot.master.defined() && slot.parameter.is_contiguous();
+    ops::adamw_step_(target, ops::contiguous(grad), slot.exp_avg, slot.exp_avg_sq, hyper,
+                     round_in_step ? slot.parameter : Tensor());
+    if (slot.master.defined() && !round_in_step) {
       const profiler::Scope copy_scope("optimizer:round_master_to_weights");
       ops::copy_(slot.parameter, slot.master);  // round the master into the weights
     }

@@ -129,8 +129,9 @@ void gather(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index
 void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src);
 
 // adamw.cpp: contiguous tensors of one shape; state in the compute dtype of param.
+// `rounded` (optional, bf16/f16): receives the updated param in its dtype in the same pass.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
-                const AdamWStep& hyper);
+                const AdamWStep& hyper, const Tensor& rounded = Tensor());
 
 }  // namespace lamina::ops::cpu
 

@@ -96,3 +96,31 @@ TEST_CASE("adamw_step_ rejects state it cannot update in place") {
   CHECK_THROWS_WITH_AS(ops::adamw_step_(param, grad, state, state, zero_step),
                        doctest::Contains("adamw_step_: step must be >= 1"), Error);
 }
+
+TEST_CASE("adamw_step_ writes the rounded weights in the same pass as the master's update") {
+  // Mixed precision: the f32 master is updated and the bf16 (or f16) weight must equal that master
+  // rounded to nearest even, bit for bit, as ops::copy_ rounds it after the step.
+  Generator gen(7);
+  for (DType weight_dtype : {DType::bf16, DType::f16}) {
+    const Tensor master = random_tensor({5, 77}, DType::f32, gen);  // 385 elements: a tail
+    const Tensor master_twin = ops::cast(master, DType::f32);
+    const Tensor exp_avg = zeros({5, 77}, DType::f32), exp_avg_sq = zeros({5, 77}, DType::f32);
+    const Tensor exp_avg_twin = zeros({5, 77}, DType::f32), exp_avg_sq_twin = zeros({5, 77}, DType::f32);
+    const Tensor weight = zeros({5, 77}, weight_dtype), weight_twin = zeros({5, 77}, weight_dtype);
+    for (int64_t step = 1; step <= 3; ++step) {
+      const Tensor grad = random_tensor({5, 77}, weight_dtype, gen);
+      ops::adamw_step_(master, grad, exp_avg, exp_avg_sq, hyper_for_step(step), weight);
+      ops::adamw_step_(master_twin, grad, exp_avg_twin, exp_avg_sq_twin, hyper_for_step(step));
+      ops::copy_(weight_twin, master_twin);
+      INFO(name(weight_dtype) << " step " << step);
+      CHECK(master.to_vector<double>() == master_twin.to_vector<double>());
+      CHECK(weight.to_vector<double>() == weight_twin.to_vector<double>());
+      CHECK(weight.to_vector<double>() != zeros({5, 77}, weight_dtype).to_vector<double>());
+    }
+  }
+  CHECK_THROWS_WITH_AS(ops::adamw_step_(zeros({4}), zeros({4}), zeros({4}), zeros({4}), hyper_for_step(1), zeros({4})),
+                       doctest::Contains("'rounded' must be bf16 or f16, got f32"), Error);
+  CHECK_THROWS_WITH_AS(
+      ops::adamw_step_(zeros({4}), zeros({4}), zeros({4}), zeros({4}), hyper_for_step(1), zeros({3}, DType::bf16)),
+      doctest::Contains("'rounded' must have shape [4]"), Error);
+}
