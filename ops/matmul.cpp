@@ -84,11 +84,11 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool transpose_a, bool tra
   const bool widen = (dtype == DType::bf16 && !bf16_kernels) || dtype == DType::f16;
   Tensor a = widen ? cast(a_in, DType::f32) : a_in;
   Tensor b = widen ? cast(b_in, DType::f32) : b_in;
-  const DType compute = bf16_kernels || widen ? DType::f32 : dtype;
+  const DType compute = widen ? DType::f32 : dtype;  // the bf16 kernels round into a bf16 out themselves
   Tensor out = Tensor::empty(out_shape, compute, device);
   const auto run = [&](const std::vector<cpu::GemmTask>& tasks) {
     if (bf16_kernels) {
-      cpu::gemm_bf16_batch(tasks);
+      cpu::gemm_bf16_batch(tasks, cpu::GemmBf16Path::automatic, DType::bf16);
     } else {
       cpu::gemm_batch(compute, tasks);
     }

@@ -101,6 +101,9 @@ struct ThreadScratch {
   int64_t a_capacity = 0;
   alignas(64) float edge_tiles[4][16 * 16];
 
+  std::unique_ptr<float[]> c_block;  // a block of C in f32 when C itself is bf16
+  int64_t c_capacity = 0;
+
   uint16_t* a_buffer(int64_t elements) {
     if (elements > a_capacity) {
       a_block.reset(new uint16_t[size_t(elements)]);
@@ -108,7 +111,31 @@ struct ThreadScratch {
     }
     return a_block.get();
   }
+  float* c_buffer(int64_t elements) {
+    if (elements > c_capacity) {
+      c_block.reset(new float[size_t(elements)]);
+      c_capacity = elements;
+    }
+    return c_block.get();
+  }
 };
+
+// Rows [first_row, first_row + rows) x columns [first_column, first_column + columns) of a bf16 C
+// (bits, row-major with col_stride 1) to or from an f32 block with `columns` floats per row.
+void widen_block(const MatrixSpan& c, int64_t first_row, int64_t first_column, int64_t rows, int64_t columns,
+                 float* block) {
+  const uint16_t* bits = static_cast<const uint16_t*>(c.data);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < columns; ++j)
+      block[i * columns + j] = bf16::from_bits(bits[(first_row + i) * c.row_stride + first_column + j]);
+}
+void round_block(const float* block, int64_t rows, int64_t columns, const MatrixSpan& c, int64_t first_row,
+                 int64_t first_column) {
+  uint16_t* bits = static_cast<uint16_t*>(c.data);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < columns; ++j)
+      bits[(first_row + i) * c.row_stride + first_column + j] = bf16(block[i * columns + j]).bits;
+}
 
 ThreadScratch& thread_scratch() {
   thread_local ThreadScratch scratch;
@@ -151,8 +178,10 @@ void amx_step(const MatrixSpan& c, int64_t row, int64_t column, const uint16_t* 
   }
 }
 
-// A product on the AVX-512 BF16 or AMX kernels (K > 0, C not empty).
-void gemm_packed(GemmBf16Path path, const GemmTask& task, bool parallel) {
+// A product on the AVX-512 BF16 or AMX kernels (K > 0, C not empty). A bf16 C is computed block
+// by block in an f32 scratch block and rounded into C once its K loop ends (while the block is in
+// cache), instead of an f32 C written whole and rounded by a second pass over memory.
+void gemm_packed(GemmBf16Path path, const GemmTask& task, bool parallel, bool bf16_output) {
   const MatrixSpan &a = task.a, &b = task.b, &c = task.c;
   const bool amx = path == GemmBf16Path::amx;
   const int64_t depth = round_up(a.cols, kDepthStep);
@@ -175,6 +204,14 @@ void gemm_packed(GemmBf16Path path, const GemmTask& task, bool parallel) {
       const int64_t rows = std::min(row_block, c.rows - first_row);
       const int64_t columns = std::min(kColumnBlock, c.cols - first_column);
       const int64_t padded_rows = amx ? round_up(rows, 32) : rows;
+      // Where this item accumulates: C itself, or (bf16 C) the scratch block at its origin.
+      MatrixSpan target = c;
+      int64_t target_row = first_row, target_column = first_column;
+      if (bf16_output) {
+        target = MatrixSpan{scratch.c_buffer(rows * columns), rows, columns, columns, 1};
+        target_row = target_column = 0;
+        if (task.accumulate) widen_block(c, first_row, first_column, rows, columns, static_cast<float*>(target.data));
+      }
       for (int64_t k = 0; k < depth; k += kDepthBlock) {
         const int64_t slice = std::min(kDepthBlock, depth - k);
         const bool load_c = task.accumulate || k > 0;
@@ -185,17 +222,20 @@ void gemm_packed(GemmBf16Path path, const GemmTask& task, bool parallel) {
           const uint16_t* b_panel1 = b_panel0 + panel_elements;
           if (amx) {
             for (int64_t i = 0; i < rows; i += 32)
-              amx_step(c, first_row + i, first_column + j, a_block + i * slice, slice, b_panel0, b_panel1, slice,
-                       load_c, scratch);
+              amx_step(target, target_row + i, target_column + j, a_block + i * slice, slice, b_panel0, b_panel1,
+                       slice, load_c, scratch);
           } else {
             const int width = int(std::min<int64_t>(2 * kPanelColumns, columns - j));
-            float* c_corner = static_cast<float*>(c.data) + first_row * c.row_stride + first_column + j;
+            float* c_corner =
+                static_cast<float*>(target.data) + target_row * target.row_stride + target_column + j;
             for (int64_t i = 0; i < rows; i += kAvx512KernelRows)
               avx512_kernel(int(std::min<int64_t>(kAvx512KernelRows, rows - i)), a_block + i * slice, slice,
-                            b_panel0, b_panel1, c_corner + i * c.row_stride, c.row_stride, width, slice, load_c);
+                            b_panel0, b_panel1, c_corner + i * target.row_stride, target.row_stride, width, slice,
+                            load_c);
           }
         }
       }
+      if (bf16_output) round_block(static_cast<const float*>(target.data), rows, columns, c, first_row, first_column);
     }
     if (amx) amx_release();
   });
@@ -226,20 +266,38 @@ void gemm_reference(const GemmTask& task, bool parallel) {
   });
 }
 
-void gemm_one(GemmBf16Path path, const GemmTask& task, bool parallel) {
+// The reference into a bf16 C: the f32 result in a scratch matrix (C widened into it when
+// accumulating), rounded into C.
+void gemm_reference_to_bf16(const GemmTask& task, bool parallel) {
+  const MatrixSpan& c = task.c;
+  std::unique_ptr<float[]> wide(new float[size_t(c.rows * c.cols)]);
+  if (task.accumulate) widen_block(c, 0, 0, c.rows, c.cols, wide.get());
+  GemmTask f32_task = task;
+  f32_task.c = MatrixSpan{wide.get(), c.rows, c.cols, c.cols, 1};
+  gemm_reference(f32_task, parallel);
+  round_block(wide.get(), c.rows, c.cols, c, 0, 0);
+}
+
+void gemm_one(GemmBf16Path path, const GemmTask& task, bool parallel, bool bf16_output) {
   const MatrixSpan& c = task.c;
   if (c.rows == 0 || c.cols == 0) return;
   if (task.a.cols == 0) {
     if (task.accumulate) return;
     for (int64_t i = 0; i < c.rows; ++i) {
-      float* c_row = static_cast<float*>(c.data) + i * c.row_stride;
-      std::fill(c_row, c_row + c.cols, 0.0f);
+      if (bf16_output) {
+        uint16_t* c_row = static_cast<uint16_t*>(c.data) + i * c.row_stride;
+        std::fill(c_row, c_row + c.cols, bf16(0.0f).bits);
+      } else {
+        float* c_row = static_cast<float*>(c.data) + i * c.row_stride;
+        std::fill(c_row, c_row + c.cols, 0.0f);
+      }
     }
     return;
   }
   parallel = parallel && c.rows * c.cols * task.a.cols >= kMinParallelWork;
-  if (path == GemmBf16Path::reference) return gemm_reference(task, parallel);
-  gemm_packed(path, task, parallel);
+  if (path == GemmBf16Path::reference)
+    return bf16_output ? gemm_reference_to_bf16(task, parallel) : gemm_reference(task, parallel);
+  gemm_packed(path, task, parallel, bf16_output);
 }
 
 }  // namespace
@@ -320,7 +378,10 @@ GemmBf16Path gemm_bf16_resolve(GemmBf16Path requested) {
   return requested;
 }
 
-void gemm_bf16_batch(const std::vector<GemmTask>& tasks, GemmBf16Path path) {
+void gemm_bf16_batch(const std::vector<GemmTask>& tasks, GemmBf16Path path, DType c_dtype) {
+  LAMINA_CHECK(c_dtype == DType::f32 || c_dtype == DType::bf16, "gemm_bf16: c must be f32 or bf16, got ",
+               dtype_name(c_dtype));
+  const bool bf16_output = c_dtype == DType::bf16;
   const GemmBf16Path resolved = gemm_bf16_resolve(path);
   for (const GemmTask& task : tasks) {
     LAMINA_CHECK(task.a.cols == task.b.rows && task.c.rows == task.a.rows && task.c.cols == task.b.cols,
@@ -331,11 +392,11 @@ void gemm_bf16_batch(const std::vector<GemmTask>& tasks, GemmBf16Path path) {
   }
   if (tasks.size() > 1 && int64_t(tasks.size()) >= num_threads()) {
     parallel_for(0, int64_t(tasks.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) gemm_one(resolved, tasks[size_t(t)], false);
+      for (int64_t t = begin; t < end; ++t) gemm_one(resolved, tasks[size_t(t)], false, bf16_output);
     });
     return;
   }
-  for (const GemmTask& task : tasks) gemm_one(resolved, task, true);
+  for (const GemmTask& task : tasks) gemm_one(resolved, task, true, bf16_output);
 }
 
 }  // namespace lamina::ops::cpu

@@ -34,8 +34,10 @@ GemmBf16Path gemm_bf16_resolve(GemmBf16Path requested = GemmBf16Path::automatic)
 bool gemm_bf16_has_fast_path();
 
 // Each task's a and b hold bf16 values in any layout (row- or column-major, transposed views,
-// strides larger than the other extent); c holds f32 with col_stride 1. Products are spread
-// over the threads (blocks of C, or whole tasks when there are many).
-void gemm_bf16_batch(const std::vector<GemmTask>& tasks, GemmBf16Path path = GemmBf16Path::automatic);
+// strides larger than the other extent); c holds `c_dtype` values (f32, or bf16: the f32 result
+// rounded once to nearest even, as bf16(float) rounds) with col_stride 1. Products are spread over
+// the threads (blocks of C, or whole tasks when there are many).
+void gemm_bf16_batch(const std::vector<GemmTask>& tasks, GemmBf16Path path = GemmBf16Path::automatic,
+                     DType c_dtype = DType::f32);
 
 }  // namespace lamina::ops::cpu

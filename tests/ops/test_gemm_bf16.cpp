@@ -197,6 +197,51 @@ TEST_CASE("bf16 GEMM: results do not depend on the thread count, and a batch equ
   }
 }
 
+TEST_CASE("bf16 GEMM: a bf16 C is the f32 result rounded once, with and without accumulation") {
+  // ops::matmul asks for a bf16 C: each block is summed in f32 and rounded into C at its end.
+  // It must equal the f32 C (from the same path, in the same order) rounded to nearest even,
+  // bit for bit, on edge blocks too, and leave the elements past each row of C alone.
+  std::mt19937 random(11);
+  const Shape3 shapes[] = {{1, 1, 1}, {17, 255, 17}, {255, 17, 1000}, {100, 600, 600}, {70, 530, 33}};
+  for (GemmBf16Path path : all_paths()) {
+    if (!runs_here(path)) continue;
+    for (const Shape3& shape : shapes) {
+      for (bool accumulate : {false, true}) {
+        Bf16Matrix a(shape.m, shape.k, false, 0, random), b(shape.k, shape.n, true, 3, random);
+        const int64_t row_stride = shape.n + 5;
+        std::vector<uint16_t> c_bits(size_t(shape.m * row_stride), bf16(-777.0f).bits);
+        std::vector<float> c_wide(size_t(shape.m * shape.n));
+        std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+        for (int64_t i = 0; i < shape.m; ++i)
+          for (int64_t j = 0; j < shape.n; ++j) {
+            const uint16_t start = bf16(uniform(random)).bits;
+            c_bits[size_t(i * row_stride + j)] = start;
+            c_wide[size_t(i * shape.n + j)] = bf16::from_bits(start);
+          }
+        ops::cpu::gemm_bf16_batch({GemmTask{a.span(), b.span(), MatrixSpan{c_wide.data(), shape.m, shape.n, shape.n, 1},
+                                            accumulate}},
+                                  path);
+        ops::cpu::gemm_bf16_batch(
+            {GemmTask{a.span(), b.span(), MatrixSpan{c_bits.data(), shape.m, shape.n, row_stride, 1}, accumulate}},
+            path, DType::bf16);
+        int64_t mismatches = 0, sentinels_lost = 0;
+        for (int64_t i = 0; i < shape.m; ++i) {
+          for (int64_t j = 0; j < shape.n; ++j)
+            mismatches += c_bits[size_t(i * row_stride + j)] != bf16(c_wide[size_t(i * shape.n + j)]).bits;
+          for (int64_t j = shape.n; j < row_stride; ++j)
+            sentinels_lost += c_bits[size_t(i * row_stride + j)] != bf16(-777.0f).bits;
+        }
+        INFO("path ", ops::cpu::gemm_bf16_path_name(path), ", ", shape.m, "x", shape.n, "x", shape.k,
+             accumulate ? ", accumulating" : "");
+        CHECK(mismatches == 0);
+        CHECK(sentinels_lost == 0);
+      }
+    }
+  }
+  CHECK_THROWS_WITH_AS(ops::cpu::gemm_bf16_batch({}, GemmBf16Path::automatic, DType::f16),
+                       doctest::Contains("c must be f32 or bf16, got f16"), Error);
+}
+
 TEST_CASE("bf16 GEMM: K = 0 gives zeros or leaves C, and bad tasks are refused") {
   std::mt19937 random(3);
   for (GemmBf16Path path : all_paths()) {
