@@ -120,3 +120,15 @@ Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
                        std::optional<double> scale = std::nullopt);
 
 }  // namespace lamina
+
+namespace lamina {
+
+// The LM head and the token cross-entropy in one fused op (ops::linear_cross_entropy): hidden
+// [..., d], weight [V, d] -> the summed token losses of matmul(hidden, weight^T) and the target
+// count, as cross_entropy_sum gives, never holding the [..., V] logits or their gradient. The
+// node saves hidden, weight and the per-row lse, and its backward recomputes the logits chunk by
+// chunk; either input may not require grad (no GEMM for its gradient). chunk_size 0 = automatic.
+CrossEntropySum linear_cross_entropy_sum(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+                                         int64_t ignore_index = -100, int64_t chunk_size = 0);
+
+}  // namespace lamina

@@ -307,3 +307,27 @@ AttentionResult cached_attention(const Tensor& q, const std::vector<PositionedKe
                                  const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
 
 }  // namespace lamina::ops
+
+namespace lamina::ops {
+
+// ---- fused LM head + cross-entropy (ops/linear_cross_entropy.cpp): hidden [..., d], weight [V, d]
+// (the head, as nn::Linear holds it), targets [...] (i32/i64) -> the CrossEntropyResult of
+// cross_entropy(matmul(hidden, weight^T), targets) without the [..., V] logits: the GEMM runs over
+// chunks of `chunk_size` vocabulary rows (0 = automatic, about 2^21 logits at once) with an online
+// log-sum-exp across them, only over the rows that have a target. bf16/f16 chunks are rounded like
+// matmul's output, statistics and losses are f32 (f64 for f64). lse is 0 on ignored rows. CPU only.
+CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
+                                        int64_t ignore_index = -100, int64_t chunk_size = 0);
+struct LinearCrossEntropyGrads {
+  Tensor grad_hidden;  // [..., d] in hidden's dtype; undefined unless wanted
+  Tensor grad_weight;  // [V, d] in weight's dtype; undefined unless wanted
+};
+// grad_losses [...]: the upstream gradient of each token's loss; lse from the forward. Each chunk's
+// logits are recomputed, turned into g (softmax - onehot) in place and multiplied into dH (summed
+// in f32) and its own rows of dW; a gradient not wanted costs no GEMM.
+LinearCrossEntropyGrads linear_cross_entropy_backward(const Tensor& grad_losses, const Tensor& hidden,
+                                                      const Tensor& weight, const Tensor& targets, const Tensor& lse,
+                                                      int64_t ignore_index = -100, bool want_hidden = true,
+                                                      bool want_weight = true, int64_t chunk_size = 0);
+
+}  // namespace lamina::ops

@@ -216,6 +216,17 @@ LoaderOptions loader_options(const TrainOptions& options, int64_t rows, bool shu
   return out;
 }
 
+// Whether the LM head is a plain weight (lm_head without adapters, 4-bit base or bias, or the
+// tied embedding) on the CPU: then the fused head + loss applies, which never holds the
+// [tokens, vocabulary] logits or their gradient. Anything else takes the unfused path.
+bool fused_head_applies(const llama::LlamaForCausalLM& model) {
+  if (!model.device().is_cpu()) return false;  // the fused op has no CUDA kernels yet
+  if (model.lm_head == nullptr) return true;
+  const nn::Linear& head = *model.lm_head;
+  return head.adapter_names().empty() && head.base_4bit() == nullptr && head.weight().defined() &&
+         !head.bias().defined();
+}
+
 // Sum of token losses and the number of targets of one batch (built on the host), computed
 // where the model is.
 CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& batch) {
@@ -224,6 +235,9 @@ CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& ba
   llama::ForwardOptions forward;
   forward.positions = moved(batch.positions);
   forward.document_ids = moved(batch.document_ids);
+  if (fused_head_applies(model))
+    return linear_cross_entropy_sum(model.hidden_states(moved(batch.ids), forward), model.output_weight(),
+                                    moved(batch.targets));
   return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
 }
 
