@@ -369,7 +369,11 @@ const Tensor& LlamaForCausalLM::output_weight() const {
 }
 
 Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& options) const {
-  const Tensor logits = matmul(hidden_states(ids, options), output_weight(), false, true);
+  const Tensor h = hidden_states(ids, options);
+  // A head with LoRA adapters (target_modules naming lm_head) runs its own forward, base plus
+  // adapters; a plain or tied head is the product with its weight.
+  const bool head_has_adapters = lm_head != nullptr && !lm_head->adapter_names().empty();
+  const Tensor logits = head_has_adapters ? lm_head->forward(h) : matmul(h, output_weight(), false, true);
   // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
   const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
   return low_precision ? logits.to(DType::f32) : logits;

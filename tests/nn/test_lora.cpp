@@ -484,3 +484,21 @@ TEST_CASE("several adapters on one Llama: active, disabled, and one per batch ro
   for (const auto& [name, parameter] : model->named_parameters()) CHECK(name.find("lora") == std::string::npos);
   CHECK_CLOSE(model->forward(ids), with_first, (testing::Tolerance{1e-10, 1e-10}));
 }
+
+TEST_CASE("lora: an adapter on lm_head changes the logits, and the adapters-off model is the base") {
+  // forward() once multiplied by lm_head's weight directly, so a head adapter was never applied
+  // (nor trained). The logits must be the head module's own forward: base plus adapter.
+  const auto model = testing::random_llama(testing::tiny_llama_config(32), 73);
+  REQUIRE(model->lm_head != nullptr);
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 5, 9, 2}, {1, 4}, DType::i64);
+  const std::vector<double> base = model->forward(ids).to_vector<double>();
+  nn::LoraConfig config;
+  config.target_modules = {"lm_head"};
+  config.options.init = nn::LoraInit::random;  // a non-zero adapter from the start
+  REQUIRE(nn::apply_lora(*model, config) == std::vector<std::string>{"lm_head"});
+  const std::vector<double> adapted = model->forward(ids).to_vector<double>();
+  CHECK(adapted != base);
+  CHECK(adapted == model->lm_head->forward(model->hidden_states(ids)).to_vector<double>());
+  nn::disable_adapters(*model);
+  CHECK(model->forward(ids).to_vector<double>() == base);
+}
