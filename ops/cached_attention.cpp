@@ -1,7 +1,10 @@
 // Attention over keys that carry their own positions (ring-buffer KV caches, sparse-attention.md
 // §3.6 and §4): argument checks, dtype handling (bf16/f16 computed in f32, f64 in f64), then the
-// split-over-keys kernel of ops/cpu/cached_attention.cpp. No CUDA kernel yet: a CUDA tensor is
-// a clear error.
+// split-over-keys kernel of ops/cpu/cached_attention.cpp, or for CUDA tensors its twin in
+// ops/cuda/cached_attention.cu (bf16/f16/f32 read as they are, f32 inside, out in q's dtype, lse
+// f32; f64 on a CUDA device is a clear error). Positions may stay on the host while the keys are
+// on the GPU (SparseKvCache keeps them there): they are read on the host for the checks either
+// way, and the CUDA kernel copies them to the device.
 #include <cmath>
 #include <string>
 
@@ -9,6 +12,9 @@
 #include "ops/checks.h"
 #include "ops/cpu/cached_attention.h"
 #include "ops/ops.h"
+#if LAMINA_WITH_CUDA
+#include "ops/cuda/kernels.h"
+#endif
 
 namespace lamina::ops {
 
@@ -34,8 +40,10 @@ AttentionResult cached_attention(const Tensor& q_in, const std::vector<Positione
     const std::string positions_name = where + " positions";
     LAMINA_CHECK(run.keys.defined() && run.values.defined() && run.positions.defined(), op, ": ", where,
                  " needs keys, values and positions");
-    check_device(op, {{"q", &q_in}, {keys_name.c_str(), &run.keys}, {values_name.c_str(), &run.values},
-                      {positions_name.c_str(), &run.positions}});
+    check_device(op, {{"q", &q_in}, {keys_name.c_str(), &run.keys}, {values_name.c_str(), &run.values}});
+    LAMINA_CHECK(run.positions.device() == device || run.positions.device().is_cpu(), op, ": ", positions_name,
+                 " is on ", run.positions.device().str(), " but q is on ", device.str(),
+                 " (positions may be on q's device or on the CPU)");
     check_same_dtype(op, {{"q", &q_in}, {keys_name.c_str(), &run.keys}, {values_name.c_str(), &run.values}});
     check_dim(op, keys_name.c_str(), run.keys, 4);
     check_shape(op, values_name.c_str(), run.values, run.keys.shape());
@@ -62,16 +70,26 @@ AttentionResult cached_attention(const Tensor& q_in, const std::vector<Positione
                      rows_ready(run.values) ? run.values : contiguous(run.values), values.data(),
                      per_head ? length : 0});
   }
-  LAMINA_CHECK(device.is_cpu(), op, ": only the CPU kernel exists so far; move the tensors to the CPU");
   LAMINA_CHECK(kv_heads > 0 && heads % kv_heads == 0, op, ": query heads (", heads, ") must be a multiple of kv heads (",
                kv_heads, ")");
   const ResolvedAttentionPattern resolved(pattern, batch, heads, queries, *pattern.query_offset + queries, op);
+  const double scale_value = scale.value_or(1.0 / std::sqrt(double(head_dim)));
+#if LAMINA_WITH_CUDA
+  if (device.is_cuda()) {
+    LAMINA_CHECK(q_in.dtype() != DType::f64, op,
+                 ": the CUDA kernel takes bf16, f16 or f32; f64 runs on the CPU only (move the tensors to the CPU)");
+    AttentionResult result{Tensor::empty(q_in.shape(), q_in.dtype(), device),
+                           Tensor::empty({batch, heads, queries}, DType::f32, device)};
+    cuda::cached_attention(result.out, result.lse, contiguous(q_in), views, resolved, scale_value);
+    return result;
+  }
+#endif
 
   const DType compute = q_in.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const Tensor q = contiguous(q_in.dtype() == compute ? q_in : cast(q_in, compute));
   AttentionResult result{Tensor::empty(q.shape(), compute, device),
                          Tensor::empty({batch, heads, queries}, compute, device)};
-  cpu::cached_attention(result.out, result.lse, q, views, resolved, scale.value_or(1.0 / std::sqrt(double(head_dim))));
+  cpu::cached_attention(result.out, result.lse, q, views, resolved, scale_value);
   if (q_in.dtype() != compute) result.out = cast(result.out, q_in.dtype());
   return result;
 }

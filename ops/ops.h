@@ -302,7 +302,8 @@ struct PositionedKeys {
 // f64). A query that sees no key gets out 0 and lse -inf. Forward only (inference); q, keys and
 // values of one dtype, bf16/f16 computed in f32. The keys are split into chunks run on different
 // threads whose partial results are merged (flash-decoding), and a KV group's query heads share
-// each key row read. CPU only so far.
+// each key row read. On CUDA (ops/cuda/cached_attention.cu: written, not yet run on a GPU) the
+// positions may be CPU tensors while q and the keys are on the device; f64 is CPU only.
 AttentionResult cached_attention(const Tensor& q, const std::vector<PositionedKeys>& runs,
                                  const AttentionPattern& pattern, std::optional<double> scale = std::nullopt);
 

@@ -5,8 +5,9 @@
 // as the capacity the cache was made for. The sink is the largest of the group's query heads too,
 // and each query head still masks by its own sink and window. Consecutive KV heads of a layer with
 // the same slot rule (sink and ring length) share one ring tensor, so a uniform plan attends with
-// one ops::cached_attention call per layer. Inference only (no gradients); CPU only so far (the op
-// has no CUDA kernel).
+// one ops::cached_attention call per layer. Inference only (no gradients). The op has a CUDA kernel
+// (ops/cuda/cached_attention.cu, positions may stay on the host) that has not run on a GPU yet;
+// the model runs sparse plans on the CPU only until the CUDA attention twins are verified.
 //
 // Each row b holds its own number of positions, row_length(b), and its own slot positions, as
 // KvCache's rows do (slot reuse in continuous batching, models/generate/batch.h): a row's prompt

@@ -13,6 +13,10 @@
 #include "ops/common/kernel_kinds.h"
 #include "ops/ops.h"
 
+namespace lamina::ops::cpu {
+struct KeyRunView;  // ops/cpu/cached_attention.h: one run of positioned keys, positions on the host
+}  // namespace lamina::ops::cpu
+
 namespace lamina::ops::cuda {
 
 // elementwise.cu (copy, fill and casts live there too, as on the CPU)
@@ -117,6 +121,15 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
                               const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                               const AttentionPattern& pattern, const ResolvedAttentionPattern& resolved,
                               const Tensor& mask, double scale);
+
+// cached_attention.cu: ops::cached_attention (ops/cpu/cached_attention.h's contract) for bf16,
+// f16 and f32: q [B, Hq, T, D] contiguous, D <= 128; every run's keys and values on q's device
+// with rows of D contiguous values (other strides free); positions are host arrays (already
+// validated), copied to the device with the per-head sinks and windows on every call. out
+// contiguous in q's dtype, lse f32 [B, Hq, T]. Split over the keys in pieces merged in a fixed
+// order (deterministic, no atomics); f32 inside.
+void cached_attention(const Tensor& out, const Tensor& lse, const Tensor& q, const std::vector<cpu::KeyRunView>& runs,
+                      const ResolvedAttentionPattern& pattern, double scale);
 
 // index.cu: indices already range-checked; index_select/index_add take contiguous data.
 void index_select(const Tensor& out, const Tensor& x, int64_t dim, const Tensor& index);
