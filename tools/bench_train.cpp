@@ -2,7 +2,9 @@
 // Llama-3-shaped model: dim 512, 8 layers, 8 heads / 4 kv heads, ffn 1536, vocab 8192, batch
 // 4 x 256 tokens; full fine-tuning, LoRA (r=16 on every projection) and QLoRA (the same adapters
 // on an NF4 base with double-quantized scales), each with and without activation checkpointing;
-// on the CPU (f32) or a GPU (bf16 on f32 master weights by default, as `lamina train` runs there).
+// on the CPU (f32 by default; --precision bf16 runs the AMX / AVX-512 BF16 GEMMs where the CPU
+// has them) or a GPU (bf16 on f32 master weights by default, as `lamina train` runs there). The
+// loss is the trainer's (train::causal_lm_loss: the fused head + cross-entropy on the CPU).
 // Reports tokens/s, estimated FLOP/s (6 x parameters x tokens, the usual transformer estimate
 // without the attention term), MFU where the GPU's peak is known, the peak of tensor memory of
 // the case (weights, gradients, optimizer state and activations: what checkpointing, LoRA and
@@ -192,7 +194,9 @@ int run_bench_train(const Arguments& args) {
         // Free while the profiler is off; on, its self time is what the forward runs outside
         // the timed ops.
         const profiler::Scope scope("step:forward");
-        loss = cross_entropy(model->forward(ids), targets);
+        // The trainer's loss (the fused head + cross-entropy on the CPU), as a mean over tokens.
+        const CrossEntropySum sum = train::causal_lm_loss(*model, ids, targets);
+        loss = sum.loss_sum / double(sum.target_count);
       }
       loss.backward();
       optimizer.step(1e-4);

@@ -235,10 +235,7 @@ CrossEntropySum batch_loss(const llama::LlamaForCausalLM& model, const Batch& ba
   llama::ForwardOptions forward;
   forward.positions = moved(batch.positions);
   forward.document_ids = moved(batch.document_ids);
-  if (fused_head_applies(model))
-    return linear_cross_entropy_sum(model.hidden_states(moved(batch.ids), forward), model.output_weight(),
-                                    moved(batch.targets));
-  return cross_entropy_sum(model.forward(moved(batch.ids), forward), moved(batch.targets));
+  return causal_lm_loss(model, moved(batch.ids), moved(batch.targets), forward);
 }
 
 // Pretraining and SFT: the mean token cross-entropy of a step's rows, packed or padded
@@ -393,6 +390,13 @@ std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHea
 }
 
 }  // namespace
+
+CrossEntropySum causal_lm_loss(const llama::LlamaForCausalLM& model, const Tensor& ids, const Tensor& targets,
+                               const llama::ForwardOptions& forward) {
+  if (fused_head_applies(model))
+    return linear_cross_entropy_sum(model.hidden_states(ids, forward), model.output_weight(), targets);
+  return cross_entropy_sum(model.forward(ids, forward), targets);
+}
 
 json::Value DataFingerprint::to_json() const {
   char hex[17];

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 
+#include "autograd/functions.h"
 #include "models/llama/model.h"
 #include "nn/lora.h"
 #include "train/data.h"
@@ -28,6 +29,15 @@
 #include "train/schedule.h"
 
 namespace lamina::train {
+
+// The causal-LM loss of pretraining and SFT: the summed token cross-entropies of
+// model(ids, forward) against targets (ignore_index -100) and their count. On the CPU with a plain
+// or tied head (no adapters, 4-bit base or bias) the head's GEMM and the loss run fused over
+// vocabulary chunks (lamina::linear_cross_entropy_sum), so the [tokens, vocab] logits and their
+// gradient never exist; otherwise logits, then cross_entropy_sum. `lamina bench train` measures
+// the same.
+CrossEntropySum causal_lm_loss(const llama::LlamaForCausalLM& model, const Tensor& ids, const Tensor& targets,
+                               const llama::ForwardOptions& forward = {});
 
 struct TrainOptions {
   int64_t steps = 100;           // optimizer steps
