@@ -39,12 +39,15 @@
 #include <vector>
 
 #include "ops/cpu/cached_attention.h"
+#include "ops/cuda/attention_tiles.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/kernels.h"
 #include "tensor/cuda/check.h"
 
 namespace lamina::ops::cuda {
 namespace {
+
+using namespace attention_tiles;
 
 constexpr int kCachedThreads = 256;
 constexpr int kCachedWarps = kCachedThreads / 32;
@@ -54,11 +57,6 @@ constexpr int64_t kMinPieceSlots = 256;
 // Blocks wanted per multiprocessor when the rows alone do not provide them (decode).
 constexpr int64_t kBlocksPerMultiprocessor = 2;
 constexpr int64_t kMaxHeadDim = 128;
-
-template <int kDim>
-__host__ __device__ constexpr int tile_stride() {
-  return kDim + 4;  // (kDim + 4) / 4 is odd for 64 and 128: float4 rows of 8 lanes hit distinct banks
-}
 
 // Sizes of one call, by value to every block.
 struct CachedShape {
@@ -90,60 +88,13 @@ __device__ __forceinline__ bool slot_allowed(bool causal, int64_t i, int64_t j, 
   return window > 0 && (window == kAllKeys || i - j < window);
 }
 
-// score[i][c] = q row (first + i) · key row (lane + 32 c), over kDim columns of f32 tiles.
-template <int kDim, int kRows>
-__device__ __forceinline__ void score_rows(float (&score)[kRows][2], const float* q_tile, int first,
-                                           const float* k_tile, int lane) {
-  constexpr int kStride = tile_stride<kDim>();
-#pragma unroll
-  for (int i = 0; i < kRows; ++i) score[i][0] = score[i][1] = 0.0f;
-#pragma unroll 4
-  for (int d = 0; d < kDim; d += 4) {
-    const float4 k0 = *reinterpret_cast<const float4*>(k_tile + lane * kStride + d);
-    const float4 k1 = *reinterpret_cast<const float4*>(k_tile + (lane + 32) * kStride + d);
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const float4 x = *reinterpret_cast<const float4*>(q_tile + (first + i) * kStride + d);
-      score[i][0] += x.x * k0.x + x.y * k0.y + x.z * k0.z + x.w * k0.w;
-      score[i][1] += x.x * k1.x + x.y * k1.y + x.z * k1.z + x.w * k1.w;
-    }
-  }
-}
-
-// acc[i][c] += sum over the sub-tile's slots k of weights[i][k] · v row k, column lane + 32 c;
-// weights rows are kSlotTile apart.
-template <int kDim, int kRows>
-__device__ __forceinline__ void accumulate_values(float (&acc)[kRows][kDim / 32], const float* weights,
-                                                  const float* v_tile, int lane) {
-  constexpr int kStride = tile_stride<kDim>();
-  constexpr int kPer = kDim / 32;
-#pragma unroll 2
-  for (int k = 0; k < kSlotTile; k += 4) {
-    float column[4][kPer];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int c = 0; c < kPer; ++c) column[kk][c] = v_tile[(k + kk) * kStride + lane + 32 * c];
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const float4 w = *reinterpret_cast<const float4*>(weights + i * kSlotTile + k);
-#pragma unroll
-      for (int c = 0; c < kPer; ++c)
-        acc[i][c] += w.x * column[0][c] + w.y * column[1][c] + w.z * column[2][c] + w.w * column[3][c];
-    }
-  }
-}
-
-__device__ __forceinline__ float warp_max(float value) { return warp_reduce(value, MaxOp{}); }
-__device__ __forceinline__ float warp_sum(float value) { return warp_reduce(value, SumOp{}); }
-
 // Shared memory of the attention kernel: slot positions (int64) and used flags (int) for one
 // sub-tile, then Q [rows][stride], K and V [64][stride] and P [rows][64] in f32.
 template <int kDim, int kRowsPerWarp>
 constexpr size_t cached_shared_bytes() {
   constexpr int kRows = kCachedWarps * kRowsPerWarp;
   return size_t(kSlotTile) * (sizeof(int64_t) + sizeof(int)) +
-         (size_t(kRows + 2 * kSlotTile) * tile_stride<kDim>() + size_t(kRows) * kSlotTile) * sizeof(float);
+         (size_t(kRows + 2 * kSlotTile) * padded_row_stride<kDim>() + size_t(kRows) * kSlotTile) * sizeof(float);
 }
 
 template <typename T, int kDim, int kRowsPerWarp>
@@ -152,7 +103,7 @@ __global__ void __launch_bounds__(kCachedThreads)
                             const Piece* pieces, const int64_t* sinks, const int64_t* windows,
                             const int64_t* positions, CachedShape s, float scale) {
   constexpr int kRows = kCachedWarps * kRowsPerWarp;
-  constexpr int kStride = tile_stride<kDim>();
+  constexpr int kStride = padded_row_stride<kDim>();
   constexpr int kPer = kDim / 32;
   extern __shared__ float4 shared_raw[];
   int64_t* slot_position = reinterpret_cast<int64_t*>(shared_raw);  // [64], -1 past the piece
@@ -221,7 +172,7 @@ __global__ void __launch_bounds__(kCachedThreads)
 
     if (warp_has_rows) {
       float score[kRowsPerWarp][2];
-      score_rows<kDim, kRowsPerWarp>(score, q_tile, first_row, k_tile, lane);
+      rows_dot_lane_rows<kDim, kRowsPerWarp>(score, q_tile, first_row, k_tile, lane);
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
 #pragma unroll
@@ -267,7 +218,8 @@ __global__ void __launch_bounds__(kCachedThreads)
       v_tile[c * kStride + d] = (slot_used[c] && d < D) ? float(load(values[(j0 + c) * value_row_stride + d])) : 0.0f;
     }
     __syncthreads();  // V is in shared memory
-    if (warp_has_rows) accumulate_values<kDim, kRowsPerWarp>(acc, p_tile + first_row * kSlotTile, v_tile, lane);
+    if (warp_has_rows)
+      accumulate_weighted_rows<kDim, kRowsPerWarp, kSlotTile>(acc, p_tile + first_row * kSlotTile, v_tile, lane);
   }
 
   const bool direct = s.pieces == 1;
@@ -324,21 +276,6 @@ __global__ void __launch_bounds__(kCachedThreads)
     }
     if (lane == 0) lse[row] = row_lse;
   }
-}
-
-// Raises the kernel's dynamic shared memory limit to `bytes`, after checking the device has it.
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes, int device, const char* op) {
-  int limit = 0;
-  LAMINA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  LAMINA_CHECK(bytes <= size_t(limit), op, ": the CUDA kernel needs ", bytes, " bytes of shared memory per block; device ",
-               device, " allows ", limit);
-  LAMINA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
-unsigned grid_of(int64_t count, const char* op) {
-  LAMINA_CHECK(count <= int64_t(0x7fffffff), op, ": ", count, " thread blocks exceed the grid limit");
-  return unsigned(count);
 }
 
 }  // namespace
@@ -436,7 +373,7 @@ void cached_attention(const Tensor& out, const Tensor& lse, const Tensor& q, con
     } else {
       const auto launch = [&](auto kernel, size_t bytes) {
         allow_shared(kernel, bytes, device, op);
-        kernel<<<grid_of(s.batch * s.kv_heads * s.row_tiles * s.pieces, op), kCachedThreads, bytes, stream>>>(
+        kernel<<<grid_blocks(s.batch * s.kv_heads * s.row_tiles * s.pieces, op), kCachedThreads, bytes, stream>>>(
             data_of<T>(out), data_of<float>(lse), partial_out_data, partial_lse_data, data_of<const T>(q),
             reinterpret_cast<const Piece*>(table), table + sinks_start, table + sinks_start + s.heads,
             table + positions_start, s, float(scale));

@@ -41,11 +41,14 @@
 #include <vector>
 
 #include "ops/cpu/flash_attention.h"
+#include "ops/cuda/attention_tiles.cuh"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/kernels.h"
 
 namespace lamina::ops::cuda {
 namespace {
+
+using namespace attention_tiles;
 
 constexpr int kTileQueries = 64;
 constexpr int kTileKeys = 64;
@@ -61,11 +64,6 @@ constexpr int64_t kMaxHeadDim = 128;
 
 constexpr uint8_t kSkip = uint8_t(TileKind::skip), kPartial = uint8_t(TileKind::partial);
 static_assert(uint8_t(TileKind::full) != kSkip && uint8_t(TileKind::full) != kPartial, "three distinct kinds");
-
-template <int kDim>
-__host__ __device__ constexpr int row_stride() {
-  return kDim + 4;
-}
 
 __host__ __device__ constexpr int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -136,66 +134,17 @@ __device__ __forceinline__ float masked_score(const DevicePattern& p, bool check
 // rows and past D columns (up to kDim).
 template <typename T, int kDim>
 __device__ __forceinline__ void load_tile(float* tile, const T* rows, int64_t count, int64_t head_dim) {
-  constexpr int kStride = row_stride<kDim>();
+  constexpr int kStride = padded_row_stride<kDim>();
   for (int e = int(threadIdx.x); e < kTileQueries * kDim; e += kFlashThreads) {
     const int r = e / kDim, d = e % kDim;
     tile[r * kStride + d] = (r < count && d < head_dim) ? float(load(rows[int64_t(r) * head_dim + d])) : 0.0f;
   }
 }
 
-__device__ __forceinline__ float warp_max(float value) { return warp_reduce(value, MaxOp{}); }
-__device__ __forceinline__ float warp_sum(float value) { return warp_reduce(value, SumOp{}); }
-
-// acc[i][c] = sum_d a[(first_a + i) row][d] * b[lane + 32 c row][d] for i < 8, c < 2: the 8
-// rows of `a` are read by the whole warp (broadcast), the two rows of `b` per lane as float4.
-template <int kDim>
-__device__ __forceinline__ void warp_rows_times_lane_rows(float (&acc)[kRowsPerWarp][2], const float* a, int first_a,
-                                                          const float* b, int lane) {
-  constexpr int kStride = row_stride<kDim>();
-#pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i) acc[i][0] = acc[i][1] = 0.0f;
-#pragma unroll 4
-  for (int d = 0; d < kDim; d += 4) {
-    const float4 b0 = *reinterpret_cast<const float4*>(b + lane * kStride + d);
-    const float4 b1 = *reinterpret_cast<const float4*>(b + (lane + 32) * kStride + d);
-#pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      const float4 x = *reinterpret_cast<const float4*>(a + (first_a + i) * kStride + d);
-      acc[i][0] += x.x * b0.x + x.y * b0.y + x.z * b0.z + x.w * b0.w;
-      acc[i][1] += x.x * b1.x + x.y * b1.y + x.z * b1.z + x.w * b1.w;
-    }
-  }
-}
-
-// out[i][c] += sum_k weights[i][k] * source[k][lane + 32 c] for i < 8, c < kDim / 32:
-// weights is [8][64] (row i at weights + i * 64, read by the whole warp as float4), source is
-// a tile [64][row_stride].
-template <int kDim>
-__device__ __forceinline__ void accumulate_rows(float (&out)[kRowsPerWarp][kDim / 32], const float* weights,
-                                                const float* source, int lane) {
-  constexpr int kStride = row_stride<kDim>();
-  constexpr int kPer = kDim / 32;
-#pragma unroll 2
-  for (int k = 0; k < kTileKeys; k += 4) {
-    float column[4][kPer];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int c = 0; c < kPer; ++c) column[kk][c] = source[(k + kk) * kStride + lane + 32 * c];
-#pragma unroll
-    for (int i = 0; i < kRowsPerWarp; ++i) {
-      const float4 w = *reinterpret_cast<const float4*>(weights + i * kTileKeys + k);
-#pragma unroll
-      for (int c = 0; c < kPer; ++c)
-        out[i][c] += w.x * column[0][c] + w.y * column[1][c] + w.z * column[2][c] + w.w * column[3][c];
-    }
-  }
-}
-
 // Shared memory: `tiles` tiles of [64][row_stride] f32, then `extra` floats.
 template <int kDim>
 constexpr size_t shared_bytes(int tiles, int extra) {
-  return (size_t(tiles) * kTileQueries * row_stride<kDim>() + size_t(extra)) * sizeof(float);
+  return (size_t(tiles) * kTileQueries * padded_row_stride<kDim>() + size_t(extra)) * sizeof(float);
 }
 
 // ---- forward
@@ -204,7 +153,7 @@ template <typename T, int kDim>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v, FlashShape s, DevicePattern p,
                          float scale) {
-  constexpr int kStride = row_stride<kDim>();
+  constexpr int kStride = padded_row_stride<kDim>();
   constexpr int kPer = kDim / 32;
   extern __shared__ float4 shared_raw[];
   float* q_tile = reinterpret_cast<float*>(shared_raw);
@@ -245,7 +194,7 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();  // K/V (and, the first time, Q) are in shared memory
 
     float score[kRowsPerWarp][2];
-    warp_rows_times_lane_rows<kDim>(score, q_tile, first_row, k_tile, lane);
+    rows_dot_lane_rows<kDim, kRowsPerWarp>(score, q_tile, first_row, k_tile, lane);
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
       const int r = first_row + i;
@@ -271,7 +220,7 @@ __global__ void __launch_bounds__(kFlashThreads)
       p_tile[r * kTileKeys + lane + 32] = p1;
     }
     __syncwarp();  // this warp's P rows are written
-    accumulate_rows<kDim>(acc, p_tile + first_row * kTileKeys, v_tile, lane);
+    accumulate_weighted_rows<kDim, kRowsPerWarp, kTileKeys>(acc, p_tile + first_row * kTileKeys, v_tile, lane);
     __syncwarp();  // and read, before the next tile overwrites them
   }
 
@@ -312,7 +261,7 @@ template <typename T, int kDim>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_backward_kv_kernel(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                              const float* delta, FlashShape s, DevicePattern p, float scale) {
-  constexpr int kStride = row_stride<kDim>();
+  constexpr int kStride = padded_row_stride<kDim>();
   constexpr int kPer = kDim / 32;
   extern __shared__ float4 shared_raw[];
   float* k_tile = reinterpret_cast<float*>(shared_raw);
@@ -360,7 +309,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 
       // P^T for this warp's keys x the lane's two query rows.
       float probs[kRowsPerWarp][2];
-      warp_rows_times_lane_rows<kDim>(probs, k_tile, first_key, q_tile, lane);
+      rows_dot_lane_rows<kDim, kRowsPerWarp>(probs, k_tile, first_key, q_tile, lane);
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
         const int key = first_key + i;
@@ -375,12 +324,12 @@ __global__ void __launch_bounds__(kFlashThreads)
         }
       }
       __syncwarp();
-      accumulate_rows<kDim>(dv_acc, weights + first_key * kTileQueries, do_tile, lane);  // dV += P^T dO
+      accumulate_weighted_rows<kDim, kRowsPerWarp, kTileKeys>(dv_acc, weights + first_key * kTileQueries, do_tile, lane);  // dV += P^T dO
       __syncwarp();
 
       // dP^T = V dO^T, then dS^T = scale * P^T (dP^T - Delta) over the same buffer.
       float grads[kRowsPerWarp][2];
-      warp_rows_times_lane_rows<kDim>(grads, v_tile, first_key, do_tile, lane);
+      rows_dot_lane_rows<kDim, kRowsPerWarp>(grads, v_tile, first_key, do_tile, lane);
 #pragma unroll
       for (int i = 0; i < kRowsPerWarp; ++i) {
         const int key = first_key + i;
@@ -391,7 +340,7 @@ __global__ void __launch_bounds__(kFlashThreads)
         }
       }
       __syncwarp();
-      accumulate_rows<kDim>(dk_acc, weights + first_key * kTileQueries, q_tile, lane);  // dK += dS^T Q
+      accumulate_weighted_rows<kDim, kRowsPerWarp, kTileKeys>(dk_acc, weights + first_key * kTileQueries, q_tile, lane);  // dK += dS^T Q
       __syncwarp();
     }
   }
@@ -418,7 +367,7 @@ template <typename T, int kDim>
 __global__ void __launch_bounds__(kFlashThreads)
     flash_backward_q_kernel(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                             const float* delta, FlashShape s, DevicePattern p, float scale) {
-  constexpr int kStride = row_stride<kDim>();
+  constexpr int kStride = padded_row_stride<kDim>();
   constexpr int kPer = kDim / 32;
   extern __shared__ float4 shared_raw[];
   float* q_tile = reinterpret_cast<float*>(shared_raw);
@@ -461,8 +410,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();
 
     float probs[kRowsPerWarp][2], grads[kRowsPerWarp][2];
-    warp_rows_times_lane_rows<kDim>(probs, q_tile, first_row, k_tile, lane);
-    warp_rows_times_lane_rows<kDim>(grads, do_tile, first_row, v_tile, lane);
+    rows_dot_lane_rows<kDim, kRowsPerWarp>(probs, q_tile, first_row, k_tile, lane);
+    rows_dot_lane_rows<kDim, kRowsPerWarp>(grads, do_tile, first_row, v_tile, lane);
 #pragma unroll
     for (int i = 0; i < kRowsPerWarp; ++i) {
       const int r = first_row + i;
@@ -476,7 +425,7 @@ __global__ void __launch_bounds__(kFlashThreads)
       }
     }
     __syncwarp();
-    accumulate_rows<kDim>(dq_acc, ds_tile + first_row * kTileKeys, k_tile, lane);  // dQ += dS K
+    accumulate_weighted_rows<kDim, kRowsPerWarp, kTileKeys>(dq_acc, ds_tile + first_row * kTileKeys, k_tile, lane);  // dQ += dS K
     __syncwarp();
   }
 
@@ -594,16 +543,6 @@ void check_mask(const char* op, const Tensor& mask, const Tensor& q) {
                ": the CUDA kernel takes the additive mask as an f32 view on q's device broadcast to [B, Hq, Tq, Tk]");
 }
 
-// Raises the kernel's dynamic shared memory limit to `bytes`, after checking the device has it.
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes, int device, const char* op) {
-  int limit = 0;
-  LAMINA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  LAMINA_CHECK(bytes <= size_t(limit), op, ": the CUDA kernel needs ", bytes, " bytes of shared memory per block; device ",
-               device, " allows ", limit);
-  LAMINA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 // What the kernels take: bf16, f16 or f32, head_dim up to kMaxHeadDim.
 void check_supported(const char* op, const Tensor& q) {
   LAMINA_CHECK(q.dtype() == DType::f32 || q.dtype() == DType::bf16 || q.dtype() == DType::f16, op,
@@ -627,11 +566,6 @@ void visit_flash(const char* op, DType dtype, int64_t head_dim, Fn&& fn) {
   });
 }
 
-unsigned blocks_of(int64_t count, const char* op) {
-  LAMINA_CHECK(count <= int64_t(0x7fffffff), op, ": ", count, " thread blocks exceed the grid limit");
-  return unsigned(count);
-}
-
 }  // namespace
 
 void flash_attention(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -652,7 +586,7 @@ void flash_attention(const Tensor& out, const Tensor& lse, const Tensor& q, cons
     const cudaStream_t stream = stream_of(q);  // first: makes q's device current for the attribute
     const size_t bytes = shared_bytes<kDim>(3, kTileQueries * kTileKeys);
     allow_shared(flash_forward_kernel<T, kDim>, bytes, device, op);
-    flash_forward_kernel<T, kDim><<<blocks_of(blocks, op), kFlashThreads, bytes, stream>>>(
+    flash_forward_kernel<T, kDim><<<grid_blocks(blocks, op), kFlashThreads, bytes, stream>>>(
         data_of<T>(out), data_of<float>(lse), data_of<const T>(q), data_of<const T>(k), data_of<const T>(v), s, up.view,
         float(scale));
     LAMINA_CUDA_CHECK_LAUNCH("flash_attention (forward)");
@@ -688,7 +622,7 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
       // Rows of dK/dV in a key tile that no query visits still get their zeros here.
       const size_t bytes = shared_bytes<kDim>(4, kTileKeys * kTileQueries + 2 * kTileQueries);
       allow_shared(flash_backward_kv_kernel<T, kDim>, bytes, device, op);
-      flash_backward_kv_kernel<T, kDim><<<blocks_of(kv_blocks, op), kFlashThreads, bytes, stream>>>(
+      flash_backward_kv_kernel<T, kDim><<<grid_blocks(kv_blocks, op), kFlashThreads, bytes, stream>>>(
           data_of<T>(dk), data_of<T>(dv), data_of<const T>(q), data_of<const T>(k), data_of<const T>(v),
           data_of<const T>(dout), data_of<const float>(lse), data_of<const float>(delta), s, up.view, float(scale));
       LAMINA_CUDA_CHECK_LAUNCH("flash_attention_backward (dK, dV)");
@@ -696,7 +630,7 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
     if (q_blocks > 0) {
       const size_t bytes = shared_bytes<kDim>(4, kTileQueries * kTileKeys);
       allow_shared(flash_backward_q_kernel<T, kDim>, bytes, device, op);
-      flash_backward_q_kernel<T, kDim><<<blocks_of(q_blocks, op), kFlashThreads, bytes, stream>>>(
+      flash_backward_q_kernel<T, kDim><<<grid_blocks(q_blocks, op), kFlashThreads, bytes, stream>>>(
           data_of<T>(dq), data_of<const T>(q), data_of<const T>(k), data_of<const T>(v), data_of<const T>(dout),
           data_of<const float>(lse), data_of<const float>(delta), s, up.view, float(scale));
       LAMINA_CUDA_CHECK_LAUNCH("flash_attention_backward (dQ)");
