@@ -17,6 +17,7 @@
 #include <random>
 #include <string>
 
+#include "attention_patterns.h"
 #include "cuda_cases.h"
 #include "ops/attention_pattern.h"
 #include "ops/reference.h"
@@ -130,38 +131,6 @@ std::vector<RingCase> grid_cases() {
   // 66 rows per group: the last row tile holds 2 rows, fewer than the group's 3 heads.
   cases.push_back({"last row tile shorter than the group, T 22, GQA 3", 1, 3, 1, 22, 64, 30, {1, 0, 4}, {3, 17, 1}, 2, 1});
   return cases;
-}
-
-double largest_magnitude(const Tensor& t) {
-  double largest = 0;
-  for (double x : t.to_vector<double>())
-    if (std::isfinite(x)) largest = std::max(largest, std::abs(x));
-  return largest;
-}
-
-Tolerance relative_to_scale(const Tensor& expected, double relative, double floor = 0) {
-  return {relative * std::max(floor, largest_magnitude(expected)), 0};
-}
-
-bool all_finite(const Tensor& t) {
-  for (double x : t.to_vector<double>())
-    if (!std::isfinite(x)) return false;
-  return true;
-}
-
-// lse may be -inf (rows that see nothing) but never NaN or +inf.
-bool valid_lse(const Tensor& t) {
-  for (double x : t.to_vector<double>())
-    if (std::isnan(x) || x == INFINITY) return false;
-  return true;
-}
-
-bool exactly_equal(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
 }
 
 // The GPU result of one case against the CPU kernel's, in f32, with both poisons.

@@ -101,39 +101,6 @@ Inputs inputs_for(const GpuFlashCase& c, DType dtype, uint64_t seed) {
 
 Inputs on_gpu(const Inputs& in) { return {mirror(in.q), mirror(in.k), mirror(in.v), mirror(in.grad_out)}; }
 
-// The largest finite |value| (the "scale" that tolerances are relative to).
-double largest_magnitude(const Tensor& t) {
-  double largest = 0;
-  for (double x : t.to_vector<double>())
-    if (std::isfinite(x)) largest = std::max(largest, std::abs(x));
-  return largest;
-}
-
-Tolerance relative_to_scale(const Tensor& expected, double relative, double floor = 0) {
-  return {relative * std::max(floor, largest_magnitude(expected)), 0};
-}
-
-bool all_finite(const Tensor& t) {
-  for (double x : t.to_vector<double>())
-    if (!std::isfinite(x)) return false;
-  return true;
-}
-
-// lse may be -inf (rows that see nothing) but never NaN or +inf.
-bool valid_lse(const Tensor& t) {
-  for (double x : t.to_vector<double>())
-    if (std::isnan(x) || x == INFINITY) return false;
-  return true;
-}
-
-bool exactly_equal(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
-}
-
 // The pattern as an additive mask: 0 where allowed (plus the pattern's own mask), -inf elsewhere.
 Tensor dense_additive_mask(const GpuFlashCase& c) {
   const Tensor allowed = attention_pattern_mask(c.pattern, c.batch, c.heads, c.queries, c.keys);

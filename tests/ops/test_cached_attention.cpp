@@ -8,6 +8,7 @@
 #include <cmath>
 #include <random>
 
+#include "attention_patterns.h"
 #include "op_cases.h"
 #include "ops/attention_pattern.h"
 #include "ops/cpu/cached_attention.h"
@@ -114,14 +115,6 @@ std::vector<SlotCase> slot_cases() {
   return cases;
 }
 
-bool exactly_equal(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
-}
-
 const testing::Tolerance kOutTolerance{2e-6, 1e-5}, kLseTolerance{2e-6, 1e-6};
 
 }  // namespace
@@ -171,8 +164,8 @@ TEST_CASE("cached_attention: decode and short prefills split over key chunks, me
       return ops::cached_attention(in.q, in.runs, pattern);
     };
     const ops::AttentionResult one = run(1), two = run(2);
-    CHECK(exactly_equal(one.out, two.out));
-    CHECK(exactly_equal(one.lse, two.lse));
+    CHECK(testing::exactly_equal(one.out, two.out));
+    CHECK(testing::exactly_equal(one.lse, two.lse));
     const std::vector<Tensor> dense = ops::reference::flash_attention(in.q, in.keys, in.values, pattern);
     CHECK_CLOSE(two.out, dense[0], kOutTolerance);
     CHECK_CLOSE(two.lse, dense[1], kLseTolerance);

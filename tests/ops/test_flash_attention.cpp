@@ -90,14 +90,6 @@ Tensor dense_additive_mask(const FlashCase& c, DType dtype) {
   return mask;
 }
 
-bool exactly_equal(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  if (x.size() != y.size()) return false;
-  for (size_t i = 0; i < x.size(); ++i)
-    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) return false;
-  return true;
-}
-
 bool all_finite(const Tensor& t) {
   for (double x : t.to_vector<double>())
     if (!std::isfinite(x)) return false;
@@ -280,14 +272,14 @@ TEST_CASE("flash_attention: skipped tiles give bit-for-bit the results of the sa
     const FlashInputs in = inputs_for(c, DType::f32, 21);
     const ops::AttentionResult a = ops::flash_attention(in.q, in.k, in.v, c.pattern);
     const ops::AttentionResult b = ops::flash_attention(in.q, in.k, in.v, as_mask.pattern);
-    CHECK(exactly_equal(a.out, b.out));
-    CHECK(exactly_equal(a.lse, b.lse));
+    CHECK(testing::exactly_equal(a.out, b.out));
+    CHECK(testing::exactly_equal(a.lse, b.lse));
     const ops::AttentionGrads ga = ops::flash_attention_backward(in.grad_out, in.q, in.k, in.v, a.out, a.lse, c.pattern);
     const ops::AttentionGrads gb =
         ops::flash_attention_backward(in.grad_out, in.q, in.k, in.v, b.out, b.lse, as_mask.pattern);
-    CHECK(exactly_equal(ga.dq, gb.dq));
-    CHECK(exactly_equal(ga.dk, gb.dk));
-    CHECK(exactly_equal(ga.dv, gb.dv));
+    CHECK(testing::exactly_equal(ga.dq, gb.dq));
+    CHECK(testing::exactly_equal(ga.dk, gb.dk));
+    CHECK(testing::exactly_equal(ga.dv, gb.dv));
   }
 }
 
@@ -303,7 +295,7 @@ TEST_CASE("flash_attention: results are identical on 1 and 2 threads") {
     return std::vector<Tensor>{result.out, result.lse, grads.dq, grads.dk, grads.dv};
   };
   const std::vector<Tensor> one = run(1), two = run(2);
-  for (size_t i = 0; i < one.size(); ++i) CHECK(exactly_equal(one[i], two[i]));
+  for (size_t i = 0; i < one.size(); ++i) CHECK(testing::exactly_equal(one[i], two[i]));
 }
 
 TEST_CASE("flash_attention: a row that sees no key gives output 0, lse -inf and no gradient, never NaN") {
