@@ -15,6 +15,7 @@
 #endif
 
 #include "ops/cpu/cpu_features.h"
+#include "ops/cpu/gemm_bf16_kernels.h"
 #include "tensor/parallel.h"
 
 namespace lamina::ops::cpu {
@@ -76,27 +77,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float dpbf16_loo
   return lane_sum(sum);
 }
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 0;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Six accumulator tiles fed by one A and one B tile, without loads: six independent chains
 // cover tdpbf16ps's latency (about 3x its issue interval of 16 cycles on Sapphire Rapids).
 constexpr int kAmxChains = 6;
 __attribute__((target("amx-tile,amx-bf16"))) float amx_loop(int64_t iterations) {
-  TileConfig config;
-  config.palette = 1;
-  for (int tile = 0; tile < 8; ++tile) {
-    config.bytes_per_row[tile] = 64;
-    config.rows[tile] = 16;
-  }
-  // GCC 12's _tile_loadconfig tells the compiler it reads only 8 bytes of the configuration, so
-  // the stores to the rest could be dropped; this asm reads the whole structure.
-  __asm__ volatile("ldtilecfg %0" ::"m"(config));
+  gemm_bf16_detail::amx_configure();  // the GEMM's tile shapes: 8 tiles of 16 rows x 64 bytes
   alignas(64) uint16_t operand[16 * 32];
   std::fill(operand, operand + 16 * 32, uint16_t(0x3380));  // bf16 2^-24: sums stay finite
   _tile_zero(0);
@@ -117,7 +102,7 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_loop(int64_t iterations) 
   }
   alignas(64) float result[16 * 16];
   _tile_stored(0, result, 64);
-  _tile_release();
+  gemm_bf16_detail::amx_release();
   return result[0];
 }
 
