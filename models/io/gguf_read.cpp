@@ -1,6 +1,6 @@
 // Reading GGUF files: header, metadata and tensor-info parsing with every field checked against
-// the file before use, and ggml's dequantization of the tensor types lamina supports. Only the
-// tensor layer is needed here, so the fuzz target links this file alone.
+// the file before use; dequantization is ggml's, from ops/ggml_blocks.cpp. Only the tensor layer
+// and ops/ggml_blocks.cpp are needed here, so the fuzz target links these alone.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "models/io/gguf.h"
+#include "ops/ggml_blocks.h"
 #include "tensor/io/regular_file.h"
 
 namespace lamina::gguf {
@@ -124,8 +125,6 @@ std::string hex32(uint32_t value) {
 }
 
 bool known_value_type(uint32_t id) { return id <= uint32_t(ValueType::f64); }
-
-float half_to_float(const uint8_t* p) { return float(f16::from_bits(uint16_t(p[0] | (p[1] << 8)))); }
 
 // Bounds-checked sequential reads over the mapping; `path` and a field description make the
 // errors.
@@ -452,145 +451,11 @@ Tensor File::read(const std::string& name, bool keep_16_bit) const {
   return out;
 }
 
-// ---- dequantization: ggml's reference formulas, in its float operation order ----
-
-namespace {
-
-// Q4_K / Q5_K: the j-th (0..7) 6-bit scale and min packed into 12 bytes.
-void scale_and_min(int j, const uint8_t* scales, uint8_t& scale, uint8_t& min) {
-  if (j < 4) {
-    scale = scales[j] & 63;
-    min = scales[j + 4] & 63;
-  } else {
-    scale = uint8_t((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
-    min = uint8_t((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
-  }
-}
-
-void dequantize_q4_0(const uint8_t* block, float* out) {
-  const float d = half_to_float(block);
-  const uint8_t* qs = block + 2;
-  for (int j = 0; j < 16; ++j) {
-    out[j] = float((qs[j] & 0xF) - 8) * d;
-    out[j + 16] = float((qs[j] >> 4) - 8) * d;
-  }
-}
-
-void dequantize_q4_1(const uint8_t* block, float* out) {
-  const float d = half_to_float(block), m = half_to_float(block + 2);
-  const uint8_t* qs = block + 4;
-  for (int j = 0; j < 16; ++j) {
-    out[j] = float(qs[j] & 0xF) * d + m;
-    out[j + 16] = float(qs[j] >> 4) * d + m;
-  }
-}
-
-// Q5_0 / Q5_1: the fifth bit of element j is bit j of the little-endian u32 qh.
-void dequantize_q5(const uint8_t* block, float* out, bool with_min) {
-  const float d = half_to_float(block), m = with_min ? half_to_float(block + 2) : 0.0f;
-  const uint8_t* qh_bytes = block + (with_min ? 4 : 2);
-  const uint8_t* qs = qh_bytes + 4;
-  uint32_t qh;
-  std::memcpy(&qh, qh_bytes, 4);
-  const int offset = with_min ? 0 : 16;
-  for (int j = 0; j < 16; ++j) {
-    const int low = int((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - offset;
-    const int high = int((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - offset;
-    out[j] = with_min ? float(low) * d + m : float(low) * d;
-    out[j + 16] = with_min ? float(high) * d + m : float(high) * d;
-  }
-}
-
-void dequantize_q8_0(const uint8_t* block, float* out) {
-  const float d = half_to_float(block);
-  for (int j = 0; j < 32; ++j) out[j] = float(int8_t(block[2 + j])) * d;
-}
-
-// Q4_K and Q5_K share the layout apart from Q5_K's qh[32] of fifth bits before the nibbles.
-void dequantize_k4_or_k5(const uint8_t* block, float* out, bool five_bit) {
-  const float d = half_to_float(block), dmin = half_to_float(block + 2);
-  const uint8_t* scales = block + 4;
-  const uint8_t* qh = block + 16;
-  const uint8_t* qs = block + (five_bit ? 48 : 16);
-  for (int chunk = 0; chunk < 4; ++chunk) {  // 64 elements: two sub-blocks sharing 32 bytes
-    uint8_t scale, min;
-    scale_and_min(2 * chunk, scales, scale, min);
-    const float d1 = d * float(scale), m1 = dmin * float(min);
-    scale_and_min(2 * chunk + 1, scales, scale, min);
-    const float d2 = d * float(scale), m2 = dmin * float(min);
-    const uint8_t* q = qs + 32 * chunk;
-    for (int l = 0; l < 32; ++l) {
-      const int high = five_bit ? ((qh[l] >> (2 * chunk)) & 1) << 4 : 0;
-      *out++ = d1 * float((q[l] & 0xF) + high) - m1;
-    }
-    for (int l = 0; l < 32; ++l) {
-      const int high = five_bit ? ((qh[l] >> (2 * chunk + 1)) & 1) << 4 : 0;
-      *out++ = d2 * float((q[l] >> 4) + high) - m2;
-    }
-  }
-}
-
-void dequantize_q6_k(const uint8_t* block, float* out) {
-  const uint8_t* ql = block;
-  const uint8_t* qh = block + 128;
-  const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192);
-  const float d = half_to_float(block + 208);
-  for (int half = 0; half < 2; ++half) {  // 128 elements each
-    for (int l = 0; l < 32; ++l) {
-      const int group = l / 16;
-      const int q1 = int((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      out[l] = d * float(scales[group]) * float(q1);
-      out[l + 32] = d * float(scales[group + 2]) * float(q2);
-      out[l + 64] = d * float(scales[group + 4]) * float(q3);
-      out[l + 96] = d * float(scales[group + 6]) * float(q4);
-    }
-    out += 128;
-    ql += 64;
-    qh += 32;
-    scales += 8;
-  }
-}
-
-}  // namespace
+// ---- dequantization: ggml's formulas live in ops/ggml_blocks (shared with the quantized kernels) ----
 
 void dequantize(TensorType type, const uint8_t* bytes, uint64_t count, float* out) {
-  const TypeTraits* traits = lookup_type(uint32_t(type));
-  LAMINA_CHECK(traits != nullptr && traits->block_elements != 0, "gguf: cannot dequantize type id ", uint32_t(type));
-  LAMINA_CHECK(count % traits->block_elements == 0, "gguf: ", count, " elements of ", traits->name,
-               " are not whole blocks of ", traits->block_elements);
-  switch (type) {
-    case TensorType::f32:
-      std::memcpy(out, bytes, size_t(count) * 4);
-      return;
-    case TensorType::f16:
-      for (uint64_t i = 0; i < count; ++i) out[i] = half_to_float(bytes + 2 * i);
-      return;
-    case TensorType::bf16:
-      for (uint64_t i = 0; i < count; ++i)
-        out[i] = detail::bits_float(uint32_t(bytes[2 * i] | (bytes[2 * i + 1] << 8)) << 16);
-      return;
-    default:
-      break;
-  }
-  const uint64_t blocks = count / traits->block_elements;
-  for (uint64_t b = 0; b < blocks; ++b) {
-    const uint8_t* block = bytes + b * traits->block_bytes;
-    float* values = out + b * traits->block_elements;
-    switch (type) {
-      case TensorType::q4_0: dequantize_q4_0(block, values); break;
-      case TensorType::q4_1: dequantize_q4_1(block, values); break;
-      case TensorType::q5_0: dequantize_q5(block, values, false); break;
-      case TensorType::q5_1: dequantize_q5(block, values, true); break;
-      case TensorType::q8_0: dequantize_q8_0(block, values); break;
-      case TensorType::q4_k: dequantize_k4_or_k5(block, values, false); break;
-      case TensorType::q5_k: dequantize_k4_or_k5(block, values, true); break;
-      case TensorType::q6_k: dequantize_q6_k(block, values); break;
-      default: break;
-    }
-  }
+  // TensorType's values are ggml's type ids, as are BlockType's: the conversion is by value.
+  ops::ggml::dequantize(ops::ggml::BlockType(uint32_t(type)), bytes, count, out);
 }
 
 }  // namespace lamina::gguf

@@ -1,4 +1,4 @@
-// Run-time detection of AVX-512 and AMX: cpuid says what the CPU implements, xgetbv whether the
+// Run-time detection of AVX-512 (with VNNI), AVX-VNNI and AMX: cpuid says what the CPU implements, xgetbv whether the
 // OS saves the wide register state, and on Linux arch_prctl asks the kernel for the AMX tile
 // data state, which a process must request before its first tile instruction.
 #include "ops/cpu/cpu_features.h"
@@ -52,14 +52,16 @@ CpuFeatures detect() {
   const bool os_saves_zmm = os_saves_ymm && (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM0-15 high halves, ZMM16-31
   const bool os_saves_tiles = (xcr0 & 0x60000) == 0x60000;    // TILECFG and TILEDATA
   if (__get_cpuid_max(0, nullptr) < 7) return features;
-  uint32_t leaf7_ebx = 0, leaf7_edx = 0, leaf7_1_eax = 0;
-  __cpuid_count(7, 0, eax, leaf7_ebx, ecx, leaf7_edx);
+  uint32_t leaf7_ebx = 0, leaf7_ecx = 0, leaf7_edx = 0, leaf7_1_eax = 0;
+  __cpuid_count(7, 0, eax, leaf7_ebx, leaf7_ecx, leaf7_edx);
   const uint32_t max_subleaf = eax;
   if (max_subleaf >= 1) __cpuid_count(7, 1, leaf7_1_eax, ebx, ecx, edx);
   features.avx2_fma = os_saves_ymm && has_fma && bit(leaf7_ebx, 5);
   features.avx512f = os_saves_zmm && bit(leaf7_ebx, 16);
   const bool avx512bw_vl = bit(leaf7_ebx, 30) && bit(leaf7_ebx, 31);
   features.avx512bf16 = features.avx512f && avx512bw_vl && bit(leaf7_1_eax, 5);
+  features.avx512vnni = features.avx512f && avx512bw_vl && bit(leaf7_ecx, 11);
+  features.avx_vnni = os_saves_ymm && bit(leaf7_1_eax, 4);
   const bool amx_tile = bit(leaf7_edx, 24), amx_bf16 = bit(leaf7_edx, 22);
   features.amx_bf16 = os_saves_tiles && amx_tile && amx_bf16 && request_amx_permission();
   return features;

@@ -10,6 +10,8 @@ struct CpuFeatures {
   bool avx512f = false;     // AVX-512 Foundation, with the OS saving the ZMM state
   bool avx512bf16 = false;  // vdpbf16ps / vcvtne2ps2bf16 (plus AVX-512 BW and VL, which they need)
   bool amx_bf16 = false;    // tdpbf16ps, and the kernel granted this process the tile state
+  bool avx512vnni = false;  // vpdpbusd on ZMM (AVX-512 VNNI, plus AVX-512 BW and VL)
+  bool avx_vnni = false;    // the VEX-encoded vpdpbusd on YMM (AVX-VNNI), with the OS saving the YMM state
 };
 
 // Detected on the first call (cpuid, xgetbv, and for AMX arch_prctl(ARCH_REQ_XCOMP_PERM));

@@ -1,0 +1,176 @@
+// gguf_matmul: checks, the choice of CPU path, activation quantization and the split over threads;
+// the integer kernels are in ops/cpu/gguf_dot.cpp (Q8_0, Q4_0, Q4_1) and ops/cpu/gguf_kquant.cpp
+// (Q4_K, Q6_K, when that file is part of the tree).
+#include "ops/gguf_matmul.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "ops/cpu/cpu_features.h"
+#include "ops/cpu/gguf_dot.h"
+#include "tensor/parallel.h"
+
+#include "ops/cpu/gguf_kquant.h"
+
+namespace lamina::ops {
+
+using ggml::BlockType;
+
+namespace {
+
+// Weight bytes each thread's share should at least hold, so that small matrices are not split
+// into pieces whose wake-up costs more than their work.
+constexpr int64_t kMinBytesPerThread = 32 * 1024;
+
+bool integer_kernel_type(BlockType type) {
+  return type == BlockType::q8_0 || type == BlockType::q4_0 || type == BlockType::q4_1;
+}
+
+bool kquant_type(BlockType type) { return type == BlockType::q4_k || type == BlockType::q6_k; }
+
+// What set_gguf_dot_path chose; `automatic` defers to $LAMINA_CPU_QDOT and then the CPU.
+std::atomic<GgufDotPath> forced_path{GgufDotPath::automatic};
+
+GgufDotPath best_available() {
+  if (gguf_dot_path_available(GgufDotPath::vnni)) return GgufDotPath::vnni;
+  if (gguf_dot_path_available(GgufDotPath::avx2)) return GgufDotPath::avx2;
+  return GgufDotPath::reference;
+}
+
+std::string missing_instructions(GgufDotPath path) {
+  return path == GgufDotPath::vnni ? "AVX-512 VNNI (with AVX-512 F, BW and VL)" : "AVX2 with FMA and F16C";
+}
+
+// $LAMINA_CPU_QDOT, read once: `automatic` when unset or "auto".
+GgufDotPath environment_path() {
+  static const GgufDotPath path = [] {
+    const char* text = std::getenv("LAMINA_CPU_QDOT");
+    if (text == nullptr || *text == '\0') return GgufDotPath::automatic;
+    const std::string value = text;
+    if (value == "auto") return GgufDotPath::automatic;
+    if (value == "vnni") return GgufDotPath::vnni;
+    if (value == "avx2") return GgufDotPath::avx2;
+    if (value == "reference") return GgufDotPath::reference;
+    throw Error(str_cat("LAMINA_CPU_QDOT='", value, "' is not one of vnni, avx2, reference, auto"));
+  }();
+  return path;
+}
+
+cpu::DotKernel kernel_of(GgufDotPath path) {
+  switch (path) {
+    case GgufDotPath::vnni:
+      return cpu::DotKernel::vnni;
+    case GgufDotPath::avx2:
+      return cpu::DotKernel::avx2;
+    default:
+      return cpu::DotKernel::reference;
+  }
+}
+
+void check_matrix(const GgufMatrix& w, const char* op) {
+  LAMINA_CHECK(ggml::block_type_known(uint32_t(w.type)), op, ": unknown GGUF block type id ", uint32_t(w.type));
+  LAMINA_CHECK(w.rows >= 0 && w.cols >= 0, op, ": matrix shape [", w.rows, ", ", w.cols, "] is negative");
+  const int64_t block = int64_t(ggml::block_elements(w.type));
+  LAMINA_CHECK(w.cols % block == 0, op, ": ", w.cols, " columns are not whole ", ggml::block_type_name(w.type),
+               " blocks of ", block);
+  LAMINA_CHECK(w.data != nullptr || w.rows * w.cols == 0, op, ": ", ggml::block_type_name(w.type), " matrix [", w.rows,
+               ", ", w.cols, "] has no data");
+}
+
+}  // namespace
+
+const char* gguf_dot_path_name(GgufDotPath path) {
+  switch (path) {
+    case GgufDotPath::automatic:
+      return "auto";
+    case GgufDotPath::vnni:
+      return "vnni";
+    case GgufDotPath::avx2:
+      return "avx2";
+    case GgufDotPath::reference:
+      return "reference";
+  }
+  return "unknown";
+}
+
+bool gguf_dot_path_available(GgufDotPath path) {
+  const cpu::CpuFeatures& features = cpu::cpu_features();
+#if defined(__x86_64__)
+  if (path == GgufDotPath::vnni) return features.avx512vnni && features.avx2_fma;
+  if (path == GgufDotPath::avx2) return features.avx2_fma;  // F16C came with every AVX2 CPU
+#else
+  (void)features;
+  if (path == GgufDotPath::vnni || path == GgufDotPath::avx2) return false;
+#endif
+  return true;
+}
+
+void set_gguf_dot_path(GgufDotPath path) {
+  LAMINA_CHECK(gguf_dot_path_available(path), "gguf_matmul: the ", gguf_dot_path_name(path), " path needs ",
+               missing_instructions(path), ", which this CPU lacks");
+  forced_path.store(path);
+}
+
+GgufDotPath gguf_dot_path() {
+  GgufDotPath path = forced_path.load();
+  if (path == GgufDotPath::automatic) path = environment_path();
+  if (path == GgufDotPath::automatic) return best_available();
+  LAMINA_CHECK(gguf_dot_path_available(path), "gguf_matmul: LAMINA_CPU_QDOT=", gguf_dot_path_name(path), " needs ",
+               missing_instructions(path), ", which this CPU lacks");
+  return path;
+}
+
+bool gguf_matmul_supports(BlockType type) {
+  return integer_kernel_type(type) || kquant_type(type);
+}
+
+Tensor gguf_dequantize(const GgufMatrix& w) {
+  check_matrix(w, "gguf_dequantize");
+  Tensor out = Tensor::empty({w.rows, w.cols}, DType::f32);
+  if (w.rows * w.cols != 0) ggml::dequantize(w.type, w.data, uint64_t(w.rows * w.cols), out.data<float>());
+  return out;
+}
+
+Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w) {
+  check_matrix(w, "gguf_matmul");
+  LAMINA_CHECK(gguf_matmul_supports(w.type), "gguf_matmul: no integer kernel for ", ggml::block_type_name(w.type),
+               " weights (supported: Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)");
+  LAMINA_CHECK(x.device().is_cpu(), "gguf_matmul: x must be on the CPU");
+  LAMINA_CHECK(x.dtype() == DType::f32, "gguf_matmul: x must be f32 (got ", dtype_name(x.dtype()), "); cast it first");
+  LAMINA_CHECK(x.dim() >= 1, "gguf_matmul: x must have at least one dimension");
+  LAMINA_CHECK(x.shape().back() == w.cols, "gguf_matmul: x's last dimension is ", x.shape().back(), " but the ",
+               ggml::block_type_name(w.type), " matrix [", w.rows, ", ", w.cols, "] has ", w.cols, " columns");
+  Shape out_shape = x.shape();
+  out_shape.back() = w.rows;
+  Tensor out = Tensor::empty(out_shape, DType::f32);
+  const int64_t n = w.cols == 0 ? x.numel() : x.numel() / w.cols;
+  if (out.numel() == 0) return out;
+  float* y = out.data<float>();
+  if (w.cols == 0) {
+    std::memset(y, 0, size_t(out.numel()) * sizeof(float));
+    return out;
+  }
+  const Tensor input = x.contiguous();
+  if (kquant_type(w.type)) {
+    cpu::gguf_kquant_matmul(input.data<float>(), n, w, y, gguf_dot_path());  // the same forced path
+    return out;
+  }
+  const cpu::DotKernel kernel = kernel_of(gguf_dot_path());
+  cpu::QuantizedActivations activations;
+  cpu::quantize_activations(input.data<float>(), n, w.cols, activations);
+  // Every output is one row of W against one row of x, computed whole by one thread, so the
+  // split never changes a result. Rows of x share each weight row's pass (the kernels group them
+  // by 4), so the split is over rows of W; a chunk holds at least kMinBytesPerThread of weights
+  // counted once per x row.
+  const int64_t row_bytes = w.cols / 32 * int64_t(ggml::block_bytes(w.type));
+  const int64_t grain = std::max<int64_t>(1, kMinBytesPerThread / std::max<int64_t>(1, row_bytes * n));
+  parallel_for(0, w.rows, grain, [&](int64_t first, int64_t last) {
+    cpu::gguf_dot_rows(kernel, w.type, w.data, w.cols, activations, first, last, y, w.rows);
+  });
+  return out;
+}
+
+}  // namespace lamina::ops

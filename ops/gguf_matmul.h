@@ -1,0 +1,57 @@
+// Products with weights kept in a GGUF block format (Q8_0, Q4_0, Q4_1; the K-quants Q4_K and Q6_K
+// come from ops/cpu/gguf_kquant*), never expanded to f32.
+//
+// The activations are quantized per 32 values to int8 with an f32 scale (ggml's Q8_0 of
+// activations), and each product is an integer dot product per block, scaled by the two block
+// scales and summed in f32. The result therefore matches matmul(x, dequantize(W), false, true)
+// up to the activation rounding: per block, |error| <= sum_j |w_j| * d_x / 2 where d_x is the
+// block's activation scale (max |x| / 127), plus f32 summation rounding.
+//
+// CPU paths: AVX-512 VNNI, AVX2, and a plain C++ reference that defines the integer sums; they
+// give bit-identical results for Q8_0, Q4_0 and Q4_1 (the same integer sums, scaled and summed
+// in the same order). $LAMINA_CPU_QDOT (vnni | avx2 | reference | auto) or set_gguf_dot_path
+// forces one; forcing a path this CPU lacks is an error.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/ggml_blocks.h"
+#include "tensor/tensor.h"
+
+namespace lamina::ops {
+
+// A weight matrix [rows, cols] kept in a GGUF block format (ggml order: each row is
+// cols / block_elements blocks, rows stored one after another), borrowed from memory that
+// outlives it (a mapped file).
+struct GgufMatrix {
+  ggml::BlockType type = ggml::BlockType::q8_0;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+};
+
+// y [..., rows] (f32) = x [..., cols] (f32) times the matrix transposed, as matmul(x, W, false,
+// true) on the dequantized W would give, within the activation quantization's error (above).
+// x must be f32 on the CPU (other dtypes are refused, not cast). Threads over rows of W, and
+// over rows of x for N > 1.
+Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w);
+
+// W as an f32 tensor [rows, cols]: ggml::dequantize of every block.
+Tensor gguf_dequantize(const GgufMatrix& w);
+
+// Whether gguf_matmul can multiply `type` (Q8_0, Q4_0, Q4_1, and Q4_K, Q6_K once their kernels
+// are registered).
+bool gguf_matmul_supports(ggml::BlockType type);
+
+// Which CPU code path the integer dot products use.
+enum class GgufDotPath { automatic, vnni, avx2, reference };
+const char* gguf_dot_path_name(GgufDotPath path);  // "auto", "vnni", "avx2", "reference"
+// Forces a path for this process (tests, benchmarks); `automatic` goes back to the fastest one
+// this CPU has (or $LAMINA_CPU_QDOT when set). Throws, naming the missing instructions, for a
+// path this CPU cannot run.
+void set_gguf_dot_path(GgufDotPath path);
+// The path gguf_matmul runs now: never `automatic`.
+GgufDotPath gguf_dot_path();
+// Whether this CPU can run `path` (reference and automatic always can).
+bool gguf_dot_path_available(GgufDotPath path);
+
+}  // namespace lamina::ops
