@@ -6,7 +6,8 @@
 // kDepthBlock, packs the matching slice of its rows of A (the copy also absorbs any layout of
 // A), and runs the micro-kernel over it for each pair of B panels, so that pair (kDepthBlock x 32
 // bf16: 32 KiB) stays in L1 while the A slice (at most 64 x kDepthBlock bf16) stays in L2. C is
-// read and written once per K slice. The sizes were picked on the twelve products of the
+// read and written once per K slice (a bf16 C: an f32 scratch block is, and C is written once,
+// rounded, when the block's K loop ends). The sizes were picked on the twelve products of the
 // `lamina bench train` linear layers (K = 256 to 8192) with AMX on one Sapphire Rapids thread
 // (thread CPU time, as the machine was loaded): K slices of 512 and blocks of 512 columns took
 // about a sixth less time in all than 256 and 256; 64, 128 or 256 rows were within the noise.
