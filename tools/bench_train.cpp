@@ -113,7 +113,7 @@ double print_step_profile(const std::function<void()>& step, double min_seconds,
 int run_bench_train(const Arguments& args) {
   FlagParser parser("lamina bench train", "Training-step throughput of a ~30M-parameter Llama (JSON lines).");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", "cpu");
-  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU", "auto");
+  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere", "auto");
   parser.add_option("threads", "N", "CPU threads", "all");
   parser.add_option("batch-size", "N", "sequences per step", "4");
   parser.add_option("seq-len", "N", "tokens per sequence", "256");

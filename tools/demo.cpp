@@ -251,6 +251,7 @@ std::string answer(const llama::LlamaForCausalLM& model, const tokenizer::Tokeni
 double loss_on(const std::shared_ptr<llama::LlamaForCausalLM>& model, const std::vector<train::Example>& examples,
                int64_t seq_len) {
   train::TrainOptions options;
+  options.precision = "f32";  // as the stages train (a Trainer converts the model to its precision)
   options.steps = 0;
   options.seq_len = seq_len;
   options.progress = false;
@@ -345,6 +346,9 @@ int run_demo(const Arguments& args) {
 
   auto stage_options = [&](const std::string& name, int64_t steps, int64_t quick_steps, double lr) {
     train::TrainOptions options;
+    // f32 on every CPU: the stages' learning rates and the accuracy gates were set in f32, and a
+    // model this small is chaotic in training (bf16 rounding moves its held-out accuracy a lot).
+    options.precision = "f32";
     options.steps = quick ? quick_steps : steps;
     options.batch_size = 16;
     options.seq_len = seq_len;

@@ -57,7 +57,7 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
   parser.add_switch("qlora", "with --lora: quantize the base's projection weights to NF4 (blocks of 64, double-quantized "
                              "scales, as bitsandbytes) and train the adapters on that frozen 4-bit base");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
-  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA, f32 on the CPU",
+  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere",
                     d.precision);
   parser.add_option("eval-every", "N", "evaluate on the validation data every N steps (0 = at the end)", text(d.eval_every));
   parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));

@@ -11,6 +11,7 @@
 #include "models/llama/reward_model.h"
 #include "models/sparse/moa_plan.h"
 #include "nn/lora.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "tensor/cuda_runtime.h"
 #include "tensor/host_memory.h"
 #include "tensor/parallel.h"
@@ -65,7 +66,10 @@ void TrainOptions::validate() const {
 }
 
 DType TrainOptions::compute_dtype() const {
-  if (precision == "auto") return resolved_device().is_cuda() ? DType::bf16 : DType::f32;
+  // auto: bf16 on f32 master weights where the products have a bf16 fast path (a GPU, or a CPU
+  // with AMX or an AVX-512 BF16 unit that outruns its f32 FMA), f32 elsewhere.
+  if (precision == "auto")
+    return resolved_device().is_cuda() || ops::cpu::gemm_bf16_has_fast_path() ? DType::bf16 : DType::f32;
   if (precision == "f32") return DType::f32;
   if (precision == "bf16") return DType::bf16;
   throw Error(str_cat("train: precision must be auto, f32 or bf16, got '", precision, "'"));

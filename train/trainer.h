@@ -68,7 +68,8 @@ struct TrainOptions {
   std::string attention_plan;
   std::string device = "cpu";      // cpu, cuda or cuda:N: the model is moved there before training
   std::string precision = "auto";  // f32, or bf16 (bf16 weights and activations, f32 master weights
-                                   // and optimizer state); auto = bf16 on CUDA, f32 on the CPU
+                                   // and optimizer state); auto = bf16 on CUDA and on CPUs whose bf16
+                                   // products are fast (AMX, or AVX-512 BF16 beating f32 FMA), else f32
   int64_t eval_every = 0;  // steps; 0 = only at the end when there is validation data
   int64_t save_every = 0;  // steps; 0 = only at the end
   int64_t keep_checkpoints = 2;

@@ -11,6 +11,7 @@ namespace lamina::testing {
 
 inline train::TrainOptions tiny_run_options(const std::filesystem::path& dir, int64_t steps, int64_t save_every) {
   train::TrainOptions options;
+  options.precision = "f32";  // the same numbers on every CPU (auto is bf16 where bf16 is fast)
   options.progress = false;
   options.steps = steps;
   options.batch_size = 2;
