@@ -67,6 +67,29 @@ __device__ __forceinline__ void accumulate_weighted_rows(float (&out)[kRows][kDi
   }
 }
 
+// One online-softmax step of a query row over a 64-key tile (FlashAttention-2): `score` holds
+// the row's scores of keys lane and lane + 32 (-inf where masked), row_max and row_sum the row's
+// running maximum and sum (the same on every lane). Rescales the row's accumulator to the new
+// maximum and writes its unnormalised weights to p_row[lane] and p_row[lane + 32]. A row that
+// has seen no key yet keeps max -inf, sum 0 and weights 0.
+template <int kPer>
+__device__ __forceinline__ void online_softmax_step(const float (&score)[2], float& row_max, float& row_sum,
+                                                    float (&acc_row)[kPer], float* p_row, int lane) {
+  const float new_max = fmaxf(row_max, warp_max(fmaxf(score[0], score[1])));
+  float rescale = 1.0f, p0 = 0.0f, p1 = 0.0f;
+  if (new_max != -INFINITY) {  // warp-uniform: every lane holds the same new_max
+    rescale = expf(row_max - new_max);  // 0 while the row had seen nothing
+    p0 = expf(score[0] - new_max);
+    p1 = expf(score[1] - new_max);
+    row_sum = rescale * row_sum + warp_sum(p0 + p1);
+    row_max = new_max;
+  }
+#pragma unroll
+  for (int c = 0; c < kPer; ++c) acc_row[c] *= rescale;
+  p_row[lane] = p0;
+  p_row[lane + 32] = p1;
+}
+
 // Raises the kernel's dynamic shared memory limit to `bytes`, after checking the device has it.
 template <typename Kernel>
 void allow_shared(Kernel kernel, size_t bytes, int device, const char* op) {

@@ -183,19 +183,7 @@ __global__ void __launch_bounds__(kCachedThreads)
           // Rounded product, no fused multiply-add: the CPU kernel rounds scale · (q · k) too.
           score[i][c] = visible ? __fmul_rn(score[i][c], scale) : -INFINITY;
         }
-        const float new_max = fmaxf(row_max[i], warp_max(fmaxf(score[i][0], score[i][1])));
-        float rescale = 1.0f, p0 = 0.0f, p1 = 0.0f;
-        if (new_max != -INFINITY) {  // warp-uniform: every lane holds the same new_max
-          rescale = expf(row_max[i] - new_max);  // 0 while the row had seen nothing
-          p0 = expf(score[i][0] - new_max);
-          p1 = expf(score[i][1] - new_max);
-          row_sum[i] = rescale * row_sum[i] + warp_sum(p0 + p1);
-          row_max[i] = new_max;
-        }
-#pragma unroll
-        for (int c = 0; c < kPer; ++c) acc[i][c] *= rescale;
-        p_tile[(first_row + i) * kSlotTile + lane] = p0;
-        p_tile[(first_row + i) * kSlotTile + lane + 32] = p1;
+        online_softmax_step(score[i], row_max[i], row_sum[i], acc[i], p_tile + (first_row + i) * kSlotTile, lane);
       }
     } else {
 #pragma unroll
