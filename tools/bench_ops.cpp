@@ -23,6 +23,7 @@
 
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_f32.h"
 #include "ops/cpu/kernels.h"
 #include "ops/cpu/peak_throughput.h"
 #include "ops/ops.h"
@@ -365,7 +366,8 @@ enum class LinearProduct { forward, input_grad, weight_grad };
 struct GemmCase {
   std::string name;
   LinearProduct product;
-  int64_t outputs;  // the Linear layer's output width
+  int64_t outputs;     // the Linear layer's output width
+  bool f32 = false;    // a gemm_f32 case (f32 GEMM paths against Eigen) rather than gemm_bf16
 
   // The logical product C [M, N] = A [M, K] B [K, N] and how A and B are stored.
   int64_t m() const { return product == LinearProduct::weight_grad ? outputs : kTrainTokens; }
@@ -394,6 +396,11 @@ std::vector<GemmCase> gemm_cases() {
     cases.push_back({str_cat("gemm_bf16_forward_", width_name), LinearProduct::forward, outputs});
     cases.push_back({str_cat("gemm_bf16_input_grad_", width_name), LinearProduct::input_grad, outputs});
     cases.push_back({str_cat("gemm_bf16_weight_grad_", width_name), LinearProduct::weight_grad, outputs});
+  }
+  for (const auto& [width_name, outputs] : widths) {
+    cases.push_back({str_cat("gemm_f32_forward_", width_name), LinearProduct::forward, outputs, true});
+    cases.push_back({str_cat("gemm_f32_input_grad_", width_name), LinearProduct::input_grad, outputs, true});
+    cases.push_back({str_cat("gemm_f32_weight_grad_", width_name), LinearProduct::weight_grad, outputs, true});
   }
   return cases;
 }
@@ -446,7 +453,7 @@ void run_gemm_case(const GemmCase& spec, const BenchSettings& settings) {
   const auto gflops = [&](const Timing& timing) { return flops / timing.median_seconds / 1e9; };
 
   const double eigen_gflops =
-      gflops(measure([&] { ops::cpu::gemm_batch(DType::f32, {wide_task}); }, settings.min_seconds));
+      gflops(measure([&] { ops::cpu::gemm_batch_eigen(DType::f32, {wide_task}); }, settings.min_seconds));
   const Timing op_timing = measure(
       [&] { ops::matmul(low.a_stored, low.b_stored, low.transpose_a, low.transpose_b); }, settings.min_seconds);
   const Timing widened_timing = measure(
@@ -506,6 +513,112 @@ void run_gemm_case(const GemmCase& spec, const BenchSettings& settings) {
       .add("gflops", gflops(op_timing))
       .add("widened_eigen_gflops", gflops(widened_timing))
       .add("speedup_vs_widened_eigen", widened_timing.median_seconds / op_timing.median_seconds)
+      .print();
+}
+
+// ---- f32 GEMM cases: the same Linear products in f32 on each f32 GEMM path this CPU has
+// (ops/cpu/gemm_f32.cpp: avx512, avx2) against Eigen (gemm_batch_eigen) in the same run, each
+// also as a fraction of the CPU's measured f32 FMA peak on the bench's threads, plus
+// ops::matmul in f32 (whatever path its dispatch picks, with the output's allocation).
+
+// The f32 FMA peak on `threads` threads, measured on first use (~0.2 s) and kept for the run.
+double f32_fma_peak_gflops(int threads) {
+  static const double peak = ops::cpu::measure_peak_throughput(threads).f32_fma_gflops;
+  return peak;
+}
+
+// A timing with the process CPU seconds per call beside it: on a loaded machine the wall time
+// includes the time other processes held the cores, the CPU time does not.
+struct TimingWithCpu {
+  Timing timing;
+  double cpu_seconds = 0;
+};
+
+template <typename Body>
+TimingWithCpu measure_with_cpu(const Body& body, double min_seconds) {
+  int64_t calls = 0;
+  const double cpu_start = process_cpu_seconds();
+  TimingWithCpu result;
+  result.timing = measure(
+      [&] {
+        body();
+        ++calls;
+      },
+      min_seconds);
+  result.cpu_seconds = (process_cpu_seconds() - cpu_start) / double(calls);
+  return result;
+}
+
+void run_gemm_f32_case(const GemmCase& spec, const BenchSettings& settings) {
+  Generator generator(7);
+  const GemmOperands operands = gemm_operands(spec, DType::f32, generator);
+  Tensor c = Tensor::empty({spec.m(), spec.n()}, DType::f32);
+  const ops::cpu::GemmTask task{span_of_stored(operands.a_stored, operands.transpose_a),
+                                span_of_stored(operands.b_stored, operands.transpose_b), span_of_stored(c, false)};
+  const double flops = 2.0 * double(spec.m()) * double(spec.n()) * double(spec.k());
+  const auto gflops = [&](const Timing& timing) { return flops / timing.median_seconds / 1e9; };
+  const double peak = f32_fma_peak_gflops(settings.threads);
+  const TimingWithCpu eigen =
+      measure_with_cpu([&] { ops::cpu::gemm_batch_eigen(DType::f32, {task}); }, settings.min_seconds);
+  const double eigen_gflops = gflops(eigen.timing);
+  const double eigen_cpu_gflops = flops / eigen.cpu_seconds / 1e9;
+  const auto line = [&](const std::string& path) {
+    JsonLine json;
+    json.add("bench", "ops")
+        .add("case", spec.name)
+        .add("threads", settings.threads)
+        .add("shape", spec.label())
+        .add("m", spec.m())
+        .add("n", spec.n())
+        .add("k", spec.k())
+        .add("path", path);
+    return json;
+  };
+  line("eigen")
+      .add("available", true)
+      .add("stat", "median")
+      .add("runs", eigen.timing.runs)
+      .add("seconds", eigen.timing.median_seconds)
+      .add("gflops", eigen_gflops)
+      .add("best_gflops", flops / eigen.timing.best_seconds / 1e9)
+      .add("cpu_seconds", eigen.cpu_seconds)
+      .add("gflops_per_cpu_second", eigen_cpu_gflops)
+      .add("f32_fma_peak_gflops", peak)
+      .add("fraction_of_peak", eigen_gflops / peak)
+      .print();
+  for (ops::cpu::GemmF32Path path : {ops::cpu::GemmF32Path::avx512, ops::cpu::GemmF32Path::avx2}) {
+    JsonLine json = line(ops::cpu::gemm_f32_path_name(path));
+    if (!ops::cpu::gemm_f32_path_available(path)) {
+      json.add("available", false).print();
+      continue;
+    }
+    const TimingWithCpu run = measure_with_cpu([&] { ops::cpu::gemm_f32_batch({task}, path); }, settings.min_seconds);
+    const Timing& timing = run.timing;
+    json.add("available", true)
+        .add("stat", "median")
+        .add("runs", timing.runs)
+        .add("seconds", timing.median_seconds)
+        .add("gflops", gflops(timing))
+        .add("best_gflops", flops / timing.best_seconds / 1e9)
+        .add("f32_fma_peak_gflops", peak)
+        .add("fraction_of_peak", gflops(timing) / peak)
+        .add("cpu_seconds", run.cpu_seconds)
+        .add("gflops_per_cpu_second", flops / run.cpu_seconds / 1e9)
+        .add("eigen_f32_gflops", eigen_gflops)
+        .add("ratio_vs_eigen_f32", gflops(timing) / eigen_gflops)
+        .add("cpu_ratio_vs_eigen_f32", eigen.cpu_seconds / run.cpu_seconds)
+        .print();
+  }
+  const Timing op_timing =
+      measure([&] { ops::matmul(operands.a_stored, operands.b_stored, operands.transpose_a, operands.transpose_b); },
+              settings.min_seconds);
+  line(ops::cpu::gemm_f32_prefers_kernels(task)
+           ? str_cat("matmul_op_", ops::cpu::gemm_f32_path_name(ops::cpu::gemm_f32_resolve()))
+           : std::string("matmul_op_eigen"))
+      .add("dtype", "f32")
+      .add("gflops", gflops(op_timing))
+      .add("eigen_f32_gflops", eigen_gflops)
+      .add("ratio_vs_eigen_f32", gflops(op_timing) / eigen_gflops)
       .print();
 }
 
@@ -926,7 +1039,9 @@ int run_bench_ops(const Arguments& args) {
                     "Eigen (target: ratio >= 0.9), memory-bound ops with memcpy (target: ratio >= 0.5), both\n"
                     "measured in the same run on the same number of threads. The gemm_bf16 cases time each\n"
                     "bf16 GEMM path the CPU has (amx, avx512bf16, reference; one line each, and one for\n"
-                    "ops::matmul in bf16 against widening to f32 for Eigen) beside Eigen in f32; cpu_peak\n"
+                    "ops::matmul in bf16 against widening to f32 for Eigen) beside Eigen in f32. The gemm_f32\n"
+                    "cases time the same products in f32 on each f32 GEMM path the CPU has (avx512, avx2) and\n"
+                    "ops::matmul against Eigen, each also as a fraction of the f32 FMA peak; cpu_peak\n"
                     "measures the f32 FMA, bf16 dot and AMX peaks. --device cuda[:N] times the\n"
                     "CUDA ops on that GPU instead.\n\ncases:" +
                         case_list);
@@ -990,7 +1105,11 @@ int run_bench_ops(const Arguments& args) {
 
   for (const GemmCase* c : chosen_gemms) {
     std::fprintf(stderr, "bench ops: %s\n", c->name.c_str());
-    run_gemm_case(*c, settings);
+    if (c->f32) {
+      run_gemm_f32_case(*c, settings);
+    } else {
+      run_gemm_case(*c, settings);
+    }
   }
   if (peak_chosen) {
     std::fprintf(stderr, "bench ops: cpu_peak\n");

@@ -1,12 +1,14 @@
-// Matrix products on Eigen. lamina's part is layout: each operand is mapped in place as a
-// row-major or column-major matrix (so transposed views cost nothing), batches and row
-// blocks are spread over the threads, and Eigen's GEMM does the arithmetic.
+// Matrix products on Eigen, and the dispatch of f32 products to lamina's own GEMM
+// (gemm_f32.cpp) where it wins. On Eigen, lamina's part is layout: each operand is mapped in
+// place as a row-major or column-major matrix (so transposed views cost nothing), batches and
+// row blocks are spread over the threads, and Eigen's GEMM does the arithmetic.
 #define EIGEN_DONT_PARALLELIZE
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <type_traits>
 
+#include "ops/cpu/gemm_f32.h"
 #include "ops/cpu/kernels.h"
 #include "tensor/parallel.h"
 
@@ -104,9 +106,18 @@ MatrixSpan col_block(const MatrixSpan& m, int64_t begin, int64_t end, size_t ele
 
 bool gemm_compatible(const MatrixSpan& m) { return maps_row_major(m) || maps_col_major(m); }
 
+// f32 products go to lamina's own GEMM (gemm_f32.h) when their shape pays for its packing;
+// the rest, and f64, to Eigen.
+void gemm_batch(DType dtype, const std::vector<GemmTask>& tasks) {
+  if (dtype == DType::f32 && !tasks.empty() && gemm_f32_prefers_kernels(tasks.front())) {
+    return gemm_f32_batch(tasks);
+  }
+  gemm_batch_eigen(dtype, tasks);
+}
+
 // Splits independent products over the threads: whole products when there are enough of
 // them, otherwise blocks of rows of C (or of columns when C has few rows).
-void gemm_batch(DType dtype, const std::vector<GemmTask>& tasks) {
+void gemm_batch_eigen(DType dtype, const std::vector<GemmTask>& tasks) {
   const size_t element = dtype_size(dtype);
   auto run = [&](const MatrixSpan& a, const MatrixSpan& b, const MatrixSpan& c, bool accumulate) {
     if (dtype == DType::f64) {
