@@ -1,0 +1,342 @@
+// The streaming merge driver (see merge.h).
+#include "models/merge/merge.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "models/io/safetensors.h"
+#include "models/io/safetensors_dtypes.h"
+#include "models/merge/methods.h"
+#include "tensor/error.h"
+#include "tensor/io/atomic_file.h"
+
+namespace lamina::merge {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<double> model_weights(const Recipe& recipe, const std::string& name, int64_t num_layers) {
+  std::vector<double> weights;
+  for (size_t i = 0; i < recipe.models.size(); ++i) weights.push_back(recipe.model_parameter(i, "weight", name, num_layers));
+  return weights;
+}
+
+// One input folder: its config and its mapped weights.
+struct Input {
+  std::string path;
+  llama::LlamaConfig config;
+  safetensors::Checkpoint checkpoint;
+};
+
+Input open_input(const std::string& path) {
+  std::error_code error;
+  LAMINA_CHECK(fs::exists(path, error), "merge: model ", path, " not found");
+  LAMINA_CHECK(fs::is_directory(path, error), "merge: model ", path,
+               " is not a folder (merge reads Hugging Face folders; `lamina convert` turns a GGUF file into one)");
+  const std::string config_path = (fs::path(path) / "config.json").string();
+  const json::Value config_json = json::parse_file(config_path);
+  LAMINA_CHECK(config_json.find("quantization_config", config_path) == nullptr, "merge: ", config_path,
+               " describes a quantized checkpoint; merging needs full-precision weights");
+  Input input{path, llama::LlamaConfig::from_json(config_json, config_path), safetensors::Checkpoint::open(path)};
+  input.config.validate();
+  return input;
+}
+
+// The architecture fields two merged models must share, the first that differs named.
+void check_same_architecture(const Input& first, const Input& other) {
+  const llama::LlamaConfig& a = first.config;
+  const llama::LlamaConfig& b = other.config;
+  const std::pair<const char*, std::pair<int64_t, int64_t>> fields[] = {
+      {"vocab_size", {a.vocab_size, b.vocab_size}},
+      {"hidden_size", {a.hidden_size, b.hidden_size}},
+      {"intermediate_size", {a.intermediate_size, b.intermediate_size}},
+      {"num_hidden_layers", {a.num_hidden_layers, b.num_hidden_layers}},
+      {"num_attention_heads", {a.num_attention_heads, b.num_attention_heads}},
+      {"num_key_value_heads", {a.num_key_value_heads, b.num_key_value_heads}},
+      {"head_dim", {a.head_dim, b.head_dim}},
+      {"tie_word_embeddings", {a.tie_word_embeddings, b.tie_word_embeddings}},
+  };
+  for (const auto& [field, values] : fields)
+    LAMINA_CHECK(values.first == values.second, "merge: ", other.path, "/config.json: ", field, " is ", values.second,
+                 " but ", first.path, " has ", values.first, " (merged models must share one architecture)");
+}
+
+void check_same_tensors(const Input& first, const Input& other) {
+  for (const std::string& name : first.checkpoint.names()) {
+    LAMINA_CHECK(other.checkpoint.contains(name), "merge: ", other.path, " has no tensor '", name, "' (", first.path,
+                 " has)");
+    const safetensors::TensorInfo& expected = first.checkpoint.info(name);
+    const safetensors::TensorInfo& got = other.checkpoint.info(name);
+    LAMINA_CHECK(got.shape == expected.shape, "merge: tensor '", name, "' has shape ", shape_str(got.shape), " in ",
+                 other.path, " but ", shape_str(expected.shape), " in ", first.path);
+    LAMINA_CHECK(is_floating(got.dtype), "merge: tensor '", name, "' of ", other.path, " is ", got.file_dtype,
+                 ", not a floating-point dtype");
+  }
+  for (const std::string& name : other.checkpoint.names())
+    LAMINA_CHECK(first.checkpoint.contains(name), "merge: ", other.path, " has a tensor '", name, "' that ", first.path,
+                 " lacks");
+}
+
+int write_rank(DType dtype) {
+  for (const safetensors::detail::FileDType& entry : safetensors::detail::kFileDTypes)
+    if (entry.dtype == dtype && std::string(entry.name) != "I8") return entry.write_rank;
+  throw Error(str_cat("merge: cannot write dtype ", dtype_name(dtype)));
+}
+
+void append_u64_le(std::string& out, uint64_t value) {
+  for (int i = 0; i < 8; ++i) out += char((value >> (8 * i)) & 0xFF);
+}
+
+struct OutputTensor {
+  std::string name;
+  Shape shape;
+  DType dtype;
+  uint64_t bytes;
+};
+
+}  // namespace
+
+uint64_t tensor_stream(const std::string& name) {
+  uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a
+  for (unsigned char c : name) hash = (hash ^ c) * 0x100000001b3ull;
+  return hash;
+}
+
+void merge_tensor_chunks(const Recipe& recipe, const std::string& name, const std::vector<Tensor>& inputs,
+                         int64_t num_layers, uint64_t stream, int64_t chunk_elements,
+                         const std::function<void(const Tensor& chunk)>& write) {
+  const size_t expected = recipe.input_paths().size();
+  LAMINA_CHECK(inputs.size() == expected, "merge_tensor: ", inputs.size(), " inputs, the recipe has ", expected);
+  for (const Tensor& input : inputs) {
+    LAMINA_CHECK(input.defined() && input.shape() == inputs[0].shape(), "merge_tensor: the inputs of '", name,
+                 "' differ in shape");
+    LAMINA_CHECK(is_floating(input.dtype()), "merge_tensor: '", name, "' is ", dtype_name(input.dtype()),
+                 ", not a floating-point dtype");
+  }
+  LAMINA_CHECK(chunk_elements > 0, "merge_tensor: chunk_elements must be positive");
+  const int64_t chunk = (chunk_elements + 3) / 4 * 4;  // DARE's random blocks cover 4 entries
+  const int64_t count = inputs[0].numel();
+  std::vector<Tensor> flat;
+  for (const Tensor& input : inputs) flat.push_back(input.reshape({count}));
+  const auto chunk_of = [&](size_t input, int64_t start, int64_t length) {
+    return flat[input].narrow(0, start, length).to(DType::f32).contiguous();
+  };
+  const auto for_each_chunk = [&](const std::function<void(int64_t start, int64_t length)>& body) {
+    for (int64_t start = 0; start < count; start += chunk) body(start, std::min(chunk, count - start));
+  };
+  const auto chunks_of_models = [&](int64_t start, int64_t length, size_t first) {
+    std::vector<Tensor> chunks;
+    for (size_t i = first; i < inputs.size(); ++i) chunks.push_back(chunk_of(i, start, length));
+    return chunks;
+  };
+
+  switch (recipe.method) {
+    case Method::linear: {
+      const std::vector<double> weights = model_weights(recipe, name, num_layers);
+      for_each_chunk([&](int64_t start, int64_t length) {
+        write(linear(chunks_of_models(start, length, 0), weights, recipe.normalize));
+      });
+      return;
+    }
+    case Method::task_arithmetic: {
+      const std::vector<double> weights = model_weights(recipe, name, num_layers);
+      const double lambda = recipe.recipe_parameter("lambda", name, num_layers);
+      for_each_chunk([&](int64_t start, int64_t length) {
+        write(task_arithmetic(chunk_of(0, start, length), chunks_of_models(start, length, 1), weights, recipe.normalize,
+                              lambda));
+      });
+      return;
+    }
+    case Method::slerp: {
+      // The angle needs the whole tensors: one pass for the dot product and norms, one to write.
+      double dot = 0, from_norm = 0, to_norm = 0;
+      for_each_chunk([&](int64_t start, int64_t length) {
+        const Tensor from = chunk_of(0, start, length), to = chunk_of(1, start, length);
+        const float* a = from.data<float>();
+        const float* b = to.data<float>();
+        for (int64_t j = 0; j < length; ++j) {
+          dot += double(a[j]) * double(b[j]);
+          from_norm += double(a[j]) * double(a[j]);
+          to_norm += double(b[j]) * double(b[j]);
+        }
+      });
+      const SlerpWeights weights =
+          slerp_weights(dot, from_norm, to_norm, recipe.recipe_parameter("t", name, num_layers));
+      for_each_chunk([&](int64_t start, int64_t length) {
+        write(linear({chunk_of(0, start, length), chunk_of(1, start, length)}, {weights.from, weights.to}, false));
+      });
+      return;
+    }
+    case Method::ties:
+    case Method::dare_linear:
+    case Method::dare_ties: {
+      const std::vector<double> weights = model_weights(recipe, name, num_layers);
+      const double lambda = recipe.recipe_parameter("lambda", name, num_layers);
+      std::vector<double> densities;
+      for (size_t i = 0; i + 1 < inputs.size(); ++i) densities.push_back(recipe.model_parameter(i, "density", name, num_layers));
+      // TIES' cut is a property of each whole task vector: found from its magnitudes, one model at a time.
+      std::vector<MagnitudeCut> cuts;
+      if (recipe.method == Method::ties) {
+        for (size_t i = 0; i + 1 < inputs.size(); ++i) {
+          std::vector<float> magnitudes(static_cast<size_t>(count));
+          for_each_chunk([&](int64_t start, int64_t length) {
+            const Tensor delta = subtract(chunk_of(i + 1, start, length), chunk_of(0, start, length));
+            const float* values = delta.data<float>();
+            for (int64_t j = 0; j < length; ++j) magnitudes[size_t(start + j)] = std::abs(values[j]);
+          });
+          cuts.push_back(magnitude_cut(magnitudes, densities[i]));
+        }
+      }
+      for_each_chunk([&](int64_t start, int64_t length) {
+        const Tensor base = chunk_of(0, start, length);
+        std::vector<Tensor> deltas;
+        for (size_t i = 0; i + 1 < inputs.size(); ++i) {
+          const Tensor delta = subtract(chunk_of(i + 1, start, length), base);
+          // Model i's drops get their own stream: a golden-ratio step keeps them apart for every i.
+          deltas.push_back(recipe.method == Method::ties
+                               ? apply_magnitude_cut(delta, cuts[i])
+                               : drop_and_rescale(delta, densities[i], recipe.seed,
+                                                  stream + (i + 1) * 0x9E3779B97F4A7C15ull, start));
+        }
+        const Tensor combined = recipe.method == Method::dare_linear
+                                    ? weighted_delta_sum(deltas, weights, recipe.normalize)
+                                    : sign_consensus_sum(deltas, weights, recipe.normalize);
+        write(add_scaled(base, combined, lambda));
+      });
+      return;
+    }
+  }
+  throw Error("merge_tensor: unknown method");
+}
+
+Tensor merge_tensor(const Recipe& recipe, const std::string& name, const std::vector<Tensor>& inputs,
+                    int64_t num_layers, uint64_t stream, int64_t chunk_elements) {
+  LAMINA_CHECK(!inputs.empty(), "merge_tensor: no inputs");
+  Tensor out = Tensor::empty(inputs[0].shape());
+  float* destination = out.data<float>();
+  merge_tensor_chunks(recipe, name, inputs, num_layers, stream, chunk_elements, [&](const Tensor& chunk) {
+    std::copy(chunk.data<float>(), chunk.data<float>() + chunk.numel(), destination);
+    destination += chunk.numel();
+  });
+  return out;
+}
+
+MergeSummary merge_models(const Recipe& recipe, const std::string& directory, const MergeOptions& options) {
+  LAMINA_CHECK(options.max_shard_bytes > 0, "merge: max_shard_bytes must be positive");
+  std::vector<Input> inputs;
+  for (const std::string& path : recipe.input_paths()) inputs.push_back(open_input(path));
+  const Input& first = inputs[0];
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    check_same_architecture(first, inputs[i]);
+    check_same_tensors(first, inputs[i]);
+  }
+  const int64_t num_layers = first.config.num_hidden_layers;
+
+  // Every output tensor, its dtype the recipe's or the first input's, planned into shards in
+  // name order as save_checkpoint does.
+  std::vector<std::vector<OutputTensor>> shards(1);
+  uint64_t in_shard = 0, total_bytes = 0;
+  for (const std::string& name : first.checkpoint.names()) {
+    const safetensors::TensorInfo& info = first.checkpoint.info(name);
+    LAMINA_CHECK(is_floating(info.dtype), "merge: tensor '", name, "' of ", first.path, " is ", info.file_dtype,
+                 ", not a floating-point dtype");
+    const DType dtype = recipe.dtype.value_or(info.dtype);
+    const uint64_t bytes = uint64_t(shape_numel(info.shape)) * dtype_size(dtype);
+    if (in_shard > 0 && in_shard + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back({name, info.shape, dtype, bytes});
+    in_shard += bytes;
+    total_bytes += bytes;
+  }
+  // Every parameter is resolved once before anything is written, so that a rule that matches no
+  // tensor fails here rather than after half the output.
+  for (const auto& shard : shards)
+    for (const OutputTensor& tensor : shard) {
+      if (recipe.method != Method::slerp) model_weights(recipe, tensor.name, num_layers);
+      for (const char* key : {"t", "lambda"})
+        if (recipe.parameters.count(key)) recipe.recipe_parameter(key, tensor.name, num_layers);
+      if (recipe.method == Method::ties || recipe.method == Method::dare_linear || recipe.method == Method::dare_ties)
+        for (size_t i = 0; i < recipe.models.size(); ++i) recipe.model_parameter(i, "density", tensor.name, num_layers);
+    }
+
+  MergeSummary summary;
+  summary.config = first.config;
+  if (recipe.dtype) summary.config.dtype = *recipe.dtype;
+  const int64_t tensor_count = int64_t(first.checkpoint.names().size());
+  char name_buffer[64];
+  json::Value weight_map = json::Object{};
+  for (size_t shard_index = 0; shard_index < shards.size(); ++shard_index) {
+    std::vector<OutputTensor>& shard = shards[shard_index];
+    std::sort(shard.begin(), shard.end(), [](const OutputTensor& a, const OutputTensor& b) {
+      const int rank_a = write_rank(a.dtype), rank_b = write_rank(b.dtype);
+      return rank_a != rank_b ? rank_a < rank_b : a.name < b.name;
+    });
+    json::Value header = json::Object{};
+    json::Value metadata = json::Object{};
+    metadata.set("format", "pt");
+    header.set("__metadata__", std::move(metadata));
+    uint64_t offset = 0;
+    for (const OutputTensor& tensor : shard) {
+      json::Array shape;
+      for (int64_t size : tensor.shape) shape.emplace_back(size);
+      json::Value entry = json::Object{};
+      entry.set("dtype", safetensors::file_dtype_name(tensor.dtype));
+      entry.set("shape", std::move(shape));
+      entry.set("data_offsets", json::Array{json::Value(int64_t(offset)), json::Value(int64_t(offset + tensor.bytes))});
+      header.set(tensor.name, std::move(entry));
+      offset += tensor.bytes;
+    }
+    std::string header_text = header.dump();
+    header_text.append((8 - header_text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+    std::string prefix;
+    append_u64_le(prefix, header_text.size());
+
+    const std::string file_name =
+        shards.size() == 1
+            ? std::string("model.safetensors")
+            : (std::snprintf(name_buffer, sizeof(name_buffer), "model-%05zu-of-%05zu.safetensors", shard_index + 1,
+                             shards.size()),
+               std::string(name_buffer));
+    io::AtomicFile file((fs::path(directory) / file_name).string());
+    file.write(prefix);
+    file.write(header_text);
+    for (const OutputTensor& tensor : shard) {
+      {
+        std::vector<Tensor> values;
+        for (const Input& input : inputs) values.push_back(input.checkpoint.read(tensor.name));
+        uint64_t written = 0;
+        merge_tensor_chunks(recipe, tensor.name, values, num_layers, tensor_stream(tensor.name), options.chunk_elements,
+                            [&](const Tensor& chunk) {
+                              const Tensor output = chunk.to(tensor.dtype).contiguous();
+                              file.write(output.raw_data(), output.nbytes());
+                              written += output.nbytes();
+                            });
+        LAMINA_ASSERT(written == tensor.bytes);
+      }
+      // The views of the mappings are gone: their pages can go back to the system.
+      for (const Input& input : inputs) input.checkpoint.release(tensor.name);
+      summary.tensors += 1;
+      summary.bytes_written += tensor.bytes;
+      if (shards.size() > 1) weight_map.set(tensor.name, file_name);
+      if (options.on_tensor) options.on_tensor(summary.tensors, tensor_count, tensor.name);
+    }
+    file.commit();
+    summary.weight_files.push_back(file_name);
+  }
+  if (shards.size() > 1) {
+    json::Value index = json::Object{};
+    json::Value index_metadata = json::Object{};
+    index_metadata.set("total_size", json::Value(int64_t(total_bytes)));
+    index.set("metadata", std::move(index_metadata));
+    index.set("weight_map", std::move(weight_map));
+    io::write_file_atomically((fs::path(directory) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  }
+  io::write_file_atomically((fs::path(directory) / "config.json").string(), summary.config.to_json().dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace lamina::merge
