@@ -27,15 +27,19 @@ namespace {
 namespace fs = std::filesystem;
 
 gguf::TensorType parse_type(const std::string& text) {
-  if (text == "f32") return gguf::TensorType::f32;
-  if (text == "f16") return gguf::TensorType::f16;
-  if (text == "bf16") return gguf::TensorType::bf16;
-  if (text == "q8_0") return gguf::TensorType::q8_0;
-  if (text == "q4_0") return gguf::TensorType::q4_0;
-  const std::string suggestion = closest_match(text, {"f32", "f16", "bf16", "q8_0", "q4_0"});
+  static const std::vector<std::pair<std::string, gguf::TensorType>> kTypes = {
+      {"f32", gguf::TensorType::f32},   {"f16", gguf::TensorType::f16},   {"bf16", gguf::TensorType::bf16},
+      {"q8_0", gguf::TensorType::q8_0}, {"q4_0", gguf::TensorType::q4_0}, {"q4_1", gguf::TensorType::q4_1},
+      {"q4_k", gguf::TensorType::q4_k}, {"q6_k", gguf::TensorType::q6_k}};
+  std::vector<std::string> names;
+  for (const auto& [name, type] : kTypes) {
+    if (text == name) return type;
+    names.push_back(name);
+  }
+  const std::string suggestion = closest_match(text, names);
   throw UsageError("lamina convert: unknown --type '" + text + "'" +
                        (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
-                   "--type is one of f32, f16, bf16, q8_0, q4_0");
+                   "--type is one of f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k");
 }
 
 void hf_to_gguf(const std::string& in, const std::string& out, gguf::TensorType type, const std::string& name) {
@@ -93,10 +97,11 @@ int run_convert(const Arguments& args) {
                     "IN a .gguf file: OUT becomes a Hugging Face folder (config.json, model.safetensors,\n"
                     "tokenizer.json, tokenizer_config.json), weights dequantized and written as --dtype.\n"
                     "IN a Hugging Face folder: OUT (ending in .gguf) becomes a GGUF v3 file in llama.cpp's layout,\n"
-                    "matrices stored as --type; norms stay F32, and a matrix whose rows are not whole blocks of 32\n"
-                    "falls back to F16 for q8_0/q4_0. OUT is written under a temporary name and renamed into place\n"
-                    "when complete.");
-  parser.add_option("type", "TYPE", "GGUF output only: f32, f16, bf16, q8_0 or q4_0", "f16");
+                    "matrices stored as --type (every one, the embedding included; `lamina quantize` keeps the\n"
+                    "embedding at more bits for 4-bit types); norms stay F32. A matrix whose rows are not whole blocks\n"
+                    "falls back: q4_k rows not a multiple of 256 to Q4_1, q6_k ones to Q8_0, rows not a multiple of 32\n"
+                    "to F16. OUT is written under a temporary name and renamed into place when complete.");
+  parser.add_option("type", "TYPE", "GGUF output only: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k or q6_k", "f16");
   parser.add_option("dtype", "DTYPE", "Hugging Face output only: f32, bf16 or f16 safetensors", "f32");
   parser.add_option("name", "TEXT", "GGUF output only: general.name", "the input folder's name");
   parser.add_switch("overwrite", "replace OUT when it exists (otherwise an existing OUT is refused)");

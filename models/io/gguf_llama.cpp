@@ -232,10 +232,8 @@ Tensor unpermute_meta_rows(const Tensor& weight, int64_t heads) {
   return reorder_rope_rows(weight, heads, false, "unpermute_meta_rows");
 }
 
-std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path, DType dtype) {
-  const File file = File::open(path);
-  const llama::LlamaConfig config = llama_config_from_gguf(file);
-  // HF name -> GGUF tensor, checked against the config's parameters before anything is built.
+std::map<std::string, const TensorInfo*> llama_tensors_by_hf_name(const File& file, const llama::LlamaConfig& config) {
+  const std::string& path = file.path();
   std::map<std::string, const TensorInfo*> by_hf_name;
   for (const TensorInfo& info : file.tensors()) {
     if (info.name == "rope_freqs.weight") continue;  // config.rope_scaling (llama_config_from_gguf)
@@ -254,6 +252,14 @@ std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path
   for (const auto& [name, info] : by_hf_name)
     LAMINA_CHECK(expected.count(name) != 0, "gguf: ", path, ": tensor '", info->name,
                  "' has no parameter in this config (", config.num_hidden_layers, " layers)");
+  return by_hf_name;
+}
+
+std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf(const std::string& path, DType dtype) {
+  const File file = File::open(path);
+  const llama::LlamaConfig config = llama_config_from_gguf(file);
+  // HF name -> GGUF tensor, checked against the config's parameters before anything is built.
+  const std::map<std::string, const TensorInfo*> by_hf_name = llama_tensors_by_hf_name(file, config);
 
   auto model = std::make_shared<llama::LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized);
   for (const auto& [name, parameter] : model->named_parameters()) {
@@ -294,7 +300,10 @@ uint32_t llama_file_type(TensorType type) {
     case TensorType::f32: return 0;
     case TensorType::f16: return 1;
     case TensorType::q4_0: return 2;
+    case TensorType::q4_1: return 3;
     case TensorType::q8_0: return 7;
+    case TensorType::q4_k: return 14;  // Q4_K_S: llama.cpp's Q4_K_M (15) mixes in Q6_K matrices
+    case TensorType::q6_k: return 18;
     case TensorType::bf16: return 32;
     default: throw Error(str_cat("gguf writer: no general.file_type for ", tensor_type_name(uint32_t(type))));
   }
@@ -325,11 +334,24 @@ std::vector<float> llama3_rope_divisors(const llama::LlamaConfig& config) {
   return divisors;
 }
 
+// The type a matrix with rows of `row_length` values gets when asked for `type`: the first of
+// type, its fallback (Q4_K -> Q4_1 and Q6_K -> Q8_0, 32-value blocks of about the same bits),
+// F16 whose blocks the rows fill.
+TensorType type_for_rows(TensorType type, uint64_t row_length) {
+  if (row_length % block_elements(type) == 0) return type;
+  if (type == TensorType::q4_k) return type_for_rows(TensorType::q4_1, row_length);
+  if (type == TensorType::q6_k) return type_for_rows(TensorType::q8_0, row_length);
+  return TensorType::f16;
+}
+
 }  // namespace
 
 void add_llama_model(Writer& writer, const llama::LlamaForCausalLM& model, TensorType type, const std::string& name,
-                     const std::function<void(const std::string&)>& note) {
+                     const std::function<void(const std::string&)>& note, std::optional<TensorType> embedding_type) {
   LAMINA_CHECK(writable_type(type), "gguf writer: cannot write tensors of type ", tensor_type_name(uint32_t(type)));
+  if (embedding_type)
+    LAMINA_CHECK(writable_type(*embedding_type), "gguf writer: cannot write tensors of type ",
+                 tensor_type_name(uint32_t(*embedding_type)));
   const llama::LlamaConfig& config = model.config();
   const auto u32 = [&](const std::string& key, int64_t value) {
     LAMINA_CHECK(value >= 0 && value <= int64_t(UINT32_MAX), "gguf writer: ", key, " = ", value, " does not fit u32");
@@ -353,19 +375,18 @@ void add_llama_model(Writer& writer, const llama::LlamaForCausalLM& model, Tenso
   u32("llama.rope.dimension_count", config.head_dim);
   u32("llama.vocab_size", config.vocab_size);
   writer.add_metadata("general.file_type", u32_value(llama_file_type(type)));
-  if (type == TensorType::q8_0 || type == TensorType::q4_0)
-    writer.add_metadata("general.quantization_version", u32_value(2));
+  if (block_elements(type) > 1) writer.add_metadata("general.quantization_version", u32_value(2));
 
   for (const auto& [hf_name, parameter] : model.named_parameters()) {
     const std::optional<std::string> gguf_name = llama_gguf_tensor_name(hf_name);
     LAMINA_CHECK(gguf_name.has_value(), "gguf writer: parameter '", hf_name, "' has no GGUF name in the Llama layout");
-    TensorType stored = parameter.dim() == 1 ? TensorType::f32 : type;
-    if (stored != TensorType::f32 && uint64_t(parameter.shape().back()) % block_elements(stored) != 0) {
-      if (note)
-        note(str_cat(*gguf_name, ": rows of ", parameter.shape().back(), " values are not whole blocks of ",
-                     block_elements(stored), "; stored as F16"));
-      stored = TensorType::f16;
-    }
+    const bool embedding = *gguf_name == "token_embd.weight" || *gguf_name == "output.weight";
+    const TensorType wanted = parameter.dim() == 1 ? TensorType::f32 : embedding ? embedding_type.value_or(type) : type;
+    const TensorType stored = type_for_rows(wanted, uint64_t(parameter.shape().back()));
+    if (stored != wanted && note)
+      note(str_cat(*gguf_name, ": rows of ", parameter.shape().back(), " values are not whole blocks of ",
+                   block_elements(wanted), "; stored as ", tensor_type_name(uint32_t(stored)), " instead of ",
+                   tensor_type_name(uint32_t(wanted))));
     int64_t heads = 0;
     if (gguf_name->ends_with(".attn_q.weight")) heads = config.num_attention_heads;
     if (gguf_name->ends_with(".attn_k.weight")) heads = config.num_key_value_heads;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "ops/ggml_blocks.h"
 #include "ops/ops.h"
 #include "tensor/dtype.h"
 #include "tensor/error.h"
@@ -119,19 +120,38 @@ Value f32_array(const std::vector<float>& values) {
 
 // ---- quantizers
 
+namespace {
+
+// A block scale as the little-endian f16 ggml stores.
+void put_half(uint8_t* out, float value) {
+  const uint16_t bits = f16::from_float(value);
+  out[0] = uint8_t(bits & 0xFF);
+  out[1] = uint8_t(bits >> 8);
+}
+
+// Rounds to nearest, half to even (ggml's nearest_int for the K-quants), then clamps to
+// [low, high]; clamping in float keeps a huge or NaN input (NaN gives `low`) from an undefined
+// conversion to int.
+int nearest_even_clamped(float value, int low, int high) {
+  const float rounded = std::nearbyint(value);
+  if (!(rounded >= float(low))) return low;
+  if (rounded > float(high)) return high;
+  return int(rounded);
+}
+
+}  // namespace
+
 // ggml rounds x * id to f32 before adding 8.5. A compiler allowed to contract (GCC does across
 // statements with -march=native) would fuse the two into one FMA that rounds once, and about
 // one Q4_0 block in 10^4 would get another nibble; the product goes through a volatile to keep
-// the two roundings.
+// the two roundings (in Q4_1 too, whose (x - min) * id + 0.5 could fuse the same way).
 
 void quantize_block_q8_0(const float* values, uint8_t* out) {
   float amax = 0.0f;
   for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(values[j]));
   const float d = amax / 127.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  const uint16_t d_bits = f16::from_float(d);
-  out[0] = uint8_t(d_bits & 0xFF);
-  out[1] = uint8_t(d_bits >> 8);
+  put_half(out, d);
   for (int j = 0; j < 32; ++j) {
     const float scaled = values[j] * id;
     out[2 + j] = uint8_t(int8_t(std::roundf(scaled)));
@@ -149,9 +169,7 @@ void quantize_block_q4_0(const float* values, uint8_t* out) {
   }
   const float d = max / -8.0f;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  const uint16_t d_bits = f16::from_float(d);
-  out[0] = uint8_t(d_bits & 0xFF);
-  out[1] = uint8_t(d_bits >> 8);
+  put_half(out, d);
   const auto nibble = [id](float value) {
     const volatile float scaled = value * id;
     const float shifted = scaled + 8.5f;
@@ -160,9 +178,134 @@ void quantize_block_q4_0(const float* values, uint8_t* out) {
   for (int j = 0; j < 16; ++j) out[2 + j] = uint8_t(nibble(values[j]) | (nibble(values[j + 16]) << 4));
 }
 
+void quantize_block_q4_1(const float* values, uint8_t* out) {
+  float min = values[0], max = values[0];
+  for (int j = 1; j < 32; ++j) {
+    min = std::min(min, values[j]);
+    max = std::max(max, values[j]);
+  }
+  const float d = (max - min) / 15.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  put_half(out, d);
+  put_half(out + 2, min);
+  // (x - min) * id is at least 0, so truncating after adding 0.5 rounds half up.
+  const auto nibble = [id, min](float value) {
+    const volatile float scaled = (value - min) * id;
+    const float shifted = scaled + 0.5f;
+    return uint8_t(std::min(15, int(int8_t(shifted))));
+  };
+  for (int j = 0; j < 16; ++j) out[4 + j] = uint8_t(nibble(values[j]) | (nibble(values[j + 16]) << 4));
+}
+
+void quantize_block_q4_k(const float* values, uint8_t* out) {
+  // Each sub-block's scale and (non-negative) min, as if stored exactly.
+  float scales[8], mins[8], max_scale = 0.0f, max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    const float* sub = values + 32 * j;
+    float low = sub[0], high = sub[0];
+    for (int l = 1; l < 32; ++l) {
+      low = std::min(low, sub[l]);
+      high = std::max(high, sub[l]);
+    }
+    low = std::min(low, 0.0f);  // the decoder subtracts dmin * mn, and mn cannot be negative
+    scales[j] = (high - low) / 15.0f;
+    mins[j] = -low;
+    max_scale = std::max(max_scale, scales[j]);
+    max_min = std::max(max_min, mins[j]);
+  }
+  const float inverse_scale = max_scale > 0.0f ? 63.0f / max_scale : 0.0f;
+  const float inverse_min = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+  uint8_t scale_codes[8], min_codes[8];
+  for (int j = 0; j < 8; ++j) {
+    scale_codes[j] = uint8_t(nearest_even_clamped(inverse_scale * scales[j], 0, 63));
+    min_codes[j] = uint8_t(nearest_even_clamped(inverse_min * mins[j], 0, 63));
+  }
+  std::memset(out, 0, 144);
+  put_half(out, max_scale / 63.0f);
+  put_half(out + 2, max_min / 63.0f);
+  // 12 bytes of 6-bit pairs: sub-blocks 0-3 whole in bytes 0-7, sub-blocks 4-7 as low nibbles in
+  // bytes 8-11 and their top two bits in the spare top bits of bytes 0-7.
+  uint8_t* packed = out + 4;
+  for (int j = 0; j < 4; ++j) {
+    packed[j] = scale_codes[j];
+    packed[j + 4] = min_codes[j];
+  }
+  for (int j = 4; j < 8; ++j) {
+    packed[j + 4] = uint8_t((scale_codes[j] & 0xF) | ((min_codes[j] & 0xF) << 4));
+    packed[j - 4] |= uint8_t((scale_codes[j] >> 4) << 6);
+    packed[j] |= uint8_t((min_codes[j] >> 4) << 6);
+  }
+  // The codes against the scales the decoder will compute, f16 and 6-bit rounding included.
+  const float d = ops::ggml::half_to_float(out), dmin = ops::ggml::half_to_float(out + 2);
+  uint8_t codes[256] = {};
+  for (int j = 0; j < 8; ++j) {
+    const float step = d * float(scale_codes[j]);
+    if (step == 0.0f) continue;
+    const float offset = dmin * float(min_codes[j]);
+    for (int l = 0; l < 32; ++l)
+      codes[32 * j + l] = uint8_t(nearest_even_clamped((values[32 * j + l] + offset) / step, 0, 15));
+  }
+  // Each 32 bytes hold two sub-blocks: the first in the low nibbles, the second in the high.
+  uint8_t* nibbles = out + 16;
+  for (int chunk = 0; chunk < 4; ++chunk)
+    for (int l = 0; l < 32; ++l)
+      nibbles[32 * chunk + l] = uint8_t(codes[64 * chunk + l] | (codes[64 * chunk + 32 + l] << 4));
+}
+
+void quantize_block_q6_k(const float* values, uint8_t* out) {
+  // Each sub-block's scale maps its value of largest magnitude (the first on ties) to -32, the
+  // end of the 6-bit range that has no positive twin.
+  float scales[16], max_scale = 0.0f, max_scale_magnitude = 0.0f;
+  for (int j = 0; j < 16; ++j) {
+    float magnitude = 0.0f, extreme = 0.0f;
+    for (int l = 0; l < 16; ++l) {
+      if (magnitude < std::fabs(values[16 * j + l])) {
+        magnitude = std::fabs(values[16 * j + l]);
+        extreme = values[16 * j + l];
+      }
+    }
+    scales[j] = extreme / -32.0f;
+    if (max_scale_magnitude < std::fabs(scales[j])) {
+      max_scale_magnitude = std::fabs(scales[j]);
+      max_scale = scales[j];
+    }
+  }
+  std::memset(out, 0, 210);
+  if (max_scale == 0.0f) return;  // all zeros: d = 0
+  const float inverse = -128.0f / max_scale;
+  int8_t* scale_codes = reinterpret_cast<int8_t*>(out + 192);
+  for (int j = 0; j < 16; ++j) scale_codes[j] = int8_t(nearest_even_clamped(inverse * scales[j], -128, 127));
+  put_half(out + 208, 1.0f / inverse);
+  const float d = ops::ggml::half_to_float(out + 208);
+  uint8_t codes[256];  // q + 32, 0..63
+  for (int j = 0; j < 16; ++j) {
+    const float step = d * float(scale_codes[j]);
+    for (int l = 0; l < 16; ++l)
+      codes[16 * j + l] =
+          step == 0.0f ? 32 : uint8_t(nearest_even_clamped(values[16 * j + l] / step, -32, 31) + 32);
+  }
+  // Per 128 values: ql holds low nibbles (values l and l + 64 share byte l, values l + 32 and
+  // l + 96 share byte l + 32), qh the top two bits of values l, l + 32, l + 64, l + 96 in byte l.
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* q = codes + 128 * half;
+    uint8_t* low = out + 64 * half;
+    uint8_t* high = out + 128 + 32 * half;
+    for (int l = 0; l < 32; ++l) {
+      low[l] = uint8_t((q[l] & 0xF) | ((q[l + 64] & 0xF) << 4));
+      low[l + 32] = uint8_t((q[l + 32] & 0xF) | ((q[l + 96] & 0xF) << 4));
+      high[l] = uint8_t((q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) | ((q[l + 96] >> 4) << 6));
+    }
+  }
+}
+
 bool writable_type(TensorType type) {
-  return type == TensorType::f32 || type == TensorType::f16 || type == TensorType::bf16 || type == TensorType::q8_0 ||
-         type == TensorType::q4_0;
+  switch (type) {
+    case TensorType::f32: case TensorType::f16: case TensorType::bf16: case TensorType::q8_0: case TensorType::q4_0:
+    case TensorType::q4_1: case TensorType::q4_k: case TensorType::q6_k:
+      return true;
+    default:
+      return false;
+  }
 }
 
 std::vector<uint8_t> encode(TensorType type, const float* values, uint64_t count) {
@@ -193,6 +336,15 @@ std::vector<uint8_t> encode(TensorType type, const float* values, uint64_t count
       break;
     case TensorType::q4_0:
       for (uint64_t b = 0; b < count / 32; ++b) quantize_block_q4_0(values + 32 * b, to + 18 * b);
+      break;
+    case TensorType::q4_1:
+      for (uint64_t b = 0; b < count / 32; ++b) quantize_block_q4_1(values + 32 * b, to + 20 * b);
+      break;
+    case TensorType::q4_k:
+      for (uint64_t b = 0; b < count / 256; ++b) quantize_block_q4_k(values + 256 * b, to + 144 * b);
+      break;
+    case TensorType::q6_k:
+      for (uint64_t b = 0; b < count / 256; ++b) quantize_block_q6_k(values + 256 * b, to + 210 * b);
       break;
     default:
       break;

@@ -109,7 +109,7 @@ TEST_CASE("gguf writer: Q8_0 and Q4_0 blocks quantize to hand-computed bytes") {
 
   CHECK_THROWS_WITH_AS(quantized(gguf::TensorType::q8_0, std::vector<float>(48, 1.0f)),
                        doctest::Contains("not whole blocks of 32"), Error);
-  CHECK_THROWS_WITH_AS(quantized(gguf::TensorType::q4_k, zeros), doctest::Contains("cannot write tensors of type Q4_K"),
+  CHECK_THROWS_WITH_AS(quantized(gguf::TensorType::q5_k, zeros), doctest::Contains("cannot write tensors of type Q5_K"),
                        Error);
 }
 
