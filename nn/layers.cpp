@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/autograd.h"
+#include "autograd/gguf_linear.h"
 #include "tensor/profiler.h"
 
 namespace lamina::nn {
@@ -24,28 +25,48 @@ Linear::Linear(int64_t in_features, int64_t out_features, LinearOptions options)
 }
 
 void Linear::require_base(const char* what) const {
-  LAMINA_CHECK(base_4bit_ || weight_.defined(), "Linear (", what, "): the layer was built for a 4-bit base weight "
-               "that was never given (set_base_4bit)");
+  LAMINA_CHECK(quantized_base() || weight_.defined(), "Linear (", what, "): the layer was built for a quantized base "
+               "weight that was never given (set_base_4bit or set_base_gguf)");
 }
 
 Tensor Linear::base_product(const Tensor& x) const {
   require_base("forward");
+  if (base_gguf_) return linear_gguf(x.dtype() == DType::f32 ? x : x.to(DType::f32), *base_gguf_);
   return base_4bit_ ? linear_4bit(x, *base_4bit_) : matmul(x, weight_, false, true);
 }
 
 DType Linear::base_dtype() const {
   require_base("base dtype");
-  return base_4bit_ ? DType::f32 : weight_.dtype();
+  return quantized_base() ? DType::f32 : weight_.dtype();
 }
 Device Linear::base_device() const {
   require_base("base device");
+  if (base_gguf_) return Device::cpu();
   return base_4bit_ ? base_4bit_->device() : weight_.device();
 }
 
-Tensor Linear::dense_base_weight() const { return base_4bit_ ? ops::dequantize_4bit(*base_4bit_) : weight_.detach(); }
+Tensor Linear::dense_base_weight() const {
+  if (base_gguf_) return ops::gguf_dequantize(base_gguf_->matrix);
+  return base_4bit_ ? ops::dequantize_4bit(*base_4bit_) : weight_.detach();
+}
+
+void Linear::set_base_gguf(ops::GgufWeight w) {
+  LAMINA_CHECK(w.matrix.rows == out_features_ && w.matrix.cols == in_features_, "Linear: a ",
+               ops::ggml::block_type_name(w.matrix.type), " weight of shape [", w.matrix.rows, ", ", w.matrix.cols,
+               "] for a layer of ", out_features_, " outputs and ", in_features_, " inputs");
+  LAMINA_CHECK(ops::gguf_matmul_supports(w.matrix.type), "Linear: no quantized product for ",
+               ops::ggml::block_type_name(w.matrix.type), " weights");
+  LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it first");
+  if (weight_.defined()) {
+    remove_parameter("weight");
+    weight_ = Tensor();
+  }
+  base_4bit_.reset();
+  base_gguf_ = std::make_shared<const ops::GgufWeight>(std::move(w));
+}
 
 void Linear::quantize_base(ops::Quant4Format format, int64_t blocksize, bool double_quant) {
-  LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit already");
+  LAMINA_CHECK(!quantized_base(), "Linear: the base weight is quantized already");
   LAMINA_CHECK(weight_.defined(), "Linear: built for a 4-bit base weight, it has no full-precision one to quantize");
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is merged into the base; unmerge it before quantizing");
   base_4bit_ = std::make_shared<const ops::Quantized4Bit>(ops::quantize_4bit(weight_.detach(), format, blocksize, double_quant));
@@ -72,7 +93,7 @@ int64_t quantize_base_weights(Module& model, ops::Quant4Format format, int64_t b
     // as transformers' 4-bit loading leaves the last module.
     if (path == "lm_head" || path.ends_with(".lm_head") || path == "score" || path.ends_with(".score")) continue;
     ++linears;
-    if (linear->base_4bit() != nullptr) continue;  // 4-bit already (a 4-bit checkpoint)
+    if (linear->quantized_base()) continue;  // 4-bit already (a 4-bit checkpoint)
     linear->quantize_base(format, blocksize, double_quant);
     ++count;
   }
@@ -228,7 +249,7 @@ void Linear::add_adapter(const std::string& name, const LoraOptions& options, Ge
 
 void Linear::merge_adapter(const std::string& name) {
   LAMINA_CHECK(merged_.empty(), "Linear: adapter '", merged_, "' is already merged; unmerge it first");
-  LAMINA_CHECK(!base_4bit_, "Linear: the base weight is 4-bit; merge the adapter into the full-precision model instead");
+  LAMINA_CHECK(!quantized_base(), "Linear: the base weight is quantized (4-bit or GGUF); merge the adapter into the full-precision model instead");
   require_base("merge_adapter");
   const LoraAdapter& merging = adapter(name);
   autograd::NoGradGuard no_grad;
@@ -270,7 +291,7 @@ void Linear::remove_adapters() {
 }
 
 void Linear::reset_parameters(Generator& generator) {
-  LAMINA_CHECK(weight_.defined(), "Linear::reset_parameters: the layer has no full-precision weight (a 4-bit base)");
+  LAMINA_CHECK(weight_.defined(), "Linear::reset_parameters: the layer has no full-precision weight (a quantized base)");
   const double bound = 1.0 / std::sqrt(double(in_features_));
   weight_.set_data(uniform(weight_.shape(), -bound, bound, generator, weight_.dtype()));
   if (bias_.defined()) bias_.set_data(uniform(bias_.shape(), -bound, bound, generator, bias_.dtype()));
@@ -281,9 +302,24 @@ Embedding::Embedding(int64_t num_embeddings, int64_t dim, DType dtype, Parameter
   weight_ = register_parameter("weight", new_parameter({num_embeddings, dim}, dtype, init, 0.0));
 }
 
-Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight_, ids); }
+Tensor Embedding::forward(const Tensor& ids) const {
+  if (table_) return ops::gguf_rows(ids, table_->matrix);  // frozen: nothing to differentiate
+  return embedding(weight_, ids);
+}
+
+void Embedding::set_quantized_table(ops::GgufWeight table) {
+  LAMINA_CHECK(!weight_.defined() || (table.matrix.rows == weight_.size(0) && table.matrix.cols == weight_.size(1)),
+               "Embedding: a quantized table of shape [", table.matrix.rows, ", ", table.matrix.cols, "] for a table of ",
+               weight_.shape());
+  if (weight_.defined()) {
+    remove_parameter("weight");
+    weight_ = Tensor();
+  }
+  table_ = std::make_shared<const ops::GgufWeight>(std::move(table));
+}
 
 void Embedding::reset_parameters(Generator& generator, double std) {
+  LAMINA_CHECK(weight_.defined(), "Embedding::reset_parameters: the table is quantized (frozen)");
   const Tensor standard = randn(weight_.shape(), generator, weight_.dtype());
   weight_.set_data(ops::binary(ops::BinaryOp::mul, standard, std));
 }

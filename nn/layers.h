@@ -7,6 +7,7 @@
 
 #include "autograd/functions.h"
 #include "autograd/quant4.h"
+#include "ops/gguf_matmul.h"
 #include "nn/lora.h"
 #include "nn/module.h"
 
@@ -80,6 +81,15 @@ class Linear : public Module {
   // quantize_base does; on a 4-bit base it replaces the old one (moving it to another device).
   void set_base_4bit(ops::Quantized4Bit q);
 
+  // ---- a frozen base kept in a GGUF block format (a model read from a GGUF file)
+  // Makes `w` (an [out, in] matrix in Q8_0, Q4_0, Q4_1, Q4_K or Q6_K, with the owner of its
+  // bytes) the base: like a 4-bit base, no "weight" parameter, every product the integer one
+  // (ops::gguf_matmul), adapters train over it, merging and saving are refused. CPU only.
+  void set_base_gguf(ops::GgufWeight w);
+  const ops::GgufWeight* base_gguf() const { return base_gguf_.get(); }
+  // Whether the base is a frozen quantized one (4-bit or GGUF): no "weight" parameter.
+  bool quantized_base() const { return base_4bit_ || base_gguf_; }
+
  private:
   // Throws when the layer has neither weight: built with four_bit_base, set_base_4bit not yet called.
   void require_base(const char* what) const;
@@ -103,6 +113,7 @@ class Linear : public Module {
   std::string merged_;
   Tensor merged_row_factor_;  // DoRA's m / N at merge time, to unmerge with
   std::shared_ptr<const ops::Quantized4Bit> base_4bit_;  // set by quantize_base: weight_ is then undefined
+  std::shared_ptr<const ops::GgufWeight> base_gguf_;      // set by set_base_gguf: weight_ is then undefined
 };
 
 // Quantizes the base weight of every Linear of `model` but the output head (lm_head, or a reward
@@ -119,10 +130,16 @@ class Embedding : public Module {
             ParameterInit init = ParameterInit::zeros);
   Tensor forward(const Tensor& ids) const;  // ids: [...] -> [..., dim]
   void reset_parameters(Generator& generator, double std = 0.02);  // normal(0, std), as HF Llama
-  const Tensor& weight() const { return weight_; }
+  const Tensor& weight() const { return weight_; }  // undefined while the table is quantized
+
+  // Keeps the table in a GGUF block format (a model read from a GGUF file): "weight" leaves the
+  // parameters, and forward dequantizes the rows it looks up (f32). Frozen, CPU only.
+  void set_quantized_table(ops::GgufWeight table);
+  const ops::GgufWeight* quantized_table() const { return table_.get(); }
 
  private:
   Tensor weight_;
+  std::shared_ptr<const ops::GgufWeight> table_;
 };
 
 // y = x / sqrt(mean(x^2) + eps) * w, over the last dim; w starts at 1.

@@ -11,9 +11,11 @@
 
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gguf_dot.h"
+#include "ops/cpu/kernels.h"
 #include "tensor/parallel.h"
 
 #include "ops/cpu/gguf_kquant.h"
+#include "ops/ops.h"
 
 namespace lamina::ops {
 
@@ -80,6 +82,33 @@ void check_matrix(const GgufMatrix& w, const char* op) {
                ", ", w.cols, "] has no data");
 }
 
+// From this many rows of x on, gguf_matmul dequantizes W a panel at a time and runs an f32 GEMM
+// against all rows at once: the dequantization is then paid once per weight for many products,
+// and the GEMM's blocking beats the integer kernels' pass per 4 rows.
+constexpr int64_t kPanelProductMinRows = 16;
+// Rows of W per panel: 64 rows of a 4096-wide matrix are 1 MiB of f32, within L2.
+constexpr int64_t kPanelRows = 64;
+
+// y [n, w.rows] (row stride w.rows) = x [n, w.cols] times dequantize(W)^T, a panel of W's rows
+// per task.
+void dequantized_panel_product(const float* x, int64_t n, const GgufMatrix& w, float* y) {
+  const int64_t row_bytes = w.cols / int64_t(ggml::block_elements(w.type)) * int64_t(ggml::block_bytes(w.type));
+  const int64_t panels = (w.rows + kPanelRows - 1) / kPanelRows;
+  parallel_for(0, panels, 1, [&](int64_t first_panel, int64_t last_panel) {
+    thread_local std::vector<float> panel;
+    panel.resize(size_t(kPanelRows * w.cols));
+    for (int64_t p = first_panel; p < last_panel; ++p) {
+      const int64_t first = p * kPanelRows, rows = std::min(kPanelRows, w.rows - first);
+      ggml::dequantize(w.type, w.data + first * row_bytes, uint64_t(rows * w.cols), panel.data());
+      cpu::GemmTask task;
+      task.a = {const_cast<float*>(x), n, w.cols, w.cols, 1};
+      task.b = {panel.data(), w.cols, rows, 1, w.cols};  // the panel [rows, cols] read as its transpose
+      task.c = {y + first, n, rows, w.rows, 1};
+      cpu::gemm_batch(DType::f32, {task});  // inside a parallel chunk: runs on this thread
+    }
+  });
+}
+
 }  // namespace
 
 const char* gguf_dot_path_name(GgufDotPath path) {
@@ -134,6 +163,47 @@ Tensor gguf_dequantize(const GgufMatrix& w) {
   return out;
 }
 
+Tensor gguf_matmul_input_grad(const Tensor& grad, const GgufMatrix& w) {
+  check_matrix(w, "gguf_matmul_input_grad");
+  LAMINA_CHECK(grad.device().is_cpu() && grad.dtype() == DType::f32, "gguf_matmul_input_grad: grad must be f32 on the CPU");
+  LAMINA_CHECK(grad.dim() >= 1 && grad.shape().back() == w.rows, "gguf_matmul_input_grad: grad of shape ", grad.shape(),
+               " for a matrix of ", w.rows, " rows");
+  Shape out_shape = grad.shape();
+  out_shape.back() = w.cols;
+  const int64_t n = w.rows == 0 ? 0 : grad.numel() / w.rows;
+  Tensor out = zeros({n, w.cols}, DType::f32);
+  const Tensor g = grad.contiguous().reshape({n, w.rows});
+  // Panels of rows small enough to stay in cache once dequantized (256 rows of a 4096-wide matrix
+  // are 4 MiB of f32) and large enough for the GEMM to run at speed.
+  const int64_t panel_rows = std::max<int64_t>(32, (int64_t(1) << 20) / std::max<int64_t>(1, w.cols));
+  const int64_t row_bytes = w.cols / int64_t(ggml::block_elements(w.type)) * int64_t(ggml::block_bytes(w.type));
+  for (int64_t first = 0; first < w.rows; first += panel_rows) {
+    const int64_t last = std::min(w.rows, first + panel_rows);
+    const GgufMatrix panel{w.type, last - first, w.cols, w.data + first * row_bytes};
+    add_(out, matmul(g.slice(1, first, last), gguf_dequantize(panel)));
+  }
+  return out.reshape(out_shape);
+}
+
+Tensor gguf_rows(const Tensor& ids, const GgufMatrix& w) {
+  check_matrix(w, "gguf_rows");
+  LAMINA_CHECK(ids.device().is_cpu(), "gguf_rows: ids must be on the CPU");
+  LAMINA_CHECK(ids.dtype() == DType::i64 || ids.dtype() == DType::i32, "gguf_rows: ids must be i32 or i64, got ",
+               dtype_name(ids.dtype()));
+  Shape out_shape = ids.shape();
+  out_shape.push_back(w.cols);
+  Tensor out = Tensor::empty(out_shape, DType::f32);
+  const Tensor index = ids.to(DType::i64).contiguous();
+  const int64_t* rows = index.data<int64_t>();
+  float* y = out.data<float>();
+  const int64_t row_bytes = w.cols / int64_t(ggml::block_elements(w.type)) * int64_t(ggml::block_bytes(w.type));
+  for (int64_t i = 0; i < index.numel(); ++i) {
+    LAMINA_CHECK(rows[i] >= 0 && rows[i] < w.rows, "gguf_rows: id ", rows[i], " out of range [0, ", w.rows, ")");
+    ggml::dequantize(w.type, w.data + rows[i] * row_bytes, uint64_t(w.cols), y + i * w.cols);
+  }
+  return out;
+}
+
 Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w) {
   check_matrix(w, "gguf_matmul");
   LAMINA_CHECK(gguf_matmul_supports(w.type), "gguf_matmul: no integer kernel for ", ggml::block_type_name(w.type),
@@ -154,6 +224,10 @@ Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w) {
     return out;
   }
   const Tensor input = x.contiguous();
+  if (n >= kPanelProductMinRows) {
+    dequantized_panel_product(input.data<float>(), n, w, y);
+    return out;
+  }
   if (kquant_type(w.type)) {
     cpu::gguf_kquant_matmul(input.data<float>(), n, w, y, gguf_dot_path());  // the same forced path
     return out;

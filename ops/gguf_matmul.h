@@ -7,6 +7,10 @@
 // up to the activation rounding: per block, |error| <= sum_j |w_j| * d_x / 2 where d_x is the
 // block's activation scale (max |x| / 127), plus f32 summation rounding.
 //
+// From 16 rows of x on (a prefill), W is instead dequantized a panel of 64 rows at a time and
+// multiplied in f32 by the GEMM: the dequantization is then paid once per weight for many
+// products, and the result has no activation rounding (f32 summation error only).
+//
 // CPU paths: AVX-512 VNNI, AVX2, and a plain C++ reference that defines the integer sums; they
 // give bit-identical results for Q8_0, Q4_0 and Q4_1 (the same integer sums, scaled and summed
 // in the same order). $LAMINA_CPU_QDOT (vnni | avx2 | reference | auto) or set_gguf_dot_path
@@ -14,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "ops/ggml_blocks.h"
 #include "tensor/tensor.h"
@@ -29,6 +34,13 @@ struct GgufMatrix {
   const uint8_t* data = nullptr;
 };
 
+// A GgufMatrix with whatever keeps its bytes alive (the mapped file they lie in, or a buffer of
+// rows copied out of it): what a model layer holds.
+struct GgufWeight {
+  GgufMatrix matrix;
+  std::shared_ptr<const void> owner;
+};
+
 // y [..., rows] (f32) = x [..., cols] (f32) times the matrix transposed, as matmul(x, W, false,
 // true) on the dequantized W would give, within the activation quantization's error (above).
 // x must be f32 on the CPU (other dtypes are refused, not cast). Threads over rows of W, and
@@ -37,6 +49,16 @@ Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w);
 
 // W as an f32 tensor [rows, cols]: ggml::dequantize of every block.
 Tensor gguf_dequantize(const GgufMatrix& w);
+
+// The input gradient of gguf_matmul: grad [..., rows] (f32) times W -> [..., cols] (f32), with W
+// dequantized one panel of rows at a time (never the whole matrix; no activation rounding, so it
+// equals matmul(grad, dequantize(W)) up to f32 summation order). A frozen quantized base under
+// LoRA adapters needs it.
+Tensor gguf_matmul_input_grad(const Tensor& grad, const GgufMatrix& w);
+
+// Rows `ids` [...] (i32/i64, each in [0, rows)) of W, dequantized exactly: [..., cols] f32. An
+// embedding lookup in a table kept quantized.
+Tensor gguf_rows(const Tensor& ids, const GgufMatrix& w);
 
 // Whether gguf_matmul can multiply `type` (Q8_0, Q4_0, Q4_1, and Q4_K, Q6_K once their kernels
 // are registered).

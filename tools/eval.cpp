@@ -30,7 +30,7 @@ namespace lamina::cli {
 namespace {
 
 std::shared_ptr<llama::LlamaForCausalLM> load_eval_model(const FlagParser& parser, const std::string& path) {
-  return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
+  return load_model_on(path, Device::parse(parser.value("device").value_or("cpu")), gguf_weights_choice(parser));
 }
 
 // JSON has no NaN or infinity: such a value is written as null.
@@ -163,6 +163,7 @@ int run_eval_ppl(const Arguments& args) {
                     "1024");
   add_attention_plan_option(parser, "the window length (--seq-len)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  add_dequantize_option(parser);
   if (!parser.parse(args)) return 0;
 
   const std::string model_path = parser.required("model");
@@ -297,6 +298,7 @@ int run_score(const Arguments& args) {
   parser.add_option("tokenizer", "PATH",
                     "tokenizer.json for text (default: the model folder's, or the GGUF file's own)");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  add_dequantize_option(parser);
   if (!parser.parse(args)) return 0;
   if (parser.is_set("reward-model")) {
     for (const char* flag : {"model", "ids"})

@@ -36,6 +36,7 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  add_dequantize_option(parser);
   add_attention_plan_option(parser, "each answer's prompt + --max-new-tokens tokens (with --prompts: once, for the "
                                     "file's longest prompt + --max-new-tokens)");
   add_rope_positions_option(parser);
@@ -72,7 +73,7 @@ std::vector<AdapterSpec> adapter_specs(const FlagParser& parser) {
 
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
   const std::vector<AdapterSpec> adapters = adapter_specs(parser);
-  auto model = load_model_on(path, Device::parse(parser.value("device").value_or("cpu")));
+  auto model = load_model_on(path, Device::parse(parser.value("device").value_or("cpu")), gguf_weights_choice(parser));
   for (const AdapterSpec& adapter : adapters) {
     const nn::LoraConfig config = peft::load_adapter(adapter.directory, *model, adapter.name);
     std::string targets;

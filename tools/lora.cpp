@@ -81,7 +81,7 @@ int run_merge(const Arguments& args) {
   }
 
   std::fprintf(stderr, "loading %s\n", model_path.c_str());
-  const auto model = load_model_on(model_path, Device::cpu());
+  const auto model = load_model_on(model_path, Device::cpu(), GgufWeights::dequantized);
   std::fprintf(stderr, "loading adapter %s\n", adapter_path.c_str());
   const nn::LoraConfig config = peft::load_adapter(adapter_path, *model, "default");
   int64_t merged = 0;

@@ -1,5 +1,6 @@
 #include "tools/model_files.h"
 
+#include <cstdio>
 #include <filesystem>
 
 #include "models/io/gguf.h"
@@ -13,10 +14,28 @@ bool is_gguf_file(const std::string& path) {
   return file.extension() == ".gguf" && !std::filesystem::is_directory(file);
 }
 
-std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device) {
+std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device, GgufWeights gguf) {
+  if (is_gguf_file(path) && gguf == GgufWeights::as_stored) {
+    std::string why;
+    if (!device.is_cpu())
+      why = "its quantized kernels run on the CPU only";
+    else if (gguf::llama_gguf_computes_quantized(gguf::File::open(path), &why))
+      return gguf::load_llama_gguf_quantized(path);
+    std::fprintf(stderr, "note: %s is dequantized to f32: %s\n", path.c_str(), why.c_str());
+  }
   auto model = is_gguf_file(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);
   model->to(device, DType::f32);
   return model;
+}
+
+void add_dequantize_option(FlagParser& parser) {
+  parser.add_switch("dequantize",
+                    "a GGUF model computes with its weights dequantized to f32 instead of as stored (exact weights "
+                    "and activations, ~5x the memory, slower; the reference the quantized kernels are tested against)");
+}
+
+GgufWeights gguf_weights_choice(const FlagParser& parser) {
+  return parser.is_set("dequantize") ? GgufWeights::dequantized : GgufWeights::as_stored;
 }
 
 tokenizer::Tokenizer load_model_tokenizer(const std::string& model_path, const std::optional<std::string>& tokenizer_path) {

@@ -9,6 +9,7 @@
 #include "models/llama/model.h"
 #include "models/tokenizer/tokenizer.h"
 #include "tensor/device.h"
+#include "tools/args.h"
 
 namespace lamina::cli {
 
@@ -22,8 +23,21 @@ inline constexpr const char* kCompanionFiles[] = {"tokenizer.json",          "to
 // says what is missing from it).
 bool is_gguf_file(const std::string& path);
 
-// The model at `path` (a GGUF file is dequantized), as f32 on `device`.
-std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device);
+// How a GGUF file's weights are held: as stored (quantized matrices computed with in their block
+// formats, gguf::load_llama_gguf_quantized) or dequantized to f32 (what merging, saving, the
+// MoA profile's gradients and CUDA need).
+enum class GgufWeights { as_stored, dequantized };
+
+// The model at `path` as f32 on `device`. A GGUF file is kept as stored on the CPU when every
+// matrix it multiplies by has a quantized kernel; otherwise (another device, other formats, or
+// `gguf` = dequantized) it is dequantized, with a line on stderr saying why when it was not asked.
+std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device,
+                                                       GgufWeights gguf = GgufWeights::as_stored);
+
+// The --dequantize switch of the commands that run a model (generate, chat, eval, score, bench
+// generate), and what it asks for.
+void add_dequantize_option(FlagParser& parser);
+GgufWeights gguf_weights_choice(const FlagParser& parser);
 
 // `tokenizer_path` when given (a tokenizer.json or a folder holding one), else the model's own:
 // the tokenizer inside a GGUF file, or the folder's tokenizer.json (an error naming the folder

@@ -151,7 +151,7 @@ int run_sparse_profile(const Arguments& args) {
                             ", outside the model's vocabulary of ", config.vocab_size, " (does the tokenizer fit?)"));
 
   const bool absolute = !parser.is_set("signed");
-  const auto model = load_model_on(model_path, Device::cpu());
+  const auto model = load_model_on(model_path, Device::cpu(), GgufWeights::dequantized);
   // Gradients must reach every layer's attention, but no weight needs its own: only the
   // embedding (upstream of every layer) asks for one, so the graph exists and the projections'
   // weight gradients are never computed.

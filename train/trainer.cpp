@@ -225,9 +225,9 @@ LoaderOptions loader_options(const TrainOptions& options, int64_t rows, bool shu
 // [tokens, vocabulary] logits or their gradient. Anything else takes the unfused path.
 bool fused_head_applies(const llama::LlamaForCausalLM& model) {
   if (!model.device().is_cpu()) return false;  // the fused op has no CUDA kernels yet
-  if (model.lm_head == nullptr) return true;
+  if (model.lm_head == nullptr) return model.model->embed_tokens->quantized_table() == nullptr;
   const nn::Linear& head = *model.lm_head;
-  return head.adapter_names().empty() && head.base_4bit() == nullptr && head.weight().defined() &&
+  return head.adapter_names().empty() && !head.quantized_base() && head.weight().defined() &&
          !head.bias().defined();
 }
 
@@ -357,7 +357,7 @@ std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHea
   check_model_fits(model->config(), options, allocated);
   model->to(options.resolved_device(), options.compute_dtype());
   bool four_bit_base = false;
-  for (const auto& [path, linear] : nn::named_linears(*model)) four_bit_base |= linear->base_4bit() != nullptr;
+  for (const auto& [path, linear] : nn::named_linears(*model)) four_bit_base |= linear->quantized_base();
   LAMINA_CHECK(!four_bit_base || !options.lora.empty(), "train: the model's projections are 4-bit (a quantized "
                "checkpoint), which do not train: give --lora to train adapters on them (QLoRA)");
   if (options.qlora) {

@@ -88,6 +88,14 @@ class File {
   const TensorInfo* find(const std::string& name) const;
   // The tensor's bytes as stored (valid while this File or a copy of it lives).
   const uint8_t* data(const TensorInfo& info) const;
+  // What keeps data() valid: the mapping (held by computations that borrow a tensor's bytes).
+  std::shared_ptr<const void> bytes_owner() const;
+  // Tells the kernel the tensor's bytes will not be read again through this mapping (they were
+  // copied, e.g. rows reordered): its whole pages leave the process's resident memory. Reading
+  // them later is still valid (they are read back from the file).
+  void release(const TensorInfo& info) const;
+  // Asks the kernel to read the whole file ahead (before a model computes with it in place).
+  void prefetch() const;
   // The named tensor with lamina's shape (see TensorInfo::shape): f32, dequantized from any
   // supported type; with keep_16_bit, F16 and BF16 tensors come back as lamina f16 / bf16.
   Tensor read(const std::string& name, bool keep_16_bit = false) const;

@@ -437,6 +437,21 @@ const TensorInfo* File::find(const std::string& name) const {
 
 const uint8_t* File::data(const TensorInfo& info) const { return mapping_->bytes() + data_start_ + info.offset; }
 
+std::shared_ptr<const void> File::bytes_owner() const { return mapping_; }
+
+void File::release(const TensorInfo& info) const {
+  // Only whole pages inside the tensor: its first and last pages may hold a neighbour's bytes.
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = data_start_ + info.offset, end = begin + info.bytes;
+  const uint64_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last > first)
+    ::madvise(const_cast<uint8_t*>(mapping_->bytes()) + first, size_t(last - first), MADV_DONTNEED);
+}
+
+void File::prefetch() const {
+  if (mapping_->size() > 0) ::madvise(const_cast<uint8_t*>(mapping_->bytes()), size_t(mapping_->size()), MADV_WILLNEED);
+}
+
 Tensor File::read(const std::string& name, bool keep_16_bit) const {
   const TensorInfo* info = find(name);
   LAMINA_CHECK(info != nullptr, "gguf: ", path_, " has no tensor '", name, "'");

@@ -365,15 +365,25 @@ LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::Paramete
 }
 
 const Tensor& LlamaForCausalLM::output_weight() const {
-  return lm_head ? lm_head->weight() : model->embed_tokens->weight();
+  const Tensor& weight = lm_head ? lm_head->weight() : model->embed_tokens->weight();
+  LAMINA_CHECK(weight.defined(), "LlamaForCausalLM: the output head is quantized (",
+               lm_head ? "a 4-bit or GGUF base" : "the tied embedding kept in its GGUF format",
+               "), so it has no full-precision weight to give");
+  return weight;
+}
+
+Tensor LlamaForCausalLM::head_product(const Tensor& h) const {
+  // A head with LoRA adapters (target_modules naming lm_head) or a quantized base runs its own
+  // forward; a tied embedding kept quantized multiplies in its block format; a plain or tied
+  // head is the product with its weight.
+  if (lm_head != nullptr && (!lm_head->adapter_names().empty() || lm_head->quantized_base())) return lm_head->forward(h);
+  if (lm_head == nullptr && model->embed_tokens->quantized_table() != nullptr)
+    return ops::gguf_matmul(h.dtype() == DType::f32 ? h : h.to(DType::f32), model->embed_tokens->quantized_table()->matrix);
+  return matmul(h, output_weight(), false, true);
 }
 
 Tensor LlamaForCausalLM::forward(const Tensor& ids, const ForwardOptions& options) const {
-  const Tensor h = hidden_states(ids, options);
-  // A head with LoRA adapters (target_modules naming lm_head) runs its own forward, base plus
-  // adapters; a plain or tied head is the product with its weight.
-  const bool head_has_adapters = lm_head != nullptr && !lm_head->adapter_names().empty();
-  const Tensor logits = head_has_adapters ? lm_head->forward(h) : matmul(h, output_weight(), false, true);
+  const Tensor logits = head_product(hidden_states(ids, options));
   // Sampling and losses want f32 logits from a bf16/f16 model; f64 models (gradchecks) keep f64.
   const bool low_precision = logits.dtype() == DType::bf16 || logits.dtype() == DType::f16;
   return low_precision ? logits.to(DType::f32) : logits;
@@ -423,6 +433,10 @@ void LlamaForCausalLM::to(Device device, DType dtype) {
 void LlamaWithHead::move_weights(Device device, DType dtype, const char* who) {
   LAMINA_CHECK(is_floating(dtype), who, "::to: parameters must be floating, got ", dtype_name(dtype));
   autograd::NoGradGuard no_grad;
+  // GGUF bases have CPU kernels only (checked before anything moves).
+  for (const auto& [path, linear] : nn::named_linears(*this))
+    LAMINA_CHECK(linear->base_gguf() == nullptr || device.is_cpu(), who, "::to: ", path, " is kept in its GGUF "
+                 "format, which computes on the CPU only; load the file dequantized to run it on ", device.str());
   for (const auto& [name, parameter] : named_parameters()) {
     // Cast where the weights are, then move: a CPU-to-GPU move of bf16 carries half the bytes.
     const Tensor converted = parameter.dtype() == dtype ? parameter : ops::cast(parameter, dtype);
@@ -612,7 +626,18 @@ LlamaConfig LlamaWithHead::save_weights(const std::string& directory, std::optio
                  " carries LoRA adapters; save them as a PEFT folder or merge them into the weights first");
     LAMINA_CHECK(linear->base_4bit() == nullptr, who, "::save: ", path,
                  " holds a 4-bit base weight, which a Hugging Face folder of full-precision weights cannot hold");
+    LAMINA_CHECK(linear->base_gguf() == nullptr, who, "::save: ", path, " holds a GGUF-quantized weight (a model read "
+                 "from a GGUF file as stored); load the file dequantized to save it as a folder (lamina convert)");
   }
+  const std::function<void(const nn::Module&, const std::string&)> refuse_quantized_tables =
+      [&](const nn::Module& module, const std::string& path) {
+        if (const auto* embedding = dynamic_cast<const nn::Embedding*>(&module))
+          LAMINA_CHECK(embedding->quantized_table() == nullptr, who, "::save: ", path, " is kept in its GGUF format; "
+                       "load the file dequantized to save it as a folder (lamina convert)");
+        for (const auto& [name, child] : module.children())
+          refuse_quantized_tables(*child, path.empty() ? name : path + "." + name);
+      };
+  refuse_quantized_tables(*this, "");
   std::filesystem::create_directories(directory);
   LlamaConfig saved = config();
   saved.dtype = dtype.value_or(this->dtype());

@@ -272,11 +272,16 @@ class LlamaForCausalLM : public LlamaWithHead {
   // Converts every weight to `dtype` and moves it to `device`, in place: the parameter handles
   // (and whatever holds them) stay valid. Before training starts: gradients are not converted.
   void to(Device device, DType dtype) override;
-  Device device() const override { return output_weight().device(); }
+  Device device() const override { return model->norm->weight().device(); }  // the norms are never quantized
 
   const LlamaConfig& config() const override { return config_; }
   DType dtype() const override { return dtype_; }
-  const Tensor& output_weight() const;  // lm_head's weight, or the embedding when tied
+  // lm_head's weight, or the embedding when tied; an error when the head is quantized (see
+  // head_product).
+  const Tensor& output_weight() const;
+  // logits = h times the head, whatever the head holds: a plain or tied weight, LoRA adapters, a
+  // 4-bit or GGUF base, or a tied embedding kept in its GGUF format.
+  Tensor head_product(const Tensor& h) const;
 
   std::shared_ptr<LlamaModel> model;
   std::shared_ptr<nn::Linear> lm_head;  // null when tie_word_embeddings

@@ -13,6 +13,7 @@
 
 #include "helpers.h"
 #include "models/io/gguf.h"
+#include "models/io/gguf_write.h"
 #include "ops/ggml_blocks.h"
 #include "ops/gguf_matmul.h"
 #include "ops/ops.h"
@@ -360,6 +361,45 @@ TEST_CASE("gguf_matmul: Q4_K and Q6_K are dispatched to the K-quant kernels") {
           }
           CHECK(std::fabs(double(values[size_t(i * rows + r)]) - sum) <= bound * 1.0001 + 1e-5 * (magnitude + bound));
         }
+    }
+  }
+}
+
+// From 16 rows of x on, gguf_matmul multiplies by W dequantized a panel of 64 rows at a time in
+// f32 (no activation rounding): only f32 summation error is left, for every block type, for
+// row counts that do not fill the last panel, and independently of the thread count.
+TEST_CASE("gguf_matmul: many rows of x multiply the exact weights in f32") {
+  std::mt19937 rng(321);
+  for (BlockType type : {BlockType::q8_0, BlockType::q4_0, BlockType::q4_1, BlockType::q4_k, BlockType::q6_k}) {
+    CAPTURE(ops::ggml::block_type_name(type));
+    const int64_t rows = 70, cols = 512, n = 19;
+    std::normal_distribution<float> normal(0.0f, 0.05f);
+    std::vector<float> source(size_t(rows * cols));
+    for (float& value : source) value = normal(rng);
+    const std::vector<uint8_t> data = gguf::encode(gguf::TensorType(uint32_t(type)), source.data(), source.size());
+    const GgufMatrix w{type, rows, cols, data.data()};
+    const std::vector<float> weights = dequantized(w);
+    const std::vector<float> x = random_activations(n, cols, rng);
+    std::vector<uint32_t> first;
+    for (int threads : {1, 2, 3}) {
+      ThreadCountGuard thread_guard(threads);
+      const std::vector<float> y = ops::gguf_matmul(as_tensor(x, n, cols), w).to_vector<float>();
+      int64_t outside = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < rows; ++r) {
+          double sum = 0, magnitude = 0;
+          for (int64_t e = 0; e < cols; ++e) {
+            const double product = double(weights[size_t(r * cols + e)]) * x[size_t(i * cols + e)];
+            sum += product;
+            magnitude += std::fabs(product);
+          }
+          if (!(std::fabs(double(y[size_t(i * rows + r)]) - sum) <= double(cols) * 6.0e-8 * magnitude)) ++outside;
+        }
+      CHECK(outside == 0);
+      if (first.empty())
+        first = bits_of(y);
+      else
+        CHECK(bits_of(y) == first);
     }
   }
 }
