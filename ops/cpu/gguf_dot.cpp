@@ -41,6 +41,8 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 constexpr int kMaxActivationRows = 4;  // activation rows that share one pass over a weight row
+constexpr int kWeightRowsAtOnce = 4;   // weight rows that share one pass over a single activation row
+static_assert(kWeightRowsAtOnce == 4, "the Q4_1 min transposes take exactly four rows");
 
 int64_t bytes_of(BlockType type) {
   switch (type) {
@@ -182,6 +184,73 @@ LAMINA_QDOT_AVX2_TARGET void avx2_row(const uint8_t* row, int64_t blocks, const 
   for (int i = 0; i < count; ++i) y[i * y_stride] = reduce_halves(even[i], odd[i]) + min_sum[i];
 }
 
+// The rows' Q4_1 mins side by side: lane k of first_mins (second_mins) is lane 2 (3) of
+// converted[k], row k's first (second) block's m.
+LAMINA_QDOT_AVX2_TARGET inline void transpose_mins(const __m128* converted, __m128& first_mins, __m128& second_mins) {
+  const __m128 rows01 = _mm_unpackhi_ps(converted[0], converted[1]);  // m1 r0, m1 r1, m2 r0, m2 r1
+  const __m128 rows23 = _mm_unpackhi_ps(converted[2], converted[3]);
+  first_mins = _mm_movelh_ps(rows01, rows23);
+  second_mins = _mm_movehl_ps(rows23, rows01);
+}
+
+// The f16 d (and, for Q4_1, m) of two blocks as f32 d1 d2 m1 m2: the first 4 bytes of each block
+// interleaved (for Q8_0 and Q4_0, lanes 2 and 3 are quant bytes and go unused); f16 -> f32 is exact.
+LAMINA_QDOT_AVX2_TARGET inline __m128 pair_halves(const uint8_t* first, const uint8_t* second) {
+  return _mm_cvtph_ps(_mm_unpacklo_epi16(_mm_loadu_si32(first), _mm_loadu_si32(second)));
+}
+
+// One activation row (decode) against `weight_rows` weight rows in one pass, with independent
+// accumulators per row and Q4_1's min terms in the lanes of one vector (lane k follows row k's
+// scalar chain of avx2_row exactly): the same summation order per row as avx2_row.
+template <BlockType type, int weight_rows>
+LAMINA_QDOT_AVX2_TARGET void avx2_weight_rows(const uint8_t* first_row, int64_t row_bytes, int64_t blocks,
+                                              const QuantizedActivations& x, float* y) {
+  static_assert(weight_rows >= 1 && weight_rows <= kWeightRowsAtOnce);
+  constexpr int64_t block_bytes = type == BlockType::q8_0 ? 34 : type == BlockType::q4_0 ? 18 : 20;
+  const int8_t* q = x.values.data();
+  const float* scales = x.scales.data();
+  const float* scaled_sums = x.scaled_sums.data();
+  __m256 even[weight_rows], odd[weight_rows];
+  for (int k = 0; k < weight_rows; ++k) even[k] = odd[k] = _mm256_setzero_ps();
+  __m128 min_sums = _mm_setzero_ps();  // lane k: row k's min term (Q4_1)
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    const __m128 activation_scales = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b)));
+    __m128 converted[kWeightRowsAtOnce];
+    for (int k = 0; k < weight_rows; ++k) {
+      const uint8_t* first = first_row + k * row_bytes + b * block_bytes;
+      const uint8_t* second = first + block_bytes;
+      converted[k] = pair_halves(first, second);
+      const __m128 pair_scales = _mm_mul_ps(converted[k], activation_scales);  // lanes 0, 1: d_w * d_x
+      const __m256 first_products =
+          avx2_lane_products(type, weight_bytes(type, first, type == BlockType::q4_0), q + b * kBlock);
+      const __m256 second_products =
+          avx2_lane_products(type, weight_bytes(type, second, type == BlockType::q4_0), q + (b + 1) * kBlock);
+      even[k] = _mm256_fmadd_ps(first_products, _mm256_broadcastss_ps(pair_scales), even[k]);
+      odd[k] = _mm256_fmadd_ps(second_products, _mm256_broadcastss_ps(_mm_movehdup_ps(pair_scales)), odd[k]);
+    }
+    if constexpr (type == BlockType::q4_1) {
+      for (int k = weight_rows; k < kWeightRowsAtOnce; ++k) converted[k] = _mm_setzero_ps();  // unused lanes
+      __m128 first_mins, second_mins;
+      transpose_mins(converted, first_mins, second_mins);
+      min_sums = _mm_fmadd_ps(first_mins, _mm_set1_ps(scaled_sums[b]), min_sums);
+      min_sums = _mm_fmadd_ps(second_mins, _mm_set1_ps(scaled_sums[b + 1]), min_sums);
+    }
+  }
+  float min_sum[kWeightRowsAtOnce];
+  _mm_storeu_ps(min_sum, min_sums);
+  if (b < blocks) {  // a last even block
+    for (int k = 0; k < weight_rows; ++k) {
+      const uint8_t* block = first_row + k * row_bytes + b * block_bytes;
+      const __m256 products =
+          avx2_lane_products(type, weight_bytes(type, block, type == BlockType::q4_0), q + b * kBlock);
+      even[k] = _mm256_fmadd_ps(products, _mm256_set1_ps(block_scale(block) * scales[b]), even[k]);
+      if constexpr (type == BlockType::q4_1) min_sum[k] = std::fma(block_scale(block + 2), scaled_sums[b], min_sum[k]);
+    }
+  }
+  for (int k = 0; k < weight_rows; ++k) y[k] = reduce_halves(even[k], odd[k]) + min_sum[k];
+}
+
 // ---- AVX-512 VNNI ----
 
 // The unsigned operand of vpdpbusd: w + 128 for Q8_0 (the sign bit flipped), the raw nibbles for
@@ -289,13 +358,119 @@ LAMINA_QDOT_VNNI_TARGET void vnni_row(const uint8_t* row, int64_t blocks, const 
   }
 }
 
+// One activation row (decode) against kWeightRowsAtOnce weight rows in one pass: the activation
+// blocks and their offsets are loaded once for all of them, and each weight row has its own
+// accumulator, so the rows' FMA chains are independent. The weights' f16 scales (and Q4_1's
+// mins) of two blocks are converted by one vcvtph2ps, and Q4_1's min terms of the rows run in the
+// lanes of one vector, lane k following exactly row k's scalar chain of vnni_row. Nothing in the
+// summation order of any one row changes, so results equal vnni_row's (and the reference's).
+
+template <BlockType type, int weight_rows>
+LAMINA_QDOT_VNNI_TARGET void vnni_weight_rows(const uint8_t* first_row, int64_t row_bytes, int64_t blocks,
+                                              const QuantizedActivations& x, float* y) {
+  static_assert(weight_rows >= 1 && weight_rows <= kWeightRowsAtOnce);
+  constexpr int64_t block_bytes = type == BlockType::q8_0 ? 34 : type == BlockType::q4_0 ? 18 : 20;
+  constexpr int offset_shift = type == BlockType::q8_0 ? 7 : type == BlockType::q4_0 ? 3 : 0;  // 128 or 8
+  const int8_t* q = x.values.data();
+  const int32_t* lane_sums = x.lane_sums.data();
+  const float* scales = x.scales.data();
+  const float* scaled_sums = x.scaled_sums.data();
+  __m512 accumulators[weight_rows];
+  for (int k = 0; k < weight_rows; ++k) accumulators[k] = _mm512_setzero_ps();
+  __m128 min_sums = _mm_setzero_ps();  // lane k: row k's min term (Q4_1)
+  const __m512i spread_pair = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    const __m512i activations = _mm512_loadu_si512(q + b * kBlock);
+    // vpdpbusd adds onto its first operand, so starting from minus the offsets subtracts them
+    // exactly (the same integers as vnni_row's separate subtraction).
+    __m512i start = _mm512_setzero_si512();
+    if constexpr (offset_shift != 0)
+      start = _mm512_sub_epi32(start, _mm512_slli_epi32(_mm512_loadu_si512(lane_sums + b * 8), offset_shift));
+    const __m128 activation_scales = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + b)));
+    // Per row: lanes 0, 1 the two blocks' weight scales d; for Q4_1 lanes 2, 3 their mins m.
+    __m128 converted[kWeightRowsAtOnce];
+    for (int k = 0; k < weight_rows; ++k) {
+      const uint8_t* first = first_row + k * row_bytes + b * block_bytes;
+      const uint8_t* second = first + block_bytes;
+      // The hardware prefetcher follows one stream per row; this only starts it sooner.
+      if (b + 16 < blocks) _mm_prefetch(reinterpret_cast<const char*>(first + 16 * block_bytes), _MM_HINT_T0);
+      converted[k] = pair_halves(first, second);  // d1 d2 (m1 m2)
+      const __m512i weights = vnni_unsigned_pair<type>(first, second);
+      const __m512i products = _mm512_dpbusd_epi32(start, weights, activations);
+      // Lanes 0, 1: the same f32 products d_w * d_x as the reference's.
+      const __m128 pair_scales = _mm_mul_ps(converted[k], activation_scales);
+      const __m512 scale = _mm512_permutexvar_ps(spread_pair, _mm512_castps128_ps512(pair_scales));
+      accumulators[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(products), scale, accumulators[k]);
+    }
+    if constexpr (type == BlockType::q4_1) {
+      for (int k = weight_rows; k < kWeightRowsAtOnce; ++k) converted[k] = _mm_setzero_ps();  // unused lanes
+      __m128 first_mins, second_mins;
+      transpose_mins(converted, first_mins, second_mins);
+      min_sums = _mm_fmadd_ps(first_mins, _mm_set1_ps(scaled_sums[b]), min_sums);
+      min_sums = _mm_fmadd_ps(second_mins, _mm_set1_ps(scaled_sums[b + 1]), min_sums);
+    }
+  }
+  float min_sum[kWeightRowsAtOnce];
+  _mm_storeu_ps(min_sum, min_sums);
+  if (b < blocks) {  // a last even block: only lanes 0..7 take it
+    const __m512i activations =
+        _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * kBlock)));
+    __m512i offsets = _mm512_setzero_si512();
+    if constexpr (offset_shift != 0)
+      offsets = _mm512_slli_epi32(
+          _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(lane_sums + b * 8))),
+          offset_shift);
+    for (int k = 0; k < weight_rows; ++k) {
+      const uint8_t* block = first_row + k * row_bytes + b * block_bytes;
+      const __m512i weights = _mm512_zextsi256_si512(vnni_unsigned_weights<type>(block));
+      __m512i products = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, activations);
+      if constexpr (offset_shift != 0) products = _mm512_sub_epi32(products, offsets);
+      accumulators[k] = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(products),
+                                              _mm512_set1_ps(block_scale(block) * scales[b]), accumulators[k],
+                                              __mmask16(0x00FF));
+      if constexpr (type == BlockType::q4_1) min_sum[k] = std::fma(block_scale(block + 2), scaled_sums[b], min_sum[k]);
+    }
+  }
+  for (int k = 0; k < weight_rows; ++k) {
+    const __m256 low = _mm512_castps512_ps256(accumulators[k]);
+    const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(accumulators[k]), 1));
+    y[k] = reduce_halves(low, high) + min_sum[k];
+  }
+}
+
 // One weight row against every activation row, kMaxActivationRows at a time, so that each
-// weight block is loaded and unpacked once per group.
+// weight block is loaded and unpacked once per group; a single activation row (decode) goes to
+// vnni_weight_rows / avx2_weight_rows instead, kWeightRowsAtOnce weight rows at a time.
 template <BlockType type, bool vnni>
 void simd_rows(const uint8_t* weights, int64_t cols, const QuantizedActivations& x, int64_t row_begin, int64_t row_end,
                float* y, int64_t y_stride) {
   constexpr int64_t block_bytes = type == BlockType::q8_0 ? 34 : type == BlockType::q4_0 ? 18 : 20;
   const int64_t blocks = cols / kBlock, row_bytes = blocks * block_bytes;
+  if (x.rows == 1) {  // decode: several weight rows share each pass over the activation row
+    auto run = [&]<int weight_rows>(int64_t r) {
+      if constexpr (vnni)
+        vnni_weight_rows<type, weight_rows>(weights + r * row_bytes, row_bytes, blocks, x, y + r);
+      else
+        avx2_weight_rows<type, weight_rows>(weights + r * row_bytes, row_bytes, blocks, x, y + r);
+    };
+    int64_t r = row_begin;
+    for (; r + kWeightRowsAtOnce <= row_end; r += kWeightRowsAtOnce) run.template operator()<kWeightRowsAtOnce>(r);
+    switch (row_end - r) {
+      case 3:
+        run.template operator()<3>(r);
+        break;
+      case 2:
+        run.template operator()<2>(r);
+        break;
+      case 1:
+        run.template operator()<1>(r);
+        break;
+      default:
+        break;
+    }
+    return;
+  }
   for (int64_t r = row_begin; r < row_end; ++r) {
     const uint8_t* row = weights + r * row_bytes;
     for (int64_t i = 0; i < x.rows; i += kMaxActivationRows) {

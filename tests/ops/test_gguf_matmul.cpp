@@ -1,7 +1,8 @@
 // gguf_matmul (ops/gguf_matmul.h) on Q8_0, Q4_0 and Q4_1 weights: every CPU path against the
 // dequantized weight (ggml::dequantize) times x in f64, with a tolerance derived from the int8
 // activation rounding; the paths against each other bit for bit (they share one definition of
-// the integer sums and of the f32 summation order); thread counts; the errors; and a
+// the integer sums and of the f32 summation order), also for one row of x (the decode kernels'
+// grouping of weight rows); thread counts; the errors; and a
 // matrix-vector bandwidth benchmark (skipped unless asked for: -tc='*bandwidth*' --no-skip).
 #include <doctest/doctest.h>
 
@@ -220,6 +221,41 @@ TEST_CASE("gguf_matmul: batch dimensions, thread counts do not change results") 
       CHECK(bits_of(single) == std::vector<uint32_t>(first.begin() + 4 * rows, first.begin() + 5 * rows));
     }
   }
+}
+
+// One row of x (decode) takes its own kernel, which runs several weight rows in one pass: at
+// SmolLM2's widths (18 and 48 blocks) and an odd block count, for every count of weight rows
+// left over by that grouping and split by threads, it must equal the reference bit for bit,
+// with an infinite activation (a NaN block scale) confined to the rows' sums as in the reference.
+TEST_CASE("gguf_matmul: one row of x, any number of weight rows, equals the reference bit for bit") {
+  PathGuard guard;
+  std::mt19937 rng(2024);
+  for (BlockType type : kTypes)
+    for (int64_t cols : {544, 576, 1536})
+      for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 9, 38}) {
+        CAPTURE(ops::ggml::block_type_name(type));
+        CAPTURE(cols);
+        CAPTURE(rows);
+        const std::vector<uint8_t> data = random_blocks(type, rows, cols, rng);
+        const GgufMatrix w{type, rows, cols, data.data()};
+        std::vector<float> x = random_activations(1, cols, rng);
+        const bool infinite = rows == 5;
+        if (infinite) x[size_t(cols - 3)] = INFINITY;
+        ops::set_gguf_dot_path(GgufDotPath::reference);
+        const std::vector<float> reference = ops::gguf_matmul(as_tensor(x, 1, cols), w).to_vector<float>();
+        int64_t not_nan = 0;
+        for (float value : reference) not_nan += !std::isnan(value);
+        CHECK(not_nan == (infinite ? 0 : rows));
+        for (GgufDotPath path : {GgufDotPath::avx2, GgufDotPath::vnni}) {
+          if (!path_runs(path)) continue;
+          CAPTURE(ops::gguf_dot_path_name(path));
+          ops::set_gguf_dot_path(path);
+          for (int threads : {1, 3}) {
+            ThreadCountGuard thread_guard(threads);
+            CHECK(bits_of(ops::gguf_matmul(as_tensor(x, 1, cols), w).to_vector<float>()) == bits_of(reference));
+          }
+        }
+      }
 }
 
 TEST_CASE("gguf_dequantize is ggml's dequantization (gguf::dequantize)") {
