@@ -120,6 +120,15 @@ LAMINA_F32_AVX2_TARGET void avx2_tile(const float* a, const float* b, int64_t de
   }
 }
 
+// The 64-bit interleaves of transpose_16x16 (functions, not lambdas: a lambda does not inherit
+// the enclosing function's target attribute, and without -march it would not compile).
+LAMINA_F32_AVX512_TARGET inline __m512 low(__m512 x, __m512 y) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
+}
+LAMINA_F32_AVX512_TARGET inline __m512 high(__m512 x, __m512 y) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
+}
+
 // Transposes a 16 x 16 block of floats held one row per register: 32-bit then 64-bit
 // interleaves inside each 128-bit lane, then two rounds of lane shuffles.
 LAMINA_F32_AVX512_TARGET inline void transpose_16x16(__m512 rows[16]) {
@@ -131,12 +140,6 @@ LAMINA_F32_AVX512_TARGET inline void transpose_16x16(__m512 rows[16]) {
     pairs[4 * j + 3] = _mm512_unpackhi_ps(rows[4 * j + 2], rows[4 * j + 3]);
   }
   // quads[4 j + c], 128-bit lane L: rows 4 j .. 4 j + 3 of column 4 L + c.
-  const auto low = [](__m512 x, __m512 y) {
-    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-  };
-  const auto high = [](__m512 x, __m512 y) {
-    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-  };
   for (int j = 0; j < 4; ++j) {
     quads[4 * j + 0] = low(pairs[4 * j], pairs[4 * j + 2]);
     quads[4 * j + 1] = high(pairs[4 * j], pairs[4 * j + 2]);
