@@ -3,6 +3,7 @@
 // Exit status: 0 success, 1 a failure while running (any lamina::Error or other exception),
 // 2 a usage mistake (unknown subcommand or flag, missing value).
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -12,6 +13,7 @@
 #include "tensor/error.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "train/metrics.h"
 
 namespace lamina::cli {
 namespace {
@@ -36,8 +38,11 @@ constexpr Subcommand kSubcommands[] = {
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},
     {"convert", "convert a Llama model between a Hugging Face folder and a GGUF file (f32/f16/bf16/q8_0/q4_0/q4_1/q4_k/q6_k)", run_convert},
     {"quantize", "quantize a model: to a GGUF file (q8_0/q4_0/q4_1/q4_k/q6_k) or a bitsandbytes NF4/FP4 folder", run_quantize},
-    {"lora", "LoRA adapters (PEFT folders): merge into a model", run_lora},
+    {"lora", "LoRA adapters (PEFT folders): merge into a model, extract from a fine-tuned model (SVD)", run_lora},
+    {"mutate", "scale a model's singular values by random factors (CycleQD's SVD mutation)", run_mutate},
     {"merge", "merge models by a JSON recipe: linear, task arithmetic, SLERP, TIES, DARE (streamed)", run_merge_models},
+    {"expand", "insert zero-output copies of decoder blocks (LLaMA Pro): same logits, new blocks to train", run_expand},
+    {"extend-vocab", "add tokens to a model's tokenizer, embedding and head (old logits unchanged)", run_extend_vocab},
     {"sparse", "MoA sparse attention: profile heads, search a plan at a density, uniform baseline", run_sparse},
     {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer, preference, attention)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
@@ -84,7 +89,24 @@ int dispatch(const Arguments& args) {
 }  // namespace
 }  // namespace lamina::cli
 
+namespace {
+
+// $LAMINA_PEAK_RSS_FILE: where this process writes its peak RSS in bytes when it exits (how
+// `bench generate` reads the peak of the `lamina generate` processes it starts).
+void write_peak_rss_at_exit() {
+  if (std::getenv("LAMINA_PEAK_RSS_FILE") == nullptr) return;
+  std::atexit([] {
+    if (std::FILE* out = std::fopen(std::getenv("LAMINA_PEAK_RSS_FILE"), "w")) {
+      std::fprintf(out, "%lld\n", static_cast<long long>(lamina::train::peak_rss_bytes()));
+      std::fclose(out);
+    }
+  });
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  write_peak_rss_at_exit();
   try {
     return lamina::cli::dispatch(lamina::cli::Arguments(argv + 1, argv + argc));
   } catch (const lamina::cli::UsageError& error) {

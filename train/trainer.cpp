@@ -61,6 +61,8 @@ void TrainOptions::validate() const {
   resolved_device();
   compute_dtype();
   if (!lora.empty()) parse_lora_spec(lora);
+  LAMINA_CHECK(trainable.empty() || lora.empty(), "train: --trainable chooses which weights train in full fine-tuning; "
+               "with --lora the adapters train and the base is frozen: drop one of the two");
   LAMINA_CHECK(!qlora || !lora.empty(), "train: qlora (--qlora) trains LoRA adapters on a 4-bit base: give the adapters "
                "too, e.g. --lora r=16,alpha=32,dropout=0.05,targets=all-linear");
 }
@@ -94,6 +96,7 @@ json::Value TrainOptions::to_json() const {
   out.set("gradient-checkpointing", gradient_checkpointing);
   out.set("lora", lora);
   out.set("qlora", qlora);
+  out.set("trainable", trainable);
   out.set("attention-plan", attention_plan);
   out.set("device", device);
   out.set("precision", precision);
@@ -164,6 +167,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "gradient-checkpointing") o.gradient_checkpointing = value.as_bool(what);
     else if (key == "lora") o.lora = value.as_string(what);
     else if (key == "qlora") o.qlora = value.as_bool(what);
+    else if (key == "trainable") o.trainable = value.as_string(what);
     else if (key == "attention-plan") o.attention_plan = value.as_string(what);
     else if (key == "device") o.device = value.as_string(what);
     else if (key == "precision") o.precision = value.as_string(what);
@@ -185,7 +189,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
 const std::vector<std::string>& TrainOptions::json_keys() {
   static const std::vector<std::string> keys = {
       "steps", "batch-size", "micro-batch-size", "seq-len", "no-pack", "lr", "min-lr-ratio", "warmup-steps",
-      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "attention-plan", "device",
+      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "trainable", "attention-plan", "device",
       "precision", "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
   return keys;
 }
@@ -390,10 +394,62 @@ std::shared_ptr<llama::LlamaWithHead> placed(std::shared_ptr<llama::LlamaWithHea
                    (long long)lora->options.rank, targeted.size(), double(model->parameter_count(true)) / 1e6,
                    double(model->parameter_count()) / 1e6);
   }
+  if (!options.trainable.empty()) {
+    const std::vector<std::string> training = apply_trainable_patterns(*model, options.trainable);
+    if (options.progress) {
+      int64_t count = 0;
+      for (const auto& [name, parameter] : model->named_parameters())
+        if (parameter.requires_grad()) count += parameter.numel();
+      std::fprintf(stderr, "trainable: %zu parameter tensors (%.2fM parameters of %.1fM), the rest frozen\n",
+                   training.size(), double(count) / 1e6, double(model->parameter_count()) / 1e6);
+    }
+  }
   return model;
 }
 
 }  // namespace
+
+namespace {
+
+// TrainOptions::trainable's comma-separated patterns; an empty one is an error.
+std::vector<std::string> split_trainable_patterns(const std::string& patterns) {
+  std::vector<std::string> list;
+  for (size_t start = 0;;) {
+    const size_t end = patterns.find(',', start);
+    list.push_back(patterns.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    LAMINA_CHECK(!list.back().empty(), "train: --trainable has an empty pattern in '", patterns, "'");
+    if (end == std::string::npos) return list;
+    start = end + 1;
+  }
+}
+
+// A pattern with '*' is a glob over the whole name; one without is a substring of it.
+bool trainable_name_matches(const std::vector<std::string>& patterns, const std::string& name) {
+  for (const std::string& pattern : patterns)
+    if (pattern.find('*') != std::string::npos ? nn::glob_match(pattern, name) : name.find(pattern) != std::string::npos)
+      return true;
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> apply_trainable_patterns(nn::Module& model, const std::string& patterns) {
+  const std::vector<std::string> list = split_trainable_patterns(patterns);
+  const std::vector<nn::NamedTensor> parameters = model.named_parameters();
+  for (const std::string& pattern : list) {
+    bool any = false;
+    for (const auto& named : parameters) any = any || trainable_name_matches({pattern}, named.first);
+    LAMINA_CHECK(any, "train: --trainable pattern '", pattern, "' matches no parameter (the names are like '",
+                 parameters.empty() ? std::string("?") : parameters.front().first, "'; '*' matches any run of characters)");
+  }
+  std::vector<std::string> training;
+  for (const auto& [name, parameter] : parameters) {
+    const bool train = trainable_name_matches(list, name);
+    parameter.set_requires_grad(train);
+    if (train) training.push_back(name);
+  }
+  return training;
+}
 
 CrossEntropySum causal_lm_loss(const llama::LlamaForCausalLM& model, const Tensor& ids, const Tensor& targets,
                                const llama::ForwardOptions& forward) {
@@ -458,7 +514,7 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
   compare("batch-size");
   if (micro(saved) != micro(now)) changes.push_back({"micro-batch-size", str_cat(micro(saved)), str_cat(micro(now))});
   for (const char* key : {"seq-len", "pack", "seed", "lr", "min-lr-ratio", "warmup-steps", "schedule", "weight-decay",
-                          "beta1", "beta2", "eps", "clip", "lora", "qlora", "attention-plan"})
+                          "beta1", "beta2", "eps", "clip", "lora", "qlora", "trainable", "attention-plan"})
     compare(key);
   if (saved.compute_dtype() != now.compute_dtype())
     changes.push_back({"precision", str_cat(saved.precision, " (", dtype_name(saved.compute_dtype()), ")"),
@@ -495,6 +551,17 @@ TrainingMemory estimate_training_memory(const llama::LlamaConfig& config, const 
   memory.gradients = trained * (options.lora.empty() ? width : 4);
   memory.moments = 2 * trained * 4;
   memory.master = memory.dtype == DType::f32 || !options.lora.empty() ? 0 : parameters * 4;
+  if (!options.trainable.empty()) {
+    // --trainable: gradients, moments and master weights for the matching parameters alone.
+    const std::vector<std::string> patterns = split_trainable_patterns(options.trainable);
+    double matching = 0;
+    llama::LlamaForCausalLM::for_each_parameter_shape(config, [&](const std::string& name, const Shape& shape) {
+      if (trainable_name_matches(patterns, name)) matching += double(shape_numel(shape));
+    });
+    memory.gradients = matching * width;
+    memory.moments = 2 * matching * 4;
+    memory.master = memory.dtype == DType::f32 ? 0 : matching * 4;
+  }
   memory.logits = 2 * rows * tokens * double(config.vocab_size) * 4;  // f32 logits and their gradient
   // The fused CPU attention keeps no [T, T] matrix: per concurrent (row, kv head) task of its
   // backward, the f32 gradients of that head's keys and values and a tile of scores.

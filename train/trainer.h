@@ -59,6 +59,13 @@ struct TrainOptions {
   // targeted projections train and the base stays frozen; checkpoints and the final model/
   // hold the adapter only, as a PEFT folder. Empty: every weight trains.
   std::string lora;
+  // Which parameters train, by name (e.g. "model.layers.2.*,model.layers.5.*" for blocks added by
+  // `lamina expand`, or "embed_tokens,lm_head"): comma-separated patterns, each a glob ('*' any
+  // run of characters, dots included) when it has a '*' and otherwise a substring of the name.
+  // Only parameters some pattern matches train; the rest are frozen. A pattern that matches no
+  // parameter is an error naming it. Full fine-tuning only: with `lora` the adapters are what
+  // trains, so the two are refused together. Empty: every weight trains.
+  std::string trainable;
   // QLoRA: the base's linear weights are quantized to NF4 (blocks of 64, double-quantized
   // scales) before the adapters are added, and every product with them is the fused 4-bit one.
   // Needs `lora`.
@@ -104,7 +111,7 @@ struct OptionChange {
 //   batch-size, micro-batch-size (as the rows per forward; the step's sum is accumulated in a
 //   different order), seq-len, pack, seed (the rows and their order), lr, min-lr-ratio,
 //   warmup-steps, schedule, weight-decay, beta1, beta2, eps, clip (the update), precision (as
-//   the dtype it resolves to), lora and qlora (what trains, on what base), and device (its kind, cpu or cuda: different
+//   the dtype it resolves to), lora, qlora and trainable (what trains, on what base), and device (its kind, cpu or cuda: different
 //   kernels round differently), and steps unless the schedule is constant: a linear or cosine decay is
 //   stretched over `steps`, so a longer run would have had a different learning rate at every
 //   step after the warmup, the finished ones included.
@@ -118,7 +125,8 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
 // master weights; plus a step's largest buffers (the f32 logits and their gradient, the fused
 // attention's per-thread tiles). On CUDA the state lives in device memory, which lamina cannot
 // query yet: there the host holds the f32 weights while the model is built or loaded, and the
-// packing mask the materialising attention takes from the document ids.
+// packing mask the materialising attention takes from the document ids. With `trainable`, the
+// gradients, moments and master weights are counted for the matching parameters alone.
 struct TrainingMemory {
   int64_t parameters = 0;
   DType dtype = DType::f32;  // the weights' dtype
@@ -161,6 +169,11 @@ struct RunStart {
   // what the run would remove or replace in its output folder (check_inputs_outside_run).
   std::vector<RunInput> inputs = {};
 };
+
+// Freezes every parameter of `model` that no pattern of `patterns` (TrainOptions::trainable)
+// matches and returns the names of those that train; an empty pattern or one that matches no
+// parameter is an error naming it.
+std::vector<std::string> apply_trainable_patterns(nn::Module& model, const std::string& patterns);
 
 class Trainer {
  public:
