@@ -307,6 +307,22 @@ Tensor Embedding::forward(const Tensor& ids) const {
   return embedding(weight_, ids);
 }
 
+std::vector<Tensor> forward_together(const std::vector<const Linear*>& layers, const Tensor& x) {
+  bool shared = x.dtype() == DType::f32 && x.device().is_cpu() && !(autograd::grad_enabled() && x.requires_grad());
+  std::vector<const ops::GgufMatrix*> matrices;
+  for (const Linear* layer : layers) {
+    shared = shared && layer->base_gguf() != nullptr && layer->adapter_names().empty() && !layer->bias().defined();
+    if (layer->base_gguf() != nullptr) matrices.push_back(&layer->base_gguf()->matrix);
+  }
+  if (shared) {
+    const profiler::Scope scope("forward:", "linear_gguf_many");
+    return ops::gguf_matmul_many(x, matrices);
+  }
+  std::vector<Tensor> outs;
+  for (const Linear* layer : layers) outs.push_back(layer->forward(x));
+  return outs;
+}
+
 void Embedding::set_quantized_table(ops::GgufWeight table) {
   LAMINA_CHECK(!weight_.defined() || (table.matrix.rows == weight_.size(0) && table.matrix.cols == weight_.size(1)),
                "Embedding: a quantized table of shape [", table.matrix.rows, ", ", table.matrix.cols, "] for a table of ",

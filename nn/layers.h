@@ -116,6 +116,12 @@ class Linear : public Module {
   std::shared_ptr<const ops::GgufWeight> base_gguf_;      // set by set_base_gguf: weight_ is then undefined
 };
 
+// The outputs of several Linear layers on one input (a layer's q, k, v projections; gate and
+// up): each layer's forward, except that layers whose bases are all kept in GGUF blocks, without
+// adapters or bias, on an input that needs no gradient, share one quantized product
+// (ops::gguf_matmul_many: x quantized once, one split over threads). Same results either way.
+std::vector<Tensor> forward_together(const std::vector<const Linear*>& layers, const Tensor& x);
+
 // Quantizes the base weight of every Linear of `model` but the output head (lm_head, or a reward
 // model's score), as QLoRA and transformers' bitsandbytes loading do; those 4-bit already stay as
 // they are.

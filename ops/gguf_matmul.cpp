@@ -204,6 +204,51 @@ Tensor gguf_rows(const Tensor& ids, const GgufMatrix& w) {
   return out;
 }
 
+std::vector<Tensor> gguf_matmul_many(const Tensor& x, const std::vector<const GgufMatrix*>& ws) {
+  LAMINA_CHECK(!ws.empty(), "gguf_matmul_many: no matrices");
+  const int64_t cols = ws.front()->cols;
+  bool fusable = x.device().is_cpu() && x.dtype() == DType::f32 && x.dim() >= 1 && x.shape().back() == cols && cols > 0;
+  for (const GgufMatrix* w : ws) {
+    check_matrix(*w, "gguf_matmul_many");
+    fusable = fusable && w->cols == cols && integer_kernel_type(w->type);
+  }
+  const int64_t n = fusable ? x.numel() / cols : 0;
+  if (!fusable || n >= kPanelProductMinRows) {  // one product at a time (which also checks x)
+    std::vector<Tensor> outs;
+    for (const GgufMatrix* w : ws) outs.push_back(gguf_matmul(x, *w));
+    return outs;
+  }
+  const Tensor input = x.contiguous();
+  const cpu::DotKernel kernel = kernel_of(gguf_dot_path());
+  cpu::QuantizedActivations activations;
+  cpu::quantize_activations(input.data<float>(), n, cols, activations);
+  std::vector<Tensor> outs;
+  std::vector<int64_t> first_row;  // where each matrix's rows start in the joint row range
+  int64_t total_rows = 0, total_bytes = 0;
+  for (const GgufMatrix* w : ws) {
+    Shape out_shape = x.shape();
+    out_shape.back() = w->rows;
+    outs.push_back(Tensor::empty(out_shape, DType::f32));
+    first_row.push_back(total_rows);
+    total_rows += w->rows;
+    total_bytes += w->rows * (cols / 32) * int64_t(ggml::block_bytes(w->type));
+  }
+  // Each output is still one weight row against one x row, computed whole by one thread: the
+  // results are gguf_matmul's, bit for bit, whatever the split.
+  const int64_t bytes_per_row = std::max<int64_t>(1, total_bytes / std::max<int64_t>(1, total_rows));
+  const int64_t grain = std::max<int64_t>(1, kMinBytesPerThread / (bytes_per_row * n));
+  parallel_for(0, total_rows, grain, [&](int64_t first, int64_t last) {
+    for (size_t m = 0; m < ws.size(); ++m) {
+      const int64_t begin = std::max(first, first_row[m]) - first_row[m];
+      const int64_t end = std::min(last, first_row[m] + ws[m]->rows) - first_row[m];
+      if (begin < end)
+        cpu::gguf_dot_rows(kernel, ws[m]->type, ws[m]->data, cols, activations, begin, end, outs[m].data<float>(),
+                           ws[m]->rows);
+    }
+  });
+  return outs;
+}
+
 Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w) {
   check_matrix(w, "gguf_matmul");
   LAMINA_CHECK(gguf_matmul_supports(w.type), "gguf_matmul: no integer kernel for ", ggml::block_type_name(w.type),

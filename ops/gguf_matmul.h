@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "ops/ggml_blocks.h"
 #include "tensor/tensor.h"
@@ -46,6 +47,12 @@ struct GgufWeight {
 // x must be f32 on the CPU (other dtypes are refused, not cast). Threads over rows of W, and
 // over rows of x for N > 1.
 Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w);
+
+// gguf_matmul of one x by several matrices of the same width (a layer's q, k and v, or gate and
+// up projections): the same results, with x quantized once and one split over threads of all the
+// matrices' rows, so that a decode step wakes the threads once per group instead of once per
+// matrix.
+std::vector<Tensor> gguf_matmul_many(const Tensor& x, const std::vector<const GgufMatrix*>& ws);
 
 // W as an f32 tensor [rows, cols]: ggml::dequantize of every block.
 Tensor gguf_dequantize(const GgufMatrix& w);

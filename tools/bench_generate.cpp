@@ -25,6 +25,7 @@
 #include "models/sparse/moa_plan.h"
 #include "tensor/parallel.h"
 #include "tools/args.h"
+#include "tools/bench_generate_gguf.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
 #include "tools/model_files.h"
@@ -72,6 +73,19 @@ llama::LlamaConfig config_kv_heavy(int64_t context) {
   return config;
 }
 
+// The bytes a decode step reads of weights: the parameters, and the matrices kept in GGUF blocks.
+int64_t model_weight_bytes(const llama::LlamaForCausalLM& model) {
+  int64_t bytes = 0;
+  for (const Tensor& p : model.parameters()) bytes += int64_t(p.nbytes());
+  const auto matrix_bytes = [](const ops::GgufMatrix& m) {
+    return m.rows * (m.cols / int64_t(ops::ggml::block_elements(m.type))) * int64_t(ops::ggml::block_bytes(m.type));
+  };
+  for (const auto& [path, linear] : nn::named_linears(model))
+    if (const ops::GgufWeight* w = linear->base_gguf()) bytes += matrix_bytes(w->matrix);
+  if (const ops::GgufWeight* table = model.model->embed_tokens->quantized_table()) bytes += matrix_bytes(table->matrix);
+  return bytes;
+}
+
 struct Settings {
   int threads = 1;
   double min_seconds = 0.5;
@@ -111,8 +125,7 @@ void bench_model(const std::string& name, const llama::LlamaForCausalLM& model, 
       },
       settings.min_seconds);
   const double step_seconds = decode.median_seconds / double(settings.decode_tokens);
-  int64_t weight_bytes = 0;
-  for (const Tensor& p : model.parameters()) weight_bytes += int64_t(p.nbytes());
+  const int64_t weight_bytes = model_weight_bytes(model);
   const double bound_seconds = double(weight_bytes) / (memcpy_gbps * 1e9);
   JsonLine line;
   line.add("bench", "generate")
@@ -274,6 +287,13 @@ int run_bench_generate(const Arguments& args) {
                     "2048");
   parser.add_option("context-batch", "B", "sequences decoded together in the long-context cases", "4");
   parser.add_option("attention-plan", "FILE", "a MoA plan (lamina sparse plan) also run in the --model's long-context cases");
+  parser.add_option("prompt-tokens", "N", "a GGUF --model's cases (<name>_t1, _t2, _process): prompt tokens (llama-bench's pp512)", "512");
+  parser.add_option("decode-tokens", "N", "a GGUF --model's cases: decode steps (llama-bench's tg128)", "128");
+  parser.add_switch("profile", "a GGUF --model's cases: also one line per op of the decode step, largest first");
+  parser.add_switch("no-process", "a GGUF --model's cases: skip <name>_process (a fresh `lamina generate` process: time "
+                    "to the first token, peak RSS)");
+  parser.add_option("synthetic-1b", "FILE", "also a random Llama of Llama 3.2 1B's shape in Q4_0 (case synthetic_1b_q4_0): "
+                    "read from FILE, written there first when absent (~0.7 GB; ~5 GB of memory while made)");
   if (!parser.parse(args)) return 0;
   Settings settings;
   settings.threads = int(parser.int_value("threads", num_threads(), 1, 1024));
@@ -288,10 +308,11 @@ int run_bench_generate(const Arguments& args) {
   auto selected = [&](const std::string& name) { return filter.empty() || name.find(filter) != std::string::npos; };
   const std::optional<std::string> own_model = parser.value("model");
   const std::string own_name = own_model ? std::filesystem::path(*own_model).stem().string() : "";
+  const std::optional<std::string> synthetic = parser.value("synthetic-1b");
   if (!selected("stories260k") && !selected("random_125m") && !selected("random_kv_heavy") &&
-      !(own_model && selected(own_name)))
+      !(own_model && selected(own_name)) && !(synthetic && selected("synthetic_1b_q4_0")))
     throw UsageError("lamina bench generate: --filter '" + filter + "' matches no case (the cases: stories260k, random_125m, "
-                     "random_kv_heavy and the --model file's name)",
+                     "random_kv_heavy, synthetic_1b_q4_0 and the --model file's name)",
                      "run 'lamina bench generate --help'");
   const std::string stories = parser.value("stories").value_or("../shared/assets/stories260k");
   // Only the default folder may be absent (a checkout without the assets); a folder named on
@@ -311,6 +332,18 @@ int run_bench_generate(const Arguments& args) {
     } else {
       JsonLine().add("bench", "generate").add("case", "stories260k").add("skipped", "no folder at " + stories).print();
     }
+  }
+  GgufBenchOptions gguf_options;
+  gguf_options.prompt_tokens = parser.int_value("prompt-tokens", 512, 1, int64_t(1) << 20);
+  gguf_options.decode_tokens = parser.int_value("decode-tokens", 128, 1, int64_t(1) << 20);
+  gguf_options.threads = settings.threads == 1 ? std::vector<int>{1} : std::vector<int>{1, settings.threads};
+  gguf_options.min_seconds = settings.min_seconds;
+  gguf_options.profile = parser.is_set("profile");
+  gguf_options.process = !parser.is_set("no-process");
+  if (own_model && selected(own_name) && is_gguf_file(*own_model)) bench_gguf_model(*own_model, own_name, gguf_options);
+  if (synthetic && selected("synthetic_1b_q4_0")) {
+    if (!std::filesystem::exists(*synthetic)) write_synthetic_1b_gguf(*synthetic);
+    bench_gguf_model(*synthetic, "synthetic_1b_q4_0", gguf_options);
   }
   if (own_model && selected(own_name)) {
     const auto model = load_model_on(*own_model, Device::cpu());

@@ -38,6 +38,15 @@ void run_on_threads(int threads, const std::function<void(int index)>& body);
 // over `threads` threads, buffers touched before timing.
 double memcpy_bandwidth_gbps(int threads, double min_seconds, size_t bytes = size_t(256) << 20);
 
+// Runs `step` with the op profiler on (tensor/profiler.h), at least three times and for at least
+// `min_seconds`, each run inside a scope "step:other" (whose self time is then what no other
+// scope covers), and prints one line per scope, largest self time first: {"bench": suite,
+// "case": case_name, "op", seconds and share of the step, inclusive seconds (the outermost scope
+// of the name), calls per step}. Returns the profiled step's seconds (wall time per step,
+// profiler overhead included).
+double print_step_profile(const std::string& suite, const std::function<void()>& step, double min_seconds,
+                          const std::string& case_name);
+
 // One flat JSON object, built field by field, printed as one line.
 class JsonLine {
  public:

@@ -71,42 +71,6 @@ CpuPeak cpu_peak(const ops::cpu::PeakThroughput& measured, DType dtype) {
   return {measured.f32_fma_gflops, "f32_fma"};
 }
 
-// Runs `step` with the profiler on, at least three times and for at least `min_seconds`, each
-// run inside a scope "step:other" (whose self time is then what no other scope covers), and
-// prints one line per scope, largest self time first: seconds and share of the step, inclusive
-// seconds (the outermost scope of the name), calls per step. Returns the profiled step's
-// seconds (the wall time per step, profiler overhead included).
-double print_step_profile(const std::function<void()>& step, double min_seconds, const char* case_name) {
-  profiler::reset();
-  profiler::set_enabled(true);
-  int64_t steps = 0;
-  const auto start = std::chrono::steady_clock::now();
-  double elapsed = 0;
-  while (steps < 3 || elapsed < min_seconds) {
-    {
-      const profiler::Scope scope("step:other");
-      step();
-    }
-    ++steps;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  }
-  profiler::set_enabled(false);
-  const std::vector<profiler::ScopeStats> scopes = profiler::snapshot();
-  profiler::reset();
-  const double per_step = elapsed / double(steps);
-  for (const profiler::ScopeStats& scope : scopes) {
-    JsonLine line;
-    line.add("bench", "train")
-        .add("case", case_name)
-        .add("op", scope.name)
-        .add("seconds_per_step", scope.self_seconds / double(steps))
-        .add("share", scope.self_seconds / elapsed)
-        .add("inclusive_seconds_per_step", scope.total_seconds / double(steps))
-        .add("calls_per_step", double(scope.calls) / double(steps))
-        .print();
-  }
-  return per_step;
-}
 
 }  // namespace
 
@@ -230,7 +194,7 @@ int run_bench_train(const Arguments& args) {
         .add("peak_rss_bytes", train::peak_rss_bytes())          // the process so far
         .print();
     if (profile) {
-      const double profiled_seconds = print_step_profile(step, min_seconds, mode.name);
+      const double profiled_seconds = print_step_profile("train", step, min_seconds, mode.name);
       JsonLine summary;
       summary.add("bench", "train")
           .add("case", mode.name)

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -149,6 +150,17 @@ void TaskProgress::finish() {
 }
 
 int64_t peak_rss_bytes() {
+  // VmHWM is the high-water mark of this process's own address space. getrusage's ru_maxrss is
+  // not: Linux carries the spawning process's peak across fork and exec, so a small child of a
+  // large parent would report the parent's peak.
+  if (std::FILE* status = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    long long kib = -1;
+    while (std::fgets(line, sizeof line, status) != nullptr)
+      if (std::sscanf(line, "VmHWM: %lld kB", &kib) == 1) break;
+    std::fclose(status);
+    if (kib >= 0) return int64_t(kib) * 1024;
+  }
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   return int64_t(usage.ru_maxrss) * 1024;  // Linux reports KiB

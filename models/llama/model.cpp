@@ -201,9 +201,10 @@ Tensor LlamaAttention::forward(const Tensor& x, const Tensor& positions, int64_t
   const bool cache_rotates = context.sparse_cache != nullptr &&
                              context.sparse_cache->rope_positions() == RopePositions::cache_slot;
   const auto rotate = [&](const Tensor& t) { return cache_rotates ? t : rope(t, positions, rope_); };
-  const Tensor q = rotate(q_proj->forward(x).view({batch, tokens, heads_, head_dim_})).transpose(1, 2);
-  const Tensor k = rotate(k_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_}));
-  const Tensor v = v_proj->forward(x).view({batch, tokens, kv_heads_, head_dim_});
+  const std::vector<Tensor> qkv = nn::forward_together({q_proj.get(), k_proj.get(), v_proj.get()}, x);
+  const Tensor q = rotate(qkv[0].view({batch, tokens, heads_, head_dim_})).transpose(1, 2);
+  const Tensor k = rotate(qkv[1].view({batch, tokens, kv_heads_, head_dim_}));
+  const Tensor v = qkv[2].view({batch, tokens, kv_heads_, head_dim_});
   Tensor keys = k.transpose(1, 2), values = v.transpose(1, 2);  // [B, Hkv, T, hd]
   Tensor out;                                                   // [B, H, T, hd]
   if (context.sparse_cache != nullptr) {
@@ -246,7 +247,8 @@ LlamaMLP::LlamaMLP(const LlamaConfig& config, DType dtype, nn::ParameterInit ini
 }
 
 Tensor LlamaMLP::forward(const Tensor& x) const {
-  return down_proj->forward(swiglu(gate_proj->forward(x), up_proj->forward(x)));
+  const std::vector<Tensor> gate_up = nn::forward_together({gate_proj.get(), up_proj.get()}, x);
+  return down_proj->forward(swiglu(gate_up[0], gate_up[1]));
 }
 
 LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init,
