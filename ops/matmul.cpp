@@ -1,6 +1,7 @@
 // matmul and its backward: shape checks, then cuBLASLt on a CUDA device (ops/cuda/matmul.cpp) or,
-// on the CPU, batch broadcasting and transposes folded into strides for Eigen (ops/cpu/matmul.cpp;
-// f32, f64, and f16 widened to f32) or for the bf16 GEMM (ops/cpu/gemm_bf16.cpp: bf16 operands as
+// on the CPU, batch broadcasting and transposes folded into strides for cpu::gemm_batch
+// (ops/cpu/matmul.cpp: f32 on the hand-written GEMM of ops/cpu/gemm_f32* where it wins, Eigen for
+// small products and f64; f16 widened to f32) or for the bf16 GEMM (ops/cpu/gemm_bf16.cpp: bf16 operands as
 // they are, f32 accumulation, the f32 result rounded once to bf16; on a CPU without AMX or
 // AVX-512 BF16, bf16 is widened for Eigen like f16 unless $LAMINA_CPU_GEMM asks for a path).
 #include "ops/checks.h"

@@ -2,7 +2,8 @@
 // weights as stored (gguf::load_llama_gguf_quantized), measured the way llama.cpp's llama-bench
 // measures the same file, so that the two can be put side by side:
 //   <name>_t<T>      prefill of a P-token prompt (default 512: llama-bench's pp512) and D decode
-//                    steps (default 128: tg128), batch 1, T threads, in this process;
+//                    steps from a one-token context (default 128: tg128), batch 1, T threads, in
+//                    this process;
 //   <name>_process   a fresh `lamina generate` process (what a user runs): its wall time to the
 //                    first new token from process start (a 16-token prompt, one new token), and its
 //                    peak RSS for the P-token prompt and D new tokens, against the target of the
@@ -129,8 +130,16 @@ void bench_in_process(const llama::LlamaForCausalLM& model, const std::string& n
   const auto decode_steps = [&] {
     for (int64_t step = 0; step < decode; ++step) model.forward(step_ids, forward);
   };
+  // Decode as llama-bench's tg runs it: from an (almost) empty context, one token in the cache,
+  // so that the steps attend to 1 .. D keys.
+  const Tensor first_id = ids.slice(1, 0, 1);
+  const auto start_sequence = [&] {
+    cache.emplace(config, 1, prompt + decode);
+    forward.cache = &*cache;
+    model.forward(first_id, forward);
+  };
   const Timing prefill_timing = measure(prefill, options.min_seconds);
-  const Timing decode_timing = measure_after(prefill, decode_steps, options.min_seconds);
+  const Timing decode_timing = measure_after(start_sequence, decode_steps, options.min_seconds);
   const std::string case_name = name + "_t" + std::to_string(threads);
   JsonLine()
       .add("bench", "generate")
@@ -146,17 +155,16 @@ void bench_in_process(const llama::LlamaForCausalLM& model, const std::string& n
       .add("decode_step_ms", decode_timing.median_seconds / double(decode) * 1e3)
       .add("file_bytes", file_bytes)
       .add("kv_cache_bytes", kv_bytes(config, prompt + decode))
-      .add("peak_rss_bytes", train::peak_rss_bytes())
       .print();
   if (options.profile) {
-    // The decode step alone: each profiled run decodes one token after the prompt.
-    prefill();
+    // The decode step alone, as timed above: from a one-token context on.
+    start_sequence();
     int64_t steps = 0;
     print_step_profile(
         "generate",
         [&] {
           if (++steps > decode) {  // keep the cache within its capacity
-            prefill();
+            start_sequence();
             steps = 1;
           }
           model.forward(step_ids, forward);
