@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -86,6 +87,27 @@ class Checkpoint {
 // never split across shards.
 void save_checkpoint(const std::string& directory, const NamedTensors& tensors,
                      uint64_t max_shard_bytes = uint64_t(5) << 30, const Metadata& metadata = {});
+
+// A tensor of a checkpoint written as a stream (save_checkpoint_streamed): what its header needs;
+// its bytes are made when the writer reaches it.
+struct StreamedTensor {
+  std::string name;
+  Shape shape;
+  DType dtype = DType::f32;
+  uint64_t bytes() const { return uint64_t(shape_numel(shape)) * dtype_size(dtype); }
+};
+// Receives a tensor's bytes, in as many pieces as its maker likes.
+using ByteSink = std::function<void(const void* data, size_t bytes)>;
+
+// What save_checkpoint writes (the same shards, file names, header, tensor order and index file),
+// for tensors that never exist all at once: each tensor's bytes come from
+// write_tensor(tensor, sink) when the writer reaches it, which must give exactly tensor.bytes()
+// bytes. Streamed tools (merge, mutate) hold one tensor, or one chunk, at a time. Returns the
+// weight files written, in order.
+std::vector<std::string> save_checkpoint_streamed(
+    const std::string& directory, const std::vector<StreamedTensor>& tensors,
+    const std::function<void(const StreamedTensor& tensor, const ByteSink& sink)>& write_tensor,
+    uint64_t max_shard_bytes = uint64_t(5) << 30, const Metadata& metadata = {});
 
 // "F32" <-> lamina dtype for the dtypes lamina writes.
 const char* file_dtype_name(DType dtype);

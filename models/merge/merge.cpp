@@ -3,11 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 
 #include "models/io/safetensors.h"
-#include "models/io/safetensors_dtypes.h"
 #include "models/merge/methods.h"
 #include "tensor/error.h"
 #include "tensor/io/atomic_file.h"
@@ -78,23 +76,6 @@ void check_same_tensors(const Input& first, const Input& other) {
     LAMINA_CHECK(first.checkpoint.contains(name), "merge: ", other.path, " has a tensor '", name, "' that ", first.path,
                  " lacks");
 }
-
-int write_rank(DType dtype) {
-  for (const safetensors::detail::FileDType& entry : safetensors::detail::kFileDTypes)
-    if (entry.dtype == dtype && std::string(entry.name) != "I8") return entry.write_rank;
-  throw Error(str_cat("merge: cannot write dtype ", dtype_name(dtype)));
-}
-
-void append_u64_le(std::string& out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out += char((value >> (8 * i)) & 0xFF);
-}
-
-struct OutputTensor {
-  std::string name;
-  Shape shape;
-  DType dtype;
-  uint64_t bytes;
-};
 
 }  // namespace
 
@@ -234,107 +215,47 @@ MergeSummary merge_models(const Recipe& recipe, const std::string& directory, co
   }
   const int64_t num_layers = first.config.num_hidden_layers;
 
-  // Every output tensor, its dtype the recipe's or the first input's, planned into shards in
-  // name order as save_checkpoint does.
-  std::vector<std::vector<OutputTensor>> shards(1);
-  uint64_t in_shard = 0, total_bytes = 0;
+  // Every output tensor, its dtype the recipe's or the first input's.
+  std::vector<safetensors::StreamedTensor> outputs;
   for (const std::string& name : first.checkpoint.names()) {
     const safetensors::TensorInfo& info = first.checkpoint.info(name);
     LAMINA_CHECK(is_floating(info.dtype), "merge: tensor '", name, "' of ", first.path, " is ", info.file_dtype,
                  ", not a floating-point dtype");
-    const DType dtype = recipe.dtype.value_or(info.dtype);
-    const uint64_t bytes = uint64_t(shape_numel(info.shape)) * dtype_size(dtype);
-    if (in_shard > 0 && in_shard + bytes > options.max_shard_bytes) {
-      shards.emplace_back();
-      in_shard = 0;
-    }
-    shards.back().push_back({name, info.shape, dtype, bytes});
-    in_shard += bytes;
-    total_bytes += bytes;
+    outputs.push_back({name, info.shape, recipe.dtype.value_or(info.dtype)});
   }
   // Every parameter is resolved once before anything is written, so that a rule that matches no
   // tensor fails here rather than after half the output.
-  for (const auto& shard : shards)
-    for (const OutputTensor& tensor : shard) {
-      if (recipe.method != Method::slerp) model_weights(recipe, tensor.name, num_layers);
-      for (const char* key : {"t", "lambda"})
-        if (recipe.parameters.count(key)) recipe.recipe_parameter(key, tensor.name, num_layers);
-      if (recipe.method == Method::ties || recipe.method == Method::dare_linear || recipe.method == Method::dare_ties)
-        for (size_t i = 0; i < recipe.models.size(); ++i) recipe.model_parameter(i, "density", tensor.name, num_layers);
-    }
+  for (const safetensors::StreamedTensor& tensor : outputs) {
+    if (recipe.method != Method::slerp) model_weights(recipe, tensor.name, num_layers);
+    for (const char* key : {"t", "lambda"})
+      if (recipe.parameters.count(key)) recipe.recipe_parameter(key, tensor.name, num_layers);
+    if (recipe.method == Method::ties || recipe.method == Method::dare_linear || recipe.method == Method::dare_ties)
+      for (size_t i = 0; i < recipe.models.size(); ++i) recipe.model_parameter(i, "density", tensor.name, num_layers);
+  }
 
   MergeSummary summary;
   summary.config = first.config;
   if (recipe.dtype) summary.config.dtype = *recipe.dtype;
-  const int64_t tensor_count = int64_t(first.checkpoint.names().size());
-  char name_buffer[64];
-  json::Value weight_map = json::Object{};
-  for (size_t shard_index = 0; shard_index < shards.size(); ++shard_index) {
-    std::vector<OutputTensor>& shard = shards[shard_index];
-    std::sort(shard.begin(), shard.end(), [](const OutputTensor& a, const OutputTensor& b) {
-      const int rank_a = write_rank(a.dtype), rank_b = write_rank(b.dtype);
-      return rank_a != rank_b ? rank_a < rank_b : a.name < b.name;
-    });
-    json::Value header = json::Object{};
-    json::Value metadata = json::Object{};
-    metadata.set("format", "pt");
-    header.set("__metadata__", std::move(metadata));
-    uint64_t offset = 0;
-    for (const OutputTensor& tensor : shard) {
-      json::Array shape;
-      for (int64_t size : tensor.shape) shape.emplace_back(size);
-      json::Value entry = json::Object{};
-      entry.set("dtype", safetensors::file_dtype_name(tensor.dtype));
-      entry.set("shape", std::move(shape));
-      entry.set("data_offsets", json::Array{json::Value(int64_t(offset)), json::Value(int64_t(offset + tensor.bytes))});
-      header.set(tensor.name, std::move(entry));
-      offset += tensor.bytes;
-    }
-    std::string header_text = header.dump();
-    header_text.append((8 - header_text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-    std::string prefix;
-    append_u64_le(prefix, header_text.size());
-
-    const std::string file_name =
-        shards.size() == 1
-            ? std::string("model.safetensors")
-            : (std::snprintf(name_buffer, sizeof(name_buffer), "model-%05zu-of-%05zu.safetensors", shard_index + 1,
-                             shards.size()),
-               std::string(name_buffer));
-    io::AtomicFile file((fs::path(directory) / file_name).string());
-    file.write(prefix);
-    file.write(header_text);
-    for (const OutputTensor& tensor : shard) {
-      {
-        std::vector<Tensor> values;
-        for (const Input& input : inputs) values.push_back(input.checkpoint.read(tensor.name));
-        uint64_t written = 0;
-        merge_tensor_chunks(recipe, tensor.name, values, num_layers, tensor_stream(tensor.name), options.chunk_elements,
-                            [&](const Tensor& chunk) {
-                              const Tensor output = chunk.to(tensor.dtype).contiguous();
-                              file.write(output.raw_data(), output.nbytes());
-                              written += output.nbytes();
-                            });
-        LAMINA_ASSERT(written == tensor.bytes);
-      }
-      // The views of the mappings are gone: their pages can go back to the system.
-      for (const Input& input : inputs) input.checkpoint.release(tensor.name);
-      summary.tensors += 1;
-      summary.bytes_written += tensor.bytes;
-      if (shards.size() > 1) weight_map.set(tensor.name, file_name);
-      if (options.on_tensor) options.on_tensor(summary.tensors, tensor_count, tensor.name);
-    }
-    file.commit();
-    summary.weight_files.push_back(file_name);
-  }
-  if (shards.size() > 1) {
-    json::Value index = json::Object{};
-    json::Value index_metadata = json::Object{};
-    index_metadata.set("total_size", json::Value(int64_t(total_bytes)));
-    index.set("metadata", std::move(index_metadata));
-    index.set("weight_map", std::move(weight_map));
-    io::write_file_atomically((fs::path(directory) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-  }
+  const int64_t tensor_count = int64_t(outputs.size());
+  summary.weight_files = safetensors::save_checkpoint_streamed(
+      directory, outputs,
+      [&](const safetensors::StreamedTensor& tensor, const safetensors::ByteSink& sink) {
+        {
+          std::vector<Tensor> values;
+          for (const Input& input : inputs) values.push_back(input.checkpoint.read(tensor.name));
+          merge_tensor_chunks(recipe, tensor.name, values, num_layers, tensor_stream(tensor.name), options.chunk_elements,
+                              [&](const Tensor& chunk) {
+                                const Tensor output = chunk.to(tensor.dtype).contiguous();
+                                sink(output.raw_data(), output.nbytes());
+                              });
+        }
+        // The views of the mappings are gone: their pages can go back to the system.
+        for (const Input& input : inputs) input.checkpoint.release(tensor.name);
+        summary.tensors += 1;
+        summary.bytes_written += tensor.bytes();
+        if (options.on_tensor) options.on_tensor(summary.tensors, tensor_count, tensor.name);
+      },
+      options.max_shard_bytes);
   io::write_file_atomically((fs::path(directory) / "config.json").string(), summary.config.to_json().dump(2) + "\n");
   return summary;
 }

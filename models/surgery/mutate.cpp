@@ -8,7 +8,6 @@
 #include "models/surgery/mutate.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 
 #include "models/io/safetensors.h"
@@ -21,10 +20,6 @@ namespace lamina::surgery {
 namespace {
 
 namespace fs = std::filesystem;
-
-void append_u64_le(std::string& out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out += char((value >> (8 * i)) & 0xFF);
-}
 
 safetensors::Checkpoint open_model(const std::string& path) {
   std::error_code error;
@@ -90,87 +85,33 @@ MutateSummary mutate_model(const std::string& model_path, const std::string& dir
     LAMINA_CHECK(is_floating(input.info(name).dtype), "mutate: tensor '", name, "' of ", model_path, " is ",
                  input.info(name).file_dtype, ", not a floating-point dtype");
 
-  // The output keeps every tensor's dtype, planned into shards in name order.
+  // The output keeps every tensor's dtype.
   const std::vector<std::string> names = input.names();
-  std::vector<std::vector<std::string>> shards(1);
-  uint64_t in_shard = 0, total_bytes = 0;
-  for (const std::string& name : names) {
-    const safetensors::TensorInfo& info = input.info(name);
-    const uint64_t bytes = uint64_t(shape_numel(info.shape)) * dtype_size(info.dtype);
-    if (in_shard > 0 && in_shard + bytes > options.max_shard_bytes) {
-      shards.emplace_back();
-      in_shard = 0;
-    }
-    shards.back().push_back(name);
-    in_shard += bytes;
-    total_bytes += bytes;
-  }
+  std::vector<safetensors::StreamedTensor> outputs;
+  for (const std::string& name : names) outputs.push_back({name, input.info(name).shape, input.info(name).dtype});
 
   MutateSummary summary;
   summary.mutated = chosen;
-  json::Value weight_map = json::Object{};
-  char name_buffer[64];
-  for (size_t shard_index = 0; shard_index < shards.size(); ++shard_index) {
-    json::Value header = json::Object{};
-    json::Value metadata = json::Object{};
-    metadata.set("format", "pt");
-    header.set("__metadata__", std::move(metadata));
-    uint64_t offset = 0;
-    for (const std::string& name : shards[shard_index]) {
-      const safetensors::TensorInfo& info = input.info(name);
-      const uint64_t bytes = uint64_t(shape_numel(info.shape)) * dtype_size(info.dtype);
-      json::Array shape;
-      for (int64_t size : info.shape) shape.emplace_back(size);
-      json::Value entry = json::Object{};
-      entry.set("dtype", safetensors::file_dtype_name(info.dtype));
-      entry.set("shape", std::move(shape));
-      entry.set("data_offsets", json::Array{json::Value(int64_t(offset)), json::Value(int64_t(offset + bytes))});
-      header.set(name, std::move(entry));
-      offset += bytes;
-    }
-    std::string header_text = header.dump();
-    header_text.append((8 - header_text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-    std::string prefix;
-    append_u64_le(prefix, header_text.size());
-    const std::string file_name =
-        shards.size() == 1
-            ? std::string("model.safetensors")
-            : (std::snprintf(name_buffer, sizeof(name_buffer), "model-%05zu-of-%05zu.safetensors", shard_index + 1,
-                             shards.size()),
-               std::string(name_buffer));
-    io::AtomicFile file((fs::path(directory) / file_name).string());
-    file.write(prefix);
-    file.write(header_text);
-    for (const std::string& name : shards[shard_index]) {
-      {
-        const safetensors::TensorInfo& info = input.info(name);
-        const Tensor original = input.read(name);
-        const Tensor output =
-            std::binary_search(chosen.begin(), chosen.end(), name)
-                ? to_tensor(mutate_matrix(to_matrix(original), options.sigma, options.seed, mutation_stream(name),
-                                          options.rank, options.svd),
-                            info.dtype)
-                : original.contiguous();
-        LAMINA_ASSERT(output.dtype() == info.dtype && output.shape() == info.shape);
-        file.write(output.raw_data(), output.nbytes());
-        summary.bytes_written += output.nbytes();
-      }
-      input.release(name);
-      summary.tensors += 1;
-      if (shards.size() > 1) weight_map.set(name, file_name);
-      if (options.on_tensor) options.on_tensor(summary.tensors, int64_t(names.size()), name);
-    }
-    file.commit();
-    summary.weight_files.push_back(file_name);
-  }
-  if (shards.size() > 1) {
-    json::Value index = json::Object{};
-    json::Value index_metadata = json::Object{};
-    index_metadata.set("total_size", json::Value(int64_t(total_bytes)));
-    index.set("metadata", std::move(index_metadata));
-    index.set("weight_map", std::move(weight_map));
-    io::write_file_atomically((fs::path(directory) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-  }
+  summary.weight_files = safetensors::save_checkpoint_streamed(
+      directory, outputs,
+      [&](const safetensors::StreamedTensor& tensor, const safetensors::ByteSink& sink) {
+        {
+          const Tensor original = input.read(tensor.name);
+          const Tensor output =
+              std::binary_search(chosen.begin(), chosen.end(), tensor.name)
+                  ? to_tensor(mutate_matrix(to_matrix(original), options.sigma, options.seed,
+                                            mutation_stream(tensor.name), options.rank, options.svd),
+                              tensor.dtype)
+                  : original.contiguous();
+          LAMINA_ASSERT(output.dtype() == tensor.dtype && output.shape() == tensor.shape);
+          sink(output.raw_data(), output.nbytes());
+          summary.bytes_written += output.nbytes();
+        }
+        input.release(tensor.name);
+        summary.tensors += 1;
+        if (options.on_tensor) options.on_tensor(summary.tensors, int64_t(names.size()), tensor.name);
+      },
+      options.max_shard_bytes);
   fs::copy_file(fs::path(model_path) / "config.json", fs::path(directory) / "config.json",
                 fs::copy_options::overwrite_existing);
   return summary;
