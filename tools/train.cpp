@@ -48,24 +48,6 @@ bool is_token_shard(const std::string& path) {
 }
 
 // Warnings about settings that run but probably do not do what was meant.
-// --trainable, in every trainer of this file (train::TrainOptions::trainable; an options file
-// may set it too, and the flag wins).
-void add_trainable_flag(FlagParser& parser) {
-  parser.add_option("trainable", "PATTERNS",
-                    "train only the parameters these name patterns match, the rest frozen: comma-separated "
-                    "substrings or globs ('*' any characters), e.g. 'model.layers.4.*,model.layers.9.*' (the "
-                    "blocks `lamina expand` added) or 'embed_tokens,lm_head'; not with --lora",
-                    "every parameter");
-}
-
-train::TrainOptions with_trainable(const FlagParser& parser, train::TrainOptions options) {
-  if (const std::optional<std::string> patterns = parser.value("trainable")) {
-    options.trainable = *patterns;
-    options.validate();
-  }
-  return options;
-}
-
 void warn_about_settings(const train::TrainOptions& options, const std::vector<train::Example>& examples) {
   if (options.warmup_steps > options.steps && options.steps > 0)
     std::fprintf(stderr,
@@ -168,11 +150,10 @@ int run_pretrain(const Arguments& args) {
                     "usually .bin)");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (or a folder with one), for JSONL data");
   add_training_flags(parser, TrainerKind::language_model);
-  add_trainable_flag(parser);
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> config_path = parser.value("config");
   if (!config_path) throw UsageError("lamina train pretrain: --config is required", "run 'lamina train pretrain --help'");
-  const train::TrainOptions options = with_trainable(parser, training_options(parser));
+  const train::TrainOptions options = training_options(parser);
   const train::RunStart start = run_start(parser, options, {"config", "data", "validation", "tokenizer", "options"});
   const llama::LlamaConfig config = llama::LlamaConfig::load(*config_path);
   train::check_model_fits(config, options);  // the whole training state, before the model is built
@@ -207,11 +188,10 @@ int run_sft(const Arguments& args) {
   parser.add_option("data", "FILE.jsonl", "training data");
   parser.add_option("tokenizer", "PATH", "tokenizer.json (default: the model's own)");
   add_training_flags(parser, TrainerKind::language_model);
-  add_trainable_flag(parser);
   if (!parser.parse(args)) return 0;
   const std::optional<std::string> model_path = parser.value("model");
   if (!model_path) throw UsageError("lamina train sft: --model is required", "run 'lamina train sft --help'");
-  const train::TrainOptions options = with_trainable(parser, training_options(parser));
+  const train::TrainOptions options = training_options(parser);
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   // The model's config and the tokenizer are checked against each other and the options
   // before the data is read and the weights loaded (either may take minutes).
@@ -333,7 +313,6 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   parser.add_option("max-prompt-length", "N", "cut prompts to their last N tokens first (0 = off; TRL <= 0.28)", "0");
   parser.add_option("max-completion-length", "N", "cut completions to their first N tokens first (0 = off)", "0");
   add_training_flags(parser, TrainerKind::pairs);
-  add_trainable_flag(parser);
   if (!parser.parse(args)) return 0;
   const std::string model_path = parser.required("model");
   const std::string data_path = parser.required("data");
@@ -352,7 +331,7 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   preference.truncation.max_prompt_length = parser.int_value("max-prompt-length", 0, 0, 1 << 30);
   preference.truncation.max_completion_length = parser.int_value("max-completion-length", 0, 0, 1 << 30);
 
-  train::TrainOptions options = with_trainable(parser, training_options(parser));
+  train::TrainOptions options = training_options(parser);
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   PairInputs inputs = read_pair_inputs(parser, name, model_path, data_path, preference.truncation, options);
   auto objective = std::make_unique<train::PreferenceObjective>(preference, options, std::move(inputs.data),
@@ -394,11 +373,10 @@ int run_train_reward(const Arguments& args) {
   parser.add_option("max-length", "N", "tokens of prompt + completion per row at most (0 = the model's context)", "1024");
   parser.add_option("truncation-mode", "MODE", "keep_start or keep_end of a row longer than --max-length", "keep_start");
   add_training_flags(parser, TrainerKind::pairs);
-  add_trainable_flag(parser);
   if (!parser.parse(args)) return 0;
   const std::string model_path = parser.required("model");
   const std::string data_path = parser.required("data");
-  train::TrainOptions options = with_trainable(parser, training_options(parser));
+  train::TrainOptions options = training_options(parser);
 
   const train::RunStart start = run_start(parser, options, {"model", "data", "validation", "tokenizer", "options"});
   train::RewardOptions reward;

@@ -54,6 +54,10 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
                     "(settings: r (8), alpha (r), dropout (0), targets (PEFT module names joined by '+', or "
                     "all-linear; q_proj+v_proj), init (true or gaussian), rslora, dora); checkpoints and model/ then "
                     "hold the adapter alone, as a PEFT folder");
+  parser.add_option("trainable", "PATTERNS",
+                    "train only the parameters these name patterns match, the rest frozen: comma-separated "
+                    "substrings or globs ('*' any characters), e.g. 'model.layers.4.*,model.layers.9.*' (the "
+                    "blocks `lamina expand` added) or 'embed_tokens,lm_head'; not with --lora (default: every parameter)");
   parser.add_switch("qlora", "with --lora: quantize the base's projection weights to NF4 (blocks of 64, double-quantized "
                              "scales, as bitsandbytes) and train the adapters on that frozen 4-bit base");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
@@ -127,6 +131,7 @@ train::TrainOptions training_options(const FlagParser& parser, const train::Trai
   options.clip = real("clip", options.clip);
   if (parser.is_set("gradient-checkpointing")) options.gradient_checkpointing = true;
   options.lora = parser.value("lora").value_or(options.lora);
+  options.trainable = parser.value("trainable").value_or(options.trainable);
   if (parser.is_set("qlora")) options.qlora = true;
   if (parser.is_set("attention-plan")) options.attention_plan = *parser.value("attention-plan");
   options.device = parser.value("device").value_or(options.device);
