@@ -186,6 +186,19 @@ double FlagParser::number_value(const std::string& name, double fallback) const 
   return parsed;
 }
 
+std::vector<std::string> FlagParser::list_value(const std::string& name) const {
+  const std::optional<std::string> text = value(name);
+  std::vector<std::string> items;
+  if (!text) return items;
+  for (size_t start = 0;;) {
+    const size_t end = text->find(',', start);
+    items.push_back(text->substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (items.back().empty()) fail("flag --" + name + " has an empty item in '" + *text + "'");
+    if (end == std::string::npos) return items;
+    start = end + 1;
+  }
+}
+
 double FlagParser::double_value(const std::string& name, double fallback, double min, double max) const {
   const std::optional<std::string> text = value(name);
   if (!text) return fallback;

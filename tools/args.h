@@ -79,6 +79,9 @@ class FlagParser {
   uint64_t unsigned_value(const std::string& name, uint64_t fallback) const;
   // The option's value as a number in [min, max], or `fallback` when not given.
   double double_value(const std::string& name, double fallback, double min, double max) const;
+  // The option's value as comma-separated items ("a,b,c"), or nothing when not given; an empty
+  // item ("a,,b", a trailing comma) is a usage error naming the flag.
+  std::vector<std::string> list_value(const std::string& name) const;
   // The option's value as any number the text spells ("nan" and "inf" included), or `fallback`:
   // for callers that check the range themselves, and name it in their error.
   double number_value(const std::string& name, double fallback) const;

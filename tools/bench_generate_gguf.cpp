@@ -34,7 +34,6 @@
 #include "tensor/error.h"
 #include "tensor/parallel.h"
 #include "tools/bench_support.h"
-#include "train/metrics.h"
 
 extern char** environ;
 
@@ -48,7 +47,10 @@ int64_t kv_bytes(const llama::LlamaConfig& config, int64_t tokens) {
 
 std::string ids_text(const Tensor& ids) {
   std::string text;
-  for (int64_t i = 0; i < ids.numel(); ++i) text += (i ? " " : "") + std::to_string(ids.data<int64_t>()[i]);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (i > 0) text += ' ';
+    text += std::to_string(ids.data<int64_t>()[i]);
+  }
   return text;
 }
 
@@ -215,11 +217,12 @@ void bench_process(const std::string& path, const llama::LlamaConfig& config, co
 void bench_gguf_model(const std::string& path, const std::string& name, const GgufBenchOptions& options) {
   const int64_t file_bytes = int64_t(std::filesystem::file_size(path));
   std::string why;
-  if (!gguf::llama_gguf_computes_quantized(gguf::File::open(path), &why)) {
+  const gguf::File file = gguf::File::open(path);
+  if (!gguf::llama_gguf_computes_quantized(file, &why)) {
     JsonLine().add("bench", "generate").add("case", name + "_t*").add("skipped", "not computable as stored: " + why).print();
     return;
   }
-  const auto model = gguf::load_llama_gguf_quantized(path);
+  const auto model = gguf::load_llama_gguf_quantized(file);
   LAMINA_CHECK(options.prompt_tokens + options.decode_tokens <= model->config().max_position_embeddings,
                "bench generate: ", options.prompt_tokens, " + ", options.decode_tokens, " tokens exceed ", path,
                "'s context of ", model->config().max_position_embeddings);

@@ -107,20 +107,6 @@ int run_merge(const Arguments& args) {
   return 0;
 }
 
-std::vector<std::string> split_module_names(const std::string& text, const std::string& command) {
-  std::vector<std::string> names;
-  size_t start = 0;
-  while (true) {
-    const size_t end = text.find(',', start);
-    names.push_back(text.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (names.back().empty())
-      throw UsageError(command + ": --target-modules has an empty item in '" + text + "'",
-                       "run 'lamina lora extract --help'");
-    if (end == std::string::npos) return names;
-    start = end + 1;
-  }
-}
-
 double parse_fraction(const std::string& text, const std::string& command) {
   size_t used = 0;
   double value = 0;
@@ -167,7 +153,7 @@ int run_extract(const Arguments& args) {
   options.rank = parser.int_value("rank", 16, 1, INT64_MAX);
   if (parser.is_set("energy")) options.energy_fraction = parse_fraction(*parser.value("energy"), command);
   if (parser.is_set("target-modules"))
-    options.target_modules = split_module_names(*parser.value("target-modules"), command);
+    options.target_modules = parser.list_value("target-modules");
   const std::string method = parser.value("svd").value_or("auto");
   if (method != "auto" && method != "exact" && method != "randomized")
     throw UsageError(command + ": unknown --svd '" + method + "'", "--svd is one of auto, exact, randomized");

@@ -36,19 +36,6 @@ namespace fs = std::filesystem;
 
 const std::string kCommand = "lamina merge";
 
-std::vector<std::string> split_commas(const std::string& text, const std::string& flag) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (true) {
-    const size_t end = text.find(',', start);
-    items.push_back(text.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (items.back().empty())
-      throw UsageError(kCommand + ": " + flag + " has an empty item in '" + text + "'", "run 'lamina merge --help'");
-    if (end == std::string::npos) return items;
-    start = end + 1;
-  }
-}
-
 double parse_number(const std::string& text, const std::string& flag) {
   size_t used = 0;
   double value = 0;
@@ -71,10 +58,10 @@ json::Value recipe_from_flags(const FlagParser& parser) {
   json::Value recipe = json::Object{};
   recipe.set("method", *parser.value("method"));
   if (parser.is_set("base")) recipe.set("base_model", *parser.value("base"));
-  const std::vector<std::string> models = split_commas(*parser.value("models"), "--models");
+  const std::vector<std::string> models = parser.list_value("models");
   std::vector<double> weights;
   if (parser.is_set("weights")) {
-    for (const std::string& item : split_commas(*parser.value("weights"), "--weights"))
+    for (const std::string& item : parser.list_value("weights"))
       weights.push_back(parse_number(item, "--weights"));
     if (weights.size() != models.size())
       throw UsageError(kCommand + ": --weights has " + std::to_string(weights.size()) + " values for " +

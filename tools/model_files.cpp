@@ -19,8 +19,8 @@ std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, 
     std::string why;
     if (!device.is_cpu())
       why = "its quantized kernels run on the CPU only";
-    else if (gguf::llama_gguf_computes_quantized(gguf::File::open(path), &why))
-      return gguf::load_llama_gguf_quantized(path);
+    else if (const gguf::File file = gguf::File::open(path); gguf::llama_gguf_computes_quantized(file, &why))
+      return gguf::load_llama_gguf_quantized(file);  // the file parsed once
     std::fprintf(stderr, "note: %s is dequantized to f32: %s\n", path.c_str(), why.c_str());
   }
   auto model = is_gguf_file(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);

@@ -44,19 +44,6 @@ double parse_sigma(const std::string& text) {
   return value;
 }
 
-std::vector<std::string> split_filters(const std::string& text) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (true) {
-    const size_t end = text.find(',', start);
-    items.push_back(text.substr(start, end == std::string::npos ? std::string::npos : end - start));
-    if (items.back().empty())
-      throw UsageError(kCommand + ": --filter has an empty item in '" + text + "'", "run 'lamina mutate --help'");
-    if (end == std::string::npos) return items;
-    start = end + 1;
-  }
-}
-
 }  // namespace
 
 int run_mutate(const Arguments& args) {
@@ -83,7 +70,7 @@ int run_mutate(const Arguments& args) {
   options.sigma = parse_sigma(parser.required("sigma"));
   options.seed = uint64_t(parser.int_value("seed", 0, 0, INT64_MAX));
   options.rank = parser.int_value("rank", 0, 0, INT64_MAX);
-  if (parser.is_set("filter")) options.filters = split_filters(*parser.value("filter"));
+  if (parser.is_set("filter")) options.filters = parser.list_value("filter");
 
   std::error_code error;
   LAMINA_CHECK(fs::exists(model, error), kCommand, ": ", model, " not found");

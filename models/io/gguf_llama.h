@@ -53,6 +53,8 @@ bool llama_gguf_computes_quantized(const File& file, std::string* why = nullptr)
 // The model runs on the CPU, in f32 activations; adapters can train over it; it cannot be saved
 // as a folder. Refused (an error naming the tensor) when llama_gguf_computes_quantized is false.
 std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf_quantized(const std::string& path);
+// The same for a file already open (the model holds its mapping).
+std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf_quantized(const File& file);
 
 // ---- writing (the inverse of the above; see gguf_write.h for the file itself)
 

@@ -62,7 +62,11 @@ bool llama_gguf_computes_quantized(const File& file, std::string* why) {
 }
 
 std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf_quantized(const std::string& path) {
-  const File file = File::open(path);
+  return load_llama_gguf_quantized(File::open(path));
+}
+
+std::shared_ptr<llama::LlamaForCausalLM> load_llama_gguf_quantized(const File& file) {
+  const std::string& path = file.path();
   const llama::LlamaConfig config = llama_config_from_gguf(file);
   const std::map<std::string, const TensorInfo*> by_hf_name = llama_tensors_by_hf_name(file, config);
   std::string why;
