@@ -24,6 +24,8 @@ constexpr BenchSuite kSuites[] = {
     {"preference", "DPO-step tokens/s on the bench train model; the policy vs reference time split", run_bench_preference},
     {"attention", "fused vs materialising attention fwd+bwd: time, GFLOP/s, peak memory; sparse at 50/25/10% density",
      run_bench_attention},
+    {"allreduce", "CPU process group all_reduce between --ranks local processes: GB/s by size vs memcpy",
+     run_bench_allreduce},
 };
 
 void print_bench_help() {

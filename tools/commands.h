@@ -34,6 +34,7 @@ int run_expand(const Arguments& args);        // tools/expand.cpp: LLaMA Pro blo
 int run_extend_vocab(const Arguments& args);  // tools/expand.cpp: add tokens, grow the embedding and head
 int run_merge_models(const Arguments& args);  // tools/merge.cpp: merge models by a recipe (linear, SLERP, TIES, DARE)
 int run_sparse(const Arguments& args);    // tools/sparse.cpp: sparse profile|plan|uniform (MoA)
+int run_launch(const Arguments& args);    // tools/launch.cpp: start N local ranks of a command (torchrun's conventions)
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);
@@ -42,5 +43,6 @@ int run_bench_train(const Arguments& args);  // tools/bench_train.cpp
 int run_bench_tokenizer(const Arguments& args);  // tools/bench_tokenizer.cpp
 int run_bench_preference(const Arguments& args);  // tools/bench_preference.cpp
 int run_bench_attention(const Arguments& args);  // tools/bench_attention.cpp
+int run_bench_allreduce(const Arguments& args);  // tools/bench_allreduce.cpp
 
 }  // namespace lamina::cli

@@ -30,6 +30,7 @@ constexpr Subcommand kSubcommands[] = {
     {"generate", "continue a prompt with a Llama model folder (greedy or sampled)", run_generate},
     {"chat", "talk with an Instruct model folder, answers streamed", run_chat},
     {"train", "pretrain or fine-tune (SFT) a Llama model, with checkpoints and exact resume", run_train},
+    {"launch", "start N local ranks of a command with torchrun's RANK, WORLD_SIZE, ...: lamina launch --nproc 2 -- lamina train ...", run_launch},
     {"plot", "draw the loss curve of a training run's metrics.jsonl as SVG", run_plot},
     {"eval", "evaluate a model (actions: ppl, perplexity on a text or JSONL file)", run_eval},
     {"score", "per-token log-probabilities of a text or of token ids under a model, as JSON", run_score},
@@ -44,7 +45,7 @@ constexpr Subcommand kSubcommands[] = {
     {"expand", "insert zero-output copies of decoder blocks (LLaMA Pro): same logits, new blocks to train", run_expand},
     {"extend-vocab", "add tokens to a model's tokenizer, embedding and head (old logits unchanged)", run_extend_vocab},
     {"sparse", "MoA sparse attention: profile heads, search a plan at a density, uniform baseline", run_sparse},
-    {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer, preference, attention)", run_bench},
+    {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer, preference, attention, allreduce)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},
     {"version", "print the version", run_version},
 };

@@ -101,7 +101,7 @@ TEST_CASE("bench: the help lists every suite; a missing --stories folder and a f
   const size_t bench_line = help.output.find("  bench ");
   REQUIRE(bench_line != std::string::npos);
   const std::string summary = help.output.substr(bench_line, help.output.find('\n', bench_line) - bench_line);
-  for (const char* suite : {"ops", "generate", "train", "tokenizer", "preference", "attention"}) {
+  for (const char* suite : {"ops", "generate", "train", "tokenizer", "preference", "attention", "allreduce"}) {
     CAPTURE(suite);
     CHECK(suites.output.find(std::string("  ") + suite + " ") != std::string::npos);
     CHECK(summary.find(suite) != std::string::npos);
