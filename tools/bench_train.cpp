@@ -18,6 +18,12 @@
 // and prints, after the case's line, one line per profiled scope, largest self time first, and
 // a line with the step's GFLOP/s against this CPU's measured peak (ops/cpu/peak_throughput.h).
 // --case runs one case (the whole suite takes minutes).
+//
+// Under `lamina launch --nproc N` (or any RANK/WORLD_SIZE environment) each rank runs the step on
+// its own --batch-size rows and the gradients are summed across the ranks as `lamina train` sums
+// them (train/distributed/data_parallel.h, the CPU process group or NCCL); every rank runs the
+// same fixed number of steps (--steps, after one warm-up), rank 0 prints the lines, and tokens/s
+// counts every rank's tokens: the data-parallel scaling against one process.
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -36,12 +42,35 @@
 #include "tools/args.h"
 #include "tools/bench_support.h"
 #include "tools/commands.h"
+#include "train/distributed/communicator.h"
+#include "train/distributed/data_parallel.h"
+#include "train/distributed/rendezvous.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 #include "train/lora_spec.h"
 #include "train/trainer.h"
 
 namespace lamina::cli {
+namespace {
+
+// One warm-up, then exactly `steps` timed runs of `body` (the same count on every rank).
+Timing measure_steps(const std::function<void()>& body, int64_t steps) {
+  body();
+  std::vector<double> seconds;
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  Timing timing;
+  timing.median_seconds = seconds[seconds.size() / 2];
+  timing.best_seconds = seconds.front();
+  timing.runs = steps;
+  return timing;
+}
+
+}  // namespace
 namespace {
 
 struct Mode {
@@ -87,6 +116,7 @@ int run_bench_train(const Arguments& args) {
   std::string case_list;
   for (const std::string& name : case_names) case_list += (case_list.empty() ? "" : ", ") + name;
   parser.add_option("case", "NAME", "run only this case, one of: " + case_list + " (no comparison line then)", "all");
+  parser.add_option("steps", "N", "with several ranks: the timed steps every rank runs", "5");
   parser.add_switch("profile",
                     "CPU only: after each case's line, profile its step and print one line per op, largest first "
                     "(seconds_per_step and share: self time, without the ops timed inside it; step:other is the "
@@ -108,6 +138,14 @@ int run_bench_train(const Arguments& args) {
                      "scope there would time their launch), not on " + device.str(),
                      "run 'lamina bench train --profile' without --device, or --device cpu");
   const std::string only_case = parser.value("case").value_or("all");
+  const dist::DistributedEnv ranks = dist::distributed_env_from_environment();
+  const int64_t ranked_steps = parser.int_value("steps", 5, 1, 1000000);
+  if (ranks.world_size > 1 && profile)
+    throw UsageError("lamina bench train: --profile times one process's ops, not a data-parallel step",
+                     "run it without lamina launch");
+  std::shared_ptr<dist::Communicator> communicator;
+  if (ranks.world_size > 1) communicator = dist::make_communicator(ranks, device.is_cpu() ? "cpu" : "nccl");
+  const bool prints = ranks.rank == 0;
 
   struct Result {
     double tokens_per_s = 0;
@@ -149,6 +187,8 @@ int run_bench_train(const Arguments& args) {
     for (const auto& named : model->named_parameters())
       if (named.second.requires_grad()) trained.push_back(named);
     train::AdamW optimizer(trained, {});
+    std::unique_ptr<dist::DataParallel> data_parallel;
+    if (communicator != nullptr) data_parallel = std::make_unique<dist::DataParallel>(communicator, trained);
     const Tensor ids = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     const Tensor targets = randint(3, 8192, {batch, seq_len}, generator, DType::i64, device);
     reset_peak_memory(device);
@@ -162,22 +202,29 @@ int run_bench_train(const Arguments& args) {
         const CrossEntropySum sum = train::causal_lm_loss(*model, ids, targets);
         loss = sum.loss_sum / double(sum.target_count);
       }
+      if (data_parallel != nullptr) data_parallel->expect_final_backward();
       loss.backward();
+      if (data_parallel != nullptr) data_parallel->finish();
       optimizer.step(1e-4);
       optimizer.zero_grad();
       synchronize(device);  // a GPU step counts until its last kernel ends
     };
-    const Timing timing = measure(step, min_seconds);
-    const double tokens = double(batch * seq_len);
+    // Several ranks run the same number of steps (a step is a collective); one process runs
+    // until min_seconds have passed.
+    const dist::CommunicationStats sent_before = communicator != nullptr ? communicator->stats() : dist::CommunicationStats{};
+    const Timing timing = communicator != nullptr ? measure_steps(step, ranked_steps) : measure(step, min_seconds);
+    const double tokens = double(batch * seq_len * ranks.world_size);
     // The FLOP estimate of the whole model: LoRA still runs every base product forward and back.
     const double flops_per_s = 6.0 * double(bench_train_config().parameter_count()) * tokens / timing.median_seconds;
     const int64_t peak_bytes = memory_stats(device).peak_bytes;
     results[mode.name] = {tokens / timing.median_seconds, peak_bytes};
+    if (!prints) continue;
     JsonLine line;
     line.add("bench", "train")
         .add("case", mode.name)
         .add("device", device.str())
         .add("threads", threads)
+        .add("ranks", ranks.world_size)
         .add("parameters", bench_train_config().parameter_count())
         .add("trained_parameters", model->parameter_count(true))
         .add("batch_size", batch)
@@ -191,8 +238,13 @@ int run_bench_train(const Arguments& args) {
     if (mode.qlora) line.add("base_bits_per_parameter", base_bits);
     if (peak_flops) line.add("mfu", flops_per_s / *peak_flops);
     line.add("peak_tensor_bytes", peak_bytes)                    // this case's tensors at their peak
-        .add("peak_rss_bytes", train::peak_rss_bytes())          // the process so far
-        .print();
+        .add("peak_rss_bytes", train::peak_rss_bytes());         // the process so far
+    if (communicator != nullptr) {
+      const dist::CommunicationStats sent = communicator->stats();
+      line.add("comm_bytes_per_step", double(sent.bytes_sent - sent_before.bytes_sent) / double(timing.runs + 1))
+          .add("comm_exposed_seconds", data_parallel->last_exposed_seconds());
+    }
+    line.print();
     if (profile) {
       const double profiled_seconds = print_step_profile("train", step, min_seconds, mode.name);
       JsonLine summary;
@@ -211,7 +263,7 @@ int run_bench_train(const Arguments& args) {
       summary.print();
     }
   }
-  if (results.size() != std::size(modes)) return 0;  // --case: the comparison needs every case
+  if (results.size() != std::size(modes) || !prints) return 0;  // --case: the comparison needs every case
   const Result& full = results["llama_30m_step"];
   const Result& lora = results["llama_30m_lora_step"];
   const Result& qlora = results["llama_30m_qlora_step_checkpointed"];

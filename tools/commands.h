@@ -33,8 +33,9 @@ int run_mutate(const Arguments& args);        // tools/mutate.cpp: CycleQD's SVD
 int run_expand(const Arguments& args);        // tools/expand.cpp: LLaMA Pro block expansion
 int run_extend_vocab(const Arguments& args);  // tools/expand.cpp: add tokens, grow the embedding and head
 int run_merge_models(const Arguments& args);  // tools/merge.cpp: merge models by a recipe (linear, SLERP, TIES, DARE)
-int run_sparse(const Arguments& args);    // tools/sparse.cpp: sparse profile|plan|uniform (MoA)
 int run_launch(const Arguments& args);    // tools/launch.cpp: start N local ranks of a command (torchrun's conventions)
+int run_checkpoint(const Arguments& args);  // tools/checkpoint.cpp: checkpoint consolidate (ZeRO shards)
+int run_sparse(const Arguments& args);    // tools/sparse.cpp: sparse profile|plan|uniform (MoA)
 
 // The bench suites, each in its own file.
 int run_bench_ops(const Arguments& args);

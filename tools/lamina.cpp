@@ -44,6 +44,7 @@ constexpr Subcommand kSubcommands[] = {
     {"merge", "merge models by a JSON recipe: linear, task arithmetic, SLERP, TIES, DARE (streamed)", run_merge_models},
     {"expand", "insert zero-output copies of decoder blocks (LLaMA Pro): same logits, new blocks to train", run_expand},
     {"extend-vocab", "add tokens to a model's tokenizer, embedding and head (old logits unchanged)", run_extend_vocab},
+    {"checkpoint", "training checkpoints: consolidate a ZeRO run's optimizer shards into one state", run_checkpoint},
     {"sparse", "MoA sparse attention: profile heads, search a plan at a density, uniform baseline", run_sparse},
     {"bench", "benchmarks that print one JSON line per case (suites: ops, generate, train, tokenizer, preference, attention, allreduce)", run_bench},
     {"info", "version, build type, CPU threads and whether the CUDA backend was built", run_info},

@@ -171,6 +171,7 @@ int run_pretrain(const Arguments& args) {
   model->init_parameters(generator);
   std::fprintf(stderr, "model: %.1fM parameters\n", double(model->parameter_count()) / 1e6);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
+  join_ranks(trainer, options);
   if (tokenizer_files)
     trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(*tokenizer_files, folder); };
   trainer.run(start);
@@ -207,6 +208,7 @@ int run_sft(const Arguments& args) {
   auto [examples, validation] = load_data(parser, tok, options, tokenizer_path, config.vocab_size);
   auto model = load_start_model(*model_path, options);
   train::Trainer trainer(model, options, std::move(examples), std::move(validation));
+  join_ranks(trainer, options);
   trainer.base_model_path = fs::absolute(*model_path).lexically_normal().string();
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(tokenizer_files, folder); };
   trainer.run(start);
@@ -339,6 +341,7 @@ int run_preference(const Arguments& args, const PreferenceCommand& command) {
   const train::PreferenceObjective& objective_view = *objective;
   auto model = load_start_model(model_path, options);
   train::Trainer trainer(model, options, std::move(objective));
+  join_ranks(trainer, options);
   std::fprintf(stderr, "loss %s, reference %s\n", objective_view.loss().name.c_str(),
                train::reference_kind_name(objective_view.reference()));
   trainer.base_model_path = fs::absolute(model_path).lexically_normal().string();
@@ -406,6 +409,7 @@ int run_train_reward(const Arguments& args) {
     std::fprintf(stderr, "model: %s's trunk with a new score head\n", model_path.c_str());
   }
   train::Trainer trainer(model, options, std::move(objective));
+  join_ranks(trainer, options);
   trainer.add_model_files = [&](const std::string& folder) { write_tokenizer_files(inputs.tokenizer_files, folder); };
   json::Value last;
   trainer.on_metrics = [&](const json::Value& line) { last = line; };

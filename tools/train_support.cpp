@@ -10,6 +10,8 @@
 #include "tensor/io/atomic_file.h"
 #include "tensor/io/regular_file.h"
 #include "tools/model_files.h"
+#include "train/distributed/communicator.h"
+#include "train/distributed/rendezvous.h"
 
 namespace lamina::cli {
 
@@ -60,6 +62,11 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
                     "blocks `lamina expand` added) or 'embed_tokens,lm_head'; not with --lora (default: every parameter)");
   parser.add_switch("qlora", "with --lora: quantize the base's projection weights to NF4 (blocks of 64, double-quantized "
                              "scales, as bitsandbytes) and train the adapters on that frozen 4-bit base");
+  parser.add_option("zero-stage", "N",
+                    "with several ranks (lamina launch, torchrun or SLURM): 0 = every rank holds the whole optimizer "
+                    "state; 1 = ZeRO-1, AdamW's state sharded across the ranks; 2 = ZeRO-2, the summed gradients "
+                    "sharded too",
+                    text(d.zero_stage));
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
   parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere",
                     d.precision);
@@ -102,6 +109,8 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
 
 train::TrainOptions training_options(const FlagParser& parser, const train::TrainOptions& defaults) {
   train::TrainOptions options = defaults;
+  // Ranks other than 0 of a distributed run keep the console to rank 0's progress line.
+  if (dist::distributed_env_from_environment().rank != 0) options.progress = false;
   if (const std::optional<std::string> file = parser.value("options")) {
     const json::Value object = json::parse_file(*file);
     try {
@@ -134,6 +143,7 @@ train::TrainOptions training_options(const FlagParser& parser, const train::Trai
   options.trainable = parser.value("trainable").value_or(options.trainable);
   if (parser.is_set("qlora")) options.qlora = true;
   if (parser.is_set("attention-plan")) options.attention_plan = *parser.value("attention-plan");
+  options.zero_stage = integer("zero-stage", options.zero_stage);
   options.device = parser.value("device").value_or(options.device);
   options.precision = parser.value("precision").value_or(options.precision);
   options.eval_every = integer("eval-every", options.eval_every);
@@ -224,8 +234,21 @@ std::vector<std::pair<std::string, std::string>> key_value_list(const std::strin
   return out;
 }
 
+void join_ranks(train::Trainer& trainer, const train::TrainOptions& options) {
+  const dist::DistributedEnv env = dist::distributed_env_from_environment();
+  if (env.world_size == 1) return;
+  const std::string support = trainer.data_parallel_support();
+  if (!support.empty()) throw Error(str_cat("cannot train on ", env.world_size, " ranks: ", support));
+  const std::string backend = options.resolved_device().is_cpu() ? "cpu" : "nccl";
+  if (env.rank == 0)
+    std::fprintf(stderr, "data parallel: %d ranks (%s, from %s), rendezvous at %s:%d\n", env.world_size,
+                 backend.c_str(), env.source.c_str(), env.master_addr.c_str(), env.master_port);
+  trainer.set_communicator(dist::make_communicator(env, backend));
+}
+
 void run_sampling_trainer(train::Trainer& trainer, const train::RunStart& start, const std::string& model_path,
                           const TokenizerFiles& files, const train::TrainOptions& options) {
+  join_ranks(trainer, options);
   trainer.base_model_path = std::filesystem::absolute(model_path).lexically_normal().string();
   trainer.add_model_files = [&files](const std::string& folder) { write_tokenizer_files(files, folder); };
   std::vector<double> rewards;

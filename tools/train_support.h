@@ -55,6 +55,13 @@ TokenizerFiles model_tokenizer_files(const std::string& model_path, const std::o
 TokenizerFiles read_tokenizer_files(const std::string& source);
 void write_tokenizer_files(const TokenizerFiles& files, const std::string& model_folder);
 
+// A distributed run's ranks (RANK, WORLD_SIZE, ... as `lamina launch`, torchrun or SLURM set
+// them: train/distributed/rendezvous.h) joined, and `trainer` set to train data parallel over
+// them (Trainer::set_communicator): the CPU process group on the CPU, NCCL on CUDA. A single
+// process (no such variables, or WORLD_SIZE=1) is left alone. A trainer whose objective cannot
+// split its steps is an error before any connection is made.
+void join_ranks(train::Trainer& trainer, const train::TrainOptions& options);
+
 // The end of an online run (train grpo|..., train refuel): runs `trainer` from `start`, the
 // tokenizer files written into every saved model folder, and prints one line: the steps, the
 // reward at the first and last step, where the model, metrics and samples went.

@@ -102,6 +102,18 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
                                      const json::Value& trainer_state, int64_t keep,
                                      const std::function<void(const std::string&)>& fault,
                                      const nn::LoraConfig* adapter) {
+  const OptimizerCheckpoint whole{optimizer.state_json(), [&](const std::string& folder) {
+                                    safetensors::save((fs::path(folder) / "optimizer.safetensors").string(),
+                                                      optimizer.state_tensors());
+                                  }};
+  return save_training_checkpoint(output_directory, step, model, whole, trainer_state, keep, fault, adapter);
+}
+
+std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
+                                     const llama::LlamaWithHead& model, const OptimizerCheckpoint& optimizer,
+                                     const json::Value& trainer_state, int64_t keep,
+                                     const std::function<void(const std::string&)>& fault,
+                                     const nn::LoraConfig* adapter) {
   const fs::path root = fs::path(output_directory) / "checkpoints";
   fs::create_directories(root);
   const fs::path final_path = root / step_name(step);
@@ -115,11 +127,11 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
     fs::create_directories(partial);
     save_model_files(model, partial.string(), adapter);
     between_files("model", "checkpoint.after-model", partial / "optimizer.safetensors");
-    safetensors::save((partial / "optimizer.safetensors").string(), optimizer.state_tensors());
+    optimizer.write_files(partial.string());
     between_files("optimizer", "checkpoint.after-optimizer", partial / "trainer.json");
     json::Value state = json::Object{};
     state.set("step", step);
-    state.set("optimizer", optimizer.state_json());
+    state.set("optimizer", optimizer.state);
     state.set("trainer", trainer_state);
     io::write_file_atomically((partial / "trainer.json").string(), state.dump(2) + "\n");
     between_files("trainer", "checkpoint.after-state", partial / kMarker);
@@ -259,18 +271,23 @@ void load_adapter_values(const std::string& path, const nn::Module& model, const
 
 }  // namespace
 
-CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
-                                            AdamW& optimizer, const nn::LoraConfig* adapter) {
+namespace {
+
+CheckpointContents load_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
+                                   AdamW* optimizer, json::Value& optimizer_state, const nn::LoraConfig* adapter) {
   const fs::path dir(checkpoint_directory);
   const CheckpointHeader header = read_checkpoint_header(checkpoint_directory);
   const json::Value state = json::parse_file((dir / "trainer.json").string());
-  const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
+  optimizer_state = state.at("optimizer");
   std::vector<nn::NamedTensor> optimizer_tensors;
-  for (const safetensors::TensorInfo& info : optimizer_file.tensors())
-    optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
+  if (optimizer != nullptr) {
+    const safetensors::File optimizer_file = safetensors::File::open((dir / "optimizer.safetensors").string());
+    for (const safetensors::TensorInfo& info : optimizer_file.tensors())
+      optimizer_tensors.emplace_back(info.name, optimizer_file.read(info.name));
+  }
   if (adapter != nullptr) {
     load_adapter_values((dir / "adapter_model.safetensors").string(), model, *adapter);
-    optimizer.load_state(state.at("optimizer"), optimizer_tensors);
+    if (optimizer != nullptr) optimizer->load_state(state.at("optimizer"), optimizer_tensors);
     return {header.step, header.trainer_state};
   }
   // f32 weights are read as they are, so that none of their bits is lost to a lower precision.
@@ -300,8 +317,21 @@ CheckpointContents load_training_checkpoint(const std::string& checkpoint_direct
       ops::copy_(current[i].second, ops::to_device(value, current[i].second.device()));
     }
   }
-  optimizer.load_state(state.at("optimizer"), optimizer_tensors);
+  if (optimizer != nullptr) optimizer->load_state(state.at("optimizer"), optimizer_tensors);
   return {header.step, header.trainer_state};
+}
+
+}  // namespace
+
+CheckpointContents load_training_checkpoint_model(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
+                                                  json::Value& optimizer_state, const nn::LoraConfig* adapter) {
+  return load_checkpoint(checkpoint_directory, model, nullptr, optimizer_state, adapter);
+}
+
+CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
+                                            AdamW& optimizer, const nn::LoraConfig* adapter) {
+  json::Value optimizer_state;
+  return load_checkpoint(checkpoint_directory, model, &optimizer, optimizer_state, adapter);
 }
 
 }  // namespace lamina::train

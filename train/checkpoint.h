@@ -51,6 +51,19 @@ std::string save_training_checkpoint(const std::string& output_directory, int64_
                                      const std::function<void(const std::string& stage)>& fault = {},
                                      const nn::LoraConfig* adapter = nullptr);
 
+// The optimizer's part of a checkpoint, for optimizers whose state is not one AdamW's: trainer.json's
+// "optimizer" object, and what writes the optimizer's files into the checkpoint folder (for
+// ZeRO, every rank's shard: train/distributed/zero_optimizer.h).
+struct OptimizerCheckpoint {
+  json::Value state;
+  std::function<void(const std::string& checkpoint_folder)> write_files;
+};
+std::string save_training_checkpoint(const std::string& output_directory, int64_t step,
+                                     const llama::LlamaWithHead& model, const OptimizerCheckpoint& optimizer,
+                                     const json::Value& trainer_state, int64_t keep,
+                                     const std::function<void(const std::string& stage)>& fault = {},
+                                     const nn::LoraConfig* adapter = nullptr);
+
 // The complete checkpoint folders under output_directory/checkpoints, newest (highest step) first.
 std::vector<std::string> complete_checkpoints(const std::string& output_directory);
 // The newest complete checkpoint folder, if any.
@@ -90,6 +103,10 @@ CheckpointHeader read_checkpoint_header(const std::string& checkpoint_directory)
 // by the run's --lora), and the base is left as it is.
 CheckpointContents load_training_checkpoint(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
                                             AdamW& optimizer, const nn::LoraConfig* adapter = nullptr);
+// The same without an AdamW: the model (or adapter) alone, for an optimizer that reads its own
+// files (ZeRO's shards). The state trainer.json holds for the optimizer is in `optimizer_state`.
+CheckpointContents load_training_checkpoint_model(const std::string& checkpoint_directory, llama::LlamaWithHead& model,
+                                                  json::Value& optimizer_state, const nn::LoraConfig* adapter = nullptr);
 
 // The model's files in `directory`: config.json and the weights (HF layout), or with `adapter`
 // config.json and the adapter as a PEFT folder.

@@ -14,6 +14,10 @@
 #include "models/llama/model.h"
 #include "tensor/io/json.h"
 
+namespace lamina::dist {
+class DataParallel;
+}
+
 namespace lamina::train {
 
 struct TrainOptions;
@@ -33,7 +37,7 @@ struct DataFingerprint {
 // One optimizer step's measurements.
 struct StepResult {
   double loss = 0;      // the step's loss: the progress line's and the metrics' "loss"
-  int64_t tokens = 0;   // tokens the step's forward passes processed (for tokens/s)
+  int64_t tokens = 0;   // tokens the step's forward passes processed on every rank together (for tokens/s)
   // Further metrics for the step's line, an object written after "grad_norm" in its order
   // ("target_tokens"; "rewards/chosen", "rewards/accuracies", ...).
   json::Value metrics = json::Object{};
@@ -75,6 +79,21 @@ class Objective {
   // each checkpoint and given back on resume. Null when there is none.
   virtual json::Value state() const { return json::Value(); }
   virtual void restore_state(const json::Value& /*state*/) {}
+
+  // Data parallelism (train/distributed/data_parallel.h), set by the Trainer before the first
+  // step of a run with several ranks. An objective that supports it draws the whole step's data
+  // on every rank (the cursor stays the same everywhere), computes its rank's share, divides by
+  // the step's total over all ranks (target tokens, examples), calls
+  // data_parallel->expect_final_backward() before its last backward of the step and
+  // data_parallel->finish() right after it (before any other collective: every rank must issue
+  // the same collectives in the same order), and returns the step's loss and metrics over all
+  // ranks; validate() likewise. Null: one rank.
+  // An empty answer from data_parallel_support() means supported; otherwise it says why not.
+  virtual std::string data_parallel_support() const { return "this objective does not split its steps across ranks yet"; }
+  void set_data_parallel(dist::DataParallel* data_parallel) { data_parallel_ = data_parallel; }
+
+ protected:
+  dist::DataParallel* data_parallel_ = nullptr;
 };
 
 }  // namespace lamina::train

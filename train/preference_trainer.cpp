@@ -1,10 +1,12 @@
 #include "train/preference_trainer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <optional>
 
 #include "autograd/autograd.h"
+#include "train/distributed/data_parallel.h"
 #include "train/losses/common.h"
 #include "train/losses/logprobs.h"
 #include "train/sampler.h"
@@ -273,22 +275,41 @@ struct PreferenceObjective::Impl {
     return compute_loss(*definition, inputs, params, loss_state.get());
   }
 
-  // The loss and metrics of `indices` in micro-batches, each weighted by its share; with
-  // `backward`, each micro-batch's weighted loss is back-propagated as it is computed.
-  StepResult run(llama::LlamaForCausalLM& model, const std::vector<int64_t>& indices, bool validation, bool backward) {
+  // The loss and metrics of `indices` in micro-batches, each weighted by its share of `total`
+  // examples (0: indices.size()); with `backward`, each micro-batch's weighted loss is
+  // back-propagated as it is computed. With `data_parallel`, `indices` are this rank's share of
+  // the step: the last backward sends the gradients, and the loss, metrics and token count
+  // returned are the sums over every rank.
+  StepResult run(llama::LlamaForCausalLM& model, const std::vector<int64_t>& indices, bool validation, bool backward,
+                 double total = 0, dist::DataParallel* data_parallel = nullptr) {
     StepResult result;
     MetricsAverage sums;
-    const double total = double(indices.size());
+    if (total == 0) total = double(indices.size());
     for (size_t start = 0; start < indices.size(); start += size_t(micro_batch_size)) {
-      const std::vector<int64_t> micro(indices.begin() + int64_t(start),
-                                       indices.begin() + int64_t(std::min(indices.size(), start + size_t(micro_batch_size))));
+      const size_t end = std::min(indices.size(), start + size_t(micro_batch_size));
+      const std::vector<int64_t> micro(indices.begin() + int64_t(start), indices.begin() + int64_t(end));
       const double weight = double(micro.size()) / total;
       const LossResult loss = micro_batch_loss(model, micro, validation, result.tokens);
       result.loss += weight * loss.loss.item<double>();
+      if (backward && data_parallel != nullptr && end == indices.size()) data_parallel->expect_final_backward();
       if (backward) mul(loss.loss, weight).backward();
       sums.add(loss.metrics, weight);
     }
     for (const auto& [name, value] : sums.entries()) result.metrics.set(name, value);
+    if (data_parallel != nullptr) {
+      if (backward) data_parallel->finish();
+      // One exchange for the step's numbers: loss, tokens, then the metrics in their order (every
+      // rank computes the same loss, so the same metric names).
+      std::vector<double> values = {result.loss, double(result.tokens)};
+      for (const auto& [name, value] : sums.entries()) values.push_back(value);
+      Tensor packed = Tensor::empty({int64_t(values.size())}, DType::f64);
+      std::copy(values.begin(), values.end(), packed.data<double>());
+      data_parallel->communicator().all_reduce(packed, dist::ReduceOp::sum);
+      result.loss = packed.data<double>()[0];
+      result.tokens = int64_t(std::llround(packed.data<double>()[1]));
+      size_t k = 2;
+      for (const auto& entry : sums.entries()) result.metrics.set(entry.first, packed.data<double>()[k++]);
+    }
     return result;
   }
 
@@ -394,10 +415,21 @@ StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step
   llama::LlamaForCausalLM& model = causal_lm(trained, "train preference");
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   if (impl.loss_state) impl.loss_state->training = true;
-  return impl.run(model, impl.sampler->next(impl.batch_size), false, true);
+  if (data_parallel_ == nullptr) return impl.run(model, impl.sampler->next(impl.batch_size), false, true);
+  const int64_t rank = data_parallel_->rank();
+  const std::vector<int64_t> drawn = impl.sampler->next(impl.batch_size * data_parallel_->world_size());
+  const std::vector<int64_t> mine(drawn.begin() + rank * impl.batch_size, drawn.begin() + (rank + 1) * impl.batch_size);
+  return impl.run(model, mine, false, true, double(drawn.size()), data_parallel_);
 }
 
 bool PreferenceObjective::has_validation() const { return impl_->validation_examples() > 0; }
+
+std::string PreferenceObjective::data_parallel_support() const {
+  if (impl_->loss_state != nullptr)
+    return str_cat("loss '", impl_->definition->name, "' keeps state between micro-batches (a running baseline or "
+                   "KL estimate) that each rank would update on its own share alone");
+  return "";
+}
 
 json::Value PreferenceObjective::validate(llama::LlamaWithHead& trained) {
   Impl& impl = *impl_;

@@ -43,10 +43,23 @@ bool is_sharded_weights(std::string_view name) {
 }
 
 // A file that lamina writes into a checkpoint folder, or its io::AtomicFile temporary.
+// ZeRO's optimizer shards: optimizer.rank-R-of-N.safetensors (train/distributed/zero_optimizer.h).
+bool is_optimizer_shard(std::string_view name) {
+  constexpr std::string_view prefix = "optimizer.rank-", suffix = ".safetensors";
+  if (name.size() <= prefix.size() + suffix.size() || name.substr(0, prefix.size()) != prefix) return false;
+  const size_t end = name.find(suffix, prefix.size());
+  if (end == std::string_view::npos) return false;
+  const std::string_view ranks = name.substr(prefix.size(), end - prefix.size());  // "R-of-N"
+  const size_t of = ranks.find("-of-");
+  if (of == std::string_view::npos || !all_digits(ranks.substr(0, of)) || !all_digits(ranks.substr(of + 4))) return false;
+  const std::string_view file = name.substr(0, end + suffix.size());
+  return name == file || has_pid_suffix(name, file, ".tmp-");
+}
+
 bool is_checkpoint_file(std::string_view name) {
   for (std::string_view file : {"optimizer.safetensors", "trainer.json", "COMPLETE"})
     if (name == file || has_pid_suffix(name, file, ".tmp-")) return true;
-  return false;
+  return is_optimizer_shard(name);
 }
 
 bool is_model_file(std::string_view name) {

@@ -16,6 +16,8 @@
 #include "tensor/host_memory.h"
 #include "tensor/parallel.h"
 #include "train/checkpoint.h"
+#include "train/distributed/data_parallel.h"
+#include "train/distributed/zero_optimizer.h"
 #include "train/failpoint.h"
 #include "train/lora_spec.h"
 
@@ -57,6 +59,7 @@ void TrainOptions::validate() const {
   check_count("eval-every", eval_every, 0);
   check_count("save-every", save_every, 0);
   check_count("keep-checkpoints", keep_checkpoints, 1);
+  check_count("zero-stage", zero_stage, 0, 2);
   schedule_from_name(schedule);
   resolved_device();
   compute_dtype();
@@ -98,6 +101,7 @@ json::Value TrainOptions::to_json() const {
   out.set("qlora", qlora);
   out.set("trainable", trainable);
   out.set("attention-plan", attention_plan);
+  out.set("zero-stage", zero_stage);
   out.set("device", device);
   out.set("precision", precision);
   out.set("eval-every", eval_every);
@@ -169,6 +173,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
     else if (key == "qlora") o.qlora = value.as_bool(what);
     else if (key == "trainable") o.trainable = value.as_string(what);
     else if (key == "attention-plan") o.attention_plan = value.as_string(what);
+    else if (key == "zero-stage") o.zero_stage = value.as_int64(what);
     else if (key == "device") o.device = value.as_string(what);
     else if (key == "precision") o.precision = value.as_string(what);
     else if (key == "eval-every") o.eval_every = value.as_int64(what);
@@ -189,7 +194,7 @@ TrainOptions TrainOptions::from_json(const json::Value& object, TrainOptions o) 
 const std::vector<std::string>& TrainOptions::json_keys() {
   static const std::vector<std::string> keys = {
       "steps", "batch-size", "micro-batch-size", "seq-len", "no-pack", "lr", "min-lr-ratio", "warmup-steps",
-      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "trainable", "attention-plan", "device",
+      "schedule", "weight-decay", "beta1", "beta2", "eps", "clip", "gradient-checkpointing", "lora", "qlora", "trainable", "attention-plan", "zero-stage", "device",
       "precision", "eval-every", "save-every", "keep-checkpoints", "seed", "output", "quiet"};
   return keys;
 }
@@ -262,47 +267,66 @@ class LanguageModelObjective : public Objective {
       validation_ = std::make_unique<DataLoader>(std::move(validation), loader_options(options, micro, false));
   }
 
+  // With data parallelism every rank draws the whole step (world_size x micro_batches_
+  // micro-batches, the sequence one rank with the whole batch draws) and runs its own run of
+  // them: rank r the micro-batches [r * micro_batches_, (r + 1) * micro_batches_).
   StepResult step(llama::LlamaWithHead& trained, int64_t step) override {
     llama::LlamaForCausalLM& model = causal_lm(trained, "train");
+    const int ranks = data_parallel_ != nullptr ? data_parallel_->world_size() : 1;
+    const int rank = data_parallel_ != nullptr ? data_parallel_->rank() : 0;
     std::vector<Batch> batches;
     int64_t target_tokens = 0;
-    for (int64_t i = 0; i < micro_batches_; ++i) {
-      batches.push_back(loader_->next());
-      target_tokens += batches.back().target_tokens;
+    for (int64_t i = 0; i < micro_batches_ * ranks; ++i) {
+      Batch batch = loader_->next();
+      target_tokens += batch.target_tokens;
+      if (i / micro_batches_ == rank) batches.push_back(std::move(batch));
     }
     LAMINA_CHECK(target_tokens > 0, "train: step ", step, " has no target token: none of its ",
-                 micro_batches_ * loader_->options().batch_size,
+                 micro_batches_ * ranks * loader_->options().batch_size,
                  " rows holds a token to learn. The data's examples have no completion or assistant tokens "
                  "(for chats: no message whose role is \"assistant\"), so there is nothing to train on");
     double loss_sum = 0;
-    for (const Batch& batch : batches) {
-      const CrossEntropySum loss = batch_loss(model, batch);
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const CrossEntropySum loss = batch_loss(model, batches[i]);
       loss_sum += loss.loss_sum.item<double>();
+      if (data_parallel_ != nullptr && i + 1 == batches.size()) data_parallel_->expect_final_backward();
       div(loss.loss_sum, double(target_tokens)).backward();
+    }
+    if (data_parallel_ != nullptr) {
+      data_parallel_->finish();
+      loss_sum = data_parallel_->communicator().all_reduce_sum(loss_sum);
     }
     StepResult result;
     result.loss = loss_sum / double(target_tokens);
-    result.tokens = int64_t(batches.size()) * seq_len_ * loader_->options().batch_size;
+    result.tokens = micro_batches_ * ranks * seq_len_ * loader_->options().batch_size;
     result.metrics.set("target_tokens", target_tokens);
     return result;
   }
 
   bool has_validation() const override { return validation_ != nullptr; }
+  std::string data_parallel_support() const override { return ""; }
 
-  // Mean token loss over the validation examples; an error when they hold no target token.
+  // Mean token loss over the validation examples; an error when they hold no target token. With
+  // data parallelism rank r takes batches r, r + world_size, ... and the sums are added up.
   json::Value validate(llama::LlamaWithHead& trained) override {
     const llama::LlamaForCausalLM& model = causal_lm(trained, "train");
+    const int ranks = data_parallel_ != nullptr ? data_parallel_->world_size() : 1;
+    const int rank = data_parallel_ != nullptr ? data_parallel_->rank() : 0;
     const std::vector<Batch> batches = validation_->all_batches();
     TaskProgress progress(progress_, "validation batch", int64_t(batches.size()));
     double total = 0;
     int64_t count = 0;
-    for (size_t i = 0; i < batches.size(); ++i) {
+    for (size_t i = size_t(rank); i < batches.size(); i += size_t(ranks)) {
       const CrossEntropySum loss = batch_loss(model, batches[i]);
       total += loss.loss_sum.item<double>();
       count += loss.target_count;
       progress.update(int64_t(i + 1));
     }
     progress.finish();
+    if (data_parallel_ != nullptr) {
+      total = data_parallel_->communicator().all_reduce_sum(total);
+      count = data_parallel_->communicator().all_reduce_sum(count);
+    }
     LAMINA_CHECK(count > 0, "train: the validation data holds no target token (no completion or assistant tokens): "
                             "there is no loss to measure");
     json::Value metrics = json::Object{};
@@ -514,7 +538,7 @@ std::vector<OptionChange> exactness_breaking_changes(const TrainOptions& saved, 
   compare("batch-size");
   if (micro(saved) != micro(now)) changes.push_back({"micro-batch-size", str_cat(micro(saved)), str_cat(micro(now))});
   for (const char* key : {"seq-len", "pack", "seed", "lr", "min-lr-ratio", "warmup-steps", "schedule", "weight-decay",
-                          "beta1", "beta2", "eps", "clip", "lora", "qlora", "trainable", "attention-plan"})
+                          "beta1", "beta2", "eps", "clip", "lora", "qlora", "trainable", "attention-plan", "zero-stage"})
     compare(key);
   if (saved.compute_dtype() != now.compute_dtype())
     changes.push_back({"precision", str_cat(saved.precision, " (", dtype_name(saved.compute_dtype()), ")"),
@@ -646,8 +670,8 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions optio
     : model_(placed(std::move(model), options)),
       options_(std::move(options)),
       objective_(std::move(objective)),
-      fingerprint_(objective_->fingerprint()),
-      optimizer_(trainable(*model_), adamw_options(options_)) {
+      fingerprint_(objective_->fingerprint()) {
+  trainable(*model_);  // a model with nothing to train is an error now, not at the first step
   schedule_.kind = schedule_from_name(options_.schedule);
   schedule_.peak_lr = options_.lr;
   schedule_.warmup_steps = options_.warmup_steps;
@@ -656,6 +680,34 @@ Trainer::Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions optio
   model_->set_gradient_checkpointing(options_.gradient_checkpointing);
   lora_ = lora_config(options_, *model_);
   objective_->prepare(*model_, options_);
+}
+
+Trainer::~Trainer() = default;
+
+int Trainer::rank() const { return communicator_ != nullptr ? communicator_->rank() : 0; }
+int Trainer::world_size() const { return communicator_ != nullptr ? communicator_->world_size() : 1; }
+
+AdamW& Trainer::optimizer() {
+  if (!optimizer_) optimizer_.emplace(trainable(*model_), adamw_options(options_));
+  return *optimizer_;
+}
+
+void Trainer::set_communicator(std::shared_ptr<dist::Communicator> communicator) {
+  LAMINA_CHECK(step_ == 0 && data_parallel_ == nullptr, "train: set_communicator comes once, before the run");
+  if (communicator == nullptr || communicator->world_size() == 1) return;
+  const std::string support = objective_->data_parallel_support();
+  LAMINA_CHECK(support.empty(), "train: cannot run on ", communicator->world_size(), " ranks: ", support);
+  communicator_ = std::move(communicator);
+  data_parallel_ =
+      std::make_unique<dist::DataParallel>(communicator_, trainable(*model_), int(options_.zero_stage));
+  // Every rank starts from rank 0's weights (a fresh run's ranks drew the same ones from the
+  // seed; this makes it so whatever they did), before ZeRO copies its shard of them.
+  data_parallel_->broadcast_parameters(0);
+  if (options_.zero_stage > 0) {
+    optimizer_.reset();
+    zero_ = std::make_unique<dist::ZeroOptimizer>(*data_parallel_, adamw_options(options_));
+  }
+  objective_->set_data_parallel(data_parallel_.get());
 }
 
 json::Value Trainer::validate() {
@@ -676,6 +728,7 @@ json::Value Trainer::trainer_state() const {
   if (const json::Value objective_state = objective_->state(); !objective_state.is_null())
     state.set("objective_state", objective_state);
   state.set("tokens_seen", tokens_seen_);
+  state.set("world_size", int64_t(world_size()));
   state.set("options", options_.to_json());
   state.set("data", fingerprint_.to_json());
   if (lora_) {
@@ -686,19 +739,52 @@ json::Value Trainer::trainer_state() const {
   return state;
 }
 
+// ZeRO: every rank's shard of the optimizer goes into the checkpoint rank 0 is writing; rank 0
+// names its partial folder once its own files are there, the others write theirs into it, and
+// rank 0 completes the checkpoint only after all have (the barrier).
 void Trainer::save_checkpoint(MetricsLog* log) {
   if (options_.output_dir.empty()) return;
+  if (rank() != 0) {
+    if (zero_ != nullptr) save_zero_shard_of_follower();
+    return;
+  }
   if (log != nullptr) log->sync();  // the metrics of the steps a checkpoint covers are as durable as it is
-  save_training_checkpoint(options_.output_dir, step_, *model_, optimizer_, trainer_state(), options_.keep_checkpoints,
-                           checkpoint_fault, lora_ ? &*lora_ : nullptr);
+  const nn::LoraConfig* adapter = lora_ ? &*lora_ : nullptr;
+  if (zero_ == nullptr) {
+    save_training_checkpoint(options_.output_dir, step_, *model_, optimizer(), trainer_state(),
+                             options_.keep_checkpoints, checkpoint_fault, adapter);
+    return;
+  }
+  const OptimizerCheckpoint shards{zero_->state_json(), [&](const std::string& folder) {
+                                     zero_->save_shard(folder);
+                                     communicator_->broadcast_text(fs::absolute(folder).string(), 0);
+                                     communicator_->barrier();
+                                   }};
+  save_training_checkpoint(options_.output_dir, step_, *model_, shards, trainer_state(), options_.keep_checkpoints,
+                           checkpoint_fault, adapter);
 }
 
-void Trainer::resume(bool allow_option_changes) {
+void Trainer::save_zero_shard_of_follower() {
+  const std::string folder = communicator_->broadcast_text("", 0);
+  zero_->save_shard(folder);
+  communicator_->barrier();
+}
+
+CheckpointContents Trainer::load_checkpoint_files(const std::string& checkpoint) {
+  const nn::LoraConfig* adapter = lora_ ? &*lora_ : nullptr;
+  if (zero_ == nullptr) return load_training_checkpoint(checkpoint, *model_, optimizer(), adapter);
+  json::Value optimizer_state;
+  CheckpointContents contents = load_training_checkpoint_model(checkpoint, *model_, optimizer_state, adapter);
+  zero_->load_shard(checkpoint, optimizer_state);
+  return contents;
+}
+
+std::string Trainer::resume(bool allow_option_changes) {
   const std::string& directory = options_.output_dir;
   const std::vector<std::string> candidates = complete_checkpoints(directory);
   if (candidates.empty()) {
     std::fprintf(stderr, "resume: no complete checkpoint in %s/checkpoints yet; starting at step 0\n", directory.c_str());
-    return;
+    return "";
   }
   std::optional<CheckpointContents> contents;
   std::string chosen, newest_error, listing;
@@ -731,6 +817,10 @@ void Trainer::resume(bool allow_option_changes) {
     const json::Value settings = objective_->settings();
     const std::string settings_text = settings.is_null() ? "none" : settings.dump();
     if (saved_text != settings_text) changes.push_back({"objective", saved_text, settings_text});
+    // Data parallelism: the step's rows are split differently, and summed in another order.
+    const json::Value* saved_world = state.find("world_size");
+    const int64_t saved_ranks = saved_world != nullptr ? saved_world->as_int64("trainer.json: world_size") : 1;
+    if (saved_ranks != world_size()) changes.push_back({"world size (ranks)", str_cat(saved_ranks), str_cat(world_size())});
     listing.clear();
     for (const OptionChange& change : changes) listing += str_cat("\n  ", change.key, ": ", change.saved, " -> ", change.now);
     LAMINA_CHECK(changes.empty() || allow_option_changes, "cannot resume from ", candidate,
@@ -740,7 +830,7 @@ void Trainer::resume(bool allow_option_changes) {
     LAMINA_CHECK(header->step <= options_.steps, "cannot resume from ", candidate, ": it is at step ", header->step,
                  ", beyond --steps ", options_.steps);
     try {
-      contents = load_training_checkpoint(candidate, *model_, optimizer_, lora_ ? &*lora_ : nullptr);
+      contents = load_checkpoint_files(candidate);
       chosen = candidate;
       break;
     } catch (const Error& error) {
@@ -753,10 +843,16 @@ void Trainer::resume(bool allow_option_changes) {
   if (!listing.empty())
     std::fprintf(stderr, "resume: continuing with changes that break exactness (--allow-option-changes):%s\n",
                  listing.c_str());
-  const json::Value& state = contents->trainer_state;
+  step_ = contents->step;
+  restore_trainer_state(contents->trainer_state);
+  std::fprintf(stderr, "resuming from %s (step %lld)%s\n", chosen.c_str(), (long long)step_,
+               chosen == candidates.front() ? "" : ", the newest checkpoint that loads");
+  return chosen;
+}
+
+void Trainer::restore_trainer_state(const json::Value& state) {
   objective_->restore(state.at("data_cursor"));
   if (const json::Value* objective_state = state.find("objective_state")) objective_->restore_state(*objective_state);
-  step_ = contents->step;
   tokens_seen_ = state.at("tokens_seen").as_int64("trainer.json: tokens_seen");
   if (const json::Value* offset = state.find("lora_dropout_offset"); lora_ && offset != nullptr) {
     const std::string& text = offset->as_string("trainer.json: lora_dropout_offset");
@@ -766,8 +862,19 @@ void Trainer::resume(bool allow_option_changes) {
                  "number: '", text, "'");
     nn::lora_selection(*model_)->dropout_generator.set_offset(value);
   }
-  std::fprintf(stderr, "resuming from %s (step %lld)%s\n", chosen.c_str(), (long long)step_,
-               chosen == candidates.front() ? "" : ", the newest checkpoint that loads");
+}
+
+// A rank other than 0 of a data-parallel run with an output folder: rank 0 owns the folder
+// (its lock, cleaning, pruning, metrics, checkpoints); this rank loads the checkpoint rank 0
+// resumes from, if any, and trains beside it.
+void Trainer::run_follower() {
+  const std::string chosen = communicator_->broadcast_text("", 0);
+  if (!chosen.empty()) {
+    const CheckpointContents contents = load_checkpoint_files(chosen);
+    step_ = contents.step;
+    restore_trainer_state(contents.trainer_state);
+  }
+  train(nullptr);
 }
 
 void Trainer::prune_stopped_run() {
@@ -793,6 +900,10 @@ void Trainer::run(RunStart start) {
     train(nullptr);
     return;
   }
+  if (rank() != 0) {
+    run_follower();
+    return;
+  }
   const std::string& directory = options_.output_dir;
   check_output_folder(directory, start.existing);
   check_inputs_outside_run(directory, start.inputs, start.existing);
@@ -812,10 +923,13 @@ void Trainer::run(RunStart start) {
     for (std::string& name : remove_interrupted_writes(directory)) debris.push_back(std::move(name));
     for (const std::string& name : debris)
       std::fprintf(stderr, "removed %s/%s, left by a run that was killed\n", directory.c_str(), name.c_str());
+    std::string resumed_from;
     if (start.existing == ExistingRun::resume) {
       prune_stopped_run();
-      resume(start.allow_option_changes);
+      resumed_from = resume(start.allow_option_changes);
     }
+    if (communicator_ != nullptr)
+      communicator_->broadcast_text(resumed_from.empty() ? "" : fs::absolute(resumed_from).string(), 0);
     MetricsLog log((fs::path(directory) / "metrics.jsonl").string(), start.existing == ExistingRun::resume ? step_ : -1);
     train(&log);
     log.close();
@@ -838,16 +952,29 @@ void Trainer::train(MetricsLog* log) {
   const Device device = model_->device();
   const std::optional<double> peak_flops = peak_flops_per_s(device_name(device), model_->dtype());
   reset_peak_memory(device);
-  ProgressLine progress(options_.progress);
+  ProgressLine progress(options_.progress && rank() == 0);
   while (step_ < options_.steps) {
     const auto start = std::chrono::steady_clock::now();
+    const dist::CommunicationStats communication_before =
+        communicator_ != nullptr ? communicator_->stats() : dist::CommunicationStats{};
+    const int64_t exchanges_before = data_parallel_ != nullptr ? data_parallel_->exchanges() : 0;
     const StepResult result = objective_->step(*model_, step_ + 1);
+    LAMINA_CHECK(data_parallel_ == nullptr || data_parallel_->exchanges() == exchanges_before + 1, "train: the "
+                 "objective did not exchange its step's gradients once (data_parallel->finish())");
     check_finite("loss", result.loss, step_ + 1);
-    const double grad_norm = clip_grad_norm(parameters, options_.clip);
+    if (zero_ != nullptr) zero_->take_gradients();
+    const double grad_norm =
+        zero_ != nullptr ? zero_->clip_grad_norm(options_.clip) : clip_grad_norm(parameters, options_.clip);
     check_finite("gradient norm", grad_norm, step_ + 1);
     const double lr = schedule_.lr(step_);
-    optimizer_.step(lr);
-    optimizer_.zero_grad();
+    if (zero_ != nullptr) {
+      zero_->step(lr);
+      zero_->zero_grad();
+      for (const Tensor& parameter : parameters) parameter.set_grad(Tensor());  // stage 1 kept the whole sums
+    } else {
+      optimizer().step(lr);
+      optimizer().zero_grad();
+    }
     ++step_;
     failpoint("train.after-step", step_, log != nullptr ? log->path() : "");
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -868,6 +995,17 @@ void Trainer::train(MetricsLog* log) {
     if (peak_flops) line.set("mfu", flops_per_s / *peak_flops);
     line.set("peak_rss_bytes", peak_rss_bytes());
     line.set("peak_tensor_bytes", memory_stats(device).peak_bytes);  // on the training device
+    if (communicator_ != nullptr) {
+      // This rank's traffic, and the wait for it after backward had ended (the part that did
+      // not overlap the computation), beside the step's whole time.
+      const dist::CommunicationStats now = communicator_->stats();
+      line.set("world_size", int64_t(world_size()));
+      line.set("comm_bytes", now.bytes_sent - communication_before.bytes_sent);
+      line.set("comm_operations", now.operations - communication_before.operations);
+      line.set("comm_in_flight_s", now.seconds_in_flight - communication_before.seconds_in_flight);
+      line.set("comm_exposed_s", data_parallel_->last_exposed_seconds());
+      line.set("step_s", seconds);
+    }
     const bool evaluate = objective_->has_validation() &&
                           ((options_.eval_every > 0 && step_ % options_.eval_every == 0) || step_ == options_.steps);
     if (evaluate) {

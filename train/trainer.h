@@ -21,12 +21,19 @@
 #include "autograd/functions.h"
 #include "models/llama/model.h"
 #include "nn/lora.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/metrics.h"
 #include "train/objective.h"
 #include "train/optimizer.h"
 #include "train/run_folder.h"
 #include "train/schedule.h"
+
+namespace lamina::dist {
+class Communicator;
+class DataParallel;
+class ZeroOptimizer;
+}  // namespace lamina::dist
 
 namespace lamina::train {
 
@@ -73,6 +80,10 @@ struct TrainOptions {
   // A MoA plan file (models/sparse/moa_plan.h) resolved at seq_len: every head trains under its
   // own sink + window, as it will run. Empty: dense attention.
   std::string attention_plan;
+  // Data parallelism over several ranks (Trainer::set_communicator): 0 = every rank keeps the
+  // whole optimizer state; 1 = ZeRO-1, AdamW's state sharded across the ranks; 2 = ZeRO-2, the
+  // gradients' sums sharded too (train/distributed/data_parallel.h). No effect on one rank.
+  int64_t zero_stage = 0;
   std::string device = "cpu";      // cpu, cuda or cuda:N: the model is moved there before training
   std::string precision = "auto";  // f32, or bf16 (bf16 weights and activations, f32 master weights
                                    // and optimizer state); auto = bf16 on CUDA and on CPUs whose bf16
@@ -111,7 +122,8 @@ struct OptionChange {
 //   batch-size, micro-batch-size (as the rows per forward; the step's sum is accumulated in a
 //   different order), seq-len, pack, seed (the rows and their order), lr, min-lr-ratio,
 //   warmup-steps, schedule, weight-decay, beta1, beta2, eps, clip (the update), precision (as
-//   the dtype it resolves to), lora, qlora and trainable (what trains, on what base), and device (its kind, cpu or cuda: different
+//   the dtype it resolves to), lora, qlora and trainable (what trains, on what base), zero-stage (where the
+//   optimizer state lives, and the order of the gradient sums), and device (its kind, cpu or cuda: different
 //   kernels round differently), and steps unless the schedule is constant: a linear or cosine decay is
 //   stretched over `steps`, so a longer run would have had a different learning rate at every
 //   step after the warmup, the finished ones included.
@@ -182,6 +194,20 @@ class Trainer {
           std::vector<Example> validation = {});
   // Any objective (train/objective.h), e.g. a preference loss over pairs.
   Trainer(std::shared_ptr<llama::LlamaWithHead> model, TrainOptions options, std::unique_ptr<Objective> objective);
+  ~Trainer();
+
+  // Data parallelism over the ranks of `communicator` (train/distributed/data_parallel.h): each
+  // rank trains on its share of every step (batch_size rows per rank, so the step has
+  // world_size x batch_size rows), the gradients are summed across ranks in buckets while
+  // backward runs, and every rank applies the same update. Rank 0 alone writes the output folder
+  // (metrics, checkpoints, the final model); the other ranks resume from the checkpoint rank 0
+  // chooses. Called before run(); an objective that cannot split its steps is an error saying
+  // why. A world of one rank changes nothing.
+  void set_communicator(std::shared_ptr<dist::Communicator> communicator);
+  // Empty when the objective can split its steps across ranks; else why not.
+  std::string data_parallel_support() const { return objective_->data_parallel_support(); }
+  int rank() const;
+  int world_size() const;
 
   // Trains up to options.steps. With an output folder: takes its lock, treats what is there as
   // `start` says, removes what killed runs left, and resumes (ExistingRun::resume) from the
@@ -216,7 +242,11 @@ class Trainer {
  private:
   json::Value trainer_state() const;
   void save_checkpoint(MetricsLog* log);
-  void resume(bool allow_option_changes);
+  // Returns the checkpoint it resumed from ("" when none).
+  std::string resume(bool allow_option_changes);
+  void restore_trainer_state(const json::Value& state);
+  CheckpointContents load_checkpoint_files(const std::string& checkpoint);
+  void run_follower();
   void prune_stopped_run();
   void train(MetricsLog* log);
 
@@ -225,10 +255,15 @@ class Trainer {
   std::optional<nn::LoraConfig> lora_;  // a LoRA run's adapter settings (options_.lora)
   std::unique_ptr<Objective> objective_;
   DataFingerprint fingerprint_;
-  AdamW optimizer_;
+  std::optional<AdamW> optimizer_;  // made on first use (optimizer()): a ZeRO run never makes the whole one
   Schedule schedule_;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
+  std::shared_ptr<dist::Communicator> communicator_;  // null: one rank
+  std::unique_ptr<dist::DataParallel> data_parallel_;
+  std::unique_ptr<dist::ZeroOptimizer> zero_;  // ZeRO-1/2: replaces optimizer_
+  AdamW& optimizer();
+  void save_zero_shard_of_follower();
 };
 
 }  // namespace lamina::train
