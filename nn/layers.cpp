@@ -113,6 +113,7 @@ Tensor Linear::forward(const Tensor& x) const {
                  "' is merged into the base weight; unmerge it before running another adapter, none, or one per row");
     return output;
   }
+  if (selection.router) return selection.router->forward(*this, x, output);  // routed multi-LoRA
   if (selection.row_adapters.empty()) {
     const LoraAdapter* adapter = find_adapter(selection.active);
     return adapter ? add_adapter_branch(x, output, product, *adapter) : output;

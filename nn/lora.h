@@ -73,11 +73,23 @@ struct LoraAdapter {
   Tensor magnitude;       // [out], DoRA only
 };
 
+// Routed multi-LoRA (nn/routed_lora.h): per token, a learned gate picks and weights the adapters.
+// A Linear whose model selection holds a router hands it the input and the base output.
+class LoraRouter {
+ public:
+  virtual ~LoraRouter() = default;
+  // x: [..., in], base_output: [..., out] (x W^T + b) -> base_output plus the weighted adapters.
+  virtual Tensor forward(const Linear& layer, const Tensor& x, const Tensor& base_output) const = 0;
+};
+
 // The model-level choice of adapter, shared by every Linear of one model.
 struct LoraSelection {
   std::vector<std::string> adapters;  // every adapter added, in order: per-row indices refer to it
   std::string active;                 // empty: adapters disabled, the base alone
   std::vector<int64_t> row_adapters;  // when non-empty: one index per batch row (-1 = base)
+  // When set, the "routed" mode: it decides for every token, whatever `active` and `row_adapters`
+  // say (nn::set_lora_router sets and clears it).
+  std::shared_ptr<const LoraRouter> router;
   // Every adapter's dropout masks, in forward order: one stream per model, which activation
   // checkpointing rewinds for a layer's re-run when given its address (autograd::checkpoint).
   Generator dropout_generator;

@@ -43,6 +43,14 @@ class Module {
   int64_t freeze(const std::string& pattern);
   int64_t unfreeze(const std::string& pattern);
 
+  // Adds a child from outside the module's own class: a part that another feature attaches to
+  // an existing module (a routed multi-LoRA gate on its Linear, nn/routed_lora.h), named,
+  // frozen and saved like the module's own children.
+  template <typename M>
+  std::shared_ptr<M> attach_module(const std::string& name, std::shared_ptr<M> module) {
+    return register_module(name, std::move(module));
+  }
+
  protected:
   // Registers `value` under `name` and returns it (the handle is shared with the registry).
   Tensor register_parameter(const std::string& name, const Tensor& value, bool requires_grad = true);

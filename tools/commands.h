@@ -28,7 +28,7 @@ int run_reward_score(const FlagParser& parser);  // tools/score_reward.cpp: scor
 bool is_reward_model_folder(const std::string& path);  // tools/score_reward.cpp
 int run_convert(const Arguments& args);  // tools/convert.cpp: HF folder <-> GGUF
 int run_quantize(const Arguments& args);  // tools/quantize.cpp: GGUF block formats, NF4 / FP4 checkpoints
-int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, lora extract
+int run_lora(const Arguments& args);      // tools/lora.cpp: lora merge, lora extract, lora route (tools/lora_route.cpp)
 int run_mutate(const Arguments& args);        // tools/mutate.cpp: CycleQD's SVD mutation
 int run_expand(const Arguments& args);        // tools/expand.cpp: LLaMA Pro block expansion
 int run_extend_vocab(const Arguments& args);  // tools/expand.cpp: add tokens, grow the embedding and head

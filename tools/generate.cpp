@@ -13,6 +13,7 @@
 #include "tools/attention_plan_option.h"
 #include "tools/commands.h"
 #include "tools/generate_support.h"
+#include "tools/lora_route.h"
 #include "tools/model_files.h"
 
 namespace lamina::cli {
@@ -44,6 +45,8 @@ void add_generation_flags(FlagParser& parser) {
                     "a LoRA adapter (PEFT folder, e.g. a `train --lora` run's model/) to run the model with; or "
                     "several as NAME=DIR,NAME=DIR,... on one base, which --prompts lines choose from with "
                     "\"adapter\": NAME (the first is the default; null: the base alone)");
+  parser.add_option("routed-lora", "DIR", "a routed multi-LoRA folder (`lamina lora route`'s OUT): per token, its "
+                    "gates mix its adapters");
 }
 
 std::vector<AdapterSpec> adapter_specs(const FlagParser& parser) {
@@ -83,6 +86,12 @@ std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, co
                  targets.empty() ? config.target_regex.c_str() : targets.c_str());
   }
   if (!adapters.empty()) nn::set_active_adapter(*model, adapters.front().name);
+  if (const std::optional<std::string> routed = parser.value("routed-lora")) {
+    if (!adapters.empty()) throw UsageError("lamina: --routed-lora and --adapter do not go together", "give one of them");
+    const auto router = load_routed_lora(*routed, *model);
+    std::fprintf(stderr, "routed LoRA %s: top-%lld of %zu adapters\n", routed->c_str(), (long long)router->top_k(),
+                 router->adapters().size());
+  }
   model->eval();  // generation never drops out (LoRA dropout)
   return model;
 }

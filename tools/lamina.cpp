@@ -39,7 +39,7 @@ constexpr Subcommand kSubcommands[] = {
     {"preference-loss", "a preference loss (DPO, KTO, GRPO, ...) on JSON inputs: loss, gradients, metrics", run_preference_loss},
     {"convert", "convert a Llama model between a Hugging Face folder and a GGUF file (f32/f16/bf16/q8_0/q4_0/q4_1/q4_k/q6_k)", run_convert},
     {"quantize", "quantize a model: to a GGUF file (q8_0/q4_0/q4_1/q4_k/q6_k) or a bitsandbytes NF4/FP4 folder", run_quantize},
-    {"lora", "LoRA adapters (PEFT folders): merge into a model, extract from a fine-tuned model (SVD)", run_lora},
+    {"lora", "LoRA adapters (PEFT folders): merge into a model, extract from a fine-tuned model (SVD), route several (MeteoRA)", run_lora},
     {"mutate", "scale a model's singular values by random factors (CycleQD's SVD mutation)", run_mutate},
     {"merge", "merge models by a JSON recipe: linear, task arithmetic, SLERP, TIES, DARE (streamed)", run_merge_models},
     {"expand", "insert zero-output copies of decoder blocks (LLaMA Pro): same logits, new blocks to train", run_expand},

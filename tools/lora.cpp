@@ -3,6 +3,7 @@
 //
 //   lamina lora merge --model M --adapter A --out DIR [--dtype f32|bf16|f16] [--overwrite]
 //   lamina lora extract --base B --tuned T --rank R --out DIR [--target-modules q_proj,...]
+//   lamina lora route ...: routed multi-LoRA gates (tools/lora_route.cpp)
 //
 // merge loads the model (a Hugging Face folder or a Llama GGUF file, dequantized to f32), adds
 // the adapter, folds it into the base weights (W + s B A, or DoRA's rescaled W) and writes a plain
@@ -29,6 +30,7 @@
 #include "tensor/io/atomic_file.h"
 #include "tools/args.h"
 #include "tools/commands.h"
+#include "tools/lora_route.h"
 #include "tools/model_files.h"
 #include "tools/staged_folder.h"
 #include "train/metrics.h"
@@ -214,19 +216,22 @@ int run_lora(const Arguments& args) {
   const std::string usage =
       "usage: lamina lora merge --model M --adapter A --out DIR [--dtype f32|bf16|f16] [--overwrite]\n"
       "       lamina lora extract --base B --tuned T --rank R --out DIR [--target-modules q_proj,...]\n"
+      "       lamina lora route --model M --adapters DIR1,DIR2,... --data FILE.jsonl --top-k K --out OUT\n"
       "\n"
       "LoRA adapters in PEFT's folder format (adapter_config.json + adapter_model.safetensors).\n"
       "  merge     fold an adapter into its base model and write a plain Hugging Face folder\n"
       "  extract   the rank-R adapter closest to a fine-tuned model's difference from its base (SVD)\n"
-      "Run 'lamina lora merge --help' or 'lamina lora extract --help' for their flags.\n";
-  if (args.empty()) throw UsageError("lamina lora: expected a subcommand (merge, extract)", "run 'lamina lora --help'");
+      "  route     train per-token gates that mix N adapters of one base (MeteoRA), for generate --routed-lora\n"
+      "Run 'lamina lora <subcommand> --help' for its flags.\n";
+  if (args.empty()) throw UsageError("lamina lora: expected a subcommand (merge, extract, route)", "run 'lamina lora --help'");
   if (args[0] == "--help") {
     std::fputs(usage.c_str(), stdout);
     return 0;
   }
   if (args[0] == "merge") return run_merge(Arguments(args.begin() + 1, args.end()));
   if (args[0] == "extract") return run_extract(Arguments(args.begin() + 1, args.end()));
-  const std::string suggestion = closest_match(args[0], {"merge", "extract"});
+  if (args[0] == "route") return run_lora_route(Arguments(args.begin() + 1, args.end()));
+  const std::string suggestion = closest_match(args[0], {"merge", "extract", "route"});
   throw UsageError("lamina lora: unknown subcommand '" + args[0] + "'" +
                        (suggestion.empty() ? "" : " (did you mean '" + suggestion + "'?)"),
                    "run 'lamina lora --help'");
