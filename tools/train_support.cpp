@@ -110,7 +110,8 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
 train::TrainOptions training_options(const FlagParser& parser, const train::TrainOptions& defaults) {
   train::TrainOptions options = defaults;
   // Ranks other than 0 of a distributed run keep the console to rank 0's progress line.
-  if (dist::distributed_env_from_environment().rank != 0) options.progress = false;
+  const dist::DistributedEnv ranks = dist::distributed_env_from_environment();
+  if (ranks.rank != 0) options.progress = false;
   if (const std::optional<std::string> file = parser.value("options")) {
     const json::Value object = json::parse_file(*file);
     try {
@@ -153,6 +154,8 @@ train::TrainOptions training_options(const FlagParser& parser, const train::Trai
   options.output_dir = parser.value("output").value_or(options.output_dir);
   if (options.output_dir.empty()) throw UsageError("lamina train: --output is required", "run 'lamina train <kind> --help'");
   if (parser.is_set("quiet")) options.progress = false;
+  // Several ranks on CUDA: each takes the GPU of its local rank (what NCCL's communicator uses).
+  if (ranks.world_size > 1 && options.device == "cuda") options.device = "cuda:" + std::to_string(ranks.local_rank);
   options.validate();
   return options;
 }

@@ -302,9 +302,10 @@ struct PreferenceObjective::Impl {
       // rank computes the same loss, so the same metric names).
       std::vector<double> values = {result.loss, double(result.tokens)};
       for (const auto& [name, value] : sums.entries()) values.push_back(value);
-      Tensor packed = Tensor::empty({int64_t(values.size())}, DType::f64);
-      std::copy(values.begin(), values.end(), packed.data<double>());
-      data_parallel->communicator().all_reduce(packed, dist::ReduceOp::sum);
+      dist::Communicator& communicator = data_parallel->communicator();
+      Tensor packed = Tensor::from_vector<double>(values, {int64_t(values.size())}).to(communicator.device());
+      communicator.all_reduce(packed, dist::ReduceOp::sum);
+      packed = packed.to(Device::cpu());
       result.loss = packed.data<double>()[0];
       result.tokens = int64_t(std::llround(packed.data<double>()[1]));
       size_t k = 2;
