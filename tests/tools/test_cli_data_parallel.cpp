@@ -13,6 +13,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "models/io/safetensors.h"
 #include "tensor/io/json.h"
@@ -326,4 +327,26 @@ TEST_CASE("a ZeRO-2 run killed after a checkpoint resumes to the weights of one 
   INFO(both_outputs(resumed));
   REQUIRE(resumed.status == std::vector<int>{0, 0});
   CHECK(file_bytes(w / "whole/model/model.safetensors") == file_bytes(w / "resumed/model/model.safetensors"));
+}
+
+TEST_CASE("lamina bench allreduce: a JSON line per size, from real rank processes, beside a memcpy bound") {
+  const Run run = run_lamina("bench allreduce --ranks 3 --sizes 4K,256K --seconds 0.05");
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  std::vector<json::Value> lines;
+  std::istringstream in(run.output);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("{\"bench\":\"allreduce\"", 0) == 0) lines.push_back(json::parse(line));
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0].at("bytes").as_int64() == 4096);
+  CHECK(lines[1].at("bytes").as_int64() == 256 * 1024);
+  for (const json::Value& line : lines) {
+    CHECK(line.at("ranks").as_int64() == 3);
+    CHECK(line.at("busbw_gbps").as_double() > 0);
+    // The bus bandwidth counts 2(n-1)/n of the bytes: 4/3 of the algorithm bandwidth on 3 ranks.
+    CHECK(line.at("busbw_gbps").as_double() == doctest::Approx(line.at("algbw_gbps").as_double() * 4.0 / 3.0).epsilon(0.01));
+    CHECK(line.at("memcpy_gbps").as_double() > 0);
+  }
+  const Run one = run_lamina("bench allreduce --ranks 1");
+  CHECK(one.status == 2);
 }
