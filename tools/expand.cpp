@@ -3,6 +3,7 @@
 //
 //   lamina expand --model M --insert-after 3,7 --out DIR      # LLaMA Pro block expansion
 //   lamina expand --model M --every 4 --out DIR
+//   lamina expand --model M --parallel --layers 3,7 [--alpha 0.5] --out DIR   # Control LLM parallel blocks
 //   lamina extend-vocab --model M --add-tokens "<a>,<b>" [--special] --out DIR
 //   lamina extend-vocab --model M --add-tokens-file F [--init zeros] [--pad-to-multiple 64] --out DIR
 //
@@ -67,27 +68,110 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
+namespace {
+
+// "3,7" -> {3, 7}; an item that is not an integer is a usage error naming `flag`.
+std::vector<int64_t> parse_indices(const std::string& text, const std::string& flag, const std::string& command,
+                                   const std::string& hint) {
+  std::vector<int64_t> indices;
+  for (const std::string& item : split_on(text, ',')) {
+    size_t used = 0;
+    int64_t value = -1;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size())
+      throw UsageError(command + ": --" + flag + ": '" + item + "' is not a block index", hint);
+    indices.push_back(value);
+  }
+  return indices;
+}
+
+// `lamina expand --parallel`: Control LLM's parallel copies (surgery::add_parallel_blocks).
+int run_expand_parallel(const FlagParser& parser, const std::string& command, const std::string& hint) {
+  const std::string model = *parser.value("model"), out = *parser.value("out");
+  if (!parser.is_set("layers")) throw UsageError(command + ": --parallel needs --layers I,J,...", hint);
+  const std::vector<int64_t> layers = parse_indices(*parser.value("layers"), "layers", command, hint);
+  const double alpha = parser.double_value("alpha", 0.5, 0.0, 1.0);
+  const std::string interpolation = parser.value("interpolation").value_or("linear");
+  check_output(parser, command, model, out);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::fprintf(stderr, "adding parallel blocks to %s\n", model.c_str());
+  StagedFolder folder(out);
+  const surgery::ParallelSummary summary =
+      surgery::add_parallel_blocks(model, folder.path().string(), layers, alpha, interpolation);
+  copy_companion_files(model, folder.path());
+  folder.commit();
+
+  json::Array parallel;
+  for (const int64_t layer : summary.layers) parallel.emplace_back(layer);
+  json::Value report = json::Object{};
+  report.set("out", out);
+  report.set("parallel", std::move(parallel));
+  report.set("alpha", alpha);
+  report.set("interpolation", interpolation);
+  report.set("trainable", "expanded");
+  report.set("tensors", json::Value(summary.tensors));
+  report.set("bytes", json::Value(int64_t(summary.bytes_written)));
+  report.set("seconds", seconds_since(start));
+  report.set("peak_rss_bytes", json::Value(train::peak_rss_bytes()));
+  std::printf("%s\n", report.dump().c_str());
+  std::fprintf(stderr, "wrote %s (train only the copies with --trainable expanded)\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+
 int run_expand(const Arguments& args) {
   const std::string command = "lamina expand";
   const std::string hint = "run 'lamina expand --help'";
-  FlagParser parser(command + " --model M (--insert-after I,J,... | --every N) --out DIR",
-                    "Block expansion (LLaMA Pro): inserts new decoder blocks into a Llama model (a full-precision\n"
-                    "Hugging Face folder). Each new block is a copy of the block it follows with its output\n"
-                    "projections (self_attn.o_proj, mlp.down_proj) zeroed, so it adds nothing to the residual\n"
-                    "stream and the expanded model's logits equal the original's exactly until it is trained (e.g.\n"
-                    "`lamina train sft --trainable <the new blocks>`, the names printed here). config.json's\n"
-                    "num_hidden_layers is updated and the blocks renumbered; the tokenizer files are copied.\n"
-                    "Prints one JSON line: the inserted blocks' indices and their --trainable patterns, tensors,\n"
-                    "bytes, seconds and peak resident memory.");
+  FlagParser parser(command + " --model M (--insert-after I,J,... | --every N | --parallel --layers I,J,...) --out DIR",
+                    "Block expansion of a Llama model (a full-precision Hugging Face folder), two kinds; the\n"
+                    "expanded model's logits equal the original's exactly until it is trained (e.g. `lamina train\n"
+                    "sft --trainable <the new blocks>`, the pattern printed here). The tokenizer files are copied.\n"
+                    "\n"
+                    "LLaMA Pro (--insert-after, --every): inserts new decoder blocks, each a copy of the block it\n"
+                    "follows with its output projections (self_attn.o_proj, mlp.down_proj) zeroed, so it adds\n"
+                    "nothing to the residual stream. config.json's num_hidden_layers is updated and the blocks\n"
+                    "renumbered; transformers loads the result as a plain Llama.\n"
+                    "\n"
+                    "Control LLM (--parallel --layers): each chosen layer gets a parallel copy run on the same\n"
+                    "input, and the layer's output becomes (1 - alpha) * original + alpha * copy (linear: the\n"
+                    "paper's Lerp), or the same with a per-token alpha = sigmoid(w . [original; copy] + c) from a\n"
+                    "trained gate that starts at --alpha (dynamic: its Dlerp; model.layers.<i>.expanded_gate.*).\n"
+                    "The copies are stored as model.layers.<i>.expanded.*, the settings in config.json's\n"
+                    "lamina_parallel_blocks; train the copies (and gates) alone with --trainable expanded.\n"
+                    "lamina loads, trains and generates with such a folder; transformers has no class for it (it\n"
+                    "would ignore the copies, reporting them as unexpected keys).\n"
+                    "\n"
+                    "Prints one JSON line: the new blocks' indices and their --trainable pattern, tensors, bytes,\n"
+                    "seconds and peak resident memory.");
   parser.add_option("model", "DIR", "the model to expand (a Hugging Face folder) (required)");
   parser.add_option("insert-after", "I,J,...", "a copy of block I is inserted after block I (0-based original indices)");
   parser.add_option("every", "N", "one new block after every N blocks (after blocks N-1, 2N-1, ...)");
+  parser.add_switch("parallel", "Control LLM: give the layers of --layers a parallel copy instead of inserting blocks");
+  parser.add_option("layers", "I,J,...", "with --parallel: the layers (0-based) that get a parallel copy");
+  parser.add_option("alpha", "A", "with --parallel: the copy's weight in the interpolation, in [0, 1] (dynamic: "
+                    "its start, in (0, 1))", "0.5");
+  parser.add_option("interpolation", "KIND", "with --parallel: linear (a fixed alpha) or dynamic (a per-token gate)",
+                    "linear");
   parser.add_option("out", "DIR", "where the expanded Hugging Face folder goes (required)");
   parser.add_switch("overwrite", "replace DIR when it exists (otherwise an existing DIR is refused)");
   if (!parser.parse(args)) return 0;
   if (!parser.is_set("model")) throw UsageError(command + ": --model is required", hint);
   if (!parser.is_set("out")) throw UsageError(command + ": --out is required", hint);
   const std::string model = *parser.value("model"), out = *parser.value("out");
+  if (parser.is_set("parallel")) {
+    if (parser.is_set("insert-after") || parser.is_set("every"))
+      throw UsageError(command + ": --parallel adds copies beside layers; it does not go with --insert-after or --every",
+                       hint);
+    return run_expand_parallel(parser, command, hint);
+  }
+  for (const char* flag : {"layers", "alpha", "interpolation"})
+    if (parser.is_set(flag)) throw UsageError(command + ": --" + flag + " goes with --parallel", hint);
   if (parser.is_set("insert-after") == parser.is_set("every"))
     throw UsageError(command + ": give exactly one of --insert-after I,J,... and --every N", hint);
   check_output(parser, command, model, out);
@@ -97,20 +181,7 @@ int run_expand(const Arguments& args) {
   if (parser.is_set("every")) {
     plan = surgery::plan_every(layers, parser.int_value("every", 1, 1, layers));
   } else {
-    std::vector<int64_t> after;
-    for (const std::string& item : split_on(*parser.value("insert-after"), ',')) {
-      size_t used = 0;
-      int64_t value = -1;
-      try {
-        value = std::stoll(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (item.empty() || used != item.size())
-        throw UsageError(command + ": --insert-after: '" + item + "' is not a block index", hint);
-      after.push_back(value);
-    }
-    plan = surgery::plan_insert_after(layers, after);
+    plan = surgery::plan_insert_after(layers, parse_indices(*parser.value("insert-after"), "insert-after", command, hint));
   }
 
   const auto start = std::chrono::steady_clock::now();

@@ -69,6 +69,18 @@ void read_rope(const json::Value& config, const std::string& source, LlamaConfig
   out.rope_scaling = scaling;
 }
 
+// "lamina_parallel_blocks" (config.h's ParallelBlocks); its ranges are validate()'s to check.
+ParallelBlocks read_parallel_blocks(const json::Value& block, const std::string& where) {
+  block.as_object(where);
+  ParallelBlocks out;
+  const json::Value& layers = block.at("layers", where);
+  for (const json::Value& layer : layers.as_array(where + ".layers"))
+    out.layers.push_back(layer.as_int64(str_cat(where, ".layers[", out.layers.size(), "]")));
+  if (const json::Value* alpha = block.find("alpha")) out.alpha = alpha->as_double(where + ".alpha");
+  if (const json::Value* kind = block.find("interpolation")) out.interpolation = kind->as_string(where + ".interpolation");
+  return out;
+}
+
 // a * b, or an error naming `what` when the product leaves int64.
 int64_t checked_multiply(int64_t a, int64_t b, const char* what) {
   int64_t product = 0;
@@ -152,6 +164,8 @@ LlamaConfig LlamaConfig::from_json(const json::Value& config, const std::string&
     out.dtype = older;
   }
   if (const json::Value* v = optional_field("initializer_range")) out.initializer_range = v->as_double(where("initializer_range"));
+  if (const json::Value* v = optional_field("lamina_parallel_blocks"))
+    out.parallel_blocks = read_parallel_blocks(*v, where("lamina_parallel_blocks"));
   try {
     out.validate();
   } catch (const Error& error) {
@@ -189,6 +203,24 @@ void LlamaConfig::validate() const {
   LAMINA_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "rope_theta must be positive and finite, got ", rope_theta);
   LAMINA_CHECK(std::isfinite(initializer_range) && initializer_range >= 0,
                "initializer_range must be finite and not negative, got ", initializer_range);
+  if (parallel_blocks) {
+    const std::vector<int64_t>& layers = parallel_blocks->layers;
+    LAMINA_CHECK(!layers.empty(), "lamina_parallel_blocks.layers is empty (drop the block for a plain model)");
+    for (size_t i = 0; i < layers.size(); ++i)
+      LAMINA_CHECK(layers[i] >= 0 && layers[i] < num_hidden_layers, "lamina_parallel_blocks.layers[", i, "] = ",
+                   layers[i], " is not a layer of this model (0 to ", num_hidden_layers - 1, ")");
+    for (size_t i = 1; i < layers.size(); ++i)
+      LAMINA_CHECK(layers[i] > layers[i - 1], "lamina_parallel_blocks.layers must be ascending without repeats, got ",
+                   layers[i - 1], " then ", layers[i]);
+    LAMINA_CHECK(parallel_blocks->interpolation == "linear" || parallel_blocks->dynamic(),
+                 "lamina_parallel_blocks.interpolation \"", parallel_blocks->interpolation,
+                 "\" is not supported (\"linear\": Control LLM's Lerp; \"dynamic\": its Dlerp)");
+    const double alpha = parallel_blocks->alpha;
+    LAMINA_CHECK(std::isfinite(alpha) && alpha >= 0 && alpha <= 1, "lamina_parallel_blocks.alpha must lie in [0, 1], got ",
+                 alpha);
+    LAMINA_CHECK(!parallel_blocks->dynamic() || (alpha > 0 && alpha < 1), "lamina_parallel_blocks.alpha must lie in "
+                 "(0, 1) with dynamic interpolation (the gate starts at sigmoid(logit(alpha))), got ", alpha);
+  }
   parameter_count();  // throws when the sizes multiply past 64 bits
   for (int64_t id : eos_token_ids)
     LAMINA_CHECK(id >= 0 && id < vocab_size, "eos_token_id ", id, " is outside the vocabulary of ", vocab_size);
@@ -239,12 +271,21 @@ json::Value LlamaConfig::to_json() const {
   if (pad_token_id) config.set("pad_token_id", *pad_token_id);
   config.set("torch_dtype", torch_name(dtype));
   config.set("initializer_range", initializer_range);
+  if (parallel_blocks) {
+    json::Array layers;
+    for (const int64_t layer : parallel_blocks->layers) layers.emplace_back(layer);
+    json::Value block = json::Object{};
+    block.set("layers", std::move(layers));
+    block.set("alpha", parallel_blocks->alpha);
+    block.set("interpolation", parallel_blocks->interpolation);
+    config.set("lamina_parallel_blocks", std::move(block));
+  }
   return config;
 }
 
 int64_t LlamaConfig::linear_parameter_count() const {
   const int64_t q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
-  return num_hidden_layers * (hidden_size * (2 * q + 2 * kv) + 3 * hidden_size * intermediate_size);
+  return decoder_blocks() * (hidden_size * (2 * q + 2 * kv) + 3 * hidden_size * intermediate_size);
 }
 
 int64_t LlamaConfig::parameter_count() const {
@@ -258,8 +299,10 @@ int64_t LlamaConfig::parameter_count() const {
                                checked_multiply(q, d, what), checked_multiply(checked_multiply(3, d, what), f, what)})
     per_layer = checked_add(per_layer, matrix, what);
   const int64_t embedding = checked_multiply(vocab_size, d, what);
-  int64_t total = checked_add(checked_multiply(num_hidden_layers, per_layer, what), d, what);
+  int64_t total = checked_add(checked_multiply(decoder_blocks(), per_layer, what), d, what);
   total = checked_add(total, embedding, what);
+  if (parallel_blocks && parallel_blocks->dynamic())  // each copy's gate: w [1, 2d] and c [1]
+    total = checked_add(total, checked_multiply(int64_t(parallel_blocks->layers.size()), 2 * d + 1, what), what);
   return tie_word_embeddings ? total : checked_add(total, embedding, what);
 }
 

@@ -33,12 +33,12 @@ KvCache::KvCache(const LlamaConfig& config, int64_t batch, int64_t capacity, DTy
   const Shape shape{batch, config.num_key_value_heads, capacity, config.head_dim};
   if (device.is_cpu()) {  // a CUDA device reports its own shortage, with its numbers
     uint64_t bytes = 2 * dtype_size(dtype);  // keys and values
-    for (const int64_t size : {config.num_hidden_layers, batch, config.num_key_value_heads, capacity, config.head_dim})
+    for (const int64_t size : {config.decoder_blocks(), batch, config.num_key_value_heads, capacity, config.head_dim})
       if (__builtin_mul_overflow(bytes, uint64_t(size), &bytes)) bytes = UINT64_MAX;
-    check_host_memory(bytes, str_cat("a KV cache of ", config.num_hidden_layers, " layers x 2 x ", shape, " ",
+    check_host_memory(bytes, str_cat("a KV cache of ", config.decoder_blocks(), " layers x 2 x ", shape, " ",
                                      dtype_name(dtype), " (batch ", batch, ", capacity ", capacity, " tokens)"));
   }
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+  for (int64_t layer = 0; layer < config.decoder_blocks(); ++layer) {
     keys_.push_back(zeros(shape, dtype, device));
     values_.push_back(zeros(shape, dtype, device));
   }
@@ -261,10 +261,35 @@ LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn:
       "post_attention_layernorm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
 }
 
-Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, int64_t layer,
-                                  const AttentionContext& context) const {
+Tensor LlamaDecoderLayer::block_forward(const Tensor& h, const Tensor& positions, int64_t layer,
+                                        const AttentionContext& context) const {
   const Tensor attended = h + self_attn->forward(input_layernorm->forward(h), positions, layer, context);
   return attended + mlp->forward(post_attention_layernorm->forward(attended));
+}
+
+Tensor LlamaDecoderLayer::forward(const Tensor& h, const Tensor& positions, int64_t layer,
+                                  const AttentionContext& context) const {
+  const Tensor out = block_forward(h, positions, layer, context);
+  if (!expanded) return out;
+  // Control LLM (section 3): Lerp (1 - alpha) * out + alpha * copy, or Dlerp with a per-token
+  // alpha = sigmoid(gate([out; copy])) [B, T, 1]. Written as out + alpha * (copy - out), the
+  // same function but exactly `out` while the copy still equals the original, whatever alpha:
+  // the expanded model starts bit-identical to the one it came from.
+  const Tensor copy = expanded->block_forward(h, positions, expanded_cache_layer_, context);
+  if (expanded_gate) return out + mul(sigmoid(expanded_gate->forward(cat({out, copy}, -1))), copy - out);
+  return out + mul(copy - out, expanded_alpha_);
+}
+
+void LlamaDecoderLayer::add_parallel_copy(const LlamaConfig& config, DType dtype, nn::ParameterInit init,
+                                          bool four_bit_projections, int64_t cache_layer) {
+  LAMINA_CHECK(config.parallel_blocks.has_value(), "LlamaDecoderLayer: a parallel copy needs the config's parallel_blocks");
+  LAMINA_CHECK(!expanded, "LlamaDecoderLayer: the layer has a parallel copy already");
+  expanded = register_module("expanded", std::make_shared<LlamaDecoderLayer>(config, dtype, init, four_bit_projections));
+  if (config.parallel_blocks->dynamic())
+    expanded_gate = register_module(
+        "expanded_gate", std::make_shared<nn::Linear>(2 * config.hidden_size, 1, nn::LinearOptions{true, dtype, init}));
+  expanded_alpha_ = config.parallel_blocks->alpha;
+  expanded_cache_layer_ = cache_layer;
 }
 
 LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections) {
@@ -273,6 +298,12 @@ LlamaModel::LlamaModel(const LlamaConfig& config, DType dtype, nn::ParameterInit
   layers = register_module("layers", std::make_shared<nn::ModuleList>());
   for (int64_t i = 0; i < config.num_hidden_layers; ++i)
     layers->push_back(std::make_shared<LlamaDecoderLayer>(config, dtype, init, four_bit_projections));
+  if (config.parallel_blocks) {
+    const ParallelBlocks& parallel = *config.parallel_blocks;
+    for (size_t k = 0; k < parallel.layers.size(); ++k)
+      std::static_pointer_cast<LlamaDecoderLayer>((*layers)[size_t(parallel.layers[k])])
+          ->add_parallel_copy(config, dtype, init, four_bit_projections, config.num_hidden_layers + int64_t(k));
+  }
   norm = register_module("norm", std::make_shared<nn::RMSNorm>(config.hidden_size, config.rms_norm_eps, dtype, init));
 }
 
@@ -283,6 +314,14 @@ Tensor LlamaModel::forward(const Tensor& ids, const Tensor& positions, Attention
   LAMINA_CHECK(!context.document_ids.defined() || !cached,
                "LlamaModel: packed documents are a training input; they do not go with a KV cache");
   if (!sparse_attention.dense() && context.sparse == nullptr) context.sparse = &sparse_attention;
+  // A parallel copy attends as layer num_hidden_layers + k (its own KV cache slots), which
+  // per-layer plans and probes do not index.
+  bool parallel = false;
+  for (size_t i = 0; i < layers->size(); ++i)
+    parallel = parallel || std::static_pointer_cast<LlamaDecoderLayer>((*layers)[i])->expanded != nullptr;
+  LAMINA_CHECK(!parallel || (context.sparse == nullptr && context.sparse_cache == nullptr && context.probe == nullptr),
+               "LlamaModel: a model with parallel blocks (lamina_parallel_blocks) runs dense attention only: no sparse "
+               "attention plan, sparse KV cache or attention probe");
   if (context.sparse != nullptr) {
     LAMINA_CHECK(context.sparse->sinks.size() == layers->size(), "LlamaModel: the sparse attention plan has ",
                  context.sparse->sinks.size(), " layers, the model ", layers->size());
@@ -346,7 +385,7 @@ LlamaForCausalLM::LlamaForCausalLM(LlamaConfig config, DType dtype, nn::Paramete
   // reported as needed) include it.
   constexpr uint64_t kBookkeepingBytesPerTensor = 512;
   constexpr uint64_t kTensorsPerLayer = 9;  // q, k, v, o, gate, up, down and the two norms
-  const uint64_t tensors = uint64_t(config_.num_hidden_layers) * kTensorsPerLayer + (config_.tie_word_embeddings ? 2 : 3);
+  const uint64_t tensors = uint64_t(config_.decoder_blocks()) * kTensorsPerLayer + (config_.tie_word_embeddings ? 2 : 3);
   const int64_t parameters = config_.parameter_count();
   // 4-bit projections: NF4 codes (4 bits) and double-quantized scales (8 bits per 64 weights,
   // plus an f32 per 256 scales), rounded up to whole bytes per weight and a bit over.
@@ -468,8 +507,7 @@ void LlamaForCausalLM::for_each_parameter_shape(const LlamaConfig& config,
                                                 const std::function<void(const std::string&, const Shape&)>& visit) {
   const int64_t d = config.hidden_size;
   visit("model.embed_tokens.weight", {config.vocab_size, d});
-  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
-    const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+  const auto visit_block = [&](const std::string& prefix) {
     visit(prefix + "self_attn.q_proj.weight", {config.q_dim(), d});
     visit(prefix + "self_attn.k_proj.weight", {config.kv_dim(), d});
     visit(prefix + "self_attn.v_proj.weight", {config.kv_dim(), d});
@@ -479,6 +517,18 @@ void LlamaForCausalLM::for_each_parameter_shape(const LlamaConfig& config,
     visit(prefix + "mlp.down_proj.weight", {d, config.intermediate_size});
     visit(prefix + "input_layernorm.weight", {d});
     visit(prefix + "post_attention_layernorm.weight", {d});
+  };
+  const std::vector<int64_t> no_parallel;
+  const std::vector<int64_t>& parallel = config.parallel_blocks ? config.parallel_blocks->layers : no_parallel;
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    visit_block(prefix);
+    if (!std::binary_search(parallel.begin(), parallel.end(), layer)) continue;
+    visit_block(prefix + "expanded.");
+    if (config.parallel_blocks->dynamic()) {
+      visit(prefix + "expanded_gate.weight", {1, 2 * d});
+      visit(prefix + "expanded_gate.bias", {1});
+    }
   }
   visit("model.norm.weight", {d});
   if (!config.tie_word_embeddings) visit("lm_head.weight", {config.vocab_size, d});
@@ -588,7 +638,7 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
   check_checkpoint(config, checkpoint, directory, four_bit);
   if (config.tie_word_embeddings) check_tied_head(checkpoint, directory);
   // Every projection 4-bit (read as such or quantized now): none gets a full-precision weight.
-  const int64_t projections = 7 * config.num_hidden_layers;
+  const int64_t projections = 7 * config.decoder_blocks();
   const int64_t four_bit_projections = int64_t(four_bit.size() - four_bit.count("lm_head.weight"));
   const bool all_four_bit = options.quantize_projections || four_bit_projections == projections;
   auto model = std::make_shared<LlamaForCausalLM>(config, dtype, nn::ParameterInit::uninitialized, all_four_bit);
@@ -601,7 +651,7 @@ std::shared_ptr<LlamaForCausalLM> LlamaForCausalLM::load(const std::string& dire
       } catch (const Error& error) {
         throw Error(str_cat("load: ", directory, ": 4-bit weight '", name, "': ", error.what()));
       }
-    } else if (options.quantize_projections && path != "lm_head") {
+    } else if (options.quantize_projections && path != "lm_head" && path.find("expanded_gate") == std::string::npos) {
       // Quantized from the weight in the model's dtype, as quantizing the loaded model would.
       {
         const Tensor stored = checkpoint.read(name);

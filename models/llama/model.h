@@ -5,6 +5,8 @@
 //   per layer:  h = h + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))  n = input_layernorm(h)
 //               h = h + down_proj(silu(gate_proj(m)) * up_proj(m))                      m = post_attention_layernorm(h)
 //   logits = lm_head(norm(h))      (lm_head is embed's matrix when tie_word_embeddings)
+//   a layer with a parallel copy (Control LLM, config.h's ParallelBlocks):
+//               h = (1 - alpha) * layer(h) + alpha * copy(h)                      alpha fixed, or a per-token gate
 #pragma once
 
 #include <functional>
@@ -20,7 +22,8 @@
 namespace lamina::llama {
 
 // Keys and values of past tokens for incremental decoding: per layer [B, Hkv, capacity, head_dim]
-// (keys stored after RoPE). Each row b holds its own number of filled slots, `row_length(b)`:
+// (keys stored after RoPE); a model with parallel blocks has one more layer per copy
+// (LlamaConfig::decoder_blocks). Each row b holds its own number of filled slots, `row_length(b)`:
 // slots [0, row_length(b)) are valid, the rest are hidden from attention. Two ways to fill it:
 // - all rows together (left padding): rows shorter than the batch's longest prompt are
 //   left-padded, `padding[b]` leading slots of row b hold padding and are masked out, and the
@@ -141,11 +144,27 @@ class LlamaMLP : public nn::Module {
 class LlamaDecoderLayer : public nn::Module {
  public:
   LlamaDecoderLayer(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections = false);
+  // With a parallel copy: this block's output and the copy's, both on `h`, interpolated
+  // (config.h's ParallelBlocks: by alpha, or per token by the gate).
   Tensor forward(const Tensor& h, const Tensor& positions, int64_t layer, const AttentionContext& context) const;
+  // Gives this layer Control LLM's parallel copy, registered as "expanded" (its parameters are
+  // "...layers.<i>.expanded.self_attn.q_proj.weight", ...), with its own KV cache layer
+  // `cache_layer`; for dynamic interpolation also the gate, a Linear [2 * hidden -> 1] with bias
+  // registered as "expanded_gate".
+  void add_parallel_copy(const LlamaConfig& config, DType dtype, nn::ParameterInit init, bool four_bit_projections,
+                         int64_t cache_layer);
 
   std::shared_ptr<LlamaAttention> self_attn;
   std::shared_ptr<LlamaMLP> mlp;
   std::shared_ptr<nn::RMSNorm> input_layernorm, post_attention_layernorm;
+  std::shared_ptr<LlamaDecoderLayer> expanded;   // the parallel copy, or null
+  std::shared_ptr<nn::Linear> expanded_gate;     // dynamic interpolation's gate, or null
+
+ private:
+  Tensor block_forward(const Tensor& h, const Tensor& positions, int64_t layer, const AttentionContext& context) const;
+
+  double expanded_alpha_ = 0;
+  int64_t expanded_cache_layer_ = -1;
 };
 
 class LlamaModel : public nn::Module {

@@ -1,8 +1,9 @@
-// Block expansion: the plan of which block goes where, and the copy that renumbers the source's
-// tensors into it (see expand.h).
+// Block expansion: the plan of which block goes where and the copy that renumbers the source's
+// tensors into it (LLaMA Pro), and the parallel copies of Control LLM (see expand.h).
 #include "models/surgery/expand.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -45,6 +46,17 @@ json::Value read_config(const std::string& model_directory, llama::LlamaConfig& 
   config = llama::LlamaConfig::from_json(raw, path);
   config.validate();
   return raw;
+}
+
+// The names of the .safetensors files in `folder`, sorted.
+std::vector<std::string> weight_files_in(const std::string& folder) {
+  std::vector<std::string> files;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() > 12 && file.compare(file.size() - 12, 12, ".safetensors") == 0) files.push_back(file);
+  }
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 }  // namespace
@@ -102,6 +114,8 @@ ExpandSummary expand_blocks(const std::string& model_directory, const std::strin
   llama::LlamaConfig config;
   json::Value raw_config = read_config(model_directory, config);
   const int64_t old_layers = config.num_hidden_layers;
+  LAMINA_CHECK(!config.parallel_blocks, "expand: ", model_directory, " has parallel blocks (lamina_parallel_blocks in "
+               "config.json), whose layer indices inserting blocks would break; insert blocks before adding them");
   LAMINA_CHECK(plan.source.size() == plan.inserted.size() && plan.layers() >= old_layers,
                "expand: the plan does not fit the model");
   for (const int64_t source : plan.source)
@@ -150,13 +164,83 @@ ExpandSummary expand_blocks(const std::string& model_directory, const std::strin
   }
   summary.tensors = int64_t(tensors.size());
   safetensors::save_checkpoint(out_directory, tensors, max_shard_bytes);
-  for (const auto& entry : fs::directory_iterator(out_directory)) {
-    const std::string file = entry.path().filename().string();
-    if (file.size() > 12 && file.compare(file.size() - 12, 12, ".safetensors") == 0) summary.weight_files.push_back(file);
-  }
-  std::sort(summary.weight_files.begin(), summary.weight_files.end());
+  summary.weight_files = weight_files_in(out_directory);
 
   raw_config.set("num_hidden_layers", json::Value(plan.layers()));
+  io::write_file_atomically((fs::path(out_directory) / "config.json").string(), raw_config.dump(2) + "\n");
+  return summary;
+}
+
+ParallelSummary add_parallel_blocks(const std::string& model_directory, const std::string& out_directory,
+                                    std::vector<int64_t> layers, double alpha, const std::string& interpolation,
+                                    uint64_t max_shard_bytes) {
+  llama::LlamaConfig config;
+  json::Value raw_config = read_config(model_directory, config);
+  LAMINA_CHECK(!config.parallel_blocks, "expand: ", model_directory, " has parallel blocks already (layers ",
+               json::Value(raw_config.at("lamina_parallel_blocks").at("layers")).dump(),
+               " in config.json's lamina_parallel_blocks); expand the folder they were added to instead");
+  LAMINA_CHECK(!layers.empty(), "expand: no layer to give a parallel copy (e.g. --layers 3,7)");
+  std::sort(layers.begin(), layers.end());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    LAMINA_CHECK(layers[i] >= 0 && layers[i] < config.num_hidden_layers, "expand: layer ", layers[i],
+                 " does not exist (the model has ", config.num_hidden_layers, " layers, 0 to ",
+                 config.num_hidden_layers - 1, ")");
+    LAMINA_CHECK(i == 0 || layers[i] != layers[i - 1], "expand: layer ", layers[i], " is given twice");
+  }
+  const bool dynamic = interpolation == "dynamic";
+  LAMINA_CHECK(interpolation == "linear" || dynamic, "expand: interpolation '", interpolation,
+               "' is not supported (linear: Control LLM's Lerp; dynamic: its Dlerp)");
+  LAMINA_CHECK(std::isfinite(alpha) && alpha >= 0 && alpha <= 1, "expand: alpha must lie in [0, 1], got ", alpha);
+  LAMINA_CHECK(!dynamic || (alpha > 0 && alpha < 1), "expand: alpha must lie in (0, 1) with dynamic interpolation "
+               "(the gate starts at alpha = sigmoid(logit(alpha))), got ", alpha);
+  const safetensors::Checkpoint checkpoint = safetensors::Checkpoint::open(model_directory);
+
+  safetensors::NamedTensors tensors;
+  std::map<int64_t, int64_t> copied;  // layer -> its tensors copied
+  for (const std::string& name : checkpoint.names()) {
+    const Tensor value = checkpoint.read(name);
+    LAMINA_CHECK(is_floating(value.dtype()), "expand: tensor '", name, "' is ", dtype_name(value.dtype()),
+                 ", not a floating-point dtype (a quantized checkpoint?)");
+    tensors.emplace_back(name, value);
+    const auto [layer, within] = split_layer_name(name);
+    LAMINA_CHECK(within.rfind("expanded.", 0) != 0, "expand: ", model_directory, " has tensor '", name,
+                 "', a parallel copy, but config.json has no lamina_parallel_blocks");
+    if (layer >= 0 && std::binary_search(layers.begin(), layers.end(), layer)) {
+      tensors.emplace_back(kLayerPrefix + std::to_string(layer) + ".expanded." + within, value);
+      ++copied[layer];
+    }
+  }
+  for (const int64_t layer : layers)
+    LAMINA_CHECK(copied[layer] > 0, "expand: ", model_directory, " has no tensors of layer ", layer);
+  // Dlerp's gate, in the layer's dtype: w = 0 and c = logit(alpha), so every token starts at
+  // alpha. (The paper's code draws w at random; the output is the original's either way while the
+  // copy equals it, but a zero w makes the start independent of a seed.)
+  if (dynamic) {
+    const DType dtype = checkpoint.read(kLayerPrefix + std::to_string(layers[0]) + ".input_layernorm.weight").dtype();
+    const Tensor bias = Tensor::from_vector<double>({std::log(alpha / (1 - alpha))}, {1});
+    for (const int64_t layer : layers) {
+      const std::string gate = kLayerPrefix + std::to_string(layer) + ".expanded_gate.";
+      tensors.emplace_back(gate + "weight", zeros({1, 2 * config.hidden_size}, dtype));
+      tensors.emplace_back(gate + "bias", ops::cast(bias, dtype));
+    }
+  }
+
+  // The config the folder will be read with, checked before anything is written.
+  json::Array layer_list;
+  for (const int64_t layer : layers) layer_list.emplace_back(layer);
+  json::Value block = json::Object{};
+  block.set("layers", std::move(layer_list));
+  block.set("alpha", alpha);
+  block.set("interpolation", interpolation);
+  raw_config.set("lamina_parallel_blocks", std::move(block));
+  llama::LlamaConfig::from_json(raw_config, "the expanded config.json");
+
+  ParallelSummary summary;
+  summary.layers = layers;
+  summary.tensors = int64_t(tensors.size());
+  for (const auto& named : tensors) summary.bytes_written += named.second.nbytes();
+  safetensors::save_checkpoint(out_directory, tensors, max_shard_bytes);
+  summary.weight_files = weight_files_in(out_directory);
   io::write_file_atomically((fs::path(out_directory) / "config.json").string(), raw_config.dump(2) + "\n");
   return summary;
 }

@@ -1,11 +1,20 @@
-// Block expansion (LLaMA Pro): new decoder blocks inserted into a trained Llama, each a copy of
+// Block expansion, two kinds.
+//
+// LLaMA Pro: new decoder blocks inserted into a trained Llama, each a copy of
 // the block before it with its output projections (self_attn.o_proj and mlp.down_proj, and their
 // biases if any) zeroed. A zeroed output projection makes the block add exactly zero to the
 // residual stream, so the expanded model computes the same logits, bit for bit, until the new
 // blocks are trained (`lamina train sft --trainable ...`, typically on the new blocks alone).
 //
-// The expansion streams like a copy: the source tensors are views of its mapped safetensors
-// files, renumbered, and only the zeroed projections are new memory.
+// Control LLM (Wei et al. 2025, section 3): chosen layers get a parallel copy of themselves, run
+// on the same input, whose output is interpolated with the original's (models/llama/config.h's
+// ParallelBlocks). The copy starts equal to the original, so the function is unchanged (bit for
+// bit) until the copies are trained (`--trainable expanded`). The copies are stored as
+// "model.layers.<i>.expanded.<name>" and the settings in config.json's "lamina_parallel_blocks":
+// lamina runs such a folder, transformers has no class for it (it would ignore the copies).
+//
+// Both stream like a copy: the source tensors are views of its mapped safetensors files,
+// renamed, and only the zeroed projections are new memory.
 #pragma once
 
 #include <cstdint>
@@ -45,12 +54,30 @@ struct ExpandSummary {
   std::vector<std::string> weight_files;
 };
 
-// Reads the Hugging Face Llama folder `model_directory` (full precision: a quantized checkpoint is
-// refused) and writes into `out_directory` (which must exist) config.json, with
+// Reads the Hugging Face Llama folder `model_directory` (full precision: a quantized checkpoint, or
+// one with parallel blocks, whose layer indices would be renumbered, is refused) and writes into `out_directory` (which must exist) config.json, with
 // num_hidden_layers updated and every other field kept, and the expanded weights, sharded above
 // max_shard_bytes. Companion files (tokenizer, generation config) are the caller's to copy.
 ExpandSummary expand_blocks(const std::string& model_directory, const std::string& out_directory,
                             const ExpansionPlan& plan, uint64_t max_shard_bytes = uint64_t(5) << 30);
+
+struct ParallelSummary {
+  std::vector<int64_t> layers;  // the layers given a parallel copy, ascending
+  int64_t tensors = 0;          // written
+  uint64_t bytes_written = 0;   // the weights
+  std::vector<std::string> weight_files;
+};
+
+// Control LLM's parallel blocks: a copy of each layer of `layers` (0-based, each below the model's
+// layer count, no repeats, any order) beside it, mixed as (1 - alpha) * original + alpha * copy
+// (`interpolation` "linear"; alpha in [0, 1]) or by a per-token gate that starts at alpha
+// ("dynamic", its weight zero and its bias logit(alpha); alpha in (0, 1)). Reads the full-precision Hugging Face Llama folder
+// `model_directory`, which must not have parallel blocks already, and writes into `out_directory`
+// (which must exist) every source tensor, the copies, and config.json with
+// "lamina_parallel_blocks" added. Companion files are the caller's to copy.
+ParallelSummary add_parallel_blocks(const std::string& model_directory, const std::string& out_directory,
+                                    std::vector<int64_t> layers, double alpha, const std::string& interpolation,
+                                    uint64_t max_shard_bytes = uint64_t(5) << 30);
 
 // The number of layers config.json of `model_directory` declares (num_hidden_layers).
 int64_t count_layers(const std::string& model_directory);
