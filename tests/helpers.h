@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -108,6 +109,24 @@ inline std::filesystem::path assets_dir(const std::string& name) {
   const std::filesystem::path path = std::filesystem::path(LAMINA_ASSETS_DIR) / name;
   REQUIRE_MESSAGE(std::filesystem::exists(path), "test asset not found: " << path.string());
   return path;
+}
+
+// Whether two tensors hold the same bytes (same dtype and shape): "bit-identical" in the tests.
+inline bool same_bytes(const Tensor& a, const Tensor& b) {
+  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
+  const Tensor left = a.contiguous(), right = b.contiguous();
+  return std::memcmp(left.raw_data(), right.raw_data(), left.nbytes()) == 0;
+}
+
+// The message of the lamina::Error that `make()` throws; empty when it throws none.
+template <typename Function>
+std::string error_of(Function make) {
+  try {
+    make();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  return "";
 }
 
 }  // namespace lamina::testing

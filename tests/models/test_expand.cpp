@@ -22,22 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  const Tensor left = a.contiguous(), right = b.contiguous();
-  return std::memcmp(left.raw_data(), right.raw_data(), left.nbytes()) == 0;
-}
-
-template <typename Function>
-std::string error_of(Function make) {
-  try {
-    make();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
-
 Tensor some_ids() { return Tensor::from_vector<int64_t>({1, 5, 9, 3, 17, 30, 2, 8, 11, 4}, {2, 5}); }
 
 }  // namespace

@@ -22,24 +22,7 @@ namespace {
 
 Tensor vector_of(const std::vector<float>& values) { return Tensor::from_vector<float>(values, {int64_t(values.size())}); }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  const Tensor left = a.contiguous(), right = b.contiguous();
-  return std::memcmp(left.raw_data(), right.raw_data(), left.nbytes()) == 0;
-}
-
 merge::Recipe recipe_of(const std::string& text) { return merge::Recipe::from_json(json::parse(text), "r.json"); }
-
-// The message of the lamina::Error that `make` throws ("" when it throws none).
-template <typename Function>
-std::string error_of(Function make) {
-  try {
-    make();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 // The hand-made task vectors of the TIES cases (dyadic values, so every sum is exact in f32).
 const std::vector<float> kBase = {1, 2, -1, 0.5, 3};

@@ -22,16 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-template <typename Function>
-std::string error_of(Function make) {
-  try {
-    make();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
-
 // A byte-level model folder (ids 0..255 bytes, 256..260 the chat's special tokens).
 std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, bool tied, uint64_t seed) {
   llama::LlamaConfig config = byte_level_llama_config();
@@ -51,12 +41,6 @@ std::vector<float> first_columns(const Tensor& logits, int64_t columns) {
   std::vector<float> out;
   for (int64_t p = 0; p < positions; ++p) out.insert(out.end(), all.begin() + p * vocab, all.begin() + p * vocab + columns);
   return out;
-}
-
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  const Tensor left = a.contiguous(), right = b.contiguous();
-  return std::memcmp(left.raw_data(), right.raw_data(), left.nbytes()) == 0;
 }
 
 bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {

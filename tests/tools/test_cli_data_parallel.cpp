@@ -17,6 +17,7 @@
 
 #include "models/io/safetensors.h"
 #include "tensor/io/json.h"
+#include "free_port.h"
 #include "tools/cli_runner.h"
 #include "tools/train_workspace.h"
 
@@ -25,20 +26,6 @@ using namespace lamina::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A TCP port nobody listens on now (the kernel's pick for port 0).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-  socklen_t length = sizeof(address);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 struct RankRuns {
   std::vector<int> status;
@@ -127,6 +114,27 @@ struct DataParallelWorkspace : Workspace {
   }
 };
 
+// Two ranks train 4 steps, checkpointing every 2; a second such run has rank `killed_rank`
+// killed after step 3 (the other must then fail too) and is resumed: its final weights must be
+// the uninterrupted run's, bit for bit.
+void check_killed_run_resumes(const DataParallelWorkspace& w, const std::string& extra, int killed_rank) {
+  const std::string flags = "--steps 4 --save-every 2 --batch-size 2 " + extra;
+  const RankRuns whole = run_ranks(w, 2, w.sft("whole", flags));
+  INFO(both_outputs(whole));
+  REQUIRE(whole.status == std::vector<int>{0, 0});
+  std::vector<std::string> environment(2);
+  environment[size_t(killed_rank)] = "LAMINA_FAILPOINT=train.after-step@3:kill";
+  const RankRuns killed = run_ranks(w, 2, w.sft("resumed", flags), environment);
+  INFO(both_outputs(killed));
+  CHECK(killed.status[size_t(killed_rank)] == 128 + 9);
+  CHECK(killed.status[size_t(1 - killed_rank)] != 0);
+  const RankRuns resumed = run_ranks(w, 2, w.sft("resumed", flags + " --resume"));
+  INFO(both_outputs(resumed));
+  REQUIRE(resumed.status == std::vector<int>{0, 0});
+  CHECK(resumed.output[0].find("resuming from") != std::string::npos);
+  CHECK(file_bytes(w / "whole/model/model.safetensors") == file_bytes(w / "resumed/model/model.safetensors"));
+}
+
 }  // namespace
 
 TEST_CASE("two ranks with batch 2 train the model one process trains with batch 4 in micro-batches of 2") {
@@ -211,27 +219,10 @@ TEST_CASE("data-parallel LoRA and DPO match one process with the doubled batch")
 
 TEST_CASE("a data-parallel run killed after a checkpoint resumes to the weights of one never stopped") {
   const DataParallelWorkspace w;
-  const std::string run = w.sft("{}", "--steps 4 --save-every 2 --batch-size 2");
-  const auto in = [&](const std::string& output) {
-    std::string text = run;
-    text.replace(text.find("{}"), 2, output);
-    return text;
-  };
-  const RankRuns whole = run_ranks(w, 2, in("whole"));
-  INFO(both_outputs(whole));
-  REQUIRE(whole.status == std::vector<int>{0, 0});
   // Rank 0 dies after step 3 (its checkpoint of step 2 written); rank 1 must notice.
-  const RankRuns killed = run_ranks(w, 2, in("resumed"), {"LAMINA_FAILPOINT=train.after-step@3:kill", ""});
-  INFO(both_outputs(killed));
-  CHECK(killed.status[0] == 128 + 9);
-  CHECK(killed.status[1] != 0);
-  const RankRuns resumed = run_ranks(w, 2, in("resumed") + " --resume");
-  INFO(both_outputs(resumed));
-  REQUIRE(resumed.status == std::vector<int>{0, 0});
-  CHECK(resumed.output[0].find("resuming from") != std::string::npos);
-  CHECK(file_bytes(w / "whole/model/model.safetensors") == file_bytes(w / "resumed/model/model.safetensors"));
+  check_killed_run_resumes(w, "", 0);
   // A different world size is a change that breaks exactness: refused by default.
-  const Run alone = run_lamina(in("resumed") + " --resume");
+  const Run alone = run_lamina(w.sft("resumed", "--steps 4 --save-every 2 --batch-size 2 --resume"));
   INFO(alone.output);
   CHECK(alone.status != 0);
   CHECK(alone.output.find("world size (ranks): 2 -> 1") != std::string::npos);
@@ -311,22 +302,7 @@ TEST_CASE("ZeRO-1 and ZeRO-2 train what plain data parallelism trains; a consoli
 
 TEST_CASE("a ZeRO-2 run killed after a checkpoint resumes to the weights of one never stopped") {
   const DataParallelWorkspace w;
-  const std::string run = w.sft("{}", "--steps 4 --save-every 2 --batch-size 2 --zero-stage 2");
-  const auto in = [&](const std::string& output) {
-    std::string text = run;
-    text.replace(text.find("{}"), 2, output);
-    return text;
-  };
-  const RankRuns whole = run_ranks(w, 2, in("whole"));
-  INFO(both_outputs(whole));
-  REQUIRE(whole.status == std::vector<int>{0, 0});
-  const RankRuns killed = run_ranks(w, 2, in("resumed"), {"", "LAMINA_FAILPOINT=train.after-step@3:kill"});
-  INFO(both_outputs(killed));
-  CHECK(killed.status[1] == 128 + 9);
-  const RankRuns resumed = run_ranks(w, 2, in("resumed") + " --resume");
-  INFO(both_outputs(resumed));
-  REQUIRE(resumed.status == std::vector<int>{0, 0});
-  CHECK(file_bytes(w / "whole/model/model.safetensors") == file_bytes(w / "resumed/model/model.safetensors"));
+  check_killed_run_resumes(w, "--zero-stage 2", 1);
 }
 
 TEST_CASE("lamina bench allreduce: a JSON line per size, from real rank processes, beside a memcpy bound") {

@@ -36,12 +36,6 @@ json::Value report_of(const std::string& output) {
   return json::parse(line.substr(0, line.find('\n')), "lamina output");
 }
 
-bool same_bytes(const Tensor& a, const Tensor& b) {
-  if (a.dtype() != b.dtype() || a.shape() != b.shape()) return false;
-  const Tensor left = a.contiguous(), right = b.contiguous();
-  return std::memcmp(left.raw_data(), right.raw_data(), left.nbytes()) == 0;
-}
-
 Tensor some_ids() { return Tensor::from_vector<int64_t>({256, 72, 105, 33, 10, 200}, {1, 6}); }
 
 }  // namespace

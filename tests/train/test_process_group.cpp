@@ -31,6 +31,7 @@
 #include <sstream>
 #include <thread>
 
+#include "free_port.h"
 #include "helpers.h"
 #include "scratch_dir.h"
 #include "train/distributed/process_group.h"
@@ -40,25 +41,11 @@ extern char** environ;
 
 using namespace lamina;
 using namespace lamina::dist;
+using lamina::testing::free_port;
 
 namespace {
 
 constexpr const char* kRankCase = "process group rank (spawned by the tests)";
-
-// A port nobody listens on right now (the kernel picks it; a race with another process taking
-// it before rank 0 binds is possible but unlikely).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  socklen_t length = sizeof address;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  ::close(fd);
-  return ntohs(address.sin_port);
-}
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
