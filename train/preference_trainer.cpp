@@ -9,6 +9,7 @@
 #include "train/distributed/data_parallel.h"
 #include "train/losses/common.h"
 #include "train/losses/logprobs.h"
+#include "train/losses/state.h"
 #include "train/sampler.h"
 #include "train/trainer.h"
 
@@ -410,6 +411,32 @@ void PreferenceObjective::prepare(llama::LlamaWithHead& trained, const TrainOpti
   impl_->reference_model.prepare(causal_lm(trained, "train preference"));
 }
 
+namespace {
+
+// A stateful loss's batch statistics (BCO's reward baseline, KTO's KL estimate) taken over every
+// rank's micro-batch at once, as TRL gathers them across processes: the ranks' counts, sums and
+// sums of squares are summed, so the moments are those of all their values together.
+void share_state_across_ranks(LossState* state, dist::Communicator& communicator) {
+  const MomentsReducer reducer = [&communicator](const BatchMoments& local) {
+    const std::vector<double> sums = {local.count, local.count * local.mean,
+                                      local.count * (local.variance + local.mean * local.mean)};
+    Tensor packed = Tensor::from_vector<double>(sums, {3}).to(communicator.device());
+    communicator.all_reduce(packed, dist::ReduceOp::sum);
+    const std::vector<double> total = packed.to(Device::cpu()).to_vector<double>();
+    BatchMoments global;
+    global.count = total[0];
+    if (global.count > 0) {
+      global.mean = total[1] / global.count;
+      global.variance = std::max(0.0, total[2] / global.count - global.mean * global.mean);
+    }
+    return global;
+  };
+  if (auto* baseline = dynamic_cast<RunningRewardBaseline*>(state)) baseline->reduce_across_ranks = reducer;
+  if (auto* estimate = dynamic_cast<KtoKlEstimate*>(state)) estimate->reduce_across_ranks = reducer;
+}
+
+}  // namespace
+
 StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step) {
   (void)step;
   Impl& impl = *impl_;
@@ -417,6 +444,7 @@ StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step
   if (impl.reference == ReferenceKind::precomputed && impl.precomputed.empty()) impl.precompute(model);
   if (impl.loss_state) impl.loss_state->training = true;
   if (data_parallel_ == nullptr) return impl.run(model, impl.sampler->next(impl.batch_size), false, true);
+  if (impl.loss_state) share_state_across_ranks(impl.loss_state.get(), data_parallel_->communicator());
   const int64_t rank = data_parallel_->rank();
   const std::vector<int64_t> drawn = impl.sampler->next(impl.batch_size * data_parallel_->world_size());
   const std::vector<int64_t> mine(drawn.begin() + rank * impl.batch_size, drawn.begin() + (rank + 1) * impl.batch_size);
@@ -426,11 +454,13 @@ StepResult PreferenceObjective::step(llama::LlamaWithHead& trained, int64_t step
 bool PreferenceObjective::has_validation() const { return impl_->validation_examples() > 0; }
 
 std::string PreferenceObjective::data_parallel_support() const {
-  if (impl_->loss_state != nullptr)
-    return str_cat("loss '", impl_->definition->name, "' keeps state between micro-batches (a running baseline or "
-                   "KL estimate) that each rank would update on its own share alone");
+  LossState* state = impl_->loss_state.get();
+  if (state != nullptr && dynamic_cast<RunningRewardBaseline*>(state) == nullptr &&
+      dynamic_cast<KtoKlEstimate*>(state) == nullptr)
+    return str_cat("loss '", impl_->definition->name, "' keeps state between micro-batches that the ranks cannot share");
   return "";
 }
+
 
 json::Value PreferenceObjective::validate(llama::LlamaWithHead& trained) {
   Impl& impl = *impl_;

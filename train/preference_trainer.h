@@ -74,9 +74,11 @@ class PreferenceObjective : public Objective {
   StepResult step(llama::LlamaWithHead& model, int64_t step) override;
   bool has_validation() const override;
   // Data parallel: rank r takes rows [r * batch_size, (r + 1) * batch_size) of the step's
-  // world_size * batch_size, each micro-batch weighted by its share of the whole step. Refused
-  // for losses that keep state between micro-batches (a running baseline, a KL estimate): each
-  // rank would update its own. Validation runs whole on every rank.
+  // world_size * batch_size, each micro-batch weighted by its share of the whole step. A loss's
+  // batch statistics (BCO's reward baseline, KTO's KL estimate) are taken over the ranks'
+  // micro-batches of the same index together, as TRL gathers them across processes: N ranks
+  // with --batch-size b compute what one process computes with batch N*b in one micro-batch.
+  // Validation runs whole on every rank.
   std::string data_parallel_support() const override;
   json::Value validate(llama::LlamaWithHead& model) override;
   json::Value cursor() const override;

@@ -241,6 +241,37 @@ TEST_CASE("a rank that dies mid-run makes the other exit with an error naming it
   CHECK_FALSE(fs::exists(fs::path(w / "out") / "model"));
 }
 
+TEST_CASE("KTO's KL estimate and BCO's baseline are taken over every rank's rows, as one process with the whole batch") {
+  const DataParallelWorkspace w;
+  {
+    std::ofstream labelled(w.path / "labelled.jsonl");
+    for (int i = 0; i < 8; ++i)
+      labelled << R"({"prompt": "after )" << i << R"( comes", "completion": " )" << (i % 2 == 0 ? i + 1 : i + 3)
+               << R"(", "label": )" << (i % 2 == 0 ? "true" : "false") << "}\n";
+  }
+  for (const char* loss : {"kto", "bco"}) {
+    CAPTURE(loss);
+    const std::string command = std::string("train preference --loss ") + loss + " --model " + (w / "base") +
+                                " --data " + (w / "labelled.jsonl") +
+                                " --lr 2e-2 --schedule constant --weight-decay 0 --steps 2 --precision f32 --quiet";
+    // One process: the whole batch of 4 in one micro-batch, so its statistics are over all 4.
+    const Run one = run_lamina(command + " --batch-size 4 --output " + (w / (std::string(loss) + "-one")));
+    REQUIRE_MESSAGE(one.status == 0, one.output);
+    const RankRuns two = run_ranks(w, 2, command + " --batch-size 2 --output " + (w / (std::string(loss) + "-two")));
+    INFO(both_outputs(two));
+    REQUIRE(two.status == std::vector<int>{0, 0});
+    CHECK(max_difference(w / (std::string(loss) + "-one/model/model.safetensors"),
+                         w / (std::string(loss) + "-two/model/model.safetensors")) < 2e-5);
+    const std::vector<json::Value> single = metrics_of(w / (std::string(loss) + "-one/metrics.jsonl"));
+    const std::vector<json::Value> parallel = metrics_of(w / (std::string(loss) + "-two/metrics.jsonl"));
+    REQUIRE(single.size() == parallel.size());
+    const char* statistic = std::string(loss) == "kto" ? "kl" : "delta";
+    for (size_t i = 0; i < single.size(); ++i)
+      CHECK(parallel[i].at(statistic).as_double() ==
+            doctest::Approx(single[i].at(statistic).as_double()).epsilon(1e-5));
+  }
+}
+
 TEST_CASE("trainers that cannot split their steps refuse to run on several ranks, before connecting") {
   const DataParallelWorkspace w;
   {
@@ -248,13 +279,12 @@ TEST_CASE("trainers that cannot split their steps refuse to run on several ranks
     for (int i = 0; i < 4; ++i)
       pairs << R"({"prompt": "after )" << i << R"(", "chosen": " )" << i + 1 << R"(", "rejected": " 0"})" << "\n";
   }
-  // BCO keeps a running reward baseline between micro-batches.
-  const RankRuns runs = run_ranks(w, 2, "train preference --loss bco --model " + (w / "base") + " --data " + (w / "pairs.jsonl") +
-                                            " --steps 1 --batch-size 2 --quiet --output " + (w / "bco"));
+  const RankRuns runs = run_ranks(w, 2, "train reward --model " + (w / "base") + " --data " + (w / "pairs.jsonl") +
+                                            " --steps 1 --batch-size 2 --quiet --output " + (w / "reward"));
   INFO(both_outputs(runs));
   CHECK(runs.status[0] != 0);
   CHECK(runs.output[0].find("cannot train on 2 ranks") != std::string::npos);
-  CHECK(runs.output[0].find("bco") != std::string::npos);
+  CHECK(runs.output[0].find("data parallel: 2 ranks") == std::string::npos);  // refused before the rendezvous
 }
 
 TEST_CASE("ZeRO-1 and ZeRO-2 train what plain data parallelism trains; a consolidated ZeRO checkpoint is its checkpoint") {
