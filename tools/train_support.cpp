@@ -29,7 +29,7 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
   parser.add_option("steps", "N", "optimizer steps", text(d.steps));
   if (kind != TrainerKind::online) {
     const char* unit = language_model ? "sequences" : "pairs";
-    parser.add_option("batch-size", "N", str_cat(unit, " per optimizer step"), text(d.batch_size));
+    parser.add_option("batch-size", "N", str_cat(unit, " per optimizer step (per rank when several train: lamina launch)"), text(d.batch_size));
     parser.add_option("micro-batch-size", "N", str_cat(unit, " per forward/backward (gradient accumulation)"),
                       "batch-size");
   }
