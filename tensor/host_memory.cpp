@@ -13,9 +13,13 @@
 #include <new>
 
 #include "tensor/error.h"
+#include "tensor/storage.h"
 
 #ifndef LAMINA_SYSTEM_ALLOCATOR
 #define LAMINA_SYSTEM_ALLOCATOR 0  // set to 1 by sanitizer builds
+#endif
+#if !LAMINA_SYSTEM_ALLOCATOR
+#include <mimalloc.h>
 #endif
 
 namespace lamina {
@@ -236,6 +240,21 @@ std::string format_bytes(uint64_t bytes) {
 }
 
 bool system_allocator_build() { return LAMINA_SYSTEM_ALLOCATOR != 0; }
+
+void release_free_host_memory() {
+  empty_cache(Device::cpu());
+#if !LAMINA_SYSTEM_ALLOCATOR
+  mi_collect(true);
+#endif
+}
+
+void return_freed_memory_promptly() {
+#if !LAMINA_SYSTEM_ALLOCATOR
+  // mimalloc 2.0's name for it; its environment variables (read at its start) win.
+  if (std::getenv("MIMALLOC_RESET_DELAY") == nullptr && std::getenv("MIMALLOC_DECOMMIT_DELAY") == nullptr)
+    mi_option_set(mi_option_decommit_delay, 0);
+#endif
+}
 
 }  // namespace lamina
 

@@ -44,6 +44,22 @@ std::string format_bytes(uint64_t bytes);
 // for messages about an allocation that just failed.
 void format_bytes_into(char* text, size_t size, uint64_t bytes);
 
+// Gives the memory that freed tensors and objects left behind back to the system: lamina's block
+// cache of freed tensors (empty_cache) and the pages mimalloc keeps for reuse (mi_collect; builds
+// without mimalloc skip that part). For a process whose peak memory should stay near what it
+// holds, at a point where much was just freed: inference of a quantized GGUF model after its
+// prefill (the chunks' activations) and before the output head and the rest of the KV cache
+// come into memory. The next large allocations pay their page faults again.
+void release_free_host_memory();
+
+// From now on, memory that becomes free goes back to the system at once instead of after
+// mimalloc's delay (25 ms; a forced collection does not cut it short, and it is what lets freed
+// pages pile up under a steady stream of allocations). For the same processes, called before
+// anything large is freed (a GGUF file's parsed metadata, ~18 MB of short-lived strings for a
+// 49k vocabulary). Makes large allocations pay their page faults: not for training. A no-op in
+// builds without mimalloc (the C allocator returns large blocks on free).
+void return_freed_memory_promptly();
+
 // Whether this build leaves host memory to the system allocator and the runtime's operator new
 // (sanitizer builds, so that ASan sees every block) instead of mimalloc, the block cache and
 // lamina's throwing operator new. A run-time answer: the test suites' objects are shared by both

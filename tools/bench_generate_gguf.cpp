@@ -3,7 +3,8 @@
 // measures the same file, so that the two can be put side by side:
 //   <name>_t<T>      prefill of a P-token prompt (default 512: llama-bench's pp512) and D decode
 //                    steps from a one-token context (default 128: tg128), batch 1, T threads, in
-//                    this process;
+//                    this process; and the same prefill in the chunks `lamina generate` takes
+//                    for this file by default (generate::memory_lean_prefill_chunk_tokens);
 //   <name>_process   a fresh `lamina generate` process (what a user runs): its wall time to the
 //                    first new token from process start (a 16-token prompt, one new token), and its
 //                    peak RSS for the P-token prompt and D new tokens, against the target of the
@@ -28,6 +29,7 @@
 #include <optional>
 
 #include "autograd/autograd.h"
+#include "models/generate/generate.h"
 #include "models/io/gguf.h"
 #include "models/io/gguf_llama.h"
 #include "models/io/gguf_write.h"
@@ -129,6 +131,21 @@ void bench_in_process(const llama::LlamaForCausalLM& model, const std::string& n
     forward.cache = &*cache;
     model.forward(ids, forward);
   };
+  // The same prompt in the chunks `lamina generate` uses for this file by default (smaller ones
+  // for a small model, to keep its peak memory near the file's size): their cost against the
+  // one-pass prefill above, in this run.
+  const int64_t chunk = generate::memory_lean_prefill_chunk_tokens(config, file_bytes);
+  const auto chunked_prefill = [&] {
+    cache.emplace(config, 1, prompt + decode);
+    forward.cache = &*cache;
+    for (int64_t start = 0; start < prompt; start += chunk) {  // as generate::generate: the head on the last chunk only
+      const int64_t end = std::min(prompt, start + chunk);
+      if (end < prompt)
+        model.hidden_states(ids.slice(1, start, end), forward);
+      else
+        model.forward(ids.slice(1, start, end), forward);
+    }
+  };
   const auto decode_steps = [&] {
     for (int64_t step = 0; step < decode; ++step) model.forward(step_ids, forward);
   };
@@ -141,6 +158,7 @@ void bench_in_process(const llama::LlamaForCausalLM& model, const std::string& n
     model.forward(first_id, forward);
   };
   const Timing prefill_timing = measure(prefill, options.min_seconds);
+  const Timing chunked_prefill_timing = measure(chunked_prefill, options.min_seconds);
   const Timing decode_timing = measure_after(start_sequence, decode_steps, options.min_seconds);
   const std::string case_name = name + "_t" + std::to_string(threads);
   JsonLine()
@@ -153,6 +171,8 @@ void bench_in_process(const llama::LlamaForCausalLM& model, const std::string& n
       .add("decode_tokens", decode)
       .add("stat", "median")
       .add("prefill_tokens_per_s", double(prompt) / prefill_timing.median_seconds)
+      .add("prefill_chunk_tokens", chunk)
+      .add("prefill_chunked_tokens_per_s", double(prompt) / chunked_prefill_timing.median_seconds)
       .add("decode_tokens_per_s", double(decode) / decode_timing.median_seconds)
       .add("decode_step_ms", decode_timing.median_seconds / double(decode) * 1e3)
       .add("file_bytes", file_bytes)

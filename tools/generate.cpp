@@ -9,6 +9,7 @@
 #include "models/io/peft.h"
 #include "models/tokenizer/chat.h"
 #include "models/tokenizer/stream_decoder.h"
+#include "tensor/host_memory.h"
 #include "tools/args.h"
 #include "tools/attention_plan_option.h"
 #include "tools/commands.h"
@@ -37,6 +38,11 @@ void add_generation_flags(FlagParser& parser) {
   parser.add_option("repetition-penalty", "R", "penalise tokens already in the context (1 = off)", "1");
   parser.add_option("seed", "S", "random seed for sampling", "0");
   parser.add_option("device", "DEVICE", "where the model runs: cpu, cuda or cuda:N", "cpu");
+  parser.add_option("prefill-chunk", "N",
+                    "prompt tokens per prefill pass (more: faster prefill, more memory for activations)",
+                    "512; for a GGUF model computing with its weights as stored (in the original RoPE mode), the "
+                    "largest power of two from 64 to 512 whose activations take at most 1/24 of the file (128 for "
+                    "SmolLM2-135M)");
   add_dequantize_option(parser);
   add_attention_plan_option(parser, "each answer's prompt + --max-new-tokens tokens (with --prompts: once, for the "
                                     "file's longest prompt + --max-new-tokens)");
@@ -76,6 +82,7 @@ std::vector<AdapterSpec> adapter_specs(const FlagParser& parser) {
 
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path) {
   const std::vector<AdapterSpec> adapters = adapter_specs(parser);
+  keep_memory_small_for_gguf(parser, path);
   auto model = load_model_on(path, Device::parse(parser.value("device").value_or("cpu")), gguf_weights_choice(parser));
   for (const AdapterSpec& adapter : adapters) {
     const nn::LoraConfig config = peft::load_adapter(adapter.directory, *model, adapter.name);
@@ -96,6 +103,23 @@ std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, co
   return model;
 }
 
+void choose_prefill_chunk(const FlagParser& parser, const llama::LlamaForCausalLM& model, const std::string& path,
+                          generate::GenerateOptions& options) {
+  const auto first_layer = model.model->layers->size() == 0
+                               ? nullptr
+                               : std::dynamic_pointer_cast<llama::LlamaDecoderLayer>((*model.model->layers)[0]);
+  const bool as_stored = first_layer != nullptr && first_layer->self_attn->q_proj->base_gguf() != nullptr;
+  // Such a model's peak memory is meant to stay near its file plus its KV cache: what the prefill
+  // freed (activations, and the parsed metadata of the file) goes back before decoding starts.
+  options.release_memory_after_prefill = as_stored;
+  // In the cache_slot RoPE mode the chunk is part of what is computed: keep the default there.
+  const bool lean = as_stored && options.rope_positions == llama::RopePositions::original;
+  const int64_t fallback =
+      lean ? generate::memory_lean_prefill_chunk_tokens(model.config(), int64_t(std::filesystem::file_size(path)))
+           : options.prefill_chunk_tokens;
+  options.prefill_chunk_tokens = parser.int_value("prefill-chunk", fallback, 1, int64_t(1) << 30);
+}
+
 generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t default_max_new_tokens) {
   generate::GenerateOptions options;
   options.max_new_tokens = parser.int_value("max-new-tokens", default_max_new_tokens, 0, 1 << 20);
@@ -108,7 +132,14 @@ generate::GenerateOptions sampling_options(const FlagParser& parser, int64_t def
   return options;
 }
 
+void keep_memory_small_for_gguf(const FlagParser& parser, const std::string& model_path) {
+  const Device device = Device::parse(parser.value("device").value_or("cpu"));
+  if (is_gguf_file(model_path) && device.is_cpu() && gguf_weights_choice(parser) == GgufWeights::as_stored)
+    return_freed_memory_promptly();
+}
+
 tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_path) {
+  keep_memory_small_for_gguf(parser, model_path);  // before parsing the file's metadata
   return load_model_tokenizer(model_path, parser.value("tokenizer"));
 }
 
@@ -307,6 +338,7 @@ int run_generate(const Arguments& args) {
   }
 
   const auto model = load_model(parser, directory);
+  choose_prefill_chunk(parser, *model, directory, options);
   check_prompt_ids(prompt, model->config(),
                    parser.is_set("prompt-ids") ? "--prompt-ids" : "the encoded prompt (does the tokenizer fit the model?)");
   const int64_t prompt_tokens = int64_t(prompt.size()), wanted = options.max_new_tokens;
@@ -357,6 +389,7 @@ int run_chat(const Arguments& args) {
   const int64_t max_new_tokens = options.max_new_tokens;
   options.stop_tokens = widen(tokenizer::stop_token_ids(text_tokenizer, chat.format));
   const auto model = load_model(parser, directory);
+  choose_prefill_chunk(parser, *model, directory, options);
   const std::optional<sparse::MoaPlan> plan = read_attention_plan(parser, model->config());
   const int64_t context_length = model->config().max_position_embeddings;
   tokenizer::Conversation history(text_tokenizer, chat, context_length);

@@ -270,6 +270,7 @@ int run_generate_batch(const FlagParser& parser, const std::string& model_path) 
   PromptSource source{text_tokenizer, parser.value("tokenizer").value_or(model_path), !no_stop, std::nullopt};
   const std::vector<BatchPrompt> prompts = read_prompts(prompts_path, source);
   const auto model = load_model(parser, model_path);
+  choose_prefill_chunk(parser, *model, model_path, options);
   const llama::LlamaConfig& config = model->config();
   for (const BatchPrompt& prompt : prompts) {
     const std::string where = str_cat(prompts_path, ":", prompt.line);

@@ -25,10 +25,22 @@ struct AdapterSpec {
 };
 std::vector<AdapterSpec> adapter_specs(const FlagParser& parser);
 
+// A GGUF model computing with its weights as stored on the CPU is one whose peak memory is meant
+// to stay near its file plus its KV cache: from before the file's metadata is parsed on, freed
+// memory goes back to the system at once (return_freed_memory_promptly). Called by load_tokenizer
+// and load_model; once is enough.
+void keep_memory_small_for_gguf(const FlagParser& parser, const std::string& model_path);
+
 // The model of `path` on the --device, with the --adapter folders loaded (the first active), in
 // eval mode; its tokenizer (--tokenizer, else the model's own).
 std::shared_ptr<llama::LlamaForCausalLM> load_model(const FlagParser& parser, const std::string& path);
 tokenizer::Tokenizer load_tokenizer(const FlagParser& parser, const std::string& model_path);
+
+// options.prefill_chunk_tokens from --prefill-chunk, by default memory_lean_prefill_chunk_tokens
+// of the file for a model computing with a GGUF file's blocks as stored (which also releases the
+// prefill's freed memory before decoding: release_memory_after_prefill); `path` is --model.
+void choose_prefill_chunk(const FlagParser& parser, const llama::LlamaForCausalLM& model, const std::string& path,
+                          generate::GenerateOptions& options);
 
 std::vector<int64_t> widen(const std::vector<int32_t>& ids);
 

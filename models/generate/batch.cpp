@@ -123,7 +123,11 @@ class BatchRun {
       Tensor logits;
       for (int64_t start = 0; start < length; start += options_.prefill_chunk_tokens) {
         const int64_t end = std::min(length, start + options_.prefill_chunk_tokens);
-        logits = model_.forward(ops::to_device(ops::contiguous(ids.slice(1, start, end)), model_.device()), forward);
+        const Tensor chunk = ops::to_device(ops::contiguous(ids.slice(1, start, end)), model_.device());
+        if (end < length)
+          model_.hidden_states(chunk, forward);  // only the cache is wanted: no head product
+        else
+          logits = model_.forward(chunk, forward);
       }
       cache.set_row_length(int64_t(b), row.length());
       const Tensor rows = host_logits(logits);

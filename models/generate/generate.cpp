@@ -6,6 +6,7 @@
 
 #include "autograd/autograd.h"
 #include "models/llama/sparse_kv_cache.h"
+#include "tensor/host_memory.h"
 
 namespace lamina::generate {
 
@@ -25,6 +26,20 @@ void check_prompts(const llama::LlamaConfig& config, const std::vector<std::vect
       LAMINA_CHECK(id >= 0 && id < config.vocab_size, "generate: prompt ", i, " has token id ", id,
                    " outside the vocabulary of ", config.vocab_size);
   }
+}
+
+int64_t prefill_activation_bytes_per_token(const llama::LlamaConfig& config) {
+  const int64_t attention_width = (config.num_attention_heads + 2 * config.num_key_value_heads) * config.head_dim;
+  const int64_t floats = 4 * config.hidden_size + attention_width + 3 * config.intermediate_size;
+  return floats * int64_t(sizeof(float));
+}
+
+int64_t memory_lean_prefill_chunk_tokens(const llama::LlamaConfig& config, int64_t weight_bytes) {
+  constexpr int64_t kLargest = 512, kSmallest = 64, kWeightShare = 24;
+  const int64_t budget = weight_bytes / kWeightShare, per_token = prefill_activation_bytes_per_token(config);
+  int64_t chunk = kLargest;
+  while (chunk > kSmallest && chunk * per_token > budget) chunk /= 2;
+  return chunk;
 }
 
 bool streams_past_context(const llama::LlamaForCausalLM& model, const GenerateOptions& options) {
@@ -137,7 +152,11 @@ void generate_sparse(const llama::LlamaForCausalLM& model, const std::vector<std
     const Tensor ids = Tensor::from_vector(prompts[b], {1, prompt_length});
     for (int64_t start = 0; start < prompt_length; start += options.prefill_chunk_tokens) {
       const int64_t end = std::min(prompt_length, start + options.prefill_chunk_tokens);
-      logits[b] = model.forward(ops::to_device(ops::contiguous(ids.slice(1, start, end)), device), forward);
+      const Tensor chunk = ops::to_device(ops::contiguous(ids.slice(1, start, end)), device);
+      const Tensor hidden = model.hidden_states(chunk, forward);  // before the last chunk only the cache is wanted
+      if (end < prompt_length) continue;
+      if (options.release_memory_after_prefill) release_free_host_memory();
+      logits[b] = model.head_product(hidden);
     }
   }
   Generator generator(options.sampling.seed);
@@ -211,10 +230,17 @@ GenerateResult generate(const llama::LlamaForCausalLM& model, const std::vector<
   // Prefill chunk by chunk: each call's attention scores are [chunk, keys so far], not
   // [prompt, prompt], and the cache makes the chunks see each other as one prompt.
   const Tensor all_ids = Tensor::from_vector(ids, {batch, prompt_length});
+  // The chunks before the last one fill the cache alone: their logits would be thrown away, and
+  // the head product would bring the whole output matrix (a tied embedding: a third of
+  // SmolLM2's file) into memory while later chunks' activations are still to come.
   Tensor logits;
   for (int64_t start = 0; start < prompt_length; start += options.prefill_chunk_tokens) {
     const int64_t end = std::min(prompt_length, start + options.prefill_chunk_tokens);
-    logits = model.forward(ops::to_device(ops::contiguous(all_ids.slice(1, start, end)), device), forward);
+    const Tensor chunk = ops::to_device(ops::contiguous(all_ids.slice(1, start, end)), device);
+    const Tensor hidden = model.hidden_states(chunk, forward);
+    if (end < prompt_length) continue;
+    if (options.release_memory_after_prefill) release_free_host_memory();
+    logits = model.head_product(hidden);  // host_logits makes a bf16 model's logits f32, as forward would
   }
   for (int64_t step = 0; step < most_new_tokens; ++step) {
     const Tensor rows = host_logits(logits);

@@ -34,6 +34,13 @@ struct GenerateOptions {
   // return false to stop that sequence.
   std::function<bool(size_t sequence, int64_t token)> on_token;
   int64_t prefill_chunk_tokens = 512;  // prompt tokens per prefill call
+  // After each prompt's prefill, before the output head's product: give the memory the chunks'
+  // activations were freed into back to the system (release_free_host_memory), so that the
+  // head's pages and the rest of the KV cache, which decoding brings in, do not add to it. For a
+  // process whose peak memory should stay near its weights plus its cache (`lamina generate`
+  // and `chat` with a GGUF model computed as stored); costs the decode's first allocations
+  // their page faults again.
+  bool release_memory_after_prefill = false;
   // Under a sparse plan: the ring caches' RoPE positions (original: MoA's, each key at its true
   // position; cache_slot: StreamingLLM's, keys rotated by their place in the cache at every step).
   // Ignored by a dense model. In the cache_slot mode a prefill chunk's tokens take the cache
@@ -60,6 +67,23 @@ bool streams_past_context(const llama::LlamaForCausalLM& model, const GenerateOp
 // New tokens a prompt of `prompt_length` may have: max_new_tokens, or fewer where the context
 // ends first (unless streams_past_context).
 int64_t new_token_room(const llama::LlamaForCausalLM& model, const GenerateOptions& options, int64_t prompt_length);
+
+// f32 bytes one prompt token's activations take during a prefill forward, by the shape: a layer's
+// live tensors (residual, normed input, q/k/v, attention output, its projection, gate, up and their
+// product). The attention itself is fused (no chunk x context scores are kept), so the chunk's
+// activations grow with its tokens alone.
+int64_t prefill_activation_bytes_per_token(const llama::LlamaConfig& config);
+
+// The prefill chunk for a model whose weights take `weight_bytes` in memory (a GGUF file computed
+// as stored): the largest power of two from 64 to 512 tokens whose activations take at most 1/24
+// of the weights, so that a small quantized model's peak memory stays near its file plus its KV
+// cache (a 512-token chunk's layer takes ~16 MB of activations for SmolLM2-135M's 98 MB file).
+// 128 for SmolLM2 in Q4_1 and Q8_0, 128 for a 1B model in Q4_0: measured, SmolLM2 Q8_0's peak
+// is 202 MB at 512, 194 at 256, 188 at 128; Q4_1's and the 1B's change by under 2 MB below 256.
+// Never below 64, where the per-chunk overhead shows. The chunks before the last run without the
+// head product, so the output matrix's pages (a tied embedding is a third of SmolLM2's Q4_1
+// file) only come in after the activations are gone.
+int64_t memory_lean_prefill_chunk_tokens(const llama::LlamaConfig& config, int64_t weight_bytes);
 
 // Refuses an empty prompt, one longer than the model's context and ids outside its vocabulary,
 // naming the prompt by its index.

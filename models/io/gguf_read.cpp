@@ -416,6 +416,12 @@ File File::open(const std::string& path) {
                  "' (data at ", after.offset, ") overlaps tensor '", before.name, "' (data [", before.offset, ", ",
                  before.offset + before.bytes, "))");
   }
+  // Everything the header says is parsed into copies (metadata values, tensor infos): its pages
+  // (megabytes for a tokenizer's vocabulary) leave resident memory now; a later read of them
+  // would simply fault them back from the file.
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  const uint64_t header_pages = std::min<uint64_t>(header_end, map.size()) / page * page;
+  if (header_pages > 0) ::madvise(const_cast<uint8_t*>(map.bytes()), size_t(header_pages), MADV_DONTNEED);
   return file;
 }
 

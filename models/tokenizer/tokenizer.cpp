@@ -23,9 +23,14 @@ Tokenizer::Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_vi
       matcher_(std::make_unique<AddedTokenMatcher>()),
       cache_(std::make_unique<WordCache>()) {
   const VocabIndex& vocab = bpe_.vocab();
+  // For the error below: the added token that took an id first (added_pieces_ is not sorted yet).
+  const auto earlier_piece = [this](int32_t id) {
+    for (const auto& [piece_id, piece] : added_pieces_)
+      if (piece_id == id) return piece;
+    return std::string();
+  };
   int64_t size = vocab.id_end();
   for (const AddedToken& token : added_tokens_) size = std::max<int64_t>(size, int64_t(token.id) + 1);
-  pieces_.resize(size_t(size));
   kinds_.assign(size_t(size), Kind::unassigned);
   for (int32_t id = 0; id < vocab.id_end(); ++id) {
     if (vocab.contains(id)) kinds_[size_t(id)] = Kind::ordinary;
@@ -36,12 +41,13 @@ Tokenizer::Tokenizer(BpeModel bpe, std::vector<AddedToken> added, std::string_vi
     // An added token may repeat a vocabulary entry (GPT-2's <|endoftext|> does), not contradict it.
     LAMINA_CHECK(kinds_[id] == Kind::unassigned || (kinds_[id] == Kind::ordinary && vocab.bytes(token.id) == token.content),
                  source, ": added_tokens[", i, "]: \"", token.content, "\" has id ", token.id, ", which is already \"",
-                 kinds_[id] == Kind::ordinary ? byte_level_encode(vocab.bytes(token.id)) : pieces_[id], "\"");
+                 kinds_[id] == Kind::ordinary ? byte_level_encode(vocab.bytes(token.id)) : earlier_piece(token.id), "\"");
     LAMINA_CHECK(added_ids_.emplace(token.content, token.id).second, source, ": added_tokens[", i, "]: \"", token.content, "\" appears twice");
-    pieces_[id] = token.content;
+    added_pieces_.emplace_back(token.id, token.content);
     kinds_[id] = token.special ? Kind::special : Kind::added;
     matcher_->add(token.content, int32_t(i), token.special);
   }
+  std::sort(added_pieces_.begin(), added_pieces_.end());  // ids are distinct: checked above
   bos_id_ = added_token_id("<|begin_of_text|>");
 }
 
@@ -75,7 +81,7 @@ void Tokenizer::drop_bytes(const std::array<bool, 256>& dropped, int32_t vocab_s
   drops_bytes_ = std::find(dropped.begin(), dropped.end(), true) != dropped.end();
   LAMINA_ASSERT(vocab_size <= int32_t(kinds_.size()));
   kinds_.resize(size_t(vocab_size));
-  pieces_.resize(size_t(vocab_size));
+  std::erase_if(added_pieces_, [vocab_size](const auto& piece) { return piece.first >= vocab_size; });
 }
 
 void Tokenizer::encode_word(std::string_view word, Output& out) const {
@@ -180,7 +186,16 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOption
 
 std::string_view Tokenizer::token_bytes(int32_t id) const {
   LAMINA_CHECK(contains(id), "tokenizer: token id ", id, " is not in the vocabulary (ids 0..", vocab_size() - 1, ")");
-  return kinds_[size_t(id)] == Kind::ordinary ? bpe_.vocab().bytes(id) : std::string_view(pieces_[size_t(id)]);
+  if (kinds_[size_t(id)] == Kind::ordinary) [[likely]]
+    return bpe_.vocab().bytes(id);
+  return added_piece(id);
+}
+
+// Out of the way of token_bytes's ordinary path, which decoding takes for nearly every id.
+[[gnu::noinline]] std::string_view Tokenizer::added_piece(int32_t id) const {
+  const auto found = std::lower_bound(added_pieces_.begin(), added_pieces_.end(), id,
+                                      [](const auto& piece, int32_t wanted) { return piece.first < wanted; });
+  return found != added_pieces_.end() && found->first == id ? std::string_view(found->second) : std::string_view();
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids, const DecodeOptions& options) const {

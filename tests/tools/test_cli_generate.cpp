@@ -219,3 +219,21 @@ TEST_CASE("lamina generate runs a GGUF model: SmolLM2's greedy answer, as transf
     CHECK_MESSAGE(chat.output.find("<|im") == std::string::npos, chat.output);
   }
 }
+
+TEST_CASE("lamina generate --prefill-chunk: any chunk gives the same tokens; 0 is refused") {
+  ScratchDir dir("cli_prefill_chunk");
+  const std::string model = tiny_model(dir, 64);
+  const std::string base = "generate --model " + model + " --prompt-ids \"" + counting_ids(40) + "\" --max-new-tokens 12 --no-stop";
+  const Run whole = run_lamina(base);
+  REQUIRE(whole.status == 0);
+  for (const std::string chunk : {"1", "7", "64"}) {
+    const Run chunked = run_lamina(base + " --prefill-chunk " + chunk);
+    INFO("--prefill-chunk " << chunk << ": " << chunked.output);
+    CHECK(chunked.status == 0);
+    CHECK(last_line(chunked.output) == last_line(whole.output));
+  }
+  const Run refused = run_lamina(base + " --prefill-chunk 0");
+  CHECK(refused.status != 0);
+  CHECK_MESSAGE(refused.output.find("--prefill-chunk") != std::string::npos, refused.output);
+  CHECK(run_lamina("generate --help").output.find("--prefill-chunk N") != std::string::npos);
+}
