@@ -408,8 +408,17 @@ TEST_CASE("process group: a rank that exits mid-collective makes the others fail
     std::getline(lines, later);
     std::getline(lines, later_seconds);
     CAPTURE(r);
-    CHECK_MESSAGE(message.find("rank 1 closed its connection during all_reduce (did it exit?)") != std::string::npos,
-                  message);
+    const bool failed_first =
+        message.find("rank 1 closed its connection during all_reduce (did it exit?)") != std::string::npos;
+    if (r == 3 && !failed_first) {
+      // Rank 3 receives nothing from rank 1 directly: under load its share of the ring can be
+      // complete before rank 1 leaves. The failure then reaches it at its next operation, still
+      // naming rank 1 (relayed by rank 0).
+      CHECK_MESSAGE(message == "no error", message);
+      CHECK_MESSAGE(later.find("rank 1 closed its connection") != std::string::npos, later);
+      continue;
+    }
+    CHECK_MESSAGE(failed_first, message);
     CHECK(std::stod(seconds) < 3.0);
     // The group is broken: the next operation fails at once, repeating the cause.
     CHECK_MESSAGE(later.find("unusable after an earlier error: rank 1 closed") != std::string::npos, later);
