@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include "tensor/io/json.h"
+
 namespace lamina::testing {
 
 struct Run {
@@ -58,6 +60,14 @@ inline Run run_lamina(const std::string& arguments, const RunOptions& options = 
   else if (WIFSIGNALED(status)) run.status = 128 + WTERMSIG(status);
   if (options.input) std::filesystem::remove(input_path);
   return run;
+}
+
+// The JSON report a command prints as its last line that starts with '{' (merge, mutate, expand,
+// lora extract, ...).
+inline json::Value report_of(const std::string& output) {
+  const size_t start = output.rfind("\n{");
+  const std::string line = output.substr(start == std::string::npos ? 0 : start + 1);
+  return json::parse(line.substr(0, line.find('\n')), "lamina output");
 }
 
 // The token ids printed by `--output ids` (or the ids in any text of whitespace-separated

@@ -37,12 +37,6 @@ std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, u
   return model;
 }
 
-json::Value report_of(const std::string& output) {
-  const size_t start = output.rfind("\n{");
-  const std::string line = output.substr(start == std::string::npos ? 0 : start + 1);
-  return json::parse(line.substr(0, line.find('\n')), "lamina output");
-}
-
 bool is_adapted(const std::string& name) {
   return name.find("layers.") != std::string::npos && name.find("_proj.weight") != std::string::npos;
 }

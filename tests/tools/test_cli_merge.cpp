@@ -25,12 +25,6 @@ std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, u
 }
 
 // The JSON report: the last line of the output that opens with '{'.
-json::Value report_of(const std::string& output) {
-  const size_t start = output.rfind("\n{");
-  const std::string line = output.substr(start == std::string::npos ? 0 : start + 1);
-  return json::parse(line.substr(0, line.find('\n')), "lamina merge output");
-}
-
 }  // namespace
 
 TEST_CASE("lamina merge averages two models into a folder that loads back") {
