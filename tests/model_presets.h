@@ -3,7 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <string>
 
 #include "models/llama/model.h"
 #include "models/tokenizer/builder.h"
@@ -64,6 +67,16 @@ inline std::shared_ptr<llama::LlamaForCausalLM> random_llama(const llama::LlamaC
   auto model = std::make_shared<llama::LlamaForCausalLM>(config, dtype);
   Generator generator(seed);
   model->init_parameters(generator);
+  return model;
+}
+
+// A model of `config` with weights drawn from `seed`, saved in `folder` with the byte-level
+// tokenizer.json beside it: the model folder the CLI tests hand to lamina.
+inline std::shared_ptr<llama::LlamaForCausalLM> save_byte_level_model(const std::string& folder, uint64_t seed,
+                                                                      const llama::LlamaConfig& config = byte_level_llama_config()) {
+  auto model = random_llama(config, seed);
+  model->save(folder);
+  std::ofstream(std::filesystem::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
   return model;
 }
 

@@ -62,6 +62,15 @@ inline Run run_lamina(const std::string& arguments, const RunOptions& options = 
   return run;
 }
 
+// The last non-empty line of a command's output (what `--output ids` and most reports print last).
+inline std::string last_line(const std::string& output) {
+  std::istringstream in(output);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  return last;
+}
+
 // The JSON report a command prints as its last line that starts with '{' (merge, mutate, expand,
 // lora extract, ...).
 inline json::Value report_of(const std::string& output) {

@@ -30,10 +30,7 @@ std::shared_ptr<llama::LlamaForCausalLM> save_model(const ScratchDir& dir) {
   llama::LlamaConfig config = byte_level_llama_config();
   config.max_position_embeddings = kContext;
   config.initializer_range = 1.0;
-  auto model = random_llama(config, 11);
-  model->save(dir.path.string());
-  std::ofstream(dir.path / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
+  return save_byte_level_model(dir.path.string(), 11, config);
 }
 
 // log p(ids[t] | ids[begin..t]) from one forward pass over ids[begin, end), in f64.

@@ -24,10 +24,7 @@ namespace {
 std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, uint64_t seed) {
   llama::LlamaConfig config = byte_level_llama_config();
   config.tie_word_embeddings = false;
-  const auto model = random_llama(config, seed);
-  model->save(folder);
-  std::ofstream(fs::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
+  return save_byte_level_model(folder, seed, config);
 }
 
 Tensor some_ids() { return Tensor::from_vector<int64_t>({256, 72, 105, 33, 10, 200}, {1, 6}); }

@@ -37,12 +37,6 @@ std::string tiny_model(const ScratchDir& dir, int64_t context_length, int64_t na
   return dir.path.string();
 }
 
-std::string last_line(const std::string& output) {
-  const size_t end = output.find_last_not_of('\n');
-  const size_t start = output.rfind('\n', end);
-  return output.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
-}
-
 std::string counting_ids(int64_t count) {
   std::string ids;
   for (int64_t i = 0; i < count; ++i) ids += (i ? " " : "") + std::to_string(32 + i % 90);

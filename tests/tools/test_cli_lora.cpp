@@ -22,13 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The byte-level one-layer model saved with its tokenizer.json.
-std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder) {
-  const auto model = random_llama(byte_level_llama_config(), 3);
-  model->save(folder);
-  std::ofstream(fs::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
-}
 
 // An adapter with non-zero B (and magnitude, with DoRA) on `model`, saved to `folder`.
 void save_adapter(llama::LlamaForCausalLM& model, const std::string& folder, bool dora) {
@@ -55,7 +48,7 @@ TEST_CASE("lamina lora merge writes a folder whose logits equal the model with i
   for (const bool dora : {false, true}) {
     CAPTURE(dora);
     const ScratchDir scratch("cli-lora-merge");
-    const auto model = save_model(scratch / "model");
+    const auto model = save_byte_level_model(scratch / "model", 3);
     save_adapter(*model, scratch / "adapter", dora);
     model->eval();
     const Tensor ids = Tensor::from_vector<int64_t>({72, 101, 108, 108, 111, 33}, {1, 6});
@@ -81,7 +74,7 @@ TEST_CASE("lamina lora merge writes a folder whose logits equal the model with i
 
 TEST_CASE("lamina lora merge takes a GGUF base model, tokenizer included") {
   const ScratchDir scratch("cli-lora-gguf");
-  const auto model = save_model(scratch / "model");
+  const auto model = save_byte_level_model(scratch / "model", 3);
   save_adapter(*model, scratch / "adapter", false);
   model->eval();
   const Tensor ids = Tensor::from_vector<int64_t>({72, 105, 33}, {1, 3});
@@ -99,7 +92,7 @@ TEST_CASE("lamina lora merge takes a GGUF base model, tokenizer included") {
 
 TEST_CASE("lamina lora merge refuses broken adapters and an existing OUT, leaving nothing behind") {
   const ScratchDir scratch("cli-lora-errors");
-  const auto model = save_model(scratch / "model");
+  const auto model = save_byte_level_model(scratch / "model", 3);
   save_adapter(*model, scratch / "adapter", false);
   const std::string merge = "lora merge --model " + (scratch / "model") + " --adapter " + (scratch / "adapter") + " --out ";
 

@@ -29,14 +29,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, uint64_t seed,
-                                                    llama::LlamaConfig config = byte_level_llama_config()) {
-  const auto model = random_llama(config, seed);
-  model->save(folder);
-  std::ofstream(fs::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
-}
-
 bool is_adapted(const std::string& name) {
   return name.find("layers.") != std::string::npos && name.find("_proj.weight") != std::string::npos;
 }
@@ -56,8 +48,8 @@ void check_same_weights(const llama::LlamaForCausalLM& actual, const llama::Llam
 
 TEST_CASE("lamina lora extract at full rank reproduces the tuned model through load_adapter and lora merge") {
   const ScratchDir scratch("cli-lora-extract");
-  const auto base = save_model(scratch / "base", 1);
-  const auto tuned = save_model(scratch / "tuned", 2);
+  const auto base = save_byte_level_model(scratch / "base", 1);
+  const auto tuned = save_byte_level_model(scratch / "tuned", 2);
   // Rank 8 is full for the [8, 8], [16, 8] and [8, 16] matrices; k_proj and v_proj ([4, 8]) get rank 4.
   const Run run = run_lamina("lora extract --base " + (scratch / "base") + " --tuned " + (scratch / "tuned") +
                              " --rank 8 --out " + (scratch / "adapter"));
@@ -109,8 +101,8 @@ TEST_CASE("lamina lora extract at full rank reproduces the tuned model through l
 
 TEST_CASE("lamina lora extract at a low rank: the adapter's rank and energy, and the target modules") {
   const ScratchDir scratch("cli-lora-extract-rank");
-  save_model(scratch / "base", 3);
-  save_model(scratch / "tuned", 4);
+  save_byte_level_model(scratch / "base", 3);
+  save_byte_level_model(scratch / "tuned", 4);
   const Run run = run_lamina("lora extract --base " + (scratch / "base") + " --tuned " + (scratch / "tuned") +
                              " --rank 2 --target-modules q_proj,down_proj --svd exact --out " + (scratch / "adapter"));
   INFO(run.output);
@@ -148,17 +140,17 @@ TEST_CASE("lamina lora extract at a low rank: the adapter's rank and energy, and
 
 TEST_CASE("lamina lora extract refuses a shape mismatch and an unknown module by name, leaving nothing") {
   const ScratchDir scratch("cli-lora-extract-errors");
-  save_model(scratch / "base", 5);
+  save_byte_level_model(scratch / "base", 5);
   llama::LlamaConfig wider = byte_level_llama_config();
   wider.intermediate_size = 24;
-  save_model(scratch / "wider", 6, wider);
+  save_byte_level_model(scratch / "wider", 6, wider);
   const Run mismatch = run_lamina("lora extract --base " + (scratch / "base") + " --tuned " + (scratch / "wider") +
                                   " --rank 4 --out " + (scratch / "adapter"));
   CHECK(mismatch.status != 0);
   CHECK(mismatch.output.find("tensor 'model.layers.0.mlp.down_proj.weight' has shape [8, 24]") != std::string::npos);
   INFO(mismatch.output);
 
-  save_model(scratch / "tuned", 7);
+  save_byte_level_model(scratch / "tuned", 7);
   const Run unknown = run_lamina("lora extract --base " + (scratch / "base") + " --tuned " + (scratch / "tuned") +
                                  " --rank 4 --target-modules q_proj,qkv_proj --out " + (scratch / "adapter"));
   CHECK(unknown.status != 0);
@@ -173,7 +165,7 @@ TEST_CASE("lamina lora extract refuses a shape mismatch and an unknown module by
 
 TEST_CASE("lamina mutate: sigma 0 copies the model, sigma > 0 scales the filtered matrices' singular values") {
   const ScratchDir scratch("cli-mutate");
-  const auto model = save_model(scratch / "model", 8);
+  const auto model = save_byte_level_model(scratch / "model", 8);
   const Run same = run_lamina("mutate --model " + (scratch / "model") + " --sigma 0 --out " + (scratch / "same"));
   INFO(same.output);
   REQUIRE(same.status == 0);

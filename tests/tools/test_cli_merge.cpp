@@ -17,20 +17,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, uint64_t seed) {
-  const auto model = random_llama(byte_level_llama_config(), seed);
-  model->save(folder);
-  std::ofstream(fs::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
-}
-
-// The JSON report: the last line of the output that opens with '{'.
 }  // namespace
 
 TEST_CASE("lamina merge averages two models into a folder that loads back") {
   const ScratchDir scratch("cli-merge");
-  const auto first = save_model(scratch / "a", 1);
-  const auto second = save_model(scratch / "b", 2);
+  const auto first = save_byte_level_model(scratch / "a", 1);
+  const auto second = save_byte_level_model(scratch / "b", 2);
   const Run run = run_lamina("merge --method linear --models " + (scratch / "a") + "," + (scratch / "b") +
                              " --weights 1,3 --out " + (scratch / "merged"));
   INFO(run.output);
@@ -66,7 +58,7 @@ TEST_CASE("lamina merge averages two models into a folder that loads back") {
 
 TEST_CASE("lamina merge --recipe: TIES of copies gives the base back, in the recipe's dtype") {
   const ScratchDir scratch("cli-merge-recipe");
-  save_model(scratch / "base", 4);
+  save_byte_level_model(scratch / "base", 4);
   fs::copy(scratch / "base", scratch / "copy");
   std::ofstream(scratch / "recipe.json") << R"({"method": "ties", "base_model": ")" << (scratch / "base")
                                          << R"(", "models": [{"model": ")" << (scratch / "copy")
@@ -89,8 +81,8 @@ TEST_CASE("lamina merge --recipe: TIES of copies gives the base back, in the rec
 
 TEST_CASE("lamina merge refuses bad recipes, bad flags and an existing OUT, leaving nothing behind") {
   const ScratchDir scratch("cli-merge-errors");
-  save_model(scratch / "a", 1);
-  save_model(scratch / "b", 2);
+  save_byte_level_model(scratch / "a", 1);
+  save_byte_level_model(scratch / "b", 2);
   const std::string models = " --models " + (scratch / "a") + "," + (scratch / "b");
 
   SUBCASE("a recipe's mistake names the file and key") {

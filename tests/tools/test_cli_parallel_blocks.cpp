@@ -29,18 +29,7 @@ std::shared_ptr<llama::LlamaForCausalLM> save_model(const std::string& folder, u
   llama::LlamaConfig config = byte_level_llama_config();
   config.num_hidden_layers = 2;
   config.tie_word_embeddings = false;
-  const auto model = random_llama(config, seed);
-  model->save(folder);
-  std::ofstream(fs::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
-  return model;
-}
-
-std::string last_line(const std::string& text) {
-  std::istringstream in(text);
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  return last;
+  return save_byte_level_model(folder, seed, config);
 }
 
 Tensor some_ids() { return Tensor::from_vector<int64_t>({256, 72, 105, 33, 10, 200}, {1, 6}); }

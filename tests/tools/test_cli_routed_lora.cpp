@@ -35,13 +35,6 @@ void save_random_adapter(const std::string& base, const std::string& folder, con
   peft::save_adapter(folder, *model, config);
 }
 
-std::string last_line(const std::string& output) {
-  std::string text = output;
-  while (!text.empty() && text.back() == '\n') text.pop_back();
-  const size_t newline = text.rfind('\n');
-  return newline == std::string::npos ? text : text.substr(newline + 1);
-}
-
 // Greedy continuation of `prompt` by full forwards (no cache): the reference for generate.
 std::vector<int64_t> greedy(const llama::LlamaForCausalLM& model, std::vector<int64_t> ids, int steps) {
   for (int step = 0; step < steps; ++step) {

@@ -19,8 +19,7 @@ namespace lamina::testing {
 inline void save_byte_level_model(const std::string& folder, uint64_t seed, double initializer_range) {
   llama::LlamaConfig config = byte_level_llama_config();
   config.initializer_range = initializer_range;
-  random_llama(config, seed)->save(folder);
-  std::ofstream(std::filesystem::path(folder) / "tokenizer.json") << tokenizer::byte_level_tokenizer_json().dump();
+  save_byte_level_model(folder, seed, config);
 }
 
 // config.json (the byte-level preset), tokenizer.json, text.jsonl (30 lines) and chat.jsonl
