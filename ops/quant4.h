@@ -78,6 +78,44 @@ Tensor matmul_4bit(const Tensor& x, const Quantized4Bit& q);
 // grad_out [..., out] -> grad_out @ W [..., in], fused likewise: the input gradient of matmul_4bit.
 Tensor matmul_4bit_input_grad(const Tensor& grad_out, const Quantized4Bit& q);
 
+// ---- matmul_4bit's decode product (CPU)
+//
+// Which product matmul_4bit runs on the CPU, by the rows of x (its leading dims flattened):
+//   - 1..15 rows of f32 x (bf16/f16 x is cast to f32 first), in_features a multiple of 32, code
+//     values within [-1, 1] (NF4 and FP4 always): the integer product of ops/cpu/quant4_int8.h.
+//     The activations are quantized per 32 values to int8 with an f32 scale (ggml's Q8_0 of them,
+//     as gguf_matmul does), the 16 code values are taken as the integers round(127 * value)
+//     (quant4_int8_code_table), each 32-value group is an exact integer dot product, and
+//     absmax x (activation scale / 127) is applied in f32. It is not the f32 product: against
+//     matmul(x, dequantize_4bit(q)^T) each output differs by at most
+//         sum_e absmax_e * (table_error * (|x_e| + d_e / 2) + |code_value_e| * d_e / 2)
+//     plus f32 summation rounding, with d_e = max |x| / 127 over x_e's group of 32 and
+//     table_error = max_c |round(127 v_c) / 127 - v_c|: 0.00367 for NF4 (code 5, -0.1847734 ->
+//     -23), 0.00394 for FP4 (codes 5 and 13, +-0.5 -> +-64). The f32 path decodes every code to
+//     f32 and multiplies it there; the integer one does 64 multiply-adds per instruction.
+//   - 16 rows or more, f64 x, other shapes, or the f32 product chosen below: the f32 products
+//     (ops/cpu/quant4.cpp), equal to matmul(x, dequantize_4bit(q)^T) up to f32 summation order.
+// The rule depends on the rows only, never on autograd state: a forward and its recomputation
+// under activation checkpointing (no-grad first, grad mode second) take the same path, and
+// matmul_4bit_input_grad is always the exact f32 product. Training keeps its f32 forward because
+// its batches are padded to batch-size x seq-len rows (train/data.h), 16 or more unless both are
+// tiny (--batch-size 1 --seq-len 15 would take the integer forward). A caller that needs the f32
+// result for fewer rows (a bit-exact comparison with bitsandbytes, say) sets the f32 product.
+// CUDA runs its f32 kernels for every row count.
+//
+// The integer kernels are gguf_matmul's paths (ops/gguf_matmul.h): $LAMINA_CPU_QDOT or
+// set_gguf_dot_path forces vnni, avx2 or reference (forcing one this CPU lacks is an error), and
+// all three give the same bits. $LAMINA_CPU_4BIT_DECODE (int8 | f32 | auto) or
+// set_quant4_decode_product chooses the product itself.
+enum class Quant4DecodeProduct { automatic, int8, f32 };
+const char* quant4_decode_product_name(Quant4DecodeProduct product);  // "auto", "int8", "f32"
+// For this process; `automatic` goes back to $LAMINA_CPU_4BIT_DECODE, or int8 when it is unset.
+void set_quant4_decode_product(Quant4DecodeProduct product);
+// The product 1..15 rows take now: never `automatic`.
+Quant4DecodeProduct quant4_decode_product();
+// round(127 * v) of each code value (halves away from zero); throws for a value outside [-1, 1].
+std::array<int8_t, 16> quant4_int8_code_table(const std::array<float, 16>& code_values);
+
 }  // namespace lamina::ops
 
 // The kernels behind the ops above (ops/cpu/quant4.cpp, ops/cuda/quant4.cu). Arguments arrive

@@ -5,7 +5,10 @@
 // any flat element range of the weight into f32 values exactly as dequantize_4bit does.
 //
 // Which path multiplies:
-//   - f32, at most 16 input rows, AVX-512: matmul_4bit decodes each weight row straight into
+//   - f32, 1..15 input rows, in_features a multiple of 32, the int8 decode product chosen (the
+//     default; the rule is documented in ops/quant4.h): the integer products of
+//     ops/cpu/quant4_int8.cpp, activations quantized to int8 per 32 values.
+//   - f32, at most 16 input rows otherwise, AVX-512: matmul_4bit decodes each weight row straight into
 //     registers and multiplies it there (dot_weight_row): the weight streams once.
 //   - f32 otherwise, AVX-512: the panel products of ops/cpu/quant4_panels.cpp (both ops), which
 //     decode 32 columns of W at a time into the layout their register kernel reads; at training
@@ -34,6 +37,7 @@
 #include <vector>
 
 #include "ops/cpu/quant4_decode.h"
+#include "ops/cpu/quant4_int8.h"
 #include "ops/cpu/quant4_panels.h"
 #include "ops/quant4.h"
 #include "tensor/parallel.h"
@@ -214,6 +218,7 @@ void quant4_matmul(const Tensor& out, const Tensor& x, const Quantized4Bit& q) {
   const WeightView w = view_of(q);
   const int64_t out_features = q.out_features(), in_features = q.in_features();
   if (x.dtype() == DType::f64) matmul_typed<double>(out, x, w, out_features, in_features);
+  else if (quant4_int8::applies(x.size(0), q)) quant4_int8::matmul(out.data<float>(), x.data<float>(), x.size(0), q);
 #if defined(__AVX512F__)
   else if (x.size(0) <= kDirectRows) matmul_direct(out, x, w, out_features, in_features);
 #endif

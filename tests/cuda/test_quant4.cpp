@@ -42,6 +42,12 @@ TEST_CASE("dequantize_4bit and the decoded scales on the GPU equal the CPU bit f
 }
 
 TEST_CASE("matmul_4bit and matmul_4bit_input_grad on the GPU match the CPU") {
+  // The GPU computes the f32 product for every row count: the CPU oracle is its f32 product too,
+  // not the integer decode product it takes by default for 1..15 rows (ops/quant4.h).
+  struct F32DecodeProduct {
+    F32DecodeProduct() { ops::set_quant4_decode_product(ops::Quant4DecodeProduct::f32); }
+    ~F32DecodeProduct() { ops::set_quant4_decode_product(ops::Quant4DecodeProduct::automatic); }
+  } f32_decode_product;
   Generator generator(3);
   struct Case {
     Shape x_shape;

@@ -240,6 +240,12 @@ TEST_CASE("double quantization: the spec's example, and the statistics on a larg
 }
 
 TEST_CASE("matmul_4bit and matmul_4bit_input_grad equal ops::matmul with the dequantized weight") {
+  // The f32 products only: the integer decode product, which 1..15 rows of a width that is a
+  // multiple of 32 take by default (the one-row case below), is tested in test_quant4_int8.cpp.
+  struct F32DecodeProduct {
+    F32DecodeProduct() { ops::set_quant4_decode_product(ops::Quant4DecodeProduct::f32); }
+    ~F32DecodeProduct() { ops::set_quant4_decode_product(ops::Quant4DecodeProduct::automatic); }
+  } f32_decode_product;
   struct Case {
     Shape x_shape;
     int64_t out, in, blocksize;
