@@ -532,10 +532,15 @@ void quantize_activations(const float* x, int64_t rows, int64_t cols, QuantizedA
   for (int64_t block = 0; block < rows * blocks; ++block) {
     const float* values = x + block * kBlock;
     int8_t* q = out.values.data() + block * kBlock;
+    // std::max would skip a NaN (every comparison with it is false), so finiteness is its own test.
     float largest = 0;
-    for (int e = 0; e < kBlock; ++e) largest = std::max(largest, std::fabs(values[e]));
+    bool finite = true;
+    for (int e = 0; e < kBlock; ++e) {
+      finite = finite && std::isfinite(values[e]);
+      largest = std::max(largest, std::fabs(values[e]));
+    }
     int32_t sum = 0;
-    if (std::isfinite(largest)) {
+    if (finite) {
       const float scale = largest / 127.0f;
       const float inverse = scale != 0 ? 1.0f / scale : 0.0f;
       for (int e = 0; e < kBlock; ++e) {

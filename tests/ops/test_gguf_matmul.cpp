@@ -308,16 +308,20 @@ TEST_CASE("gguf_matmul: errors name the problem") {
   // An all-zero matrix gives zeros, and the automatic path is one this CPU runs.
   CHECK(ops::gguf_matmul(ones({96}), w).to_vector<float>() == std::vector<float>(4, 0.0f));
   CHECK(ops::gguf_dot_path_available(ops::gguf_dot_path()));
-  // A non-finite activation makes its outputs NaN on every path (no int8 code holds it).
-  std::vector<float> x(96, 0.5f);
-  x[40] = INFINITY;
+  // A non-finite activation (an infinity, or a NaN, which a max over the block would skip) makes
+  // its outputs NaN on every path (no int8 code holds it).
   std::vector<uint8_t> ones_data(size_t(4 * 96 / 32 * 34), 1);
-  for (GgufDotPath path : kPaths) {
-    if (!path_runs(path)) continue;
-    ops::set_gguf_dot_path(path);
-    for (float value :
-         ops::gguf_matmul(Tensor::from_vector(x, {96}), {BlockType::q8_0, 4, 96, ones_data.data()}).to_vector<float>())
-      CHECK(std::isnan(value));
+  for (float bad : {INFINITY, NAN}) {
+    std::vector<float> x(96, 0.5f);
+    x[40] = bad;
+    for (GgufDotPath path : kPaths) {
+      if (!path_runs(path)) continue;
+      ops::set_gguf_dot_path(path);
+      CAPTURE(bad);
+      for (float value :
+           ops::gguf_matmul(Tensor::from_vector(x, {96}), {BlockType::q8_0, 4, 96, ones_data.data()}).to_vector<float>())
+        CHECK(std::isnan(value));
+    }
   }
 }
 
