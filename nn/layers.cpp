@@ -41,7 +41,7 @@ DType Linear::base_dtype() const {
 }
 Device Linear::base_device() const {
   require_base("base device");
-  if (base_gguf_) return Device::cpu();
+  if (base_gguf_) return base_gguf_->matrix.device;
   return base_4bit_ ? base_4bit_->device() : weight_.device();
 }
 

@@ -84,7 +84,9 @@ class Linear : public Module {
   // ---- a frozen base kept in a GGUF block format (a model read from a GGUF file)
   // Makes `w` (an [out, in] matrix in Q8_0, Q4_0, Q4_1, Q4_K or Q6_K, with the owner of its
   // bytes) the base: like a 4-bit base, no "weight" parameter, every product the integer one
-  // (ops::gguf_matmul), adapters train over it, merging and saving are refused. CPU only.
+  // (ops::gguf_matmul), adapters train over it, merging and saving are refused. The blocks stay
+  // where w.matrix.device says (the host, or a CUDA device after GgufWeight::to); on a new base
+  // the adapters keep their device, so move them with the model.
   void set_base_gguf(ops::GgufWeight w);
   const ops::GgufWeight* base_gguf() const { return base_gguf_.get(); }
   // Whether the base is a frozen quantized one (4-bit or GGUF): no "weight" parameter.
@@ -139,7 +141,8 @@ class Embedding : public Module {
   const Tensor& weight() const { return weight_; }  // undefined while the table is quantized
 
   // Keeps the table in a GGUF block format (a model read from a GGUF file): "weight" leaves the
-  // parameters, and forward dequantizes the rows it looks up (f32). Frozen, CPU only.
+  // parameters, and forward dequantizes the rows it looks up (f32, on the table's device, where
+  // the ids must be). Frozen.
   void set_quantized_table(ops::GgufWeight table);
   const ops::GgufWeight* quantized_table() const { return table_.get(); }
 

@@ -15,6 +15,13 @@
 // give bit-identical results for Q8_0, Q4_0 and Q4_1 (the same integer sums, scaled and summed
 // in the same order). $LAMINA_CPU_QDOT (vnni | avx2 | reference | auto) or set_gguf_dot_path
 // forces one; forcing a path this CPU lacks is an error.
+//
+// CUDA (ops/cuda/gguf_matmul.cu): a matrix whose bytes lie in device memory (GgufWeight::to)
+// multiplies an x on the same device. The ops dispatch on x's device; x and the matrix on
+// different devices is an error naming both. Below 16 rows of x the GPU computes the CPU's
+// integer sums and f32 combination in the CPU's order (bit-identical to the reference path);
+// from 16 rows on it multiplies dequantized tiles of W in f32 (the CPU's panel product up to
+// f32 summation order).
 #pragma once
 
 #include <cstdint>
@@ -28,24 +35,34 @@ namespace lamina::ops {
 
 // A weight matrix [rows, cols] kept in a GGUF block format (ggml order: each row is
 // cols / block_elements blocks, rows stored one after another), borrowed from memory that
-// outlives it (a mapped file).
+// outlives it (a mapped file, or a device buffer). `device` says where `data` points: host
+// memory (the default) or a CUDA device's memory, which only the CUDA kernels may read.
 struct GgufMatrix {
   ggml::BlockType type = ggml::BlockType::q8_0;
   int64_t rows = 0, cols = 0;
   const uint8_t* data = nullptr;
+  Device device = Device::cpu();
 };
 
-// A GgufMatrix with whatever keeps its bytes alive (the mapped file they lie in, or a buffer of
-// rows copied out of it): what a model layer holds.
+// Bytes the matrix's blocks take: rows * (cols / block_elements) * block_bytes.
+int64_t gguf_matrix_bytes(const GgufMatrix& w);
+
+// A GgufMatrix with whatever keeps its bytes alive (the mapped file they lie in, a buffer of
+// rows copied out of it, or a device tensor holding a copy): what a model layer holds.
 struct GgufWeight {
   GgufMatrix matrix;
   std::shared_ptr<const void> owner;
+
+  // The same blocks, byte for byte, on `device`: a u8 tensor from that device's allocator holds
+  // them (and is the owner of the result). Itself when already there. Throws lamina::Error when
+  // the CUDA backend is not built or the device cannot be reached.
+  GgufWeight to(Device device) const;
 };
 
 // y [..., rows] (f32) = x [..., cols] (f32) times the matrix transposed, as matmul(x, W, false,
 // true) on the dequantized W would give, within the activation quantization's error (above).
-// x must be f32 on the CPU (other dtypes are refused, not cast). Threads over rows of W, and
-// over rows of x for N > 1.
+// x must be f32 (other dtypes are refused, not cast) on the matrix's device. On the CPU, threads
+// over rows of W, and over rows of x for N > 1.
 Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w);
 
 // gguf_matmul of one x by several matrices of the same width (a layer's q, k and v, or gate and
@@ -54,7 +71,8 @@ Tensor gguf_matmul(const Tensor& x, const GgufMatrix& w);
 // matrix.
 std::vector<Tensor> gguf_matmul_many(const Tensor& x, const std::vector<const GgufMatrix*>& ws);
 
-// W as an f32 tensor [rows, cols]: ggml::dequantize of every block.
+// W as an f32 tensor [rows, cols] on the matrix's device: ggml::dequantize of every block (the
+// CUDA kernel uses the same formulas and float operation order: the same bits).
 Tensor gguf_dequantize(const GgufMatrix& w);
 
 // The input gradient of gguf_matmul: grad [..., rows] (f32) times W -> [..., cols] (f32), with W
@@ -63,9 +81,15 @@ Tensor gguf_dequantize(const GgufMatrix& w);
 // LoRA adapters needs it.
 Tensor gguf_matmul_input_grad(const Tensor& grad, const GgufMatrix& w);
 
-// Rows `ids` [...] (i32/i64, each in [0, rows)) of W, dequantized exactly: [..., cols] f32. An
-// embedding lookup in a table kept quantized.
+// Rows `ids` [...] (i32/i64, each in [0, rows), on the matrix's device) of W, dequantized exactly:
+// [..., cols] f32 on that device, the same bits on either. An embedding lookup in a table kept
+// quantized.
 Tensor gguf_rows(const Tensor& ids, const GgufMatrix& w);
+
+// From this many rows of x on, gguf_matmul multiplies dequantized panels (tiles on the GPU) of W
+// in f32 instead of quantizing x; below it, the integer products. CPU and CUDA switch at the
+// same row count, so that both compute the same function of x at every size.
+inline constexpr int64_t kGgufPanelProductMinRows = 16;
 
 // Whether gguf_matmul can multiply `type` (Q8_0, Q4_0, Q4_1, and Q4_K, Q6_K once their kernels
 // are registered).

@@ -17,10 +17,13 @@ bool is_gguf_file(const std::string& path) {
 std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device, GgufWeights gguf) {
   if (is_gguf_file(path) && gguf == GgufWeights::as_stored) {
     std::string why;
-    if (!device.is_cpu())
-      why = "its quantized kernels run on the CPU only";
-    else if (const gguf::File file = gguf::File::open(path); gguf::llama_gguf_computes_quantized(file, &why))
-      return gguf::load_llama_gguf_quantized(file);  // the file parsed once
+    if (const gguf::File file = gguf::File::open(path); gguf::llama_gguf_computes_quantized(file, &why)) {
+      auto model = gguf::load_llama_gguf_quantized(file);  // the file parsed once
+      // On a GPU the blocks are copied into device memory as they are (ops/gguf_matmul.h's
+      // CUDA kernels); the norms move as f32.
+      if (!device.is_cpu()) model->to(device, DType::f32);
+      return model;
+    }
     std::fprintf(stderr, "note: %s is dequantized to f32: %s\n", path.c_str(), why.c_str());
   }
   auto model = is_gguf_file(path) ? gguf::load_llama_gguf(path) : llama::LlamaForCausalLM::load(path);

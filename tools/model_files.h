@@ -24,13 +24,14 @@ inline constexpr const char* kCompanionFiles[] = {"tokenizer.json",          "to
 bool is_gguf_file(const std::string& path);
 
 // How a GGUF file's weights are held: as stored (quantized matrices computed with in their block
-// formats, gguf::load_llama_gguf_quantized) or dequantized to f32 (what merging, saving, the
-// MoA profile's gradients and CUDA need).
+// formats, gguf::load_llama_gguf_quantized) or dequantized to f32 (what merging, saving and the
+// MoA profile's gradients need).
 enum class GgufWeights { as_stored, dequantized };
 
-// The model at `path` as f32 on `device`. A GGUF file is kept as stored on the CPU when every
-// matrix it multiplies by has a quantized kernel; otherwise (another device, other formats, or
-// `gguf` = dequantized) it is dequantized, with a line on stderr saying why when it was not asked.
+// The model at `path` as f32 on `device`. A GGUF file is kept as stored when every matrix it
+// multiplies by has a quantized kernel (on a GPU its blocks are copied to device memory as they
+// are); otherwise (other formats, or `gguf` = dequantized) it is dequantized, with a line on
+// stderr saying why when it was not asked.
 std::shared_ptr<llama::LlamaForCausalLM> load_model_on(const std::string& path, Device device,
                                                        GgufWeights gguf = GgufWeights::as_stored);
 

@@ -474,10 +474,6 @@ void LlamaForCausalLM::to(Device device, DType dtype) {
 void LlamaWithHead::move_weights(Device device, DType dtype, const char* who) {
   LAMINA_CHECK(is_floating(dtype), who, "::to: parameters must be floating, got ", dtype_name(dtype));
   autograd::NoGradGuard no_grad;
-  // GGUF bases have CPU kernels only (checked before anything moves).
-  for (const auto& [path, linear] : nn::named_linears(*this))
-    LAMINA_CHECK(linear->base_gguf() == nullptr || device.is_cpu(), who, "::to: ", path, " is kept in its GGUF "
-                 "format, which computes on the CPU only; load the file dequantized to run it on ", device.str());
   for (const auto& [name, parameter] : named_parameters()) {
     // Cast where the weights are, then move: a CPU-to-GPU move of bf16 carries half the bytes.
     const Tensor converted = parameter.dtype() == dtype ? parameter : ops::cast(parameter, dtype);
@@ -487,6 +483,14 @@ void LlamaWithHead::move_weights(Device device, DType dtype, const char* who) {
   for (const auto& [path, linear] : nn::named_linears(*this))
     if (const ops::Quantized4Bit* q = linear->base_4bit(); q != nullptr && q->device() != device)
       linear->set_base_4bit(q->to(device));
+  // So do GGUF bases and a GGUF embedding table: their blocks are copied byte for byte into the
+  // device's memory (the CUDA kernels of ops/gguf_matmul.h compute with them there).
+  for (const auto& [path, linear] : nn::named_linears(*this))
+    if (const ops::GgufWeight* w = linear->base_gguf(); w != nullptr && w->matrix.device != device)
+      linear->set_base_gguf(w->to(device));
+  nn::Embedding& embedding = *trunk().embed_tokens;
+  if (const ops::GgufWeight* table = embedding.quantized_table(); table != nullptr && table->matrix.device != device)
+    embedding.set_quantized_table(table->to(device));
 }
 
 void LlamaForCausalLM::init_parameters(Generator& generator) {

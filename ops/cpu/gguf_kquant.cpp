@@ -528,7 +528,12 @@ void gguf_kquant_matmul(const float* x, int64_t n, const GgufMatrix& w, float* y
                        blocks * 16, n, dots.data(), mins.data()});
       // The one f32 combination for every path (see the file comment): for each x row, the
       // blocks in order, the running sum kept in a register (through memory it would be a
-      // store-to-load chain per block, a third of a decode product's time).
+      // store-to-load chain per block, a third of a decode product's time). The fused
+      // multiply-adds are written out because GCC contracts `a * b + c` into one wherever it
+      // likes in C++ (-ffp-contract=fast, even under -std=c++20): written as `sum += s * dots`,
+      // Q6_K's sum was rounded one way in the vectorised loop and another in its scalar tail.
+      // Spelled out, the bits are the same for every compiler and target, and the CUDA kernels
+      // (ops/cuda/gguf_matmul.cu) reproduce them.
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* block = row_data + b * block_bytes;
         block_d[size_t(b)] = half_bits_to_float(q6k ? block + 208 : block);
@@ -539,11 +544,12 @@ void gguf_kquant_matmul(const float* x, int64_t n, const GgufMatrix& w, float* y
         float sum = 0.0f;
         if (q6k) {
           for (int64_t b = 0; b < blocks; ++b)
-            sum += (x_scales[b] * block_d[size_t(b)]) * float(dots[size_t(b * n + i)]);
+            sum = std::fma(x_scales[b] * block_d[size_t(b)], float(dots[size_t(b * n + i)]), sum);
         } else {
           for (int64_t b = 0; b < blocks; ++b) {
             const float scale = x_scales[b] * block_d[size_t(b)], min_scale = x_scales[b] * block_dmin[size_t(b)];
-            sum += scale * float(dots[size_t(b * n + i)]) - min_scale * float(mins[size_t(b * n + i)]);
+            const float min_term = min_scale * float(mins[size_t(b * n + i)]);
+            sum += std::fma(scale, float(dots[size_t(b * n + i)]), -min_term);
           }
         }
         y[i * w.rows + row] = sum;

@@ -10,7 +10,9 @@
 //   Q6_K: y += (d_x * d) * sum_j s_j * <q6_j - 32, q8_j>
 // The integer sums are exact, so every path gives the same bits: the plain C++ reference defines
 // them, the AVX2 path (vpmaddubsw / vpmaddwd) and the AVX-512 VNNI path (vpdpbusd) reproduce them,
-// and the f32 combination is one shared scalar sequence per block, in block order.
+// and the f32 combination is one shared scalar sequence per block, in block order, with its
+// fused multiply-adds spelled out (Q4_K: y += fma(d_x d, dots, -(d_x dmin) mins); Q6_K:
+// y = fma(d_x d, dots, y)), so that no compiler's contraction choices change a bit.
 //
 // Error against the dequantized weight times the exact x: per super-block of one x row,
 //   |error| <= (d_x / 2) * sum over its 256 values of |w| (activation rounding), plus f32
