@@ -114,11 +114,12 @@ Tensor scatter_rows(const Prepared& p, const Tensor& kept_values) {
 }  // namespace
 
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
-                                        int64_t ignore_index, int64_t chunk_size) {
+                                        int64_t ignore_index, int64_t chunk_size, bool keep_logits) {
   const Prepared p = prepare(kForward, hidden, weight, targets, ignore_index, chunk_size);
   const DType stats = statistics_dtype(hidden.dtype());
   const int64_t rows = p.target_count;
   Tensor losses = zeros({rows}, stats), lse = zeros({rows}, stats);
+  CrossEntropyResult result;
   if (rows > 0) {
     const Tensor running_max = full({rows}, -INFINITY, stats), running_sum = zeros({rows}, stats);
     const Tensor target_logit = zeros({rows}, stats);
@@ -128,10 +129,10 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weig
       const Tensor logits = matmul(p.hidden, head_chunk, false, true);
       cpu::linear_cross_entropy_update(running_max, running_sum, target_logit, logits, p.targets, first,
                                        ignore_index);
+      if (keep_logits) result.logit_chunks.push_back(logits);
     }
     cpu::linear_cross_entropy_finish(losses, lse, running_max, running_sum, target_logit, p.targets, ignore_index);
   }
-  CrossEntropyResult result;
   result.losses = views::view(scatter_rows(p, losses), row_shape(hidden));
   result.lse = views::view(scatter_rows(p, lse), row_shape(hidden));
   result.target_count = p.target_count;
@@ -141,7 +142,7 @@ CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weig
 LinearCrossEntropyGrads linear_cross_entropy_backward(const Tensor& grad_losses, const Tensor& hidden,
                                                       const Tensor& weight, const Tensor& targets, const Tensor& lse,
                                                       int64_t ignore_index, bool want_hidden, bool want_weight,
-                                                      int64_t chunk_size) {
+                                                      int64_t chunk_size, std::vector<Tensor> logit_chunks) {
   const Prepared p = prepare(kBackward, hidden, weight, targets, ignore_index, chunk_size);
   check_device(kBackward, {{"grad_losses", &grad_losses}, {"lse", &lse}, {"hidden", &hidden}});
   check_shape(kBackward, "grad_losses", grad_losses, row_shape(hidden));
@@ -164,10 +165,21 @@ LinearCrossEntropyGrads linear_cross_entropy_backward(const Tensor& grad_losses,
   if (want_weight) grads.grad_weight = rows > 0 ? Tensor::empty(weight.shape(), dtype) : zeros(weight.shape(), dtype);
   if (rows > 0 && (want_hidden || want_weight)) {
     const int64_t chunk = chunk_columns(chunk_size, rows, p.vocab);
+    const int64_t chunks = (p.vocab + chunk - 1) / chunk;
+    LAMINA_CHECK(logit_chunks.empty() || int64_t(logit_chunks.size()) == chunks, kBackward, ": ",
+                 logit_chunks.size(), " kept logit chunks for ", chunks, " chunks of ", chunk,
+                 " columns (the forward's chunk_size must be the backward's)");
     for (int64_t first = 0; first < p.vocab; first += chunk) {
       const int64_t last = std::min(p.vocab, first + chunk);
       const Tensor head_chunk = views::slice(p.weight, 0, first, last);
-      const Tensor chunk_grad = matmul(p.hidden, head_chunk, false, true);  // the logits, then G_c in place
+      // The logits, then G_c in place.
+      const Tensor chunk_grad = logit_chunks.empty() ? matmul(p.hidden, head_chunk, false, true)
+                                                     : std::move(logit_chunks[size_t(first / chunk)]);
+      const bool fits = chunk_grad.dim() == 2 && chunk_grad.size(0) == rows && chunk_grad.size(1) == last - first &&
+                        chunk_grad.dtype() == dtype && chunk_grad.is_contiguous();
+      LAMINA_CHECK(fits, kBackward,
+                   ": a kept logit chunk is ", chunk_grad.shape(), " ", dtype_name(chunk_grad.dtype()),
+                   ", expected [", rows, ", ", last - first, "] ", dtype_name(dtype));
       cpu::linear_cross_entropy_chunk_gradient(chunk_grad, row_grads, row_lse, p.targets, first, ignore_index);
       if (want_hidden) {
         const Tensor product = matmul(chunk_grad, head_chunk);

@@ -185,6 +185,9 @@ struct CrossEntropyResult {
   Tensor losses;  // [...] per token; 0 where the target is ignore_index
   Tensor lse;     // [...] logsumexp of each row, saved for backward
   int64_t target_count = 0;  // tokens whose target is not ignore_index
+  // linear_cross_entropy with keep_logits only: each vocabulary chunk's logits [R, chunk] over the
+  // rows that have a target, for its backward to use instead of recomputing them.
+  std::vector<Tensor> logit_chunks;
 };
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
 // grad_losses [...]: the upstream gradient of each token's loss.
@@ -317,18 +320,23 @@ namespace lamina::ops {
 // chunks of `chunk_size` vocabulary rows (0 = automatic, about 2^21 logits at once) with an online
 // log-sum-exp across them, only over the rows that have a target. bf16/f16 chunks are rounded like
 // matmul's output, statistics and losses are f32 (f64 for f64). lse is 0 on ignored rows. CPU only.
+// keep_logits: the result also holds every chunk's logits (logit_chunks: R x V values in the
+// inputs' dtype), so that the backward skips its recomputing GEMM: worth it when they are small.
 CrossEntropyResult linear_cross_entropy(const Tensor& hidden, const Tensor& weight, const Tensor& targets,
-                                        int64_t ignore_index = -100, int64_t chunk_size = 0);
+                                        int64_t ignore_index = -100, int64_t chunk_size = 0, bool keep_logits = false);
 struct LinearCrossEntropyGrads {
   Tensor grad_hidden;  // [..., d] in hidden's dtype; undefined unless wanted
   Tensor grad_weight;  // [V, d] in weight's dtype; undefined unless wanted
 };
 // grad_losses [...]: the upstream gradient of each token's loss; lse from the forward. Each chunk's
-// logits are recomputed, turned into g (softmax - onehot) in place and multiplied into dH (summed
-// in f32) and its own rows of dW; a gradient not wanted costs no GEMM.
+// logits are recomputed (or taken from logit_chunks, the forward's with the same chunk_size: they
+// are overwritten, so pass them once), turned into g (softmax - onehot) in place and multiplied
+// into dH (summed in f32) and its own rows of dW; a gradient not wanted costs no GEMM. The same
+// bits either way: the recomputed logits are the forward's GEMM again.
 LinearCrossEntropyGrads linear_cross_entropy_backward(const Tensor& grad_losses, const Tensor& hidden,
                                                       const Tensor& weight, const Tensor& targets, const Tensor& lse,
                                                       int64_t ignore_index = -100, bool want_hidden = true,
-                                                      bool want_weight = true, int64_t chunk_size = 0);
+                                                      bool want_weight = true, int64_t chunk_size = 0,
+                                                      std::vector<Tensor> logit_chunks = {});
 
 }  // namespace lamina::ops

@@ -215,3 +215,17 @@ TEST_CASE("bf16 training: the fused loss's first steps stay within bf16 rounding
     CHECK(fused.losses[step] == doctest::Approx(unfused.losses[step]).epsilon(2e-3));
   }
 }
+
+TEST_CASE("linear_cross_entropy_sum: a second backward through the graph (retain_graph) adds the first one's gradients again") {
+  // The node keeps these small logits for its backward, which overwrites them: the second
+  // backward must recompute them rather than read the first one's gradients.
+  Generator gen(32);
+  const Tensor hidden = leaf(random_tensor({5, 6}, DType::f32, gen)), weight = leaf(random_tensor({11, 6}, DType::f32, gen));
+  const Tensor targets = Tensor::from_vector(std::vector<int64_t>{1, 4, -100, 10, 0}, {5});
+  const CrossEntropySum sum = linear_cross_entropy_sum(hidden, weight, targets);
+  sum.loss_sum.backward(Tensor(), true);
+  const Tensor first_hidden = ops::clone(hidden.grad()), first_weight = ops::clone(weight.grad());
+  sum.loss_sum.backward();
+  CHECK_CLOSE(hidden.grad(), ops::add(first_hidden, first_hidden), tolerance_for(DType::f32));
+  CHECK_CLOSE(weight.grad(), ops::add(first_weight, first_weight), tolerance_for(DType::f32));
+}

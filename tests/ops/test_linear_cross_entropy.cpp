@@ -195,3 +195,31 @@ TEST_CASE("linear_cross_entropy: bad arguments are errors naming the argument") 
   CHECK_THROWS_WITH_AS(ops::linear_cross_entropy(hidden, weight, good_targets, -100, -1),
                        doctest::Contains("chunk_size"), Error);
 }
+
+TEST_CASE("linear_cross_entropy: the backward over the forward's kept logits equals the recomputing one bit for bit") {
+  Generator gen(31);
+  const Tensor hidden = random_tensor({2, 9, 6}, DType::f32, gen), weight = random_tensor({23, 6}, DType::f32, gen);
+  Tensor targets = Tensor::from_vector(std::vector<int64_t>{3, -100, 22, 0, 7, 7, -100, 11, 5,  //
+                                                            1, 2, 3, 4, -100, 19, 20, 21, 9},
+                                       {2, 9});
+  const Tensor grad_losses = uniform({2, 9}, 0.5, 1.5, gen, DType::f32);
+  for (int64_t chunk : {0, 4, 23}) {
+    CAPTURE(chunk);
+    const ops::CrossEntropyResult plain = ops::linear_cross_entropy(hidden, weight, targets, -100, chunk);
+    CHECK(plain.logit_chunks.empty());
+    ops::CrossEntropyResult kept = ops::linear_cross_entropy(hidden, weight, targets, -100, chunk, true);
+    CHECK(kept.logit_chunks.size() == size_t(chunk == 4 ? 6 : 1));
+    CHECK(testing::same_bytes(kept.losses, plain.losses));
+    const ops::LinearCrossEntropyGrads recomputed =
+        ops::linear_cross_entropy_backward(grad_losses, hidden, weight, targets, plain.lse, -100, true, true, chunk);
+    const ops::LinearCrossEntropyGrads reused = ops::linear_cross_entropy_backward(
+        grad_losses, hidden, weight, targets, kept.lse, -100, true, true, chunk, kept.logit_chunks);
+    CHECK(testing::same_bytes(reused.grad_hidden, recomputed.grad_hidden));
+    CHECK(testing::same_bytes(reused.grad_weight, recomputed.grad_weight));
+  }
+  // Chunks of another chunk size than the backward's are refused, naming both counts.
+  const ops::CrossEntropyResult four = ops::linear_cross_entropy(hidden, weight, targets, -100, 4, true);
+  CHECK_THROWS_WITH_AS(ops::linear_cross_entropy_backward(grad_losses, hidden, weight, targets, four.lse, -100, true,
+                                                          true, 23, four.logit_chunks),
+                       doctest::Contains("6 kept logit chunks for 1 chunks"), Error);
+}
