@@ -62,12 +62,22 @@ std::vector<Tensor> AccumulateGrad::apply(const std::vector<Tensor>& grad_output
   const std::shared_ptr<AutogradMeta> meta = leaf_.lock();
   if (meta == nullptr) return {};  // the leaf is gone; nobody can read its gradient
   Tensor grad = grad_outputs[0];
+  bool from_hook = false;
   for (const GradHook& hook : meta->hooks) {
     Tensor replaced = hook(grad);
-    if (replaced.defined()) grad = replaced;
+    if (replaced.defined()) grad = replaced, from_hook = true;
   }
   if (!meta->grad.defined()) {
-    meta->grad = ops::clone(grad);  // an owned copy: the incoming tensor may be shared
+    // The leaf must own its gradient (the next accumulation adds into it in place). A tensor
+    // nobody else can reach is taken as it is: the engine's buffer and this copy its only handles,
+    // its storage its alone and exactly filled (no view of something larger), not a hook's
+    // (which may keep it). Anything else is copied. Taking saves copying every trained
+    // parameter's gradient once a step.
+    const Storage& storage = *grad.storage();
+    const bool unshared = !from_hook && grad.handle_count() <= 2 && grad.storage().use_count() == 1 &&
+                          storage.owns_memory() && grad.is_contiguous() && grad.offset() == 0 &&
+                          storage.bytes() == size_t(grad.numel()) * dtype_size(grad.dtype());
+    meta->grad = unshared ? grad : ops::clone(grad);
   } else {
     ops::add_(meta->grad, grad);
   }

@@ -128,6 +128,9 @@ class Tensor {
   // A handle to the same data, outside the graph.
   Tensor detach() const;
   const std::shared_ptr<autograd::AutogradMeta>& autograd_meta() const { return impl().autograd; }
+  // How many handles share this tensor (copies of one Tensor; views are other tensors): the
+  // engine takes a leaf's first gradient without copying it when nothing else holds it.
+  long handle_count() const { return impl_.use_count(); }
   // Shared by every copy of this handle (autograd/ sets it when a tensor joins the graph).
   void set_autograd_meta(std::shared_ptr<autograd::AutogradMeta> meta) const { impl().autograd = std::move(meta); }
 

@@ -41,6 +41,32 @@ TEST_CASE("gradients accumulate across backward passes and over shared uses") {
   CHECK(value_of(x.grad()) == doctest::Approx(5.0));
 }
 
+TEST_CASE("a leaf's gradient is its own: never storage that another leaf, a hook or the caller holds") {
+  // The engine takes a first gradient without copying it only when nothing else can reach it.
+  // Addition hands one gradient tensor to both of its inputs, and a hook may return a tensor
+  // the caller keeps: each leaf must still own its gradient, or accumulating into one would
+  // change another.
+  Generator gen(1);
+  Tensor a = random_tensor({4}, DType::f64, gen), b = ops::clone(a);
+  a.set_requires_grad(true);
+  b.set_requires_grad(true);
+  sum(a + b).backward();
+  CHECK(a.grad().storage() != b.grad().storage());
+  sum(a * 3.0).backward();
+  CHECK(a.grad().to_vector<double>() == std::vector<double>(4, 4.0));
+  CHECK(b.grad().to_vector<double>() == std::vector<double>(4, 1.0));
+
+  const Tensor held = Tensor::from_vector(std::vector<double>{7, 7, 7, 7}, {4});
+  Tensor c = ops::clone(a);
+  c.set_requires_grad(true);
+  c.register_hook([held](const Tensor&) { return held; });
+  sum(c).backward();
+  CHECK(c.grad().storage() != held.storage());
+  sum(c).backward();
+  CHECK(c.grad().to_vector<double>() == std::vector<double>(4, 14.0));
+  CHECK(held.to_vector<double>() == std::vector<double>(4, 7.0));
+}
+
 TEST_CASE("a graph runs once unless retained") {
   const Tensor x = scalar_leaf(2.0);
   const Tensor y = exp(x) * x;
