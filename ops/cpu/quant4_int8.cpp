@@ -402,12 +402,9 @@ void pair_activations(const float* x, int64_t rows, int64_t cols, PairedActivati
       int8_t* pair = out.values.data() + (i * out.pairs + g / 2) * 64;
       const int half = int(g % 2);
       for (int e = 0; e < kGroup; ++e) pair[(e % 2) * 32 + half * 16 + e / 2] = q[e];
-      // quantize_activations turns an infinity into a NaN scale but skips a NaN (std::max keeps
-      // the other operand); a NaN scale makes every product with the group NaN, as in f32.
-      const float* values = x + i * cols + g * kGroup;
-      const bool has_nan = std::any_of(values, values + kGroup, [](float v) { return std::isnan(v); });
-      out.unit_scales[size_t(i * 2 * out.pairs + g)] =
-          has_nan ? std::nanf("") : quantized.scales[size_t(i * out.groups + g)] / 127.0f;
+      // A group holding an infinity or a NaN has a NaN scale (quantize_activations): every
+      // product with it is NaN, as in f32.
+      out.unit_scales[size_t(i * 2 * out.pairs + g)] = quantized.scales[size_t(i * out.groups + g)] / 127.0f;
     }
     for (int64_t p = 0; p < out.pairs; ++p) {
       const int8_t* pair = out.values.data() + (i * out.pairs + p) * 64;
