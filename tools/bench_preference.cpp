@@ -144,7 +144,7 @@ int run_bench_preference(const Arguments& args) {
                     "step and its split between the policy and the reference, a GRPO step and its split between "
                     "sampling and the update.");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", "cpu");
-  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere", "auto");
+  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 on AMD cores, which run it at the f32 FMA rate), f32 elsewhere", "auto");
   parser.add_option("threads", "N", "CPU threads", "all");
   parser.add_option("pairs", "N", "DPO: chosen/rejected pairs per step (2 x N rows)", "2");
   parser.add_option("prompts", "N", "GRPO: prompts per step", "1");

@@ -106,7 +106,7 @@ CpuPeak cpu_peak(const ops::cpu::PeakThroughput& measured, DType dtype) {
 int run_bench_train(const Arguments& args) {
   FlagParser parser("lamina bench train", "Training-step throughput of a ~30M-parameter Llama (JSON lines).");
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", "cpu");
-  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere", "auto");
+  parser.add_option("precision", "P", "f32 or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 on AMD cores, which run it at the f32 FMA rate), f32 elsewhere", "auto");
   parser.add_option("threads", "N", "CPU threads", "all");
   parser.add_option("batch-size", "N", "sequences per step", "4");
   parser.add_option("seq-len", "N", "tokens per sequence", "256");

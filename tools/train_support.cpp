@@ -68,7 +68,7 @@ void add_training_flags(FlagParser& parser, TrainerKind kind, const train::Train
                     "sharded too",
                     text(d.zero_stage));
   parser.add_option("device", "DEVICE", "cpu, cuda or cuda:N", d.device);
-  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 faster than f32 FMA), f32 elsewhere",
+  parser.add_option("precision", "P", "f32, or bf16 (f32 master weights); auto = bf16 on CUDA and on CPUs with a bf16 fast path (AMX, or AVX-512 BF16 on AMD cores, which run it at the f32 FMA rate), f32 elsewhere",
                     d.precision);
   parser.add_option("eval-every", "N", "evaluate on the validation data every N steps (0 = at the end)", text(d.eval_every));
   parser.add_option("save-every", "N", "checkpoint every N steps (0 = at the end)", text(d.save_every));

@@ -72,7 +72,7 @@ void TrainOptions::validate() const {
 
 DType TrainOptions::compute_dtype() const {
   // auto: bf16 on f32 master weights where the products have a bf16 fast path (a GPU, or a CPU
-  // with AMX or an AVX-512 BF16 unit that outruns its f32 FMA), f32 elsewhere.
+  // with AMX, or AMD's AVX-512 BF16, which runs at the f32 FMA rate), f32 elsewhere.
   if (precision == "auto")
     return resolved_device().is_cuda() || ops::cpu::gemm_bf16_has_fast_path() ? DType::bf16 : DType::f32;
   if (precision == "f32") return DType::f32;

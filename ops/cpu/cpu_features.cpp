@@ -44,6 +44,9 @@ bool request_amx_permission() {
 CpuFeatures detect() {
   CpuFeatures features;
   uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return features;
+  // The vendor string is ebx, edx, ecx: "Auth" "enti" "cAMD".
+  features.amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;
   if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return features;
   const bool has_fma = bit(ecx, 12), has_osxsave = bit(ecx, 27), has_avx = bit(ecx, 28);
   if (!has_osxsave || !has_avx) return features;

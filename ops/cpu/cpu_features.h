@@ -12,6 +12,7 @@ struct CpuFeatures {
   bool amx_bf16 = false;    // tdpbf16ps, and the kernel granted this process the tile state
   bool avx512vnni = false;  // vpdpbusd on ZMM (AVX-512 VNNI, plus AVX-512 BW and VL)
   bool avx_vnni = false;    // the VEX-encoded vpdpbusd on YMM (AVX-VNNI), with the OS saving the YMM state
+  bool amd = false;         // cpuid's vendor is AuthenticAMD (for choices that differ by core design)
 };
 
 // Detected on the first call (cpuid, xgetbv, and for AMX arch_prctl(ARCH_REQ_XCOMP_PERM));

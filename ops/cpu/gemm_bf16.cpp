@@ -20,7 +20,6 @@
 
 #include "ops/cpu/cpu_features.h"
 #include "ops/cpu/gemm_bf16_kernels.h"
-#include "ops/cpu/peak_throughput.h"
 #include "tensor/dtype.h"
 #include "tensor/error.h"
 #include "tensor/parallel.h"
@@ -321,30 +320,22 @@ GemmBf16Path gemm_bf16_path_from_name(const std::string& name, const std::string
   throw Error(str_cat(what, ": unknown bf16 GEMM path '", name, "' (expected amx, avx512bf16, reference or auto)"));
 }
 
-// vdpbf16ps does two multiply-adds per f32 lane, but some cores issue it at half the rate of an
-// f32 FMA, so that widening to f32 for Eigen wins: on Sapphire Rapids (one thread, idle) it
-// gave 110 GFLOP/s against 219 for FMA, and the AVX-512 BF16 path ran at 97 against Eigen's
-// 176. Others (Zen 4) issue it as fast as FMA. Decided once, by measuring both three times for
-// ~2 ms each (the best of three, as another process may hold the core during one).
-bool avx512bf16_beats_f32_fma() {
-  static const bool beats = [] {
-    double bf16_dot = 0, f32_fma = 0;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      const PeakThroughput peak = measure_peak_throughput(1, 0.002);
-      bf16_dot = std::max(bf16_dot, peak.bf16_dot_gflops);
-      f32_fma = std::max(f32_fma, peak.f32_fma_gflops);
-    }
-    return bf16_dot > f32_fma;
-  }();
-  return beats;
-}
+// vdpbf16ps does two multiply-adds per f32 lane, but Intel's cores without AMX issue it at half
+// the rate of an f32 FMA, so that widening to f32 for Eigen wins there: on Sapphire Rapids with
+// AMX off (one thread, idle) it gave 110 GFLOP/s against 219 for FMA, and the AVX-512 BF16 path
+// ran at 97 against Eigen's 176 (Cooper Lake, the other such core, has the same one port for
+// it). AMD's cores issue it as fast as FMA: Zen 4, and Zen 5 at 437 GFLOP/s against 250 (one
+// thread, `lamina bench ops --filter cpu_peak`). The choice is made from the vendor, not timed
+// at start-up as it once was: a 2 ms race lost by bf16 in 5 of 100 processes on an idle Zen 5
+// (17 under load), so the same command trained in bf16 or in f32 by chance.
+bool avx512bf16_at_full_rate() { return cpu_features().amd; }
 
 bool gemm_bf16_has_fast_path() {
   if (const char* variable = std::getenv("LAMINA_CPU_GEMM"); variable != nullptr && *variable != '\0') {
     if (gemm_bf16_path_from_name(variable, "LAMINA_CPU_GEMM") != GemmBf16Path::automatic) return true;
   }
   if (gemm_bf16_path_available(GemmBf16Path::amx)) return true;
-  return gemm_bf16_path_available(GemmBf16Path::avx512bf16) && avx512bf16_beats_f32_fma();
+  return gemm_bf16_path_available(GemmBf16Path::avx512bf16) && avx512bf16_at_full_rate();
 }
 
 bool gemm_bf16_path_available(GemmBf16Path path) {

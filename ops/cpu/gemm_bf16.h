@@ -29,8 +29,10 @@ GemmBf16Path gemm_bf16_resolve(GemmBf16Path requested = GemmBf16Path::automatic)
 
 // Whether ops::matmul should send bf16 products here rather than widen them to f32 for Eigen
 // (the same exact products, summed in another order): true where the CPU has AMX, or AVX-512
-// BF16 that outruns its f32 FMA (measured once, ~30 ms), or $LAMINA_CPU_GEMM names a path (the
-// reference included, for tests). The reference alone is slower than Eigen's f32 GEMM.
+// BF16 issued at the f32 FMA's rate (AMD's cores; Intel's without AMX issue it at half), or
+// $LAMINA_CPU_GEMM names a path (the reference included, for tests). The reference alone is
+// slower than Eigen's f32 GEMM. Decided from cpuid alone, never by timing, so that a command's
+// numerics (and --precision auto) cannot depend on the machine's load.
 bool gemm_bf16_has_fast_path();
 
 // Each task's a and b hold bf16 values in any layout (row- or column-major, transposed views,
