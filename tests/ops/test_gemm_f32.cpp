@@ -261,6 +261,40 @@ TEST_CASE("f32 GEMM: one thread and two give the same bits; batches of tasks; K 
   }
 }
 
+TEST_CASE("f32 GEMM: the row blocks cover every row once, on 1, 2 and 3 threads") {
+  // Many rows of C: several work items of whole micro-kernel tiles (their count rounded up to a
+  // multiple of the threads), a ragged last tile, two K slices, each operand layout the
+  // packers fetch ahead in. Every output must still be its documented FMA chain.
+  std::mt19937 random(11);
+  for (GemmF32Path path : {GemmF32Path::avx512, GemmF32Path::avx2}) {
+    if (skip_unavailable(path)) continue;
+    for (int threads : {1, 2, 3}) {
+      ThreadCountGuard guard(threads);
+      for (int64_t m : {int64_t(97), int64_t(1025)}) {
+        for (Layout a_layout : {Layout::row_major, Layout::column_major}) {
+          const Layout b_layout = a_layout == Layout::row_major ? Layout::column_major : Layout::row_major;
+          F32Matrix a(m, 300, a_layout, 1, random);
+          F32Matrix b(300, 70, b_layout, 2, random);
+          OutputMatrix c(m, 70, 1, random);
+          const OutputMatrix c_before = c;
+          ops::cpu::gemm_f32_batch({GemmTask{a.span(), b.span(), c.span(), true}}, path);
+          int64_t mismatches = 0;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < 70; ++j)
+              if (c.at(i, j) != emulate_output(a, b, i, j, c_before.at(i, j), true)) ++mismatches;
+          const std::string path_name = ops::cpu::gemm_f32_path_name(path);
+          CAPTURE(path_name);
+          CAPTURE(threads);
+          CAPTURE(m);
+          CAPTURE(int(a_layout));
+          CHECK(mismatches == 0);
+          CHECK(c.sentinels_intact());
+        }
+      }
+    }
+  }
+}
+
 namespace {
 
 // Sets $LAMINA_CPU_GEMM_F32 for a scope and restores it after.
