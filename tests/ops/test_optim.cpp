@@ -1,5 +1,10 @@
 // adamw_step_ against ops::reference::adamw_step over several steps.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
 #include "op_cases.h"
+#include "tensor/parallel.h"
 
 using namespace lamina;
 using namespace lamina::testing;
@@ -123,4 +128,45 @@ TEST_CASE("adamw_step_ writes the rounded weights in the same pass as the master
   CHECK_THROWS_WITH_AS(
       ops::adamw_step_(zeros({4}), zeros({4}), zeros({4}), zeros({4}), hyper_for_step(1), zeros({3}, DType::bf16)),
       doctest::Contains("'rounded' must have shape [4]"), Error);
+}
+
+TEST_CASE("adamw_step_ gives the same bits on 1 and 3 threads; NaN and infinity round as copy_ rounds them") {
+  // 100003 elements: three chunks on three threads, each ending inside a vector, so that some
+  // elements fall in a scalar tail on one thread count and in the vector loop on the other.
+  Generator gen(8);
+  const int64_t n = 100003;
+  std::vector<Tensor> masters, weights;
+  const Tensor initial = random_tensor({n}, DType::f32, gen);
+  std::vector<std::vector<Tensor>> grads;
+  for (int64_t step = 1; step <= 2; ++step) grads.push_back({random_tensor({n}, DType::f32, gen)});
+  // A NaN and an infinite gradient: the master becomes NaN there, the bf16 copy a quiet NaN.
+  float* first_grad = static_cast<float*>(grads[0][0].raw_data());
+  first_grad[5] = std::numeric_limits<float>::quiet_NaN();
+  first_grad[77777] = std::numeric_limits<float>::infinity();
+  // A NaN master whose payload is all ones: rounding it as a number would carry into the sign
+  // bit (0x7fffffff + 0x8000 wraps to -0); x86 keeps the payload through the arithmetic.
+  const uint32_t nan_all_ones = 0x7fffffffu;
+  std::memcpy(static_cast<float*>(initial.raw_data()) + 9, &nan_all_ones, sizeof(nan_all_ones));
+  for (int threads : {1, 3}) {
+    ThreadCountGuard guard(threads);
+    const Tensor master = ops::cast(initial, DType::f32);
+    const Tensor exp_avg = zeros({n}, DType::f32), exp_avg_sq = zeros({n}, DType::f32);
+    const Tensor weight = zeros({n}, DType::bf16);
+    for (int64_t step = 1; step <= 2; ++step)
+      ops::adamw_step_(master, grads[size_t(step - 1)][0], exp_avg, exp_avg_sq, hyper_for_step(step), weight);
+    masters.push_back(master);
+    weights.push_back(weight);
+  }
+  CHECK(std::memcmp(masters[0].raw_data(), masters[1].raw_data(), size_t(n) * sizeof(float)) == 0);
+  CHECK(std::memcmp(weights[0].raw_data(), weights[1].raw_data(), size_t(n) * sizeof(uint16_t)) == 0);
+  const Tensor copied = zeros({n}, DType::bf16);
+  ops::copy_(copied, masters[0]);
+  CHECK(std::memcmp(weights[0].raw_data(), copied.raw_data(), size_t(n) * sizeof(uint16_t)) == 0);
+  const float* master = static_cast<const float*>(masters[0].raw_data());
+  CHECK(std::isnan(master[5]));
+  CHECK(std::isnan(master[77777]));  // inf / sqrt(inf) is NaN
+  CHECK(std::isfinite(master[6]));
+  const uint16_t* weight = static_cast<const uint16_t*>(weights[0].raw_data());
+  CHECK((weight[5] & 0x7fc0u) == 0x7fc0u);  // a quiet NaN
+  CHECK((weight[9] & 0x7fc0u) == 0x7fc0u);
 }
