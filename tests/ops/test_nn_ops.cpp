@@ -153,6 +153,38 @@ TEST_CASE("rope preserves relative positions, its backward undoes it, and it che
                        doctest::Contains("head_dim is 16"), Error);
 }
 
+TEST_CASE("rope: a table of the call's positions gives the bits of computing each row's angles") {
+  // Positions from 0 up to no more than the rows take a per-call table; one position p > 0 alone
+  // (one row) computes its own angles. Every row must come out the same either way.
+  Generator gen(9);
+  RopeConfig config{16, 10000.0, std::nullopt};
+  const Tensor shared = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5}, {6});
+  const Tensor per_batch = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 11}, {2, 6});
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (bool inverse : {false, true}) {
+      for (const Tensor& positions : {shared, per_batch}) {
+        const Tensor x = random_tensor({2, 6, 3, 16}, dtype, gen);
+        const Tensor whole = inverse ? ops::rope_backward(x, positions, config) : ops::rope(x, positions, config);
+        int64_t mismatches = 0;
+        for (int64_t b = 0; b < 2; ++b)
+          for (int64_t t = 0; t < 6; ++t) {
+            const int64_t p = positions.dim() == 1 ? positions.to_vector<int64_t>()[size_t(t)]
+                                                   : positions.to_vector<int64_t>()[size_t(b * 6 + t)];
+            const Tensor row = ops::contiguous(x.slice(0, b, b + 1).slice(1, t, t + 1));
+            const Tensor one = Tensor::from_vector(std::vector<int64_t>{p}, {1});
+            const Tensor alone = inverse ? ops::rope_backward(row, one, config) : ops::rope(row, one, config);
+            const Tensor from_whole = ops::contiguous(whole.slice(0, b, b + 1).slice(1, t, t + 1));
+            if (alone.to_vector<double>() != from_whole.to_vector<double>()) ++mismatches;
+          }
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(inverse);
+        CAPTURE(positions.dim());
+        CHECK(mismatches == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("swiglu checks that gate and up have one shape") {
   Generator gen(6);
   const Tensor gate = random_tensor({4, 5}, DType::f64, gen, -5, 5);
