@@ -41,9 +41,9 @@ namespace {
 
 constexpr int64_t kTileQueries = kFlashTileQueries;
 constexpr int64_t kTileKeys = kFlashTileKeys;
-// Rows handled together by the micro-kernels: each loaded row of the other operand feeds this
-// many accumulators (16 AVX-512 registers at D = 64 in f32).
-constexpr int kRowGroup = 4;
+// Rows of scores handled together by tile_products: each loaded line of the other operand
+// feeds this many accumulators (24 of the 32 AVX-512 registers for 64 f32 columns).
+constexpr int kRowGroup = 6;
 constexpr int kLanes = 16;
 
 template <typename C>
@@ -63,32 +63,28 @@ FlashDims dims_of(const Tensor& q, const Tensor& k) {
 
 // scores[a][c] = scale * sum_d rows[a][d] * columns_t[d][c], for a < count and all kTileKeys
 // columns. rows: `count` rows of D values; columns_t: D rows, `columns_stride` apart.
+// Rows go kRowGroup at a time (6 x 64 columns: 24 accumulator registers, each loaded line of
+// columns_t feeding 6 of them), then 4, then 1.
 template <typename C, int kD>
 void tile_products(C* __restrict scores, const C* __restrict rows, int64_t count, const C* __restrict columns_t,
                    int64_t columns_stride, int64_t head_dim, C scale) {
   const int64_t D = kD > 0 ? kD : head_dim;
-  int64_t a = 0;
-  for (; a + kRowGroup <= count; a += kRowGroup) {
-    C acc[kRowGroup][kTileKeys] = {};
+  const auto run = [&]<int kRows>(int64_t a) {
+    C acc[kRows][kTileKeys] = {};
     for (int64_t d = 0; d < D; ++d) {
       const C* column = columns_t + d * columns_stride;
-      for (int g = 0; g < kRowGroup; ++g) {
+      for (int g = 0; g < kRows; ++g) {
         const C x = rows[(a + g) * D + d];
         for (int64_t c = 0; c < kTileKeys; ++c) acc[g][c] += x * column[c];
       }
     }
-    for (int g = 0; g < kRowGroup; ++g)
+    for (int g = 0; g < kRows; ++g)
       for (int64_t c = 0; c < kTileKeys; ++c) scores[(a + g) * kTileKeys + c] = acc[g][c] * scale;
-  }
-  for (; a < count; ++a) {
-    C acc[kTileKeys] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const C* column = columns_t + d * columns_stride;
-      const C x = rows[a * D + d];
-      for (int64_t c = 0; c < kTileKeys; ++c) acc[c] += x * column[c];
-    }
-    for (int64_t c = 0; c < kTileKeys; ++c) scores[a * kTileKeys + c] = acc[c] * scale;
-  }
+  };
+  int64_t a = 0;
+  for (; a + kRowGroup <= count; a += kRowGroup) run.template operator()<kRowGroup>(a);
+  for (; a + 4 <= count; a += 4) run.template operator()<4>(a);
+  for (; a < count; ++a) run.template operator()<1>(a);
 }
 
 // 64 bytes of C as one GCC/Clang vector value (one AVX-512 register).
@@ -115,7 +111,7 @@ void accumulate_products(C* __restrict out, int64_t count, const C* __restrict w
     using Vec = typename Vector64<C>::type;
     constexpr int kWidth = int(64 / sizeof(C));
     constexpr int kVecs = kD / kWidth;
-    constexpr int kGroup = kVecs >= 16 ? 1 : 16 / kVecs;  // at most 16 accumulator registers
+    constexpr int kGroup = kVecs >= 24 ? 1 : 24 / kVecs;  // at most 24 accumulator registers
     static_assert(kD % kWidth == 0);
     const auto run = [&]<int kRows>(int64_t a) {
       Vec acc[kRows][kVecs];
@@ -141,6 +137,9 @@ void accumulate_products(C* __restrict out, int64_t count, const C* __restrict w
     };
     int64_t a = 0;
     for (; a + kGroup <= count; a += kGroup) run.template operator()<kGroup>(a);
+    if constexpr (kGroup > 4) {
+      for (; a + 4 <= count; a += 4) run.template operator()<4>(a);
+    }
     for (; a < count; ++a) run.template operator()<1>(a);
   } else {
     const int64_t D = head_dim;
