@@ -310,4 +310,42 @@ inline unsigned row_blocks(int64_t rows) {
   return unsigned(std::max<int64_t>(1, std::min<int64_t>(rows, int64_t(1) << 30)));
 }
 
+// ---- the register tile of the small tiled products (quant4.cu, gguf_matmul.cu): a 64 x 64
+// block of C on 16 x 16 threads, thread (ty, tx) owning rows 4 ty .. 4 ty + 3 and columns
+// 4 tx .. 4 tx + 3, fed from shared tiles a[k][row] and b[k][column] (both k-major).
+
+// acc[i][j] += a[k][4 ty + i] * b[k][4 tx + j] for k = 0, 1, ..., kDepth - 1 in order, one fmaf each.
+template <int kDepth, int kPitch>
+__device__ __forceinline__ void accumulate_tile_4x4(const float (&a)[kDepth][kPitch], const float (&b)[kDepth][kPitch],
+                                                    int ty, int tx, float (&acc)[4][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kDepth; ++kk) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) av[i] = a[kk][ty * 4 + i];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = b[kk][tx * 4 + j];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+  }
+}
+
+// Stores the thread's 4 x 4 outputs at C[first_row + i, first_col + j] (row-major, `cols` wide),
+// skipping those past rows x cols.
+__device__ __forceinline__ void store_tile_4x4(float* c, int64_t rows, int64_t cols, int64_t first_row,
+                                               int64_t first_col, const float (&acc)[4][4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = first_row + i;
+    if (row >= rows) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = first_col + j;
+      if (col < cols) c[row * cols + col] = acc[i][j];
+    }
+  }
+}
+
 }  // namespace lamina::ops::cuda

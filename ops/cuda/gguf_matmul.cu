@@ -414,29 +414,9 @@ __global__ void __launch_bounds__(256) tiled_product_kernel(float* c, const floa
       for (int i = 0; i < 8; ++i) b_tile[kk][part * 8 + i] = values[i];
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kSlice; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
-    }
+    accumulate_tile_4x4(a_tile, b_tile, ty, tx, acc);
   }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t row = row0 + ty * 4 + i;
-    if (row >= m_rows) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t col = col0 + tx * 4 + j;
-      if (col < cols) c[row * cols + col] = acc[i][j];
-    }
-  }
+  store_tile_4x4(c, m_rows, cols, row0 + ty * 4, col0 + tx * 4, acc);
 }
 
 // out[i, :] = row ids[i] of W dequantized (row i when ids is null): 8 values per thread.

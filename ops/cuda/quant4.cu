@@ -110,29 +110,9 @@ __global__ void __launch_bounds__(256) fused_gemm_kernel(float* c, const float* 
       b_tile[kk][p] = value;
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kDepth; ++kk) {
-      float av[4], bv[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) av[i] = a_tile[kk][ty * 4 + i];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) bv[j] = b_tile[kk][tx * 4 + j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
-    }
+    accumulate_tile_4x4(a_tile, b_tile, ty, tx, acc);
   }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t row = row0 + ty * 4 + i;
-    if (row >= rows) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t col = col0 + tx * 4 + j;
-      if (col < cols) c[row * cols + col] = acc[i][j];
-    }
-  }
+  store_tile_4x4(c, rows, cols, row0 + ty * 4, col0 + tx * 4, acc);
 }
 
 // out [rows, out_features] = x @ W^T for rows <= kGemvRows: one warp per output feature.
