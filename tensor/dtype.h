@@ -42,12 +42,14 @@ struct bf16 {
     out.bits = raw;
     return out;
   }
+  // Round to nearest even (add 0x7fff plus the lowest kept bit, then truncate); a NaN keeps its
+  // top bits, quieted (rounding it would carry an all-ones payload into the sign). Written as a
+  // select, not a branch, so that loops converting arrays vectorize.
   static uint16_t from_float(float value) {
-    uint32_t bits = detail::float_bits(value);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x0040u);  // quiet NaN
-    // Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate.
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return uint16_t(bits >> 16);
+    const uint32_t bits = detail::float_bits(value);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
+    return uint16_t((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
   }
 };
 
