@@ -36,7 +36,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
   const Device device = check_device("cross_entropy", {{"logits", &logits}, {"targets", &targets}});
   const int64_t count = check_targets("cross_entropy", logits, targets, ignore_index);
   CrossEntropyResult result{Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device),
-                            Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device), count};
+                            Tensor::empty(row_shape(logits), loss_dtype(logits.dtype()), device), count, {}};
   LAMINA_DISPATCH(device,
                   cross_entropy(result.losses, result.lse, contiguous(logits), contiguous(targets), ignore_index));
   return result;
